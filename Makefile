@@ -1,0 +1,24 @@
+# The two commands: `make demo` and `make test`. Both set the machine up first (Debian 12, root).
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench bench-full clean
+
+setup:
+	@bash scripts/setup-debian.sh
+
+demo: setup
+	$(PY) -m cachefs.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	@CACHEFS_WITH_PEERS=1 bash scripts/setup-debian.sh
+	$(PY) -m bench.run --short
+
+bench-full: setup
+	@CACHEFS_WITH_PEERS=1 bash scripts/setup-debian.sh
+	$(PY) -m bench.run --full
+
+clean:
+	rm -rf .venv build *.egg-info bench/results
