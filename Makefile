@@ -13,11 +13,9 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	@CACHEFS_WITH_PEERS=1 bash scripts/setup-debian.sh
 	$(PY) -m bench.run --short
 
 bench-full: setup
-	@CACHEFS_WITH_PEERS=1 bash scripts/setup-debian.sh
 	$(PY) -m bench.run --full
 
 clean:
