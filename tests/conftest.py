@@ -1,0 +1,178 @@
+"""Fixtures for the real-mount integration tests: moto's S3 server, buckets, and cachefs mounts.
+
+Every mount made through the `mounter` fixture is unmounted and its daemon stopped at teardown, even
+when the test failed, and the test fails if the daemon logged an error it did not declare with
+`@pytest.mark.daemon_errors_ok(regex, ...)`.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mount_helpers import (BLOCK_SIZE_ARG, Mount, RequestLog, cachefs_env, force_unmount, is_mounted,
+                           log_problems, mount_args, pid_alive, populate, run_cachefs, s3_client, stop_pid,
+                           wait_until, DAEMON_EXIT_TIMEOUT_S)
+
+from cachefs.devserver import MotoServer
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "daemon_errors_ok(*regex): daemon log lines matching these are expected")
+
+
+# ---------------------------------------------------------------- moto
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("moto") / "requests.log"
+    with MotoServer(log_path=str(log)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def request_log(moto_server) -> RequestLog:
+    return RequestLog(Path(moto_server.log_path))
+
+
+@pytest.fixture(scope="session")
+def s3(moto_server):
+    return s3_client(moto_server.endpoint_url)
+
+
+_bucket_counter = itertools.count()
+
+
+def unique_bucket_name(hint: str) -> str:
+    clean = "".join(c if c.isalnum() else "-" for c in hint.lower())[:30].strip("-") or "b"
+    return f"{clean}-{next(_bucket_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def make_bucket(s3):
+    """make_bucket(hint, {key: bytes}) -> a new bucket name, populated; one bucket per test or module."""
+    def make(hint: str, objects: dict[str, bytes] | None = None) -> str:
+        name = unique_bucket_name(hint)
+        s3.create_bucket(Bucket=name)
+        populate(s3, name, objects or {})
+        return name
+    return make
+
+
+@pytest.fixture
+def bucket(request, make_bucket) -> str:
+    """An empty bucket of the test's own."""
+    return make_bucket(request.node.name)
+
+
+@pytest.fixture(scope="session")
+def auth_moto(tmp_path_factory):
+    """A second moto server that enforces credentials: only the IAM key it issued works."""
+    log = tmp_path_factory.mktemp("moto-auth") / "requests.log"
+    with MotoServer(log_path=str(log), env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as server:
+        iam = s3_client(server.endpoint_url, service="iam")
+        iam.create_user(UserName="cachefs")
+        iam.put_user_policy(UserName="cachefs", PolicyName="s3-all", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="cachefs")["AccessKey"]
+        server.key_id, server.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        good = s3_client(server.endpoint_url, server.key_id, server.secret)
+        server.bucket = unique_bucket_name("auth")
+        good.create_bucket(Bucket=server.bucket)
+        populate(good, server.bucket, {"hello.txt": b"hello\n"})
+        yield server
+
+
+# ---------------------------------------------------------------- mounts
+
+class Mounter:
+    """Mounts cachefs in subprocesses, each in its own tmp dir, and always cleans up after itself."""
+
+    def __init__(self, tmp_path: Path, endpoint_url: str):
+        self.tmp_path = tmp_path
+        self.endpoint_url = endpoint_url
+        self.mounts: list[Mount] = []
+        self._n = itertools.count()
+
+    def fresh_dir(self, name: str) -> Path:
+        d = self.tmp_path / f"{name}{next(self._n)}"
+        d.mkdir(parents=True)
+        return d
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return cachefs_env(**extra)
+
+    def mount(self, bucket: str, *extra: str, prefix: str = "", mountpoint: Path | None = None,
+              cache_dir: Path | None = None, env: dict[str, str] | None = None,
+              endpoint_url: str | None = None) -> Mount:
+        url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        mountpoint = mountpoint or self.fresh_dir("mnt")
+        cache_dir = cache_dir or self.fresh_dir("cache")
+        if "--block-size" not in extra:
+            extra = ("--block-size", BLOCK_SIZE_ARG, *extra)
+        args = mount_args(url, mountpoint, cache_dir, endpoint_url or self.endpoint_url, *extra)
+        m = Mount(url, mountpoint, cache_dir, args, env or self.env())
+        self.mounts.append(m)
+        res = run_cachefs(args, m.env)
+        if res.returncode != 0:
+            raise AssertionError(f"`cachefs {' '.join(args)}` failed: {res.describe()}\n"
+                                 f"--- daemon log (tail)\n{m.log_text()[-4000:]}")
+        assert is_mounted(mountpoint), f"mount exited 0 but {mountpoint} is not mounted yet: {res.describe()}"
+        m.pid()
+        return m
+
+    def remount(self, m: Mount, *extra: str) -> Mount:
+        """Mount the same URL again, on the same mount point, with the same cache dir."""
+        bucket, _, prefix = m.url[len("s3://"):].partition("/")
+        return self.mount(bucket, *extra, prefix=prefix, mountpoint=m.path, cache_dir=m.cache_dir, env=m.env)
+
+    def umount(self, m: Mount) -> None:
+        """`cachefs umount`, which must return only once the daemon has exited."""
+        pid = m.pid()
+        res = run_cachefs(["umount", str(m.path)], m.env)
+        assert res.returncode == 0, f"umount failed: {res.describe()}"
+        assert not is_mounted(m.path), "umount returned but the mount is still there"
+        assert wait_until(lambda: not pid_alive(pid), 2.0), f"umount returned but daemon {pid} is still running"
+
+    def cleanup(self) -> list[str]:
+        """Unmount everything, stop every daemon we started; return what went wrong."""
+        problems = []
+        for m in self.mounts:
+            try:
+                m.pid()  # also the daemons of mounts that failed half-way
+            except (OSError, ValueError):
+                pass
+            if is_mounted(m.path):
+                force_unmount(m.path)
+                if is_mounted(m.path):
+                    problems.append(f"{m.path} still mounted after fusermount3 -u and -uz")
+        for m in self.mounts:
+            for pid in m.pids:
+                if not wait_until(lambda: not pid_alive(pid), DAEMON_EXIT_TIMEOUT_S):
+                    problems.append(f"daemon {pid} did not exit after its mount was gone; killed it")
+                    stop_pid(pid)
+        return problems
+
+    def daemon_log_problems(self, allowed: list[str]) -> list[str]:
+        seen, problems = set(), []
+        for m in self.mounts:
+            if m.cache_dir in seen:
+                continue
+            seen.add(m.cache_dir)
+            problems += [f"{m.log_path}: {line}" for line in log_problems(m.log_text(), allowed)]
+        return problems
+
+
+@pytest.fixture
+def mounter(request, tmp_path, moto_server):
+    m = Mounter(tmp_path, moto_server.endpoint_url)
+    yield m
+    problems = m.cleanup()
+    allowed = [rx for mark in request.node.iter_markers("daemon_errors_ok") for rx in mark.args]
+    problems += m.daemon_log_problems(allowed)
+    if problems:
+        pytest.fail("after the test:\n" + "\n".join(problems[:40]), pytrace=False)
