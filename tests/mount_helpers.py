@@ -313,7 +313,10 @@ def stats_delta(before: dict, after: dict, *names: str) -> dict[str, int]:
 def walk_tree(root: Path) -> dict[str, object]:
     """{relative path: "dir" | size} for everything under a mount (lstat, never following)."""
     tree: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    def fail(err: OSError):
+        raise err
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)

@@ -1,0 +1,198 @@
+"""Listings through a real mount: how keys become files and directories (the mapping in the contract)."""
+from __future__ import annotations
+
+import os
+import stat
+import unicodedata
+
+import pytest
+
+from mount_helpers import list_all_keys, object_bytes, walk_tree
+
+pytestmark = pytest.mark.timeout(180)
+
+LONG_OK = "n" * 255  # the longest legal file name
+LONG_BAD = "m" * 256  # one byte too long: skipped
+NFC = unicodedata.normalize("NFC", "café")
+NFD = unicodedata.normalize("NFD", "café")
+
+TREE_OBJECTS = {
+    "top.txt": b"top\n",
+    "a/x.txt": object_bytes("a/x", 10),
+    "a/b/sibling.txt": object_bytes("a/b/sibling", 300),
+    "a/b/c/deep.bin": object_bytes("deep", 70_000),
+    "marker_only/": b"",  # a marker alone: an empty directory
+    "marked/": b"",
+    "marked/inner.txt": b"inner",
+    "nested_marker/sub/": b"",  # the marker implies nested_marker/ too
+    "conflict": b"i am shadowed by the directory",  # `x` and `x/...`: the directory wins
+    "conflict/inside.txt": b"inside",
+    "uni/日本語のファイル.txt": "日本語".encode(),
+    "uni/emoji-😀.bin": b"\xf0\x9f\x98\x80",
+    "uni/Ünïcödé dir/straße.txt": b"ss",
+    f"uni/{NFC}": b"nfc",  # two distinct byte strings that look the same
+    f"uni/{NFD}": b"nfd!",
+    "uni/space and+plus%20percent&amp.txt": b"url-encoding traps",
+    "uni/tab\there": b"tab",
+    "skip/ok.txt": b"ok",
+    f"skip/{LONG_OK}": b"255",
+    f"skip/{LONG_BAD}": b"256",
+    "skip/a/real.txt": b"real",
+    "skip/a//b": b"empty segment",
+    "skip//c": b"empty segment",
+    "skip/dot/real": b"real",
+    "skip/dot/./d": b"dot segment",
+    "skip/dd/real": b"real",
+    "skip/dd/../e": b"dotdot segment",
+    "./rootdot": b"dot segment",
+    "../rootdotdot": b"dotdot segment",
+    "sizes/empty": b"",
+    "sizes/big": object_bytes("sizes/big", 1_000_003),
+}
+
+
+def _expected_tree() -> dict[str, object]:
+    """Written out by hand, not derived with the mapping's own logic: {path: "dir" | size}."""
+    sizes = {k: len(v) for k, v in TREE_OBJECTS.items()}
+    files = ["top.txt", "a/x.txt", "a/b/sibling.txt", "a/b/c/deep.bin", "marked/inner.txt", "conflict/inside.txt",
+             "uni/日本語のファイル.txt", "uni/emoji-😀.bin", "uni/Ünïcödé dir/straße.txt", f"uni/{NFC}", f"uni/{NFD}",
+             "uni/space and+plus%20percent&amp.txt", "uni/tab\there", "skip/ok.txt", f"skip/{LONG_OK}",
+             "skip/a/real.txt", "skip/dot/real", "skip/dd/real", "sizes/empty", "sizes/big"]
+    dirs = ["a", "a/b", "a/b/c", "marker_only", "marked", "nested_marker", "nested_marker/sub", "conflict", "uni",
+            "uni/Ünïcödé dir", "skip", "skip/a", "skip/dot", "skip/dd", "sizes"]
+    return {**{d: "dir" for d in dirs}, **{f: sizes[f] for f in files}}
+
+
+@pytest.fixture(scope="module")
+def tree_bucket(s3, make_bucket):
+    name = make_bucket("tree", TREE_OBJECTS)
+    assert sorted(list_all_keys(s3, name)) == sorted(TREE_OBJECTS), "moto must store the odd keys verbatim"
+    return name
+
+
+@pytest.fixture
+def tree(mounter, tree_bucket):
+    return mounter.mount(tree_bucket)
+
+
+def test_whole_tree_matches_the_mapping(tree):
+    got = walk_tree(tree.path)
+    expected = _expected_tree()
+    assert {k: got.get(k) for k in expected} == expected
+    assert sorted(set(got) - set(expected)) == [], "entries that should not be there"
+
+
+@pytest.mark.parametrize("directory, entries", [
+    ("", {"top.txt", "a", "marker_only", "marked", "nested_marker", "conflict", "uni", "skip", "sizes"}),
+    ("a", {"x.txt", "b"}),
+    ("a/b/c", {"deep.bin"}),
+    ("marker_only", set()),
+    ("marked", {"inner.txt"}),
+    ("nested_marker", {"sub"}),
+    ("conflict", {"inside.txt"}),
+    ("skip", {"ok.txt", LONG_OK, "a", "dot", "dd"}),
+    ("skip/a", {"real.txt"}),
+    ("skip/dot", {"real"}),
+    ("skip/dd", {"real"}),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None)
+def test_listdir(tree, directory, entries):
+    assert set(os.listdir(tree.path / directory)) == entries
+
+
+def test_file_and_directory_types_and_modes(tree):
+    for rel, kind in _expected_tree().items():
+        st = os.lstat(tree.path / rel)
+        if kind == "dir":
+            assert stat.S_ISDIR(st.st_mode), rel
+            assert st.st_mode & 0o555 == 0o555, f"{rel}: directories must be readable and searchable"
+        else:
+            assert stat.S_ISREG(st.st_mode), rel
+            assert st.st_mode & 0o444 == 0o444, f"{rel}: files must be readable"
+    assert stat.S_ISDIR(os.stat(tree.path).st_mode)
+
+
+def test_unicode_names_round_trip_byte_exact(tree):
+    names = os.listdir(os.fsencode(tree.path / "uni"))
+    expected = {k[len("uni/"):].split("/")[0].encode() for k in TREE_OBJECTS if k.startswith("uni/")}
+    assert set(names) == expected
+    for key in (f"uni/{NFC}", f"uni/{NFD}", "uni/日本語のファイル.txt", "uni/space and+plus%20percent&amp.txt",
+                "uni/Ünïcödé dir/straße.txt", "uni/tab\there"):
+        assert (tree.path / key).read_bytes() == TREE_OBJECTS[key], key
+
+
+def test_skipped_keys_are_not_reachable(tree):
+    for rel in ("skip/" + LONG_BAD, "skip/e", "skip/dot/d", "skip/d", "rootdot", "rootdotdot", "skip/a/b", "skip/c"):
+        with pytest.raises(OSError) as exc:
+            os.lstat(tree.path / rel)
+        assert exc.value.errno in (2, 36), f"{rel}: expected ENOENT (or ENAMETOOLONG), got {exc.value!r}"
+
+
+def test_marker_objects_are_not_files(tree):
+    """`marked/` is a directory; the marker itself must not show up as an entry with an empty name or as a file."""
+    assert os.path.isdir(tree.path / "marked") and os.path.isdir(tree.path / "marker_only")
+    assert (tree.path / "marked" / "inner.txt").read_bytes() == b"inner"
+    assert os.listdir(tree.path / "marker_only") == []
+
+
+def test_directory_wins_over_a_file_of_the_same_name(tree):
+    assert os.path.isdir(tree.path / "conflict")
+    with pytest.raises(IsADirectoryError):
+        open(tree.path / "conflict", "rb").close()
+    assert (tree.path / "conflict" / "inside.txt").read_bytes() == b"inside"
+
+
+def test_lookup_of_missing_names_is_enoent(tree):
+    for rel in ("nope", "a/nope", "a/b/c/deep.bin/x", "marker_only/x"):
+        with pytest.raises(OSError) as exc:
+            os.stat(tree.path / rel)
+        assert exc.value.errno in (2, 20), f"{rel}: {exc.value!r}"
+
+
+def test_prefix_mount_shows_only_what_is_under_the_prefix(mounter, make_bucket):
+    objects = {
+        "some/prefix/a.txt": b"a",
+        "some/prefix/sub/b.txt": b"bb",
+        "some/prefix/marker/": b"",
+        "some/prefixother/not-me.txt": b"sibling prefix that shares the string",
+        "some/prefix.txt": b"also not me",
+        "some/other.txt": b"not me",
+        "root.txt": b"not me",
+    }
+    name = make_bucket("prefix", objects)
+    m = mounter.mount(name, prefix="some/prefix")
+    assert walk_tree(m.path) == {"a.txt": 1, "sub": "dir", "sub/b.txt": 2, "marker": "dir"}
+    assert (m.path / "sub" / "b.txt").read_bytes() == b"bb"
+    for rel in ("not-me.txt", "prefixother", "other.txt", "root.txt", "prefix.txt"):
+        assert not os.path.lexists(m.path / rel), rel
+
+
+# ---------------------------------------------------------------- 10k+ entries in one directory
+
+BIG_FILES = 10_050  # > 10 pages of 1000 keys
+BIG_SUBDIRS = 25
+
+
+@pytest.fixture(scope="module")
+def big_bucket(s3, make_bucket):
+    objects = {f"big/f{i:05d}.dat": str(i).encode() for i in range(BIG_FILES)}
+    objects.update({f"big/sub{j:02d}/x": b"x" for j in range(BIG_SUBDIRS)})
+    name = make_bucket("big", objects)
+    assert len(list_all_keys(s3, name)) == len(objects)
+    return name
+
+
+@pytest.mark.timeout(300)
+def test_directory_with_more_than_10k_entries(mounter, big_bucket):
+    m = mounter.mount(big_bucket)
+    assert os.listdir(m.path) == ["big"]
+    names = os.listdir(m.path / "big")
+    expected = {f"f{i:05d}.dat" for i in range(BIG_FILES)} | {f"sub{j:02d}" for j in range(BIG_SUBDIRS)}
+    assert len(names) == len(expected), "duplicates or missing entries"
+    assert set(names) == expected
+    with os.scandir(m.path / "big") as it:
+        entries = {e.name: e for e in it}
+    for i in (0, 999, 1000, 1001, 5000, BIG_FILES - 1):
+        e = entries[f"f{i:05d}.dat"]
+        assert e.is_file() and e.stat().st_size == len(str(i))
+        assert (m.path / "big" / e.name).read_bytes() == str(i).encode()
+    assert entries["sub07"].is_dir() and os.listdir(m.path / "big" / "sub07") == ["x"]
