@@ -14,7 +14,7 @@ itself, not a tf.train.Example protobuf (a reader that wants labels uses `label_
 
 API (everything yields (relative_key, bytes) lazily, in a deterministic order):
     spec = DatasetSpec(num_images=2000, seed=0)
-    iter_tfrecord_shards(spec)  -> ("tfrecord/train-00000-of-00002.tfrecord", b"...")
+    iter_tfrecord_shards(spec)  -> ("tfrecord/train-00000-of-00002.tfrecord", b"..."); shard_keys(spec)
     iter_image_files(spec)      -> ("images/train/class_0003/00000003.jpg", b"...")
     write_local(directory, items), upload(s3_client, bucket, prefix, items, workers)
     read_tfrecords(fileobj) / parse_tfrecords(buffer) -> record payloads, CRCs verified
@@ -147,12 +147,16 @@ def shard_plan(spec: DatasetSpec) -> list[range]:
     return plan
 
 
+def shard_keys(spec: DatasetSpec, prefix: str = "tfrecord/") -> list[str]:
+    """The shard names, `{prefix}train-NNNNN-of-MMMMM.tfrecord`, without generating any data."""
+    count = len(shard_plan(spec))
+    return [f"{prefix}train-{n:05d}-of-{count:05d}.tfrecord" for n in range(count)]
+
+
 def iter_tfrecord_shards(spec: DatasetSpec, prefix: str = "tfrecord/") -> Iterator[Item]:
-    """Shards `{prefix}train-NNNNN-of-MMMMM.tfrecord`, one in memory at a time."""
-    plan = shard_plan(spec)
-    for n, indices in enumerate(plan):
-        data = b"".join(frame_record(make_record(spec, i)) for i in indices)
-        yield f"{prefix}train-{n:05d}-of-{len(plan):05d}.tfrecord", data
+    """The TFRecord shards (see shard_keys), one in memory at a time."""
+    for key, indices in zip(shard_keys(spec, prefix), shard_plan(spec)):
+        yield key, b"".join(frame_record(make_record(spec, i)) for i in indices)
 
 
 def image_key(spec: DatasetSpec, index: int, prefix: str = "images/") -> str:
