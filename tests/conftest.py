@@ -108,27 +108,30 @@ class Mounter:
 
     def mount(self, bucket: str, *extra: str, prefix: str = "", mountpoint: Path | None = None,
               cache_dir: Path | None = None, env: dict[str, str] | None = None,
-              endpoint_url: str | None = None) -> Mount:
+              endpoint_url: str | None = None, block_size: str | None = BLOCK_SIZE_ARG) -> Mount:
+        """Mount s3://bucket[/prefix]; `endpoint_url=""` or `block_size=None` leave those flags out."""
         url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         mountpoint = mountpoint or self.fresh_dir("mnt")
         cache_dir = cache_dir or self.fresh_dir("cache")
-        if "--block-size" not in extra:
-            extra = ("--block-size", BLOCK_SIZE_ARG, *extra)
-        args = mount_args(url, mountpoint, cache_dir, endpoint_url or self.endpoint_url, *extra)
-        m = Mount(url, mountpoint, cache_dir, args, env or self.env())
+        if block_size:
+            extra = ("--block-size", block_size, *extra)
+        endpoint = self.endpoint_url if endpoint_url is None else endpoint_url
+        args = mount_args(url, mountpoint, cache_dir, endpoint, *extra)
+        return self._run(Mount(url, mountpoint, cache_dir, args, env or self.env()))
+
+    def remount(self, m: Mount) -> Mount:
+        """The same mount command again: same URL, options, mount point and cache dir."""
+        return self._run(Mount(m.url, m.path, m.cache_dir, m.args, m.env))
+
+    def _run(self, m: Mount) -> Mount:
         self.mounts.append(m)
-        res = run_cachefs(args, m.env)
+        res = run_cachefs(m.args, m.env)
         if res.returncode != 0:
-            raise AssertionError(f"`cachefs {' '.join(args)}` failed: {res.describe()}\n"
+            raise AssertionError(f"`cachefs {' '.join(m.args)}` failed: {res.describe()}\n"
                                  f"--- daemon log (tail)\n{m.log_text()[-4000:]}")
-        assert is_mounted(mountpoint), f"mount exited 0 but {mountpoint} is not mounted yet: {res.describe()}"
+        assert is_mounted(m.path), f"mount exited 0 but {m.path} is not mounted yet: {res.describe()}"
         m.pid()
         return m
-
-    def remount(self, m: Mount, *extra: str) -> Mount:
-        """Mount the same URL again, on the same mount point, with the same cache dir."""
-        bucket, _, prefix = m.url[len("s3://"):].partition("/")
-        return self.mount(bucket, *extra, prefix=prefix, mountpoint=m.path, cache_dir=m.cache_dir, env=m.env)
 
     def umount(self, m: Mount) -> None:
         """`cachefs umount`, which must return only once the daemon has exited."""

@@ -259,8 +259,10 @@ def run_cachefs(args: list[str], env: dict[str, str], timeout_s: float = MOUNT_T
 
 
 def mount_args(url: str, mountpoint: Path, cache_dir: Path, endpoint_url: str, *extra: str) -> list[str]:
-    return ["mount", url, str(mountpoint), "--endpoint-url", endpoint_url, "--region", REGION,
-            "--addressing-style", "path", "--cache-dir", str(cache_dir), *extra]
+    """The usual mount command line; an empty endpoint_url leaves --endpoint-url to config/env."""
+    endpoint = ["--endpoint-url", endpoint_url] if endpoint_url else []
+    return ["mount", url, str(mountpoint), *endpoint, "--region", REGION, "--addressing-style", "path",
+            "--cache-dir", str(cache_dir), *extra]
 
 
 _PROBLEM = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)")

@@ -1,0 +1,98 @@
+"""Changes made in S3 behind a mount become visible once the (small) TTLs expire, never stale bytes after."""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from mount_helpers import BLOCK_SIZE, first_difference, object_bytes, pread_exact, read_all, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+BS = BLOCK_SIZE
+SHORT_TTLS = ("--listing-ttl", "1", "--attr-timeout", "1", "--entry-timeout", "1", "--negative-ttl", "1")
+VISIBLE_WITHIN_S = 6.0  # TTL of 1 s plus generous slack for a busy 2-core machine
+NEW_LAST_MODIFIED_S = 1.1  # S3 LastModified has 1 s resolution: make the change visible in st_mtime too
+
+
+@pytest.fixture
+def short_ttl_mount(mounter, make_bucket):
+    def make(objects: dict[str, bytes]):
+        name = make_bucket("consistency", objects)
+        return name, mounter.mount(name, *SHORT_TTLS)
+    return make
+
+
+@pytest.mark.parametrize("new_size", [3 * BS + 7, 2 * BS + 100], ids=["size-changes", "same-size"])
+def test_changed_object_is_read_with_its_new_bytes(short_ttl_mount, s3, new_size):
+    old, new = object_bytes("old", 2 * BS + 100), object_bytes("new", new_size)
+    name, m = short_ttl_mount({"d/obj.bin": old})
+    path = m / "d/obj.bin"
+    assert read_all(path) == old
+    time.sleep(NEW_LAST_MODIFIED_S)
+    s3.put_object(Bucket=name, Key="d/obj.bin", Body=new)
+    last_modified = s3.head_object(Bucket=name, Key="d/obj.bin")["LastModified"].timestamp()
+
+    seen: list[str] = []
+    deadline = time.monotonic() + VISIBLE_WITHIN_S
+    while time.monotonic() < deadline:
+        got = read_all(path)
+        assert got in (old, new), f"neither old nor new bytes: vs old {first_difference(got, old)}, " \
+                                  f"vs new {first_difference(got, new)}"
+        seen.append("new" if got == new else "old")
+        if got == new:
+            break
+        time.sleep(0.2)
+    assert seen[-1] == "new", f"still the old bytes {VISIBLE_WITHIN_S} s after the change (TTLs are 1 s)"
+    for _ in range(3):  # never back to stale bytes, through new opens or a positioned read
+        assert read_all(path) == new
+        assert pread_exact(path, BS, BS) == new[BS:2 * BS]
+    st = os.stat(path)
+    assert st.st_size == len(new)
+    assert int(st.st_mtime) == int(last_modified)
+
+
+def test_new_object_appears_after_the_listing_ttl(short_ttl_mount, s3):
+    name, m = short_ttl_mount({"d/a": b"a"})
+    assert os.listdir(m / "d") == ["a"]
+    s3.put_object(Bucket=name, Key="d/b", Body=b"bee")
+    s3.put_object(Bucket=name, Key="newdir/c", Body=b"sea")
+    assert wait_until(lambda: sorted(os.listdir(m / "d")) == ["a", "b"], VISIBLE_WITHIN_S), os.listdir(m / "d")
+    assert wait_until(lambda: "newdir" in os.listdir(m.path), VISIBLE_WITHIN_S)
+    assert (m / "d/b").read_bytes() == b"bee"
+    assert (m / "newdir/c").read_bytes() == b"sea"
+
+
+def test_deleted_object_disappears_after_the_listing_ttl(short_ttl_mount, s3):
+    name, m = short_ttl_mount({"d/a": b"a", "d/gone": b"soon gone"})
+    assert sorted(os.listdir(m / "d")) == ["a", "gone"]
+    s3.delete_object(Bucket=name, Key="d/gone")
+    assert wait_until(lambda: os.listdir(m / "d") == ["a"], VISIBLE_WITHIN_S), os.listdir(m / "d")
+    assert wait_until(lambda: not os.path.exists(m / "d/gone"), VISIBLE_WITHIN_S)
+
+
+def test_negative_lookup_expires(short_ttl_mount, s3):
+    name, m = short_ttl_mount({"present": b"p"})
+    with pytest.raises(FileNotFoundError):
+        os.stat(m / "later")
+    s3.put_object(Bucket=name, Key="later", Body=b"arrived")
+    assert wait_until(lambda: os.path.exists(m / "later"), VISIBLE_WITHIN_S)
+    assert (m / "later").read_bytes() == b"arrived"
+
+
+def test_read_of_an_object_deleted_behind_an_open_file_fails_cleanly(short_ttl_mount, s3):
+    """Not a hang and not garbage: either the bytes (still cached) or an errno such as ENOENT/EIO/ESTALE."""
+    name, m = short_ttl_mount({"f": object_bytes("f", 4 * BS)})
+    fd = os.open(m / "f", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 0) == object_bytes("f", 4 * BS)[:10]
+        s3.delete_object(Bucket=name, Key="f")
+        try:
+            got = os.pread(fd, BS, 3 * BS)
+            assert got == object_bytes("f", 4 * BS)[3 * BS:]
+        except OSError as e:
+            assert e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE), repr(e)
+    finally:
+        os.close(fd)

@@ -1,0 +1,87 @@
+"""Remounting with the same --cache-dir: cached metadata and blocks are reused, inode numbers are stable."""
+from __future__ import annotations
+
+import pytest
+
+from mount_helpers import (BLOCK_SIZE, first_difference, inode_map, object_bytes, read_all, stats_delta,
+                           summarize, walk_tree)
+
+pytestmark = pytest.mark.timeout(180)
+
+BS = BLOCK_SIZE
+REMOUNT_OBJECTS = {
+    "a.bin": object_bytes("a", 3 * BS + 5),
+    "d/b.bin": object_bytes("b", BS),
+    "d/e/c.bin": object_bytes("c", 100),
+    "d/empty": b"",
+    "marker/": b"",
+    "m/big.bin": object_bytes("big", 20 * BS + 1),
+}
+TTL_ARGS = ("--listing-ttl", "3600")  # listings stay valid across the remount
+
+
+def read_everything(m) -> tuple[dict, dict[str, bytes]]:
+    """Walk, stat and read every file: what a training epoch does."""
+    tree = walk_tree(m.path)
+    return tree, {rel: read_all(m / rel) for rel, kind in tree.items() if kind != "dir"}
+
+
+def assert_contents_exact(contents: dict[str, bytes]) -> None:
+    expected = {k: v for k, v in REMOUNT_OBJECTS.items() if not k.endswith("/")}
+    assert set(contents) == set(expected)
+    for rel, data in contents.items():
+        assert data == expected[rel], f"{rel}: {first_difference(data, expected[rel])}"
+
+
+@pytest.fixture
+def warm(mounter, make_bucket):
+    """A bucket read completely through one mount, which is then unmounted with `cachefs umount`."""
+    name = make_bucket("remount", REMOUNT_OBJECTS)
+    m = mounter.mount(name, *TTL_ARGS)
+    tree, contents = read_everything(m)
+    assert_contents_exact(contents)
+    inodes = inode_map(m.path)
+    mounter.umount(m)
+    return name, m, tree, inodes
+
+
+def test_remount_warm_reads_issue_no_gets(mounter, warm, request_log):
+    name, first, tree, _ = warm
+    mark_before_mount = request_log.mark()
+    m = mounter.remount(first)
+    at_mount = request_log.since(mark_before_mount, name)
+    assert [r for r in at_mount if r.is_object_get] == [], f"object GETs while mounting: {summarize(at_mount)}"
+
+    mark, before = request_log.mark(), m.stats()
+    tree2, contents = read_everything(m)
+    seen = request_log.since(mark, name)
+    after = m.stats()
+
+    assert tree2 == tree
+    assert_contents_exact(contents)
+    assert [r for r in seen if r.method == "GET"] == [], f"warm epoch went to S3: {summarize(seen)}"
+    delta = stats_delta(before, after, "s3_get", "s3_list", "s3_get_bytes", "cache_hits")
+    assert (delta["s3_get"], delta["s3_list"], delta["s3_get_bytes"]) == (0, 0, 0), delta
+    assert delta["cache_hits"] > 0, delta
+
+
+def test_remount_counters_show_cached_blocks(mounter, warm):
+    """The blocks written by the first mount are counted by the second daemon from the start."""
+    _, first, _, _ = warm
+    m = mounter.remount(first)
+    s = m.stats()
+    data_bytes = sum(len(v) for v in REMOUNT_OBJECTS.values())
+    assert s["cache_bytes"] >= data_bytes, s
+    assert s["cache_blocks"] >= sum(-(-len(v) // BS) for v in REMOUNT_OBJECTS.values()), s
+
+
+def test_inode_numbers_are_stable_across_remounts(mounter, warm):
+    _, first, _, inodes = warm
+    assert len(set(inodes.values())) == len(inodes), f"inode numbers not unique: {inodes}"
+    m = mounter.remount(first)
+    assert inode_map(m.path) == inodes
+    mounter.umount(m)
+    m = mounter.remount(first)
+    # Looked up in another order this time: numbers must not depend on the order of first lookup.
+    for rel in sorted(inodes, reverse=True):
+        assert (m.path / rel).stat().st_ino == inodes[rel], rel
