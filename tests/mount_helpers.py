@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,6 +226,14 @@ def pids_mentioning(text: str) -> list[int]:
         if text in cmdline and pid_alive(int(entry)):
             found.append(int(entry))
     return found
+
+
+def free_closed_port_url() -> str:
+    """An http URL on loopback where nothing listens (connection refused, not a timeout)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def cachefs_env(endpoint_url: str | None = None, **extra: str) -> dict[str, str]:

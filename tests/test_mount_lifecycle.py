@@ -1,0 +1,116 @@
+"""Starting and stopping the daemon: ready on return, `umount`, SIGTERM, --foreground, ownership flags."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+
+import pytest
+
+from mount_helpers import (BLOCK_SIZE, DAEMON_EXIT_TIMEOUT_S, MOUNT_TIMEOUT_S, PYTHON, REPO_ROOT, force_unmount,
+                           is_mounted, mount_args, object_bytes, one_line_error, pid_alive, read_all, run_cachefs,
+                           wait_until)
+
+pytestmark = pytest.mark.timeout(120)
+
+OBJECTS = {"f.bin": object_bytes("f", 3 * BLOCK_SIZE + 1), "d/g.txt": b"g"}
+
+
+@pytest.fixture
+def lifecycle_bucket(make_bucket):
+    return make_bucket("lifecycle", OBJECTS)
+
+
+def test_mount_is_ready_when_the_command_returns(mounter, lifecycle_bucket):
+    m = mounter.mount(lifecycle_bucket)
+    assert sorted(os.listdir(m.path)) == ["d", "f.bin"]
+    assert read_all(m / "f.bin") == OBJECTS["f.bin"]
+    assert pid_alive(m.pid()), "cachefs.pid does not name a running daemon"
+    assert m.log_path.exists(), "no cachefs.log in the cache dir"
+
+
+def test_umount_waits_for_the_daemon_and_frees_the_mount_point(mounter, lifecycle_bucket):
+    m = mounter.mount(lifecycle_bucket)
+    pid = m.pid()
+    mounter.umount(m)  # asserts exit 0, no mount, daemon gone
+    assert not pid_alive(pid)
+    assert os.listdir(m.path) == [], "the mount point should be the empty directory again"
+    m2 = mounter.remount(m)
+    assert (m2 / "d/g.txt").read_bytes() == b"g"
+
+
+@pytest.mark.parametrize("target", ["plain-dir", "missing"])
+def test_umount_of_something_that_is_not_a_cachefs_mount_fails(mounter, target):
+    path = mounter.fresh_dir("plain") if target == "plain-dir" else mounter.tmp_path / "does-not-exist"
+    res = run_cachefs(["umount", str(path)], mounter.env(), timeout_s=30)
+    assert res.returncode != 0, res.describe()
+    line = one_line_error(res.stderr)
+    assert line and str(path) in line, res.describe()
+
+
+def test_umount_refuses_a_mount_that_is_not_cachefs(mounter):
+    """/proc is a mount, just not ours: umount must not touch it."""
+    res = run_cachefs(["umount", "/proc"], mounter.env(), timeout_s=30)
+    assert res.returncode != 0, res.describe()
+    assert one_line_error(res.stderr), res.describe()
+    assert is_mounted("/proc")
+
+
+def test_sigterm_unmounts_cleanly(mounter, lifecycle_bucket):
+    m = mounter.mount(lifecycle_bucket)
+    assert read_all(m / "f.bin") == OBJECTS["f.bin"]
+    pid = m.pid()
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not pid_alive(pid), DAEMON_EXIT_TIMEOUT_S), "daemon ignored SIGTERM"
+    assert not is_mounted(m.path), "daemon exited on SIGTERM but left its mount behind"
+    assert os.listdir(m.path) == []
+
+
+def test_sigterm_while_a_file_is_open(mounter, lifecycle_bucket):
+    m = mounter.mount(lifecycle_bucket)
+    with open(m / "f.bin", "rb") as f:
+        assert f.read(10) == OBJECTS["f.bin"][:10]
+        pid = m.pid()
+        os.kill(pid, signal.SIGTERM)
+        assert wait_until(lambda: not pid_alive(pid), DAEMON_EXIT_TIMEOUT_S), "daemon ignored SIGTERM"
+    assert wait_until(lambda: not is_mounted(m.path), 5), "mount left behind"
+
+
+def test_foreground_runs_until_unmounted(mounter, lifecycle_bucket):
+    mnt, cache = mounter.fresh_dir("mnt"), mounter.fresh_dir("cache")
+    args = mount_args(f"s3://{lifecycle_bucket}", mnt, cache, mounter.endpoint_url, "--foreground")
+    proc = subprocess.Popen([PYTHON, "-m", "cachefs", *args], cwd=REPO_ROOT, env=mounter.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, MOUNT_TIMEOUT_S)
+        assert proc.poll() is None, f"--foreground exited with {proc.returncode}: {proc.stderr.read()!r}"
+        assert (mnt / "d/g.txt").read_bytes() == b"g"
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+        assert proc.wait(DAEMON_EXIT_TIMEOUT_S) == 0, proc.stderr.read()
+    finally:
+        force_unmount(mnt)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_ownership_and_mode_flags(mounter, lifecycle_bucket):
+    m = mounter.mount(lifecycle_bucket, "--uid", "1234", "--gid", "4321", "--file-mode", "0440",
+                      "--dir-mode", "0550")
+    for rel, mode, kind in (("f.bin", 0o440, stat.S_IFREG), ("d", 0o550, stat.S_IFDIR),
+                            ("d/g.txt", 0o440, stat.S_IFREG), (".", 0o550, stat.S_IFDIR)):
+        st = os.stat(m / rel)
+        assert (st.st_uid, st.st_gid) == (1234, 4321), rel
+        assert stat.S_IFMT(st.st_mode) == kind and stat.S_IMODE(st.st_mode) == mode, (rel, oct(st.st_mode))
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--block-size", "1MiB"), ("--block-size", "512KiB"), ("--block-size", "131072"),
+    ("--cache-size", "1G"), ("--cache-size", "10GiB"), ("--cache-size", "4MiB")])
+def test_size_strings_are_accepted(mounter, lifecycle_bucket, option, value):
+    extra = (option, value) if option != "--block-size" else ()
+    m = mounter.mount(lifecycle_bucket, *extra, block_size=value if option == "--block-size" else "256KiB")
+    assert read_all(m / "f.bin") == OBJECTS["f.bin"]
