@@ -1,0 +1,110 @@
+"""The benchmark dataset: what is uploaded to the bucket (and copied to local disk), and its scale.
+
+Bucket layout (each workload reads files no other workload has touched, so "cold" stays cold):
+  fio/seq-1job.bin, fio/seq-4jobs.bin, fio/rand.bin     one large file per fio job
+  fio/ttfb-large-N.bin, fio/ttfb-tiny-N.bin             time-to-first-byte sets
+  tfrecord/train-*.tfrecord, images/train/class_*/*.jpg  the loader's two shapes (cachefs.sample)
+  meta<N>/dDDD/fFFFFFF                                 N tiny files for the metadata walk
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from cachefs import sample
+
+MiB = 1 << 20
+FIO_CHUNK = 4 * MiB
+META_FILES_PER_DIR = 100  # 100 per directory: deep enough that listing is per-directory work
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    fio_file_mib: int          # seq-1job, seq-4jobs and rand each this big
+    rand_ios: int              # random 64 KiB reads per rand job (fixed work, same offsets every state)
+    ttfb_large: tuple[int, int]  # (files, MiB each)
+    ttfb_tiny: int             # 1 KiB files
+    images: int                # loader images per shape
+    shard_mb: float            # TFRecord shard size
+    meta_trees: tuple[int, ...]
+    runs: int
+    epochs: int
+    loader_workers: int
+    step_timeout_s: float      # bound on any one fio job / epoch / walk
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+SCALES = {
+    # `make bench`: under 10 minutes on 2 cores; small shards so 4 workers each get one
+    "short": Scale("short", 64, 256, (4, 32), 32, 1200, 32, (10_000,), 3, 2, 4, 180),
+    # `make bench-full`: the field report's ~128 MB shards, a 10k and a 100k tree
+    "full": Scale("full", 1024, 2048, (4, 1024), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 900),
+    # tests/test_bench_harness.py: seconds
+    "tiny": Scale("tiny", 4, 16, (2, 4), 4, 24, 0.5, (200,), 1, 2, 2, 60),
+}
+
+
+def loader_spec(scale: Scale) -> sample.DatasetSpec:
+    return sample.DatasetSpec(num_images=scale.images, num_classes=100, shard_bytes=int(scale.shard_mb * 1e6))
+
+
+def random_file(size: int, seed: str) -> bytes:
+    rng = random.Random(seed)
+    return b"".join(rng.randbytes(min(FIO_CHUNK, size - off)) for off in range(0, size, FIO_CHUNK))
+
+
+def fio_files(scale: Scale) -> Iterator[sample.Item]:
+    for name in ("seq-1job", "seq-4jobs", "rand"):
+        yield f"fio/{name}.bin", random_file(scale.fio_file_mib * MiB, name)
+    files, mib = scale.ttfb_large
+    for i in range(files):
+        yield f"fio/ttfb-large-{i}.bin", random_file(mib * MiB, f"large{i}")
+    for i in range(scale.ttfb_tiny):
+        yield f"fio/ttfb-tiny-{i}.bin", random_file(1024, f"tiny{i}")
+
+
+def meta_tree(n: int) -> Iterator[sample.Item]:
+    for i in range(n):
+        yield f"meta{n}/d{i // META_FILES_PER_DIR:04d}/f{i:07d}", b"m"
+
+
+def all_items(scale: Scale) -> Iterator[sample.Item]:
+    spec = loader_spec(scale)
+    yield from fio_files(scale)
+    yield from sample.iter_tfrecord_shards(spec)
+    yield from sample.iter_image_files(spec)
+    for n in scale.meta_trees:
+        yield from meta_tree(n)
+
+
+def tee_to_local(items, local_root: str) -> Iterator[sample.Item]:
+    """Write each item to local disk as it passes on its way to the bucket: the same bytes in both."""
+    for key, data in items:
+        sample.write_local(local_root, [(key, data)])
+        yield key, data
+
+
+def populate(endpoint, bucket: str, scale: Scale, local_root: str, workers: int = 16) -> dict:
+    """Create the bucket, upload every item and write the local copy. Returns counts."""
+    client = endpoint.client(max_pool=workers)
+    client.create_bucket(Bucket=bucket)
+    objects, nbytes = sample.upload(client, bucket, "", tee_to_local(all_items(scale), local_root), workers)
+    return {"objects": objects, "bytes": nbytes}
+
+
+def paths(scale: Scale) -> dict:
+    """Relative paths each workload uses, computed from the scale (no listing needed)."""
+    spec = loader_spec(scale)
+    return {
+        "seq1": "fio/seq-1job.bin", "seq4": "fio/seq-4jobs.bin", "rand": "fio/rand.bin",
+        "ttfb_large": [f"fio/ttfb-large-{i}.bin" for i in range(scale.ttfb_large[0])],
+        "ttfb_tiny": [f"fio/ttfb-tiny-{i}.bin" for i in range(scale.ttfb_tiny)],
+        "tfrecord": sample.shard_keys(spec),
+        "images": [sample.image_key(spec, i) for i in range(spec.num_images)],
+    }
+

@@ -1,0 +1,156 @@
+"""Small helpers shared by the harness: bounded subprocesses, waits, page-cache drops, process stats."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from typing import Callable, Sequence
+
+
+class StepTimeout(RuntimeError):
+    """A bounded step did not finish in time."""
+
+
+def run(cmd: Sequence[str], timeout: float, env: dict | None = None, check: bool = True,
+        capture: bool = True, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run with a mandatory timeout; the child's process group is killed on expiry."""
+    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True, text=True, cwd=cwd,
+                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise StepTimeout(f"{cmd[0]} did not finish within {timeout:.0f} s: {' '.join(cmd)}")
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {(err or '').strip()[-2000:]}")
+    return result
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a child we started (and its process group, which start_new_session gave it)."""
+    if proc.poll() is not None:
+        return
+    for sig in (15, 9):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise StepTimeout(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def drop_page_cache() -> bool:
+    """sync; echo 3 > drop_caches. Returns False (and the caller records it) when not permitted."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- per-process CPU and memory
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU seconds consumed so far by `pids` (threads included)."""
+    total, seen = 0.0, False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+        seen = True
+    return total if seen else None
+
+
+def reset_peak_rss(pids: Sequence[int]) -> None:
+    """Writing 5 to clear_refs resets VmHWM, so each phase reports its own peak."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_rss_mib(pids: Sequence[int]) -> float | None:
+    total, seen = 0.0, False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+                        seen = True
+        except OSError:
+            continue
+    return total if seen else None
+
+
+def pids_with_arg(arg: str) -> list[int]:
+    """Processes whose command line contains `arg` exactly (our unique scratch paths), for stats only."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if arg.encode() in args:
+            found.append(int(name))
+    return found
+
+
+class ProcessMeter:
+    """CPU seconds and peak RSS of some processes over one phase: `with meter: ...; meter.result()`."""
+
+    def __init__(self, pids: Sequence[int]):
+        self.pids = list(pids)
+        self._cpu0 = None
+        self.cpu_s = self.peak_rss_mib = None
+
+    def __enter__(self):
+        reset_peak_rss(self.pids)
+        self._cpu0 = cpu_seconds(self.pids)
+        return self
+
+    def __exit__(self, *exc):
+        cpu1 = cpu_seconds(self.pids)
+        if self._cpu0 is not None and cpu1 is not None:
+            self.cpu_s = round(cpu1 - self._cpu0, 3)
+        self.peak_rss_mib = peak_rss_mib(self.pids)
+
+    def result(self, prefix: str) -> dict:
+        return {f"{prefix}_cpu_s": self.cpu_s, f"{prefix}_peak_rss_mib": self.peak_rss_mib}
+
+
+def summarize(values: Sequence[float | None]) -> dict | None:
+    """min / median / max over repeated runs (None values, i.e. failed runs, are counted apart)."""
+    good = [v for v in values if v is not None]
+    if not good:
+        return None
+    return {"min": min(good), "median": statistics.median(good), "max": max(good),
+            "n": len(good), "failed": len(values) - len(good)}
