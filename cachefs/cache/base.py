@@ -1,0 +1,31 @@
+"""The BlockCache seam: blocks by 16-byte key. A failed read is a miss, never an error."""
+from __future__ import annotations
+
+import abc
+
+
+class BlockCache(abc.ABC):
+    @abc.abstractmethod
+    def get(self, key: bytes) -> bytes | None:
+        """The block's verified bytes, or None (absent, unreadable or corrupt: all misses)."""
+
+    @abc.abstractmethod
+    def put(self, key: bytes, data: bytes) -> None:
+        """Store a block; may evict others to stay within the size limit; never raises for I/O."""
+
+    @abc.abstractmethod
+    def contains(self, key: bytes) -> bool:
+        ...
+
+    @property
+    @abc.abstractmethod
+    def used_bytes(self) -> int:
+        ...
+
+    @property
+    @abc.abstractmethod
+    def block_count(self) -> int:
+        ...
+
+    def close(self) -> None:
+        """Persist what is pending."""

@@ -1,0 +1,125 @@
+"""`cachefs` command line: mount, umount.
+
+Every failure the user can fix ends as one line `cachefs: error: ...` and exit code 1 (2 for usage).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import subprocess
+import sys
+import time
+
+from . import __version__
+from .config import OPTIONS, Config, build_config
+from .errors import UserError
+from .mounts import canonical
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), not usage text plus an error."""
+
+    def error(self, message: str):
+        raise _UsageError(message)
+
+
+class _UsageError(UserError):
+    pass
+
+
+def _add_mount_options(p: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        flag = "--" + opt.name.replace("_", "-")
+        if opt.flag_takes_value:
+            p.add_argument(flag, dest=opt.name, default=argparse.SUPPRESS, metavar="VALUE", help=opt.help)
+        else:
+            p.add_argument(flag, dest=opt.name, action="store_const", const=True,
+                           default=argparse.SUPPRESS, help=opt.help)
+    p.add_argument("--config", metavar="FILE", help="TOML file with options (keys as the flags, '_' for '-')")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)   # internal: daemon -> parent
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cachefs", description="FUSE caching filesystem for S3-compatible object storage")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    m = sub.add_parser("mount", help="mount s3://BUCKET[/PREFIX] on MOUNTPOINT")
+    m.add_argument("source", help="s3://BUCKET[/PREFIX]")
+    m.add_argument("mountpoint")
+    _add_mount_options(m)
+    for name in ("umount", "unmount"):
+        u = sub.add_parser(name, help="unmount and wait for the daemon to exit")
+        u.add_argument("mountpoint")
+        u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
+    return parser
+
+
+def _mount_flags(args: argparse.Namespace) -> dict:
+    return {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
+
+
+def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
+    cfg = build_config(args.source, canonical(args.mountpoint), _mount_flags(args), args.config)
+    if cfg.foreground or args.ready_fd is not None:
+        from . import daemon
+        return daemon.run(cfg, args.ready_fd)
+    return _spawn_daemon(cfg, argv)
+
+
+def _spawn_daemon(cfg: Config, argv: list[str]) -> int:
+    """Start the daemon as a detached process and wait for its one-line start-up report."""
+    read_fd, write_fd = os.pipe()
+    child_argv = [sys.executable, "-m", "cachefs", *argv, "--ready-fd", str(write_fd)]
+    proc = subprocess.Popen(child_argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    os.close(write_fd)
+    deadline = time.monotonic() + cfg.mount_timeout
+    buf = b""
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([pipe], [], [], left)[0]:
+                proc.kill()
+                proc.wait()
+                raise UserError(f"daemon did not report ready within {cfg.mount_timeout:.0f} s "
+                                f"(see {cfg.log_file})")
+            chunk = pipe.read(4096)
+            if not chunk:
+                code = proc.wait()
+                raise UserError(f"daemon exited during start-up with code {code} (see {cfg.log_file})")
+            buf += chunk
+    line = buf.decode(errors="replace").strip()
+    if line == "OK":
+        return 0
+    proc.wait()
+    raise UserError(line.removeprefix("ERR ").strip())
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .mounts import unmount
+    unmount(args.mountpoint, args.timeout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = make_parser().parse_args(argv)
+        if args.version:
+            print(f"cachefs {__version__}")
+            return 0
+        if args.command == "mount":
+            return cmd_mount(args, argv)
+        if args.command in ("umount", "unmount"):
+            return cmd_umount(args)
+        make_parser().print_help()
+        return 2
+    except _UsageError as e:
+        print(f"cachefs: error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"cachefs: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

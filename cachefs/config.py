@@ -1,0 +1,290 @@
+"""The validated configuration: defaults < TOML file < environment (CACHEFS_*) < command-line flags.
+
+Every option is declared once in OPTIONS; argparse flags, TOML keys and environment variables are
+derived from that table, so the three sources can never disagree on names or parsing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import xxhash
+
+from .errors import ConfigError
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
+          "g": GiB, "gb": 1000**3, "gib": GiB, "t": TiB, "tb": 1000**4, "tib": TiB}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """'4MiB' -> 4194304. Binary for K/M/G/T and KiB.., decimal for KB/MB/.. ."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("must not be negative")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"invalid size {text!r} (use e.g. 4MiB, 512KiB, 10GiB or plain bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _seconds(text: Any) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid number of seconds {text!r}") from None
+    if v < 0 or v != v:
+        raise ValueError(f"must be >= 0 seconds, got {text!r}")
+    return v
+
+
+def _count(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(text: Any) -> int:
+        try:
+            v = int(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid whole number {text!r}") from None
+        if not minimum <= v <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {v}")
+        return v
+    return parse
+
+
+def _mode(text: Any) -> int:
+    try:
+        v = text if isinstance(text, int) else int(str(text), 8)
+    except ValueError:
+        raise ValueError(f"invalid octal mode {text!r} (use e.g. 0444)") from None
+    if not 0 <= v <= 0o7777:
+        raise ValueError(f"mode {text!r} out of range")
+    return v
+
+
+def _bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {text!r} (use true or false)")
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(text: Any) -> str:
+        if str(text) not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return str(text)
+    return parse
+
+
+def _text(text: Any) -> str:
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"must be a non-empty string, got {text!r}")
+    return text
+
+
+def _size_min(minimum: int) -> Callable[[Any], int]:
+    def parse(text: Any) -> int:
+        v = parse_size(text)
+        if v < minimum:
+            raise ValueError(f"must be at least {format_size(minimum)}, got {text!r}")
+        return v
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str              # dataclass field; flag is --name-with-dashes, env CACHEFS_NAME
+    parse: Callable[[Any], Any]
+    help: str
+    flag_takes_value: bool = True   # False: a switch (--foreground)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("endpoint_url", _text, "S3 endpoint URL (default: AWS, or AWS_ENDPOINT_URL)"),
+    Option("region", _text, "S3 region (default: from the AWS config, else us-east-1)"),
+    Option("addressing_style", _choice("auto", "path", "virtual"),
+           "S3 addressing style; 'path' for most self-hosted endpoints (Ceph RGW, MinIO)"),
+    Option("profile", _text, "AWS profile name from the shared config/credentials files"),
+    Option("credentials_file", _text, "AWS-style credentials file (INI); must have mode 0600"),
+    Option("cache_dir", _text, "directory for cached blocks and metadata (created 0700)"),
+    Option("cache_size", _size_min(16 * MiB), "size limit of the block cache on disk"),
+    Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
+    Option("read_ahead_blocks", _count(0, 256), "blocks fetched ahead of a sequential reader"),
+    Option("entry_timeout", _seconds, "seconds the kernel caches a name lookup"),
+    Option("attr_timeout", _seconds, "seconds the kernel caches file attributes"),
+    Option("listing_ttl", _seconds, "seconds a directory listing from S3 is trusted"),
+    Option("negative_ttl", _seconds, "seconds a 'no such file' answer is trusted"),
+    Option("uid", _count(0, 2**32 - 2), "owner of every file (default: the mounting user)"),
+    Option("gid", _count(0, 2**32 - 2), "group of every file (default: the mounting user's)"),
+    Option("file_mode", _mode, "permission bits of files (octal)"),
+    Option("dir_mode", _mode, "permission bits of directories (octal)"),
+    Option("allow_other", _bool, "let other users access the mount (needs user_allow_other)", False),
+    Option("max_idle_threads", _count(1, 1024),
+           "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
+    Option("s3_max_attempts", _count(1, 20), "attempts per S3 request (retries + 1)"),
+    Option("s3_connect_timeout", _seconds, "seconds to connect to the endpoint"),
+    Option("s3_read_timeout", _seconds, "seconds to wait for data from the endpoint"),
+    Option("mount_timeout", _seconds, "seconds `mount` waits for the daemon to be ready"),
+    Option("foreground", _bool, "stay attached; log to stderr", False),
+    Option("log_level", _choice("debug", "info", "warning", "error"), "log level"),
+    Option("log_file", _text, "log file in the background (default: CACHE_DIR/cachefs.log)"),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+ENV_PREFIX = "CACHEFS_"
+
+
+def _default_uid() -> int:
+    return os.getuid()
+
+
+def _default_gid() -> int:
+    return os.getgid()
+
+
+@dataclass
+class Config:
+    source: str = ""          # s3://bucket[/prefix]
+    mountpoint: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    profile: str | None = None
+    credentials_file: str | None = None
+    cache_dir: str | None = None
+    # A training node's cache; quotas and tiers come with the tiered cache.
+    cache_size: int = 10 * GiB
+    # 4 MiB: large enough that one GET per block amortises S3's ~10-50 ms first-byte latency,
+    # small enough that a random 110 KB sample does not drag in much extra.
+    block_size: int = 4 * MiB
+    # Two blocks (8 MiB) in flight ahead of a sequential reader keeps one GET always running.
+    read_ahead_blocks: int = 2
+    # Training data is read-mostly and changes between jobs, not during them: one hour of kernel
+    # metadata caching removes the lookup round-trips that dominated the field reports.
+    entry_timeout: float = 3600.0
+    attr_timeout: float = 3600.0
+    listing_ttl: float = 600.0
+    negative_ttl: float = 30.0
+    uid: int = field(default_factory=_default_uid)
+    gid: int = field(default_factory=_default_gid)
+    file_mode: int = 0o444
+    dir_mode: int = 0o555
+    allow_other: bool = False
+    # libfuse's default of 10 idle threads caused thread churn with many loader workers.
+    max_idle_threads: int = 16
+    s3_max_attempts: int = 4
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 30.0
+    mount_timeout: float = 60.0
+    foreground: bool = False
+    log_level: str = "info"
+    log_file: str | None = None
+
+    # -- derived -----------------------------------------------------------------------
+    @property
+    def bucket(self) -> str:
+        return _split_source(self.source)[0]
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix under the bucket, '' or ending in '/'."""
+        return _split_source(self.source)[1]
+
+    def identity(self) -> str:
+        """What a cache directory belongs to: metadata is only valid for the same bucket view."""
+        return f"{self.endpoint_url or 'aws'}|{self.bucket}|{self.prefix}"
+
+
+def _split_source(source: str) -> tuple[str, str]:
+    if not source.startswith("s3://"):
+        raise ConfigError(f"source {source!r} must look like s3://BUCKET[/PREFIX]")
+    rest = source[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}", bucket):
+        raise ConfigError(f"invalid bucket name {bucket!r} in {source!r}")
+    prefix = prefix.strip("/")
+    if "//" in prefix:
+        raise ConfigError(f"prefix in {source!r} has an empty path segment")
+    return bucket, (prefix + "/" if prefix else "")
+
+
+def default_cache_dir(cfg: Config) -> str:
+    base = "/var/cache/cachefs" if os.getuid() == 0 else os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cachefs")
+    return os.path.join(base, xxhash.xxh64_hexdigest(cfg.identity().encode()))
+
+
+def _apply(values: dict[str, Any], target: dict[str, Any], source: str, to_key: Callable[[str], str]) -> None:
+    for name, raw in values.items():
+        opt = OPTION_BY_NAME.get(name)
+        if opt is None:
+            raise ConfigError(f"{source or 'command line'}: unknown option {to_key(name)!r}")
+        try:
+            target[name] = opt.parse(raw)
+        except ValueError as e:
+            where = f"{source}: " if source else ""
+            raise ConfigError(f"{where}{to_key(name)}: {e}") from None
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return data
+
+
+def env_values(environ: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            out[key[len(ENV_PREFIX):].lower()] = value
+    return out
+
+
+def build_config(source: str, mountpoint: str, flags: dict[str, Any],
+                 config_file: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Merge the layers and validate. `flags` holds only options given on the command line."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        _apply(load_toml(config_file), merged, f"config file {config_file}", lambda n: n)
+    _apply(env_values(environ), merged, "environment", lambda n: ENV_PREFIX + n.upper())
+    _apply(flags, merged, "", lambda n: "--" + n.replace("_", "-"))
+    cfg = Config(source=source, mountpoint=mountpoint, **merged)
+    _split_source(cfg.source)  # validates the URL
+    if cfg.cache_size < 4 * cfg.block_size:
+        raise ConfigError(f"--cache-size ({format_size(cfg.cache_size)}) must hold at least 4 blocks "
+                          f"of --block-size ({format_size(cfg.block_size)})")
+    if cfg.cache_dir is None:
+        cfg.cache_dir = default_cache_dir(cfg)
+    cfg.cache_dir = os.path.abspath(cfg.cache_dir)
+    if cfg.log_file is None:
+        cfg.log_file = os.path.join(cfg.cache_dir, "cachefs.log")
+    return cfg
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

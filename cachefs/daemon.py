@@ -1,0 +1,237 @@
+"""The mount daemon: checks everything, assembles the layers, mounts, serves until unmounted.
+
+Start-up order matters for "no state destroyed on an unclear error": every check that can fail
+(cache directory, its lock, mount point, credentials, bucket, metadata store) runs before
+pyfuse3.init, so a failed start leaves neither a mount nor a half-written cache behind.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import signal
+import sys
+import time
+
+import pyfuse3
+import trio
+
+from . import __version__, mounts
+from .cache.disk import DiskCache
+from .config import Config
+from .errors import UserError
+from .fs import CachefsOperations
+from .meta.store import MetaStore
+from .namespace import Namespace
+from .reader import BlockReader
+from .stats import Stats
+from .store import from_config
+
+log = logging.getLogger(__name__)
+
+INDEX_FLUSH_INTERVAL_S = 1.0   # how much of the block index a crash can lose (the scan adopts it back)
+RECENT_BLOCKS_MIN = 16         # in-memory verified blocks: >= one per concurrent sequential reader
+
+
+class ReadyPipe:
+    """Tells the `cachefs mount` parent process whether start-up worked (one line)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (line.replace("\n", " ") + "\n").encode())
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+
+def prepare_cache_dir(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cache directory {path} is not usable: {e.strerror}") from None
+
+
+def lock_cache_dir(path: str) -> int:
+    """An exclusive lock for the daemon's lifetime: two daemons must never share a cache."""
+    fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            with open(os.path.join(path, "cachefs.pid")) as f:
+                holder = f" (pid {f.read().strip()})"
+        except OSError:
+            holder = ""
+        os.close(fd)
+        raise UserError(f"cache directory {path} is in use by another cachefs daemon{holder}") from None
+    return fd
+
+
+def setup_logging(cfg: Config, background: bool) -> None:
+    level = getattr(logging, cfg.log_level.upper())
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if background:
+        handler: logging.Handler = logging.FileHandler(cfg.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def redirect_stdio(log_file: str) -> None:
+    """In the background, anything written to fd 1/2 (libfuse's own messages) goes to the log."""
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(devnull)
+
+
+def fuse_options(cfg: Config) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    opts |= {f"fsname={cfg.source}", "subtype=cachefs", "ro", "noatime"}
+    if cfg.allow_other:
+        opts.add("allow_other")   # always with default_permissions (in pyfuse3's defaults)
+    return opts
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stats = Stats()
+        self.terminated_by_signal = False
+
+    def start(self) -> None:
+        """Everything up to and including the mount. Raises UserError on any bad input."""
+        cfg = self.cfg
+        prepare_cache_dir(cfg.cache_dir)
+        self.lock_fd = lock_cache_dir(cfg.cache_dir)
+        mounts.check_mountpoint(cfg.mountpoint)
+        self.store = from_config(cfg, self.stats)
+        self.store.check_bucket(cfg.prefix)
+        self.meta = MetaStore(os.path.join(cfg.cache_dir, "meta"), cfg.identity(),
+                              max_readers=2 * cfg.max_idle_threads + 64)
+        self.cache = DiskCache(cfg.cache_dir, cfg.cache_size, self.meta, self.stats)
+        self.cache.scan()
+        self.limiter = trio.CapacityLimiter(cfg.max_idle_threads)
+        run_blocking = functools.partial(_run_in_thread, self.limiter)
+        self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)
+        recent = max(RECENT_BLOCKS_MIN, cfg.max_idle_threads)
+        self.reader = BlockReader(self.store, self.cache, run_blocking, self.stats, bucket=cfg.bucket,
+                                  block_size=cfg.block_size, read_ahead_blocks=cfg.read_ahead_blocks,
+                                  recent_blocks=recent)
+        self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats)
+        try:
+            pyfuse3.init(self.ops, cfg.mountpoint, fuse_options(cfg))
+        except RuntimeError as e:
+            raise UserError(f"cannot mount {cfg.mountpoint}: {e}") from None
+        self._write_pid()
+        log.info("cachefs %s mounted %s on %s (cache %s)", __version__, cfg.source, cfg.mountpoint, cfg.cache_dir)
+
+    def _extra_stats(self) -> dict:
+        return {"cache_bytes": self.cache.used_bytes, "cache_blocks": self.cache.block_count,
+                "cache_capacity": self.cfg.cache_size}
+
+    def _write_pid(self) -> None:
+        with open(os.path.join(self.cfg.cache_dir, "cachefs.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        mounts.register(self.cfg.mountpoint, {"pid": os.getpid(), "cache_dir": self.cfg.cache_dir,
+                                              "source": self.cfg.source})
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.reader.nursery = nursery
+            nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._flush_index_periodically)
+            await pyfuse3.main(min_tasks=1, max_tasks=self.cfg.max_idle_threads)
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("received %s: unmounting", signal.Signals(signum).name)
+                self.terminated_by_signal = True
+                pyfuse3.terminate()
+                return
+
+    async def _flush_index_periodically(self) -> None:
+        while True:
+            await trio.sleep(INDEX_FLUSH_INTERVAL_S)
+            await trio.to_thread.run_sync(self.cache.flush, limiter=self.limiter)
+
+    def stop(self, unmount: bool) -> None:
+        try:
+            pyfuse3.close(unmount=unmount)
+        finally:
+            self.cache.close()
+            self.meta.close()
+            self.store.close()
+            mounts.unregister(self.cfg.mountpoint)
+            try:
+                os.unlink(os.path.join(self.cfg.cache_dir, "cachefs.pid"))
+            except OSError:
+                pass
+            log.info("unmounted %s", self.cfg.mountpoint)
+
+
+async def _run_in_thread(limiter: trio.CapacityLimiter, fn, *args):
+    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
+def run(cfg: Config, ready_fd: int | None) -> int:
+    """Run the daemon in this process until unmounted. `ready_fd`: report start-up to the parent."""
+    background = ready_fd is not None
+    ready = ReadyPipe(ready_fd)
+    try:
+        if background:
+            prepare_cache_dir(cfg.cache_dir)
+            setup_logging(cfg, background=True)
+            redirect_stdio(cfg.log_file)
+        else:
+            setup_logging(cfg, background=False)
+        daemon = Daemon(cfg)
+        daemon.start()
+    except UserError as e:
+        log.error("%s", e)
+        ready.send(f"ERR {e}")
+        if not background:
+            print(f"cachefs: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        log.exception("start-up failed")
+        ready.send(f"ERR start-up failed: {type(e).__name__}: {e} (see {cfg.log_file})")
+        return 1
+    if background:
+        os.chdir("/")
+    ready.send("OK")
+    clean = False
+    started = time.monotonic()
+    try:
+        trio.run(daemon.serve)
+        clean = True
+    except BaseException:
+        log.exception("FUSE main loop failed")
+        raise
+    finally:
+        # Unmount ourselves unless the kernel side already went away (umount / fusermount -u).
+        daemon.stop(unmount=daemon.terminated_by_signal or not clean)
+        log.info("served for %.1f s", time.monotonic() - started)
+    return 0

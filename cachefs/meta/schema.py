@@ -1,0 +1,89 @@
+"""The LMDB layout: every sub-database, its key and value encoding, in one place.
+
+Layout version 1 (the `meta` database's b"version"). All integers big-endian so that LMDB's byte
+order is numeric order; names are the raw UTF-8 bytes of one path segment.
+
+| sub-database | key                              | value                                                  |
+|--------------|----------------------------------|--------------------------------------------------------|
+| meta         | b"version"                       | ASCII layout version, b"1"                              |
+|              | b"identity"                      | UTF-8 "endpoint|bucket|prefix" the cache belongs to     |
+|              | b"next_ino"                      | u64: next inode number to hand out (never reused)       |
+| inodes       | u64 ino                          | INODE header (kind, size, mtime_ns, parent), u16 etag   |
+|              |                                  | length, etag bytes, then the path (UTF-8, rest)         |
+| dentries     | u64 parent ino + name            | u64 child ino                                           |
+| listings     | u64 dir ino                      | f64 wall-clock expiry of the last full LIST             |
+| negative     | u64 parent ino + name            | f64 wall-clock expiry of a "no such entry" answer       |
+| blocks       | 16-byte xxh3-128 block key       | BLOCK: u32 size, f64 time stored (insertion order)      |
+
+The `path` of an inode is its key relative to the mount's prefix: "a/b/file" for files, "a/b" for
+directories, "" for the root. Its S3 key is prefix + path (+ "/" for a directory's listing prefix).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+LAYOUT_VERSION = b"1"
+DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks")
+
+ROOT_INO = 1            # FUSE's root inode number
+FIRST_FREE_INO = 2
+
+KIND_FILE = 1
+KIND_DIR = 2
+
+U64 = struct.Struct(">Q")
+F64 = struct.Struct(">d")
+INODE = struct.Struct(">BqqQ")   # kind, size, mtime_ns, parent
+U16 = struct.Struct(">H")
+BLOCK = struct.Struct(">Id")     # size, stored_at
+
+
+@dataclass(frozen=True)
+class Inode:
+    ino: int
+    kind: int
+    size: int
+    mtime_ns: int
+    parent: int
+    etag: str
+    path: str
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == KIND_DIR
+
+
+def pack_u64(n: int) -> bytes:
+    return U64.pack(n)
+
+
+def unpack_u64(b: bytes) -> int:
+    return U64.unpack(b)[0]
+
+
+def pack_f64(x: float) -> bytes:
+    return F64.pack(x)
+
+
+def unpack_f64(b: bytes) -> float:
+    return F64.unpack(b)[0]
+
+
+def dentry_key(parent: int, name: bytes) -> bytes:
+    return U64.pack(parent) + name
+
+
+def pack_inode(i: Inode) -> bytes:
+    etag = i.etag.encode()
+    return INODE.pack(i.kind, i.size, i.mtime_ns, i.parent) + U16.pack(len(etag)) + etag + i.path.encode()
+
+
+def unpack_inode(ino: int, raw: bytes) -> Inode:
+    kind, size, mtime_ns, parent = INODE.unpack_from(raw)
+    pos = INODE.size
+    (n,) = U16.unpack_from(raw, pos)
+    pos += U16.size
+    etag = bytes(raw[pos:pos + n]).decode()
+    path = bytes(raw[pos + n:]).decode()
+    return Inode(ino, kind, size, mtime_ns, parent, etag, path)

@@ -1,0 +1,201 @@
+"""MetaStore: inodes, directory entries, listing/negative expiry and the block index, in LMDB.
+
+Transactions are short and synchronous; callers on the trio thread may do reads inline (LMDB reads
+are memory-mapped lookups) but run writes that touch many entries in a worker thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import lmdb
+
+from ..errors import UserError
+from .schema import (BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, ROOT_INO, Inode,
+                     dentry_key, pack_f64, pack_inode, pack_u64, unpack_f64, unpack_inode, unpack_u64)
+
+log = logging.getLogger(__name__)
+
+# LMDB reserves address space, not disk: 64 GiB holds ~100 M inodes and never needs a resize.
+MAP_SIZE = 64 << 30
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in a directory as S3 reports it."""
+    name: str
+    kind: int
+    size: int = 0
+    mtime_ns: int = 0
+    etag: str = ""
+
+
+class MetaStore:
+    def __init__(self, path: str, identity: str, max_readers: int = 256) -> None:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            # metasync=False: a system crash may undo the last commit but never corrupts the file.
+            self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=len(DATABASES), metasync=False,
+                                 max_readers=max_readers)
+            self.dbs = {name.decode(): self.env.open_db(name) for name in DATABASES}
+        except lmdb.Error as e:
+            raise UserError(f"metadata store {path} cannot be opened ({e}); it may be corrupt: "
+                            "move the cache directory away to start fresh") from None
+        self._write_lock = threading.Lock()  # one writer at a time, without blocking LMDB readers
+        self._check_layout(path, identity)
+
+    def _check_layout(self, path: str, identity: str) -> None:
+        with self.env.begin(write=True, db=self.dbs["meta"]) as txn:
+            version = txn.get(b"version")
+            owner = txn.get(b"identity")
+            if version is None:
+                txn.put(b"version", LAYOUT_VERSION)
+                txn.put(b"identity", identity.encode())
+                txn.put(b"next_ino", pack_u64(FIRST_FREE_INO))
+                txn.put(pack_u64(ROOT_INO), pack_inode(Inode(ROOT_INO, KIND_DIR, 0, 0, ROOT_INO, "", "")),
+                        db=self.dbs["inodes"])
+                return
+        if version != LAYOUT_VERSION:
+            raise UserError(f"metadata store {path} has layout version {version.decode(errors='replace')}, "
+                            f"this cachefs uses {LAYOUT_VERSION.decode()}; use another --cache-dir")
+        if owner != identity.encode():
+            raise UserError(f"cache directory belongs to {owner.decode(errors='replace')!r}, not "
+                            f"{identity!r}; use another --cache-dir")
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- reads ------------------------------------------------------------------------------
+    def get_inode(self, ino: int) -> Inode | None:
+        with self.env.begin(db=self.dbs["inodes"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        return unpack_inode(ino, raw) if raw is not None else None
+
+    def lookup(self, parent: int, name: bytes) -> Inode | None:
+        with self.env.begin() as txn:
+            child = txn.get(dentry_key(parent, name), db=self.dbs["dentries"])
+            if child is None:
+                return None
+            raw = txn.get(child, db=self.dbs["inodes"])
+        return unpack_inode(unpack_u64(child), raw) if raw is not None else None
+
+    def listing_expiry(self, ino: int) -> float:
+        with self.env.begin(db=self.dbs["listings"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        return unpack_f64(raw) if raw else 0.0
+
+    def negative_expiry(self, parent: int, name: bytes) -> float:
+        with self.env.begin(db=self.dbs["negative"]) as txn:
+            raw = txn.get(dentry_key(parent, name))
+        return unpack_f64(raw) if raw else 0.0
+
+    def children(self, parent: int) -> list[tuple[bytes, Inode]]:
+        """The entries of a directory, sorted by name."""
+        prefix = pack_u64(parent)
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.dbs["dentries"])
+            inodes = self.dbs["inodes"]
+            if cur.set_range(prefix):
+                for key, child in cur:
+                    if not key.startswith(prefix):
+                        break
+                    raw = txn.get(child, db=inodes)
+                    if raw is not None:
+                        out.append((key[8:], unpack_inode(unpack_u64(child), raw)))
+        return out
+
+    # -- writes -----------------------------------------------------------------------------
+    def replace_listing(self, parent: Inode, entries: Iterable[Entry], expiry: float) -> list[tuple[bytes, Inode]]:
+        """Make `parent`'s entries exactly `entries` (keeping inode numbers of unchanged names)."""
+        wanted = {e.name.encode(): e for e in entries}
+        prefix = pack_u64(parent.ino)
+        with self._write_lock, self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self.dbs["dentries"])
+            existing: dict[bytes, int] = {}
+            if cur.set_range(prefix):
+                for key, child in cur:
+                    if not key.startswith(prefix):
+                        break
+                    existing[key[8:]] = unpack_u64(child)
+            for name, ino in existing.items():
+                if name not in wanted:
+                    self._remove(txn, parent.ino, name, ino)
+            result = [(name, self._upsert(txn, parent, name, entry, existing.get(name)))
+                      for name, entry in sorted(wanted.items())]
+            txn.put(pack_u64(parent.ino), pack_f64(expiry), db=self.dbs["listings"])
+            neg = txn.cursor(db=self.dbs["negative"])
+            if neg.set_range(prefix):
+                while neg.key().startswith(prefix) and neg.delete():
+                    pass
+        return result
+
+    def put_entry(self, parent: Inode, entry: Entry) -> Inode:
+        """Record one entry found by a targeted lookup (HEAD / LIST of one name)."""
+        name = entry.name.encode()
+        with self._write_lock, self.env.begin(write=True) as txn:
+            child = txn.get(dentry_key(parent.ino, name), db=self.dbs["dentries"])
+            txn.delete(dentry_key(parent.ino, name), db=self.dbs["negative"])
+            return self._upsert(txn, parent, name, entry, unpack_u64(child) if child else None)
+
+    def put_negative(self, parent: Inode, name: bytes, expiry: float) -> None:
+        """Record that `name` does not exist (and forget it if we had it)."""
+        with self._write_lock, self.env.begin(write=True) as txn:
+            child = txn.get(dentry_key(parent.ino, name), db=self.dbs["dentries"])
+            if child is not None:
+                self._remove(txn, parent.ino, name, unpack_u64(child))
+            txn.put(dentry_key(parent.ino, name), pack_f64(expiry), db=self.dbs["negative"])
+
+    def _upsert(self, txn: lmdb.Transaction, parent: Inode, name: bytes, entry: Entry, ino: int | None) -> Inode:
+        old = None
+        if ino is not None:
+            raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
+            old = unpack_inode(ino, raw) if raw is not None else None
+        if old is not None and old.kind != entry.kind:
+            # A file became a directory (or back): the kernel caches an inode's type, so the new
+            # thing gets a new number rather than changing under the old one.
+            self._remove(txn, parent.ino, name, ino)
+            old = ino = None
+        if ino is None:
+            counter = txn.get(b"next_ino", db=self.dbs["meta"])
+            ino = unpack_u64(counter)
+            txn.put(b"next_ino", pack_u64(ino + 1), db=self.dbs["meta"])
+            txn.put(dentry_key(parent.ino, name), pack_u64(ino), db=self.dbs["dentries"])
+        path = f"{parent.path}/{entry.name}" if parent.path else entry.name
+        new = Inode(ino, entry.kind, entry.size, entry.mtime_ns, parent.ino, entry.etag, path)
+        if new != old:
+            txn.put(pack_u64(ino), pack_inode(new), db=self.dbs["inodes"])
+        return new
+
+    def _remove(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:
+        """Drop a dentry and its inode; for a directory, everything recorded below it too."""
+        txn.delete(dentry_key(parent, name), db=self.dbs["dentries"])
+        stack = [ino]
+        while stack:
+            current = stack.pop()
+            txn.delete(pack_u64(current), db=self.dbs["inodes"])
+            txn.delete(pack_u64(current), db=self.dbs["listings"])
+            prefix = pack_u64(current)
+            cur = txn.cursor(db=self.dbs["dentries"])
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    stack.append(unpack_u64(cur.value()))
+                    if not cur.delete():
+                        break
+
+    # -- block index ------------------------------------------------------------------------
+    def block_index(self) -> Iterator[tuple[bytes, int, float]]:
+        with self.env.begin(db=self.dbs["blocks"]) as txn:
+            for key, raw in txn.cursor():
+                size, stored_at = BLOCK.unpack(raw)
+                yield key, size, stored_at
+
+    def update_block_index(self, added: Iterable[tuple[bytes, int, float]], removed: Iterable[bytes]) -> None:
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["blocks"]) as txn:
+            for key in removed:
+                txn.delete(key)
+            for key, size, stored_at in added:
+                txn.put(key, BLOCK.pack(size, stored_at))

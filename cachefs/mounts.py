@@ -1,0 +1,149 @@
+"""Mount points: checks before mounting, the table of mounts, unmounting, and the run-time registry
+that maps a mount point to its daemon's pid."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+
+import xxhash
+
+from .errors import UserError
+
+FSTYPE = "fuse.cachefs"
+
+
+def canonical(path: str) -> str:
+    """Absolute path with symlinks resolved in the parent only: stat-ing the mount point itself
+    would ask the FUSE daemon, which hangs if it is our own not-yet-serving or a stuck mount."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _unescape(field: str) -> str:
+    """/proc/self/mountinfo escapes space, tab, newline and backslash as octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fstype(path: str) -> str | None:
+    """The filesystem type mounted exactly at `path`, or None."""
+    path = canonical(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) > 4 and _unescape(fields[4]) == path:
+                found = right.split()[0]      # the last mount on a path is the visible one
+    return found
+
+
+def check_mountpoint(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"mount point {path} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise UserError(f"mount point {path} is a dead mount (Transport endpoint is not connected); "
+                            f"run: cachefs umount {path}") from None
+        raise UserError(f"mount point {path}: {e.strerror}") from None
+    if not os.path.isdir(path):
+        raise UserError(f"mount point {path} is not a directory")
+    fstype = mounted_fstype(path)
+    if fstype is not None:
+        raise UserError(f"mount point {path} is already mounted ({fstype})")
+    try:
+        if os.listdir(path):
+            raise UserError(f"mount point {path} is not empty")
+    except PermissionError:
+        raise UserError(f"mount point {path} is not readable by this user") from None
+    if not os.access(path, os.W_OK | os.X_OK) and os.getuid() != 0:
+        raise UserError(f"mount point {path} is not writable by this user")
+    del st
+
+
+# -- run-time registry: mount point -> daemon ----------------------------------------------
+def runtime_dir() -> str:
+    if os.getuid() == 0:
+        return "/run/cachefs"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cachefs-{os.getuid()}"
+    return os.path.join(base, "cachefs")
+
+
+def _registry_path(mountpoint: str) -> str:
+    return os.path.join(runtime_dir(), xxhash.xxh64_hexdigest(canonical(mountpoint).encode()) + ".json")
+
+
+def register(mountpoint: str, info: dict) -> None:
+    os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+    tmp = _registry_path(mountpoint) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, _registry_path(mountpoint))
+
+
+def unregister(mountpoint: str) -> None:
+    try:
+        os.unlink(_registry_path(mountpoint))
+    except FileNotFoundError:
+        pass
+
+
+def lookup(mountpoint: str) -> dict | None:
+    try:
+        with open(_registry_path(mountpoint)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child not yet reaped) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def fusermount_unmount(path: str, lazy: bool = False) -> None:
+    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [path]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        raise UserError(f"cannot unmount {path}: {msg.removeprefix('fusermount3: ')}")
+
+
+def unmount(path: str, timeout: float) -> None:
+    """Unmount a cachefs mount and wait (up to `timeout` s) until its daemon has exited."""
+    path = canonical(path)
+    fstype = mounted_fstype(path)
+    if fstype != FSTYPE:
+        raise UserError(f"{path} is not a cachefs mount" + (f" (it is {fstype})" if fstype else ""))
+    info = lookup(path) or {}
+    fusermount_unmount(path)
+    pid = info.get("pid")
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise UserError(f"unmounted {path}, but its daemon (pid {pid}) is still running after {timeout:.0f} s")
+        time.sleep(0.05)

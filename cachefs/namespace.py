@@ -1,0 +1,141 @@
+"""The bucket as a directory tree: names, listings and lookups, backed by MetaStore and S3.
+
+Mapping (docs/SEMANTICS.md): every object is a file; '/' in keys makes directories, from common
+prefixes and from zero-byte 'dir/' markers alike; a name that is both a file and a directory is a
+directory; keys whose segments cannot be file names are not shown.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+import trio
+
+from .config import Config
+from .errors import ObjectNotFound
+from .meta.schema import KIND_DIR, KIND_FILE, Inode
+from .meta.store import Entry, MetaStore
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255  # bytes; Linux's limit for one path segment
+
+RunBlocking = Callable[..., Awaitable]
+
+
+def valid_name(name: bytes) -> bool:
+    """A path segment that is a legal Linux file name and that S3 keys can hold."""
+    if not name or len(name) > NAME_MAX or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        return False
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class Namespace:
+    def __init__(self, meta: MetaStore, store: ObjectStore, cfg: Config, run_blocking: RunBlocking) -> None:
+        self.meta = meta
+        self.store = store
+        self.cfg = cfg
+        self.run_blocking = run_blocking
+        self._listing: dict[int, trio.Event] = {}   # single-flight per directory
+
+    def key_of(self, inode: Inode) -> str:
+        return self.cfg.prefix + inode.path
+
+    def dir_prefix(self, inode: Inode) -> str:
+        return self.cfg.prefix + inode.path + "/" if inode.path else self.cfg.prefix
+
+    def get(self, ino: int) -> Inode:
+        inode = self.meta.get_inode(ino)
+        if inode is None:
+            raise ObjectNotFound(f"inode {ino} is gone (its object was removed from S3)")
+        return inode
+
+    # -- listing ----------------------------------------------------------------------------
+    async def entries(self, ino: int) -> list[tuple[bytes, Inode]]:
+        """A directory's entries, from LMDB while its listing is fresh, else listed anew."""
+        while True:
+            directory = self.get(ino)
+            if self.meta.listing_expiry(ino) > time.time():
+                return await self.run_blocking(self.meta.children, ino)
+            pending = self._listing.get(ino)
+            if pending is None:
+                break
+            await pending.wait()     # another request is listing it; use its result
+        done = self._listing[ino] = trio.Event()
+        try:
+            return await self.run_blocking(self._relist, directory)
+        finally:
+            del self._listing[ino]
+            done.set()
+
+    def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
+        prefix = self.dir_prefix(directory)
+        found: dict[str, Entry] = {}
+        token = None
+        while True:
+            page = self.store.list_page(prefix, token)
+            for obj in page.objects:
+                name = obj.key[len(prefix):]
+                if name == "":
+                    continue                      # this directory's own marker object
+                if not valid_name(name.encode()):
+                    log.debug("not shown: key %r is not a valid file name", obj.key)
+                    continue
+                found.setdefault(name, Entry(name, KIND_FILE, obj.size, obj.mtime_ns, obj.etag))
+            for p in page.prefixes:
+                name = p[len(prefix):-1]
+                if not valid_name(name.encode()):
+                    log.debug("not shown: prefix %r is not a valid directory name", p)
+                    continue
+                found[name] = Entry(name, KIND_DIR)   # a directory wins over a file of that name
+            token = page.next_token
+            if token is None:
+                break
+        return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl)
+
+    # -- lookup -----------------------------------------------------------------------------
+    async def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
+        if not valid_name(name):
+            return None
+        parent = self.get(parent_ino)
+        if not parent.is_dir:
+            return None
+        now = time.time()
+        if self.meta.listing_expiry(parent_ino) > now:
+            return self.meta.lookup(parent_ino, name)
+        if self.meta.negative_expiry(parent_ino, name) > now:
+            return None
+        return await self._lookup_remote(parent, name.decode())
+
+    async def _lookup_remote(self, parent: Inode, name: str) -> Inode | None:
+        """Is `name` a directory (any key below it) or a file (a HEAD answers)? Asked in parallel."""
+        key = self.dir_prefix(parent) + name
+        answers: dict[str, object] = {}
+
+        async def ask(what: str, fn, *args) -> None:
+            answers[what] = await self.run_blocking(fn, *args)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "list", self.store.list_page, key + "/", None, 1)
+            nursery.start_soon(ask, "head", self.store.head, key)
+        listing, head = answers["list"], answers["head"]
+        if listing.objects or listing.prefixes:
+            entry = Entry(name, KIND_DIR)
+        elif head is not None:
+            entry = Entry(name, KIND_FILE, head.size, head.mtime_ns, head.etag)
+        else:
+            await self.run_blocking(self.meta.put_negative, parent, name.encode(),
+                                    time.time() + self.cfg.negative_ttl)
+            return None
+        return await self.run_blocking(self.meta.put_entry, parent, entry)
+
+    async def refresh(self, inode: Inode) -> Inode | None:
+        """Re-read one file's metadata from S3 (after its ETag stopped matching)."""
+        parent = self.get(inode.parent)
+        return await self._lookup_remote(parent, inode.path.rsplit("/", 1)[-1])

@@ -1,0 +1,29 @@
+"""Daemon counters: one thread-safe bag of named integers, read by `stats` and the metrics exporter."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+# Every counter the daemon keeps, so a reader sees zeros rather than missing keys.
+NAMES = (
+    "s3_get", "s3_get_bytes", "s3_get_errors", "s3_list", "s3_head", "s3_errors",
+    "cache_hits", "cache_misses", "cache_puts", "cache_evictions", "cache_corrupt", "cache_errors",
+    "fuse_reads", "fuse_read_bytes", "readahead_blocks", "fetch_shared",
+)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: Counter[str] = Counter({n: 0 for n in NAMES})
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def get(self, name: str) -> int:
+        return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)

@@ -1,0 +1,17 @@
+"""Object stores: `from_config` builds the one a mount uses."""
+from __future__ import annotations
+
+from ..config import Config
+from ..stats import Stats
+from .base import ListPage, ObjectInfo, ObjectStore
+
+__all__ = ["ListPage", "ObjectInfo", "ObjectStore", "from_config"]
+
+
+def from_config(cfg: Config, stats: Stats) -> ObjectStore:
+    from .s3 import S3Store  # boto3 import is slow; only the daemon needs it
+    return S3Store(cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
+                   addressing_style=cfg.addressing_style, profile=cfg.profile,
+                   credentials_file=cfg.credentials_file, max_attempts=cfg.s3_max_attempts,
+                   connect_timeout=cfg.s3_connect_timeout, read_timeout=cfg.s3_read_timeout,
+                   max_connections=2 * cfg.max_idle_threads + cfg.read_ahead_blocks, stats=stats)

@@ -1,0 +1,76 @@
+"""An in-memory ObjectStore: the fake for unit tests of the layers above the store, and `mem://`."""
+from __future__ import annotations
+
+import threading
+import time
+
+import xxhash
+
+from ..errors import ObjectChanged, ObjectNotFound, UserError
+from ..stats import Stats
+from .base import ListPage, ObjectInfo, ObjectStore
+
+
+class MemoryStore(ObjectStore):
+    def __init__(self, bucket: str = "mem", stats: Stats | None = None) -> None:
+        self.bucket = bucket
+        self.stats = stats or Stats()
+        self._lock = threading.Lock()
+        self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        info = ObjectInfo(key, len(data), f'"{xxhash.xxh64_hexdigest(data)}"', time.time_ns())
+        with self._lock:
+            self._objects[key] = (bytes(data), info)
+        return info
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def check_bucket(self, prefix: str = "") -> None:
+        if not self.bucket:
+            raise UserError("bucket '' does not exist")
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        self.stats.add("s3_get")
+        with self._lock:
+            entry = self._objects.get(key)
+        if entry is None:
+            raise ObjectNotFound(key)
+        data, info = entry
+        if etag and etag != info.etag:
+            raise ObjectChanged(key)
+        self.stats.add("s3_get_bytes", end - start)
+        return data[start:end]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self.stats.add("s3_head")
+        with self._lock:
+            entry = self._objects.get(key)
+        return entry[1] if entry else None
+
+    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
+                  delimiter: str = "/") -> ListPage:
+        self.stats.add("s3_list")
+        with self._lock:
+            keys = sorted(k for k in self._objects if k.startswith(prefix))
+            infos = {k: self._objects[k][1] for k in keys}
+        # Entries in S3 order: objects and common prefixes interleaved by name.
+        entries: list[tuple[str, ObjectInfo | None]] = []
+        seen_prefixes = set()
+        for k in keys:
+            rest = k[len(prefix):]
+            cut = rest.find(delimiter) if delimiter else -1
+            if cut >= 0:
+                p = prefix + rest[:cut + 1]
+                if p not in seen_prefixes:
+                    seen_prefixes.add(p)
+                    entries.append((p, None))
+            else:
+                entries.append((k, infos[k]))
+        if token:
+            entries = [e for e in entries if e[0] > token]
+        page, more = entries[:max_keys], len(entries) > max_keys
+        return ListPage([i for _, i in page if i], [n for n, i in page if i is None],
+                        page[-1][0] if more else None)
