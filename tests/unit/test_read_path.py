@@ -1,0 +1,117 @@
+"""Namespace and BlockReader over the in-memory store (the fake for the layers above the store)."""
+import random
+
+import pytest
+import trio
+
+from cachefs.cache.disk import DiskCache
+from cachefs.config import build_config
+from cachefs.errors import ObjectChanged
+from cachefs.meta.schema import ROOT_INO
+from cachefs.meta.store import MetaStore
+from cachefs.namespace import Namespace, valid_name
+from cachefs.reader import BlockReader, ReadState
+from cachefs.stats import Stats
+from cachefs.store.memory import MemoryStore
+
+BS = 64 * 1024
+
+
+async def run_blocking(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+@pytest.fixture
+def world(tmp_path):
+    stats = Stats()
+    store = MemoryStore("bkt", stats)
+    cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
+    meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
+    cache = DiskCache(str(tmp_path), 64 * BS, meta, stats)
+    ns = Namespace(meta, store, cfg, run_blocking)
+    reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS,
+                         read_ahead_blocks=0, recent_blocks=4)
+    yield store, ns, reader, stats
+    meta.close()
+
+
+def test_valid_name():
+    assert valid_name("ü.txt".encode())
+    for bad in (b"", b".", b"..", b"a/b", b"\xff\xfe", b"x" * 256, b"a\0b"):
+        assert not valid_name(bad)
+
+
+def test_mapping_rules(world):
+    store, ns, _, _ = world
+    for key in ("pre/file", "pre/dir/a", "pre/marker/", "pre/both", "pre/both/inner", "pre/bad//x",
+                "pre/" + "y" * 300, "other/outside"):
+        store.put(key, b"data")
+
+    async def main():
+        entries = await ns.entries(ROOT_INO)
+        return {name.decode(): inode for name, inode in entries}
+    got = trio.run(main)
+    assert sorted(got) == ["bad", "both", "dir", "file", "marker"]
+    assert got["both"].is_dir and got["marker"].is_dir and got["dir"].is_dir
+    assert not got["file"].is_dir and got["file"].size == 4
+
+
+def test_lookup_without_listing_uses_head_and_list(world):
+    store, ns, _, stats = world
+    store.put("pre/d/x", b"1")
+    store.put("pre/f", b"22")
+
+    async def main():
+        d = await ns.lookup(ROOT_INO, b"d")
+        f = await ns.lookup(ROOT_INO, b"f")
+        missing = await ns.lookup(ROOT_INO, b"nope")
+        again = await ns.lookup(ROOT_INO, b"nope")      # negative entry: no new requests
+        return d, f, missing, again
+    lists_before = stats.get("s3_list")
+    d, f, missing, again = trio.run(main)
+    assert d.is_dir and f.size == 2 and missing is None and again is None
+    assert stats.get("s3_list") - lists_before == 3
+
+
+def test_reads_are_byte_exact_across_blocks(world):
+    store, ns, reader, stats = world
+    data = random.Random(1).randbytes(5 * BS + 123)
+    store.put("pre/big", data)
+
+    async def main():
+        inode = await ns.lookup(ROOT_INO, b"big")
+        rng = random.Random(2)
+        for _ in range(200):
+            off = rng.randrange(0, len(data) + 10)
+            size = rng.randrange(0, 3 * BS)
+            got = await reader.read(inode, "pre/big", off, size, ReadState())
+            assert bytes(got) == data[off:off + size]
+    trio.run(main)
+    assert stats.get("s3_get") == 6          # each block fetched once
+
+
+def test_concurrent_misses_share_one_fetch(world):
+    store, ns, reader, stats = world
+    store.put("pre/f", b"z" * BS)
+
+    async def main():
+        inode = await ns.lookup(ROOT_INO, b"f")
+        async with trio.open_nursery() as n:
+            for _ in range(8):
+                n.start_soon(reader.read, inode, "pre/f", 0, 100, ReadState())
+    trio.run(main)
+    assert stats.get("s3_get") == 1 and stats.get("fetch_shared") >= 1
+
+
+def test_changed_object_is_never_served_stale(world):
+    store, ns, reader, _ = world
+    store.put("pre/f", b"old" * 10)
+
+    async def main():
+        inode = await ns.lookup(ROOT_INO, b"f")
+        store.put("pre/f", b"new" * 10)
+        with pytest.raises(ObjectChanged):
+            await reader.read(inode, "pre/f", 0, 10, ReadState())
+        fresh = await ns.refresh(inode)
+        assert bytes(await reader.read(fresh, "pre/f", 0, 30, ReadState())) == b"new" * 10
+    trio.run(main)
