@@ -3,6 +3,7 @@
 Bucket layout (each workload reads files no other workload has touched, so "cold" stays cold):
   fio/seq-1job.bin, fio/seq-4jobs.bin, fio/rand.bin     one large file per fio job
   fio/ttfb-large-N.bin, fio/ttfb-tiny-N.bin             time-to-first-byte sets
+  probe/probe.bin                                       the endpoint's own throughput probe
   tfrecord/train-*.tfrecord, images/train/class_*/*.jpg  the loader's two shapes (cachefs.sample)
   meta<N>/dDDD/fFFFFFF                                 N tiny files for the metadata walk
 """
@@ -58,7 +59,11 @@ def random_file(size: int, seed: str) -> bytes:
     return b"".join(rng.randbytes(min(FIO_CHUNK, size - off)) for off in range(0, size, FIO_CHUNK))
 
 
+PROBE_KEY = "probe/probe.bin"  # read only by bench/probe.py, so the fio files stay cold
+
+
 def fio_files(scale: Scale) -> Iterator[sample.Item]:
+    yield PROBE_KEY, random_file(scale.fio_file_mib * MiB, "probe")
     for name in ("seq-1job", "seq-4jobs", "rand"):
         yield f"fio/{name}.bin", random_file(scale.fio_file_mib * MiB, name)
     files, mib = scale.ttfb_large

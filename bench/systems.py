@@ -21,6 +21,7 @@ from bench.endpoint import Endpoint
 
 MOUNT_TIMEOUT_S = 60  # a mount that takes longer than this is broken, not slow
 UMOUNT_TIMEOUT_S = 60
+DAEMON_EXIT_TIMEOUT_S = 30  # flushing and closing a cache takes a moment; longer means stuck
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -63,8 +64,7 @@ class System:
             if res.returncode != 0:  # busy or hung: detach it so the run can go on, and say so
                 print(f"[{self.name}] umount failed ({res.stderr.strip()}); lazy unmount", file=sys.stderr)
                 util.run(["umount", "-l", self.mountpoint], timeout=UMOUNT_TIMEOUT_S, check=False)
-        util.wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 30,
-                        f"{self.name}'s daemon to exit", interval=0.2)
+        util.wait_for_exit(pids, DAEMON_EXIT_TIMEOUT_S, f"{self.name}'s daemon to exit")
         self.mounted = False
 
     def _mount(self) -> None:
@@ -133,7 +133,7 @@ class MemoryFuse(System):
 
     def pids(self) -> list[int]:
         proc = getattr(self, "proc", None)
-        return [proc.pid] if proc and proc.poll() is None else []
+        return [proc.pid] if proc and proc.poll() is None else []  # poll() also reaps it
 
     def umount(self) -> None:
         super().umount()
@@ -158,15 +158,14 @@ class Cachefs(System):
             pids = self.pids()
             util.run([sys.executable, "-m", "cachefs", "umount", self.mountpoint], timeout=UMOUNT_TIMEOUT_S,
                      check=False, cwd=REPO)
-            util.wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 30,
-                            "cachefs's daemon to exit", interval=0.2)
+            util.wait_for_exit(pids, DAEMON_EXIT_TIMEOUT_S, "cachefs's daemon to exit")
         super().umount()  # falls back to umount(8) if `cachefs umount` left it mounted
 
     def pids(self) -> list[int]:
         try:
             with open(os.path.join(self.cache_dir, "cachefs.pid")) as f:
                 pid = int(f.read().split()[0])
-            if os.path.exists(f"/proc/{pid}"):
+            if util.alive(pid):
                 return [pid]
         except (OSError, ValueError, IndexError):
             pass

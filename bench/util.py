@@ -108,6 +108,19 @@ def peak_rss_mib(pids: Sequence[int]) -> float | None:
     return total if seen else None
 
 
+def alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for its parent to reap it has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for_exit(pids: Sequence[int], timeout: float, what: str) -> None:
+    wait_until(lambda: not any(alive(p) for p in pids), timeout, what, interval=0.1)
+
+
 def pids_with_arg(arg: str) -> list[int]:
     """Processes whose command line contains `arg` exactly (our unique scratch paths), for stats only."""
     found = []

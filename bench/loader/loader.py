@@ -143,5 +143,5 @@ def run_epoch(shape: str, root: str, items: list, spec: sample.DatasetSpec, work
         raise RuntimeError(f"{bad} samples did not start with a JPEG marker: the filesystem returned wrong bytes")
     rate = images / seconds
     return {"images": images, "mib": nbytes / (1 << 20), "seconds": seconds, "images_per_s": rate,
-            "mib_s": nbytes / (1 << 20) / seconds, "fraction_of_8gpu_node": rate / EIGHT_GPU_NODE_IMG_S,
-            **({"fraction_of_consume_rate": rate / consume_rate} if consume_rate else {})}
+            "mib_s": nbytes / (1 << 20) / seconds, "pct_of_8gpu_node": 100 * rate / EIGHT_GPU_NODE_IMG_S,
+            **({"pct_of_consume_rate": 100 * rate / consume_rate} if consume_rate else {})}

@@ -1,0 +1,51 @@
+"""The endpoint's own figures, measured in the same run: what the backend gives a client that reads it
+directly with 4 MiB ranged GETs (one stream, and 8 in parallel) and what a 1 KiB ranged GET costs.
+Cold reads of each filesystem are reported as a fraction of these."""
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import statistics
+import time
+
+from bench import util
+from bench.dataset import MiB
+
+RANGE = 4 * MiB   # a typical FUSE-cache block / read-ahead unit
+PARALLEL = 8
+SMALL_GETS = 50
+
+
+def _get(client, bucket: str, key: str, start: int, length: int) -> int:
+    body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+    return len(body.read())
+
+
+def probe(endpoint, bucket: str, key: str, size: int) -> dict:
+    client = endpoint.client(max_pool=PARALLEL)
+    offsets = list(range(0, size - RANGE + 1, RANGE))
+    meter = util.ProcessMeter(endpoint.pids)
+    with meter:
+        t = time.monotonic()
+        single = sum(_get(client, bucket, key, off, RANGE) for off in offsets)
+        single_s = time.monotonic() - t
+        t = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+            parallel = sum(pool.map(lambda off: _get(client, bucket, key, off, RANGE), offsets))
+        parallel_s = time.monotonic() - t
+    rng = random.Random(1)
+    lat = []
+    for _ in range(SMALL_GETS):
+        t = time.monotonic()
+        _get(client, bucket, key, rng.randrange(0, size - 1024), 1024)
+        lat.append((time.monotonic() - t) * 1000)
+    lat.sort()
+    served_gib = (single + parallel) / (1 << 30)
+    return {
+        "single_stream_mib_s": single / MiB / single_s,
+        f"parallel{PARALLEL}_mib_s": parallel / MiB / parallel_s,
+        "get_1k_ms_p50": statistics.median(lat),
+        "get_1k_ms_p99": lat[int(0.99 * (len(lat) - 1))],
+        "endpoint_cpu_s_per_gib": meter.cpu_s / served_gib if meter.cpu_s is not None else None,
+        "endpoint_peak_rss_mib": meter.peak_rss_mib,
+    }

@@ -1,0 +1,211 @@
+"""results.json -> results.md (markdown tables, median with min-max over runs) and PNG plots."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from bench import util
+
+# The headline figure of each workload (the rest stays in results.json).
+HEADLINE = {"ttfb-large": ("lat_ms_p50", "p50 ms"), "ttfb-tiny": ("lat_ms_p50", "p50 ms"),
+            "seq-1job": ("mib_s", "MiB/s"), "seq-4jobs": ("mib_s", "MiB/s"), "rand": ("iops", "IOPS")}
+
+
+def summaries(rows: list[dict]) -> dict:
+    """{(workload, job, state, system): {metric: {min, median, max, n, failed}}}, errors kept apart."""
+    grouped: dict = defaultdict(lambda: defaultdict(list))
+    errors: dict = defaultdict(list)
+    for r in rows:
+        key = (r["workload"], r["job"], r["state"], r["system"])
+        if r.get("error"):
+            errors[key].append(r["error"])
+            continue
+        for metric, value in r.items():
+            if isinstance(value, (int, float)) and metric != "run":
+                grouped[key][metric].append(value)
+    out = {key: {m: util.summarize(v) for m, v in metrics.items()} for key, metrics in grouped.items()}
+    return {"figures": out, "errors": dict(errors)}
+
+
+def cell(summary: dict, key, metric: str, digits: int = 0) -> str:
+    s = summary["figures"].get(key, {}).get(metric)
+    if s is None:
+        errs = summary["errors"].get(key)
+        return "failed" if errs else "-"
+    fmt = f"{{:,.{digits}f}}"
+    text = fmt.format(s["median"])
+    if s["n"] > 1:
+        text += f" ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
+    if s["failed"]:
+        text += f" [{s['failed']} failed]"
+    return text
+
+
+def table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def systems_in(results: dict) -> list[str]:
+    return list(results.get("systems", {}))
+
+
+def markdown(results: dict) -> str:
+    s = summaries(results["rows"])
+    names = systems_in(results)
+    m = results["machine"]
+    ep = results.get("endpoint", {})
+    parts = [
+        f"# Benchmark results {results['started_utc']}",
+        f"Command: `{results['command']}` ({results['runs']} runs, {results['seconds']:.0f} s). "
+        f"Cells: median (min-max) over runs.",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}, {m['fio']}, {m['s3fs']}, {m['rclone']}.",
+        f"Endpoint: **{ep.get('kind', '?')}** - {ep.get('note', '')}. Latency proxy: **{results.get('proxy', 'off')}**.",
+        f"Loader: decode+crop {'on' if results['decode'] else 'off'}, consume rate "
+        f"{results['consume_rate'] or 'unpaced'}.",
+    ]
+    parts += [f"**Note:** {n}" for n in results.get("notes", [])]
+    parts += ["", "Systems: " + "; ".join(f"`{k}` = {v}" for k, v in results.get("systems", {}).items())]
+
+    probe_rows = []
+    for label in ("backend", "through-proxy"):
+        key = ("endpoint", label, "-", "synthetic")
+        if key in s["figures"] or key in s["errors"]:
+            probe_rows.append([label] + [cell(s, key, metric, d) for metric, d in
+                                         (("single_stream_mib_s", 0), ("parallel8_mib_s", 0),
+                                          ("get_1k_ms_p50", 1), ("get_1k_ms_p99", 1), ("endpoint_cpu_s_per_gib", 1))])
+    if probe_rows:
+        parts += ["", "## The endpoint itself (4 MiB ranged GETs with boto3)",
+                  table(["", "1 stream MiB/s", "8 parallel MiB/s", "1 KiB GET p50 ms", "p99 ms", "endpoint CPU-s/GiB"],
+                        probe_rows)]
+
+    fio_rows, cpu_rows = [], []
+    for job, (metric, unit) in HEADLINE.items():
+        for state in ("cold", "warm-disk", "warm-page"):
+            key = lambda name: ("fio", job, state, name)  # noqa: E731
+            if not any(key(n) in s["figures"] or key(n) in s["errors"] for n in names):
+                continue
+            fio_rows.append([f"{job} {state} ({unit})"] + [cell(s, key(n), metric, 1 if unit == "p50 ms" else 0)
+                                                           for n in names])
+            if job == "seq-1job":
+                cpu_rows.append([f"{job} {state}"] + [
+                    f"{cell(s, key(n), 'daemon_cpu_s', 2)} s / {cell(s, key(n), 'daemon_peak_rss_mib')} MiB"
+                    for n in names])
+    if fio_rows:
+        parts += ["", "## fio", table(["job, state"] + names, fio_rows)]
+        backend = s["figures"].get(("endpoint", "backend", "-", "synthetic"), {}).get("parallel8_mib_s")
+        if backend:
+            ratio = []
+            for n in names:
+                seq = s["figures"].get(("fio", "seq-4jobs", "cold", n), {}).get("mib_s")
+                ratio.append(f"{seq['median'] / backend['median']:.0%}" if seq else "-")
+            parts += ["", "Cold seq-4jobs as a fraction of the endpoint's 8-parallel ranged-GET throughput:",
+                      table(["", *names], [["cold / backend", *ratio]])]
+        parts += ["", "Daemon CPU seconds / peak RSS during seq-1job:", table(["", *names], cpu_rows)]
+
+    loader_names = ["synthetic"] + names
+    rows = []
+    for shape in ("tfrecord", "images"):
+        epochs = sorted({k[2] for k in s["figures"] if k[0] == "loader" and k[1] == shape})
+        for epoch in epochs:
+            key = lambda name: ("loader", shape, epoch, name)  # noqa: E731
+            rows.append([f"{shape} {epoch} img/s"] + [cell(s, key(n), "images_per_s") for n in loader_names])
+            for ref in ("synthetic", "local"):
+                base = s["figures"].get(key(ref), {}).get("images_per_s")
+                if base and ref in loader_names:
+                    rows.append([f"  ratio to {ref}"] + [
+                        f"{s['figures'][key(n)]['images_per_s']['median'] / base['median']:.2f}"
+                        if key(n) in s["figures"] else "-" for n in loader_names])
+            rows.append(["  % of an 8-GPU node"] + [cell(s, key(n), "pct_of_8gpu_node", 1) for n in loader_names])
+            if results.get("consume_rate"):
+                rows.append(["  % of --consume-rate"] + [cell(s, key(n), "pct_of_consume_rate", 1)
+                                                         for n in loader_names])
+    if rows:
+        parts += ["", "## ResNet-50-style loader", table(["shape, epoch"] + loader_names, rows),
+                  "", "`% of an 8-GPU node`: images/s over 7,767 img/s, the field report's synthetic-data rate "
+                      "(31,068.8 img/s on 4 nodes of 8 V100) for one node."]
+
+    meta_rows = []
+    for key in sorted({k[1:3] for k in s["figures"] if k[0] == "metadata"} |
+                      {k[1:3] for k in s["errors"] if k[0] == "metadata"}):
+        meta_rows.append([f"ls -lR {key[0]} {key[1]} (s)"] + [cell(s, ("metadata", *key, n), "seconds", 2)
+                                                               for n in names])
+    if meta_rows:
+        parts += ["", "## Metadata", table(["tree, state"] + names, meta_rows)]
+
+    errors = [f"- run {r['run']} {r['workload']} {r['system']} {r['job']} {r['state']}: "
+              f"{r['error'].strip().splitlines()[0][:300]}" for r in results["rows"] if r.get("error")]
+    if errors:
+        parts += ["", "## Failures", *errors]
+    return "\n".join(parts) + "\n"
+
+
+def plots(results: dict, out: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s = summaries(results["rows"])["figures"]
+    names = systems_in(results)
+    written = []
+
+    def bars(ax, groups, series, value, title, ylabel):
+        width = 0.8 / max(1, len(series))
+        for i, name in enumerate(series):
+            meds, lo, hi = [], [], []
+            for g in groups:
+                v = value(g, name)
+                meds.append(v["median"] if v else 0)
+                lo.append(v["median"] - v["min"] if v else 0)
+                hi.append(v["max"] - v["median"] if v else 0)
+            ax.bar([j + i * width for j in range(len(groups))], meds, width, yerr=[lo, hi], label=name, capsize=2)
+        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))], groups)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+
+    jobs = [j for j in ("seq-1job", "seq-4jobs", "rand") if any(k[0] == "fio" and k[1] == j for k in s)]
+    if jobs:
+        fig, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4.5), squeeze=False)
+        for ax, job in zip(axes[0], jobs):
+            metric = "mib_s"
+            bars(ax, ["cold", "warm-disk", "warm-page"], names,
+                 lambda state, n: s.get(("fio", job, state, n), {}).get(metric), f"fio {job}", "MiB/s")
+            ax.set_yscale("log")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out, "fio_throughput.png"))
+        plt.close(fig)
+    shapes = [sh for sh in ("tfrecord", "images") if any(k[0] == "loader" and k[1] == sh for k in s)]
+    if shapes:
+        fig, axes = plt.subplots(1, len(shapes), figsize=(7 * len(shapes), 4.5), squeeze=False)
+        for ax, shape in zip(axes[0], shapes):
+            epochs = sorted({k[2] for k in s if k[0] == "loader" and k[1] == shape})
+            bars(ax, epochs, ["synthetic"] + names,
+                 lambda ep, n: s.get(("loader", shape, ep, n), {}).get("images_per_s"), f"loader: {shape}",
+                 "images/s")
+            ax.set_yscale("log")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out, "loader_images_per_s.png"))
+        plt.close(fig)
+    return written
+
+
+def _save(fig, out: str, name: str) -> str:
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write(results: dict, out: str) -> None:
+    text = markdown(results)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    print("\n" + text, flush=True)
+    try:
+        results_plots = plots(results, out)
+    except Exception as exc:  # noqa: BLE001 - plots are a convenience; the table and JSON are the record
+        print(f"plots failed: {exc}", flush=True)
+        return
+    print("plots: " + ", ".join(results_plots), flush=True)

@@ -1,0 +1,262 @@
+"""Run the benchmark matrix: every system, every workload, every cache state, `runs` times, side by
+side on one S3 endpoint; write bench/results/<timestamp>/{results.json,results.md,*.png}.
+
+  python -m bench.run --short            # `make bench`: under 10 minutes on 2 cores
+  python -m bench.run --full             # `make bench-full`: the whole matrix
+  python -m bench.run --short --latency-ms 20 --straggler-p 0.01 --straggler-ms 500   # remote-store model
+
+Cache states: cold = fresh mount with an empty cache and the page cache dropped; warm-disk = after a
+cold pass, page cache dropped (the daemon's own cache tiers stay); warm-page = the next pass.
+Every step is bounded; whatever happens, every mount is unmounted and every daemon stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+from bench import dataset, endpoint, fio_bench, metadata, probe, report, systems, util
+from bench.loader import loader
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+STATES = ("cold", "warm-disk", "warm-page")
+DEFAULT_SYSTEMS = ("local", "memfs", "cachefs", "s3fs", "s3fs-cache", "rclone")
+
+
+class Recorder:
+    """Collects one flat row per measurement and prints it as it lands."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.started = time.monotonic()
+
+    def add(self, **row) -> None:
+        self.rows.append(row)
+        figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
+                   if k not in ("run", "workload", "system", "job", "state", "error")}
+        status = f"ERROR {row['error'].splitlines()[0][:160]}" if row.get("error") else figures
+        print(f"{time.monotonic() - self.started:6.1f}s [run {row['run']}] {row['workload']:8} {row['system']:10} {row['job']:10} {row['state']:9} {status}",
+              flush=True)
+
+    def measure(self, fn, system, endpoint_pids, **key) -> dict | None:
+        """Run one step with the daemon's and the endpoint's CPU/RSS metered; a failure becomes a row."""
+        daemon, backend = util.ProcessMeter(system.pids()), util.ProcessMeter(endpoint_pids)
+        before = system.counters()
+        try:
+            with daemon, backend:
+                figures = fn()
+        except Exception as exc:  # noqa: BLE001 - one failed step must not sink the matrix
+            self.add(**key, system=system.name, error=f"{type(exc).__name__}: {exc}")
+            return None
+        after = system.counters()
+        extra = {}
+        if before and after:
+            extra = {f"daemon_{k}": after[k] - before.get(k, 0) for k in
+                     ("s3_get", "s3_get_bytes", "cache_hits", "cache_misses")
+                     if isinstance(after.get(k), (int, float))}
+        # the step's own figures win (the endpoint probe meters the endpoint itself)
+        self.add(**{**key, "system": system.name, **daemon.result("daemon"), **backend.result("endpoint"),
+                    **extra, **figures})
+        return figures
+
+
+def cold_start(system) -> None:
+    """Empty cache and empty page cache: a fresh mount where the system has a cache of its own."""
+    if system.fuse and system.name != "memfs":
+        system.remount()
+    elif not system.mounted:
+        system.mount()
+    util.drop_page_cache()
+
+
+def fio_matrix(system, scale, rec, run_i, ep_pids) -> None:
+    cold_start(system)
+    for state in STATES:
+        if state == "warm-disk":
+            util.drop_page_cache()
+        for job in fio_bench.JOBS:
+            rec.measure(lambda: fio_bench.run_job(job, system.root, scale), system, ep_pids,
+                        run=run_i, workload="fio", job=job, state=state)
+
+
+def loader_matrix(system, scale, rec, run_i, ep_pids, args) -> None:
+    spec, files = dataset.loader_spec(scale), dataset.paths(scale)
+    for shape in ("tfrecord", "images"):
+        cold_start(system)
+        for epoch in range(scale.epochs):
+            rec.measure(lambda: loader.run_epoch(shape, system.root, files[shape], spec, scale.loader_workers,
+                                                 epoch, scale.step_timeout_s, args.decode, args.consume_rate),
+                        system, ep_pids, run=run_i, workload="loader", job=shape, state=f"epoch{epoch + 1}")
+
+
+def synthetic_loader(scale, rec, run_i, args) -> None:
+    spec = dataset.loader_spec(scale)
+    for shape in ("tfrecord", "images"):
+        for epoch in range(scale.epochs):
+            rec.measure(lambda: loader.run_epoch("synthetic", "", [], spec, scale.loader_workers, epoch,
+                                                 scale.step_timeout_s, args.decode, args.consume_rate),
+                        _NoSystem, [], run=run_i, workload="loader", job=shape, state=f"epoch{epoch + 1}")
+
+
+class _NoSystem:
+    """Stands in for a system where nothing is mounted (the synthetic loader)."""
+    name, fuse, mounted = "synthetic", False, True
+
+    @staticmethod
+    def pids():
+        return []
+
+    @staticmethod
+    def counters():
+        return None
+
+
+def metadata_matrix(system, scale, rec, run_i, ep_pids) -> None:
+    for n in scale.meta_trees:
+        cold_start(system)
+        for state in ("cold", "warm"):
+            rec.measure(lambda: metadata.walk(system.root, f"meta{n}", n, scale.step_timeout_s), system, ep_pids,
+                        run=run_i, workload="metadata", job=f"{n:,} files", state=state)
+
+
+def machine() -> dict:
+    mem = next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(int(mem) / (1 << 20), 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "fio": _version(["fio", "--version"]), "s3fs": _version(["s3fs", "--version"]),
+            "rclone": _version(["rclone", "version"])}
+
+
+def _version(cmd) -> str:
+    try:
+        return util.run(cmd, timeout=10, check=False).stdout.splitlines()[0].strip()
+    except Exception:  # noqa: BLE001 - a missing tool is reported by the system that needs it
+        return "not installed"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = p.add_mutually_exclusive_group()
+    for name in dataset.SCALES:
+        size.add_argument(f"--{name}", dest="scale", action="store_const", const=name)
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help="comma-separated subset of %(default)s")
+    p.add_argument("--workloads", default="fio,loader,metadata")
+    p.add_argument("--runs", type=int, help="repetitions (default: the scale's, >= 3 except --tiny)")
+    p.add_argument("--endpoint", choices=("ceph", "moto"), default="ceph")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="add a delaying proxy (0: off)")
+    p.add_argument("--straggler-p", type=float, default=0.01)
+    p.add_argument("--straggler-ms", type=float, default=500.0)
+    p.add_argument("--consume-rate", type=float, help="images/s the trainer consumes (models the GPU step)")
+    p.add_argument("--decode", action=argparse.BooleanOptionalAction, default=None,
+                   help="JPEG decode + crop in the loader (default: on when Pillow is installed)")
+    p.add_argument("--out", help="results directory (default bench/results/<UTC timestamp>)")
+    args = p.parse_args(argv)
+    args.scale = args.scale or "short"
+    if args.decode is None:
+        try:
+            import PIL  # noqa: F401
+            args.decode = True
+        except ImportError:
+            args.decode = False
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    scale = dataset.SCALES[args.scale]
+    runs = args.runs or scale.runs
+    names = [n for n in args.systems.split(",") if n]
+    unknown = set(names) - set(systems.ALL)
+    if unknown:
+        sys.exit(f"unknown system(s): {', '.join(sorted(unknown))}; choose from {', '.join(systems.ALL)}")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or os.path.join(RESULTS_DIR, stamp)
+    os.makedirs(out, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="cachefs-bench-", dir="/tmp")
+    started = time.monotonic()
+    results = {"command": " ".join(["python -m bench.run"] + (argv if argv is not None else sys.argv[1:])),
+               "started_utc": stamp, "machine": machine(), "scale": scale.as_dict(), "runs": runs,
+               "systems": {}, "decode": args.decode, "consume_rate": args.consume_rate, "notes": []}
+    if not util.drop_page_cache():
+        results["notes"].append("could not drop the page cache (not root?): cold and warm-disk are not cold")
+    rec = Recorder()
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)  # also on sys.exit from a signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with stack:
+            stack.callback(shutil.rmtree, scratch, True)
+            ep = stack.enter_context(endpoint.open_endpoint(scratch, args.endpoint))
+            results["endpoint"] = {"kind": ep.kind, "note": ep.note}
+            print(f"endpoint: {ep.kind} {ep.url} {ep.note}", flush=True)
+            t = time.monotonic()
+            results["dataset"] = dataset.populate(ep, endpoint.BUCKET, scale, os.path.join(scratch, "local"))
+            results["dataset"]["seconds"] = time.monotonic() - t
+            print(f"dataset: {results['dataset']}", flush=True)
+            targets = {"backend": ep}
+            if args.latency_ms > 0:
+                ep = stack.enter_context(endpoint.delaying_proxy(
+                    ep, args.latency_ms, args.straggler_p, args.straggler_ms, os.path.join(scratch, "proxy.log")))
+                targets["through-proxy"] = ep
+            results["proxy"] = ep.note if args.latency_ms > 0 else "off"
+            under_test = []
+            for name in names:
+                system = systems.ALL[name](scratch, ep, endpoint.BUCKET, os.path.join(scratch, "local"))
+                stack.callback(_quiet_umount, system)
+                under_test.append(system)
+                results["systems"][name] = system.describe()
+            workloads = set(args.workloads.split(","))
+            for run_i in range(1, runs + 1):
+                for label, target in targets.items():
+                    rec.measure(lambda: probe.probe(target, endpoint.BUCKET, dataset.PROBE_KEY,
+                                                    scale.fio_file_mib * dataset.MiB),
+                                _NoSystem, [], run=run_i, workload="endpoint", job=label, state="-")
+                if "loader" in workloads:
+                    synthetic_loader(scale, rec, run_i, args)
+                for system in under_test:
+                    try:
+                        if "fio" in workloads:
+                            fio_matrix(system, scale, rec, run_i, ep.pids)
+                        if "loader" in workloads:
+                            loader_matrix(system, scale, rec, run_i, ep.pids, args)
+                        if "metadata" in workloads:
+                            metadata_matrix(system, scale, rec, run_i, ep.pids)
+                    except Exception as exc:  # noqa: BLE001 - mount failures: record, move on
+                        rec.add(run=run_i, workload="mount", system=system.name, job="-", state="-",
+                                error=f"failed to mount or unmount: {type(exc).__name__}: {exc}\n"
+                                      f"{system.log_tail() if hasattr(system, 'log_tail') else ''}")
+                    finally:
+                        _quiet_umount(system)
+    except BaseException:
+        results["notes"].append("the run was interrupted: " + traceback.format_exc(limit=3))
+        raise
+    finally:
+        results["rows"] = rec.rows
+        results["seconds"] = time.monotonic() - started
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        report.write(results, out)
+        print(f"\nresults: {out}/results.json, results.md, *.png ({results['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+def _quiet_umount(system) -> None:
+    try:
+        system.umount()
+    except Exception as exc:  # noqa: BLE001 - teardown keeps going; the next mount will say if it matters
+        print(f"[{system.name}] unmount problem: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
