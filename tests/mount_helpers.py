@@ -212,18 +212,18 @@ def stop_pid(pid: int, timeout_s: float = DAEMON_EXIT_TIMEOUT_S) -> None:
         wait_until(lambda: not pid_alive(pid), timeout_s)
 
 
-def pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains `text` (a unique tmp path): finds leftover daemons."""
+def pids_mentioning(arg: str) -> list[int]:
+    """Processes with `arg` (a unique tmp path) as one whole command-line argument: leftover daemons."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if text in cmdline and pid_alive(int(entry)):
+        if os.fsencode(arg) in argv and pid_alive(int(entry)):
             found.append(int(entry))
     return found
 

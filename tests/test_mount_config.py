@@ -70,9 +70,9 @@ def test_block_size_from_toml_and_env(mounter, cfg_bucket, layer, blocks):
 # ---------------------------------------------------------------- credentials (against the auth-enforcing moto)
 
 def credentials_env(**extra: str) -> dict[str, str]:
-    env = cachefs_env(**extra)
+    env = cachefs_env()
     del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
-    return env
+    return {**env, **extra}
 
 
 def write_credentials(mounter, auth_moto, mode: int = 0o600):
