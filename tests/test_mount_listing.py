@@ -46,9 +46,16 @@ TREE_OBJECTS = {
     "skip/dd/../e": b"dotdot segment",
     "./rootdot": b"dot segment",
     "../rootdotdot": b"dotdot segment",
+    "uni/cr\rhere": b"carriage return (XML parsers turn it into \\n)",
+    "both": b"zero-byte object and marker of the same name",
+    "both/": b"",
+    "deep" + "/d" * 40 + "/leaf": b"leaf",
     "sizes/empty": b"",
     "sizes/big": object_bytes("sizes/big", 1_000_003),
 }
+
+
+DEEP_LEAF = "deep" + "/d" * 40 + "/leaf"
 
 
 def _expected_tree() -> dict[str, object]:
@@ -57,9 +64,11 @@ def _expected_tree() -> dict[str, object]:
     files = ["top.txt", "a/x.txt", "a/b/sibling.txt", "a/b/c/deep.bin", "marked/inner.txt", "conflict/inside.txt",
              "uni/日本語のファイル.txt", "uni/emoji-😀.bin", "uni/Ünïcödé dir/straße.txt", f"uni/{NFC}", f"uni/{NFD}",
              "uni/space and+plus%20percent&amp.txt", "uni/tab\there", "skip/ok.txt", f"skip/{LONG_OK}",
-             "skip/a/real.txt", "skip/dot/real", "skip/dd/real", "sizes/empty", "sizes/big"]
+             "skip/a/real.txt", "skip/dot/real", "skip/dd/real", "sizes/empty", "sizes/big", "uni/cr\rhere",
+             DEEP_LEAF]
     dirs = ["a", "a/b", "a/b/c", "marker_only", "marked", "nested_marker", "nested_marker/sub", "conflict", "uni",
-            "uni/Ünïcödé dir", "skip", "skip/a", "skip/dot", "skip/dd", "sizes"]
+            "uni/Ünïcödé dir", "skip", "skip/a", "skip/dot", "skip/dd", "sizes", "both"]
+    dirs += ["deep" + "/d" * n for n in range(41)]
     return {**{d: "dir" for d in dirs}, **{f: sizes[f] for f in files}}
 
 
@@ -83,7 +92,9 @@ def test_whole_tree_matches_the_mapping(tree):
 
 
 @pytest.mark.parametrize("directory, entries", [
-    ("", {"top.txt", "a", "marker_only", "marked", "nested_marker", "conflict", "uni", "skip", "sizes"}),
+    ("", {"top.txt", "a", "marker_only", "marked", "nested_marker", "conflict", "uni", "skip", "sizes", "both",
+          "deep"}),
+    ("both", set()),
     ("a", {"x.txt", "b"}),
     ("a/b/c", {"deep.bin"}),
     ("marker_only", set()),
@@ -116,7 +127,7 @@ def test_unicode_names_round_trip_byte_exact(tree):
     expected = {k[len("uni/"):].split("/")[0].encode() for k in TREE_OBJECTS if k.startswith("uni/")}
     assert set(names) == expected
     for key in (f"uni/{NFC}", f"uni/{NFD}", "uni/日本語のファイル.txt", "uni/space and+plus%20percent&amp.txt",
-                "uni/Ünïcödé dir/straße.txt", "uni/tab\there"):
+                "uni/Ünïcödé dir/straße.txt", "uni/tab\there", "uni/cr\rhere", DEEP_LEAF):
         assert (tree.path / key).read_bytes() == TREE_OBJECTS[key], key
 
 
@@ -141,6 +152,11 @@ def test_directory_wins_over_a_file_of_the_same_name(tree):
     assert (tree.path / "conflict" / "inside.txt").read_bytes() == b"inside"
 
 
+def test_listing_a_file_is_enotdir(tree):
+    with pytest.raises(NotADirectoryError):
+        os.listdir(tree / "top.txt")
+
+
 def test_lookup_of_missing_names_is_enoent(tree):
     for rel in ("nope", "a/nope", "a/b/c/deep.bin/x", "marker_only/x"):
         with pytest.raises(OSError) as exc:
@@ -148,18 +164,20 @@ def test_lookup_of_missing_names_is_enoent(tree):
         assert exc.value.errno in (2, 20), f"{rel}: {exc.value!r}"
 
 
-def test_prefix_mount_shows_only_what_is_under_the_prefix(mounter, make_bucket):
+@pytest.mark.parametrize("prefix", ["some/prefix", "some/prefix/"])
+def test_prefix_mount_shows_only_what_is_under_the_prefix(mounter, make_bucket, prefix):
     objects = {
         "some/prefix/a.txt": b"a",
         "some/prefix/sub/b.txt": b"bb",
         "some/prefix/marker/": b"",
+        "some/prefix/": b"",  # the prefix's own marker: the root, not an entry
         "some/prefixother/not-me.txt": b"sibling prefix that shares the string",
         "some/prefix.txt": b"also not me",
         "some/other.txt": b"not me",
         "root.txt": b"not me",
     }
     name = make_bucket("prefix", objects)
-    m = mounter.mount(name, prefix="some/prefix")
+    m = mounter.mount(name, prefix=prefix)
     assert walk_tree(m.path) == {"a.txt": 1, "sub": "dir", "sub/b.txt": 2, "marker": "dir"}
     assert (m.path / "sub" / "b.txt").read_bytes() == b"bb"
     for rel in ("not-me.txt", "prefixother", "other.txt", "root.txt", "prefix.txt"):
@@ -169,30 +187,38 @@ def test_prefix_mount_shows_only_what_is_under_the_prefix(mounter, make_bucket):
 # ---------------------------------------------------------------- 10k+ entries in one directory
 
 BIG_FILES = 10_050  # > 10 pages of 1000 keys
-BIG_SUBDIRS = 25
+BIG_SUBDIRS = [f"f{i:05d}.d" for i in range(250, BIG_FILES, 400)]  # sort between the files, on every page
 
 
 @pytest.fixture(scope="module")
 def big_bucket(s3, make_bucket):
     objects = {f"big/f{i:05d}.dat": str(i).encode() for i in range(BIG_FILES)}
-    objects.update({f"big/sub{j:02d}/x": b"x" for j in range(BIG_SUBDIRS)})
+    objects.update({f"big/{d}/x": b"x" for d in BIG_SUBDIRS})
     name = make_bucket("big", objects)
     assert len(list_all_keys(s3, name)) == len(objects)
     return name
 
 
 @pytest.mark.timeout(300)
-def test_directory_with_more_than_10k_entries(mounter, big_bucket):
+def test_directory_with_more_than_10k_entries(mounter, big_bucket, request_log):
     m = mounter.mount(big_bucket)
+    mark = request_log.mark()
     assert os.listdir(m.path) == ["big"]
     names = os.listdir(m.path / "big")
-    expected = {f"f{i:05d}.dat" for i in range(BIG_FILES)} | {f"sub{j:02d}" for j in range(BIG_SUBDIRS)}
+    expected = {f"f{i:05d}.dat" for i in range(BIG_FILES)} | set(BIG_SUBDIRS)
     assert len(names) == len(expected), "duplicates or missing entries"
     assert set(names) == expected
     with os.scandir(m.path / "big") as it:
         entries = {e.name: e for e in it}
+    sizes = {name: e.stat(follow_symlinks=False).st_size for name, e in entries.items() if e.is_file()}
+    assert sizes == {f"f{i:05d}.dat": len(str(i)) for i in range(BIG_FILES)}
     for i in (0, 999, 1000, 1001, 5000, BIG_FILES - 1):
-        e = entries[f"f{i:05d}.dat"]
-        assert e.is_file() and e.stat().st_size == len(str(i))
-        assert (m.path / "big" / e.name).read_bytes() == str(i).encode()
-    assert entries["sub07"].is_dir() and os.listdir(m.path / "big" / "sub07") == ["x"]
+        assert (m.path / "big" / f"f{i:05d}.dat").read_bytes() == str(i).encode()
+    assert all(entries[d].is_dir() for d in BIG_SUBDIRS)
+    assert os.listdir(m.path / "big" / BIG_SUBDIRS[7]) == ["x"]
+    seen = request_log.since(mark, big_bucket)
+    lists, heads = sum(r.is_list for r in seen), sum(r.method == "HEAD" for r in seen)
+    pages = -(-(BIG_FILES + len(BIG_SUBDIRS)) // 1000)
+    # One listing of `big/` (pages) plus the root and one subdirectory; stat of every entry comes from it.
+    assert lists <= 2 * pages + 4, f"{lists} LIST requests for a {pages}-page directory listed twice"
+    assert heads <= 20, f"{heads} HEAD requests to stat entries that the listing already described"
