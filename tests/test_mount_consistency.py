@@ -96,3 +96,22 @@ def test_read_of_an_object_deleted_behind_an_open_file_fails_cleanly(short_ttl_m
             assert e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE), repr(e)
     finally:
         os.close(fd)
+
+
+def test_change_within_the_same_second_is_still_seen(mounter, bucket, s3):
+    """S3's LastModified has 1 s resolution: an overwrite in the same second keeps size and mtime, only the
+    ETag differs. After the TTLs, the new bytes must be read anyway (the page cache must not keep old ones)."""
+    m = mounter.mount(bucket, *SHORT_TTLS)
+    for attempt in range(5):  # retry until both puts land in the same second
+        key = f"same-second-{attempt}"
+        old, new = object_bytes(f"{key}-old", 2 * BS), object_bytes(f"{key}-new", 2 * BS)
+        s3.put_object(Bucket=bucket, Key=key, Body=old)
+        old_mtime = s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+        assert read_all(m / key) == old
+        s3.put_object(Bucket=bucket, Key=key, Body=new)
+        if s3.head_object(Bucket=bucket, Key=key)["LastModified"] == old_mtime:
+            break
+    else:
+        pytest.skip("could not land two puts in the same second")
+    assert wait_until(lambda: read_all(m / key) == new, VISIBLE_WITHIN_S), "old bytes still served"
+    assert pread_exact(m / key, BS - 3, 6) == new[BS - 3:BS + 3]

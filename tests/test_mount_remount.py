@@ -1,6 +1,8 @@
 """Remounting with the same --cache-dir: cached metadata and blocks are reused, inode numbers are stable."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mount_helpers import (BLOCK_SIZE, first_difference, inode_map, object_bytes, read_all, stats_delta,
@@ -18,6 +20,7 @@ REMOUNT_OBJECTS = {
     "m/big.bin": object_bytes("big", 20 * BS + 1),
 }
 TTL_ARGS = ("--listing-ttl", "3600")  # listings stay valid across the remount
+LISTING_TTL_EXPIRED_S = 1.5  # past a 1 s listing TTL
 
 
 def read_everything(m) -> tuple[dict, dict[str, bytes]]:
@@ -85,3 +88,32 @@ def test_inode_numbers_are_stable_across_remounts(mounter, warm):
     # Looked up in another order this time: numbers must not depend on the order of first lookup.
     for rel in sorted(inodes, reverse=True):
         assert (m.path / rel).stat().st_ino == inodes[rel], rel
+
+
+def test_blocks_are_reused_after_the_listing_ttl_expired(mounter, make_bucket, request_log):
+    """Listings may be fetched again (TTL gone), but unchanged objects are not downloaded again."""
+    name = make_bucket("remount-expired", REMOUNT_OBJECTS)
+    m = mounter.mount(name, "--listing-ttl", "1", "--attr-timeout", "1", "--entry-timeout", "1")
+    assert_contents_exact(read_everything(m)[1])
+    mounter.umount(m)
+    time.sleep(LISTING_TTL_EXPIRED_S)
+    m = mounter.remount(m)
+    mark = request_log.mark()
+    assert_contents_exact(read_everything(m)[1])
+    seen = request_log.since(mark, name)
+    assert [r for r in seen if r.is_object_get] == [], f"cached blocks fetched again: {summarize(seen)}"
+
+
+def test_object_changed_between_mounts_is_read_new(mounter, make_bucket, s3):
+    """The cache dir holds the old bytes; after the listing TTL the new object must win (new ETag, new keys)."""
+    name = make_bucket("remount-changed", REMOUNT_OBJECTS)
+    m = mounter.mount(name, "--listing-ttl", "1", "--attr-timeout", "1", "--entry-timeout", "1")
+    assert_contents_exact(read_everything(m)[1])
+    mounter.umount(m)
+    new = object_bytes("a-new", len(REMOUNT_OBJECTS["a.bin"]))  # same size: only the ETag tells
+    s3.put_object(Bucket=name, Key="a.bin", Body=new)
+    time.sleep(LISTING_TTL_EXPIRED_S)
+    m = mounter.remount(m)
+    got = read_all(m / "a.bin")
+    assert got == new, first_difference(got, new)
+    assert read_all(m / "d/b.bin") == REMOUNT_OBJECTS["d/b.bin"]
