@@ -41,6 +41,16 @@ def test_umount_waits_for_the_daemon_and_frees_the_mount_point(mounter, lifecycl
     assert (m2 / "d/g.txt").read_bytes() == b"g"
 
 
+def test_mount_point_with_spaces_and_unicode(mounter, lifecycle_bucket):
+    """/proc/self/mountinfo escapes spaces as \\040: finding our own mount must still work."""
+    m = mounter.mount(lifecycle_bucket, mountpoint=mounter.fresh_dir("mnt with spaces ünï\t"))
+    assert (m / "d/g.txt").read_bytes() == b"g"
+    pid = m.pid()
+    res = run_cachefs(["umount", f"{m.path}/"], m.env)  # a trailing slash names the same mount point
+    assert res.returncode == 0, res.describe()
+    assert not is_mounted(m.path) and not pid_alive(pid)
+
+
 @pytest.mark.parametrize("target", ["plain-dir", "missing"])
 def test_umount_of_something_that_is_not_a_cachefs_mount_fails(mounter, target):
     path = mounter.fresh_dir("plain") if target == "plain-dir" else mounter.tmp_path / "does-not-exist"
