@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results = {"command": " ".join(["python -m bench.run"] + (argv if argv is not None else sys.argv[1:])),
                "started_utc": stamp, "machine": machine(), "scale": scale.as_dict(), "runs": runs,
-               "systems": {}, "decode": args.decode, "consume_rate": args.consume_rate, "notes": []}
+               "scratch": scratch, "systems": {}, "decode": args.decode, "consume_rate": args.consume_rate, "notes": []}
     if not util.drop_page_cache():
         results["notes"].append("could not drop the page cache (not root?): cold and warm-disk are not cold")
     rec = Recorder()
