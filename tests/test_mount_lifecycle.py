@@ -133,3 +133,33 @@ def test_size_strings_are_accepted(mounter, lifecycle_bucket, option, value):
     extra = (option, value) if option != "--block-size" else ()
     m = mounter.mount(lifecycle_bucket, *extra, block_size=value if option == "--block-size" else "256KiB")
     assert read_all(m / "f.bin") == OBJECTS["f.bin"]
+
+
+def test_umount_while_a_file_is_open_does_not_hang(mounter, lifecycle_bucket):
+    """Either it unmounts (and the daemon exits) or it refuses with one line and the mount keeps working."""
+    m = mounter.mount(lifecycle_bucket)
+    with open(m / "d/g.txt", "rb") as f:
+        res = run_cachefs(["umount", str(m.path)], m.env, timeout_s=60)
+        assert res.elapsed_s < 30, res.describe()
+        if res.returncode == 0:
+            assert not is_mounted(m.path) and not pid_alive(m.pid())
+        else:
+            assert one_line_error(res.stderr), res.describe()
+            assert f.read() == b"g" and (m / "f.bin").read_bytes() == OBJECTS["f.bin"]
+    if is_mounted(m.path):
+        mounter.umount(m)
+
+
+def test_after_sigkill_umount_cleans_up_and_the_cache_dir_can_be_mounted_again(mounter, lifecycle_bucket):
+    """A crashed daemon leaves a dead mount (ENOTCONN) and a cache dir whose lock holder is gone."""
+    m = mounter.mount(lifecycle_bucket)
+    assert read_all(m / "f.bin") == OBJECTS["f.bin"]
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(pid), 10)
+    res = run_cachefs(["umount", str(m.path)], m.env, timeout_s=60)
+    assert res.returncode == 0, f"umount of a crashed cachefs mount: {res.describe()}"
+    assert not is_mounted(m.path)
+    m2 = mounter.remount(m)
+    assert read_all(m2 / "f.bin") == OBJECTS["f.bin"]
+    assert sorted(os.listdir(m2.path)) == ["d", "f.bin"]
