@@ -24,6 +24,9 @@ import boto3
 import botocore.config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where `python -m cachefs` is run from (its package is imported from there): another checkout, or a
+# deliberately broken copy when checking that these tests can fail.
+CACHEFS_SRC = Path(os.environ.get("CACHEFS_TESTS_SRC", REPO_ROOT))
 PYTHON = sys.executable
 REGION = "us-east-1"
 # moto (without INITIAL_NO_AUTH_ACTION_COUNT) accepts any key pair; these only need to look valid.
@@ -262,7 +265,7 @@ class Result:
 def run_cachefs(args: list[str], env: dict[str, str], timeout_s: float = MOUNT_TIMEOUT_S) -> Result:
     """Run `python -m cachefs ARGS`; the background daemon must not keep our pipes open."""
     start = time.monotonic()
-    proc = subprocess.run([PYTHON, "-m", "cachefs", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+    proc = subprocess.run([PYTHON, "-m", "cachefs", *args], cwd=CACHEFS_SRC, env=env, capture_output=True,
                           text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 

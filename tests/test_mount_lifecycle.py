@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from mount_helpers import (BLOCK_SIZE, DAEMON_EXIT_TIMEOUT_S, MOUNT_TIMEOUT_S, PYTHON, REPO_ROOT, force_unmount,
+from mount_helpers import (BLOCK_SIZE, DAEMON_EXIT_TIMEOUT_S, MOUNT_TIMEOUT_S, PYTHON, CACHEFS_SRC, force_unmount,
                            is_mounted, log_problems, mount_args, object_bytes, one_line_error, pid_alive, read_all, run_cachefs,
                            wait_until)
 
@@ -100,7 +100,7 @@ def test_foreground_runs_until_unmounted(mounter, lifecycle_bucket):
     args = mount_args(f"s3://{lifecycle_bucket}", mnt, cache, mounter.endpoint_url, "--foreground")
     output = cache / "foreground.out"  # --foreground logs to stderr: a file, so a full pipe cannot block it
     with open(output, "wb") as out:
-        proc = subprocess.Popen([PYTHON, "-m", "cachefs", *args], cwd=REPO_ROOT, env=mounter.env(),
+        proc = subprocess.Popen([PYTHON, "-m", "cachefs", *args], cwd=CACHEFS_SRC, env=mounter.env(),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, MOUNT_TIMEOUT_S)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import unicodedata
 
 import pytest
@@ -136,6 +137,20 @@ def test_skipped_keys_are_not_reachable(tree):
         with pytest.raises(OSError) as exc:
             os.lstat(tree.path / rel)
         assert exc.value.errno in (2, 36), f"{rel}: expected ENOENT (or ENAMETOOLONG), got {exc.value!r}"
+
+
+def test_dot_segments_do_not_become_entries(tree):
+    """os.listdir hides `.` and `..`, `ls -a` shows what readdir really returned: keys like `dot/./d` must not
+    add a `.` or `..` entry that a directory without such keys (`a`) does not have."""
+    def ls_a(directory: str) -> list[str]:
+        return subprocess.run(["ls", "-a1", "--quoting-style=literal", str(tree.path / directory)],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+
+    clean_dots = [n for n in ls_a("a") if n in (".", "..")]
+    for directory in ("skip/dot", "skip/dd", "skip", ""):
+        out = ls_a(directory)
+        assert [n for n in out if n in (".", "..")] == clean_dots, f"{directory!r}: {out}"
+        assert sorted(n for n in out if n not in (".", "..")) == sorted(os.listdir(tree.path / directory))
 
 
 def test_marker_objects_are_not_files(tree):
