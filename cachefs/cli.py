@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
         if args.version:
-            print(f"cachefs {__version__}")
+            from .native import ACTIVE   # here, not at the top: only --version needs it
+            print(f"cachefs {__version__} (native block reader: {ACTIVE})")
             return 0
         if args.command == "mount":
             return cmd_mount(args, argv)

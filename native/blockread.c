@@ -1,0 +1,350 @@
+/* cachefs._native: read cached block files straight into one buffer that pyfuse3 can hand to the
+ * kernel, with the GIL released for the syscalls and the checksum.
+ *
+ * Why C: the pure-Python path reads a block into a bytes object, hashes it, then slices and joins
+ * to serve a FUSE read that spans two blocks. Here one preadv() fills a page-aligned buffer the
+ * module owns, xxh3 runs over it in the same pass without the GIL, and the buffer is exported
+ * read-only through the buffer protocol, so nothing is copied at Python level.
+ *
+ * Block file format (cachefs/cache/disk.py, layout v1): a 32-byte header
+ *     magic "CFSBLK01", u64 payload length, u64 xxh3-64 of the payload (seed 0), u64 zero
+ * (all big-endian), then the payload. cachefs/native.py holds the Python twin of these rules and
+ * tests/unit/test_native.py checks that both agree with disk.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Header-only xxhash (Debian libxxhash-dev): no run-time library to find, and the hash inlines. */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#define HEADER_SIZE 32
+static const char MAGIC[8] = {'C', 'F', 'S', 'B', 'L', 'K', '0', '1'};
+/* Page alignment: cheapest for the kernel to copy into, and what O_DIRECT would need later. */
+#define ALIGN 4096
+
+/* ---- the buffer object ------------------------------------------------------------------- */
+
+/* Owns one aligned allocation; read-only; the memory is freed when the last export (memoryview)
+ * is gone, because every export holds a reference to this object. */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t len;
+} Buffer;
+
+static void buffer_dealloc(Buffer *self)
+{
+    free(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int buffer_getbuffer(Buffer *self, Py_buffer *view, int flags)
+{
+    /* readonly=1: a request for a writable buffer fails with BufferError. */
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->len, 1, flags);
+}
+
+static PyBufferProcs buffer_as_buffer = {(getbufferproc)buffer_getbuffer, NULL};
+
+static PyTypeObject BufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cachefs._native.Buffer",
+    .tp_doc = "Read-only bytes read from block files (export it with memoryview()).",
+    .tp_basicsize = sizeof(Buffer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)buffer_dealloc,
+    .tp_as_buffer = &buffer_as_buffer,
+};
+
+/* A memoryview over a new Buffer that takes ownership of `data` (freed on any failure). */
+static PyObject *wrap(char *data, Py_ssize_t len)
+{
+    Buffer *buf = PyObject_New(Buffer, &BufferType);
+    if (buf == NULL) {
+        free(data);
+        return NULL;
+    }
+    buf->data = data;
+    buf->len = len;
+    PyObject *view = PyMemoryView_FromObject((PyObject *)buf);
+    Py_DECREF(buf);
+    return view;
+}
+
+/* posix_memalign with a non-zero size (size 0 may legally return NULL, which looks like failure). */
+static char *alloc_aligned(size_t len)
+{
+    void *p;
+    return posix_memalign(&p, ALIGN, len ? len : 1) == 0 ? p : NULL;
+}
+
+/* ---- plain C, called without the GIL ------------------------------------------------------ */
+
+/* preadv until every iovec is full or EOF: a regular file gives short counts at EOF and after a
+ * signal, and a caller must never serve half a buffer. Returns the bytes read, or -1 (errno). */
+static ssize_t preadv_full(int fd, struct iovec *iov, int iovcnt, off_t off)
+{
+    ssize_t done = 0;
+    while (iovcnt > 0) {
+        ssize_t n = preadv(fd, iov, iovcnt, off + done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        done += n;
+        for (; iovcnt > 0 && (size_t)n >= iov->iov_len; iov++, iovcnt--)
+            n -= iov->iov_len;
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= n;
+        }
+    }
+    return done;
+}
+
+static int open_ro(const char *path)
+{
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static uint64_t be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+enum { BLOCK_OK, BLOCK_BAD, BLOCK_ERRNO };
+
+/* Read a whole block file: header and payload in one preadv, the payload into a fresh aligned
+ * allocation sized from fstat (never from the header, which may be corrupt). BLOCK_OK sets
+ * *out and *outlen; BLOCK_BAD means wrong magic, length or checksum; BLOCK_ERRNO leaves errno set. */
+static int load_block(const char *path, int verify, char **out, size_t *outlen)
+{
+    unsigned char head[HEADER_SIZE];
+    struct stat st;
+    char *data = NULL;
+    int rc = BLOCK_ERRNO;
+    int fd = open_ro(path);
+    if (fd < 0)
+        return BLOCK_ERRNO;
+    if (fstat(fd, &st) < 0)
+        goto out;
+    if (S_ISDIR(st.st_mode)) {          /* as Python's open() does */
+        errno = EISDIR;
+        goto out;
+    }
+    if (st.st_size < HEADER_SIZE) {
+        rc = BLOCK_BAD;
+        goto out;
+    }
+    size_t len = (size_t)st.st_size - HEADER_SIZE;
+    if ((data = alloc_aligned(len)) == NULL) {
+        errno = ENOMEM;
+        goto out;
+    }
+    struct iovec iov[2] = {{head, HEADER_SIZE}, {data, len}};
+    ssize_t n = preadv_full(fd, iov, 2, 0);
+    if (n < 0)
+        goto out;
+    rc = BLOCK_BAD;                      /* a short read means the file shrank: torn, like disk.py */
+    if ((size_t)n != (size_t)st.st_size || memcmp(head, MAGIC, sizeof MAGIC) != 0 || be64(head + 8) != len)
+        goto out;
+    if (verify && XXH3_64bits(data, len) != be64(head + 16))
+        goto out;
+    rc = BLOCK_OK;
+    *out = data;
+    *outlen = len;
+    data = NULL;
+out:;
+    int saved = errno;
+    free(data);
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+struct range {
+    const char *path;
+    off_t off;                           /* file offset: payload offset + HEADER_SIZE */
+    size_t len;
+    char *dst;
+};
+
+/* Fill each range's slice of the output. Returns the index of the failing range (errno set; 0
+ * errno means a short read), or -1 when all were read. */
+static Py_ssize_t load_ranges(struct range *r, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int fd = open_ro(r[i].path);
+        if (fd < 0)
+            return i;
+        struct iovec iov = {r[i].dst, r[i].len};
+        ssize_t got = preadv_full(fd, &iov, 1, r[i].off);
+        int saved = errno;
+        close(fd);
+        if (got < 0 || (size_t)got != r[i].len) {
+            errno = got < 0 ? saved : 0;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* ---- Python entry points ------------------------------------------------------------------- */
+
+static void set_short_read(PyObject *path)
+{
+    /* The same exception the Python fallback raises: OSError(EIO, message, path). */
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "isO", EIO, "short read of a cached block", path);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_OSError, exc);
+        Py_DECREF(exc);
+    }
+}
+
+static PyObject *set_errno(int err, PyObject *path)
+{
+    if (err == ENOMEM)
+        return PyErr_NoMemory();
+    errno = err;
+    return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+}
+
+static PyObject *read_block(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "verify", NULL};
+    PyObject *path, *fspath;
+    int verify = 1, rc, err;
+    char *data = NULL;
+    size_t len = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:read_block", kwlist, &path, &verify))
+        return NULL;
+    if (!PyUnicode_FSConverter(path, &fspath))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = load_block(PyBytes_AS_STRING(fspath), verify, &data, &len);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    Py_DECREF(fspath);
+    if (rc == BLOCK_BAD)
+        Py_RETURN_NONE;
+    if (rc == BLOCK_ERRNO)
+        return set_errno(err, path);
+    return wrap(data, (Py_ssize_t)len);
+}
+
+/* Parse one (path, payload offset, length) tuple into r (r->dst is set later); *fspath gets a new
+ * reference that must outlive the GIL-free read. */
+static int parse_range(PyObject *item, struct range *r, PyObject **fspath)
+{
+    PyObject *path;
+    long long off;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(item, "OLn:read_ranges", &path, &off, &len))
+        return -1;
+    if (off < 0 || len < 0 || off > (long long)INT64_MAX - HEADER_SIZE - len) {
+        PyErr_SetString(PyExc_ValueError, "read_ranges: offset and length must be >= 0 and fit a file");
+        return -1;
+    }
+    if (!PyUnicode_FSConverter(path, fspath))
+        return -1;
+    r->path = PyBytes_AS_STRING(*fspath);
+    r->off = (off_t)off + HEADER_SIZE;
+    r->len = (size_t)len;
+    return 0;
+}
+
+static PyObject *read_ranges(PyObject *module, PyObject *arg)
+{
+    /* A tuple copy: another thread may change a caller's list while the GIL is released, and
+     * the error path still needs the original path objects. */
+    PyObject *seq = PySequence_Tuple(arg);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq), failed = -1, total = 0;
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0), *result = NULL;
+    struct range *r = PyMem_Calloc(n ? n : 1, sizeof *r);
+    PyObject **paths = PyMem_Calloc(n ? n : 1, sizeof *paths);
+    char *data = NULL;
+    int err = 0;
+    if (r == NULL || paths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (parse_range(items[i], &r[i], &paths[i]) < 0)
+            goto done;
+        if (r[i].len > (size_t)(PY_SSIZE_T_MAX - total)) {
+            PyErr_SetString(PyExc_OverflowError, "read_ranges: total length too large");
+            goto done;
+        }
+        total += (Py_ssize_t)r[i].len;
+    }
+    if ((data = alloc_aligned((size_t)total)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0, pos = 0; i < n; pos += r[i].len, i++)
+        r[i].dst = data + pos;
+    Py_BEGIN_ALLOW_THREADS
+    failed = load_ranges(r, n);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (failed < 0) {
+        result = wrap(data, total);
+        data = NULL;
+    } else if (err == 0) {
+        set_short_read(PyTuple_GET_ITEM(items[failed], 0));
+    } else {
+        set_errno(err, PyTuple_GET_ITEM(items[failed], 0));
+    }
+done:
+    free(data);
+    if (paths != NULL)
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_XDECREF(paths[i]);
+    PyMem_Free(paths);
+    PyMem_Free(r);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"read_block", (PyCFunction)(void (*)(void))read_block, METH_VARARGS | METH_KEYWORDS,
+     "read_block(path, verify=True) -> memoryview | None\n\n"
+     "The payload of a block file, or None if its magic, length or (with verify) xxh3 is wrong."},
+    {"read_ranges", read_ranges, METH_O,
+     "read_ranges([(path, payload_offset, length), ...]) -> memoryview\n\n"
+     "Those payload bytes of already verified block files, concatenated in one buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "cachefs._native", "Zero-copy block file reads (see cachefs/native.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (PyType_Ready(&BufferType) < 0)
+        return NULL;
+    return PyModule_Create(&module);
+}
