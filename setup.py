@@ -8,6 +8,7 @@ setup(
         Extension(
             "cachefs._native",
             sources=["native/blockread.c"],
+            libraries=["xxhash"],
             optional=True,
         )
     ]
