@@ -8,7 +8,7 @@ not the disk):
 Each is run with 1 and with T threads (the C reader releases the GIL), native and python
 interleaved in every repetition so machine noise hits both alike.
 
-    .venv/bin/python -m bench.native_bench [--blocks 16] [--repeat 7] [--threads 2] [--out FILE]
+    .venv/bin/python -m bench.native_bench [--blocks 16] [--passes 8] [--repeat 7] [--threads 2] [--out FILE]
 """
 from __future__ import annotations
 
@@ -86,6 +86,8 @@ def workloads(impl) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=16, help="4 MiB block files to read (default 16)")
+    parser.add_argument("--passes", type=int, default=8,
+                        help="reads of the whole set per measurement, so one lasts long enough to time (default 8)")
     parser.add_argument("--repeat", type=int, default=7, help="repetitions, at least 5 (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="the multi-threaded run's threads (default 2)")
     parser.add_argument("--dir", default=None, help="where to write the block files (default: a temp dir)")
@@ -101,7 +103,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="cachefs-native-bench-", dir=args.dir)
     try:
         paths = make_blocks(root, args.blocks)
-        items = {"block": paths, "ranges": request_ranges(paths)}
+        items = {"block": paths * args.passes, "ranges": request_ranges(paths) * args.passes}
         impls = {"native": native._native,
                  "python": types.SimpleNamespace(read_block=native.py_read_block, read_ranges=native.py_read_ranges)}
         runs = {(w, t, name): [] for w in items for t in (1, args.threads) for name in impls}
@@ -124,7 +126,7 @@ def main() -> None:
         print(f"{w:<8} {t:>7} {name:<7} {s['min']:>8.0f} {s['median']:>8.0f} {s['max']:>8.0f}"
               + (f"         x{speedup:.2f}" if name == "native" else ""))
     report = {"benchmark": "native_bench", "time_utc": stamp, "host": platform.node(),
-              "python": platform.python_version(), "cpus": os.cpu_count(), "blocks": args.blocks,
+              "python": platform.python_version(), "cpus": os.cpu_count(), "blocks": args.blocks, "passes": args.passes,
               "block_bytes": BLOCK, "request_bytes": REQUEST, "repeat": args.repeat, "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:

@@ -6,7 +6,7 @@ The single import point for the rest of cachefs:
                                  length or (with verify) xxh3-64 is wrong; OSError on I/O errors
     read_ranges([(path, off, n)]) payload bytes [off, off+n) of each (already verified) block file,
                                  concatenated into one buffer; OSError on I/O errors or a short read
-The C version reads with one preadv per file into a page-aligned buffer it owns, with the GIL
+The C version reads with one preadv per file into a buffer it owns, with the GIL
 released for the syscalls and the hash, so a FUSE read spanning two blocks needs no join.
 The Python versions (py_read_block, py_read_ranges) give identical results; tests compare them.
 

@@ -2,7 +2,7 @@
  * kernel, with the GIL released for the syscalls and the checksum.
  *
  * Why C: the pure-Python path reads a block into a bytes object, hashes it, then slices and joins
- * to serve a FUSE read that spans two blocks. Here one preadv() fills a page-aligned buffer the
+ * to serve a FUSE read that spans two blocks. Here one preadv() fills a malloc()ed buffer the
  * module owns, xxh3 runs over it in the same pass without the GIL, and the buffer is exported
  * read-only through the buffer protocol, so nothing is copied at Python level.
  *
@@ -33,15 +33,15 @@
 
 #define HEADER_SIZE 32
 static const char MAGIC[8] = {'C', 'F', 'S', 'B', 'L', 'K', '0', '1'};
-/* Cache-line alignment, for the hash's vector loads and the kernel's copy. Not page alignment:
- * glibc serves a page-aligned multi-MiB posix_memalign with a fresh mmap every time (its dynamic
- * mmap threshold never catches up with memalign's padding), so each 4 MiB block cost 1024 page
- * faults and ran at 1.4 GB/s instead of 15. Page alignment would only matter for O_DIRECT. */
-#define ALIGN 64
+/* Buffers come from plain malloc, not posix_memalign: glibc serves a memaligned multi-MiB request
+ * with a fresh mmap (page alignment) or with extra padding it cannot reuse (64 bytes), so every
+ * 4 MiB block paid 1024 (or ~50) page faults: 1.4 GB/s instead of 15. malloc's 16-byte alignment
+ * is all the hash's unaligned vector loads and the kernel's copy need; pages would matter only
+ * for O_DIRECT, which block files do not use (they are read warm from the page cache). */
 
 /* ---- the buffer object ------------------------------------------------------------------- */
 
-/* Owns one aligned allocation; read-only; the memory is freed when the last export (memoryview)
+/* Owns one malloc()ed allocation; read-only; the memory is freed when the last export (memoryview)
  * is gone, because every export holds a reference to this object. */
 typedef struct {
     PyObject_HEAD
@@ -88,11 +88,10 @@ static PyObject *wrap(char *data, Py_ssize_t len)
     return view;
 }
 
-/* posix_memalign with a non-zero size (size 0 may legally return NULL, which looks like failure). */
-static char *alloc_aligned(size_t len)
+/* malloc with a non-zero size (malloc(0) may legally return NULL, which looks like failure). */
+static char *alloc_buffer(size_t len)
 {
-    void *p;
-    return posix_memalign(&p, ALIGN, len ? len : 1) == 0 ? p : NULL;
+    return malloc(len ? len : 1);
 }
 
 /* ---- plain C, called without the GIL ------------------------------------------------------ */
@@ -141,7 +140,7 @@ static uint64_t be64(const unsigned char *p)
 
 enum { BLOCK_OK, BLOCK_BAD, BLOCK_ERRNO };
 
-/* Read a whole block file: header and payload in one preadv, the payload into a fresh aligned
+/* Read a whole block file: header and payload in one preadv, the payload into a fresh
  * allocation sized from fstat (never from the header, which may be corrupt). BLOCK_OK sets
  * *out and *outlen; BLOCK_BAD means wrong magic, length or checksum; BLOCK_ERRNO leaves errno set. */
 static int load_block(const char *path, int verify, char **out, size_t *outlen)
@@ -164,7 +163,7 @@ static int load_block(const char *path, int verify, char **out, size_t *outlen)
         goto out;
     }
     size_t len = (size_t)st.st_size - HEADER_SIZE;
-    if ((data = alloc_aligned(len)) == NULL) {
+    if ((data = alloc_buffer(len)) == NULL) {
         errno = ENOMEM;
         goto out;
     }
@@ -310,7 +309,7 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
         }
         total += (Py_ssize_t)r[i].len;
     }
-    if ((data = alloc_aligned((size_t)total)) == NULL) {
+    if ((data = alloc_buffer((size_t)total)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
