@@ -178,6 +178,7 @@ def is_mounted(path: Path | str) -> bool:
 
 def force_unmount(path: Path | str) -> None:
     """fusermount3 -u, then a lazy -uz as the fallback: never leave a mount behind a test."""
+    path = os.path.realpath(path)  # fusermount3 does not unmount through a symlink
     for flags in (["-u"], ["-uz"]):
         if not is_mounted(path):
             return

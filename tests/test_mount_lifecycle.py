@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from mount_helpers import (BLOCK_SIZE, DAEMON_EXIT_TIMEOUT_S, MOUNT_TIMEOUT_S, PYTHON, CACHEFS_SRC, force_unmount,
-                           is_mounted, log_problems, mount_args, object_bytes, one_line_error, pid_alive, read_all, run_cachefs,
-                           wait_until)
+from mount_helpers import (BLOCK_SIZE, CACHEFS_SRC, DAEMON_EXIT_TIMEOUT_S, MOUNT_TIMEOUT_S, PYTHON, force_unmount,
+                           is_mounted, log_problems, mount_args, mount_entries, object_bytes, one_line_error,
+                           pid_alive, read_all, run_cachefs, stop_pid, wait_until)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,3 +163,40 @@ def test_after_sigkill_umount_cleans_up_and_the_cache_dir_can_be_mounted_again(m
     m2 = mounter.remount(m)
     assert read_all(m2 / "f.bin") == OBJECTS["f.bin"]
     assert sorted(os.listdir(m2.path)) == ["d", "f.bin"]
+
+
+def test_mount_point_given_through_a_symlink(mounter, lifecycle_bucket):
+    """`/data -> /mnt/data` style: mount and umount by the symlink's name both work."""
+    real = mounter.fresh_dir("real-mnt")
+    link = mounter.tmp_path / "link-to-mnt"
+    link.symlink_to(real)
+    m = mounter.mount(lifecycle_bucket, mountpoint=link)
+    assert (link / "d/g.txt").read_bytes() == b"g"
+    assert is_mounted(real)
+    pid = m.pid()
+    res = run_cachefs(["umount", str(link)], m.env, timeout_s=60)
+    assert res.returncode == 0, res.describe()
+    assert not is_mounted(real) and wait_until(lambda: not pid_alive(pid), 5)
+
+
+def test_two_concurrent_mounts_on_one_mount_point(mounter, lifecycle_bucket):
+    """Exactly one wins; the other fails with one line. Never two stacked mounts."""
+    mnt = mounter.fresh_dir("mnt")
+    caches = [mounter.fresh_dir("cache"), mounter.fresh_dir("cache")]
+    procs = [subprocess.Popen([PYTHON, "-m", "cachefs",
+                               *mount_args(f"s3://{lifecycle_bucket}", mnt, c, mounter.endpoint_url)],
+                              cwd=CACHEFS_SRC, env=mounter.env(), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in caches]
+    results = [(p.wait(MOUNT_TIMEOUT_S), p.communicate()[1]) for p in procs]
+    pids = [int((c / "cachefs.pid").read_text()) for c in caches if (c / "cachefs.pid").exists()]
+    try:
+        entries = mount_entries(mnt)
+        assert sorted(rc == 0 for rc, _ in results) == [False, True], results
+        assert len(entries) == 1, f"stacked mounts: {entries}"
+        assert one_line_error(next(err for rc, err in results if rc != 0)), results
+        assert (mnt / "d/g.txt").read_bytes() == b"g"
+    finally:
+        while is_mounted(mnt):
+            force_unmount(mnt)
+        for pid in pids:
+            stop_pid(pid)
