@@ -263,10 +263,13 @@ class Result:
                 f"\n--- stderr\n{self.stderr}")
 
 
-def run_cachefs(args: list[str], env: dict[str, str], timeout_s: float = MOUNT_TIMEOUT_S) -> Result:
+def run_cachefs(args: list[str], env: dict[str, str], timeout_s: float = MOUNT_TIMEOUT_S,
+                cwd: Path | None = None) -> Result:
     """Run `python -m cachefs ARGS`; the background daemon must not keep our pipes open."""
+    if cwd is not None:  # relative paths in ARGS: import the package from CACHEFS_SRC all the same
+        env = {**env, "PYTHONPATH": str(CACHEFS_SRC)}
     start = time.monotonic()
-    proc = subprocess.run([PYTHON, "-m", "cachefs", *args], cwd=CACHEFS_SRC, env=env, capture_output=True,
+    proc = subprocess.run([PYTHON, "-m", "cachefs", *args], cwd=cwd or CACHEFS_SRC, env=env, capture_output=True,
                           text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from mount_helpers import MiB, cachefs_env, free_closed_port_url, object_bytes, read_all
+from mount_helpers import (ACCESS_KEY_ID, SECRET_ACCESS_KEY, MiB, Mount, cachefs_env, free_closed_port_url,
+                           is_mounted, mount_args, object_bytes, read_all, run_cachefs)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,3 +103,26 @@ def test_credentials_from_the_environment(mounter, auth_moto):
     env = credentials_env(AWS_ACCESS_KEY_ID=auth_moto.key_id, AWS_SECRET_ACCESS_KEY=auth_moto.secret)
     m = mounter.mount(auth_moto.bucket, endpoint_url=auth_moto.endpoint_url, env=env)
     assert (m / "hello.txt").read_bytes() == b"hello\n"
+
+
+def test_relative_paths_are_relative_to_the_callers_directory(mounter, cfg_bucket):
+    """Mount point, cache dir, config and credentials file given relative to the working directory."""
+    work = mounter.fresh_dir("cwd")
+    (work / "mnt").mkdir()
+    (work / "cfg.toml").write_text("uid = 4242\n")
+    creds = work / "creds"
+    creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY_ID}\naws_secret_access_key = {SECRET_ACCESS_KEY}\n")
+    creds.chmod(0o600)
+    args = mount_args(f"s3://{cfg_bucket}", Path("mnt"), Path("cache"), mounter.endpoint_url,
+                      "--config", "cfg.toml", "--credentials-file", "creds")
+    m = Mount(f"s3://{cfg_bucket}", work / "mnt", work / "cache", args, credentials_env())
+    mounter.mounts.append(m)  # so that the fixture unmounts it and checks its log whatever happens
+    res = run_cachefs(args, m.env, cwd=work)
+    assert res.returncode == 0, res.describe()
+    assert read_all(m / "two-mib-and-one") == FILES["two-mib-and-one"]
+    assert os.stat(m / "two-mib-and-one").st_uid == 4242
+    assert m.log_path.exists()
+    m.pid()
+    res = run_cachefs(["umount", "mnt"], m.env, cwd=work)
+    assert res.returncode == 0, res.describe()
+    assert not is_mounted(work / "mnt")
