@@ -42,7 +42,7 @@ class Scale:
 
 SCALES = {
     # `make bench`: under 10 minutes on 2 cores; small shards so 4 workers each get one
-    "short": Scale("short", 64, 256, (4, 32), 32, 1200, 32, (10_000,), 3, 2, 4, 180),
+    "short": Scale("short", 64, 256, (4, 32), 32, 768, 24, (10_000,), 3, 2, 4, 180),
     # `make bench-full`: the field report's ~128 MB shards, a 10k and a 100k tree
     "full": Scale("full", 1024, 2048, (4, 1024), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 900),
     # tests/test_bench_harness.py: seconds
@@ -94,7 +94,7 @@ def tee_to_local(items, local_root: str) -> Iterator[sample.Item]:
         yield key, data
 
 
-def populate(endpoint, bucket: str, scale: Scale, local_root: str, workers: int = 16) -> dict:
+def populate(endpoint, bucket: str, scale: Scale, local_root: str, workers: int = 32) -> dict:
     """Create the bucket, upload every item and write the local copy. Returns counts."""
     client = endpoint.client(max_pool=workers)
     client.create_bucket(Bucket=bucket)

@@ -100,7 +100,8 @@ def markdown(results: dict) -> str:
             ratio = []
             for n in names:
                 seq = s["figures"].get(("fio", "seq-4jobs", "cold", n), {}).get("mib_s")
-                ratio.append(f"{seq['median'] / backend['median']:.0%}" if seq else "-")
+                no_s3 = n in ("local", "memfs")
+                ratio.append("n/a (no S3)" if no_s3 else f"{seq['median'] / backend['median']:.0%}" if seq else "-")
             parts += ["", "Cold seq-4jobs as a fraction of the endpoint's 8-parallel ranged-GET throughput:",
                       table(["", *names], [["cold / backend", *ratio]])]
         parts += ["", "Daemon CPU seconds / peak RSS during seq-1job:", table(["", *names], cpu_rows)]

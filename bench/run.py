@@ -158,17 +158,17 @@ def parse_args(argv):
     p.add_argument("--straggler-p", type=float, default=0.01)
     p.add_argument("--straggler-ms", type=float, default=500.0)
     p.add_argument("--consume-rate", type=float, help="images/s the trainer consumes (models the GPU step)")
-    p.add_argument("--decode", action=argparse.BooleanOptionalAction, default=None,
-                   help="JPEG decode + crop in the loader (default: on when Pillow is installed)")
+    p.add_argument("--decode", action="store_true",
+                   help="JPEG decode + random crop + resize in the loader workers (needs Pillow); off by "
+                        "default so that the loader measures the filesystem, not this machine's 2 cores")
     p.add_argument("--out", help="results directory (default bench/results/<UTC timestamp>)")
     args = p.parse_args(argv)
     args.scale = args.scale or "short"
-    if args.decode is None:
+    if args.decode:
         try:
             import PIL  # noqa: F401
-            args.decode = True
         except ImportError:
-            args.decode = False
+            p.error("--decode needs Pillow (pip install pillow)")
     return args
 
 
