@@ -148,27 +148,16 @@ def test_credentials_file_readable_by_others(case, tmp_path):
     assert_clean_failure(case)
 
 
-def test_bad_toml(case, tmp_path):
-    config = tmp_path / "bad.toml"
-    config.write_text('block_size = "1MiB\nthis is not toml = = =\n')
+@pytest.mark.parametrize("text, culprit", [
+    ('block_size = "1MiB\nthis is not toml = = =\n', None),  # bad TOML: the error names the file
+    ('block_size = "1MiB"\nfrobnicate_level = 3\n', "frobnicate_level"),  # an unknown key
+    ('block_size = "4XB"\n', "block.size"),  # a bad value
+], ids=["bad-toml", "unknown-key", "bad-value"])
+def test_bad_config_file(case, tmp_path, text, culprit):
+    config = tmp_path / "cachefs.toml"
+    config.write_text(text)
     case.extra = ["--config", str(config)]
-    case.culprit = re.escape(str(config))
-    assert_clean_failure(case)
-
-
-def test_unknown_key_in_toml(case, tmp_path):
-    config = tmp_path / "unknown.toml"
-    config.write_text('block_size = "1MiB"\nfrobnicate_level = 3\n')
-    case.extra = ["--config", str(config)]
-    case.culprit = "frobnicate_level"
-    assert_clean_failure(case)
-
-
-def test_invalid_value_in_toml(case, tmp_path):
-    config = tmp_path / "badvalue.toml"
-    config.write_text('block_size = "4XB"\n')
-    case.extra = ["--config", str(config)]
-    case.culprit = "block.size"
+    case.culprit = culprit or re.escape(str(config))
     assert_clean_failure(case)
 
 
