@@ -1,12 +1,13 @@
 """Remounting with the same --cache-dir: cached metadata and blocks are reused, inode numbers are stable."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
-from mount_helpers import (BLOCK_SIZE, first_difference, inode_map, object_bytes, read_all, stats_delta,
-                           summarize, walk_tree)
+from mount_helpers import (BLOCK_SIZE, Mount, first_difference, inode_map, is_mounted, mount_args, object_bytes,
+                           one_line_error, read_all, run_cachefs, stats_delta, summarize, walk_tree)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -117,3 +118,37 @@ def test_object_changed_between_mounts_is_read_new(mounter, make_bucket, s3):
     got = read_all(m / "a.bin")
     assert got == new, first_difference(got, new)
     assert read_all(m / "d/b.bin") == REMOUNT_OBJECTS["d/b.bin"]
+
+
+def test_remount_with_another_block_size_reads_exact_bytes(mounter, make_bucket):
+    name = make_bucket("remount-bs", REMOUNT_OBJECTS)
+    m = mounter.mount(name, *TTL_ARGS)
+    assert_contents_exact(read_everything(m)[1])
+    mounter.umount(m)
+    m2 = mounter.mount(name, *TTL_ARGS, mountpoint=m.path, cache_dir=m.cache_dir, block_size="1MiB")
+    assert_contents_exact(read_everything(m2)[1])
+
+
+@pytest.mark.parametrize("what", ["bucket", "prefix"])
+@pytest.mark.daemon_errors_ok(r"cache dir")  # a refused mount logs why into the cache dir's log
+def test_cache_dir_reused_for_another_source_never_shows_the_old_tree(mounter, make_bucket, what):
+    """Cached listings belong to one bucket/prefix: a cache dir mounted for another source either shows that
+    source or is refused with one clean error line; it never shows the first source's tree."""
+    first = make_bucket("source-a", {"p1/only-in-a.txt": b"a", "p2/only-in-b.txt": b"b"})
+    second = first if what == "prefix" else make_bucket("source-b", {"p1/only-in-b.txt": b"b"})
+    m = mounter.mount(first, *TTL_ARGS, prefix="p1")
+    assert os.listdir(m.path) == ["only-in-a.txt"]
+    mounter.umount(m)
+    url = f"s3://{second}/{'p1' if what == 'bucket' else 'p2'}"
+    other = Mount(url, m.path, m.cache_dir, mount_args(url, m.path, m.cache_dir, mounter.endpoint_url, *TTL_ARGS),
+                  m.env)
+    mounter.mounts.append(other)
+    res = run_cachefs(other.args, other.env)
+    if res.returncode != 0:
+        line = one_line_error(res.stderr)
+        assert line and "cache" in line, res.describe()
+        assert not is_mounted(m.path)
+    else:
+        other.pid()
+        assert os.listdir(other.path) == ["only-in-b.txt"]
+        assert (other / "only-in-b.txt").read_bytes() == b"b"
