@@ -291,7 +291,7 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(seq), failed = -1, total = 0;
-    PyObject **items = &PyTuple_GET_ITEM(seq, 0), *result = NULL;
+    PyObject **items = PySequence_Fast_ITEMS(seq), *result = NULL;
     struct range *r = PyMem_Calloc(n ? n : 1, sizeof *r);
     PyObject **paths = PyMem_Calloc(n ? n : 1, sizeof *paths);
     char *data = NULL;

@@ -149,3 +149,36 @@ def test_env_var_forces_fallback():
     env = dict(os.environ, CACHEFS_NO_NATIVE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["python", "True"]
+
+
+# open() of a FIFO blocks until a writer comes: only a reader that released the GIL lets the main
+# thread run to be that writer. Run in a child, because a held GIL would hang this process beyond
+# the reach of pytest-timeout (its handler needs the GIL too).
+GIL_CHILD = """
+import os, sys, threading, time
+from cachefs import _native as C
+fifo = sys.argv[1]
+for call in (lambda: C.read_block(fifo), lambda: C.read_ranges([(fifo, 0, 1)])):
+    os.mkfifo(fifo)
+    def reader():
+        try:
+            call()              # read_block: None (st_size 0); read_ranges: ESPIPE
+        except OSError:
+            pass
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.3)             # let the reader block in open() first
+    os.close(os.open(fifo, os.O_WRONLY))
+    t.join()
+    os.unlink(fifo)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(C is None, reason="extension not built")
+def test_gil_released_during_io(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", GIL_CHILD, str(tmp_path / "fifo")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "ok", out.stderr
