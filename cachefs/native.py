@@ -4,7 +4,8 @@ The single import point for the rest of cachefs:
     ACTIVE                       "native" or "python": which implementation read_block/read_ranges are
     read_block(path, verify)     a whole block file's payload as a memoryview, or None if its magic,
                                  length or (with verify) xxh3-64 is wrong; OSError on I/O errors
-    read_ranges([(path, off, n)]) payload bytes [off, off+n) of each (already verified) block file,
+    read_ranges([(path, off, n)]) payload bytes [off, off+n) of each (already verified) block file
+                                 (each range a tuple; off counts from the payload start),
                                  concatenated into one buffer; OSError on I/O errors or a short read
 The C version reads with one preadv per file into a buffer it owns, with the GIL
 released for the syscalls and the hash, so a FUSE read spanning two blocks needs no join.
