@@ -197,6 +197,7 @@ def main(argv=None) -> int:
     try:
         with stack:
             stack.callback(shutil.rmtree, scratch, True)
+            stack.callback(keep_logs, scratch, os.path.join(out, "logs"))  # runs before the rmtree
             ep = stack.enter_context(endpoint.open_endpoint(scratch, args.endpoint))
             results["endpoint"] = {"kind": ep.kind, "note": ep.note}
             print(f"endpoint: {ep.kind} {ep.url} {ep.note}", flush=True)
@@ -249,6 +250,18 @@ def main(argv=None) -> int:
         report.write(results, out)
         print(f"\nresults: {out}/results.json, results.md, *.png ({results['seconds']:.0f} s)", flush=True)
     return 0
+
+
+def keep_logs(scratch: str, dest: str) -> None:
+    """Daemon, Ceph and proxy logs outlive the scratch directory, for the post-mortem of a failure."""
+    for dirpath, _, filenames in os.walk(scratch):
+        if "/mnt" in dirpath or "/cache" in dirpath or "/local" in dirpath:
+            continue  # never walk into mounts, caches or the dataset
+        for name in filenames:
+            if name.endswith(".log"):
+                rel = os.path.relpath(os.path.join(dirpath, name), scratch)
+                os.makedirs(dest, exist_ok=True)
+                shutil.copyfile(os.path.join(dirpath, name), os.path.join(dest, rel.replace(os.sep, "_")))
 
 
 def _quiet_umount(system) -> None:
