@@ -31,7 +31,10 @@ class _UsageError(UserError):
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         flag = "--" + opt.name.replace("_", "-")
-        if opt.flag_takes_value:
+        if opt.repeatable:
+            p.add_argument(flag, dest=opt.name, action="append", default=argparse.SUPPRESS, metavar="VALUE",
+                           help=opt.help)
+        elif opt.flag_takes_value:
             p.add_argument(flag, dest=opt.name, default=argparse.SUPPRESS, metavar="VALUE", help=opt.help)
         else:
             p.add_argument(flag, dest=opt.name, action="store_const", const=True,

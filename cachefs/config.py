@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import xxhash
 
+from .cache.spec import EVICTION_POLICIES, TierSpec, parse_promotion, parse_tiers
 from .errors import ConfigError
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -114,6 +115,7 @@ class Option:
     parse: Callable[[Any], Any]
     help: str
     flag_takes_value: bool = True   # False: a switch (--foreground)
+    repeatable: bool = False        # a flag that may be given several times (--cache)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -124,7 +126,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("profile", _text, "AWS profile name from the shared config/credentials files"),
     Option("credentials_file", _text, "AWS-style credentials file (INI); must have mode 0600"),
     Option("cache_dir", _text, "directory for cached blocks and metadata (created 0700)"),
-    Option("cache_size", _size_min(16 * MiB), "size limit of the block cache on disk"),
+    Option("cache", parse_tiers, "a cache tier, fastest first: mem:SIZE, ssd:DIR[,DIR]:SIZE, "
+           "hdd:DIR:SIZE, each optionally :high=F:low=F:min_free=F:min_free_inodes=F (repeatable)",
+           repeatable=True),
+    Option("cache_size", _size_min(16 * MiB), "size of the default disk tier in CACHE_DIR (without --cache)"),
+    Option("eviction_policy", _choice(*EVICTION_POLICIES), "lru, or scan-resistant for cyclic epochs"),
+    Option("promotion", parse_promotion, "move a block hit in a slower tier up: never, on-hit, after:N"),
+    Option("stale_after", _seconds, "scan-resistant policy: seconds unused before a block may be evicted"),
     Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
     Option("read_ahead_blocks", _count(0, 256), "blocks fetched ahead of a sequential reader"),
     Option("entry_timeout", _seconds, "seconds the kernel caches a name lookup"),
@@ -148,6 +156,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 ENV_PREFIX = "CACHEFS_"
+DEFAULT_MEM_TIER = 256 * MiB   # small: most of a node's RAM belongs to the training job
 
 
 def _default_uid() -> int:
@@ -168,8 +177,12 @@ class Config:
     profile: str | None = None
     credentials_file: str | None = None
     cache_dir: str | None = None
-    # A training node's cache; quotas and tiers come with the tiered cache.
+    cache: tuple[TierSpec, ...] = ()      # empty: DEFAULT_MEM_TIER + a disk tier in cache_dir
     cache_size: int = 10 * GiB
+    # Cyclic epochs over a dataset larger than the cache are the training workload (CACHING.md).
+    eviction_policy: str = "scan-resistant"
+    promotion: int = 0                    # 0 = never: no moving blocks between tiers on every read
+    stale_after: float = 3600.0
     # 4 MiB: large enough that one GET per block amortises S3's ~10-50 ms first-byte latency,
     # small enough that a random 110 KB sample does not drag in much extra.
     block_size: int = 4 * MiB
@@ -275,6 +288,8 @@ def build_config(source: str, mountpoint: str, flags: dict[str, Any],
     _apply(flags, merged, "", lambda n: "--" + n.replace("_", "-"))
     cfg = Config(source=source, mountpoint=mountpoint, **merged)
     _split_source(cfg.source)  # validates the URL
+    if cfg.cache and "cache_size" in merged:
+        raise ConfigError("--cache-size sizes the default disk tier; with --cache give each tier its size")
     if cfg.cache_size < 4 * cfg.block_size:
         raise ConfigError(f"--cache-size ({format_size(cfg.cache_size)}) must hold at least 4 blocks "
                           f"of --block-size ({format_size(cfg.block_size)})")
@@ -283,6 +298,12 @@ def build_config(source: str, mountpoint: str, flags: dict[str, Any],
     cfg.cache_dir = os.path.abspath(cfg.cache_dir)
     if cfg.log_file is None:
         cfg.log_file = os.path.join(cfg.cache_dir, "cachefs.log")
+    if not cfg.cache:
+        cfg.cache = (TierSpec("mem", (), DEFAULT_MEM_TIER), TierSpec("ssd", (cfg.cache_dir,), cfg.cache_size))
+    for tier in cfg.cache:
+        if tier.quota < 4 * cfg.block_size:
+            raise ConfigError(f"--cache {tier.kind}: size {format_size(tier.quota)} must hold at least 4 blocks "
+                              f"of --block-size ({format_size(cfg.block_size)})")
     return cfg
 
 

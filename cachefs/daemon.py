@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from . import __version__, mounts
-from .cache.disk import DiskCache
+from .cache import TieredCache
 from .config import Config
 from .errors import UserError
 from .fs import CachefsOperations
@@ -79,6 +79,19 @@ def lock_cache_dir(path: str) -> int:
     return fd
 
 
+def bound_malloc() -> None:
+    """Fix glibc's mmap threshold at 128 KiB: block buffers (MiBs) then come from mmap and go back to
+    the OS when freed. glibc otherwise raises the threshold after the first free of a large buffer
+    and serves later blocks from the heap, where fragmentation keeps RSS above the memory tier's
+    budget (docs/CACHING.md)."""
+    try:
+        import ctypes
+        M_MMAP_THRESHOLD = -3
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        log.debug("mallopt not available; memory tier RSS may exceed its budget")
+
+
 def setup_logging(cfg: Config, background: bool) -> None:
     level = getattr(logging, cfg.log_level.upper())
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -124,13 +137,17 @@ class Daemon:
         cfg = self.cfg
         prepare_cache_dir(cfg.cache_dir)
         self.lock_fd = lock_cache_dir(cfg.cache_dir)
+        self.mountpoint_lock = mounts.lock_mountpoint(cfg.mountpoint)
         mounts.check_mountpoint(cfg.mountpoint)
         self.store = from_config(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
         self.meta = MetaStore(os.path.join(cfg.cache_dir, "meta"), cfg.identity(),
                               max_readers=2 * cfg.max_idle_threads + 64)
-        self.cache = DiskCache(cfg.cache_dir, cfg.cache_size, self.meta, self.stats)
-        self.cache.scan()
+        self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,
+                                       promote_after=cfg.promotion, stale_after=cfg.stale_after,
+                                       max_block=cfg.block_size)
+        self.cache.open()
+        self.cache.load()
         self.limiter = trio.CapacityLimiter(cfg.max_idle_threads)
         run_blocking = functools.partial(_run_in_thread, self.limiter)
         self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)
@@ -144,11 +161,12 @@ class Daemon:
         except RuntimeError as e:
             raise UserError(f"cannot mount {cfg.mountpoint}: {e}") from None
         self._write_pid()
+        self.cache.start()
         log.info("cachefs %s mounted %s on %s (cache %s)", __version__, cfg.source, cfg.mountpoint, cfg.cache_dir)
 
     def _extra_stats(self) -> dict:
         return {"cache_bytes": self.cache.used_bytes, "cache_blocks": self.cache.block_count,
-                "cache_capacity": self.cfg.cache_size}
+                "cache_capacity": sum(t.quota for t in self.cache.tiers), "tiers": self.cache.tier_stats()}
 
     def _write_pid(self) -> None:
         with open(os.path.join(self.cfg.cache_dir, "cachefs.pid"), "w") as f:
@@ -207,6 +225,7 @@ def run(cfg: Config, ready_fd: int | None) -> int:
             redirect_stdio(cfg.log_file)
         else:
             setup_logging(cfg, background=False)
+        bound_malloc()
         daemon = Daemon(cfg)
         daemon.start()
     except UserError as e:

@@ -3,6 +3,7 @@ that maps a mount point to its daemon's pid."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import subprocess
@@ -16,10 +17,15 @@ FSTYPE = "fuse.cachefs"
 
 
 def canonical(path: str) -> str:
-    """Absolute path with symlinks resolved in the parent only: stat-ing the mount point itself
-    would ask the FUSE daemon, which hangs if it is our own not-yet-serving or a stuck mount."""
+    """The absolute path with symlinks resolved, without ever stat-ing a mount point: that would ask
+    its FUSE daemon, and hang if the daemon is stuck or is ourselves before serving."""
     path = os.path.abspath(path)
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    for _ in range(40):   # the kernel's own limit on symlinks in a path
+        path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if mounted_fstype(path, resolved=True) is not None or not os.path.islink(path):
+            return path
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    raise UserError(f"too many levels of symbolic links in {path}")
 
 
 def _unescape(field: str) -> str:
@@ -35,9 +41,10 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mounted_fstype(path: str) -> str | None:
+def mounted_fstype(path: str, resolved: bool = False) -> str | None:
     """The filesystem type mounted exactly at `path`, or None."""
-    path = canonical(path)
+    if not resolved:
+        path = canonical(path)
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -83,6 +90,20 @@ def runtime_dir() -> str:
 
 def _registry_path(mountpoint: str) -> str:
     return os.path.join(runtime_dir(), xxhash.xxh64_hexdigest(canonical(mountpoint).encode()) + ".json")
+
+
+def lock_mountpoint(mountpoint: str) -> int:
+    """Held for the daemon's lifetime: two `mount`s racing for one mount point cannot both win."""
+    os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+    fd = os.open(_registry_path(mountpoint)[:-len(".json")] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = (lookup(mountpoint) or {}).get("pid")
+        raise UserError(f"mount point {mountpoint} is already mounted or being mounted by another cachefs "
+                        f"daemon" + (f" (pid {holder})" if holder else "")) from None
+    return fd
 
 
 def register(mountpoint: str, info: dict) -> None:

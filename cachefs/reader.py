@@ -102,6 +102,10 @@ class BlockReader:
             if data is not None:
                 self._recent.move_to_end(bkey)
                 return data
+            data = self.cache.get_nowait(bkey)
+            if data is not None:
+                self._remember(bkey, data)
+                return data
             fetch = self._inflight.get(bkey)
             if fetch is None:
                 break

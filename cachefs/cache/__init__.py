@@ -1,5 +1,5 @@
-"""Block caches: the BlockCache seam and its implementations."""
+"""Block caches: the BlockCache seam and the tiered MEM/SSD/HDD cache behind it."""
 from .base import BlockCache
-from .disk import DiskCache
+from .tiered import TieredCache
 
-__all__ = ["BlockCache", "DiskCache"]
+__all__ = ["BlockCache", "TieredCache"]

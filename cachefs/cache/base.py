@@ -9,9 +9,13 @@ class BlockCache(abc.ABC):
     def get(self, key: bytes) -> bytes | None:
         """The block's verified bytes, or None (absent, unreadable or corrupt: all misses)."""
 
+    def get_nowait(self, key: bytes) -> memoryview | None:
+        """A hit that costs no I/O (memory), or None; safe to call on the trio thread."""
+        return None
+
     @abc.abstractmethod
-    def put(self, key: bytes, data: bytes) -> None:
-        """Store a block; may evict others to stay within the size limit; never raises for I/O."""
+    def put(self, key: bytes, data: bytes | memoryview) -> bool:
+        """Store a block if the cache admits it; never raises for I/O."""
 
     @abc.abstractmethod
     def contains(self, key: bytes) -> bool:

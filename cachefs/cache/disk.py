@@ -1,147 +1,217 @@
-"""DiskCache: blocks as files in one directory, with a size limit, LRU eviction and checksums.
+"""Disk tiers: blocks as files in one or more directories sharing one quota, with health checks.
 
-File format (layout v1, under CACHE_DIR/blocks/v1/XX/<32 hex>):
+Block file format (layout v1, under DIR/blocks/v1/XX/<32 hex>), shared with native/blockread.c:
     32-byte header: magic b"CFSBLK01", u64 payload length, u64 xxh3-64 of the payload, u64 zero
     payload
 A block is written to a temp file and renamed, so a reader sees a whole file or none; a file torn
 by a crash fails its length or checksum check, is deleted, and the block is fetched again.
 
-The index (key -> size, time stored) lives in LMDB; puts are batched into it (flush()) because one
-fsynced commit per block would cap small-file throughput. Blocks whose files exist but whose index
-entry was lost in a crash are adopted by the start-up scan, so a crash loses no cached data.
-Recency is kept in memory only: no LMDB write per read (a field lesson).
+The index (key -> size, time stored, directory id) lives in LMDB; writes to it are batched
+(TieredCache.flush) because one fsynced commit per block would cap small-file throughput. Block
+files whose index entry was lost in a crash are adopted back by the start-up scan.
+
+A directory that fails (EIO, ENOSPC, read-only, removed) is marked down and skipped: its blocks are
+misses, new blocks go elsewhere. It is probed every PROBE_INTERVAL_S and comes back when a probe
+file can be written and read again.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-import struct
 import threading
 import time
-from collections import OrderedDict
+from typing import Callable
 
 import xxhash
 
-from ..meta.store import MetaStore
+from .. import native
+from ..errors import UserError
 from ..stats import Stats
-from .base import BlockCache
+from .spec import TierSpec
+from .tier import Slot, Tier
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">8sQQQ")
-MAGIC = b"CFSBLK01"
+HEADER = native.HEADER
+MAGIC = native.MAGIC
 LAYOUT_DIR = os.path.join("blocks", "v1")
-# Index writes are batched: at most this many blocks are only in memory (and adopted back by the
-# start-up scan if we crash).
-INDEX_BATCH = 256
+LOCK_NAME = "blocks.lock"
+PROBE_INTERVAL_S = 10.0      # how soon a repaired directory is used again
+STATVFS_INTERVAL_S = 1.0     # free-space checks are cached this long (one statvfs per second)
 
 
 def encode_header(payload: bytes | memoryview) -> bytes:
     return HEADER.pack(MAGIC, len(payload), xxhash.xxh3_64_intdigest(payload), 0)
 
 
-def verify(raw: bytes) -> memoryview | None:
-    """The payload of a block file's bytes if header and checksum hold, else None."""
-    if len(raw) < HEADER.size:
-        return None
-    magic, length, checksum, _ = HEADER.unpack_from(raw)
-    payload = memoryview(raw)[HEADER.size:]
-    if magic != MAGIC or length != len(payload) or xxhash.xxh3_64_intdigest(payload) != checksum:
-        return None
-    return payload
+def dir_id(path: str) -> int:
+    """Stable 32-bit identity of a tier directory, stored with each block in the index."""
+    return xxhash.xxh32_intdigest(os.path.abspath(path).encode())
 
 
-class DiskCache(BlockCache):
-    def __init__(self, cache_dir: str, capacity: int, meta: MetaStore, stats: Stats) -> None:
-        self.root = os.path.join(cache_dir, LAYOUT_DIR)
-        self.capacity = capacity
-        self.meta = meta
-        self.stats = stats
-        self._lock = threading.Lock()
-        self._lru: OrderedDict[bytes, int] = OrderedDict()   # key -> bytes on disk, oldest first
-        self._used = 0
-        self._pending_add: dict[bytes, tuple[int, float]] = {}
-        self._pending_del: set[bytes] = set()
+class DiskDir:
+    """One cache directory: its files, lock, free-space check and health."""
+
+    def __init__(self, path: str, min_free: float, min_free_inodes: float) -> None:
+        self.path = os.path.abspath(path)
+        self.root = os.path.join(self.path, LAYOUT_DIR)
+        self.id = dir_id(self.path)
+        self.min_free = min_free
+        self.min_free_inodes = min_free_inodes
+        self.healthy = True
+        self.next_probe = 0.0
+        self._space_checked = 0.0
+        self._space_ok = True
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        """Create and lock the directory (start-up: a failure here is the user's to fix)."""
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            self._make_subdirs()
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise UserError(f"cache directory {self.path} is not usable: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"cache directory {self.path} is in use by another cachefs daemon") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _make_subdirs(self) -> None:
         for i in range(256):
             os.makedirs(os.path.join(self.root, f"{i:02x}"), mode=0o700, exist_ok=True)
-        for key, size, _ in sorted(meta.block_index(), key=lambda e: e[2]):
-            self._lru[key] = size
-            self._used += size
 
-    def path(self, key: bytes) -> str:
+    def block_path(self, key: bytes) -> str:
         h = key.hex()
         return os.path.join(self.root, h[:2], h)
 
-    @property
-    def used_bytes(self) -> int:
-        return self._used
+    def space_ok(self) -> bool:
+        now = time.monotonic()
+        if now - self._space_checked >= STATVFS_INTERVAL_S:
+            self._space_checked = now
+            try:
+                st = os.statvfs(self.root)
+                free = st.f_bavail / st.f_blocks if st.f_blocks else 1.0
+                inodes = st.f_favail / st.f_files if st.f_files else 1.0
+                self._space_ok = free >= self.min_free and inodes >= self.min_free_inodes
+            except OSError:
+                self._space_ok = False
+        return self._space_ok
+
+    def mark_down(self, err: OSError) -> None:
+        if self.healthy:
+            log.warning("cache directory %s failed (%s): skipping it until it recovers",
+                        self.path, err.strerror or err)
+        self.healthy = False
+        self.next_probe = time.monotonic() + PROBE_INTERVAL_S
+
+    def probe(self) -> bool:
+        """Try a real write and read; bring the directory back if both work."""
+        if self.healthy or time.monotonic() < self.next_probe:
+            return self.healthy
+        self.next_probe = time.monotonic() + PROBE_INTERVAL_S
+        probe = os.path.join(self.root, ".probe")
+        try:
+            self._make_subdirs()
+            with open(probe, "wb") as f:
+                f.write(b"cachefs probe")
+                f.flush()
+                os.fsync(f.fileno())
+            with open(probe, "rb") as f:
+                ok = f.read() == b"cachefs probe"
+            os.unlink(probe)
+        except OSError:
+            return False
+        if ok:
+            self._space_checked = 0.0
+            self.healthy = True
+            log.warning("cache directory %s is healthy again", self.path)
+        return ok
+
+
+class DiskTier(Tier):
+    def __init__(self, spec: TierSpec, stats: Stats, dirs: list[DiskDir] | None = None) -> None:
+        super().__init__(spec, stats)
+        self.dirs = dirs or [DiskDir(d, spec.min_free, spec.min_free_inodes) for d in spec.dirs]
+        self._pending_add: dict[bytes, tuple[int, float, int]] = {}
+        self._pending_del: set[bytes] = set()
+        self._index_lock = threading.Lock()
+
+    def open(self) -> None:
+        for d in self.dirs:
+            d.open()
+
+    def close(self) -> None:
+        for d in self.dirs:
+            d.close()
+
+    def charge(self, payload_len: int) -> int:
+        return HEADER.size + payload_len
 
     @property
-    def block_count(self) -> int:
-        return len(self._lru)
+    def usable(self) -> bool:
+        return any(d.healthy for d in self.dirs)
 
-    def contains(self, key: bytes) -> bool:
-        return key in self._lru
+    def pressure(self) -> bool:
+        return any(d.healthy and not d.space_ok() for d in self.dirs)
 
-    # -- read -------------------------------------------------------------------------------
-    def get(self, key: bytes) -> memoryview | None:
-        if key not in self._lru:
+    def pressured_dirs(self) -> set[int]:
+        return {i for i, d in enumerate(self.dirs) if d.healthy and not d.space_ok()}
+
+    def probe(self) -> None:
+        for d in self.dirs:
+            d.probe()
+
+    def _choose_place(self, key: bytes) -> int | None:
+        n = len(self.dirs)
+        start = int.from_bytes(key[:4], "big") % n    # spread by hash; skip a dir that is down or full
+        for i in range(n):
+            where = (start + i) % n
+            d = self.dirs[where]
+            if d.healthy and d.space_ok():
+                return where
+        return None
+
+    def path_of(self, key: bytes) -> str | None:
+        slot = self._slots.get(key)
+        return self.dirs[slot.where].block_path(key) if slot is not None else None
+
+    def _read(self, key: bytes, slot: Slot) -> memoryview | None:
+        d = self.dirs[slot.where]
+        if not d.healthy:
             return None
         try:
-            with open(self.path(key), "rb") as f:
-                raw = f.read()
+            data = native.read_block(d.block_path(key))
         except FileNotFoundError:
-            self._forget(key)
+            self._lost(key)
             return None
         except OSError as e:
             self.stats.add("cache_errors")
-            log.warning("cache read of %s failed (%s); fetching from S3 instead", key.hex(), e.strerror)
+            d.mark_down(e)
             return None
-        payload = verify(raw)
-        if payload is None:
+        if data is None:
             self.stats.add("cache_corrupt")
-            log.warning("cached block %s failed its checksum; dropped, fetching again", key.hex())
-            self._drop(key)
-            return None
-        with self._lock:
-            if key in self._lru:
-                self._lru.move_to_end(key)
-        return payload
+            log.warning("cached block %s in %s failed its checksum; dropped, fetching again", key.hex(), d.path)
+            self.remove(key)
+        return data
 
-    # -- write ------------------------------------------------------------------------------
-    def put(self, key: bytes, data: bytes | memoryview) -> None:
-        size = HEADER.size + len(data)
-        if size > self.capacity:
-            return
-        with self._lock:
-            if key in self._lru:
-                return
-            victims = []
-            while self._used + size > self.capacity and self._lru:
-                victim, vsize = self._lru.popitem(last=False)
-                self._used -= vsize
-                self._note_removed(victim)
-                victims.append(victim)
-            self._lru[key] = size        # reserve before writing: usage never exceeds capacity
-            self._used += size
-        for victim in victims:
-            self._unlink(victim)
-        self.stats.add("cache_evictions", len(victims))
-        if not self._write(key, data):
-            with self._lock:
-                if self._lru.pop(key, None) is not None:
-                    self._used -= size
-            return
-        self.stats.add("cache_puts")
-        with self._lock:
-            self._pending_del.discard(key)
-            self._pending_add[key] = (size, time.time())
-            full = len(self._pending_add) + len(self._pending_del) >= INDEX_BATCH
-        if full:
-            self.flush()
+    def _lost(self, key: bytes) -> None:
+        slot = self._forget(key)
+        if slot is not None:
+            self._removed(key, slot)
 
-    def _write(self, key: bytes, data: bytes | memoryview) -> bool:
-        final = self.path(key)
+    def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
+        d = self.dirs[slot.where]
+        final = d.block_path(key)
         tmp = f"{final}.tmp.{threading.get_ident()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -153,101 +223,84 @@ class DiskCache(BlockCache):
             return True
         except OSError as e:
             self.stats.add("cache_errors")
-            log.warning("cannot write cache block %s (%s); serving it uncached", key.hex(), e.strerror)
+            d.mark_down(e)
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             return False
 
-    # -- removal ----------------------------------------------------------------------------
-    def _note_removed(self, key: bytes) -> None:
-        """Under the lock: the index must forget `key` at the next flush."""
-        self._pending_add.pop(key, None)
-        self._pending_del.add(key)
-
-    def _forget(self, key: bytes) -> None:
-        with self._lock:
-            size = self._lru.pop(key, None)
-            if size is not None:
-                self._used -= size
-                self._note_removed(key)
-
-    def _drop(self, key: bytes) -> None:
-        self._forget(key)
-        self._unlink(key)
-
-    def _unlink(self, key: bytes) -> None:
+    def _delete(self, key: bytes, slot: Slot) -> None:
         try:
-            os.unlink(self.path(key))
+            os.unlink(self.dirs[slot.where].block_path(key))
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.warning("cannot remove cache block %s: %s", key.hex(), e.strerror)
+            log.debug("cannot remove cache block %s: %s", key.hex(), e.strerror)
 
-    # -- index persistence ------------------------------------------------------------------
-    def flush(self) -> None:
-        with self._lock:
-            added = [(k, s, t) for k, (s, t) in self._pending_add.items()]
+    # -- index ------------------------------------------------------------------------------
+    def _stored(self, key: bytes, slot: Slot) -> None:
+        with self._index_lock:
+            self._pending_del.discard(key)
+            self._pending_add[key] = (slot.size, slot.last_access, self.dirs[slot.where].id)
+
+    def _removed(self, key: bytes, slot: Slot) -> None:
+        with self._index_lock:
+            self._pending_add.pop(key, None)
+            self._pending_del.add(key)
+
+    def take_index_changes(self) -> tuple[list[tuple[bytes, int, float, int]], list[bytes]]:
+        with self._index_lock:
+            added = [(k, s, t, d) for k, (s, t, d) in self._pending_add.items()]
             removed = list(self._pending_del)
             self._pending_add.clear()
             self._pending_del.clear()
-        if added or removed:
-            self.meta.update_block_index(added, removed)
+        return added, removed
 
-    def scan(self) -> tuple[int, int]:
-        """Start-up repair: adopt intact block files the index lost, delete temp and junk files.
+    def pending_index_changes(self) -> int:
+        return len(self._pending_add) + len(self._pending_del)
 
-        Returns (adopted, removed). Runs before the mount serves requests (it deletes temp files).
-        """
+    def scan(self, known: Callable[[bytes], bool]) -> tuple[int, int]:
+        """Start-up repair (before serving): adopt intact block files the index lost, delete temp
+        and junk files. Returns (adopted, removed)."""
         adopted = removed = 0
-        for i in range(256):
-            sub = os.path.join(self.root, f"{i:02x}")
-            try:
-                names = os.listdir(sub)
-            except OSError:
-                continue
-            for name in names:
-                path = os.path.join(sub, name)
-                key = _key_from_name(name)
-                if key is not None and key in self._lru:
-                    continue
-                if key is not None and self._adopt(key, path):
-                    adopted += 1
-                    continue
+        for where, d in enumerate(self.dirs):
+            for i in range(256):
+                sub = os.path.join(d.root, f"{i:02x}")
                 try:
-                    os.unlink(path)
-                    removed += 1
+                    names = os.listdir(sub)
                 except OSError:
-                    pass
-        self.flush()
-        if adopted or removed:
-            log.info("cache scan: adopted %d block files, removed %d stray files", adopted, removed)
+                    continue
+                for name in names:
+                    key = _key_from_name(name)
+                    if key is not None and known(key):
+                        continue
+                    path = os.path.join(sub, name)
+                    size = _intact_size(path) if key is not None else None
+                    if size is not None and self.adopt(key, Slot(size, where, 0.0), oldest=True):
+                        self._stored(key, self._slots[key])
+                        adopted += 1
+                        continue
+                    try:
+                        os.unlink(path)
+                        removed += 1
+                    except OSError:
+                        pass
         return adopted, removed
 
-    def _adopt(self, key: bytes, path: str) -> bool:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(HEADER.size)
-                size = os.fstat(f.fileno()).st_size
-        except OSError:
-            return False
-        if len(head) < HEADER.size:
-            return False
-        magic, length, _, _ = HEADER.unpack(head)
-        if magic != MAGIC or length + HEADER.size != size:
-            return False
-        with self._lock:
-            if key in self._lru or self._used + size > self.capacity:
-                return key in self._lru
-            self._lru[key] = size
-            self._lru.move_to_end(key, last=False)  # unknown age: first to go
-            self._used += size
-            self._pending_add[key] = (size, 0.0)
-        return True
 
-    def close(self) -> None:
-        self.flush()
+def _intact_size(path: str) -> int | None:
+    """The file's size if its header is well-formed and matches it (the checksum waits for a read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER.size)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < HEADER.size:
+        return None
+    magic, length, _, _ = HEADER.unpack(head)
+    return size if magic == MAGIC and length + HEADER.size == size else None
 
 
 def _key_from_name(name: str) -> bytes | None:
@@ -257,3 +310,4 @@ def _key_from_name(name: str) -> bytes | None:
         return bytes.fromhex(name)
     except ValueError:
         return None
+

@@ -1,11 +1,11 @@
 """The LMDB layout: every sub-database, its key and value encoding, in one place.
 
-Layout version 1 (the `meta` database's b"version"). All integers big-endian so that LMDB's byte
+Layout version 2 (the `meta` database's b"version"). All integers big-endian so that LMDB's byte
 order is numeric order; names are the raw UTF-8 bytes of one path segment.
 
 | sub-database | key                              | value                                                  |
 |--------------|----------------------------------|--------------------------------------------------------|
-| meta         | b"version"                       | ASCII layout version, b"1"                              |
+| meta         | b"version"                       | ASCII layout version, b"2"                              |
 |              | b"identity"                      | UTF-8 "endpoint|bucket|prefix" the cache belongs to     |
 |              | b"next_ino"                      | u64: next inode number to hand out (never reused)       |
 | inodes       | u64 ino                          | INODE header (kind, size, mtime_ns, parent), u16 etag   |
@@ -13,7 +13,8 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 | dentries     | u64 parent ino + name            | u64 child ino                                           |
 | listings     | u64 dir ino                      | f64 wall-clock expiry of the last full LIST             |
 | negative     | u64 parent ino + name            | f64 wall-clock expiry of a "no such entry" answer       |
-| blocks       | 16-byte xxh3-128 block key       | BLOCK: u32 size, f64 time stored (insertion order)      |
+| blocks       | 16-byte xxh3-128 block key       | BLOCK: u32 size, f64 time stored, u32 directory id      |
+|              |                                  | (xxh32 of the tier directory's absolute path)           |
 
 The `path` of an inode is its key relative to the mount's prefix: "a/b/file" for files, "a/b" for
 directories, "" for the root. Its S3 key is prefix + path (+ "/" for a directory's listing prefix).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-LAYOUT_VERSION = b"1"
+LAYOUT_VERSION = b"2"
 DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks")
 
 ROOT_INO = 1            # FUSE's root inode number
@@ -36,7 +37,7 @@ U64 = struct.Struct(">Q")
 F64 = struct.Struct(">d")
 INODE = struct.Struct(">BqqQ")   # kind, size, mtime_ns, parent
 U16 = struct.Struct(">H")
-BLOCK = struct.Struct(">Id")     # size, stored_at
+BLOCK = struct.Struct(">IdI")    # size, stored_at, directory id
 
 
 @dataclass(frozen=True)

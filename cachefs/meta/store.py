@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import lmdb
 
@@ -187,15 +187,14 @@ class MetaStore:
                         break
 
     # -- block index ------------------------------------------------------------------------
-    def block_index(self) -> Iterator[tuple[bytes, int, float]]:
+    def block_index(self) -> list[tuple[bytes, int, float, int]]:
+        """Every indexed block: (key, size, time stored, directory id)."""
         with self.env.begin(db=self.dbs["blocks"]) as txn:
-            for key, raw in txn.cursor():
-                size, stored_at = BLOCK.unpack(raw)
-                yield key, size, stored_at
+            return [(bytes(key), *BLOCK.unpack(raw)) for key, raw in txn.cursor()]
 
-    def update_block_index(self, added: Iterable[tuple[bytes, int, float]], removed: Iterable[bytes]) -> None:
+    def update_block_index(self, added: Iterable[tuple[bytes, int, float, int]], removed: Iterable[bytes]) -> None:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["blocks"]) as txn:
             for key in removed:
                 txn.delete(key)
-            for key, size, stored_at in added:
-                txn.put(key, BLOCK.pack(size, stored_at))
+            for key, size, stored_at, did in added:
+                txn.put(key, BLOCK.pack(size, stored_at, did))

@@ -72,11 +72,11 @@ def test_persistence_and_identity(tmp_path):
     path = str(tmp_path / "meta")
     m = MetaStore(path, "ep|bkt|")
     ino = m.put_entry(m.get_inode(ROOT_INO), Entry("k", KIND_FILE, 5, 5, "e")).ino
-    m.update_block_index([(b"k" * 16, 100, 1.0)], [])
+    m.update_block_index([(b"k" * 16, 100, 1.0, 7)], [])
     m.close()
     m = MetaStore(path, "ep|bkt|")
     assert m.lookup(ROOT_INO, b"k").ino == ino
-    assert list(m.block_index()) == [(b"k" * 16, 100, 1.0)]
+    assert list(m.block_index()) == [(b"k" * 16, 100, 1.0, 7)]
     m.close()
     with pytest.raises(UserError, match="belongs to"):
         MetaStore(path, "ep|other|")

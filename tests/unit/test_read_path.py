@@ -4,7 +4,8 @@ import random
 import pytest
 import trio
 
-from cachefs.cache.disk import DiskCache
+from cachefs.cache.spec import TierSpec
+from cachefs.cache.tiered import TieredCache
 from cachefs.config import build_config
 from cachefs.errors import ObjectChanged
 from cachefs.meta.schema import ROOT_INO
@@ -27,7 +28,8 @@ def world(tmp_path):
     store = MemoryStore("bkt", stats)
     cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
     meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
-    cache = DiskCache(str(tmp_path), 64 * BS, meta, stats)
+    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), 64 * BS)], meta, stats)
+    cache.open()
     ns = Namespace(meta, store, cfg, run_blocking)
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS,
                          read_ahead_blocks=0, recent_blocks=4)

@@ -1,0 +1,167 @@
+"""One cache tier: a quota, watermarks and the recency order of its blocks.
+
+Subclasses say where bytes live (memory, or files in directories); this class does the accounting
+that must never go wrong: space is reserved under the lock before bytes are written, so usage never
+exceeds the limit asked for, and every block is counted exactly once.
+"""
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..stats import Stats
+from .spec import TierSpec
+
+
+@dataclass
+class Slot:
+    size: int                 # bytes charged to the quota
+    where: int = 0            # directory index within the tier
+    last_access: float = 0.0  # wall clock, for the scan-resistant policy's staleness
+    hits: int = 0             # hits in this tier, for promotion
+
+
+class Tier(abc.ABC):
+    def __init__(self, spec: TierSpec, stats: Stats) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.quota = spec.quota
+        self.high_bytes = int(spec.high * spec.quota)
+        self.low_bytes = int(spec.low * spec.quota)
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[bytes, Slot] = OrderedDict()   # oldest access first
+        self._used = 0
+
+    # -- what subclasses provide -------------------------------------------------------------
+    @abc.abstractmethod
+    def charge(self, payload_len: int) -> int:
+        """Bytes a payload of this length costs against the quota."""
+
+    @abc.abstractmethod
+    def _choose_place(self, key: bytes) -> int | None:
+        """Which directory a new block goes to, or None if none can take it now."""
+
+    @abc.abstractmethod
+    def _read(self, key: bytes, slot: Slot) -> memoryview | None:
+        ...
+
+    @abc.abstractmethod
+    def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
+        ...
+
+    @abc.abstractmethod
+    def _delete(self, key: bytes, slot: Slot) -> None:
+        ...
+
+    def _stored(self, key: bytes, slot: Slot) -> None:
+        """Hook: a block was written (disk tiers queue an index entry)."""
+
+    def _removed(self, key: bytes, slot: Slot) -> None:
+        """Hook: a block is gone (disk tiers queue an index deletion)."""
+
+    @property
+    def usable(self) -> bool:
+        """False while every directory of the tier is down."""
+        return True
+
+    def pressure(self) -> bool:
+        """True when something other than usage asks for eviction (a filesystem short of space)."""
+        return False
+
+    # -- accounting -------------------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def count(self) -> int:
+        return len(self._slots)
+
+    def contains(self, key: bytes) -> bool:
+        return key in self._slots
+
+    def get(self, key: bytes) -> memoryview | None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        data = self._read(key, slot)
+        if data is None:
+            return None
+        with self._lock:
+            if key in self._slots:
+                self._slots.move_to_end(key)
+                slot.last_access = time.time()
+                slot.hits += 1
+        return data
+
+    def put(self, key: bytes, data: bytes | memoryview, limit: int) -> bool:
+        """Store a block if it fits under `limit` (<= quota) bytes of usage. Never raises for I/O."""
+        size = self.charge(len(data))
+        with self._lock:
+            if key in self._slots:
+                return True
+            if self._used + size > min(limit, self.quota):
+                return False
+            where = self._choose_place(key)
+            if where is None:
+                return False
+            slot = self._slots[key] = Slot(size, where, time.time())
+            self._used += size
+        if not self._write(key, data, slot):
+            self._forget(key)
+            return False
+        self._stored(key, slot)
+        return True
+
+    def adopt(self, key: bytes, slot: Slot, oldest: bool = False) -> bool:
+        """Take over a block already stored (index load, start-up scan), within the quota."""
+        with self._lock:
+            if key in self._slots:
+                return True
+            if self._used + slot.size > self.quota:
+                return False
+            self._slots[key] = slot
+            if oldest:
+                self._slots.move_to_end(key, last=False)
+            self._used += slot.size
+        return True
+
+    def _forget(self, key: bytes) -> Slot | None:
+        with self._lock:
+            slot = self._slots.pop(key, None)
+            if slot is not None:
+                self._used -= slot.size
+        return slot
+
+    def remove(self, key: bytes) -> None:
+        slot = self._forget(key)
+        if slot is not None:
+            self._delete(key, slot)
+            self._removed(key, slot)
+
+    def read_for_move(self, key: bytes) -> memoryview | None:
+        """The block's bytes for demotion or promotion, without counting it as an access."""
+        slot = self._slots.get(key)
+        return self._read(key, slot) if slot is not None else None
+
+    def oldest(self, limit: int) -> list[tuple[bytes, Slot]]:
+        """Up to `limit` blocks, least recently used first (a snapshot: the order moves on)."""
+        with self._lock:
+            out = []
+            for item in self._slots.items():
+                out.append(item)
+                if len(out) >= limit:
+                    break
+            return out
+
+    def keys(self) -> Iterator[bytes]:
+        with self._lock:
+            return iter(list(self._slots))
+
+    def close(self) -> None:
+        pass
