@@ -34,6 +34,7 @@ class Scale:
     runs: int
     epochs: int
     loader_workers: int
+    synthetic_images: int      # the synthetic loader's epoch: long enough not to measure only the forks
     step_timeout_s: float      # bound on any one fio job / epoch / walk
 
     def as_dict(self) -> dict:
@@ -42,11 +43,11 @@ class Scale:
 
 SCALES = {
     # `make bench`: under 10 minutes on 2 cores; small shards so 4 workers each get one
-    "short": Scale("short", 64, 256, (4, 32), 32, 768, 24, (10_000,), 3, 2, 4, 180),
+    "short": Scale("short", 64, 256, (4, 32), 32, 768, 24, (10_000,), 3, 2, 4, 16384, 180),
     # `make bench-full`: the field report's ~128 MB shards, a 10k and a 100k tree
-    "full": Scale("full", 1024, 2048, (4, 1024), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 900),
+    "full": Scale("full", 1024, 2048, (4, 1024), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 65536, 900),
     # tests/test_bench_harness.py: seconds
-    "tiny": Scale("tiny", 4, 16, (2, 4), 4, 24, 0.5, (200,), 1, 2, 2, 60),
+    "tiny": Scale("tiny", 4, 16, (2, 4), 4, 24, 0.5, (200,), 1, 2, 2, 24, 60),
 }
 
 

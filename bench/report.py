@@ -47,6 +47,10 @@ def table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _load(avg) -> str:
+    return "/".join(f"{x:.1f}" for x in avg) if avg else "?"
+
+
 def systems_in(results: dict) -> list[str]:
     return list(results.get("systems", {}))
 
@@ -61,7 +65,9 @@ def markdown(results: dict) -> str:
         f"Command: `{results['command']}` ({results['runs']} runs, {results['seconds']:.0f} s). "
         f"Cells: median (min-max) over runs.",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
-        f"Python {m['python']}, {m['fio']}, {m['s3fs']}, {m['rclone']}.",
+        f"Python {m['python']}, {m['fio']}, {m['s3fs']}, {m['rclone']}. Load average (1/5/15 min) "
+        f"{_load(m.get('loadavg_at_start'))} at the start, {_load(m.get('loadavg_at_end'))} at the end "
+        f"(other work shares this machine).",
         f"Endpoint: **{ep.get('kind', '?')}** - {ep.get('note', '')}. Latency proxy: **{results.get('proxy', 'off')}**.",
         f"Loader: decode+crop {'on' if results['decode'] else 'off'}, consume rate "
         f"{results['consume_rate'] or 'unpaced'}.",

@@ -103,7 +103,8 @@ def synthetic_loader(scale, rec, run_i, args) -> None:
     spec = dataset.loader_spec(scale)
     for shape in ("tfrecord", "images"):
         for epoch in range(scale.epochs):
-            rec.measure(lambda: loader.run_epoch("synthetic", "", [], spec, scale.loader_workers, epoch,
+            rec.measure(lambda: loader.run_epoch("synthetic", "", range(scale.synthetic_images), spec,
+                                                 scale.loader_workers, epoch,
                                                  scale.step_timeout_s, args.decode, args.consume_rate),
                         _NoSystem, [], run=run_i, workload="loader", job=shape, state=f"epoch{epoch + 1}")
 
@@ -132,7 +133,7 @@ def metadata_matrix(system, scale, rec, run_i, ep_pids) -> None:
 def machine() -> dict:
     mem = next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(int(mem) / (1 << 20), 1),
+    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg_at_start": os.getloadavg(), "ram_gib": round(int(mem) / (1 << 20), 1),
             "kernel": platform.release(), "python": platform.python_version(),
             "fio": _version(["fio", "--version"]), "s3fs": _version(["s3fs", "--version"]),
             "rclone": _version(["rclone", "version"])}
@@ -245,6 +246,7 @@ def main(argv=None) -> int:
     finally:
         results["rows"] = rec.rows
         results["seconds"] = time.monotonic() - started
+        results["machine"]["loadavg_at_end"] = os.getloadavg()
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
         report.write(results, out)

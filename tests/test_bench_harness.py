@@ -88,8 +88,7 @@ def test_endpoint_probe_and_synthetic_loader(results):
     assert probe and probe[0]["single_stream_mib_s"] > 0 and probe[0]["parallel8_mib_s"] > 0
     assert probe[0]["get_1k_ms_p50"] > 0
     synthetic = [r for r in results["rows"] if r["system"] == "synthetic" and r["workload"] == "loader"]
-    assert len(synthetic) == 4 and all(r["images"] == max(TINY.images, loader.SYNTHETIC_MIN_IMAGES)
-                                       for r in synthetic)
+    assert len(synthetic) == 4 and all(r["images"] == TINY.synthetic_images for r in synthetic)
 
 
 def test_report_has_tables_and_plots(results):
@@ -106,10 +105,10 @@ def test_report_has_tables_and_plots(results):
 
 def test_every_image_is_read_exactly_once_per_epoch():
     items = [f"img{i}" for i in range(100)]
-    shares = loader.plan_epoch("images", items, 3, 0, 1, 100)
+    shares = loader.plan_epoch("images", items, 3, 0, 1)
     assert sorted(x for s in shares for x in s) == sorted(items)
-    assert loader.plan_epoch("images", items, 3, 0, 2, 100) != shares  # reshuffled each epoch
-    shards = loader.plan_epoch("tfrecord", ["a", "b", "c", "d"], 2, 0, 1, 100)
+    assert loader.plan_epoch("images", items, 3, 0, 2) != shares  # reshuffled each epoch
+    shards = loader.plan_epoch("tfrecord", ["a", "b", "c", "d"], 2, 0, 1)
     assert sorted(x for s in shards for x in s) == ["a", "b", "c", "d"]
 
 

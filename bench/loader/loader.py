@@ -26,9 +26,6 @@ BATCH = 32             # per-GPU batches are 32-256; 32 keeps queue messages fre
 PREFETCH_PER_WORKER = 2  # PyTorch DataLoader's default prefetch_factor
 READ_BUFFER = 1 << 20  # TFRecord readers use 1 MiB+ buffered reads
 SYNTHETIC_POOL = 64    # distinct in-memory samples the synthetic loader cycles through
-# The synthetic loader's epoch is at least this long: its rate is the denominator of every ratio, and a
-# sub-second epoch mostly measures forking the workers.
-SYNTHETIC_MIN_IMAGES = 16384
 # The field report's synthetic-data rate for ResNet-50 on 4 nodes x 8 V100: 31,068.8 images/s,
 # i.e. 7,767.2 images/s for one 8-GPU node: the rate a filesystem must sustain to feed it.
 EIGHT_GPU_NODE_IMG_S = 31068.8 / 4
@@ -92,10 +89,11 @@ def _worker(wid: int, shape: str, root: str, work: list, spec, decode: bool, see
         out.put(("error", wid, traceback.format_exc(), 0, 0))
 
 
-def plan_epoch(shape: str, items: list, workers: int, seed, epoch: int, num_images: int) -> list[list]:
-    """Each worker's share: every N-th batch of a per-epoch shuffle (every N-th shard for TFRecord)."""
+def plan_epoch(shape: str, items: list, workers: int, seed, epoch: int) -> list[list]:
+    """Each worker's share: every N-th batch of a per-epoch shuffle (every N-th shard for TFRecord).
+    items: relative paths (images), shard paths (tfrecord) or sample numbers (synthetic)."""
     rng = random.Random(f"{seed}:epoch:{epoch}")
-    order = list(range(max(num_images, SYNTHETIC_MIN_IMAGES))) if shape == "synthetic" else list(items)
+    order = list(items)
     rng.shuffle(order)
     if shape == "tfrecord":
         return [order[w::workers] for w in range(workers)]
@@ -108,7 +106,7 @@ def run_epoch(shape: str, root: str, items: list, spec: sample.DatasetSpec, work
     """One epoch; returns images, bytes, seconds and images/s. Raises on a worker error or timeout."""
     ctx = mp.get_context("fork")  # like DataLoader on Linux; workers start in milliseconds
     out = ctx.Queue(maxsize=PREFETCH_PER_WORKER * workers)
-    shares = plan_epoch(shape, items, workers, seed, epoch, spec.num_images)
+    shares = plan_epoch(shape, items, workers, seed, epoch)
     if shape == "synthetic":
         _synthetic_pool(spec)
     start = time.monotonic()
