@@ -6,6 +6,7 @@ when the test failed, and the test fails if the daemon logged an error it did no
 """
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import json
 import uuid
@@ -22,6 +23,7 @@ from cachefs.devserver import MotoServer
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "daemon_errors_ok(*regex): daemon log lines matching these are expected")
+    config.addinivalue_line("markers", "prefill(hint, objects_factory): fill this bucket in the background early")
 
 
 # ---------------------------------------------------------------- moto
@@ -60,6 +62,36 @@ def make_bucket(s3):
         populate(s3, name, objects or {})
         return name
     return make
+
+
+@pytest.fixture(scope="session")
+def prefilled(request, make_bucket):
+    """Buckets too slow to fill in line (10k puts take 30-80 s on moto), filled in a background thread that
+    starts with the session, so that the filling overlaps the tests that run first.
+
+    prefilled(hint, objects_factory) -> bucket name, waiting for the fill to finish."""
+    futures: dict[str, concurrent.futures.Future] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def start(hint: str, objects_factory) -> None:
+        if hint not in futures:
+            futures[hint] = pool.submit(lambda: make_bucket(hint, objects_factory()))
+
+    def get(hint: str, objects_factory) -> str:
+        start(hint, objects_factory)
+        return futures[hint].result()
+
+    get.start = start
+    yield get
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_slow_fills(request, prefilled):
+    """Kick off the fills that some collected test will need (those using a `*_prefill` marker)."""
+    for item in request.session.items:
+        for mark in item.iter_markers("prefill"):
+            prefilled.start(*mark.args)
 
 
 @pytest.fixture
@@ -160,22 +192,55 @@ class Mounter:
                     stop_pid(pid)
         return problems
 
-    def daemon_log_problems(self, allowed: list[str]) -> list[str]:
+    def log_offsets(self) -> dict[Path, int]:
+        """Where each daemon log ends now: check only what is written after this."""
+        return {m.cache_dir: len(m.log_text()) for m in self.mounts}
+
+    def daemon_log_problems(self, allowed: list[str], since: dict[Path, int] | None = None) -> list[str]:
         seen, problems = set(), []
         for m in self.mounts:
             if m.cache_dir in seen:
                 continue
             seen.add(m.cache_dir)
-            problems += [f"{m.log_path}: {line}" for line in log_problems(m.log_text(), allowed)]
+            text = m.log_text()[(since or {}).get(m.cache_dir, 0):]
+            problems += [f"{m.log_path}: {line}" for line in log_problems(text, allowed)]
         return problems
+
+
+def allowed_errors(node) -> list[str]:
+    return [rx for mark in node.iter_markers("daemon_errors_ok") for rx in mark.args]
+
+
+def finish(m: Mounter, allowed: list[str], since: dict[Path, int] | None = None) -> None:
+    """Unmount and stop everything; fail if that went wrong or a daemon logged an unexpected error."""
+    problems = m.cleanup()
+    problems += m.daemon_log_problems(allowed, since)
+    if problems:
+        pytest.fail("after the test:\n" + "\n".join(problems[:40]), pytrace=False)
 
 
 @pytest.fixture
 def mounter(request, tmp_path, moto_server):
     m = Mounter(tmp_path, moto_server.endpoint_url)
     yield m
-    problems = m.cleanup()
-    allowed = [rx for mark in request.node.iter_markers("daemon_errors_ok") for rx in mark.args]
-    problems += m.daemon_log_problems(allowed)
+    finish(m, allowed_errors(request.node))
+
+
+@pytest.fixture(scope="module")
+def module_mounter(request, tmp_path_factory, moto_server):
+    """Mounts shared by the tests of one module (read-only tests that need no cold cache).
+
+    Request `shared_mount_guard` in each test that uses them: it fails the test during which a daemon
+    logged an error. Here, at the end of the module, only the shutdown is checked."""
+    m = Mounter(tmp_path_factory.mktemp("shared"), moto_server.endpoint_url)
+    yield m
+    finish(m, allowed_errors(request.node), m.log_offsets())
+
+
+@pytest.fixture
+def shared_mount_guard(request, module_mounter):
+    before = module_mounter.log_offsets()
+    yield
+    problems = module_mounter.daemon_log_problems(allowed_errors(request.node), before)
     if problems:
-        pytest.fail("after the test:\n" + "\n".join(problems[:40]), pytrace=False)
+        pytest.fail("daemon logged during the test:\n" + "\n".join(problems[:40]), pytrace=False)

@@ -1,6 +1,9 @@
 """The block cache under pressure: a cache smaller than the data set still returns exact bytes."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from mount_helpers import MiB, first_difference, object_bytes, read_all
@@ -28,3 +31,32 @@ def test_reads_stay_exact_when_the_cache_is_smaller_than_the_data(mounter, make_
     s = m.stats()
     assert s["cache_bytes"] <= CACHE_SIZE, s
     assert s["s3_get"] > 0, f"the data cannot all have been cached in {CACHE_SIZE} bytes: {s}"
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate_to_half(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [_flip_middle_byte, _truncate_to_half], ids=["bit-flip", "truncated"])
+@pytest.mark.daemon_errors_ok(r"checksum|corrupt|mismatch")  # whatever the daemon says about the damage
+def test_damaged_cache_blocks_are_refetched_not_served(mounter, make_bucket, request_log, damage):
+    """DESIGN.md: every cached block carries a checksum checked on read; a mismatch drops it and refetches."""
+    name = make_bucket("damaged", {"f": OBJECTS["f0"]})
+    m = mounter.mount(name)
+    assert read_all(m / "f") == OBJECTS["f0"]
+    mounter.umount(m)
+    block_files = [p for p in (m.cache_dir / "blocks").rglob("*") if p.is_file() and p.stat().st_size > 1000]
+    assert block_files, f"no block files under {m.cache_dir / 'blocks'}"
+    for p in block_files:
+        damage(p)
+    m = mounter.remount(m)
+    mark = request_log.mark()
+    got = read_all(m / "f")
+    assert got == OBJECTS["f0"], first_difference(got, OBJECTS["f0"])
+    assert any(r.is_object_get for r in request_log.since(mark, name)), "damaged blocks were not fetched again"

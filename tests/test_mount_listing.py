@@ -80,9 +80,15 @@ def tree_bucket(s3, make_bucket):
     return name
 
 
+@pytest.fixture(scope="module")
+def shared_tree(module_mounter, tree_bucket):
+    return module_mounter.mount(tree_bucket)
+
+
 @pytest.fixture
-def tree(mounter, tree_bucket):
-    return mounter.mount(tree_bucket)
+def tree(shared_tree, shared_mount_guard):
+    """One mount for the module: these tests only look."""
+    return shared_tree
 
 
 def test_whole_tree_matches_the_mapping(tree):
@@ -205,16 +211,24 @@ BIG_FILES = 10_050  # > 10 pages of 1000 keys
 BIG_SUBDIRS = [f"f{i:05d}.d" for i in range(250, BIG_FILES, 400)]  # sort between the files, on every page
 
 
-@pytest.fixture(scope="module")
-def big_bucket(s3, make_bucket):
+def big_objects() -> dict[str, bytes]:
     objects = {f"big/f{i:05d}.dat": str(i).encode() for i in range(BIG_FILES)}
     objects.update({f"big/{d}/x": b"x" for d in BIG_SUBDIRS})
-    name = make_bucket("big", objects)
-    assert len(list_all_keys(s3, name)) == len(objects)
+    return objects
+
+
+BIG = ("big", big_objects)
+
+
+@pytest.fixture(scope="module")
+def big_bucket(s3, prefilled):
+    name = prefilled(*BIG)
+    assert len(list_all_keys(s3, name)) == len(big_objects())
     return name
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.prefill(*BIG)
 def test_directory_with_more_than_10k_entries(mounter, big_bucket, request_log):
     m = mounter.mount(big_bucket)
     mark = request_log.mark()

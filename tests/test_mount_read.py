@@ -38,8 +38,20 @@ def read_bucket(make_bucket):
     return make_bucket("read", READ_OBJECTS)
 
 
+@pytest.fixture(scope="module")
+def shared_mnt(module_mounter, read_bucket):
+    return module_mounter.mount(read_bucket)
+
+
 @pytest.fixture
-def mnt(mounter, read_bucket):
+def mnt(shared_mnt, shared_mount_guard):
+    """One mount for the tests that only need correct bytes, warm cache or not."""
+    return shared_mnt
+
+
+@pytest.fixture
+def cold(mounter, read_bucket):
+    """A mount of its own, with an empty cache: for tests that count fetches or want cold misses."""
     return mounter.mount(read_bucket)
 
 
@@ -177,7 +189,7 @@ def test_writes_fail_with_erofs(mnt, action):
     assert sorted(os.listdir(mnt.path)) == ["bs", "bs+1", "bs-1", "dir", "empty", "multi", "one"]
 
 
-def test_concurrent_readers_get_exact_bytes(mnt):
+def test_concurrent_readers_get_exact_bytes(cold):
     """Eight threads on separate descriptors, cold cache, overlapping blocks in different orders."""
     data = READ_OBJECTS[LARGE]
     errors: list[str] = []
@@ -188,7 +200,7 @@ def test_concurrent_readers_get_exact_bytes(mnt):
         chunks = list(range(0, len(data), 300_000))
         rng.shuffle(chunks)
         start.wait()
-        fd = os.open(mnt / LARGE, os.O_RDONLY)
+        fd = os.open(cold / LARGE, os.O_RDONLY)
         try:
             for off in chunks:
                 got = os.pread(fd, 300_000, off)
@@ -217,12 +229,12 @@ def test_concurrent_readers_of_different_files(mnt):
     assert {k: results.get(k) == READ_OBJECTS[k] for k in keys} == {k: True for k in keys}
 
 
-def test_readers_in_separate_processes(mnt):
+def test_readers_in_separate_processes(cold):
     """DataLoader workers are processes: four of them hash the same large file, cold, at the same time."""
     script = ("import hashlib, sys\n"
               "with open(sys.argv[1], 'rb') as f:\n"
               "    print(hashlib.sha256(f.read()).hexdigest())\n")
-    procs = [subprocess.Popen([PYTHON, "-c", script, str(mnt / LARGE)], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([PYTHON, "-c", script, str(cold / LARGE)], stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     digests = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert digests == [hashlib.sha256(READ_OBJECTS[LARGE]).hexdigest()] * 4
@@ -235,13 +247,13 @@ def test_stats_xattr_has_the_counters(mnt):
     assert all(isinstance(s[k], int) and s[k] >= 0 for k in STATS_KEYS), s
 
 
-def test_counters_agree_with_the_server_log(mnt, read_bucket, request_log):
+def test_counters_agree_with_the_server_log(cold, read_bucket, request_log):
     """A cold read of the large file: the daemon's GET count equals what moto saw, and the data is cached."""
     size = len(READ_OBJECTS[LARGE])
-    before, mark = mnt.stats(), request_log.mark()
-    assert read_all(mnt / LARGE) == READ_OBJECTS[LARGE]
+    before, mark = cold.stats(), request_log.mark()
+    assert read_all(cold / LARGE) == READ_OBJECTS[LARGE]
     seen = request_log.since(mark, read_bucket)
-    after = mnt.stats()
+    after = cold.stats()
     gets = [r for r in seen if r.is_object_get]
     delta = stats_delta(before, after, *STATS_KEYS)
     assert delta["s3_get"] == len(gets) > 0, f"daemon says {delta}, moto saw {summarize(seen)}"
@@ -253,12 +265,12 @@ def test_counters_agree_with_the_server_log(mnt, read_bucket, request_log):
     assert after["cache_bytes"] >= size, after
 
 
-def test_concurrent_cold_readers_share_fetches(mnt, read_bucket, request_log):
+def test_concurrent_cold_readers_share_fetches(cold, read_bucket, request_log):
     """DESIGN.md: concurrent misses on one block share one fetch (single-flight)."""
     data = READ_OBJECTS[LARGE]
     blocks = -(-len(data) // BS)
     mark = request_log.mark()
-    threads = [threading.Thread(target=lambda: read_all(mnt / LARGE)) for _ in range(6)]
+    threads = [threading.Thread(target=lambda: read_all(cold / LARGE)) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
