@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mount_helpers import BLOCK_SIZE, first_difference, object_bytes, pread_exact, read_all, wait_until
+from mount_helpers import BLOCK_SIZE, first_difference, inode_map, object_bytes, pread_exact, read_all, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,3 +115,16 @@ def test_change_within_the_same_second_is_still_seen(mounter, bucket, s3):
         pytest.skip("could not land two puts in the same second")
     assert wait_until(lambda: read_all(m / key) == new, VISIBLE_WITHIN_S), "old bytes still served"
     assert pread_exact(m / key, BS - 3, 6) == new[BS - 3:BS + 3]
+
+
+def test_inode_numbers_survive_relisting_and_object_changes(short_ttl_mount, s3):
+    """Inode numbers belong to paths: a refreshed listing or a new version of an object keeps them."""
+    name, m = short_ttl_mount({"d/a": b"a", "d/b": b"b", "c": b"c"})
+    before = inode_map(m.path)
+    s3.put_object(Bucket=name, Key="d/a", Body=b"a, version 2")
+    s3.put_object(Bucket=name, Key="d/new", Body=b"new")
+    assert wait_until(lambda: "new" in os.listdir(m / "d"), VISIBLE_WITHIN_S)
+    assert wait_until(lambda: (m / "d/a").read_bytes() == b"a, version 2", VISIBLE_WITHIN_S)
+    after = inode_map(m.path)
+    assert {k: after[k] for k in before} == before
+    assert after["d/new"] not in before.values()
