@@ -165,8 +165,10 @@ class Daemon:
         log.info("cachefs %s mounted %s on %s (cache %s)", __version__, cfg.source, cfg.mountpoint, cfg.cache_dir)
 
     def _extra_stats(self) -> dict:
-        return {"cache_bytes": self.cache.used_bytes, "cache_blocks": self.cache.block_count,
-                "cache_capacity": sum(t.quota for t in self.cache.tiers), "tiers": self.cache.tier_stats()}
+        disk = self.cache.disk_tiers
+        return {"cache_bytes": sum(t.used for t in disk), "cache_capacity": sum(t.quota for t in disk),
+                "mem_cache_bytes": sum(t.used for t in self.cache.mem_tiers),
+                "cache_blocks": self.cache.block_count, "tiers": self.cache.tier_stats()}
 
     def _write_pid(self) -> None:
         with open(os.path.join(self.cfg.cache_dir, "cachefs.pid"), "w") as f:

@@ -16,6 +16,7 @@ file can be written and read again.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -71,7 +72,7 @@ class DiskDir:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
             self._make_subdirs()
-            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o600)  # RDONLY: lets the fs be remounted ro
         except OSError as e:
             raise UserError(f"cache directory {self.path} is not usable: {e.strerror}") from None
         try:
@@ -216,7 +217,10 @@ class DiskTier(Tier):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.writev(fd, [encode_header(data), data])
+                header = encode_header(data)
+                written = os.writev(fd, [header, data])
+                if written != len(header) + len(data):   # a full filesystem may write short, no error
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(header) + len(data)} bytes)")
             finally:
                 os.close(fd)
             os.rename(tmp, final)

@@ -207,8 +207,9 @@ class TieredCache(BlockCache):
             pressured = tier.pressured_dirs() if isinstance(tier, DiskTier) else set()
             if pressured:
                 moved += self._evict(i, tier, 0, now, only_dirs=pressured)
-            trigger = tier.high_bytes if self.policy == "lru" else tier.high_bytes - self.max_block
-            if tier.used > trigger:
+            # "At the high watermark": the next block would cross it (block-sized steps may never
+            # land exactly above it).
+            if tier.used > tier.high_bytes - self.max_block:
                 moved += self._evict(i, tier, tier.low_bytes, now)
         return moved
 

@@ -1,0 +1,118 @@
+"""The tiered cache on a real mount: a dataset larger than the cache, restart after kill -9, a tier
+directory on a filesystem that fills up or turns read-only."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from mount_helpers import MiB, first_difference, object_bytes, pid_alive, read_all, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+BLOCK = "1MiB"
+DATA = {f"shard-{i}": object_bytes(f"tier{i}", 5 * MiB + 777 * i) for i in range(8)}   # ~40 MiB
+
+
+def read_exact(m, keys) -> None:
+    for k in keys:
+        got = read_all(m / k)
+        assert got == DATA[k], f"{k}: {first_difference(got, DATA[k])}"
+
+
+def tier_args(*tiers: str) -> list[str]:
+    return [a for t in tiers for a in ("--cache", t)]
+
+
+def test_dataset_larger_than_all_tiers_is_read_exactly_and_quotas_hold(mounter, make_bucket, tmp_path):
+    name = make_bucket("tiers-big", DATA)
+    ssd, hdd = tmp_path / "ssd", tmp_path / "hdd"
+    m = mounter.mount(name, *tier_args("mem:8MiB", f"ssd:{ssd}:8MiB", f"hdd:{hdd}:12MiB"),
+                      "--eviction-policy", "lru", block_size=BLOCK)
+    for _ in range(2):
+        read_exact(m, sorted(DATA))
+        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    tiers = m.stats()["tiers"]
+    assert set(tiers) == {"mem", "ssd", "hdd"}
+    for t in tiers.values():
+        assert t["used"] <= t["quota"] and t["peak_ratio"] <= 1.0, tiers
+    assert tiers["hdd"]["blocks"] > 0, f"blocks reach the slowest tier: {tiers}"
+    assert m.stats()["cache_evictions"] > 0
+
+
+def test_lru_demotes_from_ssd_to_hdd(mounter, make_bucket, tmp_path):
+    name = make_bucket("tiers-demote", DATA)
+    m = mounter.mount(name, *tier_args(f"ssd:{tmp_path / 'ssd'}:8MiB", f"hdd:{tmp_path / 'hdd'}:64MiB"),
+                      "--eviction-policy", "lru", block_size=BLOCK)
+    read_exact(m, sorted(DATA))
+    assert wait_until(lambda: m.stats()["cache_demotions"] > 0, 5), m.stats()
+    tiers = m.stats()["tiers"]
+    assert tiers["ssd"]["used"] <= tiers["ssd"]["quota"], tiers
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    before = m.stats()["s3_get"]
+    read_exact(m, sorted(DATA))
+    assert m.stats()["s3_get"] == before, "everything fits in ssd + hdd: no GET on the second pass"
+
+
+def test_blocks_survive_kill_9_and_are_reused_without_gets(mounter, make_bucket, request_log, tmp_path):
+    name = make_bucket("tiers-kill", {k: DATA[k] for k in ("shard-0", "shard-1")})
+    ssd = tmp_path / "ssd"
+    args = tier_args("mem:4MiB", f"ssd:{ssd}:64MiB")
+    m = mounter.mount(name, *args, block_size=BLOCK)
+    read_exact(m, ["shard-0", "shard-1"])
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)                 # no clean shutdown: the index may lag the files
+    assert wait_until(lambda: not pid_alive(pid), 10)
+    subprocess.run(["fusermount3", "-uz", str(m.path)], check=False)
+    m = mounter.remount(m)
+    mark = request_log.mark()
+    read_exact(m, ["shard-0", "shard-1"])
+    request_log.settle()
+    gets = [r for r in request_log.since(mark, name) if r.is_object_get]
+    assert gets == [], f"cached blocks were fetched again after kill -9: {gets[:5]}"
+    assert m.stats()["s3_get"] == 0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.daemon_errors_ok(r"failed")
+def test_full_tier_directory_is_skipped_and_reads_stay_correct(mounter, make_bucket, small_tmpfs, tmp_path):
+    """A 3 MiB filesystem under a 64 MiB tier: writes fail with ENOSPC, the directory is marked down,
+    blocks go to the next tier, every byte read is still right."""
+    name = make_bucket("tiers-full", DATA)
+    hdd = tmp_path / "hdd"
+    m = mounter.mount(name, *tier_args(f"ssd:{small_tmpfs}:64MiB:min_free=0", f"hdd:{hdd}:64MiB"),
+                      block_size=BLOCK)
+    read_exact(m, sorted(DATA))
+    tiers = m.stats()["tiers"]
+    assert tiers["ssd"]["used"] <= 3 * MiB, tiers
+    assert tiers["hdd"]["blocks"] > 0, tiers
+    assert "failed" in m.log_text()
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    read_exact(m, sorted(DATA, reverse=True))
+
+
+@pytest.mark.daemon_errors_ok(r"failed", r"healthy again")
+def test_read_only_tier_directory_is_skipped_then_comes_back(mounter, make_bucket, small_tmpfs, tmp_path):
+    name = make_bucket("tiers-ro", {k: DATA[k] for k in ("shard-0", "shard-1", "shard-2")})
+    m = mounter.mount(name, *tier_args(f"ssd:{small_tmpfs}:2MiB:min_free=0", f"hdd:{tmp_path / 'hdd'}:64MiB"),
+                      block_size="256KiB")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    read_exact(m, ["shard-0"])
+    assert m.stats()["tiers"]["ssd"]["dirs"][str(small_tmpfs)] == "down"
+    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    assert wait_until(lambda: m.stats()["tiers"]["ssd"]["dirs"][str(small_tmpfs)] == "up", 30)
+    read_exact(m, ["shard-1", "shard-2"])
+    assert m.stats()["tiers"]["ssd"]["blocks"] > 0, "a healthy directory is used again"
