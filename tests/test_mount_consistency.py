@@ -34,7 +34,23 @@ def test_changed_object_is_read_with_its_new_bytes(short_ttl_mount, s3, new_size
     time.sleep(NEW_LAST_MODIFIED_S)
     s3.put_object(Bucket=name, Key="d/obj.bin", Body=new)
     last_modified = s3.head_object(Bucket=name, Key="d/obj.bin")["LastModified"].timestamp()
+    assert_new_bytes_soon(path, old, new, last_modified)
 
+
+def test_changed_object_known_only_by_stat_is_read_new_after_the_ttl(short_ttl_mount, s3):
+    """Metadata cached (stat, no read) before the change; the first read comes after the TTLs."""
+    old, new = object_bytes("old", 2 * BS + 100), object_bytes("new", 2 * BS + 100)
+    name, m = short_ttl_mount({"d/obj.bin": old})
+    assert os.stat(m / "d/obj.bin").st_size == len(old)
+    time.sleep(NEW_LAST_MODIFIED_S)
+    s3.put_object(Bucket=name, Key="d/obj.bin", Body=new)
+    time.sleep(1.5)  # past every TTL (1 s)
+    got = read_all(m / "d/obj.bin")
+    assert got == new, first_difference(got, new)
+
+
+def assert_new_bytes_soon(path, old: bytes, new: bytes, last_modified: float) -> None:
+    """Reads see the old or the new bytes, never a mixture or an error, and the new ones within the TTL."""
     seen: list[str] = []
     deadline = time.monotonic() + VISIBLE_WITHIN_S
     while time.monotonic() < deadline:
