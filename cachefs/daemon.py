@@ -31,7 +31,7 @@ from .store import from_config
 log = logging.getLogger(__name__)
 
 INDEX_FLUSH_INTERVAL_S = 1.0   # how much of the block index a crash can lose (the scan adopts it back)
-RECENT_BLOCKS_MIN = 16         # in-memory verified blocks: >= one per concurrent sequential reader
+PREFETCH_BUFFER_PER_THREAD = 1  # read-ahead blocks waiting for their reader, per worker thread
 
 
 class ReadyPipe:
@@ -151,10 +151,9 @@ class Daemon:
         self.limiter = trio.CapacityLimiter(cfg.max_idle_threads)
         run_blocking = functools.partial(_run_in_thread, self.limiter)
         self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)
-        recent = max(RECENT_BLOCKS_MIN, cfg.max_idle_threads)
         self.reader = BlockReader(self.store, self.cache, run_blocking, self.stats, bucket=cfg.bucket,
                                   block_size=cfg.block_size, read_ahead_blocks=cfg.read_ahead_blocks,
-                                  recent_blocks=recent)
+                                  prefetch_buffer_blocks=PREFETCH_BUFFER_PER_THREAD * cfg.max_idle_threads)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats)
         try:
             pyfuse3.init(self.ops, cfg.mountpoint, fuse_options(cfg))

@@ -1,8 +1,10 @@
-"""The read path: bytes of a file range from a small in-memory set of recent blocks, the disk
-cache, or S3 — with single-flight fetches and a fixed sequential read-ahead.
+"""The read path: bytes of a file range from the open file's own block buffer, the cache tiers, or
+S3 — with single-flight fetches and a fixed sequential read-ahead.
 
-The kernel asks for 128 KiB-1 MiB at a time while a block is 4 MiB, so the last few blocks are kept
-in memory, verified once, and sliced: without that every request would re-read and re-hash a block.
+The kernel asks for 128 KiB-1 MiB at a time while a block is 4 MiB, so each open file keeps the last
+HANDLE_BLOCKS blocks it read, verified once, and slices them: without that every request would
+re-read and re-hash a block. The buffer belongs to the open file (a new open goes to the cache
+tiers, so hit ratios mean what they say) and goes away when the file is closed.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from .blocks import block_key, block_range, blocks_for
+from .blocks import block_count, block_key, block_range, blocks_for
 from .cache.base import BlockCache
 from .meta.schema import Inode
 from .stats import Stats
@@ -23,11 +25,15 @@ log = logging.getLogger(__name__)
 
 RunBlocking = Callable[..., Awaitable]
 
+# Two blocks per open file: the one being read and the next (the kernel's read-ahead runs into it).
+HANDLE_BLOCKS = 2
+
 
 @dataclass
 class ReadState:
-    """Per open file: where the next sequential read would start."""
+    """Per open file: where the next sequential read would start, and its last blocks."""
     next_offset: int = 0
+    blocks: OrderedDict = field(default_factory=OrderedDict)   # block index -> memoryview
 
 
 @dataclass
@@ -39,7 +45,7 @@ class _Fetch:
 
 class BlockReader:
     def __init__(self, store: ObjectStore, cache: BlockCache, run_blocking: RunBlocking, stats: Stats, *,
-                 bucket: str, block_size: int, read_ahead_blocks: int, recent_blocks: int) -> None:
+                 bucket: str, block_size: int, read_ahead_blocks: int, prefetch_buffer_blocks: int = 32) -> None:
         self.store = store
         self.cache = cache
         self.run_blocking = run_blocking
@@ -47,8 +53,10 @@ class BlockReader:
         self.bucket = bucket
         self.block_size = block_size
         self.read_ahead_blocks = read_ahead_blocks
-        self.recent_blocks = recent_blocks
-        self._recent: OrderedDict[bytes, memoryview] = OrderedDict()
+        # Read-ahead results wait here until a reader takes them, so that a block no cache tier
+        # admitted (a full scan-resistant cache) is not fetched twice. Bounded: oldest go first.
+        self.prefetch_buffer_blocks = prefetch_buffer_blocks
+        self._prefetched: OrderedDict[bytes, memoryview] = OrderedDict()
         self._inflight: dict[bytes, _Fetch] = {}
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
@@ -59,16 +67,16 @@ class BlockReader:
         sequential = offset == state.next_offset
         end = min(offset + size, inode.size)
         state.next_offset = end
-        if sequential and self.nursery is not None:
+        if sequential and self.nursery is not None and self.read_ahead_blocks:
             self._read_ahead(inode, key, indexes[-1] + 1)
         if len(indexes) == 1:
-            block = await self._block(inode, key, indexes[0])
+            block = await self._handle_block(state, inode, key, indexes[0])
             base = indexes[0] * self.block_size
             return block[offset - base:end - base]
         blocks: dict[int, memoryview] = {}
 
         async def load(i: int) -> None:
-            blocks[i] = await self._block(inode, key, i)
+            blocks[i] = await self._handle_block(state, inode, key, i)
 
         async with trio.open_nursery() as nursery:
             for i in indexes:
@@ -80,31 +88,42 @@ class BlockReader:
             parts.append(blocks[i][lo - start:hi - start])
         return b"".join(parts)
 
+    async def _handle_block(self, state: ReadState, inode: Inode, key: str, index: int) -> memoryview:
+        data = state.blocks.get(index)
+        if data is None:
+            data = await self._block(inode, key, index)
+            state.blocks[index] = data
+            while len(state.blocks) > HANDLE_BLOCKS:
+                state.blocks.popitem(last=False)
+        return data
+
     def _read_ahead(self, inode: Inode, key: str, first: int) -> None:
-        last = min(first + self.read_ahead_blocks, -(-inode.size // self.block_size))
+        last = min(first + self.read_ahead_blocks, block_count(inode.size, self.block_size))
         for i in range(first, last):
             bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
-            if bkey in self._recent or bkey in self._inflight:
+            if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
                 continue
             self.stats.add("readahead_blocks")
-            self.nursery.start_soon(self._prefetch, inode, key, i)
+            self.nursery.start_soon(self._prefetch, inode, key, i, bkey)
 
-    async def _prefetch(self, inode: Inode, key: str, index: int) -> None:
+    async def _prefetch(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
         try:
-            await self._block(inode, key, index)
+            data = await self._block(inode, key, index)
         except Exception as e:  # the reader will ask again and see the error itself
             log.debug("read-ahead of %s block %d failed: %s", key, index, e)
+            return
+        self._prefetched[bkey] = data
+        while len(self._prefetched) > self.prefetch_buffer_blocks:
+            self._prefetched.popitem(last=False)
 
     async def _block(self, inode: Inode, key: str, index: int) -> memoryview:
         bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
         while True:
-            data = self._recent.get(bkey)
+            data = self._prefetched.pop(bkey, None)
             if data is not None:
-                self._recent.move_to_end(bkey)
                 return data
             data = self.cache.get_nowait(bkey)
             if data is not None:
-                self._remember(bkey, data)
                 return data
             fetch = self._inflight.get(bkey)
             if fetch is None:
@@ -119,7 +138,6 @@ class BlockReader:
         fetch = self._inflight[bkey] = _Fetch()
         try:
             fetch.value = await self.run_blocking(self._load, bkey, inode, key, index)
-            self._remember(bkey, fetch.value)
             return fetch.value
         except trio.Cancelled:
             raise
@@ -131,22 +149,12 @@ class BlockReader:
             fetch.done.set()
 
     def _load(self, bkey: bytes, inode: Inode, key: str, index: int) -> memoryview:
-        """In a worker thread: the disk cache, else a ranged GET (and into the cache)."""
+        """In a worker thread: the cache tiers (they count their hits), else a ranged GET."""
         data = self.cache.get(bkey)
         if data is not None:
-            self.stats.add("cache_hits")
             return data
         self.stats.add("cache_misses")
         start, end = block_range(index, self.block_size, inode.size)
         fetched = self.store.get_range(key, start, end, inode.etag or None)
         self.cache.put(bkey, fetched)
         return memoryview(fetched)
-
-    def _remember(self, bkey: bytes, data: memoryview) -> None:
-        self._recent[bkey] = data
-        self._recent.move_to_end(bkey)
-        while len(self._recent) > self.recent_blocks:
-            self._recent.popitem(last=False)
-
-    def forget_recent(self) -> None:
-        self._recent.clear()

@@ -32,7 +32,7 @@ def world(tmp_path):
     cache.open()
     ns = Namespace(meta, store, cfg, run_blocking)
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS,
-                         read_ahead_blocks=0, recent_blocks=4)
+                         read_ahead_blocks=0)
     yield store, ns, reader, stats
     meta.close()
 
