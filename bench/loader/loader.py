@@ -54,10 +54,10 @@ def _samples(shape: str, root: str, work: list, spec: sample.DatasetSpec):
         for rel in work:
             with open(os.path.join(root, rel), "rb", buffering=READ_BUFFER) as f:
                 yield from sample.read_tfrecords(f)
-    else:  # synthetic: no I/O at all; the pool was built before the fork, so workers inherit it
-        pool = _synthetic_pool(spec)
+    else:  # synthetic: no I/O; one copy per sample, as read() from the page cache would make
+        pool = _synthetic_pool(spec)  # built before the fork, so workers inherit it
         for i in work:
-            yield bytes(pool[i % SYNTHETIC_POOL])
+            yield bytearray(pool[i % SYNTHETIC_POOL])
 
 
 _POOLS: dict = {}
