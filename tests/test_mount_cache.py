@@ -48,7 +48,7 @@ def _truncate_to_half(path: Path) -> None:
 def test_damaged_cache_blocks_are_refetched_not_served(mounter, make_bucket, request_log, damage):
     """DESIGN.md: every cached block carries a checksum checked on read; a mismatch drops it and refetches."""
     name = make_bucket("damaged", {"f": OBJECTS["f0"]})
-    m = mounter.mount(name)
+    m = mounter.mount(name, block_size="1MiB")
     assert read_all(m / "f") == OBJECTS["f0"]
     mounter.umount(m)
     block_files = [p for p in (m.cache_dir / "blocks").rglob("*") if p.is_file() and p.stat().st_size > 1000]
