@@ -116,3 +116,35 @@ def test_read_only_tier_directory_is_skipped_then_comes_back(mounter, make_bucke
     assert wait_until(lambda: m.stats()["tiers"]["ssd"]["dirs"][str(small_tmpfs)] == "up", 30)
     read_exact(m, ["shard-1", "shard-2"])
     assert m.stats()["tiers"]["ssd"]["blocks"] > 0, "a healthy directory is used again"
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_tier_is_a_real_byte_budget(mounter, make_bucket, tmp_path):
+    """docs/CACHING.md: RSS grows by at most the memory quota plus (2 x threads + 2 x open files)
+    blocks, however much data goes through."""
+    data = {f"m{i}": object_bytes(f"mem{i}", 8 * MiB) for i in range(12)}      # 96 MiB through the mount
+    name = make_bucket("tiers-mem", data)
+    threads, readers, quota_mib = 4, 4, 16
+    m = mounter.mount(name, *tier_args(f"mem:{quota_mib}MiB", f"ssd:{tmp_path / 'ssd'}:256MiB"),
+                      "--max-idle-threads", str(threads), block_size=BLOCK)
+    pid = m.pid()
+    read_all(m / "m0")
+    base = _rss_mib(pid)
+    peak = base
+    import concurrent.futures
+    for _ in range(2):
+        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+        with concurrent.futures.ThreadPoolExecutor(readers) as pool:
+            for k, got in zip(sorted(data), pool.map(lambda k: read_all(m / k), sorted(data))):
+                assert got == data[k]
+                peak = max(peak, _rss_mib(pid))
+    allowed = quota_mib + (2 * threads + 2 * readers) * 1 + 24     # + 24 MiB for the interpreter's own churn
+    assert peak - base <= allowed, f"RSS grew {peak - base:.0f} MiB, budget {allowed} MiB"
+    assert m.stats()["tiers"]["mem"]["used"] <= quota_mib * MiB
