@@ -230,15 +230,19 @@ def mounter(request, tmp_path, moto_server):
 def module_mounter(request, tmp_path_factory, moto_server):
     """Mounts shared by the tests of one module (read-only tests that need no cold cache).
 
-    Request `shared_mount_guard` in each test that uses them: it fails the test during which a daemon
-    logged an error. Here, at the end of the module, only the shutdown is checked."""
+    A test that uses them fails if a daemon logged an error during it (`_shared_mount_guard`); here, at
+    the end of the module, only the shutdown is checked."""
     m = Mounter(tmp_path_factory.mktemp("shared"), moto_server.endpoint_url)
     yield m
     finish(m, allowed_errors(request.node), m.log_offsets())
 
 
-@pytest.fixture
-def shared_mount_guard(request, module_mounter):
+@pytest.fixture(autouse=True)
+def _shared_mount_guard(request):
+    if "module_mounter" not in request.fixturenames:
+        yield
+        return
+    module_mounter = request.getfixturevalue("module_mounter")
     before = module_mounter.log_offsets()
     yield
     problems = module_mounter.daemon_log_problems(allowed_errors(request.node), before)

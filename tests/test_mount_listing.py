@@ -81,14 +81,9 @@ def tree_bucket(s3, make_bucket):
 
 
 @pytest.fixture(scope="module")
-def shared_tree(module_mounter, tree_bucket):
-    return module_mounter.mount(tree_bucket)
-
-
-@pytest.fixture
-def tree(shared_tree, shared_mount_guard):
+def tree(module_mounter, tree_bucket):
     """One mount for the module: these tests only look."""
-    return shared_tree
+    return module_mounter.mount(tree_bucket)
 
 
 def test_whole_tree_matches_the_mapping(tree):

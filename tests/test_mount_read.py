@@ -39,14 +39,9 @@ def read_bucket(make_bucket):
 
 
 @pytest.fixture(scope="module")
-def shared_mnt(module_mounter, read_bucket):
-    return module_mounter.mount(read_bucket)
-
-
-@pytest.fixture
-def mnt(shared_mnt, shared_mount_guard):
+def mnt(module_mounter, read_bucket):
     """One mount for the tests that only need correct bytes, warm cache or not."""
-    return shared_mnt
+    return module_mounter.mount(read_bucket)
 
 
 @pytest.fixture
