@@ -272,3 +272,27 @@ def test_concurrent_cold_readers_share_fetches(cold, read_bucket, request_log):
         t.join(120)
     gets = [r for r in request_log.since(mark, read_bucket) if r.is_object_get]
     assert 0 < len(gets) <= blocks, f"{len(gets)} GETs for {blocks} blocks read by 6 readers: {summarize(gets)}"
+
+
+def test_threads_sharing_one_descriptor(cold):
+    """Several threads pread one file descriptor at once (per-open-file state must not mix their reads)."""
+    data = READ_OBJECTS[LARGE]
+    fd = os.open(cold / LARGE, os.O_RDONLY)
+    errors: list[str] = []
+
+    def reader(i: int) -> None:
+        for off, length in _boundary_ranges(random.Random(f"shared-fd-{i}"), len(data), 60):
+            got = os.pread(fd, length, off)
+            if got != data[off:off + length]:
+                errors.append(f"thread {i} pread({off}, {length}): {first_difference(got, data[off:off + length])}")
+
+    try:
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a reader hung"
+    finally:
+        os.close(fd)
+    assert errors == []
