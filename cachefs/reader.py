@@ -67,7 +67,8 @@ class BlockReader:
         sequential = offset == state.next_offset
         end = min(offset + size, inode.size)
         state.next_offset = end
-        if sequential and self.nursery is not None and self.read_ahead_blocks:
+        # Read-ahead is decided once per block entered, not on each of its 32 kernel requests.
+        if sequential and indexes[-1] not in state.blocks and self.nursery is not None and self.read_ahead_blocks:
             self._read_ahead(inode, key, indexes[-1] + 1)
         if len(indexes) == 1:
             block = await self._handle_block(state, inode, key, indexes[0])
