@@ -161,7 +161,7 @@ class Mounter:
         if res.returncode != 0:
             raise AssertionError(f"`cachefs {' '.join(m.args)}` failed: {res.describe()}\n"
                                  f"--- daemon log (tail)\n{m.log_text()[-4000:]}")
-        assert is_mounted(m.path), f"mount exited 0 but {m.path} is not mounted yet: {res.describe()}"
+        assert is_mounted(m.real_path), f"mount exited 0 but {m.path} is not mounted yet: {res.describe()}"
         m.pid()
         return m
 
@@ -170,7 +170,7 @@ class Mounter:
         pid = m.pid()
         res = run_cachefs(["umount", str(m.path)], m.env)
         assert res.returncode == 0, f"umount failed: {res.describe()}"
-        assert not is_mounted(m.path), "umount returned but the mount is still there"
+        assert not is_mounted(m.real_path), "umount returned but the mount is still there"
         assert wait_until(lambda: not pid_alive(pid), 2.0), f"umount returned but daemon {pid} is still running"
 
     def cleanup(self) -> list[str]:
@@ -181,10 +181,10 @@ class Mounter:
                 m.pid()  # also the daemons of mounts that failed half-way
             except (OSError, ValueError):
                 pass
-            if is_mounted(m.path):
-                force_unmount(m.path)
-                if is_mounted(m.path):
-                    problems.append(f"{m.path} still mounted after fusermount3 -u and -uz")
+            if is_mounted(m.real_path):
+                force_unmount(m.real_path)
+                if is_mounted(m.real_path):
+                    problems.append(f"{m.real_path} still mounted after fusermount3 -u and -uz")
         for m in self.mounts:
             for pid in m.pids:
                 if not wait_until(lambda: not pid_alive(pid), DAEMON_EXIT_TIMEOUT_S):

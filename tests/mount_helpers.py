@@ -165,9 +165,16 @@ def _unescape_mountinfo(field_: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field_)
 
 
+def canonical(path: Path | str) -> str:
+    """Absolute, with symlinks resolved in the parent only: stat-ing a mount point asks its daemon, which
+    hangs if the daemon does (so teardown never stats a mount point; see Mount.real_path for symlinks)."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def mount_entries(path: Path | str) -> list[str]:
     """The /proc/self/mountinfo lines whose mount point is `path` (one per stacked mount)."""
-    target = os.path.realpath(path)
+    target = canonical(path)
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if _unescape_mountinfo(line.split()[4]) == target]
 
@@ -178,11 +185,14 @@ def is_mounted(path: Path | str) -> bool:
 
 def force_unmount(path: Path | str) -> None:
     """fusermount3 -u, then a lazy -uz as the fallback: never leave a mount behind a test."""
-    path = os.path.realpath(path)  # fusermount3 does not unmount through a symlink
+    path = canonical(path)
     for flags in (["-u"], ["-uz"]):
         if not is_mounted(path):
             return
-        subprocess.run(["fusermount3", *flags, str(path)], capture_output=True, timeout=30)
+        try:
+            subprocess.run(["fusermount3", *flags, str(path)], capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired:  # a hung daemon: the lazy unmount comes next
+            continue
         wait_until(lambda: not is_mounted(path), 5)
 
 
@@ -299,6 +309,11 @@ class Mount:
     args: list[str]
     env: dict[str, str]
     pids: set[int] = field(default_factory=set)
+    real_path: Path | None = None  # the mount point with symlinks resolved, taken before mounting
+
+    def __post_init__(self):
+        if self.real_path is None:
+            self.real_path = Path(os.path.realpath(self.path))
 
     @property
     def log_path(self) -> Path:

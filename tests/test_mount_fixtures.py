@@ -5,13 +5,16 @@ detect leftover mounts with this code.
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
 
 import pytest
 
-from mount_helpers import (PYTHON, Request, first_difference, is_mounted, list_all_keys, log_problems,
+from mount_helpers import (PYTHON, Request, first_difference, force_unmount, is_mounted, list_all_keys, log_problems,
                            mount_entries, object_bytes, one_line_error, parse_request_line, pids_mentioning,
-                           populate, s3_client, wait_until)
+                           pid_alive, populate, s3_client, wait_until)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,3 +101,19 @@ def test_one_line_error_and_first_difference():
     assert one_line_error("Traceback (most recent call last):\n") is None
     assert first_difference(b"abcd", b"abXd") == "lengths 4 vs 4, first difference at byte 2"
     assert first_difference(b"ab", b"abc") == "lengths 2 vs 3, first difference at byte 2"
+
+
+def test_teardown_unmounts_a_hung_daemon_without_hanging(mounter, make_bucket):
+    """A stopped (hung) daemon: force_unmount must neither stat the mount point nor wait on the daemon."""
+    m = mounter.mount(make_bucket("hung", {"f": b"f"}))
+    pid = m.pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (force_unmount(m.real_path), done.set()), daemon=True)
+        worker.start()
+        assert done.wait(40), "force_unmount hung on a stopped daemon"
+        assert not is_mounted(m.real_path)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(pid), 10)
