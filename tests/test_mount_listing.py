@@ -168,6 +168,23 @@ def test_directory_wins_over_a_file_of_the_same_name(tree):
     assert (tree.path / "conflict" / "inside.txt").read_bytes() == b"inside"
 
 
+def test_lookups_without_any_listing_agree_with_the_mapping(mounter, tree_bucket):
+    """A fresh mount, paths looked up directly (no readdir anywhere): the same answers as the listings give."""
+    m = mounter.mount(tree_bucket)
+    for rel, kind in sorted(_expected_tree().items(), reverse=True):  # deepest first: parents never listed
+        st = os.lstat(m / rel)
+        if kind == "dir":
+            assert stat.S_ISDIR(st.st_mode), rel
+        else:
+            assert stat.S_ISREG(st.st_mode) and st.st_size == kind, (rel, st.st_size, kind)
+    for rel in ("conflict/inside.txt", f"uni/{NFD}", "uni/cr\rhere", DEEP_LEAF):
+        assert (m / rel).read_bytes() == TREE_OBJECTS[rel], rel
+    for rel in ("skip/" + LONG_BAD, "skip/dot/d", "rootdot", "nope", "marker_only/x"):
+        with pytest.raises(OSError) as exc:
+            os.lstat(m / rel)
+        assert exc.value.errno in (2, 36), f"{rel}: {exc.value!r}"
+
+
 def test_listing_a_file_is_enotdir(tree):
     with pytest.raises(NotADirectoryError):
         os.listdir(tree / "top.txt")
