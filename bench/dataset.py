@@ -9,7 +9,6 @@ Bucket layout (each workload reads files no other workload has touched, so "cold
 """
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import asdict, dataclass
 from typing import Iterator

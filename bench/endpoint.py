@@ -6,17 +6,14 @@ which endpoint ran. An optional delaying proxy (bench/proxy.py) sits in front to
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench import util
 from cachefs.devserver import MotoServer, free_port
-
-log = logging.getLogger(__name__)
 
 CEPH_SCRIPT = os.path.join(os.path.dirname(__file__), "ceph.sh")
 CEPH_START_TIMEOUT_S = 300  # bring-up ~18 s, plus ~50 s of apt-get the first time on a fresh machine
@@ -33,6 +30,7 @@ class Endpoint:
     pids: list[int] = field(default_factory=list)  # the endpoint's own processes, for its CPU figures
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
+    proxy: str = "off"  # what the delaying proxy in front adds, if there is one
 
     def env(self) -> dict:
         """Environment for every S3 client: credentials in the environment, never argv; plain HTTP."""
@@ -111,8 +109,7 @@ def delaying_proxy(endpoint: Endpoint, latency_ms: float, straggler_p: float, st
         util.wait_until(lambda: _connects(port), 15, "the delaying proxy")
         note = (f"delaying proxy ON: +{latency_ms:g} ms per request, {straggler_p:.1%} stragglers of "
                 f"+{straggler_ms:g} ms")
-        yield Endpoint(f"http://127.0.0.1:{port}", endpoint.kind, (endpoint.note + "; " + note).strip("; "),
-                       endpoint.pids, endpoint.access_key, endpoint.secret_key)
+        yield replace(endpoint, url=f"http://127.0.0.1:{port}", proxy=note)
     finally:
         util.kill_group(proc)
         logf.close()

@@ -211,7 +211,7 @@ def main(argv=None) -> int:
                 ep = stack.enter_context(endpoint.delaying_proxy(
                     ep, args.latency_ms, args.straggler_p, args.straggler_ms, os.path.join(scratch, "proxy.log")))
                 targets["through-proxy"] = ep
-            results["proxy"] = ep.note if args.latency_ms > 0 else "off"
+            results["proxy"] = ep.proxy
             under_test = []
             for name in names:
                 system = systems.ALL[name](scratch, ep, endpoint.BUCKET, os.path.join(scratch, "local"))
@@ -256,9 +256,8 @@ def main(argv=None) -> int:
 
 def keep_logs(scratch: str, dest: str) -> None:
     """Daemon, Ceph and proxy logs outlive the scratch directory, for the post-mortem of a failure."""
-    for dirpath, _, filenames in os.walk(scratch):
-        if "/mnt" in dirpath or "/cache" in dirpath or "/local" in dirpath:
-            continue  # never walk into mounts, caches or the dataset
+    for dirpath, dirnames, filenames in os.walk(scratch):
+        dirnames[:] = [d for d in dirnames if d not in ("mnt", "cache", "local")]  # mounts, caches, dataset
         for name in filenames:
             if name.endswith(".log"):
                 rel = os.path.relpath(os.path.join(dirpath, name), scratch)

@@ -99,6 +99,8 @@ def test_report_has_tables_and_plots(results):
     assert "Latency proxy: **off**" in text
     for png in ("fio_throughput.png", "loader_images_per_s.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    kept = os.listdir(out / "logs")  # daemon logs outlive the scratch directory
+    assert "systems_cachefs_daemon.log" in kept or mount_failure(results, "cachefs") is None and kept
     with open("/proc/mounts") as f:  # every mount the harness made is gone (no walking /tmp: other
         assert results["scratch"] not in f.read()  # tests' FUSE mounts there may hang)
     assert not os.path.exists(results["scratch"])
