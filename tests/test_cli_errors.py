@@ -181,3 +181,14 @@ def test_cache_dir_in_use_by_another_mount(case, mounter):
     case.culprit = re.escape(str(first.cache_dir))
     assert_clean_failure(case, keep_pids=frozenset({first.pid()}))
     assert (first.path / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["mount"], "source|mountpoint"), (["mount", "s3://bucket"], "mountpoint"), (["umount"], "mountpoint"),
+    (["frobnicate"], "frobnicate"), (["mount", "s3://bucket", "/tmp", "--block-size"], "block.size")],
+    ids=["mount-nothing", "mount-no-mountpoint", "umount-nothing", "unknown-command", "flag-without-value"])
+def test_usage_errors_are_one_line(argv, culprit):
+    res = run_cachefs(argv, cachefs_env(), timeout_s=ERROR_EXIT_BOUND_S)
+    assert res.returncode != 0, res.describe()
+    line = one_line_error(res.stderr)
+    assert line and re.search(culprit, line, re.IGNORECASE), res.describe()
