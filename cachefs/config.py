@@ -109,6 +109,12 @@ def _size_min(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
+def _metrics_addr(text: Any) -> str:
+    from .metrics import parse_addr   # validates; the daemon parses it again to listen
+    parse_addr(text)
+    return str(text).strip()
+
+
 @dataclass(frozen=True)
 class Option:
     name: str              # dataclass field; flag is --name-with-dashes, env CACHEFS_NAME
@@ -153,6 +159,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("foreground", _bool, "stay attached; log to stderr", False),
     Option("log_level", _choice("debug", "info", "warning", "error"), "log level"),
     Option("log_file", _text, "log file in the background (default: CACHE_DIR/cachefs.log)"),
+    Option("log_target", _choice("file", "syslog"),
+           "where the background daemon logs: file (LOG_FILE) or syslog (/dev/log, read by journald)"),
+    Option("metrics_addr", _metrics_addr, "Prometheus exporter HOST:PORT (default 127.0.0.1:9749), or none"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 ENV_PREFIX = "CACHEFS_"
@@ -208,6 +217,8 @@ class Config:
     foreground: bool = False
     log_level: str = "info"
     log_file: str | None = None
+    log_target: str = "file"
+    metrics_addr: str | None = None       # None: the default address, where a taken port only warns
 
     # -- derived -----------------------------------------------------------------------
     @property

@@ -17,9 +17,10 @@ import time
 import pyfuse3
 import trio
 
-from . import __version__, mounts
+from . import __version__, logsetup, metrics, mounts
 from .cache import TieredCache
 from .config import Config
+from .control import ControlServer
 from .errors import UserError
 from .fs import CachefsOperations
 from .meta.store import MetaStore
@@ -93,18 +94,7 @@ def bound_malloc() -> None:
 
 
 def setup_logging(cfg: Config, background: bool) -> None:
-    level = getattr(logging, cfg.log_level.upper())
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if background:
-        handler: logging.Handler = logging.FileHandler(cfg.log_file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logsetup.setup(cfg.log_level, background, cfg.log_target, cfg.log_file)
 
 
 def redirect_stdio(log_file: str) -> None:
@@ -155,6 +145,7 @@ class Daemon:
                                   block_size=cfg.block_size, read_ahead_blocks=cfg.read_ahead_blocks,
                                   prefetch_buffer_blocks=PREFETCH_BUFFER_PER_THREAD * cfg.max_idle_threads)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats)
+        self._start_operations_interfaces()
         try:
             pyfuse3.init(self.ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:
@@ -167,19 +158,50 @@ class Daemon:
         disk = self.cache.disk_tiers
         return {"cache_bytes": sum(t.used for t in disk), "cache_capacity": sum(t.quota for t in disk),
                 "mem_cache_bytes": sum(t.used for t in self.cache.mem_tiers),
-                "cache_blocks": self.cache.block_count, "tiers": self.cache.tier_stats()}
+                "cache_blocks": self.cache.block_count, "tiers": self.cache.tier_stats(),
+                "control_socket": self.control.path, "metrics_url": self.exporter and self.exporter.url,
+                "source": self.cfg.source, "version": __version__}
+
+    def stats_dict(self) -> dict:
+        return {**self.stats.snapshot(), **self._extra_stats()}
+
+    def _start_operations_interfaces(self) -> None:
+        """Metrics exporter and control socket: bound before the mount, so a taken address fails start-up."""
+        client = getattr(self.store, "client", None)
+        metrics.instrument_boto_client(client)
+        if client is not None:         # credentials from a file or profile: never in a log line
+            creds = client._request_signer._credentials
+            frozen = creds.get_frozen_credentials() if creds is not None else None
+            if frozen is not None:
+                logsetup.add_secret(frozen.secret_key)
+                logsetup.add_secret(frozen.token)
+        self.control = ControlServer(self)
+        self.control.bind()
+        self.exporter = metrics.start_exporter(self.cfg, self.stats, self.cache, self.reader, __version__)
+
+    def apply_settings(self, settings: dict) -> None:
+        """Live changes from the control socket (only the settings control.RELOADABLE names)."""
+        for name, value in settings.items():
+            setattr(self.cfg, name, value)
+        if "log_level" in settings:
+            logsetup.set_level(settings["log_level"])
+        if "read_ahead_blocks" in settings:
+            self.reader.read_ahead_blocks = settings["read_ahead_blocks"]
+        if "stale_after" in settings:
+            self.cache.stale_after = settings["stale_after"]
 
     def _write_pid(self) -> None:
         with open(os.path.join(self.cfg.cache_dir, "cachefs.pid"), "w") as f:
             f.write(str(os.getpid()))
         mounts.register(self.cfg.mountpoint, {"pid": os.getpid(), "cache_dir": self.cfg.cache_dir,
-                                              "source": self.cfg.source})
+                                              "source": self.cfg.source, "control": self.control.path})
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self.reader.nursery = nursery
             nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._flush_index_periodically)
+            nursery.start_soon(self.control.serve)
             await pyfuse3.main(min_tasks=1, max_tasks=self.cfg.max_idle_threads)
             nursery.cancel_scope.cancel()
 
@@ -200,6 +222,9 @@ class Daemon:
         try:
             pyfuse3.close(unmount=unmount)
         finally:
+            self.control.close()
+            if self.exporter is not None:
+                self.exporter.stop()
             self.cache.close()
             self.meta.close()
             self.store.close()

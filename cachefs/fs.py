@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
+from . import metrics
 from .config import Config
 from .errors import CachefsError, ObjectChanged, errno_for
 from .meta.schema import Inode
@@ -31,23 +32,36 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
 def fuse_errors(fn):
-    """The errno boundary: domain errors become their errno; anything unexpected is logged, EIO."""
+    """The errno boundary: domain errors become their errno; anything unexpected is logged, EIO.
+    Also where every operation is counted and timed (one histogram observation per request)."""
+    op = fn.__name__
+    observe = metrics.fuse_op_timer(op)
+
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
+        start = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as e:
+            metrics.count_fuse_error(op, e.errno)
             raise
         except CachefsError as e:
-            log.warning("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno_for(e)) from None
+            log.warning("%s: %s", op, e)
+            raise _failed(op, errno_for(e)) from None
         except OSError as e:
-            log.warning("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno_for(e)) from None
+            log.warning("%s: %s", op, e)
+            raise _failed(op, errno_for(e)) from None
         except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            log.exception("unexpected error in %s", op)
+            raise _failed(op, errno.EIO) from None
+        finally:
+            observe(time.perf_counter() - start)
     return wrapper
+
+
+def _failed(op: str, err: int) -> pyfuse3.FUSEError:
+    metrics.count_fuse_error(op, err)
+    return pyfuse3.FUSEError(err)
 
 
 @dataclass

@@ -1,0 +1,283 @@
+"""The control channel of a running daemon: a Unix socket, one JSON request and one JSON answer per line.
+
+Where: RUNTIME_DIR/<hash of the mount point>.sock (/run/cachefs for root), a short path (Unix socket
+paths are limited to 108 bytes, cache directories can be long) in a 0700 directory; the socket itself
+is 0600. Clients find it in the mount registry, or in the mount's `user.cachefs.stats` xattr.
+Who: the peer's uid (SO_PEERCRED) must be root or the daemon's own user; anyone else gets an error.
+
+Requests run on the daemon's trio thread, blocking parts in its worker threads, like FUSE requests.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+import struct
+import time
+
+import trio
+import xxhash
+
+from . import mounts
+from .blocks import block_count, block_key
+from .config import OPTION_BY_NAME
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 1 << 20          # a warmup status request lists paths; 1 MiB is ~10k of them
+CLIENT_TIMEOUT_S = 60.0        # a status query over a large tree asks S3 for unlisted directories
+# Settings that only change timing or logging, never which bytes a reader gets: safe to change live.
+RELOADABLE = ("log_level", "read_ahead_blocks", "stale_after", "listing_ttl", "negative_ttl",
+              "entry_timeout", "attr_timeout")
+
+
+def socket_path(mountpoint: str) -> str:
+    return os.path.join(mounts.runtime_dir(), xxhash.xxh64_hexdigest(mountpoint.encode()) + ".sock")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return uid
+
+
+class ControlError(Exception):
+    """A request the daemon refuses; the message goes back to the client."""
+
+
+class ControlServer:
+    def __init__(self, daemon) -> None:
+        self.daemon = daemon
+        self.path = socket_path(daemon.cfg.mountpoint)
+        self.sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        """At start-up, before the mount. We hold the mount point lock, so a socket file left at
+        this path is a dead daemon's."""
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            sock.listen(16)
+        except OSError as e:
+            sock.close()
+            raise UserError(f"cannot create the control socket {self.path}: {e.strerror or e}") from None
+        self.sock = sock
+
+    async def serve(self) -> None:
+        listener = trio.socket.from_stdlib_socket(self.sock)
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(self._connection, conn)
+
+    async def _connection(self, conn) -> None:
+        with conn:
+            try:
+                uid = peer_uid(conn)
+                if uid not in (0, os.getuid()):
+                    log.warning("control request from uid %d refused (only root and uid %d)", uid, os.getuid())
+                    raise ControlError("permission denied: only root or the mount's owner may control it")
+                request = json.loads(await _read_line(conn))
+                answer = {"ok": True, **await self.dispatch(request)}
+            except ControlError as e:
+                answer = {"ok": False, "error": str(e)}
+            except (ValueError, KeyError, TypeError) as e:
+                answer = {"ok": False, "error": f"bad request: {e}"}
+            except OSError:
+                return          # the client went away
+            try:
+                await conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                pass
+
+    async def dispatch(self, request: dict) -> dict:
+        op = request.get("op")
+        handler = getattr(self, "op_" + str(op).replace("-", "_"), None)
+        if handler is None:
+            raise ControlError(f"unknown operation {op!r}")
+        return await handler(request)
+
+    # -- operations ----------------------------------------------------------------------------------
+    async def op_stats(self, request: dict) -> dict:
+        return {"stats": self.daemon.stats_dict()}
+
+    async def op_flush(self, request: dict) -> dict:
+        """Make the cache state durable now (the block index; pending uploads once writes exist)."""
+        await trio.to_thread.run_sync(self.daemon.cache.flush, limiter=self.daemon.limiter)
+        return {"flushed": ["block-index"]}
+
+    async def op_cached(self, request: dict) -> dict:
+        """For each path (a file under the mount): its size and how many of its bytes are cached.
+        What `cachefs warmup` asks to skip files already loaded and to size what is left."""
+        out = {}
+        for path in request["paths"]:
+            inode = await self._resolve(path)
+            if inode is None or inode.is_dir:
+                out[path] = None
+                continue
+            cached = sum(size for size, present in self._blocks(inode) if present)
+            out[path] = {"size": inode.size, "cached": cached}
+        return {"files": out, "capacity": self._admit_room()}
+
+    async def op_drop(self, request: dict) -> dict:
+        """Drop the cached blocks of a file, or of every file below a directory."""
+        root = await self._resolve(request["path"])
+        if root is None:
+            raise ControlError(f"no such file or directory: {request['path']}")
+        files, dropped, freed = 0, 0, 0
+        pending = [root]
+        while pending:
+            inode = pending.pop()
+            if inode.is_dir:
+                pending += [child for _, child in await self.daemon.namespace.entries(inode.ino)]
+                continue
+            files += 1
+            keys = [k for k, present in self._block_keys(inode) if present]
+            freed += await trio.to_thread.run_sync(self._remove_blocks, keys, limiter=self.daemon.limiter)
+            dropped += len(keys)
+            self._forget_page_cache(inode.ino)
+        log.info("control: dropped %d cached blocks (%d bytes) of %d files under %r",
+                 dropped, freed, files, request["path"])
+        return {"files": files, "blocks": dropped, "bytes": freed}
+
+    async def op_reload(self, request: dict) -> dict:
+        """Change safe settings live; anything else needs a remount and is refused by name."""
+        settings = request.get("settings") or {}
+        unsafe = sorted(set(settings) - set(RELOADABLE))
+        if unsafe:
+            raise ControlError(f"cannot change {', '.join(unsafe)} while mounted (remount); "
+                               f"live: {', '.join(RELOADABLE)}")
+        parsed = {}
+        for name, raw in settings.items():
+            try:
+                parsed[name] = OPTION_BY_NAME[name].parse(raw)
+            except ValueError as e:
+                raise ControlError(f"{name}: {e}") from None
+        self.daemon.apply_settings(parsed)
+        log.info("control: reloaded %s", ", ".join(f"{k}={v}" for k, v in parsed.items()) or "nothing")
+        return {"applied": {k: v for k, v in parsed.items()}}
+
+    # -- helpers -------------------------------------------------------------------------------------
+    async def _resolve(self, path: str):
+        """The inode at a path relative to the mount root (lookups as FUSE would do them)."""
+        ns = self.daemon.namespace
+        inode = ns.get(1)
+        for part in [p for p in path.split("/") if p not in ("", ".")]:
+            if part == "..":
+                raise ControlError("paths must not contain '..'")
+            inode = await ns.lookup(inode.ino, part.encode())
+            if inode is None:
+                return None
+        return inode
+
+    def _block_keys(self, inode):
+        cfg, cache = self.daemon.cfg, self.daemon.cache
+        key = self.daemon.namespace.key_of(inode)
+        for i in range(block_count(inode.size, cfg.block_size)):
+            k = block_key(cfg.bucket, key, inode.etag, cfg.block_size, i)
+            yield k, cache.contains(k)
+
+    def _blocks(self, inode):
+        bs = self.daemon.cfg.block_size
+        for i, (_, present) in enumerate(self._block_keys(inode)):
+            yield min(bs, inode.size - i * bs), present
+
+    def _remove_blocks(self, keys: list[bytes]) -> int:
+        freed = 0
+        for tier in self.daemon.cache.tiers:
+            for k in keys:
+                if tier.contains(k):
+                    before = tier.used
+                    tier.remove(k)
+                    freed += before - tier.used
+        self.daemon.cache.flush()
+        return freed
+
+    def _forget_page_cache(self, ino: int) -> None:
+        import pyfuse3
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as e:
+            if e.errno != errno.ENOENT:    # ENOENT: the kernel does not know the inode; nothing cached
+                log.warning("control: cannot drop the page cache of inode %d: %s", ino, e)
+
+    def _admit_room(self) -> dict:
+        """Bytes the disk tiers can still take before they stop admitting (scan-resistant) or start
+        evicting (lru): both begin at the high watermark."""
+        tiers = self.daemon.cache.disk_tiers or self.daemon.cache.tiers
+        return {"room": sum(max(0, t.high_bytes - t.used) for t in tiers),
+                "quota": sum(t.quota for t in tiers), "policy": self.daemon.cache.policy}
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+async def _read_line(conn) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = await conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ControlError(f"request larger than {MAX_REQUEST} bytes")
+    return buf
+
+
+# -- client ----------------------------------------------------------------------------------------
+def find_socket(mountpoint: str) -> str:
+    """The control socket of the daemon serving MOUNTPOINT."""
+    mp = mounts.canonical(mountpoint)
+    if mounts.mounted_fstype(mp, resolved=True) != mounts.FSTYPE:
+        raise UserError(f"{mountpoint} is not a cachefs mount")
+    info = mounts.lookup(mp) or {}
+    path = info.get("control")
+    if not path:
+        try:
+            path = json.loads(os.getxattr(mp, "user.cachefs.stats")).get("control_socket")
+        except OSError as e:
+            raise UserError(f"cannot find the control socket of {mountpoint}: {e.strerror}") from None
+    if not path:
+        raise UserError(f"the daemon of {mountpoint} has no control socket (an older cachefs?)")
+    return path
+
+
+def request(mountpoint: str, op: str, timeout: float = CLIENT_TIMEOUT_S, **args) -> dict:
+    """One request; raises UserError with the daemon's message when it refuses."""
+    path = find_socket(mountpoint)
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n") and time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except PermissionError:
+            raise UserError(f"permission denied on {path}: only root or the mount's owner may use it") from None
+        except (OSError, socket.timeout) as e:
+            raise UserError(f"control socket {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not buf:
+        raise UserError(f"the daemon of {mountpoint} closed the control connection without answering")
+    answer = json.loads(buf)
+    if not answer.get("ok"):
+        raise UserError(answer.get("error", "request failed"))
+    return answer

@@ -1,0 +1,261 @@
+"""Every Prometheus metric cachefs exports, defined here and only here (documented in docs/METRICS.md).
+
+Two kinds of source:
+- live instruments updated as things happen (FUSE operation latency, S3 requests through boto3's
+  event hooks): histograms need the individual observations;
+- everything else is read at scrape time from what the daemon already keeps (the `Stats` counters,
+  `TieredCache.tier_stats()`): nothing extra on the read path, and no second copy that could drift.
+
+One process runs one daemon, so the registry is module-level; the daemon registers its scrape-time
+collector on start and removes it on stop.
+"""
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# A fixed, documented default so that every node of a cluster is scraped at the same address. 9749
+# is not in Prometheus' list of allocated exporter ports (9100-9999 range) we know of.
+DEFAULT_PORT = 9749
+DEFAULT_ADDR = f"127.0.0.1:{DEFAULT_PORT}"   # loopback: metrics are not for the whole network by default
+
+REGISTRY = CollectorRegistry()
+
+# -- live instruments ------------------------------------------------------------------------------
+# FUSE requests take from ~10 us (a memory hit) to seconds (a cold S3 fetch behind a straggler).
+FUSE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1, 2.5, 5, 10)
+# S3 first-byte latency is ~10-50 ms when healthy; stragglers reach the read timeout (30 s default).
+S3_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+FUSE_OP_SECONDS = Histogram("cachefs_fuse_op_seconds", "FUSE operations by operation: count and latency",
+                            ["op"], buckets=FUSE_BUCKETS, registry=REGISTRY)
+FUSE_ERRORS = Counter("cachefs_fuse_errors", "FUSE operations answered with an error, by operation and errno",
+                      ["op", "errno"], registry=REGISTRY)
+S3_REQUESTS = Counter("cachefs_s3_requests", "S3 requests by operation and HTTP status ('error': no response)",
+                      ["operation", "status"], registry=REGISTRY)
+S3_SECONDS = Histogram("cachefs_s3_request_seconds", "S3 request latency up to the response headers "
+                       "(first byte), retries included, by operation", ["operation"], buckets=S3_BUCKETS,
+                       registry=REGISTRY)
+S3_RECEIVED = Counter("cachefs_s3_received_bytes", "bytes of S3 response bodies (Content-Length), by operation",
+                      ["operation"], registry=REGISTRY)
+S3_SENT = Counter("cachefs_s3_sent_bytes", "bytes of S3 request bodies, by operation", ["operation"],
+                  registry=REGISTRY)
+S3_RETRIES = Counter("cachefs_s3_retries", "S3 request attempts beyond the first, by operation", ["operation"],
+                     registry=REGISTRY)
+# For the adaptive read-ahead (not landed yet: the window is fixed, see cachefs_readahead_window_bytes).
+READAHEAD_WINDOW = Histogram("cachefs_readahead_window_blocks", "read-ahead window sizes chosen, in blocks",
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY)
+
+# -- read at scrape time from Stats: metric name -> (Stats counter, help) ----------------------------
+STATS_COUNTERS: dict[str, tuple[str, str]] = {
+    "cachefs_cache_misses_total": ("cache_misses", "block reads no tier could serve"),
+    "cachefs_cache_puts_total": ("cache_puts", "blocks stored in the cache"),
+    "cachefs_cache_not_admitted_total": ("cache_not_admitted", "fetched blocks no tier admitted (cache full)"),
+    "cachefs_cache_evictions_total": ("cache_evictions", "blocks dropped from a tier (the last, or a memory copy)"),
+    "cachefs_cache_demotions_total": ("cache_demotions", "blocks moved to a slower tier by eviction"),
+    "cachefs_cache_promotions_total": ("cache_promotions", "blocks copied or moved to a faster tier on a hit"),
+    "cachefs_cache_refetched_blocks_total": ("cache_corrupt", "cached blocks that failed their checksum and "
+                                             "were dropped and fetched again"),
+    "cachefs_cache_errors_total": ("cache_errors", "cache tier I/O errors (served as misses)"),
+    "cachefs_fuse_read_bytes_total": ("fuse_read_bytes", "bytes returned to FUSE reads"),
+    "cachefs_readahead_blocks_total": ("readahead_blocks", "blocks fetched by read-ahead"),
+    "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
+    "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate requests sent for a straggler (hedging)"),
+    "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
+}
+STATS_GAUGES: dict[str, tuple[str, str]] = {
+    "cachefs_uploads_pending": ("uploads_pending", "files written locally and not yet uploaded"),
+    "cachefs_uploads_pending_bytes": ("uploads_pending_bytes", "bytes waiting for upload"),
+    "cachefs_uploads_oldest_age_seconds": ("uploads_oldest_age_s", "age of the oldest pending upload"),
+}
+# Per tier, from TieredCache.tier_stats(): metric name -> (tier_stats field, help)
+TIER_GAUGES: dict[str, tuple[str, str]] = {
+    "cachefs_cache_used_bytes": ("used", "bytes stored in a tier"),
+    "cachefs_cache_quota_bytes": ("quota", "a tier's capacity"),
+    "cachefs_cache_high_watermark_bytes": ("high", "usage at which a tier evicts (lru) or stops admitting"),
+    "cachefs_cache_low_watermark_bytes": ("low", "usage eviction brings a tier down to"),
+    "cachefs_cache_blocks": ("blocks", "blocks stored in a tier"),
+}
+CACHE_HITS = "cachefs_cache_hits_total"
+CACHE_HIT_BYTES = "cachefs_cache_hit_bytes_total"
+TIER_UP = "cachefs_cache_tier_up"
+DIR_UP = "cachefs_cache_dir_up"
+READAHEAD_WINDOW_BYTES = "cachefs_readahead_window_bytes"
+BUILD_INFO = "cachefs_build_info"
+
+ALL_NAMES = (
+    [m._name for m in (FUSE_OP_SECONDS, READAHEAD_WINDOW, S3_SECONDS)]
+    + [m._name + "_total" for m in (FUSE_ERRORS, S3_REQUESTS, S3_RECEIVED, S3_SENT, S3_RETRIES)]
+    + list(STATS_COUNTERS) + list(STATS_GAUGES) + list(TIER_GAUGES)
+    + [CACHE_HITS, CACHE_HIT_BYTES, TIER_UP, DIR_UP, READAHEAD_WINDOW_BYTES, BUILD_INFO]
+)
+
+
+# -- FUSE ------------------------------------------------------------------------------------------
+def fuse_op_timer(op: str) -> Callable[[float], None]:
+    """The bound `observe` of one operation's histogram child: the hot path skips the labels lookup."""
+    return FUSE_OP_SECONDS.labels(op).observe
+
+
+def count_fuse_error(op: str, err: int) -> None:
+    FUSE_ERRORS.labels(op, errno_mod.errorcode.get(err, str(err))).inc()
+
+
+# -- S3 through boto3 event hooks (no edits at the call sites) ---------------------------------------
+def instrument_boto_client(client) -> None:
+    if client is None:      # a store without boto3 (mem://)
+        return
+    events = client.meta.events
+    events.register("before-call.s3", _before_call, unique_id="cachefs-metrics-before")
+    events.register("after-call.s3", _after_call, unique_id="cachefs-metrics-after")
+    events.register("after-call-error.s3", _after_call_error, unique_id="cachefs-metrics-error")
+
+
+def _before_call(model, params, context, **_):
+    context["cachefs_t0"] = time.perf_counter()
+    context["cachefs_op"] = model.name        # after-call-error gets no model
+    body = params.get("body") if isinstance(params, dict) else None
+    if isinstance(body, (bytes, bytearray, memoryview)) and len(body):
+        S3_SENT.labels(model.name).inc(len(body))
+
+
+def _finish(op: str, context: dict, status: str, retries: int) -> None:
+    t0 = context.get("cachefs_t0")
+    if t0 is not None:
+        S3_SECONDS.labels(op).observe(time.perf_counter() - t0)
+    S3_REQUESTS.labels(op, status).inc()
+    if retries:
+        S3_RETRIES.labels(op).inc(retries)
+
+
+def _after_call(http_response, parsed, model, context, **_):
+    meta = parsed.get("ResponseMetadata", {}) if isinstance(parsed, dict) else {}
+    _finish(model.name, context, str(http_response.status_code), int(meta.get("RetryAttempts", 0)))
+    length = http_response.headers.get("content-length")
+    if length and length.isdigit():
+        S3_RECEIVED.labels(model.name).inc(int(length))
+
+
+def _after_call_error(exception, context, **_):
+    _finish(context.get("cachefs_op") or "unknown", context, "error", 0)
+
+
+# -- scrape-time collector ---------------------------------------------------------------------------
+class DaemonCollector:
+    """Reads the daemon's own counters and tier state when Prometheus scrapes."""
+
+    def __init__(self, stats, tier_stats: Callable[[], dict], readahead_window_bytes: Callable[[], int],
+                 version: str) -> None:
+        self.stats = stats
+        self.tier_stats = tier_stats
+        self.readahead_window_bytes = readahead_window_bytes
+        self.version = version
+
+    def collect(self):
+        snap = self.stats.snapshot()
+        for name, (key, help_) in STATS_COUNTERS.items():
+            yield CounterMetricFamily(name.removesuffix("_total"), help_, value=snap.get(key, 0))
+        for name, (key, help_) in STATS_GAUGES.items():
+            yield GaugeMetricFamily(name, help_, value=snap.get(key, 0))
+        tiers = self.tier_stats()
+        hits = CounterMetricFamily(CACHE_HITS.removesuffix("_total"), "block reads served by a tier",
+                                   labels=["tier"])
+        hit_bytes = CounterMetricFamily(CACHE_HIT_BYTES.removesuffix("_total"),
+                                        "bytes of blocks served by a tier", labels=["tier"])
+        for tier in tiers:
+            hits.add_metric([tier], snap.get(f"cache_hits_{tier}", 0))
+            hit_bytes.add_metric([tier], snap.get(f"cache_hit_bytes_{tier}", 0))
+        yield hits
+        yield hit_bytes
+        for name, (field, help_) in TIER_GAUGES.items():
+            g = GaugeMetricFamily(name, help_, labels=["tier"])
+            for tier, info in tiers.items():
+                g.add_metric([tier], info.get(field, 0))
+            yield g
+        tier_up = GaugeMetricFamily(TIER_UP, "1 while a tier has a usable directory (memory: always)",
+                                    labels=["tier"])
+        dir_up = GaugeMetricFamily(DIR_UP, "1 while a disk tier directory passes its health probe",
+                                   labels=["tier", "dir"])
+        for tier, info in tiers.items():
+            dirs = info.get("dirs")
+            tier_up.add_metric([tier], 1 if dirs is None or "up" in dirs.values() else 0)
+            for path, state in (dirs or {}).items():
+                dir_up.add_metric([tier, path], 1 if state == "up" else 0)
+        yield tier_up
+        yield dir_up
+        yield GaugeMetricFamily(READAHEAD_WINDOW_BYTES, "bytes a sequential reader has in flight ahead of it",
+                                value=self.readahead_window_bytes())
+        info = GaugeMetricFamily(BUILD_INFO, "always 1; the version in a label", labels=["version"])
+        info.add_metric([self.version], 1)
+        yield info
+
+
+# -- the exporter ------------------------------------------------------------------------------------
+def parse_addr(text: str) -> tuple[str, int] | None:
+    """'HOST:PORT', ':PORT' (loopback), '[v6]:PORT' or 'none' (off)."""
+    if str(text).strip().lower() in ("none", "off", ""):
+        return None
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {text!r} (use HOST:PORT, e.g. {DEFAULT_ADDR}, or none)")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+class Exporter:
+    """The HTTP endpoint in a thread of its own (prometheus_client's server), plus our collector."""
+
+    def __init__(self, addr: tuple[str, int], collector: DaemonCollector) -> None:
+        self.addr = addr
+        self.collector = collector
+        self.httpd = None
+
+    def start(self, required: bool) -> None:
+        """`required`: the address was configured, so not getting it is a start-up error; the default
+        address is shared by every mount on a node, so only the first gets it and the rest warn."""
+        from prometheus_client import start_http_server
+        REGISTRY.register(self.collector)
+        try:
+            self.httpd, _ = start_http_server(self.addr[1], self.addr[0], registry=REGISTRY)
+        except OSError as e:
+            REGISTRY.unregister(self.collector)
+            where = f"{self.addr[0]}:{self.addr[1]}"
+            if required:
+                raise UserError(f"--metrics-addr {where}: cannot listen: {e.strerror or e}") from None
+            log.warning("metrics exporter off: cannot listen on %s (%s); give each mount its own "
+                        "--metrics-addr", where, e.strerror or e)
+            return
+        self.addr = self.httpd.server_address[:2]
+        log.info("Prometheus metrics on http://%s:%d/metrics", *self.addr)
+
+    @property
+    def url(self) -> str | None:
+        return f"http://{self.addr[0]}:{self.addr[1]}/metrics" if self.httpd else None
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+            REGISTRY.unregister(self.collector)
+
+
+def start_exporter(cfg, stats, cache, reader, version: str) -> Exporter | None:
+    """The daemon's exporter, or None with `--metrics-addr none`."""
+    addr = parse_addr(cfg.metrics_addr or DEFAULT_ADDR)
+    if addr is None:
+        return None
+    collector = DaemonCollector(stats, cache.tier_stats,
+                                lambda: reader.read_ahead_blocks * reader.block_size, version)
+    exporter = Exporter(addr, collector)
+    exporter.start(required=cfg.metrics_addr is not None)
+    return exporter
