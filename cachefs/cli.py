@@ -15,6 +15,7 @@ from . import __version__
 from .config import OPTIONS, Config, build_config
 from .errors import UserError
 from .mounts import canonical
+from .csi import cli as csi_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
         u = sub.add_parser(name, help="unmount and wait for the daemon to exit")
         u.add_argument("mountpoint")
         u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
+    csi_cli.add_subcommands(sub)
     return parser
 
 
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command in ("umount", "unmount"):
             return cmd_umount(args)
+        elif args.command == "csi":
+            return csi_cli.cmd_csi(args)
+        elif args.command == "affinity":
+            return csi_cli.cmd_affinity(args)
         make_parser().print_help()
         return 2
     except _UsageError as e:

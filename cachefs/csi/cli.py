@@ -1,0 +1,128 @@
+"""The `cachefs csi` and `cachefs affinity` subcommands (wired into cachefs/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+
+from ..config import parse_size
+from ..errors import UserError
+
+
+def add_subcommands(sub) -> None:
+    c = sub.add_parser("csi", help="run the Kubernetes CSI driver (node and/or controller) on a Unix socket")
+    c.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+                   help="unix:///PATH of the gRPC socket (env CSI_ENDPOINT)")
+    c.add_argument("--mode", choices=("node", "controller", "all"), default="all")
+    c.add_argument("--node-id", default=os.environ.get("NODE_NAME") or socket.gethostname(),
+                   help="this node's name (env NODE_NAME; the Kubernetes node name)")
+    c.add_argument("--state-dir", default="/var/lib/cachefs-csi", help="node: publication records, secrets")
+    c.add_argument("--cache-root", default="/var/cache/cachefs-csi", help="node: one cache slot per dataset")
+    c.add_argument("--cache", action="append", default=[], metavar="TIER",
+                   help="node: a cache tier for every mount, {slot} standing for the slot name, "
+                        "e.g. ssd:/nvme/cachefs/{slot}:200GiB (repeatable)")
+    c.add_argument("--cache-size", default="10GiB", help="node: default disk tier size without --cache")
+    c.add_argument("--endpoint-url", help="S3 endpoint for mounts and provisioning")
+    c.add_argument("--region")
+    c.add_argument("--addressing-style", choices=("auto", "path", "virtual"), default="auto")
+    c.add_argument("--max-volumes", type=int, default=0, help="node: volumes per node announced (0: no limit)")
+    c.add_argument("--warm-labels", action="store_true", help="node: maintain warm.cachefs.io/* node labels")
+    c.add_argument("--warm-min", default="1GiB", help="smallest warm size that gets a label")
+    c.add_argument("--warm-max-labels", type=int, default=16, help="most warm labels on one node")
+    c.add_argument("--warm-interval", type=float, default=300.0, help="seconds between label patches, at least")
+    c.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    a = sub.add_parser("affinity", help="print nodeAffinity terms preferring nodes warm for a dataset")
+    a.add_argument("dataset", help="s3://BUCKET[/PREFIX] or BUCKET[/PREFIX] (the volume's data)")
+    a.add_argument("--required", action="store_true", help="also require a warm node (hard constraint)")
+    a.add_argument("--min-warm", default="1GiB", help="with --required: the least warm size a node must hold")
+    a.add_argument("--nodes", metavar="FILE",
+                   help="`kubectl get nodes -o json` output ('-' for stdin) to weigh the terms by; "
+                        "default: ask the API server when run in a pod, else generic terms")
+    a.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+
+
+def cmd_csi(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import build, run_until_signalled
+    from .identity import IdentityService
+    node = controller = None
+    stop = threading.Event()
+    if args.mode in ("node", "all"):
+        node = _node_service(args)
+        node.adopt()
+        if args.warm_labels:
+            _start_reporter(args, node, stop)
+    if args.mode in ("controller", "all"):
+        from .controller import ControllerConfig, ControllerService
+        controller = ControllerService(ControllerConfig(args.endpoint_url, args.region, args.addressing_style))
+    server = build(args.endpoint, IdentityService(controller is not None), node, controller)
+    run_until_signalled(server, stop)
+    return 0
+
+
+def _node_service(args):
+    from .node import NodeConfig, NodeService
+    _size(args.cache_size, "--cache-size")
+    cfg = NodeConfig(
+        node_id=args.node_id, state_dir=args.state_dir, cache_root=args.cache_root,
+        cache_templates=args.cache, cache_size=args.cache_size, endpoint_url=args.endpoint_url,
+        region=args.region, addressing_style=args.addressing_style, max_volumes=args.max_volumes)
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise UserError(f"--cache: {e}") from None
+    return NodeService(cfg)
+
+
+def _size(text: str, flag: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
+def _start_reporter(args, node, stop: threading.Event) -> None:
+    from .kube import KubeClient
+    from .labels import WarmReporter
+    from .warm import warm_bytes
+    reporter = WarmReporter(KubeClient.in_cluster(), args.node_id,
+                            lambda: warm_bytes(node.state, node.slots, node.tier_dirs),
+                            min_bytes=_size(args.warm_min, "--warm-min"), max_labels=args.warm_max_labels,
+                            min_interval=args.warm_interval)
+    threading.Thread(target=reporter.run, args=(stop,), name="warm-labels", daemon=True).start()
+
+
+def cmd_affinity(args: argparse.Namespace) -> int:
+    from .affinity import node_affinity, to_yaml
+    from .volumes import Dataset
+    from .status import CsiError
+    try:
+        dataset = Dataset.parse(args.dataset).volume_id
+    except CsiError as e:
+        raise UserError(e.message) from None
+    nodes = _load_nodes(args.nodes, dataset)
+    gib = -(-_size(args.min_warm, "--min-warm") // (1 << 30))
+    terms = node_affinity(dataset, nodes, args.required, gib)
+    print(json.dumps(terms, indent=2) if args.output == "json" else to_yaml(terms))
+    return 0
+
+
+def _load_nodes(source: str | None, dataset: str) -> list[dict]:
+    if source is not None:
+        try:
+            text = sys.stdin.read() if source == "-" else open(source).read()
+            doc = json.loads(text)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--nodes {source}: {e}") from None
+        return doc.get("items", [doc]) if isinstance(doc, dict) else doc
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        from .kube import KubeClient
+        from .labels import label_key
+        return KubeClient.in_cluster().list_nodes(label_key(dataset))
+    return []

@@ -1,0 +1,219 @@
+"""The CSI Node service: publish a volume by running a cachefs daemon on the target path."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..cache.spec import parse_tier
+from ..errors import UserError
+from ..mounts import canonical
+from . import TOPOLOGY_NODE_KEY
+from .mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter, state
+from .proto import pb, rpc
+from .records import CacheSlots, Publication, StateDir
+from .status import aborted, already_exists, failed_precondition, internal, invalid, not_found, rpc_method
+from .volumes import check_capability, dataset_of, mount_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    state_dir: str = "/var/lib/cachefs-csi"
+    cache_root: str = "/var/cache/cachefs-csi"
+    # `--cache` tier specs with `{slot}` standing for the slot directory name, e.g.
+    # "ssd:/nvme/cachefs/{slot}:200GiB"; empty: the default disk tier in the slot directory.
+    cache_templates: list[str] = field(default_factory=list)
+    cache_size: str = "10GiB"
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None
+    max_volumes: int = 0          # 0: no limit announced
+
+    def tiers_for(self, slot: str) -> list[str]:
+        return [t.replace("{slot}", slot) for t in self.cache_templates]
+
+    def check(self) -> None:
+        """Tier templates must be valid tier specs and give each slot its own directories."""
+        for t in self.cache_templates:
+            spec = parse_tier(t.replace("{slot}", "slot"))
+            if spec.dirs and "{slot}" not in t:
+                raise UserError(f"--cache {t}: a disk tier's directory must contain {{slot}}")
+
+
+class NodeService(rpc.NodeServicer):
+    def __init__(self, cfg: NodeConfig, mounter: Mounter | None = None):
+        self.cfg = cfg
+        self.state = StateDir(cfg.state_dir)
+        self.slots = CacheSlots(cfg.cache_root)
+        self.mounter = mounter or Mounter()
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+
+    @contextmanager
+    def _exclusive(self, target: str):
+        """One operation per target at a time; a concurrent one is ABORTED, as the spec asks, and
+        the CO retries it."""
+        with self._busy_lock:
+            if target in self._busy:
+                raise aborted(f"an operation on {target} is already in progress")
+            self._busy.add(target)
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.discard(target)
+
+    def tier_dirs(self, slot: str) -> list[str]:
+        """The directories holding a slot's cached blocks (for measuring warm bytes)."""
+        if not self.cfg.cache_templates:
+            return [self.slots.path(slot)]
+        return [d for t in self.cfg.tiers_for(slot) for d in parse_tier(t).dirs]
+
+    # ---- publish
+    @rpc_method
+    def NodePublishVolume(self, request, context):
+        if not request.volume_id:
+            raise invalid("volume_id missing")
+        if not request.target_path:
+            raise invalid("target_path missing")
+        if not request.HasField("volume_capability"):
+            raise invalid("volume_capability missing")
+        check_capability(request.volume_capability)
+        context_map = dict(request.volume_context)
+        ds = dataset_of(request.volume_id, context_map)
+        options = mount_options(context_map)
+        target = canonical(request.target_path)
+        pub = Publication(request.volume_id, target, ds.volume_id, slot="", readonly=request.readonly,
+                          options=options, has_secrets=bool(request.secrets))
+        with self._exclusive(target):
+            self._publish(pub, ds, dict(request.secrets))
+        return pb.NodePublishVolumeResponse()
+
+    def _publish(self, pub: Publication, ds, secrets: dict[str, str]) -> None:
+        target = pub.target_path
+        old = self.state.load(target)
+        st = state(target) if os.path.lexists(target) else ABSENT
+        if st == FOREIGN:
+            raise already_exists(f"{target} already has another filesystem mounted")
+        if st in (ALIVE, DEAD):
+            if old is None or old.fingerprint() != pub.fingerprint():
+                raise already_exists(f"{target} is already published with a different volume or options")
+            if st == ALIVE:
+                return                          # the same request again: nothing to do
+            self.mounter.unmount(target)        # dead: clear it and mount again below
+        pub.slot = old.slot if old and old.dataset == pub.dataset else self._claim_slot(ds)
+        os.makedirs(target, exist_ok=True)
+        pub.argv = self._mount_argv(pub, ds)
+        try:
+            if secrets:
+                creds = self.state.write_secrets(target, secrets)
+                pub.argv += ["--credentials-file", creds]
+            self.state.save(pub)
+            self.mounter.mount(pub.argv)
+        except ValueError as e:
+            self.state.remove(target)
+            raise invalid(str(e)) from None
+        except UserError as e:
+            self.state.remove(target)
+            raise internal(f"mounting {ds.url} on {target} failed: {e}") from None
+        log.info("published %s (%s) on %s, cache slot %s", pub.volume_id, ds.url, target, pub.slot)
+
+    def _claim_slot(self, ds) -> str:
+        in_use = {p.slot for p in self.state.all()}
+        return self.slots.claim(ds.dsid, ds.volume_id, in_use)
+
+    def _mount_argv(self, pub: Publication, ds) -> list[str]:
+        argv = [ds.url, pub.target_path, "--cache-dir", self.slots.path(pub.slot)]
+        for name in ("endpoint_url", "region", "addressing_style"):
+            value = getattr(self.cfg, name)
+            if value and name not in pub.options:
+                argv += ["--" + name.replace("_", "-"), value]
+        tiers = self.cfg.tiers_for(pub.slot)
+        for tier in tiers:
+            argv += ["--cache", tier]
+        if not tiers:
+            argv += ["--cache-size", self.cfg.cache_size]
+        for name, value in sorted(pub.options.items()):
+            argv += ["--" + name.replace("_", "-"), value]
+        # Read-only either way for now: cachefs mounts are read-only until writes land; then
+        # `pub.readonly` selects a read-only mount here.
+        return argv
+
+    # ---- unpublish
+    @rpc_method
+    def NodeUnpublishVolume(self, request, context):
+        if not request.volume_id:
+            raise invalid("volume_id missing")
+        if not request.target_path:
+            raise invalid("target_path missing")
+        target = canonical(request.target_path)
+        with self._exclusive(target):
+            self._unpublish(request.volume_id, target)
+        return pb.NodeUnpublishVolumeResponse()
+
+    def _unpublish(self, volume_id: str, target: str) -> None:
+        pub = self.state.load(target)
+        if pub is not None and pub.volume_id != volume_id:
+            raise not_found(f"{target} holds volume {pub.volume_id}, not {volume_id}")
+        if not os.path.lexists(target):
+            self.state.remove(target)
+            return                               # already done: idempotent
+        st = state(target)
+        if st == FOREIGN:
+            raise failed_precondition(f"{target} has a filesystem mounted that this driver did not mount")
+        try:
+            self.mounter.unmount(target)
+        except UserError as e:
+            raise internal(str(e)) from None
+        self.state.remove(target)
+        try:
+            os.rmdir(target)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # Never remove what is inside: a non-empty directory here is not ours to delete.
+            log.warning("left %s in place: %s", target, e.strerror)
+        log.info("unpublished %s from %s", volume_id, target)
+
+    # ---- info
+    @rpc_method
+    def NodeGetCapabilities(self, request, context):
+        return pb.NodeGetCapabilitiesResponse()   # no staging, no stats: publish does it all
+
+    @rpc_method
+    def NodeGetInfo(self, request, context):
+        return pb.NodeGetInfoResponse(
+            node_id=self.cfg.node_id, max_volumes_per_node=self.cfg.max_volumes,
+            accessible_topology=pb.Topology(segments={TOPOLOGY_NODE_KEY: self.cfg.node_id}))
+
+    # ---- restart
+    def adopt(self) -> dict[str, list[str]]:
+        """Find the publications this node owns after a restart. Live mounts are adopted as they are;
+        dead ones (their daemon died with a previous container) are mounted again from the record;
+        records whose target is gone are dropped (kubelet unpublished while we were away)."""
+        found: dict[str, list[str]] = {"adopted": [], "remounted": [], "dropped": []}
+        for pub in self.state.all():
+            target = pub.target_path
+            st = state(target) if os.path.lexists(target) else None
+            if st == ALIVE:
+                found["adopted"].append(target)
+                continue
+            if st in (DEAD, ABSENT) and pub.argv:
+                try:
+                    if st == DEAD:
+                        self.mounter.unmount(target)
+                    self.mounter.mount(pub.argv)
+                    found["remounted"].append(target)
+                    continue
+                except (UserError, OSError) as e:
+                    log.error("could not mount %s again: %s", target, e)
+            self.state.remove(target)
+            found["dropped"].append(target)
+        log.info("adopted %d mounts, remounted %d, dropped %d stale records",
+                 len(found["adopted"]), len(found["remounted"]), len(found["dropped"]))
+        return found

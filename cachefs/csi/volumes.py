@@ -1,0 +1,103 @@
+"""What a volume is: a bucket and a prefix, its id, the capabilities it supports, and the cachefs
+options a StorageClass or PV may set for its mounts."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import xxhash
+
+from ..config import OPTIONS, build_config
+from ..errors import UserError
+from .proto import pb
+from .status import invalid
+
+Mode = pb.VolumeCapability.AccessMode.Mode
+# The mount is read-only until writes land (another issue); only reader modes can be honoured.
+SUPPORTED_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY})
+
+# Keys of the volume context / StorageClass parameters that are not cachefs mount options.
+VOLUME_KEYS = frozenset({"bucket", "prefix"})
+CONTROLLER_KEYS = frozenset({"prefixBase", "onDelete"})
+# Options the driver owns on the node (where the cache lives, credentials, logging, detaching):
+# a volume may not set them.
+NODE_OWNED = frozenset({"cache_dir", "cache", "cache_size", "credentials_file", "profile", "log_file",
+                        "foreground", "mount_timeout", "uid", "gid", "allow_other"})
+VOLUME_OPTIONS = frozenset(o.name for o in OPTIONS) - NODE_OWNED
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    bucket: str
+    prefix: str   # no leading or trailing '/'; "" for the whole bucket
+
+    @classmethod
+    def parse(cls, text: str) -> "Dataset":
+        """`bucket[/prefix]` or `s3://bucket[/prefix]` (a volume id is the former)."""
+        text = text.removeprefix("s3://")
+        bucket, _, prefix = text.partition("/")
+        prefix = prefix.strip("/")
+        if not _BUCKET.match(bucket):
+            raise invalid(f"not a valid bucket name: {bucket!r}")
+        if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+            raise invalid(f"not a valid prefix: {prefix!r}")
+        return cls(bucket, prefix)
+
+    @property
+    def volume_id(self) -> str:
+        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.volume_id}"
+
+    @property
+    def dsid(self) -> str:
+        """A short stable name for label keys and cache slots (label names allow 63 characters)."""
+        return xxhash.xxh64_hexdigest(self.volume_id.encode())
+
+
+def dataset_of(volume_id: str, context: dict[str, str]) -> Dataset:
+    """The volume context names the data when it has `bucket` (static PVs, or CreateVolume's answer);
+    otherwise the volume id is `bucket[/prefix]`."""
+    if "bucket" in context:
+        return Dataset.parse(context["bucket"] + "/" + context.get("prefix", ""))
+    return Dataset.parse(volume_id)
+
+
+def mount_options(params: dict[str, str], extra_allowed: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The cachefs options among `params`, validated by cachefs's own config parser. Keys in the
+    `csi.storage.k8s.io/` namespace are the sidecars' (secret references) and are ignored."""
+    opts = {}
+    for key, value in params.items():
+        if key in VOLUME_KEYS or key in extra_allowed or key.startswith("csi.storage.k8s.io/"):
+            continue
+        if key not in VOLUME_OPTIONS:
+            allowed = ", ".join(sorted(VOLUME_OPTIONS))
+            raise invalid(f"unknown or node-owned cachefs option {key!r} (a volume may set: {allowed})")
+        opts[key] = value
+    try:
+        build_config("s3://validation", "/validation", dict(opts), environ={})
+    except UserError as e:
+        raise invalid(f"bad cachefs option: {e}") from None
+    return opts
+
+
+def check_capability(cap, *, required: bool = True) -> None:
+    if not cap.ByteSize() and required:
+        raise invalid("volume capability missing")
+    if cap.WhichOneof("access_type") != "mount":
+        raise invalid("only filesystem (mount) volumes are supported, not block")
+    if cap.mount.fs_type not in ("", "fuse.cachefs", "cachefs"):
+        raise invalid(f"unsupported fs_type {cap.mount.fs_type!r}")
+    if cap.access_mode.mode not in SUPPORTED_MODES:
+        raise invalid(f"access mode {Mode.Name(cap.access_mode.mode)} not supported: cachefs volumes are "
+                      f"read-only (use ReadOnlyMany)")
+
+
+def check_capabilities(caps) -> None:
+    if not caps:
+        raise invalid("volume capabilities missing")
+    for cap in caps:
+        check_capability(cap)
