@@ -149,60 +149,58 @@ def markdown(results: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _bars(ax, groups, series, value, title, ylabel) -> None:
+    """Grouped bars: one group per x label, one bar per series, whiskers from min to max over runs."""
+    width = 0.8 / max(1, len(series))
+    for i, name in enumerate(series):
+        meds, lo, hi = [], [], []
+        for g in groups:
+            v = value(g, name)
+            meds.append(v["median"] if v else 0)
+            lo.append(v["median"] - v["min"] if v else 0)
+            hi.append(v["max"] - v["median"] if v else 0)
+        ax.bar([j + i * width for j in range(len(groups))], meds, width, yerr=[lo, hi], label=name, capsize=2)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))], groups)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")  # local, page cache and S3 differ by orders of magnitude
+
+
+def _panel_figure(plt, panels: list, draw, width: float, path: str) -> str | None:
+    """One row of subplots, one per panel, drawn by draw(ax, panel); saved as a PNG."""
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        draw(ax, panel)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(results: dict, out: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     s = summaries(results["rows"])["figures"]
     names = systems_in(results)
-    written = []
 
-    def bars(ax, groups, series, value, title, ylabel):
-        width = 0.8 / max(1, len(series))
-        for i, name in enumerate(series):
-            meds, lo, hi = [], [], []
-            for g in groups:
-                v = value(g, name)
-                meds.append(v["median"] if v else 0)
-                lo.append(v["median"] - v["min"] if v else 0)
-                hi.append(v["max"] - v["median"] if v else 0)
-            ax.bar([j + i * width for j in range(len(groups))], meds, width, yerr=[lo, hi], label=name, capsize=2)
-        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))], groups)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
+    def fio_panel(ax, job):
+        _bars(ax, ["cold", "warm-disk", "warm-page"], names,
+              lambda state, n: s.get(("fio", job, state, n), {}).get("mib_s"), f"fio {job}", "MiB/s")
+
+    def loader_panel(ax, shape):
+        epochs = sorted({k[2] for k in s if k[0] == "loader" and k[1] == shape})
+        _bars(ax, epochs, ["synthetic"] + names,
+              lambda ep, n: s.get(("loader", shape, ep, n), {}).get("images_per_s"), f"loader: {shape}", "images/s")
 
     jobs = [j for j in ("seq-1job", "seq-4jobs", "rand") if any(k[0] == "fio" and k[1] == j for k in s)]
-    if jobs:
-        fig, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4.5), squeeze=False)
-        for ax, job in zip(axes[0], jobs):
-            metric = "mib_s"
-            bars(ax, ["cold", "warm-disk", "warm-page"], names,
-                 lambda state, n: s.get(("fio", job, state, n), {}).get(metric), f"fio {job}", "MiB/s")
-            ax.set_yscale("log")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, out, "fio_throughput.png"))
-        plt.close(fig)
     shapes = [sh for sh in ("tfrecord", "images") if any(k[0] == "loader" and k[1] == sh for k in s)]
-    if shapes:
-        fig, axes = plt.subplots(1, len(shapes), figsize=(7 * len(shapes), 4.5), squeeze=False)
-        for ax, shape in zip(axes[0], shapes):
-            epochs = sorted({k[2] for k in s if k[0] == "loader" and k[1] == shape})
-            bars(ax, epochs, ["synthetic"] + names,
-                 lambda ep, n: s.get(("loader", shape, ep, n), {}).get("images_per_s"), f"loader: {shape}",
-                 "images/s")
-            ax.set_yscale("log")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, out, "loader_images_per_s.png"))
-        plt.close(fig)
-    return written
-
-
-def _save(fig, out: str, name: str) -> str:
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=110)
-    return path
+    written = [_panel_figure(plt, jobs, fio_panel, 6, os.path.join(out, "fio_throughput.png")),
+               _panel_figure(plt, shapes, loader_panel, 7, os.path.join(out, "loader_images_per_s.png"))]
+    return [w for w in written if w]
 
 
 def write(results: dict, out: str) -> None:
