@@ -40,7 +40,8 @@ rgw_port=$3 access_key=$4 secret_key=$5
 if ! command -v radosgw >/dev/null || ! command -v ceph-osd >/dev/null || ! command -v ceph-mon >/dev/null; then
   [ "$(id -u)" = 0 ] || { echo "ceph.sh: Ceph is not installed and we are not root" >&2; exit 1; }
   echo "ceph.sh: installing ceph-mon ceph-osd radosgw ceph-common" >&2
-  timeout 600 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ceph-mon ceph-osd radosgw ceph-common >&2
+  install() { timeout 600 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ceph-mon ceph-osd radosgw ceph-common >&2; }
+  install || { timeout 300 apt-get update -qq >&2; install; }  # a fresh machine may have no package lists
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
