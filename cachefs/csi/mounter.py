@@ -25,7 +25,7 @@ def state(target: str) -> str:
     if fstype != mounts.FSTYPE:
         return FOREIGN
     try:
-        os.stat(target)
+        os.statvfs(target)    # statfs always reaches the daemon; stat may be answered from cached attributes
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             return DEAD

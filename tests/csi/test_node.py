@@ -1,0 +1,153 @@
+"""Node RPCs against the running server: real mounts through NodePublishVolume (against moto with
+credentials enforced), real unmounts through NodeUnpublishVolume, restarts and dead mounts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+
+import grpc
+import pytest
+
+from mount_helpers import is_mounted, log_problems, pid_alive, wait_until
+
+from cachefs.csi.proto import pb
+from cachefs.csi.records import CacheSlots, StateDir
+from cachefs.csi.warm import warm_bytes
+
+from .conftest import block_capability, mount_capability, status_of
+
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def dataset(auth_moto):
+    """A bucket on the moto server that enforces credentials: a mount works only with the secret."""
+    return auth_moto
+
+
+def publish_request(ds, target, volume_id=None, secrets=True, **context):
+    return pb.NodePublishVolumeRequest(
+        volume_id=volume_id or f"{ds.bucket}", target_path=str(target), volume_capability=mount_capability(),
+        readonly=True, secrets={"accessKeyID": ds.key_id, "secretAccessKey": ds.secret} if secrets else {},
+        volume_context={"bucket": ds.bucket, "endpoint_url": ds.endpoint_url, "block_size": "256KiB",
+                        **context})
+
+
+def unpublish(server, target, volume_id):
+    return server.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=volume_id,
+                                                                        target_path=str(target)))
+
+
+def daemon_pid(server) -> int:
+    [pidfile] = [p / "cachefs.pid" for p in server.slot_dirs() if (p / "cachefs.pid").exists()]
+    return int(pidfile.read_text())
+
+
+def daemon_log(server) -> str:
+    return "".join((p / "cachefs.log").read_text(errors="replace") for p in server.slot_dirs()
+                   if (p / "cachefs.log").exists())
+
+
+def test_publish_mounts_unpublish_unmounts(csi_server, dataset, target):
+    req = publish_request(dataset, target)
+    csi_server.node.NodePublishVolume(req)
+    assert is_mounted(target)
+    assert (target / "hello.txt").read_bytes() == b"hello\n"
+    csi_server.node.NodePublishVolume(req)              # the same request again: OK, same mount
+    pid = daemon_pid(csi_server)
+
+    # The secret is in a 0600 file, never in any argv or log.
+    for proc in (pid, csi_server.proc.pid):
+        with open(f"/proc/{proc}/cmdline", "rb") as f:
+            assert dataset.secret.encode() not in f.read()
+    creds = list((csi_server.state_dir / "secrets").iterdir())
+    assert len(creds) == 1 and stat.S_IMODE(creds[0].stat().st_mode) == 0o600
+    assert dataset.secret not in csi_server.log() + daemon_log(csi_server)
+
+    # The node reports the dataset warm: the daemon's own account of its disk tiers.
+    st = StateDir(str(csi_server.state_dir))
+    warm = warm_bytes(st, CacheSlots(str(csi_server.cache_root)), lambda slot: [])
+    assert warm == {dataset.bucket: json.loads(os.getxattr(target, "user.cachefs.stats"))["cache_bytes"]}
+    assert warm[dataset.bucket] > 0
+
+    unpublish(csi_server, target, req.volume_id)
+    assert not is_mounted(target) and not target.exists()
+    assert wait_until(lambda: not pid_alive(pid), 10), "daemon still running after unpublish"
+    assert not list((csi_server.state_dir / "secrets").iterdir())
+    unpublish(csi_server, target, req.volume_id)        # idempotent
+    assert log_problems(daemon_log(csi_server)) == []
+
+
+def test_publish_argument_errors(csi_server, dataset, target):
+    publish = csi_server.node.NodePublishVolume
+    base = publish_request(dataset, target)
+
+    def variant(**fields):
+        r = pb.NodePublishVolumeRequest()
+        r.CopyFrom(base)
+        for k, v in fields.items():
+            if k == "volume_capability" and v is None:
+                r.ClearField("volume_capability")
+            elif k == "volume_capability":
+                r.volume_capability.CopyFrom(v)
+            elif k == "volume_context":
+                r.volume_context.clear()
+                r.volume_context.update(v)
+            else:
+                setattr(r, k, v)
+        return r
+
+    assert status_of(publish, variant(volume_id="")) == Code.INVALID_ARGUMENT
+    assert status_of(publish, variant(target_path="")) == Code.INVALID_ARGUMENT
+    assert status_of(publish, variant(volume_capability=None)) == Code.INVALID_ARGUMENT
+    assert status_of(publish, variant(volume_capability=block_capability())) == Code.INVALID_ARGUMENT
+    assert status_of(publish, variant(volume_context={"bucket": dataset.bucket, "cache": "mem:1GiB"})) \
+        == Code.INVALID_ARGUMENT
+    assert status_of(publish, variant(volume_context={"bucket": "Not_A_Bucket"})) == Code.INVALID_ARGUMENT
+    bad_secret = variant()
+    bad_secret.secrets.clear()
+    bad_secret.secrets.update({"accessKeyID": "only-half"})
+    assert status_of(publish, bad_secret) == Code.INVALID_ARGUMENT
+    assert not is_mounted(target)
+    assert status_of(csi_server.node.NodeUnpublishVolume,
+                     pb.NodeUnpublishVolumeRequest(volume_id="", target_path=str(target))) == Code.INVALID_ARGUMENT
+    assert status_of(csi_server.node.NodeUnpublishVolume,
+                     pb.NodeUnpublishVolumeRequest(volume_id="v", target_path="")) == Code.INVALID_ARGUMENT
+
+
+@pytest.mark.daemon_errors_ok("Access Denied|AccessDenied|403|credentials")
+def test_publish_without_the_secret_fails_and_leaves_nothing(csi_server, dataset, target):
+    code = status_of(csi_server.node.NodePublishVolume, publish_request(dataset, target, secrets=False))
+    assert code == Code.INTERNAL
+    assert not is_mounted(target)
+    assert not list((csi_server.state_dir / "volumes").iterdir())
+
+
+def test_conflicts_restart_adoption_and_dead_mount(csi_server, dataset, target):
+    req = publish_request(dataset, target, volume_id="vol-a")
+    csi_server.node.NodePublishVolume(req)
+    other = publish_request(dataset, target, volume_id="vol-b")
+    assert status_of(csi_server.node.NodePublishVolume, other) == Code.ALREADY_EXISTS
+    changed = publish_request(dataset, target, volume_id="vol-a", block_size="1MiB")
+    assert status_of(csi_server.node.NodePublishVolume, changed) == Code.ALREADY_EXISTS
+    assert status_of(unpublish, csi_server, target, "vol-b") == Code.NOT_FOUND
+    pid = daemon_pid(csi_server)
+
+    # The node server dies; the daemon and its mount do not. The next server adopts the mount.
+    csi_server.restart()
+    assert pid_alive(pid) and is_mounted(target)
+    assert "adopted 1 mounts" in csi_server.log()
+    csi_server.node.NodePublishVolume(req)             # idempotent across the restart
+    assert daemon_pid(csi_server) == pid
+
+    # The daemon dies (kill -9): the mount is dead, and unpublish still cleans it up.
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(pid), 10)
+    with pytest.raises(OSError) as err:
+        os.listdir(target)
+    assert "Transport endpoint is not connected" in str(err.value)
+    unpublish(csi_server, target, "vol-a")
+    assert not is_mounted(target) and not target.exists()
+    unpublish(csi_server, target, "vol-a")
