@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import __version__
+from . import __version__, opscli
 from .config import OPTIONS, Config, build_config
 from .errors import UserError
 from .mounts import canonical
@@ -57,6 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
         u.add_argument("mountpoint")
         u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
     csi_cli.add_subcommands(sub)
+    opscli.add_commands(sub)
     return parser
 
 
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command in ("umount", "unmount"):
             return cmd_umount(args)
+        elif args.command in opscli.COMMANDS:
+            return opscli.run(args)
         elif args.command == "csi":
             return csi_cli.cmd_csi(args)
         elif args.command == "affinity":

@@ -1,0 +1,69 @@
+"""Operator subcommands: stats, warmup, flush, drop, reload, install-mount-helper.
+
+cli.make_parser() adds them with one call, cli.main() dispatches them with one branch; each talks
+to the running daemon through its control socket (cachefs/control.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+COMMANDS = ("stats", "warmup", "flush", "drop", "reload", "install-mount-helper")
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("stats", help="cache tiers, hit ratio, S3 traffic of a running mount")
+    s.add_argument("mountpoint")
+    s.add_argument("--json", action="store_true", help="everything the daemon counts, as JSON")
+
+    w = sub.add_parser("warmup", help="load files (or whole directories) into the cache before a job")
+    w.add_argument("mountpoint")
+    w.add_argument("paths", nargs="*", metavar="PATH", help="files or directories in the mount (default: all)")
+    w.add_argument("--file-list", metavar="FILE", help="more paths, one per line ('#' comments)")
+    w.add_argument("--metadata-only", action="store_true", help="list directories and stat files; no data")
+    w.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="files read in parallel (default 8)")
+    w.add_argument("--force", action="store_true", help="load even if it does not fit in the cache")
+
+    f = sub.add_parser("flush", help="write the cache index (and, once writes exist, pending uploads) now")
+    f.add_argument("mountpoint")
+
+    d = sub.add_parser("drop", help="drop the cached blocks of a file or directory")
+    d.add_argument("mountpoint")
+    d.add_argument("path", help="file or directory in the mount")
+
+    r = sub.add_parser("reload", help="change safe settings of a running mount: NAME=VALUE ...")
+    r.add_argument("mountpoint")
+    r.add_argument("settings", nargs="+", metavar="NAME=VALUE")
+
+    i = sub.add_parser("install-mount-helper", help="install /sbin/mount.fuse.cachefs for mount -t fuse.cachefs")
+    i.add_argument("--dest", default=None, help="where (default /sbin/mount.fuse.cachefs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import control
+    from .errors import UserError
+    cmd = args.command
+    if cmd == "stats":
+        from .statscmd import show
+        print(show(control.request(args.mountpoint, "stats")["stats"], args.json))
+    elif cmd == "warmup":
+        from . import warmup
+        return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force)
+    elif cmd == "flush":
+        control.request(args.mountpoint, "flush")
+        print(f"flushed {args.mountpoint}")
+    elif cmd == "drop":
+        from .warmup import relative
+        mp = os.path.abspath(args.mountpoint)
+        a = control.request(mp, "drop", path=relative(mp, args.path))
+        print(f"dropped {a['blocks']} blocks ({a['bytes']} bytes) of {a['files']} files")
+    elif cmd == "reload":
+        settings = dict(s.partition("=")[::2] for s in args.settings)
+        if any(not k for k in settings):
+            raise UserError("settings are NAME=VALUE, e.g. log_level=debug")
+        a = control.request(args.mountpoint, "reload", settings=settings)
+        print("applied: " + ", ".join(f"{k}={v}" for k, v in a["applied"].items()))
+    elif cmd == "install-mount-helper":
+        from .mounthelper import HELPER_PATH, install
+        print(f"installed {install(args.dest or HELPER_PATH)}")
+    return 0
