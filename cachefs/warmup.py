@@ -177,7 +177,7 @@ def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only:
     progress = Progress(len(todo), need)
     failures: list[str] = []
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(load_file, os.path.join(mountpoint, p), progress): p for p in todo}
+        futures = {pool.submit(load_file, os.path.join(mountpoint, p), progress): p for p, _ in todo}
         for fut in concurrent.futures.as_completed(futures):
             try:
                 fut.result()
