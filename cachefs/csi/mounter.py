@@ -27,7 +27,7 @@ def state(target: str) -> str:
     try:
         os.statvfs(target)    # statfs always reaches the daemon; stat may be answered from cached attributes
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):   # the latter: a request cut off mid-way
             return DEAD
         raise
     return ALIVE
