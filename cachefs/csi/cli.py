@@ -30,6 +30,9 @@ def add_subcommands(sub) -> None:
     c.add_argument("--region")
     c.add_argument("--addressing-style", choices=("auto", "path", "virtual"), default="auto")
     c.add_argument("--max-volumes", type=int, default=0, help="node: volumes per node announced (0: no limit)")
+    c.add_argument("--metrics-port-base", type=int, default=0,
+                   help="node: give the i-th mount's exporter port BASE+i (0: the daemons' default)")
+    c.add_argument("--metrics-ports", type=int, default=8, help="node: how many such ports")
     c.add_argument("--warm-labels", action="store_true", help="node: maintain warm.cachefs.io/* node labels")
     c.add_argument("--warm-min", default="1GiB", help="smallest warm size that gets a label")
     c.add_argument("--warm-max-labels", type=int, default=16, help="most warm labels on one node")
@@ -72,7 +75,8 @@ def _node_service(args):
     cfg = NodeConfig(
         node_id=args.node_id, state_dir=args.state_dir, cache_root=args.cache_root,
         cache_templates=args.cache, cache_size=args.cache_size, endpoint_url=args.endpoint_url,
-        region=args.region, addressing_style=args.addressing_style, max_volumes=args.max_volumes)
+        region=args.region, addressing_style=args.addressing_style, max_volumes=args.max_volumes,
+        metrics_port_base=args.metrics_port_base, metrics_ports=args.metrics_ports)
     try:
         cfg.check()
     except ValueError as e:

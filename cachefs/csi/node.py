@@ -33,6 +33,11 @@ class NodeConfig:
     region: str | None = None
     addressing_style: str | None = None
     max_volumes: int = 0          # 0: no limit announced
+    # Each daemon's Prometheus exporter gets its own port, base + i for the i-th concurrent mount (the
+    # metrics Service lists `metrics_ports` of them); 0 leaves the daemons' default address alone.
+    metrics_port_base: int = 0
+    metrics_ports: int = 8
+    metrics_host: str = "0.0.0.0"
 
     def tiers_for(self, slot: str) -> list[str]:
         return [t.replace("{slot}", slot) for t in self.cache_templates]
@@ -140,9 +145,21 @@ class NodeService(rpc.NodeServicer):
             argv += ["--cache-size", self.cfg.cache_size]
         for name, value in sorted(pub.options.items()):
             argv += ["--" + name.replace("_", "-"), value]
+        if self.cfg.metrics_port_base:
+            argv += ["--metrics-addr", self._metrics_addr(pub)]
         # Read-only either way for now: cachefs mounts are read-only until writes land; then
         # `pub.readonly` selects a read-only mount here.
         return argv
+
+    def _metrics_addr(self, pub: Publication) -> str:
+        taken = {p.metrics_port for p in self.state.all() if p.target_path != pub.target_path}
+        for port in range(self.cfg.metrics_port_base, self.cfg.metrics_port_base + self.cfg.metrics_ports):
+            if port not in taken:
+                pub.metrics_port = port
+                return f"{self.cfg.metrics_host}:{port}"
+        log.warning("no metrics port left for %s (all %d in use): its exporter is off",
+                    pub.target_path, self.cfg.metrics_ports)
+        return "none"
 
     # ---- unpublish
     @rpc_method

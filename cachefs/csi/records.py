@@ -25,6 +25,7 @@ class Publication:
     options: dict[str, str]
     argv: list[str] = field(default_factory=list)   # the `cachefs mount` arguments; no secrets
     has_secrets: bool = False
+    metrics_port: int = 0
 
     def fingerprint(self) -> tuple:
         """What must match for a repeated NodePublishVolume to be the same publication."""

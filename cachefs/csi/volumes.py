@@ -22,7 +22,7 @@ CONTROLLER_KEYS = frozenset({"prefixBase", "onDelete"})
 # Options the driver owns on the node (where the cache lives, credentials, logging, detaching):
 # a volume may not set them.
 NODE_OWNED = frozenset({"cache_dir", "cache", "cache_size", "credentials_file", "profile", "log_file",
-                        "foreground", "mount_timeout", "uid", "gid", "allow_other"})
+                        "foreground", "mount_timeout", "uid", "gid", "allow_other", "metrics_addr"})
 VOLUME_OPTIONS = frozenset(o.name for o in OPTIONS) - NODE_OWNED
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 

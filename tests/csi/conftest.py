@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,26 @@ from cachefs.csi.proto import pb, rpc
 START_TIMEOUT_S = 30.0
 
 
+def free_port_block(n: int = 4) -> int:
+    """The first of `n` consecutive loopback ports that are free now (for the daemons' exporters)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65536 and all(_port_free(base + i) for i in range(1, n)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class CsiServer:
     """One `cachefs csi --mode all` process; `restart()` kills it (SIGKILL, like a crashed container
     process) and starts another on the same state, as a DaemonSet would."""
@@ -33,7 +54,8 @@ class CsiServer:
         self.args = ["-m", "cachefs", "csi", "--endpoint", f"unix://{self.socket}", "--mode", "all",
                      "--node-id", "node-a", "--state-dir", str(self.state_dir),
                      "--cache-root", str(self.cache_root), "--cache-size", "64MiB",
-                     "--endpoint-url", endpoint_url, "--region", REGION, "--addressing-style", "path", *extra]
+                     "--endpoint-url", endpoint_url, "--region", REGION, "--addressing-style", "path",
+                     "--metrics-port-base", str(free_port_block()), "--metrics-ports", "4", *extra]
         # No AWS keys in the server's environment: every S3 credential arrives as a CSI secret.
         self.env = {k: v for k, v in cachefs_env().items()
                     if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import stat
+import urllib.request
 
 import grpc
 import pytest
@@ -80,6 +81,11 @@ def test_publish_mounts_unpublish_unmounts(csi_server, dataset, target):
     warm = warm_bytes(st, CacheSlots(str(csi_server.cache_root)), lambda slot: [])
     assert warm == {dataset.bucket: json.loads(os.getxattr(target, "user.cachefs.stats"))["cache_bytes"]}
     assert warm[dataset.bucket] > 0
+
+    # Its exporter listens on the port the node server gave it (the metrics Service's ports).
+    [pub] = st.all()
+    with urllib.request.urlopen(f"http://127.0.0.1:{pub.metrics_port}/metrics", timeout=10) as resp:
+        assert b"cachefs_" in resp.read()
 
     unpublish(csi_server, target, req.volume_id)
     assert not is_mounted(target) and not target.exists()
