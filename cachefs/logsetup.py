@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import os
 import re
+import socket
 import sys
 
 from .errors import UserError
@@ -50,11 +51,9 @@ def setup(level_name: str, background: bool, target: str = "file", log_file: str
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         fmt = FORMAT
     elif target == "syslog":
-        try:
-            handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET,
-                                                     facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        except OSError as e:
-            raise UserError(f"--log-target syslog: cannot connect to {SYSLOG_SOCKET}: {e.strerror or e}") from None
+        _probe_syslog()    # SysLogHandler itself defers a connection error to the first record
+        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET,
+                                                 facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         fmt = SYSLOG_FORMAT   # journald adds the time itself
     else:
         handler = logging.FileHandler(log_file)
@@ -65,6 +64,14 @@ def setup(level_name: str, background: bool, target: str = "file", log_file: str
     set_level(level_name)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _probe_syslog() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(SYSLOG_SOCKET)
+        except OSError as e:
+            raise UserError(f"--log-target syslog: cannot connect to {SYSLOG_SOCKET}: {e.strerror or e}") from None
 
 
 def set_level(level_name: str) -> None:
