@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -384,6 +385,16 @@ def pread_exact(path: Path, offset: int, size: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def run_threads(target, args_list: list[tuple], timeout_s: float = 120.0) -> None:
+    """Run target(*args) in one thread per args tuple, all at once; fail if any is still running after."""
+    threads = [threading.Thread(target=target, args=args) for args in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    assert not any(t.is_alive() for t in threads), "a reader thread hung"
 
 
 def first_difference(a: bytes, b: bytes) -> str:

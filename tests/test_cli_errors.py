@@ -2,7 +2,6 @@
 culprit, no traceback, no mount and no daemon left behind."""
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

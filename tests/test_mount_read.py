@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from mount_helpers import (BLOCK_SIZE, PYTHON, MiB, first_difference, object_bytes, pread_exact, read_all, stats_delta,
-                           summarize)
+from mount_helpers import (BLOCK_SIZE, PYTHON, MiB, first_difference, object_bytes, pread_exact, read_all,
+                           run_threads, stats_delta, summarize)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -204,24 +204,15 @@ def test_concurrent_readers_get_exact_bytes(cold):
         finally:
             os.close(fd)
 
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a reader hung"
+    run_threads(reader, [(i,) for i in range(8)])
     assert errors == []
 
 
 def test_concurrent_readers_of_different_files(mnt):
     keys = [k for k in READ_OBJECTS if READ_OBJECTS[k]]
-    results: dict[str, bytes] = {}
-    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, read_all(mnt / k))) for k in keys * 2]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert {k: results.get(k) == READ_OBJECTS[k] for k in keys} == {k: True for k in keys}
+    wrong: list[str] = []
+    run_threads(lambda k: read_all(mnt / k) == READ_OBJECTS[k] or wrong.append(k), [(k,) for k in keys * 2])
+    assert wrong == []
 
 
 def test_readers_in_separate_processes(cold):
@@ -265,11 +256,9 @@ def test_concurrent_cold_readers_share_fetches(cold, read_bucket, request_log):
     data = READ_OBJECTS[LARGE]
     blocks = -(-len(data) // BS)
     mark = request_log.mark()
-    threads = [threading.Thread(target=lambda: read_all(cold / LARGE)) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    wrong: list[int] = []
+    run_threads(lambda i: read_all(cold / LARGE) == data or wrong.append(i), [(i,) for i in range(6)])
+    assert wrong == []
     gets = [r for r in request_log.since(mark, read_bucket) if r.is_object_get]
     assert 0 < len(gets) <= blocks, f"{len(gets)} GETs for {blocks} blocks read by 6 readers: {summarize(gets)}"
 
@@ -287,12 +276,7 @@ def test_threads_sharing_one_descriptor(cold):
                 errors.append(f"thread {i} pread({off}, {length}): {first_difference(got, data[off:off + length])}")
 
     try:
-        threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in threads), "a reader hung"
+        run_threads(reader, [(i,) for i in range(6)])
     finally:
         os.close(fd)
     assert errors == []
