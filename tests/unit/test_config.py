@@ -78,3 +78,29 @@ def test_default_cache_dir_depends_on_identity():
     b = build_config("s3://bkt/b", "/mnt", {}, None, {})
     assert a.cache_dir != b.cache_dir
     assert a.log_file.startswith(a.cache_dir)
+
+
+def test_tiers_from_file_environment_and_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('cache = ["mem:64MiB", "ssd:/nvme0/c,/nvme1/c:400GiB:high=0.9:low=0.8"]\n'
+                    'eviction_policy = "lru"\npromotion = "after:2"\n')
+    cfg = build_config("s3://bkt", "/mnt", {}, str(toml), {})
+    assert [t.kind for t in cfg.cache] == ["mem", "ssd"]
+    assert cfg.cache[1].dirs == ("/nvme0/c", "/nvme1/c") and cfg.cache[1].high == 0.9
+    assert cfg.eviction_policy == "lru" and cfg.promotion == 2
+    env = {"CACHEFS_CACHE": "hdd:/data/c:4TiB"}
+    assert [t.kind for t in build_config("s3://bkt", "/mnt", {}, str(toml), env).cache] == ["hdd"]
+    flags = {"cache": ["mem:1GiB", "ssd:/x:10GiB"]}
+    assert [t.quota for t in build_config("s3://bkt", "/mnt", flags, str(toml), env).cache] == [1 << 30, 10 << 30]
+
+
+def test_default_tiers_and_conflicts():
+    cfg = build_config("s3://bkt", "/mnt", {"cache_size": "1GiB"}, None, {})
+    assert [(t.kind, t.quota) for t in cfg.cache] == [("mem", 256 << 20), ("ssd", 1 << 30)]
+    assert cfg.cache[1].dirs == (cfg.cache_dir,)
+    with pytest.raises(ConfigError, match="--cache-size"):
+        build_config("s3://bkt", "/mnt", {"cache_size": "1GiB", "cache": ["ssd:/x:2GiB"]}, None, {})
+    with pytest.raises(ConfigError, match="--cache"):
+        build_config("s3://bkt", "/mnt", {"cache": ["ssd:/x:1MiB"]}, None, {})
+    with pytest.raises(ConfigError, match="--cache"):
+        build_config("s3://bkt", "/mnt", {"cache": ["floppy:/x:1GiB"]}, None, {})
