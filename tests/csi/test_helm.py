@@ -1,0 +1,153 @@
+"""The Helm chart rendered with real Helm (helm-python-sdk) for the default values and non-default
+sets, linted, and every manifest validated against the Kubernetes schema (kubernetes-validate)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from cachefs.csi import DRIVER_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "cachefs"
+EXAMPLES = REPO / "helm" / "examples"
+K8S_VERSION = "1.30"
+CRD_KINDS = {"ServiceMonitor"}     # no schema in kubernetes-validate: checked by hand below
+
+VALUE_SETS = {
+    "default": None,
+    "tiers-and-monitoring": {
+        "s3": {"endpointUrl": "http://rgw.storage:7480", "region": "us-east-1", "addressingStyle": "path"},
+        "node": {"tiers": [{"name": "ram", "kind": "mem", "size": "4GiB"},
+                           {"name": "nvme", "kind": "ssd", "size": "400GiB", "hostPath": "/mnt/nvme0/cachefs"},
+                           {"name": "scratch", "kind": "hdd", "size": "2TiB", "emptyDir": {"sizeLimit": "2Ti"}}],
+                 "nodeSelector": {"nvidia.com/gpu.present": "true"}, "maxVolumes": 4},
+        "warmLabels": {"enabled": False},
+        "metrics": {"ports": 4, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "storageClasses": [
+            {"name": "datasets", "default": True, "bucket": "datasets", "prefixBase": "",
+             "onDelete": "retain", "reclaimPolicy": "Retain", "secret": {"name": "s3-ro", "namespace": "ml"},
+             "mountOptions": {"block_size": "8MiB", "entry_timeout": 7200}},
+            {"name": "scratch", "bucket": "scratch", "prefixBase": "runs", "onDelete": "delete",
+             "secret": {"name": ""}},
+        ],
+    },
+    "node-only": {"controller": {"enabled": False}, "metrics": {"enabled": False}, "storageClasses": [],
+                  "image": {"tag": "dev"}, "imagePullSecrets": [{"name": "regcred"}]},
+}
+
+
+def render(values) -> list[dict]:
+    out = helm.Chart.load(str(CHART)).render(values, name="cachefs", namespace="cachefs", is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            assert "csi.cachefs.io" in text
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def validate(doc: dict) -> None:
+    if doc["kind"] in CRD_KINDS:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]["endpoints"]
+        return
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def rendered(request):
+    return request.param, render(VALUE_SETS[request.param])
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_lint_is_clean_for_every_value_set():
+    for name, values in VALUE_SETS.items():
+        report = helm.lint(str(CHART), values, strict=True)
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        assert problems == [], f"{name}: {problems}"
+
+
+def test_every_manifest_validates(rendered):
+    name, docs = rendered
+    assert docs
+    for doc in docs:
+        validate(doc)
+
+
+def test_node_plugin_has_what_fuse_and_kubelet_need(rendered):
+    name, docs = rendered
+    [ds] = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    assert main["securityContext"]["privileged"] is True
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    assert mounts["pods-dir"]["mountPropagation"] == "Bidirectional"
+    assert mounts["fuse"]["mountPath"] == "/dev/fuse"
+    assert main["livenessProbe"]["httpGet"]["port"] == "healthz"
+    assert main["resources"]["limits"]["memory"]
+    names = [c["name"] for c in pod["containers"]]
+    assert names == ["cachefs", "node-driver-registrar", "liveness-probe"]
+    registrar = pod["containers"][1]["args"]
+    assert f"--kubelet-registration-path=/var/lib/kubelet/plugins/{DRIVER_NAME}/csi.sock" in registrar
+    [driver] = by_kind(docs, "CSIDriver")
+    assert driver["metadata"]["name"] == DRIVER_NAME and driver["spec"]["attachRequired"] is False
+    if name == "tiers-and-monitoring":
+        assert "--cache=mem:4GiB" in main["args"]
+        assert "--cache=ssd:/cache/nvme/{slot}:400GiB" in main["args"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols["tier-nvme"]["hostPath"]["path"] == "/mnt/nvme0/cachefs"
+        assert vols["tier-scratch"]["emptyDir"] == {"sizeLimit": "2Ti"}
+        assert "--endpoint-url=http://rgw.storage:7480" in main["args"]
+        assert not any(a.startswith("--warm-labels") for a in main["args"])
+        assert pod["automountServiceAccountToken"] is False
+
+
+def test_rbac_is_least_privilege(rendered):
+    name, docs = rendered
+    roles = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")}
+    node_role = roles.get("cachefs-node")
+    if name == "tiers-and-monitoring":
+        assert node_role is None                       # no warm labels: no API access at all
+    else:
+        assert node_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"] and rule["resourceNames"]
+    assert bool(by_kind(docs, "Deployment")) == (name != "node-only")
+
+
+def test_storage_classes_carry_bucket_policy_and_secrets(rendered):
+    name, docs = rendered
+    classes = {d["metadata"]["name"]: d for d in by_kind(docs, "StorageClass")}
+    if name == "default":
+        p = classes["cachefs"]["parameters"]
+        assert p["bucket"] == "datasets" and p["onDelete"] == "retain"
+        assert p["csi.storage.k8s.io/node-publish-secret-name"] == "cachefs-s3"
+        assert p["csi.storage.k8s.io/provisioner-secret-namespace"] == "cachefs"
+    if name == "tiers-and-monitoring":
+        ds = classes["datasets"]
+        assert ds["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+        assert ds["parameters"]["block_size"] == "8MiB" and ds["parameters"]["entry_timeout"] == "7200"
+        assert ds["reclaimPolicy"] == "Retain"
+        assert not any(k.startswith("csi.storage.k8s.io/") for k in classes["scratch"]["parameters"])
+        assert by_kind(docs, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
+        [svc] = by_kind(docs, "Service")
+        assert [p["port"] for p in svc["spec"]["ports"]] == [9750, 9751, 9752, 9753]
+    if name == "node-only":
+        assert classes == {} and not by_kind(docs, "Service")
+
+
+def test_examples_validate():
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                validate(doc)
