@@ -38,6 +38,8 @@ def add_subcommands(sub) -> None:
     c.add_argument("--warm-max-labels", type=int, default=16, help="most warm labels on one node")
     c.add_argument("--warm-interval", type=float, default=300.0, help="seconds between label patches, at least")
     c.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    c.add_argument("--supervise", action="store_true",
+                   help="run the server as a child and restart it when it dies (the container's first process)")
 
     a = sub.add_parser("affinity", help="print nodeAffinity terms preferring nodes warm for a dataset")
     a.add_argument("dataset", help="s3://BUCKET[/PREFIX] or BUCKET[/PREFIX] (the volume's data)")
@@ -52,6 +54,9 @@ def add_subcommands(sub) -> None:
 def cmd_csi(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.supervise:
+        from .supervise import supervise
+        return supervise([sys.executable, "-m", "cachefs", *[a for a in sys.argv[1:] if a != "--supervise"]])
     from .server import build, run_until_signalled
     from .identity import IdentityService
     node = controller = None

@@ -1,0 +1,57 @@
+"""`cachefs csi --supervise`: the node plugin container's first process.
+
+In a container, the FUSE daemons die with the container's first process (the kernel kills the whole
+PID namespace). So the first process is this small supervisor, and the gRPC server is its child: when
+the server crashes it is started again and adopts the mounts, while the daemons (detached by
+`cachefs mount`, reparented to us) keep serving. As PID 1 it also reaps those daemons when they exit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = (1, 2, 5, 10, 30)     # a crash loop slows down; a run this long resets the backoff:
+STABLE_S = 60.0
+
+
+def supervise(child_argv: list[str]) -> int:
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        if child is not None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    crashes = 0
+    while not stopping:
+        started = time.monotonic()
+        child = subprocess.Popen(child_argv)
+        status = _wait_for(child.pid)
+        if stopping:
+            break
+        crashes = 0 if time.monotonic() - started > STABLE_S else crashes + 1
+        delay = BACKOFF_S[min(crashes, len(BACKOFF_S) - 1)]
+        log.error("CSI server (pid %d) exited with status %d; starting it again in %d s (mounts stay)",
+                  child.pid, status, delay)
+        time.sleep(delay)
+    return 0
+
+
+def _wait_for(pid: int) -> int:
+    """Wait for `pid`, reaping any other child (orphaned daemons) on the way."""
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
