@@ -152,6 +152,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_other", _bool, "let other users access the mount (needs user_allow_other)", False),
     Option("max_idle_threads", _count(1, 1024),
            "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
+    Option("hedging", _bool, "send a duplicate GET when one runs past the p95 of recent latencies"),
+    Option("hedge_min_delay", _seconds, "never hedge a GET sooner than this many seconds"),
     Option("s3_max_attempts", _count(1, 20), "attempts per S3 request (retries + 1)"),
     Option("s3_connect_timeout", _seconds, "seconds to connect to the endpoint"),
     Option("s3_read_timeout", _seconds, "seconds to wait for data from the endpoint"),
@@ -210,6 +212,10 @@ class Config:
     allow_other: bool = False
     # libfuse's default of 10 idle threads caused thread churn with many loader workers.
     max_idle_threads: int = 16
+    hedging: bool = True
+    # Below ~50 ms a duplicate mostly doubles load on a healthy endpoint (a LAN RGW answers a 4 MiB
+    # GET in 15-40 ms); stragglers worth hedging take hundreds of milliseconds.
+    hedge_min_delay: float = 0.05
     s3_max_attempts: int = 4
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 30.0

@@ -10,8 +10,12 @@ __all__ = ["ListPage", "ObjectInfo", "ObjectStore", "from_config"]
 
 def from_config(cfg: Config, stats: Stats) -> ObjectStore:
     from .s3 import S3Store  # boto3 import is slow; only the daemon needs it
-    return S3Store(cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
-                   addressing_style=cfg.addressing_style, profile=cfg.profile,
-                   credentials_file=cfg.credentials_file, max_attempts=cfg.s3_max_attempts,
-                   connect_timeout=cfg.s3_connect_timeout, read_timeout=cfg.s3_read_timeout,
-                   max_connections=2 * cfg.max_idle_threads + cfg.read_ahead_blocks, stats=stats)
+    store = S3Store(cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
+                    addressing_style=cfg.addressing_style, profile=cfg.profile,
+                    credentials_file=cfg.credentials_file, max_attempts=cfg.s3_max_attempts,
+                    connect_timeout=cfg.s3_connect_timeout, read_timeout=cfg.s3_read_timeout,
+                    max_connections=4 * cfg.max_idle_threads + cfg.read_ahead_blocks, stats=stats)
+    if cfg.hedging:
+        from .hedge import HedgedStore
+        store = HedgedStore(store, stats, min_delay=cfg.hedge_min_delay, max_workers=2 * cfg.max_idle_threads)
+    return store

@@ -1,0 +1,46 @@
+"""A fault-injecting ObjectStore wrapper for tests: delays and errors on chosen requests."""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Callable
+
+from .base import ListPage, ObjectInfo, ObjectStore
+
+# rule(operation, key, call_number) -> seconds to delay, or an exception to raise, or None
+Rule = Callable[[str, str, int], "float | BaseException | None"]
+
+
+class FaultyStore(ObjectStore):
+    def __init__(self, inner: ObjectStore, rule: Rule) -> None:
+        self.inner = inner
+        self.bucket = inner.bucket
+        self.rule = rule
+        self._calls = itertools.count()
+        self._lock = threading.Lock()
+
+    def _inject(self, op: str, key: str) -> None:
+        with self._lock:
+            n = next(self._calls)
+        action = self.rule(op, key, n)
+        if isinstance(action, BaseException):
+            raise action
+        if action:
+            time.sleep(action)
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        self._inject("get", key)
+        return self.inner.get_range(key, start, end, etag)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self._inject("head", key)
+        return self.inner.head(key)
+
+    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
+                  delimiter: str = "/") -> ListPage:
+        self._inject("list", prefix)
+        return self.inner.list_page(prefix, token, max_keys, delimiter)
+
+    def check_bucket(self, prefix: str = "") -> None:
+        self.inner.check_bucket(prefix)

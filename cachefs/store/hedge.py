@@ -1,0 +1,107 @@
+"""Straggler hedging: a ranged GET that runs past an adaptive deadline gets a duplicate request;
+the first answer wins and the other is abandoned.
+
+Object stores have slow outliers (a request lands on a busy disk or a slow gateway thread); with
+many parallel block fetches a few stragglers set the pace of a whole epoch. The deadline is a high
+percentile of recent GET latencies for requests of the same size class, so it adapts to the
+endpoint and to block versus small-file sizes, and it never goes below `min_delay`, so that a fast,
+steady endpoint is not sent duplicates for noise. A hedge costs one extra GET; the abandoned request
+is not interrupted (boto3 has no cancel) but its result is dropped.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections import deque
+
+from ..stats import Stats
+from .base import ListPage, ObjectInfo, ObjectStore
+
+MIN_SAMPLES = 20        # no hedging until a size class has this many latencies to judge by
+WINDOW = 200            # latencies remembered per size class: about the last few seconds of traffic
+
+
+def size_class(nbytes: int) -> int:
+    """Requests within a factor of two in size share latency statistics."""
+    return max(nbytes, 64 * 1024).bit_length()
+
+
+class LatencyTracker:
+    def __init__(self, window: int = WINDOW) -> None:
+        self._lock = threading.Lock()
+        self._recent: dict[int, deque[float]] = {}
+        self.window = window
+
+    def add(self, cls: int, seconds: float) -> None:
+        with self._lock:
+            self._recent.setdefault(cls, deque(maxlen=self.window)).append(seconds)
+
+    def percentile(self, cls: int, q: float) -> float | None:
+        with self._lock:
+            recent = self._recent.get(cls)
+            if recent is None or len(recent) < MIN_SAMPLES:
+                return None
+            ordered = sorted(recent)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class HedgedStore(ObjectStore):
+    def __init__(self, inner: ObjectStore, stats: Stats, *, percentile: float = 0.95,
+                 min_delay: float = 0.05, max_workers: int = 32) -> None:
+        self.inner = inner
+        self.bucket = inner.bucket
+        self.stats = stats
+        self.percentile = percentile
+        self.min_delay = min_delay
+        self.latency = LatencyTracker()
+        self._pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="cachefs-hedge")
+
+    def deadline(self, nbytes: int) -> float | None:
+        p = self.latency.percentile(size_class(nbytes), self.percentile)
+        return None if p is None else max(self.min_delay, p)
+
+    def _timed_get(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        t0 = time.monotonic()
+        data = self.inner.get_range(key, start, end, etag)
+        self.latency.add(size_class(end - start), time.monotonic() - t0)
+        return data
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        deadline = self.deadline(end - start)
+        if deadline is None:
+            return self._timed_get(key, start, end, etag)
+        first = self._pool.submit(self._timed_get, key, start, end, etag)
+        try:
+            return first.result(timeout=deadline)
+        except cf.TimeoutError:
+            pass
+        self.stats.add("s3_hedged")
+        second = self._pool.submit(self._timed_get, key, start, end, etag)
+        pending = {first, second}
+        error: BaseException | None = None
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                if fut.exception() is None:
+                    if fut is second:
+                        self.stats.add("s3_hedge_wins")
+                    for other in pending:
+                        other.cancel()        # abandoned: a running request finishes unseen
+                    return fut.result()
+                error = fut.exception()
+        raise error
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self.inner.head(key)
+
+    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
+                  delimiter: str = "/") -> ListPage:
+        return self.inner.list_page(prefix, token, max_keys, delimiter)
+
+    def check_bucket(self, prefix: str = "") -> None:
+        self.inner.check_bucket(prefix)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.inner.close()

@@ -1,0 +1,86 @@
+"""Straggler hedging over the in-memory store with an injected slow request."""
+import time
+
+import pytest
+
+from cachefs.errors import StoreUnavailable
+from cachefs.stats import Stats
+from cachefs.store.faults import FaultyStore
+from cachefs.store.hedge import MIN_SAMPLES, HedgedStore, LatencyTracker, size_class
+from cachefs.store.memory import MemoryStore
+
+
+def make(rule, **kw):
+    stats = Stats()
+    mem = MemoryStore("bkt", stats)
+    mem.put("k", b"x" * 100_000)
+    return HedgedStore(FaultyStore(mem, rule), stats, min_delay=0.02, **kw), stats
+
+
+def warm_up(store, n=MIN_SAMPLES):
+    for _ in range(n):
+        store.get_range("k", 0, 100_000)
+
+
+def test_no_hedging_without_history():
+    store, stats = make(lambda op, key, n: 0.2 if n == 0 else None)
+    t0 = time.monotonic()
+    assert store.get_range("k", 0, 10) == b"x" * 10
+    assert time.monotonic() - t0 >= 0.2 and stats.get("s3_hedged") == 0
+
+
+def test_a_straggler_gets_a_duplicate_that_wins():
+    slow_call = MIN_SAMPLES          # the first call after the warm-up hangs for 3 s
+    store, stats = make(lambda op, key, n: 3.0 if n == slow_call else None)
+    warm_up(store)
+    t0 = time.monotonic()
+    assert store.get_range("k", 0, 100_000) == b"x" * 100_000
+    assert time.monotonic() - t0 < 1.0
+    assert stats.get("s3_hedged") == 1 and stats.get("s3_hedge_wins") == 1
+    assert stats.get("s3_get") >= MIN_SAMPLES + 1     # the abandoned one may still be sleeping
+
+
+def test_fast_requests_are_not_duplicated():
+    store, stats = make(lambda op, key, n: None)
+    warm_up(store, 100)
+    assert stats.get("s3_hedged") == 0 and stats.get("s3_get") == 100
+
+
+def test_error_of_one_attempt_waits_for_the_other():
+    slow_call = MIN_SAMPLES
+
+    def rule(op, key, n):
+        if n == slow_call:
+            return 0.3                  # the original is slow but succeeds
+        if n == slow_call + 1:
+            return StoreUnavailable("duplicate failed")
+        return None
+    store, stats = make(rule)
+    warm_up(store)
+    assert store.get_range("k", 0, 100_000) == b"x" * 100_000
+    assert stats.get("s3_hedged") == 1 and stats.get("s3_hedge_wins") == 0
+
+
+def test_both_attempts_failing_raise():
+    slow_call = MIN_SAMPLES
+
+    def rule(op, key, n):
+        if n == slow_call:
+            time.sleep(0.1)
+            return StoreUnavailable("slow and broken")
+        if n == slow_call + 1:
+            return StoreUnavailable("broken")
+        return None
+    store, _ = make(rule)
+    warm_up(store)
+    with pytest.raises(StoreUnavailable):
+        store.get_range("k", 0, 100_000)
+
+
+def test_percentile_per_size_class():
+    t = LatencyTracker()
+    for i in range(100):
+        t.add(size_class(4 << 20), i / 100)
+    assert t.percentile(size_class(4 << 20), 0.95) == pytest.approx(0.95)
+    assert t.percentile(size_class(100_000), 0.95) is None
+    assert size_class(1) == size_class(64 * 1024) != size_class(4 << 20)
