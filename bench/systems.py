@@ -48,7 +48,7 @@ class System:
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         os.makedirs(self.cache_dir)
         self._mount()
-        util.wait_until(lambda: os.path.ismount(self.mountpoint), MOUNT_TIMEOUT_S, f"{self.name} to mount")
+        util.wait_until(lambda: os.path.ismount(self.mountpoint), self.mount_timeout_s(), f"{self.name} to mount")
         self.mounted = True
 
     def remount(self) -> None:
@@ -69,6 +69,9 @@ class System:
 
     def _mount(self) -> None:
         raise NotImplementedError
+
+    def mount_timeout_s(self) -> float:
+        return MOUNT_TIMEOUT_S
 
     def _spawn(self, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         with open(self.log_path, "ab") as logf:
@@ -130,6 +133,11 @@ class MemoryFuse(System):
 
     def _mount(self) -> None:
         self.proc = self._spawn([sys.executable, "-m", "bench.memfs", self.local_root, self.mountpoint])
+
+    def mount_timeout_s(self) -> float:
+        """memfs reads the whole dataset into RAM before it mounts: allow 50 MB/s, a loaded disk's pace."""
+        total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(self.local_root) for f in files)
+        return MOUNT_TIMEOUT_S + total / 50e6
 
     def pids(self) -> list[int]:
         proc = getattr(self, "proc", None)
