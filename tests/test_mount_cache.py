@@ -11,7 +11,7 @@ from mount_helpers import MiB, first_difference, object_bytes, read_all
 pytestmark = pytest.mark.timeout(240)
 
 CACHE_SIZE = 16 * MiB  # the smallest the daemon accepts
-OBJECTS = {f"f{i}": object_bytes(f"evict{i}", 6 * MiB + 1000 * i) for i in range(4)}  # ~24 MiB > the cache
+OBJECTS = {f"f{i}": object_bytes(f"evict{i}", 5 * MiB + 1000 * i) for i in range(4)}  # ~20 MiB > the cache
 
 
 def read_exact(m, keys) -> None:
@@ -47,9 +47,10 @@ def _truncate_to_half(path: Path) -> None:
 @pytest.mark.daemon_errors_ok(r"checksum|corrupt|mismatch")  # whatever the daemon says about the damage
 def test_damaged_cache_blocks_are_refetched_not_served(mounter, make_bucket, request_log, damage):
     """DESIGN.md: every cached block carries a checksum checked on read; a mismatch drops it and refetches."""
-    name = make_bucket("damaged", {"f": OBJECTS["f0"]})
+    data = object_bytes("damaged", 2 * MiB + 500_000)  # 3 blocks
+    name = make_bucket("damaged", {"f": data})
     m = mounter.mount(name, block_size="1MiB")
-    assert read_all(m / "f") == OBJECTS["f0"]
+    assert read_all(m / "f") == data
     mounter.umount(m)
     block_files = [p for p in (m.cache_dir / "blocks").rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert block_files, f"no block files under {m.cache_dir / 'blocks'}"
@@ -58,5 +59,5 @@ def test_damaged_cache_blocks_are_refetched_not_served(mounter, make_bucket, req
     m = mounter.remount(m)
     mark = request_log.mark()
     got = read_all(m / "f")
-    assert got == OBJECTS["f0"], first_difference(got, OBJECTS["f0"])
+    assert got == data, first_difference(got, data)
     assert any(r.is_object_get for r in request_log.since(mark, name)), "damaged blocks were not fetched again"
