@@ -140,7 +140,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("promotion", parse_promotion, "move a block hit in a slower tier up: never, on-hit, after:N"),
     Option("stale_after", _seconds, "scan-resistant policy: seconds unused before a block may be evicted"),
     Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
-    Option("read_ahead_blocks", _count(0, 256), "blocks fetched ahead of a sequential reader"),
+    Option("read_ahead_blocks", _count(0, 256), "largest read-ahead window of a sequential reader, in blocks"),
+    Option("max_fetches", _count(1, 256), "read-ahead GETs in flight per mount"),
     Option("entry_timeout", _seconds, "seconds the kernel caches a name lookup"),
     Option("attr_timeout", _seconds, "seconds the kernel caches file attributes"),
     Option("listing_ttl", _seconds, "seconds a directory listing from S3 is trusted"),
@@ -197,8 +198,12 @@ class Config:
     # 4 MiB: large enough that one GET per block amortises S3's ~10-50 ms first-byte latency,
     # small enough that a random 110 KB sample does not drag in much extra.
     block_size: int = 4 * MiB
-    # Two blocks (8 MiB) in flight ahead of a sequential reader keeps one GET always running.
-    read_ahead_blocks: int = 2
+    # The window starts at one block and doubles per sequential block up to 16 (64 MiB at 4 MiB
+    # blocks: half a ~128 MB TFRecord shard), so a shard reader soon has many GETs in flight while a
+    # random reader gets none.
+    read_ahead_blocks: int = 16
+    # The backend's parallel throughput flattens out around 8-16 concurrent 4 MiB GETs (RGW here).
+    max_fetches: int = 16
     # Training data is read-mostly and changes between jobs, not during them: one hour of kernel
     # metadata caching removes the lookup round-trips that dominated the field reports.
     entry_timeout: float = 3600.0

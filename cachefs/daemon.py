@@ -32,7 +32,6 @@ from .store import from_config
 log = logging.getLogger(__name__)
 
 INDEX_FLUSH_INTERVAL_S = 1.0   # how much of the block index a crash can lose (the scan adopts it back)
-PREFETCH_BUFFER_PER_THREAD = 1  # read-ahead blocks waiting for their reader, per worker thread
 
 
 class ReadyPipe:
@@ -143,7 +142,8 @@ class Daemon:
         self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)
         self.reader = BlockReader(self.store, self.cache, run_blocking, self.stats, bucket=cfg.bucket,
                                   block_size=cfg.block_size, read_ahead_blocks=cfg.read_ahead_blocks,
-                                  prefetch_buffer_blocks=PREFETCH_BUFFER_PER_THREAD * cfg.max_idle_threads)
+                                  max_fetches=cfg.max_fetches,
+                                  prefetch_buffer_blocks=cfg.max_fetches + cfg.max_idle_threads)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats)
         self._start_operations_interfaces()
         try:

@@ -27,13 +27,19 @@ RunBlocking = Callable[..., Awaitable]
 
 # Two blocks per open file: the one being read and the next (the kernel's read-ahead runs into it).
 HANDLE_BLOCKS = 2
+# A read this far past the previous one's end still counts as sequential: record readers skip
+# headers and padding, and the kernel's own read-ahead may leave small holes.
+SKIP_TOLERANCE = 1 << 20
 
 
 @dataclass
 class ReadState:
-    """Per open file: where the next sequential read would start, and its last blocks."""
+    """Per open file: where the next sequential read would start, its last blocks, and its
+    read-ahead window (blocks; doubles per sequential block, 0 after a random read)."""
     next_offset: int = 0
     blocks: OrderedDict = field(default_factory=OrderedDict)   # block index -> memoryview
+    window: int = 0
+    ahead_until: int = 0        # blocks below this index were already asked for
 
 
 @dataclass
@@ -45,14 +51,17 @@ class _Fetch:
 
 class BlockReader:
     def __init__(self, store: ObjectStore, cache: BlockCache, run_blocking: RunBlocking, stats: Stats, *,
-                 bucket: str, block_size: int, read_ahead_blocks: int, prefetch_buffer_blocks: int = 32) -> None:
+                 bucket: str, block_size: int, read_ahead_blocks: int, max_fetches: int = 16,
+                 prefetch_buffer_blocks: int = 32) -> None:
         self.store = store
         self.cache = cache
         self.run_blocking = run_blocking
         self.stats = stats
         self.bucket = bucket
         self.block_size = block_size
-        self.read_ahead_blocks = read_ahead_blocks
+        self.read_ahead_blocks = read_ahead_blocks     # the largest window
+        self.max_fetches = max_fetches                 # read-ahead GETs in flight, whole mount
+        self._prefetching = 0
         # Read-ahead results wait here until a reader takes them, so that a block no cache tier
         # admitted (a full scan-resistant cache) is not fetched twice. Bounded: oldest go first.
         self.prefetch_buffer_blocks = prefetch_buffer_blocks
@@ -64,12 +73,15 @@ class BlockReader:
         indexes = blocks_for(offset, size, self.block_size, inode.size)
         if not indexes:
             return b""
-        sequential = offset == state.next_offset
+        sequential = 0 <= offset - state.next_offset <= SKIP_TOLERANCE
         end = min(offset + size, inode.size)
         state.next_offset = end
-        # Read-ahead is decided once per block entered, not on each of its 32 kernel requests.
-        if sequential and indexes[-1] not in state.blocks and self.nursery is not None and self.read_ahead_blocks:
-            self._read_ahead(inode, key, indexes[-1] + 1)
+        if not sequential:
+            state.window = 0                 # random access: no read amplification
+        elif indexes[-1] not in state.blocks and self.nursery is not None and self.read_ahead_blocks:
+            # Decided once per block entered, not on each of its kernel requests.
+            state.window = min(max(1, 2 * state.window), self.read_ahead_blocks)
+            self._read_ahead(state, inode, key, indexes[-1] + 1)
         if len(indexes) == 1:
             block = await self._handle_block(state, inode, key, indexes[0])
             base = indexes[0] * self.block_size
@@ -98,14 +110,17 @@ class BlockReader:
                 state.blocks.popitem(last=False)
         return data
 
-    def _read_ahead(self, inode: Inode, key: str, first: int) -> None:
-        last = min(first + self.read_ahead_blocks, block_count(inode.size, self.block_size))
-        for i in range(first, last):
+    def _read_ahead(self, state: ReadState, inode: Inode, key: str, first: int) -> None:
+        last = min(first + state.window, block_count(inode.size, self.block_size))
+        i = max(first, state.ahead_until)
+        while i < last and self._prefetching < self.max_fetches:
             bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
-            if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
-                continue
-            self.stats.add("readahead_blocks")
-            self.nursery.start_soon(self._prefetch, inode, key, i, bkey)
+            if not (bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey)):
+                self.stats.add("readahead_blocks")
+                self._prefetching += 1
+                self.nursery.start_soon(self._prefetch, inode, key, i, bkey)
+            i += 1
+        state.ahead_until = i       # what the mount-wide limit cut off is asked for at the next block
 
     async def _prefetch(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
         try:
@@ -113,6 +128,8 @@ class BlockReader:
         except Exception as e:  # the reader will ask again and see the error itself
             log.debug("read-ahead of %s block %d failed: %s", key, index, e)
             return
+        finally:
+            self._prefetching -= 1
         self._prefetched[bkey] = data
         while len(self._prefetched) > self.prefetch_buffer_blocks:
             self._prefetched.popitem(last=False)

@@ -127,13 +127,13 @@ def _rss_mib(pid: int) -> float:
 
 
 def test_memory_tier_is_a_real_byte_budget(mounter, make_bucket, tmp_path):
-    """docs/CACHING.md: RSS grows by at most the memory quota plus (2 x threads + 2 x open files)
-    blocks, however much data goes through."""
+    """docs/CACHING.md: RSS grows by at most the memory quota plus (2 x threads + 2 x max_fetches +
+    2 x open files) blocks, however much data goes through."""
     data = {f"m{i}": object_bytes(f"mem{i}", 8 * MiB) for i in range(12)}      # 96 MiB through the mount
     name = make_bucket("tiers-mem", data)
-    threads, readers, quota_mib = 4, 4, 16
+    threads, fetches, readers, quota_mib = 4, 4, 4, 16
     m = mounter.mount(name, *tier_args(f"mem:{quota_mib}MiB", f"ssd:{tmp_path / 'ssd'}:256MiB"),
-                      "--max-idle-threads", str(threads), block_size=BLOCK)
+                      "--max-idle-threads", str(threads), "--max-fetches", str(fetches), block_size=BLOCK)
     pid = m.pid()
     read_all(m / "m0")
     base = _rss_mib(pid)
@@ -145,6 +145,6 @@ def test_memory_tier_is_a_real_byte_budget(mounter, make_bucket, tmp_path):
             for k, got in zip(sorted(data), pool.map(lambda k: read_all(m / k), sorted(data))):
                 assert got == data[k]
                 peak = max(peak, _rss_mib(pid))
-    allowed = quota_mib + (2 * threads + 2 * readers) * 1 + 24     # + 24 MiB for the interpreter's own churn
+    allowed = quota_mib + (2 * threads + 2 * fetches + 2 * readers) * 1 + 24   # + 24 MiB: the interpreter's churn
     assert peak - base <= allowed, f"RSS grew {peak - base:.0f} MiB, budget {allowed} MiB"
     assert m.stats()["tiers"]["mem"]["used"] <= quota_mib * MiB

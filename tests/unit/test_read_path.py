@@ -117,3 +117,67 @@ def test_changed_object_is_never_served_stale(world):
         fresh = await ns.refresh(inode)
         assert bytes(await reader.read(fresh, "pre/f", 0, 30, ReadState())) == b"new" * 10
     trio.run(main)
+
+
+def _reader_with_readahead(world, window, max_fetches=16):
+    store, ns, reader, stats = world
+    reader.read_ahead_blocks, reader.max_fetches = window, max_fetches
+    return store, ns, reader, stats
+
+
+async def _read_pattern(reader, ns, name, offsets, size=BS // 4):
+    import trio.testing
+    inode = await ns.lookup(ROOT_INO, name.encode())
+    state = ReadState()
+    async with trio.open_nursery() as nursery:
+        reader.nursery = nursery
+        for off in offsets:
+            await reader.read(inode, "pre/" + name, off, size, state)
+            await trio.testing.wait_all_tasks_blocked()
+    reader.nursery = None
+    return state
+
+
+def test_sequential_reader_window_doubles_up_to_the_limit(world):
+    store, ns, reader, stats = _reader_with_readahead(world, window=4)
+    store.put("pre/seq", bytes(32 * BS))
+    offsets = list(range(0, 8 * BS, BS // 4))        # 8 blocks read in quarter-block pieces
+    state = trio.run(_read_pattern, reader, ns, "seq", offsets)
+    assert state.window == 4
+    assert stats.get("readahead_blocks") == 8 + 3     # blocks 1..11: windows 1, 2, 4, 4, ...
+    assert stats.get("s3_get") == 12                  # nothing fetched twice
+
+
+def test_random_reads_cause_no_read_ahead(world):
+    store, ns, reader, stats = _reader_with_readahead(world, window=8)
+    store.put("pre/rnd", bytes(32 * BS))
+    offsets = [17 * BS, 3 * BS, 25 * BS, 9 * BS, 30 * BS]
+    state = trio.run(_read_pattern, reader, ns, "rnd", offsets)
+    assert state.window == 0 and stats.get("readahead_blocks") == 0
+    assert stats.get("s3_get") == 5                   # exactly the blocks asked for
+
+
+def test_small_forward_skips_stay_sequential(world):
+    store, ns, reader, stats = _reader_with_readahead(world, window=8)
+    store.put("pre/skip", bytes(16 * BS))
+    offsets = [0, BS // 4 + 1000, BS + 100, 2 * BS + 5000]
+    state = trio.run(_read_pattern, reader, ns, "skip", offsets)
+    assert state.window >= 2 and stats.get("readahead_blocks") > 0
+
+
+def test_mount_wide_fetch_limit(world):
+    store, ns, reader, stats = _reader_with_readahead(world, window=64, max_fetches=2)
+    store.put("pre/lim", bytes(64 * BS))
+
+    async def main():
+        import trio.testing
+        inode = await ns.lookup(ROOT_INO, b"lim")
+        state = ReadState(window=32)
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            reader._read_ahead(state, inode, "pre/lim", 1)
+            assert reader._prefetching == 2 and state.ahead_until == 3
+            await trio.testing.wait_all_tasks_blocked()
+        reader.nursery = None
+        assert reader._prefetching == 0
+    trio.run(main)
