@@ -17,7 +17,8 @@ import botocore.exceptions
 import grpc
 
 from .proto import pb, rpc
-from .status import CsiError, already_exists, internal, invalid, not_found, rpc_method
+from .status import (CsiError, already_exists, internal, invalid, not_found, out_of_range, require,
+                     rpc_method)
 from .volumes import CONTROLLER_KEYS, Dataset, check_capabilities, check_capability, mount_options
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ class ControllerService(rpc.ControllerServicer):
     # ---- create
     @rpc_method
     def CreateVolume(self, request, context):
-        if not request.name:
-            raise invalid("name missing")
+        require(request, "name")
         if len(request.name) > _NAME_MAX or "/" in request.name:
             raise invalid(f"bad volume name {request.name!r} (at most {_NAME_MAX} characters, no '/')")
         check_capabilities(request.volume_capabilities)
@@ -125,8 +125,7 @@ class ControllerService(rpc.ControllerServicer):
     # ---- delete
     @rpc_method
     def DeleteVolume(self, request, context):
-        if not request.volume_id:
-            raise invalid("volume_id missing")
+        require(request, "volume_id")
         ds = Dataset.parse(request.volume_id)
         if not ds.prefix:
             raise invalid("a whole bucket is never a provisioned volume; refusing to delete it")
@@ -159,10 +158,7 @@ class ControllerService(rpc.ControllerServicer):
     # ---- validate, capabilities
     @rpc_method
     def ValidateVolumeCapabilities(self, request, context):
-        if not request.volume_id:
-            raise invalid("volume_id missing")
-        if not request.volume_capabilities:
-            raise invalid("volume capabilities missing")
+        require(request, "volume_id", "volume_capabilities")
         ds = Dataset.parse(request.volume_id)
         s3 = _s3_client(self.cfg, dict(request.secrets))
         if not self._exists(s3, ds):
@@ -198,5 +194,5 @@ def _capacity(rng) -> int:
     if rng.required_bytes < 0 or rng.limit_bytes < 0:
         raise invalid("capacity must not be negative")
     if rng.limit_bytes and rng.required_bytes > rng.limit_bytes:
-        raise CsiError(grpc.StatusCode.OUT_OF_RANGE, "required_bytes exceeds limit_bytes")
+        raise out_of_range("required_bytes exceeds limit_bytes")
     return rng.required_bytes or rng.limit_bytes

@@ -14,7 +14,8 @@ from . import TOPOLOGY_NODE_KEY
 from .mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter, state
 from .proto import pb, rpc
 from .records import CacheSlots, Publication, StateDir
-from .status import aborted, already_exists, failed_precondition, internal, invalid, not_found, rpc_method
+from .status import (aborted, already_exists, failed_precondition, internal, invalid, not_found, require,
+                     rpc_method)
 from .volumes import check_capability, dataset_of, mount_options
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,7 @@ class NodeService(rpc.NodeServicer):
     # ---- publish
     @rpc_method
     def NodePublishVolume(self, request, context):
-        if not request.volume_id:
-            raise invalid("volume_id missing")
-        if not request.target_path:
-            raise invalid("target_path missing")
-        if not request.HasField("volume_capability"):
-            raise invalid("volume_capability missing")
+        require(request, "volume_id", "target_path", "volume_capability")
         check_capability(request.volume_capability)
         context_map = dict(request.volume_context)
         ds = dataset_of(request.volume_id, context_map)
@@ -164,10 +160,7 @@ class NodeService(rpc.NodeServicer):
     # ---- unpublish
     @rpc_method
     def NodeUnpublishVolume(self, request, context):
-        if not request.volume_id:
-            raise invalid("volume_id missing")
-        if not request.target_path:
-            raise invalid("target_path missing")
+        require(request, "volume_id", "target_path")
         target = canonical(request.target_path)
         with self._exclusive(target):
             self._unpublish(request.volume_id, target)

@@ -16,28 +16,23 @@ class CsiError(Exception):
         self.message = message
 
 
-def invalid(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+# One constructor per status code the services answer with, e.g. `raise invalid("volume_id missing")`.
+invalid = functools.partial(CsiError, grpc.StatusCode.INVALID_ARGUMENT)
+not_found = functools.partial(CsiError, grpc.StatusCode.NOT_FOUND)
+already_exists = functools.partial(CsiError, grpc.StatusCode.ALREADY_EXISTS)
+aborted = functools.partial(CsiError, grpc.StatusCode.ABORTED)
+failed_precondition = functools.partial(CsiError, grpc.StatusCode.FAILED_PRECONDITION)
+out_of_range = functools.partial(CsiError, grpc.StatusCode.OUT_OF_RANGE)
+internal = functools.partial(CsiError, grpc.StatusCode.INTERNAL)
 
 
-def not_found(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.NOT_FOUND, message)
-
-
-def already_exists(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.ALREADY_EXISTS, message)
-
-
-def aborted(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.ABORTED, message)
-
-
-def failed_precondition(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.FAILED_PRECONDITION, message)
-
-
-def internal(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.INTERNAL, message)
+def require(request, *fields: str) -> None:
+    """INVALID_ARGUMENT for the first required field that is empty (or, for a message, absent)."""
+    for name in fields:
+        value = getattr(request, name)
+        present = request.HasField(name) if hasattr(value, "ByteSize") else bool(value)
+        if not present:
+            raise invalid(f"{name} missing")
 
 
 def rpc_method(fn):

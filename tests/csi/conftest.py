@@ -1,13 +1,11 @@
 """A real `cachefs csi` server in a subprocess on a Unix socket, and gRPC stubs to talk to it."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import grpc

@@ -12,7 +12,6 @@ import grpc
 
 from mount_helpers import is_mounted, pid_alive, wait_until
 
-from cachefs.csi.proto import pb
 
 from .conftest import CsiServer, _unmount_leftovers
 from .test_node import daemon_pid, publish_request, unpublish
