@@ -94,12 +94,18 @@ def upload(endpoint, bucket: str, prefix: str, files: dict[str, int], seed: int)
         list(pool.map(put, files.items()))
 
 
+def dataset(endpoint, bucket: str, prefix: str, n: int, size: int, seed: int) -> list[str]:
+    """Upload n objects of `size` bytes under prefix/; returns their names (relative to it)."""
+    names = [f"{i:05d}.bin" for i in range(n)]
+    upload(endpoint, bucket, "", {f"{prefix}/{name}": size for name in names}, seed)
+    return names
+
+
 # ---------------------------------------------------------------- A: eviction policies
 def policy_hit_ratios(scratch, endpoint, bucket, scale: float) -> dict:
     n_files = max(16, int(96 * scale))
     cache_mib = n_files // 2                       # dataset = 2 x the cache
-    files = {f"p/{i:05d}": MiB for i in range(n_files)}
-    upload(endpoint, bucket, "", files, 1)
+    dataset(endpoint, bucket, "p", n_files, MiB, 1)
     out = {}
     for policy in ("lru", "scan-resistant"):
         with Mount(scratch, endpoint, bucket, "p", "--cache", f"ssd:{scratch}/policy-{policy}:{cache_mib}MiB",
@@ -124,9 +130,7 @@ def policy_hit_ratios(scratch, endpoint, bucket, scale: float) -> dict:
 # ---------------------------------------------------------------- B: warm throughput per tier
 def tier_throughput(scratch, endpoint, bucket, scale: float) -> dict:
     n, size = 4, max(8, int(64 * scale)) * MiB
-    files = {f"t/{i}.bin": size for i in range(n)}
-    upload(endpoint, bucket, "", files, 2)
-    names = sorted(f.split("/")[1] for f in files)
+    names = dataset(endpoint, bucket, "t", n, size, 2)
     local = os.path.join(scratch, "local-t")
     os.makedirs(local, exist_ok=True)
     for name in names:
@@ -160,9 +164,7 @@ def tier_throughput(scratch, endpoint, bucket, scale: float) -> dict:
 # ---------------------------------------------------------------- C + D: fill and memory
 def fill_and_memory(scratch, endpoint, bucket, scale: float) -> dict:
     n, size = 32, max(2, int(8 * scale)) * MiB
-    files = {f"f/{i:03d}.bin": size for i in range(n)}
-    upload(endpoint, bucket, "", files, 3)
-    names = sorted(f.split("/")[1] for f in files)
+    names = dataset(endpoint, bucket, "f", n, size, 3)
     total_mib = n * size // MiB
     mem_mib, ssd_mib = max(8, total_mib // 4), max(8, total_mib // 3)
     with Mount(scratch, endpoint, bucket, "f", "--cache", f"mem:{mem_mib}MiB:high=0.9:low=0.7",
