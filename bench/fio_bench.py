@@ -18,8 +18,10 @@ def job_env(job: str, root: str, scale: Scale, timeout_s: float) -> tuple[str, d
     runtime = {"RUNTIME": str(int(timeout_s))}  # fio's own bound; the subprocess timeout is the backstop
     if job.startswith("ttfb"):
         files = p["ttfb_large"] if job == "ttfb-large" else p["ttfb_tiny"]
-        return "ttfb.fio", {**runtime, "FILES": ":".join(os.path.join(root, f) for f in files),
-                            "NFILES": str(len(files))}
+        directory = os.path.join(root, os.path.dirname(files[0]))
+        assert all(os.path.dirname(f) == os.path.dirname(files[0]) for f in files)
+        return "ttfb.fio", {**runtime, "DIRECTORY": directory, "NFILES": str(len(files)),
+                            "FILES": ":".join(os.path.basename(f) for f in files)}
     if job == "rand":
         return "randread.fio", {**runtime, "FILENAME": os.path.join(root, p["rand"]), "IOS": str(scale.rand_ios)}
     numjobs = 4 if job == "seq-4jobs" else 1
