@@ -23,6 +23,8 @@ def add_commands(sub) -> None:
     w.add_argument("--metadata-only", action="store_true", help="list directories and stat files; no data")
     w.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="files read in parallel (default 8)")
     w.add_argument("--force", action="store_true", help="load even if it does not fit in the cache")
+    w.add_argument("--in-daemon", action="store_true",
+                   help="let the daemon read the files itself (no FUSE round trips, no page cache)")
 
     f = sub.add_parser("flush", help="write the cache index (and, once writes exist, pending uploads) now")
     f.add_argument("mountpoint")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         print(show(control.request(args.mountpoint, "stats")["stats"], args.json))
     elif cmd == "warmup":
         from . import warmup
-        return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force)
+        return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
+                           args.in_daemon)
     elif cmd == "flush":
         control.request(args.mountpoint, "flush")
         print(f"flushed {args.mountpoint}")

@@ -1,7 +1,9 @@
 """`cachefs warmup`: load files into a running mount's cache before a job starts (Fluid's DataLoad).
 
 The data goes through the mount's own read path (reading a file caches its blocks in the tiers), so
-warmup needs no second S3 client, no credentials and no knowledge of block keys. The daemon is asked
+warmup needs no second S3 client, no credentials and no knowledge of block keys: either by reading
+the files through the mount, or (`--in-daemon`) by asking the daemon to read them itself, which
+skips the FUSE round trips and the page cache. The daemon is asked
 over the control socket which files are cached already: that makes a rerun resume where the last one
 stopped (and tells the truth if blocks were evicted meanwhile, which a progress file would not), and
 gives the room left in the tiers, checked before loading anything.
@@ -23,6 +25,7 @@ CHUNK = 1 << 20              # read size: large requests, few syscalls; the kern
 QUERY_BATCH = 2000           # paths per status request (well under control.MAX_REQUEST)
 PLAIN_INTERVAL_S = 5.0       # progress line period when stderr is not a terminal
 BAR_INTERVAL_S = 0.2
+DAEMON_BATCH_TIMEOUT_S = 3600.0   # one batch of files loaded by the daemon: large files over slow S3
 
 
 @dataclass
@@ -145,8 +148,34 @@ def load_file(path: str, progress: Progress) -> None:
     progress.add(0, file_done=True)
 
 
+def load_through_mount(mountpoint: str, todo: list[tuple[str, int]], jobs: int, progress: Progress) -> list[str]:
+    failures: list[str] = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(load_file, os.path.join(mountpoint, p), progress): p for p, _ in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                fut.result()
+            except OSError as e:
+                failures.append(f"{futures[fut]}: {e.strerror}")
+    return failures
+
+
+def load_in_daemon(mountpoint: str, todo: list[tuple[str, int]], jobs: int, progress: Progress) -> list[str]:
+    """The daemon reads the files itself (control op `warmup`), a batch per request for progress."""
+    failures: list[str] = []
+    batch = max(4 * jobs, 16)
+    for i in range(0, len(todo), batch):
+        answer = control.request(mountpoint, "warmup", timeout=DAEMON_BATCH_TIMEOUT_S, jobs=jobs,
+                                 paths=[p for p, _ in todo[i:i + batch]])
+        failures += answer["failed"] + [f"{p}: no longer exists" for p in answer["missing"]]
+        progress.add(answer["bytes"])
+        for _ in range(answer["files"]):
+            progress.add(0, file_done=True)
+    return failures
+
+
 def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only: bool, jobs: int,
-        force: bool, out=None) -> int:
+        force: bool, in_daemon: bool = False, out=None) -> int:
     out = out or sys.stdout
     mountpoint = os.path.abspath(mountpoint)
     control.find_socket(mountpoint)          # fail early, in one line, if this is not a cachefs mount
@@ -175,14 +204,7 @@ def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only:
     if not todo:
         return 0
     progress = Progress(len(todo), need)
-    failures: list[str] = []
-    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(load_file, os.path.join(mountpoint, p), progress): p for p, _ in todo}
-        for fut in concurrent.futures.as_completed(futures):
-            try:
-                fut.result()
-            except OSError as e:
-                failures.append(f"{futures[fut]}: {e.strerror}")
+    failures = (load_in_daemon if in_daemon else load_through_mount)(mountpoint, todo, jobs, progress)
     progress.finish()
     control.request(mountpoint, "flush")      # the block index on disk: the warm cache survives a remount
     elapsed = time.monotonic() - started

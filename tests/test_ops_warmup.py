@@ -76,3 +76,14 @@ def test_refuses_more_than_the_cache_holds(mounter, make_bucket):
 def test_not_a_mount_is_one_line(mounter, tmp_path):
     res = run_cachefs(["warmup", str(tmp_path)], mounter.env())
     assert res.returncode == 1 and one_line_error(res.stderr) and "not a cachefs mount" in res.stderr
+
+
+def test_in_daemon_warmup_over_the_control_socket(mounter, make_bucket):
+    m = mounter.mount(make_bucket("warmup-daemon", OBJECTS), "--metrics-addr", "none")
+    res = warmup(m, "train", "val/v.bin", "--in-daemon", "-j", "2")
+    assert res.returncode == 0 and "loaded 11 files" in res.stdout, res.describe()
+    gets = m.stats()["s3_get"]
+    assert gets >= 6 * 2 + 1
+    for key, data in OBJECTS.items():
+        assert read_all(m / key) == data
+    assert m.stats()["s3_get"] == gets, "a read after warmup went to S3"
