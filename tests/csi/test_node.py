@@ -67,6 +67,9 @@ def test_publish_mounts_unpublish_unmounts(csi_server, dataset, target):
     csi_server.node.NodePublishVolume(req)
     assert is_mounted(target)
     assert (target / "hello.txt").read_bytes() == b"hello\n"
+    with pytest.raises(OSError) as err:                 # readonly: nothing can be written
+        (target / "new.txt").write_bytes(b"x")
+    assert err.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
     csi_server.node.NodePublishVolume(req)              # the same request again: OK, same mount
     pid = daemon_pid(csi_server)
 
