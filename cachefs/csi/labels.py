@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .volumes import Dataset
@@ -47,18 +48,16 @@ def desired(warm: dict[str, int], min_bytes: int, max_labels: int) -> tuple[dict
     return labels, detail
 
 
+@dataclass
 class WarmReporter:
-    def __init__(self, api: NodeApi, node_name: str, measure: Callable[[], dict[str, int]],
-                 min_bytes: int = GiB, max_labels: int = 16, min_interval: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.api = api
-        self.node_name = node_name
-        self.measure = measure
-        self.min_bytes = min_bytes
-        self.max_labels = max_labels
-        self.min_interval = min_interval
-        self.clock = clock
-        self._last_patch: float | None = None
+    api: NodeApi
+    node_name: str
+    measure: Callable[[], dict[str, int]]      # {dataset: warm bytes}, see warm.warm_bytes
+    min_bytes: int = GiB
+    max_labels: int = 16
+    min_interval: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    _last_patch: float | None = field(default=None, init=False)
 
     def report_once(self) -> bool:
         """Patch the node if its warm labels should change and the last patch is old enough.
