@@ -167,7 +167,7 @@ class Daemon:
 
     def _start_operations_interfaces(self) -> None:
         """Metrics exporter and control socket: bound before the mount, so a taken address fails start-up."""
-        client = getattr(self.store, "client", None)
+        client = metrics.boto_client(self.store)
         metrics.instrument_boto_client(client)
         if client is not None:         # credentials from a file or profile: never in a log line
             creds = client._request_signer._credentials

@@ -52,7 +52,7 @@ S3_SENT = Counter("cachefs_s3_sent_bytes", "bytes of S3 request bodies, by opera
                   registry=REGISTRY)
 S3_RETRIES = Counter("cachefs_s3_retries", "S3 request attempts beyond the first, by operation", ["operation"],
                      registry=REGISTRY)
-# For the adaptive read-ahead (not landed yet: the window is fixed, see cachefs_readahead_window_bytes).
+# Observed by the reader when it sizes a sequential reader's window (see docs/METRICS.md).
 READAHEAD_WINDOW = Histogram("cachefs_readahead_window_blocks", "read-ahead window sizes chosen, in blocks",
                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY)
 
@@ -70,7 +70,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_fuse_read_bytes_total": ("fuse_read_bytes", "bytes returned to FUSE reads"),
     "cachefs_readahead_blocks_total": ("readahead_blocks", "blocks fetched by read-ahead"),
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
-    "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate requests sent for a straggler (hedging)"),
+    "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate GETs sent for a straggler (hedging)"),
+    "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),
     "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
 }
 STATS_GAUGES: dict[str, tuple[str, str]] = {
@@ -112,8 +113,17 @@ def count_fuse_error(op: str, err: int) -> None:
 
 
 # -- S3 through boto3 event hooks (no edits at the call sites) ---------------------------------------
+def boto_client(store):
+    """The boto3 client under any store wrappers (hedging, fault injection), or None (mem://)."""
+    for _ in range(8):
+        if hasattr(store, "client"):
+            return store.client
+        store = getattr(store, "inner", None)
+    return None
+
+
 def instrument_boto_client(client) -> None:
-    if client is None:      # a store without boto3 (mem://)
+    if client is None:
         return
     events = client.meta.events
     events.register("before-call.s3", _before_call, unique_id="cachefs-metrics-before")
@@ -193,7 +203,7 @@ class DaemonCollector:
                 dir_up.add_metric([tier, path], 1 if state == "up" else 0)
         yield tier_up
         yield dir_up
-        yield GaugeMetricFamily(READAHEAD_WINDOW_BYTES, "bytes a sequential reader has in flight ahead of it",
+        yield GaugeMetricFamily(READAHEAD_WINDOW_BYTES, "the largest read-ahead window (--read-ahead-blocks)",
                                 value=self.readahead_window_bytes())
         info = GaugeMetricFamily(BUILD_INFO, "always 1; the version in a label", labels=["version"])
         info.add_metric([self.version], 1)

@@ -1,6 +1,7 @@
 """The Prometheus exporter of a real mount: scraped over HTTP while files are read through FUSE."""
 from __future__ import annotations
 
+import os
 import re
 import socket
 import urllib.request
@@ -75,6 +76,21 @@ def test_values_move_as_reads_happen(metrics_mount):
     again = scrape(port)
     assert total(again, "cachefs_s3_requests_total", operation="GetObject") == \
         total(after, "cachefs_s3_requests_total", operation="GetObject")
+
+
+def test_s3_status_and_fuse_errors_by_operation(metrics_mount):
+    m, port, _ = metrics_mount
+    before = scrape(port)
+    assert not (m / "data/absent.bin").exists()          # a lookup S3 answers with 404 to HEAD
+    after = scrape(port)
+    assert total(after, "cachefs_s3_requests_total", operation="HeadObject", status="404") > \
+        total(before, "cachefs_s3_requests_total", operation="HeadObject", status="404")
+    try:
+        os.getxattr(m / "data/a.bin", "user.nothing")
+    except OSError:
+        pass
+    errors = scrape(port)
+    assert total(errors, "cachefs_fuse_errors_total", op="getxattr", errno="ENODATA") >= 1
 
 
 def test_every_exported_name_is_defined_and_documented(metrics_mount):

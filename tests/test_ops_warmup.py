@@ -87,3 +87,20 @@ def test_in_daemon_warmup_over_the_control_socket(mounter, make_bucket):
     for key, data in OBJECTS.items():
         assert read_all(m / key) == data
     assert m.stats()["s3_get"] == gets, "a read after warmup went to S3"
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+    from cachefs.warmup import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    p = Progress(2, 4 * MiB, stream=out)
+    p.add(2 * MiB, file_done=True)
+    p.finish()
+    text = out.getvalue()
+    assert text.startswith("\r[") and "1/2 files" in text and "2.0 MiB of 4.0 MiB" in text and "ETA" in text
+    assert "/s" in text and text.endswith("\n")
