@@ -29,6 +29,7 @@ from .reader import ReadState
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20          # a warmup status request lists paths; 1 MiB is ~10k of them
+ACCEPT_RETRY_S = 0.5
 CLIENT_TIMEOUT_S = 60.0        # a status query over a large tree asks S3 for unlisted directories
 # Settings that only change timing or logging, never which bytes a reader gets: safe to change live.
 RELOADABLE = ("log_level", "read_ahead_blocks", "stale_after", "listing_ttl", "negative_ttl",
@@ -77,7 +78,12 @@ class ControlServer:
         listener = trio.socket.from_stdlib_socket(self.sock)
         async with trio.open_nursery() as nursery:
             while True:
-                conn, _ = await listener.accept()
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as e:     # out of file descriptors: wait, never end the mount
+                    log.warning("control socket: accept failed: %s", e)
+                    await trio.sleep(ACCEPT_RETRY_S)
+                    continue
                 nursery.start_soon(self._connection, conn)
 
     async def _connection(self, conn) -> None:
