@@ -19,11 +19,15 @@ SUPPORTED_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READE
 # Keys of the volume context / StorageClass parameters that are not cachefs mount options.
 VOLUME_KEYS = frozenset({"bucket", "prefix"})
 CONTROLLER_KEYS = frozenset({"prefixBase", "onDelete"})
-# Options the driver owns on the node (where the cache lives, credentials, logging, detaching):
-# a volume may not set them.
-NODE_OWNED = frozenset({"cache_dir", "cache", "cache_size", "credentials_file", "profile", "log_file",
-                        "foreground", "mount_timeout", "uid", "gid", "allow_other", "metrics_addr"})
-VOLUME_OPTIONS = frozenset(o.name for o in OPTIONS) - NODE_OWNED
+# The cachefs options a volume may set: an allow-list, so that an option added to cachefs later (and
+# anything about where the node keeps caches, credentials, logs or sockets) stays the node's until
+# it is deliberately added here.
+VOLUME_OPTIONS = frozenset({
+    "endpoint_url", "region", "addressing_style", "eviction_policy", "promotion", "stale_after",
+    "block_size", "read_ahead_blocks", "max_fetches", "hedging", "hedge_min_delay", "entry_timeout",
+    "attr_timeout", "listing_ttl", "negative_ttl", "file_mode", "dir_mode", "max_idle_threads",
+    "s3_max_attempts", "s3_connect_timeout", "s3_read_timeout", "log_level",
+}) & frozenset(o.name for o in OPTIONS)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 

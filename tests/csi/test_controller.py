@@ -48,6 +48,7 @@ def test_create_is_idempotent_and_conflicts_are_already_exists(csi_server, make_
     ({"bucket": ""}, Code.INVALID_ARGUMENT),
     ({"onDelete": "sometimes"}, Code.INVALID_ARGUMENT),
     ({"cache_dir": "/etc"}, Code.INVALID_ARGUMENT),        # node-owned: a volume may not set it
+    ({"log_target": "syslog"}, Code.INVALID_ARGUMENT),
     ({"block_size": "1KiB"}, Code.INVALID_ARGUMENT),       # cachefs's own validation
     ({"bucket": "no-such-bucket-csi"}, Code.FAILED_PRECONDITION),
 ])
