@@ -2,6 +2,7 @@
 credentials enforced), real unmounts through NodeUnpublishVolume, restarts and dead mounts."""
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -149,7 +150,12 @@ def test_publish_without_the_secret_fails_and_leaves_nothing(csi_server, dataset
 
 def test_conflicts_restart_adoption_and_dead_mount(csi_server, dataset, target):
     req = publish_request(dataset, target, volume_id="vol-a")
-    csi_server.node.NodePublishVolume(req)
+    # Two publishes of one target at once: one mounts, the other is ABORTED (the CO retries) or, if
+    # it came late, finds the mount done.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(lambda _: status_of(csi_server.node.NodePublishVolume, req), range(2)))
+    assert Code.OK in codes and set(codes) <= {Code.OK, Code.ABORTED}, codes
+    assert len([line for line in open("/proc/self/mountinfo") if f" {target} " in line]) == 1
     other = publish_request(dataset, target, volume_id="vol-b")
     assert status_of(csi_server.node.NodePublishVolume, other) == Code.ALREADY_EXISTS
     changed = publish_request(dataset, target, volume_id="vol-a", block_size="1MiB")
