@@ -44,7 +44,7 @@ SCALES = {
     # `make bench`: under 10 minutes on 2 cores; 16 MB shards so that each of 4 workers gets one
     "short": Scale("short", 64, 256, (4, 32), 32, 512, 16, (10_000,), 3, 2, 4, 16384, 180),
     # `make bench-full`: the field report's ~128 MB shards, a 10k and a 100k tree
-    "full": Scale("full", 1024, 2048, (4, 1024), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 65536, 900),
+    "full": Scale("full", 1024, 2048, (4, 256), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 65536, 900),
     # tests/test_bench_harness.py: seconds
     "tiny": Scale("tiny", 4, 16, (2, 4), 4, 24, 0.5, (200,), 1, 2, 2, 24, 60),
 }
