@@ -77,8 +77,10 @@ def _spawn_daemon(cfg: Config, argv: list[str]) -> int:
     """Start the daemon as a detached process and wait for its one-line start-up report."""
     read_fd, write_fd = os.pipe()
     child_argv = [sys.executable, "-m", "cachefs", *argv, "--ready-fd", str(write_fd)]
+    # stderr is a pipe until the daemon has its log (it then points fd 2 at the log file): whatever
+    # kills it before that (an import error, a crash in start-up) is still shown to the user.
     proc = subprocess.Popen(child_argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     os.close(write_fd)
     deadline = time.monotonic() + cfg.mount_timeout
     buf = b""
@@ -89,17 +91,27 @@ def _spawn_daemon(cfg: Config, argv: list[str]) -> int:
                 proc.kill()
                 proc.wait()
                 raise UserError(f"daemon did not report ready within {cfg.mount_timeout:.0f} s "
-                                f"(see {cfg.log_file})")
+                                f"(see {cfg.log_file}){_last_line(proc)}")
             chunk = pipe.read(4096)
             if not chunk:
                 code = proc.wait()
-                raise UserError(f"daemon exited during start-up with code {code} (see {cfg.log_file})")
+                raise UserError(f"daemon exited during start-up with code {code} "
+                                f"(see {cfg.log_file}){_last_line(proc)}")
             buf += chunk
     line = buf.decode(errors="replace").strip()
     if line == "OK":
+        proc.stderr.close()
         return 0
     proc.wait()
+    proc.stderr.close()
     raise UserError(line.removeprefix("ERR ").strip())
+
+
+def _last_line(proc: subprocess.Popen) -> str:
+    """': <the last line the dead daemon wrote to stderr>', or nothing."""
+    lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
+    proc.stderr.close()
+    return f": {lines[-1].strip()}" if lines else ""
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

@@ -230,6 +230,7 @@ class Config:
     log_file: str | None = None
     log_target: str = "file"
     metrics_addr: str | None = None       # None: the default address, where a taken port only warns
+    ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------
     @property
@@ -290,12 +291,22 @@ def load_toml(path: str) -> dict[str, Any]:
     return data
 
 
-def env_values(environ: dict[str, str]) -> dict[str, str]:
-    out = {}
+def env_values(environ: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The CACHEFS_* variables that name options, and the names of those that do not.
+
+    Unknown ones are ignored (and logged by the daemon), not refused: Kubernetes injects
+    CACHEFS_SERVICE_HOST, CACHEFS_PORT ... into every pod of a namespace with a Service named
+    "cachefs", and those must not stop a mount.
+    """
+    out, ignored = {}, []
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
-            out[key[len(ENV_PREFIX):].lower()] = value
-    return out
+            name = key[len(ENV_PREFIX):].lower()
+            if name in OPTION_BY_NAME:
+                out[name] = value
+            else:
+                ignored.append(key)
+    return out, sorted(ignored)
 
 
 def build_config(source: str, mountpoint: str, flags: dict[str, Any],
@@ -306,9 +317,11 @@ def build_config(source: str, mountpoint: str, flags: dict[str, Any],
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if config_file:
         _apply(load_toml(config_file), merged, f"config file {config_file}", lambda n: n)
-    _apply(env_values(environ), merged, "environment", lambda n: ENV_PREFIX + n.upper())
+    from_env, ignored_env = env_values(environ)
+    _apply(from_env, merged, "environment", lambda n: ENV_PREFIX + n.upper())
     _apply(flags, merged, "", lambda n: "--" + n.replace("_", "-"))
     cfg = Config(source=source, mountpoint=mountpoint, **merged)
+    cfg.ignored_env = tuple(ignored_env)
     _split_source(cfg.source)  # validates the URL
     if cfg.cache and "cache_size" in merged:
         raise ConfigError("--cache-size sizes the default disk tier; with --cache give each tier its size")

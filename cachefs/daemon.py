@@ -124,6 +124,8 @@ class Daemon:
     def start(self) -> None:
         """Everything up to and including the mount. Raises UserError on any bad input."""
         cfg = self.cfg
+        if cfg.ignored_env:
+            log.warning("ignoring environment variables that name no option: %s", ", ".join(cfg.ignored_env))
         prepare_cache_dir(cfg.cache_dir)
         self.lock_fd = lock_cache_dir(cfg.cache_dir)
         self.mountpoint_lock = mounts.lock_mountpoint(cfg.mountpoint)

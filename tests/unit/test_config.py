@@ -53,8 +53,9 @@ def test_bad_flags_name_the_option(flags, message):
 def test_bad_environment_and_file(tmp_path):
     with pytest.raises(ConfigError, match="CACHEFS_BLOCK_SIZE"):
         build_config("s3://bkt", "/mnt", {}, None, {"CACHEFS_BLOCK_SIZE": "huge"})
-    with pytest.raises(ConfigError, match="unknown option 'CACHEFS_NOPE'"):
-        build_config("s3://bkt", "/mnt", {}, None, {"CACHEFS_NOPE": "1"})
+    # Unknown CACHEFS_* variables are ignored (Kubernetes service links), and reported.
+    cfg = build_config("s3://bkt", "/mnt", {}, None, {"CACHEFS_PORT": "tcp://10.0.0.1:80", "CACHEFS_NOPE": "1"})
+    assert cfg.ignored_env == ("CACHEFS_NOPE", "CACHEFS_PORT")
     bad = tmp_path / "bad.toml"
     bad.write_text("block_size = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
