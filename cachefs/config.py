@@ -142,6 +142,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
     Option("read_ahead_blocks", _count(0, 256), "largest read-ahead window of a sequential reader, in blocks"),
     Option("max_fetches", _count(1, 256), "read-ahead GETs in flight per mount"),
+    Option("kernel_read_ahead", _size_min(0), "as root: the kernel's read-ahead for this mount (0: leave it)"),
+    Option("max_background", _count(0, 65535), "as root: FUSE async requests in flight (0: leave it)"),
     Option("entry_timeout", _seconds, "seconds the kernel caches a name lookup"),
     Option("attr_timeout", _seconds, "seconds the kernel caches file attributes"),
     Option("listing_ttl", _seconds, "seconds a directory listing from S3 is trusted"),
@@ -204,6 +206,9 @@ class Config:
     read_ahead_blocks: int = 16
     # The backend's parallel throughput flattens out around 8-16 concurrent 4 MiB GETs (RGW here).
     max_fetches: int = 16
+    # Measured 1.3-2.2x faster warm sequential reads with both raised (kernel.py); root only.
+    kernel_read_ahead: int = 4 * MiB
+    max_background: int = 64
     # Training data is read-mostly and changes between jobs, not during them: one hour of kernel
     # metadata caching removes the lookup round-trips that dominated the field reports.
     entry_timeout: float = 3600.0

@@ -17,7 +17,7 @@ import time
 import pyfuse3
 import trio
 
-from . import __version__, logsetup, metrics, mounts
+from . import __version__, kernel, logsetup, metrics, mounts
 from .cache import TieredCache
 from .config import Config
 from .control import ControlServer
@@ -204,8 +204,16 @@ class Daemon:
             nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._flush_index_periodically)
             nursery.start_soon(self.control.serve)
+            nursery.start_soon(self._tune_kernel)
             await pyfuse3.main(min_tasks=1, max_tasks=self.cfg.max_idle_threads)
             nursery.cancel_scope.cancel()
+
+    async def _tune_kernel(self) -> None:
+        try:
+            await trio.to_thread.run_sync(kernel.tune, self.cfg.mountpoint, self.cfg.kernel_read_ahead // 1024,
+                                          self.cfg.max_background)
+        except OSError as e:
+            log.warning("kernel tuning skipped: %s", e)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
