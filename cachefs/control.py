@@ -183,7 +183,7 @@ class ControlServer:
             # Read-ahead results waiting for a reader would serve the dropped bytes again.
             # TODO(reader owner): a public BlockReader.forget(keys) instead of its private buffer.
             for k, _ in self._block_keys(inode):
-                self.daemon.reader._prefetched.pop(k, None)
+                getattr(self.daemon.reader, "_prefetched", {}).pop(k, None)
             # In a thread: the kernel may wait on pages that a FUSE read (on the trio thread) fills.
             await trio.to_thread.run_sync(self._forget_page_cache, inode.ino)
         log.info("control: dropped %d cached blocks (%d bytes) of %d files under %r",
