@@ -181,9 +181,7 @@ class ControlServer:
             freed += await trio.to_thread.run_sync(self._remove_blocks, keys, limiter=self.daemon.limiter)
             dropped += len(keys)
             # Read-ahead results waiting for a reader would serve the dropped bytes again.
-            # TODO(reader owner): a public BlockReader.forget(keys) instead of its private buffer.
-            for k, _ in self._block_keys(inode):
-                getattr(self.daemon.reader, "_prefetched", {}).pop(k, None)
+            self.daemon.reader.forget([k for k, _ in self._block_keys(inode)])
             # In a thread: the kernel may wait on pages that a FUSE read (on the trio thread) fills.
             await trio.to_thread.run_sync(self._forget_page_cache, inode.ino)
         log.info("control: dropped %d cached blocks (%d bytes) of %d files under %r",

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from . import metrics
 from .blocks import block_count, block_key, block_range, blocks_for
 from .cache.base import BlockCache
 from .meta.schema import Inode
@@ -81,6 +82,7 @@ class BlockReader:
         elif indexes[-1] not in state.blocks and self.nursery is not None and self.read_ahead_blocks:
             # Decided once per block entered, not on each of its kernel requests.
             state.window = min(max(1, 2 * state.window), self.read_ahead_blocks)
+            metrics.READAHEAD_WINDOW.observe(state.window)
             self._read_ahead(state, inode, key, indexes[-1] + 1)
         if len(indexes) == 1:
             block = await self._handle_block(state, inode, key, indexes[0])
@@ -100,6 +102,11 @@ class BlockReader:
             lo, hi = max(offset, start), min(end, stop)
             parts.append(blocks[i][lo - start:hi - start])
         return b"".join(parts)
+
+    def forget(self, keys) -> None:
+        """Drop waiting read-ahead results of these blocks (their cached copies are being dropped)."""
+        for k in keys:
+            self._prefetched.pop(k, None)
 
     async def _handle_block(self, state: ReadState, inode: Inode, key: str, index: int) -> memoryview:
         data = state.blocks.get(index)

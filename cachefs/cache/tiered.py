@@ -124,6 +124,7 @@ class TieredCache(BlockCache):
                 data = tier.get(key)
                 if data is not None:
                     self.stats.add(f"cache_hits_{tier.name}")
+                    self.stats.add(f"cache_hit_bytes_{tier.name}", len(data))
                     self.stats.add("cache_hits")
                     return data
         return None
@@ -136,6 +137,7 @@ class TieredCache(BlockCache):
             if data is None:
                 continue
             self.stats.add(f"cache_hits_{tier.name}")
+            self.stats.add(f"cache_hit_bytes_{tier.name}", len(data))
             self.stats.add("cache_hits")
             if i > 0 and self.promote_after:
                 self._maybe_promote(i, key, data)
