@@ -257,7 +257,8 @@ def main(argv=None) -> int:
 def keep_logs(scratch: str, dest: str) -> None:
     """Daemon, Ceph and proxy logs outlive the scratch directory, for the post-mortem of a failure."""
     for dirpath, dirnames, filenames in os.walk(scratch):
-        dirnames[:] = [d for d in dirnames if d not in ("mnt", "cache", "local")]  # mounts, caches, dataset
+        # not into mounts, caches, the dataset, or the monitor's database (its WAL files end in .log)
+        dirnames[:] = [d for d in dirnames if d not in ("mnt", "cache", "local", "store.db")]
         for name in filenames:
             if name.endswith(".log"):
                 rel = os.path.relpath(os.path.join(dirpath, name), scratch)
