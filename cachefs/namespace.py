@@ -21,6 +21,10 @@ from .store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes; Linux's limit for one path segment
+# After this many names looked up one by one (HEAD + LIST each) in a directory whose listing is not
+# fresh, list the whole directory instead: a loader opening every file of a class directory from a
+# file list then costs one paged LIST per 1,000 files, not two requests per file.
+LIST_AFTER_LOOKUPS = 8
 
 RunBlocking = Callable[..., Awaitable]
 
@@ -43,6 +47,7 @@ class Namespace:
         self.cfg = cfg
         self.run_blocking = run_blocking
         self._listing: dict[int, trio.Event] = {}   # single-flight per directory
+        self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
 
     def key_of(self, inode: Inode) -> str:
         return self.cfg.prefix + inode.path
@@ -111,6 +116,12 @@ class Namespace:
             return self.meta.lookup(parent_ino, name)
         if self.meta.negative_expiry(parent_ino, name) > now:
             return None
+        count = self._remote_lookups.get(parent_ino, 0) + 1
+        if count >= LIST_AFTER_LOOKUPS:
+            self._remote_lookups.pop(parent_ino, None)
+            await self.entries(parent_ino)            # one listing answers this and later lookups
+            return self.meta.lookup(parent_ino, name)
+        self._remote_lookups[parent_ino] = count
         return await self._lookup_remote(parent, name.decode())
 
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode | None:

@@ -181,3 +181,21 @@ def test_mount_wide_fetch_limit(world):
         reader.nursery = None
         assert reader._prefetching == 0
     trio.run(main)
+
+
+def test_many_lookups_in_one_directory_turn_into_one_listing(world):
+    from cachefs.namespace import LIST_AFTER_LOOKUPS
+    store, ns, _, stats = world
+    for i in range(50):
+        store.put(f"pre/cls/{i:03d}.jpg", b"img")
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"cls")
+        before = (stats.get("s3_head"), stats.get("s3_list"))
+        found = [await ns.lookup(cls.ino, f"{i:03d}.jpg".encode()) for i in range(50)]
+        assert all(f is not None and f.size == 3 for f in found)
+        assert await ns.lookup(cls.ino, b"missing.jpg") is None
+        return stats.get("s3_head") - before[0], stats.get("s3_list") - before[1]
+    heads, lists = trio.run(main)
+    assert heads == LIST_AFTER_LOOKUPS - 1                  # one by one at first ...
+    assert lists == LIST_AFTER_LOOKUPS - 1 + 1              # ... then one listing answers the rest
