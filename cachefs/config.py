@@ -167,6 +167,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_target", _choice("file", "syslog"),
            "where the background daemon logs: file (LOG_FILE) or syslog (/dev/log, read by journald)"),
     Option("metrics_addr", _metrics_addr, "Prometheus exporter HOST:PORT (default 127.0.0.1:9749), or none"),
+    # -- writes (docs/SEMANTICS.md "Writes") --
+    Option("read_only", _bool, "mount read-only: every write answers EROFS", False),
+    Option("staging_dir", _text, "where written files wait for upload (default: STAGING on the fastest disk tier)"),
+    Option("staging_size", _size_min(16 * MiB), "the most staged (not yet uploaded) bytes; beyond it writes get ENOSPC"),
+    Option("small_file_threshold", _size_min(0), "files up to this size follow the small-file upload schedule"),
+    Option("small_sync_interval", _seconds, "seconds of quiet (or of growth while open) before a small file is uploaded"),
+    Option("large_sync_interval", _seconds, "seconds of quiet before a large open file is uploaded (always on close)"),
+    Option("multipart_part_size", _size_min(5 * MiB), "part size of multipart uploads (S3's minimum is 5 MiB)"),
+    Option("upload_concurrency", _count(1, 256), "parts and small files uploaded in parallel per mount"),
+    Option("fsync_upload", _bool, "fsync waits until the file is in S3 (default: durable on the node)", False),
+    Option("exit_upload_timeout", _seconds, "seconds the daemon keeps uploading after an unmount before it exits"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 ENV_PREFIX = "CACHEFS_"
@@ -217,8 +228,8 @@ class Config:
     negative_ttl: float = 30.0
     uid: int = field(default_factory=_default_uid)
     gid: int = field(default_factory=_default_gid)
-    file_mode: int = 0o444
-    dir_mode: int = 0o555
+    file_mode: int | None = None          # None: 0644 writable, 0444 with --read-only
+    dir_mode: int | None = None           # None: 0755 writable, 0555 with --read-only
     allow_other: bool = False
     # libfuse's default of 10 idle threads caused thread churn with many loader workers.
     max_idle_threads: int = 16
@@ -235,6 +246,23 @@ class Config:
     log_file: str | None = None
     log_target: str = "file"
     metrics_addr: str | None = None       # None: the default address, where a taken port only warns
+    read_only: bool = False
+    staging_dir: str | None = None        # None: <fastest disk tier's first directory>/staging
+    staging_size: int = 10 * GiB
+    # Logs and metrics files stay far below 32 MiB; checkpoints are hundreds of MiB and more.
+    small_file_threshold: int = 32 * MiB
+    # Seconds: a log line written now is in S3 a few seconds later, while the job runs.
+    small_sync_interval: float = 5.0
+    # Minutes: a checkpoint is uploaded once, on close, not every time a part of it is written.
+    large_sync_interval: float = 300.0
+    # 16 MiB parts x 8 in flight = 128 MiB of upload buffers at most; S3 allows 10,000 parts, so
+    # larger files get proportionally larger parts (writeback.part_size).
+    multipart_part_size: int = 16 * MiB
+    upload_concurrency: int = 8
+    fsync_upload: bool = False
+    # Kubernetes gives a pod 30 s to stop; what is not uploaded by then waits in staging for the
+    # next mount of the same cache directory.
+    exit_upload_timeout: float = 25.0
     ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------
@@ -338,6 +366,10 @@ def build_config(source: str, mountpoint: str, flags: dict[str, Any],
     cfg.cache_dir = os.path.abspath(cfg.cache_dir)
     if cfg.log_file is None:
         cfg.log_file = os.path.join(cfg.cache_dir, "cachefs.log")
+    if cfg.file_mode is None:
+        cfg.file_mode = 0o444 if cfg.read_only else 0o644
+    if cfg.dir_mode is None:
+        cfg.dir_mode = 0o555 if cfg.read_only else 0o755
     if not cfg.cache:
         cfg.cache = (TierSpec("mem", (), DEFAULT_MEM_TIER), TierSpec("ssd", (cfg.cache_dir,), cfg.cache_size))
     for tier in cfg.cache:
