@@ -48,6 +48,10 @@ class Namespace:
         self.run_blocking = run_blocking
         self._listing: dict[int, trio.Event] = {}   # single-flight per directory
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
+        # Set by the write path: names in a directory that exist only locally (staged, not yet in
+        # S3), and whether an inode is such a local file. A listing or lookup must not drop them.
+        self.local_names: Callable[[int], set[bytes]] = lambda ino: set()
+        self.is_local: Callable[[int], bool] = lambda ino: False
 
     def key_of(self, inode: Inode) -> str:
         return self.cfg.prefix + inode.path
@@ -102,7 +106,8 @@ class Namespace:
             token = page.next_token
             if token is None:
                 break
-        return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl)
+        return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl,
+                                         keep=self.local_names(directory.ino))
 
     # -- lookup -----------------------------------------------------------------------------
     async def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
@@ -114,6 +119,9 @@ class Namespace:
         now = time.time()
         if self.meta.listing_expiry(parent_ino) > now:
             return self.meta.lookup(parent_ino, name)
+        known = self.meta.lookup(parent_ino, name)
+        if known is not None and self.is_local(known.ino):
+            return known
         if self.meta.negative_expiry(parent_ino, name) > now:
             return None
         count = self._remote_lookups.get(parent_ino, 0) + 1

@@ -109,8 +109,10 @@ class MetaStore:
         return out
 
     # -- writes -----------------------------------------------------------------------------
-    def replace_listing(self, parent: Inode, entries: Iterable[Entry], expiry: float) -> list[tuple[bytes, Inode]]:
-        """Make `parent`'s entries exactly `entries` (keeping inode numbers of unchanged names)."""
+    def replace_listing(self, parent: Inode, entries: Iterable[Entry], expiry: float,
+                        keep: set[bytes] = frozenset()) -> list[tuple[bytes, Inode]]:
+        """Make `parent`'s entries exactly `entries` (keeping inode numbers of unchanged names), plus
+        the names in `keep` (files written here and not yet uploaded), which S3 does not list yet."""
         wanted = {e.name.encode(): e for e in entries}
         prefix = pack_u64(parent.ino)
         with self._write_lock, self.env.begin(write=True) as txn:
@@ -121,11 +123,17 @@ class MetaStore:
                     if not key.startswith(prefix):
                         break
                     existing[key[8:]] = unpack_u64(child)
+            kept = []
             for name, ino in existing.items():
-                if name not in wanted:
+                if name in keep:
+                    raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
+                    if raw is not None:
+                        kept.append((name, unpack_inode(ino, raw)))
+                elif name not in wanted:
                     self._remove(txn, parent.ino, name, ino)
             result = [(name, self._upsert(txn, parent, name, entry, existing.get(name)))
-                      for name, entry in sorted(wanted.items())]
+                      for name, entry in wanted.items() if not (name in keep and name in existing)]
+            result = sorted(result + kept, key=lambda pair: pair[0])
             txn.put(pack_u64(parent.ino), pack_f64(expiry), db=self.dbs["listings"])
             neg = txn.cursor(db=self.dbs["negative"])
             if neg.set_range(prefix):
