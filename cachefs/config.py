@@ -140,7 +140,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("promotion", parse_promotion, "move a block hit in a slower tier up: never, on-hit, after:N"),
     Option("stale_after", _seconds, "scan-resistant policy: seconds unused before a block may be evicted"),
     Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
-    Option("read_ahead_blocks", _count(0, 256), "largest read-ahead window of a sequential reader, in blocks"),
+    Option("read_ahead", _size_min(0), "largest read-ahead window of a sequential reader (0: off)"),
+    Option("prefetch_small_files", _size_min(0), "on open, fetch a file this small whole in the background (0: off)"),
     Option("max_fetches", _count(1, 256), "read-ahead GETs in flight per mount"),
     Option("kernel_read_ahead", _size_min(0), "as root: the kernel's read-ahead for this mount (0: leave it)"),
     Option("max_background", _count(0, 65535), "as root: FUSE async requests in flight (0: leave it)"),
@@ -211,10 +212,15 @@ class Config:
     # 4 MiB: large enough that one GET per block amortises S3's ~10-50 ms first-byte latency,
     # small enough that a random 110 KB sample does not drag in much extra.
     block_size: int = 4 * MiB
-    # The window starts at one block and doubles per sequential block up to 16 (64 MiB at 4 MiB
-    # blocks: half a ~128 MB TFRecord shard), so a shard reader soon has many GETs in flight while a
-    # random reader gets none.
-    read_ahead_blocks: int = 16
+    # Sized for ~128 MB TFRecord shards: the window starts at one block and doubles per sequential
+    # block up to 64 MiB (16 blocks of 4 MiB: half a shard), so a shard reader soon has many GETs in
+    # flight while a random reader gets none. Rounded down to whole blocks (read_ahead_blocks).
+    read_ahead: int = 64 * MiB
+    # Whole-file prefetch on open (reader.py): a file no larger than this has all its blocks asked
+    # for at open, within the max_fetches budget. 16 MiB = 4 blocks: an image, a label file or a
+    # small shard is read whole by its one reader anyway, so this costs no extra bytes for them,
+    # while a random reader of a larger file is never made to fetch more than 16 MiB it may not read.
+    prefetch_small_files: int = 16 * MiB
     # The backend's parallel throughput flattens out around 8-16 concurrent 4 MiB GETs (RGW here).
     max_fetches: int = 16
     # Measured 1.3-2.2x faster warm sequential reads with both raised (kernel.py); root only.
@@ -266,6 +272,11 @@ class Config:
     ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------
+    @property
+    def read_ahead_blocks(self) -> int:
+        """--read-ahead in whole blocks (the unit the reader fetches)."""
+        return self.read_ahead // self.block_size
+
     @property
     def bucket(self) -> str:
         return _split_source(self.source)[0]

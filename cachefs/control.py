@@ -32,7 +32,7 @@ MAX_REQUEST = 1 << 20          # a warmup status request lists paths; 1 MiB is ~
 ACCEPT_RETRY_S = 0.5
 CLIENT_TIMEOUT_S = 60.0        # a status query over a large tree asks S3 for unlisted directories
 # Settings that only change timing or logging, never which bytes a reader gets: safe to change live.
-RELOADABLE = ("log_level", "read_ahead_blocks", "stale_after", "listing_ttl", "negative_ttl",
+RELOADABLE = ("log_level", "read_ahead", "stale_after", "listing_ttl", "negative_ttl",
               "entry_timeout", "attr_timeout")
 
 

@@ -143,8 +143,8 @@ class Daemon:
         run_blocking = functools.partial(_run_in_thread, self.limiter)
         self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)
         self.reader = BlockReader(self.store, self.cache, run_blocking, self.stats, bucket=cfg.bucket,
-                                  block_size=cfg.block_size, read_ahead_blocks=cfg.read_ahead_blocks,
-                                  max_fetches=cfg.max_fetches,
+                                  block_size=cfg.block_size, read_ahead=cfg.read_ahead,
+                                  prefetch_small_files=cfg.prefetch_small_files, max_fetches=cfg.max_fetches,
                                   prefetch_buffer_blocks=cfg.max_fetches + cfg.max_idle_threads)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats)
         self._start_operations_interfaces()
@@ -187,8 +187,8 @@ class Daemon:
             setattr(self.cfg, name, value)
         if "log_level" in settings:
             logsetup.set_level(settings["log_level"])
-        if "read_ahead_blocks" in settings:
-            self.reader.read_ahead_blocks = settings["read_ahead_blocks"]
+        if "read_ahead" in settings:
+            self.reader.read_ahead = settings["read_ahead"]
         if "stale_after" in settings:
             self.cache.stale_after = settings["stale_after"]
 

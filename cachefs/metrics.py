@@ -203,7 +203,7 @@ class DaemonCollector:
                 dir_up.add_metric([tier, path], 1 if state == "up" else 0)
         yield tier_up
         yield dir_up
-        yield GaugeMetricFamily(READAHEAD_WINDOW_BYTES, "the largest read-ahead window (--read-ahead-blocks)",
+        yield GaugeMetricFamily(READAHEAD_WINDOW_BYTES, "the largest read-ahead window (--read-ahead, whole blocks)",
                                 value=self.readahead_window_bytes())
         info = GaugeMetricFamily(BUILD_INFO, "always 1; the version in a label", labels=["version"])
         info.add_metric([self.version], 1)

@@ -52,15 +52,16 @@ class _Fetch:
 
 class BlockReader:
     def __init__(self, store: ObjectStore, cache: BlockCache, run_blocking: RunBlocking, stats: Stats, *,
-                 bucket: str, block_size: int, read_ahead_blocks: int, max_fetches: int = 16,
-                 prefetch_buffer_blocks: int = 32) -> None:
+                 bucket: str, block_size: int, read_ahead: int, prefetch_small_files: int = 0,
+                 max_fetches: int = 16, prefetch_buffer_blocks: int = 32) -> None:
         self.store = store
         self.cache = cache
         self.run_blocking = run_blocking
         self.stats = stats
         self.bucket = bucket
         self.block_size = block_size
-        self.read_ahead_blocks = read_ahead_blocks     # the largest window
+        self.read_ahead = read_ahead                   # the largest window, bytes (--read-ahead)
+        self.prefetch_small_files = prefetch_small_files   # whole-file prefetch on open up to this size
         self.max_fetches = max_fetches                 # read-ahead GETs in flight, whole mount
         self._prefetching = 0
         # Read-ahead results wait here until a reader takes them, so that a block no cache tier
@@ -69,6 +70,11 @@ class BlockReader:
         self._prefetched: OrderedDict[bytes, memoryview] = OrderedDict()
         self._inflight: dict[bytes, _Fetch] = {}
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
+
+    @property
+    def read_ahead_blocks(self) -> int:
+        """The largest window in whole blocks."""
+        return self.read_ahead // self.block_size
 
     async def read(self, inode: Inode, key: str, offset: int, size: int, state: ReadState) -> bytes | memoryview:
         indexes = blocks_for(offset, size, self.block_size, inode.size)

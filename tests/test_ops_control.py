@@ -107,14 +107,14 @@ def test_drop_of_a_missing_path_is_one_line(mnt):
 
 
 def test_reload_safe_settings_only(mnt):
-    res = cachefs(mnt, "reload", str(mnt.path), "read_ahead_blocks=5", "log_level=debug")
-    assert res.returncode == 0 and "read_ahead_blocks=5" in res.stdout, res.describe()
+    res = cachefs(mnt, "reload", str(mnt.path), "read_ahead=20MiB", "log_level=debug")
+    assert res.returncode == 0 and f"read_ahead={20 << 20}" in res.stdout, res.describe()
     cachefs(mnt, "reload", str(mnt.path), "log_level=info")
     bad = cachefs(mnt, "reload", str(mnt.path), "block_size=1MiB")
     assert bad.returncode == 1 and "cannot change block_size while mounted" in bad.stderr, bad.describe()
     assert one_line_error(bad.stderr), bad.describe()
-    invalid = cachefs(mnt, "reload", str(mnt.path), "read_ahead_blocks=many")
-    assert invalid.returncode == 1 and "read_ahead_blocks" in invalid.stderr, invalid.describe()
+    invalid = cachefs(mnt, "reload", str(mnt.path), "read_ahead=many")
+    assert invalid.returncode == 1 and "read_ahead" in invalid.stderr, invalid.describe()
 
 
 def test_not_a_cachefs_mount(mnt, tmp_path):

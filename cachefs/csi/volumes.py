@@ -24,8 +24,8 @@ CONTROLLER_KEYS = frozenset({"prefixBase", "onDelete"})
 # it is deliberately added here.
 VOLUME_OPTIONS = frozenset({
     "endpoint_url", "region", "addressing_style", "eviction_policy", "promotion", "stale_after",
-    "block_size", "read_ahead_blocks", "max_fetches", "hedging", "hedge_min_delay", "entry_timeout",
-    "attr_timeout", "listing_ttl", "negative_ttl", "file_mode", "dir_mode", "max_idle_threads",
+    "block_size", "read_ahead", "prefetch_small_files", "max_fetches", "hedging", "hedge_min_delay",
+    "entry_timeout", "attr_timeout", "listing_ttl", "negative_ttl", "file_mode", "dir_mode", "max_idle_threads",
     "s3_max_attempts", "s3_connect_timeout", "s3_read_timeout", "log_level",
 }) & frozenset(o.name for o in OPTIONS)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

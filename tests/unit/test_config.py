@@ -1,6 +1,6 @@
 import pytest
 
-from cachefs.config import Config, build_config, parse_size
+from cachefs.config import MiB, Config, build_config, parse_size
 from cachefs.errors import ConfigError
 
 
@@ -32,9 +32,9 @@ def test_layers_in_order(tmp_path):
 
 def test_config_file_from_environment(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('read_ahead_blocks = 5\n')
+    toml.write_text('read_ahead = "20MiB"\n')
     cfg = build_config("s3://bkt", "/mnt", {}, None, {"CACHEFS_CONFIG": str(toml)})
-    assert cfg.read_ahead_blocks == 5
+    assert cfg.read_ahead == 20 * MiB and cfg.read_ahead_blocks == 5     # whole 4 MiB blocks
 
 
 @pytest.mark.parametrize("flags,message", [

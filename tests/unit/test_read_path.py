@@ -32,7 +32,7 @@ def world(tmp_path):
     cache.open()
     ns = Namespace(meta, store, cfg, run_blocking)
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS,
-                         read_ahead_blocks=0)
+                         read_ahead=0)
     yield store, ns, reader, stats
     meta.close()
 
@@ -121,7 +121,7 @@ def test_changed_object_is_never_served_stale(world):
 
 def _reader_with_readahead(world, window, max_fetches=16):
     store, ns, reader, stats = world
-    reader.read_ahead_blocks, reader.max_fetches = window, max_fetches
+    reader.read_ahead, reader.max_fetches = window * BS, max_fetches
     return store, ns, reader, stats
 
 
