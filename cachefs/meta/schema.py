@@ -15,6 +15,14 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 | negative     | u64 parent ino + name            | f64 wall-clock expiry of a "no such entry" answer       |
 | blocks       | 16-byte xxh3-128 block key       | BLOCK: u32 size, f64 time stored, u32 directory id      |
 |              |                                  | (xxh32 of the tier directory's absolute path)           |
+| pending      | u64 ino                          | JSON: {"path": current path, "remote": path S3 holds the |
+|              |                                  | last upload at or null, "upload": [key, multipart id] or |
+|              |                                  | null}; one per file with data not yet in S3 (staging/<ino>) |
+| attrs        | u64 ino                          | ATTRS: u32 mode bits, i64 atime_ns, i64 mtime_ns, set by |
+|              |                                  | create/chmod/utimens (absent: the mount's defaults)     |
+
+`pending` and `attrs` were added to layout 2 without a version change: a cachefs that does not know
+them never opens them, and they are empty on a read-only mount.
 
 The `path` of an inode is its key relative to the mount's prefix: "a/b/file" for files, "a/b" for
 directories, "" for the root. Its S3 key is prefix + path (+ "/" for a directory's listing prefix).
@@ -25,7 +33,7 @@ import struct
 from dataclasses import dataclass
 
 LAYOUT_VERSION = b"2"
-DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks")
+DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs")
 
 ROOT_INO = 1            # FUSE's root inode number
 FIRST_FREE_INO = 2
@@ -38,6 +46,7 @@ F64 = struct.Struct(">d")
 INODE = struct.Struct(">BqqQ")   # kind, size, mtime_ns, parent
 U16 = struct.Struct(">H")
 BLOCK = struct.Struct(">IdI")    # size, stored_at, directory id
+ATTRS = struct.Struct(">Iqq")    # mode bits, atime_ns, mtime_ns
 
 
 @dataclass(frozen=True)

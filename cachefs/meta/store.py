@@ -5,6 +5,7 @@ are memory-mapped lookups) but run writes that touch many entries in a worker th
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -14,7 +15,7 @@ from typing import Iterable
 import lmdb
 
 from ..errors import UserError
-from .schema import (BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, ROOT_INO, Inode,
+from .schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, ROOT_INO, Inode,
                      dentry_key, pack_f64, pack_inode, pack_u64, unpack_f64, unpack_inode, unpack_u64)
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class MetaStore:
             current = stack.pop()
             txn.delete(pack_u64(current), db=self.dbs["inodes"])
             txn.delete(pack_u64(current), db=self.dbs["listings"])
+            txn.delete(pack_u64(current), db=self.dbs["attrs"])
             prefix = pack_u64(current)
             cur = txn.cursor(db=self.dbs["dentries"])
             if cur.set_range(prefix):
@@ -206,3 +208,92 @@ class MetaStore:
                 txn.delete(key)
             for key, size, stored_at, did in added:
                 txn.put(key, BLOCK.pack(size, stored_at, did))
+
+    # -- the write path ---------------------------------------------------------------------
+    def mark_listed(self, ino: int, expiry: float) -> None:
+        """A directory made here is empty and complete: no LIST needed until `expiry`."""
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["listings"]) as txn:
+            txn.put(pack_u64(ino), pack_f64(expiry))
+
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        with self._write_lock, self.env.begin(write=True) as txn:
+            child = txn.get(dentry_key(parent, name), db=self.dbs["dentries"])
+            if child is not None:
+                self._remove(txn, parent, name, unpack_u64(child))
+
+    def move(self, old_parent: int, old_name: bytes, new_parent: Inode, new_name: bytes) -> Inode:
+        """Rename keeping the inode number (the kernel still holds it); a directory's recorded
+        descendants get their new paths. An entry at the destination is replaced."""
+        with self._write_lock, self.env.begin(write=True) as txn:
+            child = txn.get(dentry_key(old_parent, old_name), db=self.dbs["dentries"])
+            if child is None:
+                raise KeyError(old_name)
+            ino = unpack_u64(child)
+            target = txn.get(dentry_key(new_parent.ino, new_name), db=self.dbs["dentries"])
+            if target is not None and target != child:
+                self._remove(txn, new_parent.ino, new_name, unpack_u64(target))
+            txn.delete(dentry_key(old_parent, old_name), db=self.dbs["dentries"])
+            txn.put(dentry_key(new_parent.ino, new_name), child, db=self.dbs["dentries"])
+            txn.delete(dentry_key(new_parent.ino, new_name), db=self.dbs["negative"])
+            inodes = self.dbs["inodes"]
+            node = unpack_inode(ino, txn.get(child, db=inodes))
+            name = new_name.decode()
+            moved = Inode(ino, node.kind, node.size, node.mtime_ns, new_parent.ino, node.etag,
+                          f"{new_parent.path}/{name}" if new_parent.path else name)
+            txn.put(child, pack_inode(moved), db=inodes)
+            stack = [moved] if moved.is_dir else []
+            while stack:
+                directory = stack.pop()
+                prefix = pack_u64(directory.ino)
+                cur = txn.cursor(db=self.dbs["dentries"])
+                if not cur.set_range(prefix):
+                    continue
+                for key, sub in cur:
+                    if not key.startswith(prefix):
+                        break
+                    raw = txn.get(sub, db=inodes)
+                    if raw is None:
+                        continue
+                    old = unpack_inode(unpack_u64(sub), raw)
+                    new = Inode(old.ino, old.kind, old.size, old.mtime_ns, old.parent, old.etag,
+                                f"{directory.path}/{key[8:].decode()}")
+                    txn.put(sub, pack_inode(new), db=inodes)
+                    if new.is_dir:
+                        stack.append(new)
+        return moved
+
+    def set_file(self, ino: int, size: int, etag: str, mtime_ns: int) -> Inode | None:
+        """Record what S3 now holds for a file written here."""
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["inodes"]) as txn:
+            raw = txn.get(pack_u64(ino))
+            if raw is None:
+                return None
+            old = unpack_inode(ino, raw)
+            new = Inode(ino, old.kind, size, mtime_ns, old.parent, etag, old.path)
+            txn.put(pack_u64(ino), pack_inode(new))
+        return new
+
+    def pending(self) -> dict[int, dict]:
+        with self.env.begin(db=self.dbs["pending"]) as txn:
+            return {unpack_u64(k): json.loads(bytes(v)) for k, v in txn.cursor()}
+
+    def put_pending(self, ino: int, record: dict) -> None:
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["pending"]) as txn:
+            txn.put(pack_u64(ino), json.dumps(record).encode())
+
+    def delete_pending(self, ino: int) -> None:
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["pending"]) as txn:
+            txn.delete(pack_u64(ino))
+
+    def get_attrs(self, ino: int) -> tuple[int, int, int] | None:
+        with self.env.begin(db=self.dbs["attrs"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        return ATTRS.unpack(raw) if raw is not None else None
+
+    def put_attrs(self, ino: int, mode: int, atime_ns: int, mtime_ns: int) -> None:
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["attrs"]) as txn:
+            txn.put(pack_u64(ino), ATTRS.pack(mode, atime_ns, mtime_ns))
+
+    def sync(self) -> None:
+        """Make every commit durable against a power loss (metasync is off for speed)."""
+        self.env.sync(True)

@@ -44,5 +44,61 @@ class ObjectStore(abc.ABC):
                   delimiter: str = "/") -> ListPage:
         """One page of a delimited listing under `prefix`."""
 
+    # -- writes (idempotent: a retried request leaves the same state) ------------------------
+    @abc.abstractmethod
+    def put_object(self, key: str, data: bytes | memoryview) -> str:
+        """Store `data` under `key` in one request; returns the new ETag."""
+
+    @abc.abstractmethod
+    def create_multipart(self, key: str) -> str:
+        """Start a multipart upload; returns its upload id."""
+
+    @abc.abstractmethod
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
+        """Upload part `number` (1-based); returns the part's ETag."""
+
+    @abc.abstractmethod
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """Assemble the parts [(number, etag)] into the object; returns its ETag."""
+
+    @abc.abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished multipart upload and its parts (no error if it is already gone)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key` (no error if it does not exist)."""
+
+    @abc.abstractmethod
+    def copy(self, src: str, dst: str) -> str:
+        """Server-side copy of `src` to `dst`; returns the new ETag."""
+
     def close(self) -> None:
         """Release connections."""
+
+
+class DelegatingWrites:
+    """For store wrappers that change how reads behave (hedging, fault injection): writes go to
+    `self.inner` unchanged."""
+    inner: ObjectStore
+
+    def put_object(self, key, data):
+        return self.inner.put_object(key, data)
+
+    def create_multipart(self, key):
+        return self.inner.create_multipart(key)
+
+    def upload_part(self, key, upload_id, number, data):
+        return self.inner.upload_part(key, upload_id, number, data)
+
+    def complete_multipart(self, key, upload_id, parts):
+        return self.inner.complete_multipart(key, upload_id, parts)
+
+    def abort_multipart(self, key, upload_id):
+        return self.inner.abort_multipart(key, upload_id)
+
+    def delete(self, key):
+        return self.inner.delete(key)
+
+    def copy(self, src, dst):
+        return self.inner.copy(src, dst)

@@ -6,13 +6,13 @@ import threading
 import time
 from typing import Callable
 
-from .base import ListPage, ObjectInfo, ObjectStore
+from .base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
 # rule(operation, key, call_number) -> seconds to delay, or an exception to raise, or None
 Rule = Callable[[str, str, int], "float | BaseException | None"]
 
 
-class FaultyStore(ObjectStore):
+class FaultyStore(DelegatingWrites, ObjectStore):
     def __init__(self, inner: ObjectStore, rule: Rule) -> None:
         self.inner = inner
         self.bucket = inner.bucket

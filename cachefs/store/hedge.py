@@ -16,7 +16,7 @@ import time
 from collections import deque
 
 from ..stats import Stats
-from .base import ListPage, ObjectInfo, ObjectStore
+from .base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
 MIN_SAMPLES = 20        # no hedging until a size class has this many latencies to judge by
 WINDOW = 200            # latencies remembered per size class: about the last few seconds of traffic
@@ -46,7 +46,7 @@ class LatencyTracker:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class HedgedStore(ObjectStore):
+class HedgedStore(DelegatingWrites, ObjectStore):
     def __init__(self, inner: ObjectStore, stats: Stats, *, percentile: float = 0.95,
                  min_delay: float = 0.05, max_workers: int = 32) -> None:
         self.inner = inner

@@ -17,6 +17,7 @@ class MemoryStore(ObjectStore):
         self.stats = stats or Stats()
         self._lock = threading.Lock()
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
+        self._uploads: dict[str, tuple[str, dict[int, bytes]]] = {}
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
         info = ObjectInfo(key, len(data), f'"{xxhash.xxh64_hexdigest(data)}"', time.time_ns())
@@ -25,8 +26,49 @@ class MemoryStore(ObjectStore):
         return info
 
     def delete(self, key: str) -> None:
+        self.stats.add("s3_delete")
         with self._lock:
             self._objects.pop(key, None)
+
+    def put_object(self, key: str, data: bytes | memoryview) -> str:
+        self.stats.add("s3_put")
+        return self.put(key, bytes(data)).etag
+
+    def create_multipart(self, key: str) -> str:
+        with self._lock:
+            self._uploads[upload_id := f"u{len(self._uploads) + 1}"] = (key, {})
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
+        self.stats.add("s3_put_part")
+        with self._lock:
+            entry = self._uploads.get(upload_id)
+            if entry is None or entry[0] != key:
+                raise ObjectNotFound(f"no multipart upload {upload_id} for {key}")
+            entry[1][number] = bytes(data)
+        return f'"{xxhash.xxh64_hexdigest(data)}"'
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        with self._lock:
+            entry = self._uploads.pop(upload_id, None)
+        if entry is None:
+            raise ObjectNotFound(f"no multipart upload {upload_id} for {key}")
+        return self.put(key, b"".join(entry[1][n] for n, _ in sorted(parts))).etag
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        with self._lock:
+            self._uploads.pop(upload_id, None)
+
+    def multipart_uploads(self) -> list[str]:
+        with self._lock:
+            return sorted(self._uploads)
+
+    def copy(self, src: str, dst: str) -> str:
+        with self._lock:
+            entry = self._objects.get(src)
+        if entry is None:
+            raise ObjectNotFound(src)
+        return self.put(dst, entry[0]).etag
 
     def check_bucket(self, prefix: str = "") -> None:
         if not self.bucket:

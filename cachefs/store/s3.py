@@ -170,5 +170,55 @@ class S3Store(ObjectStore):
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
         return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
 
+    # -- writes --------------------------------------------------------------------------
+    def _call(self, counter: str, key: str, fn, **args):
+        self.stats.add(counter)
+        try:
+            return fn(Bucket=self.bucket, Key=key, **args)
+        except (bce.ClientError, *_NETWORK_ERRORS) as e:
+            self.stats.add("s3_write_errors")
+            raise self._translate(e, key) from e
+
+    def put_object(self, key: str, data: bytes | memoryview) -> str:
+        r = self._call("s3_put", key, self.client.put_object, Body=bytes(data))
+        self.stats.add("s3_put_bytes", len(data))
+        return r["ETag"]
+
+    def create_multipart(self, key: str) -> str:
+        return self._call("s3_multipart_create", key, self.client.create_multipart_upload)["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
+        r = self._call("s3_put_part", key, self.client.upload_part, UploadId=upload_id, PartNumber=number,
+                       Body=bytes(data))
+        self.stats.add("s3_put_bytes", len(data))
+        return r["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        body = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]}
+        return self._call("s3_multipart_complete", key, self.client.complete_multipart_upload,
+                          UploadId=upload_id, MultipartUpload=body)["ETag"]
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self._call("s3_multipart_abort", key, self.client.abort_multipart_upload, UploadId=upload_id)
+        except ObjectNotFound:
+            pass        # NoSuchUpload: already completed or aborted
+
+    def delete(self, key: str) -> None:
+        self._call("s3_delete", key, self.client.delete_object)
+
+    def copy(self, src: str, dst: str) -> str:
+        # boto3's managed copy switches to a multipart copy above 5 GiB, S3's single-copy limit.
+        self.stats.add("s3_copy")
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst)
+        except (bce.ClientError, *_NETWORK_ERRORS) as e:
+            self.stats.add("s3_write_errors")
+            raise self._translate(e, src) from e
+        info = self.head(dst)
+        if info is None:
+            raise StoreUnavailable(f"copy of s3://{self.bucket}/{src} to {dst} did not appear")
+        return info.etag
+
     def close(self) -> None:
         self.client.close()
