@@ -24,11 +24,14 @@ from .meta.schema import Inode
 from .namespace import Namespace
 from .reader import BlockReader, ReadState
 from .stats import Stats
+from .tree import Tree
+from .writeback import Staged, Writeback
 
 log = logging.getLogger(__name__)
 
 STATS_XATTR = b"user.cachefs.stats"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+_DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until something lists it anew
 
 
 def fuse_errors(fn):
@@ -69,6 +72,8 @@ class OpenFile:
     inode: Inode
     key: str
     state: ReadState
+    staged: Staged | None = None     # set while the file's bytes are in staging
+    writable: bool = False
 
 
 class CachefsOperations(pyfuse3.Operations):
@@ -77,10 +82,12 @@ class CachefsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, namespace: Namespace, reader: BlockReader, cfg: Config, stats: Stats,
-                 stats_extra=None) -> None:
+                 stats_extra=None, writeback: Writeback | None = None) -> None:
         super().__init__()
         self.ns = namespace
         self.reader = reader
+        self.wb = writeback
+        self.tree = Tree(namespace, writeback) if writeback is not None else None
         self.cfg = cfg
         self.stats = stats
         self.stats_extra = stats_extra or (lambda: {})
@@ -89,11 +96,14 @@ class CachefsOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._opened_etag: dict[int, str] = {}   # ino -> ETag whose bytes the page cache holds
+        self._written: set[int] = set()           # inodes written through this mount
 
     # -- attributes -------------------------------------------------------------------------
     def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
+        if self.wb is not None:
+            inode = self.wb.overlay(inode)
         if inode.is_dir:
             a.st_mode = stat.S_IFDIR | self.cfg.dir_mode
             a.st_nlink = 2
@@ -102,12 +112,21 @@ class CachefsOperations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | self.cfg.file_mode
             a.st_nlink = 1
             mtime = inode.mtime_ns
+        atime = mtime
+        if self.wb is not None:          # chmod / utimens / create recorded them
+            kept = self.ns.meta.get_attrs(inode.ino)
+            if kept is not None:
+                a.st_mode = stat.S_IFMT(a.st_mode) | kept[0]
+                atime = kept[1]
+                if inode.is_dir:
+                    mtime = kept[2]     # a file's mtime is its inode's (or staged) one
         a.st_size = inode.size
         a.st_blocks = -(-inode.size // 512)
         a.st_blksize = 128 * 1024   # stdio buffer hint; the kernel splits reads itself
         a.st_uid = self.cfg.uid
         a.st_gid = self.cfg.gid
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+        a.st_atime_ns = atime
+        a.st_mtime_ns = a.st_ctime_ns = mtime
         a.entry_timeout = self.cfg.entry_timeout
         a.attr_timeout = self.cfg.attr_timeout
         return a
@@ -162,33 +181,139 @@ class CachefsOperations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------------------------
     @fuse_errors
     async def open(self, inode, flags, ctx):
-        if flags & _WRITE_FLAGS:
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if flags & _WRITE_FLAGS and (self.wb is None or self.cfg.read_only):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self.ns.get(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = next(self._fh)
-        self._files[fh] = OpenFile(node, self.ns.key_of(node), ReadState())
+        f = OpenFile(node, self.ns.key_of(node), ReadState(), writable=writable)
+        if writable:
+            f.staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=bool(flags & os.O_TRUNC))
+            if flags & os.O_TRUNC and f.staged.size:
+                self.wb.truncate(f.staged, 0)
+        else:
+            f.staged = self.wb.get(inode) if self.wb is not None else None
+        if f.staged is not None:
+            self.wb.opened(f.staged, writable)
+            self._opened_etag.pop(inode, None)
+            self._files[fh] = f
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+        self._files[fh] = f
+        self.reader.prefetch_file(node, f.key)     # small files: all blocks, now
         # Keep the page cache only if it holds this very version of the object.
         keep = self._opened_etag.get(inode) == node.etag
         self._opened_etag[inode] = node.etag
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 
+    def _reader_of(self, node: Inode):
+        async def read_range(offset: int, size: int):
+            return await self.reader.read(node, self.ns.key_of(node), offset, size, ReadState())
+        return read_range
+
     @fuse_errors
     async def read(self, fh, off, size):
         f = self._files[fh]
         self.stats.add("fuse_reads")
-        try:
-            data = await self.reader.read(f.inode, f.key, off, size, f.state)
-        except ObjectChanged:
-            await self.ns.refresh(f.inode)   # the next open sees the new version
-            self._opened_etag.pop(f.inode.ino, None)
-            raise
+        staged = f.staged or (self.wb.get(f.inode.ino) if self.wb is not None else None)
+        if staged is not None:
+            data = self.wb.read(staged, off, size)
+        else:
+            if f.inode.ino in self._written:        # uploaded since it was opened: its new version
+                f.inode = self.ns.get(f.inode.ino)
+            try:
+                data = await self.reader.read(f.inode, f.key, off, size, f.state)
+            except ObjectChanged:
+                await self.ns.refresh(f.inode)   # the next open sees the new version
+                self._opened_etag.pop(f.inode.ino, None)
+                raise
         self.stats.add("fuse_read_bytes", len(data))
         return data
 
     async def release(self, fh):
-        self._files.pop(fh, None)
+        f = self._files.pop(fh, None)
+        if f is not None and f.staged is not None:
+            self.wb.closed(f.staged, f.writable)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _writable(self) -> Tree:
+        if self.tree is None or self.cfg.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.tree
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        f = self._files[fh]
+        if f.staged is None or not f.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        self._written.add(f.inode.ino)
+        return self.wb.write(f.staged, off, buf)
+
+    @fuse_errors
+    async def flush(self, fh):
+        pass          # close-to-open: uploads follow the schedule (docs/SEMANTICS.md)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        f = self._files.get(fh)
+        if f is not None and f.staged is not None:
+            if not await self.wb.fsync(f.staged, self.cfg.fsync_upload):
+                raise pyfuse3.FUSEError(errno.EIO)
+
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        tree = self._writable()
+        node, staged = await tree.create(parent_inode, name, mode & ~ctx.umask)
+        self._written.add(node.ino)
+        fh = next(self._fh)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        self._files[fh] = OpenFile(node, self.ns.key_of(node), ReadState(), staged, writable)
+        self.wb.opened(staged, writable)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), self.attrs(node)
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        node = await self._writable().mkdir(parent_inode, name, mode & ~ctx.umask, _DIR_LISTING_TTL)
+        return self.attrs(node)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._writable().rmdir(parent_inode, name)
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        await self._writable().unlink(parent_inode, name)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._writable().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable()
+        node = self.ns.get(inode)
+        if (fields.update_uid and attr.st_uid != self.cfg.uid) or (fields.update_gid and attr.st_gid != self.cfg.gid):
+            raise pyfuse3.FUSEError(errno.EPERM)      # one owner for the whole mount
+        if fields.update_size:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=attr.st_size == 0)
+            self._written.add(inode)
+            if staged.size != attr.st_size:
+                self.wb.truncate(staged, attr.st_size)
+        if fields.update_mode or fields.update_atime or fields.update_mtime:
+            current = self.attrs(node)
+            mode = stat.S_IMODE(attr.st_mode if fields.update_mode else current.st_mode)
+            atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
+            staged = self.wb.get(inode)
+            if staged is not None and fields.update_mtime:
+                staged.mtime_ns = mtime
+            elif fields.update_mtime and not node.is_dir:
+                await self.ns.run_blocking(self.ns.meta.set_file, inode, node.size, node.etag, mtime)
+            await self.ns.run_blocking(self.ns.meta.put_attrs, inode, mode, atime, mtime)
+        return self.attrs(self.ns.get(inode))
 
     # -- extended attributes ----------------------------------------------------------------
     @fuse_errors

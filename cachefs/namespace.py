@@ -25,6 +25,15 @@ NAME_MAX = 255  # bytes; Linux's limit for one path segment
 # fresh, list the whole directory instead: a loader opening every file of a class directory from a
 # file list then costs one paged LIST per 1,000 files, not two requests per file.
 LIST_AFTER_LOOKUPS = 8
+# The first remote lookup in a directory whose listing is not fresh also starts a listing of that
+# directory in the background, so that the loader's next opens there are answered from LMDB (a
+# loader opens paths from a file list and never lists). At most this many run at once, mount-wide:
+# each is one paged LIST at a time, and 4 keep metadata traffic a small share of a backend that
+# serves 16 block GETs at once; a directory met while all 4 run falls back to LIST_AFTER_LOOKUPS.
+MAX_BACKGROUND_LISTINGS = 4
+# A lookup that finds its directory being listed waits this long for the listing (a 1,000-key page
+# takes ~10-100 ms), then asks S3 itself: a directory of 100k names must not stall its first opens.
+LISTING_WAIT_S = 1.0
 
 RunBlocking = Callable[..., Awaitable]
 
@@ -48,6 +57,8 @@ class Namespace:
         self.run_blocking = run_blocking
         self._listing: dict[int, trio.Event] = {}   # single-flight per directory
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
+        self.background_listings = MAX_BACKGROUND_LISTINGS   # the bound (0: no background listing)
+        self._background = 0                                 # background listings running now
         # Set by the write path: names in a directory that exist only locally (staged, not yet in
         # S3), and whether an inode is such a local file. A listing or lookup must not drop them.
         self.local_names: Callable[[int], set[bytes]] = lambda ino: set()
@@ -124,6 +135,15 @@ class Namespace:
             return known
         if self.meta.negative_expiry(parent_ino, name) > now:
             return None
+        pending = self._listing.get(parent_ino)
+        if pending is not None:
+            with trio.move_on_after(LISTING_WAIT_S):
+                await pending.wait()
+            if self.meta.listing_expiry(parent_ino) > time.time():
+                return self.meta.lookup(parent_ino, name)
+        elif self._background < self.background_listings:
+            self._list_in_background(parent)
+            return await self._lookup_remote(parent, name.decode())
         count = self._remote_lookups.get(parent_ino, 0) + 1
         if count >= LIST_AFTER_LOOKUPS:
             self._remote_lookups.pop(parent_ino, None)
@@ -131,6 +151,28 @@ class Namespace:
             return self.meta.lookup(parent_ino, name)
         self._remote_lookups[parent_ino] = count
         return await self._lookup_remote(parent, name.decode())
+
+    def _list_in_background(self, directory: Inode) -> None:
+        """Start listing a directory without waiting for it. Registered as this directory's listing
+        at once, so that the lookups after this one wait for it instead of starting their own. A
+        system task: the namespace has no nursery, and the listing must outlive its lookup."""
+        done = self._listing[directory.ino] = trio.Event()
+        self._background += 1
+        trio.lowlevel.spawn_system_task(self._background_listing, directory, done,
+                                        name=f"cachefs listing of directory {directory.ino}")
+
+    async def _background_listing(self, directory: Inode, done: trio.Event) -> None:
+        try:
+            await self.run_blocking(self._relist, directory)
+            self._remote_lookups.pop(directory.ino, None)
+        except trio.Cancelled:
+            raise
+        except Exception as e:  # lookups go on one by one; the next first lookup tries again
+            log.warning("background listing of %r failed: %s", self.dir_prefix(directory), e)
+        finally:
+            del self._listing[directory.ino]
+            done.set()
+            self._background -= 1
 
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode | None:
         """Is `name` a directory (any key below it) or a file (a HEAD answers)? Asked in parallel."""

@@ -9,6 +9,7 @@ tiers, so hit ratios mean what they say) and goes away when the file is closed.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -28,6 +29,12 @@ RunBlocking = Callable[..., Awaitable]
 
 # Two blocks per open file: the one being read and the next (the kernel's read-ahead runs into it).
 HANDLE_BLOCKS = 2
+# ... and at most this many across all open files, oldest dropped first (a dropped block is read
+# again from the cache tiers): with thousands of open files, memory stays bounded. 32 blocks (128 MiB
+# at 4 MiB) keep two each for 16 files read at once (max_idle_threads). Together with the read-ahead
+# buffer (max_fetches + max_idle_threads blocks) and max_fetches GETs in flight, this is the
+# mount's global read-ahead memory budget: (32 + 16 + 16 + 16) x 4 MiB = 320 MiB by default.
+HANDLE_BUDGET_BLOCKS = 32
 # A read this far past the previous one's end still counts as sequential: record readers skip
 # headers and padding, and the kernel's own read-ahead may leave small holes.
 SKIP_TOLERANCE = 1 << 20
@@ -48,12 +55,14 @@ class _Fetch:
     done: trio.Event = field(default_factory=trio.Event)
     value: memoryview | None = None
     error: BaseException | None = None
+    shared: bool = False            # a reader waited for this fetch (a read-ahead need not keep it)
 
 
 class BlockReader:
     def __init__(self, store: ObjectStore, cache: BlockCache, run_blocking: RunBlocking, stats: Stats, *,
                  bucket: str, block_size: int, read_ahead: int, prefetch_small_files: int = 0,
-                 max_fetches: int = 16, prefetch_buffer_blocks: int = 32) -> None:
+                 max_fetches: int = 16, prefetch_buffer_blocks: int = 32,
+                 handle_budget_blocks: int = HANDLE_BUDGET_BLOCKS) -> None:
         self.store = store
         self.cache = cache
         self.run_blocking = run_blocking
@@ -69,6 +78,9 @@ class BlockReader:
         self.prefetch_buffer_blocks = prefetch_buffer_blocks
         self._prefetched: OrderedDict[bytes, memoryview] = OrderedDict()
         self._inflight: dict[bytes, _Fetch] = {}
+        # Blocks kept by open files, oldest first: (id of the ReadState, block index) -> the state.
+        self.handle_budget_blocks = handle_budget_blocks
+        self._held: OrderedDict[tuple[int, int], weakref.ref[ReadState]] = OrderedDict()
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
     @property
@@ -120,29 +132,57 @@ class BlockReader:
             data = await self._block(inode, key, index)
             state.blocks[index] = data
             while len(state.blocks) > HANDLE_BLOCKS:
-                state.blocks.popitem(last=False)
+                self._held.pop((id(state), state.blocks.popitem(last=False)[0]), None)
+            self._held[(id(state), index)] = weakref.ref(state)
+            while len(self._held) > self.handle_budget_blocks:
+                (_, old), ref = self._held.popitem(last=False)
+                holder = ref()           # None: that file was closed and its blocks are gone
+                if holder is not None:
+                    holder.blocks.pop(old, None)
         return data
+
+    def prefetch_file(self, inode: Inode, key: str) -> None:
+        """On open: a file no larger than --prefetch-small-files has all its blocks asked for now,
+        in the background and within the mount-wide max_fetches budget (blocks the budget cuts off
+        are fetched by the reads themselves). Blocks cached, buffered or in flight cost nothing."""
+        if (self.nursery is None or not 0 < inode.size <= self.prefetch_small_files or not inode.etag
+                or self._prefetching >= self.max_fetches):
+            return
+        for i in range(block_count(inode.size, self.block_size)):
+            if not self._start_prefetch(inode, key, i):
+                break
 
     def _read_ahead(self, state: ReadState, inode: Inode, key: str, first: int) -> None:
         last = min(first + state.window, block_count(inode.size, self.block_size))
         i = max(first, state.ahead_until)
-        while i < last and self._prefetching < self.max_fetches:
-            bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
-            if not (bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey)):
-                self.stats.add("readahead_blocks")
-                self._prefetching += 1
-                self.nursery.start_soon(self._prefetch, inode, key, i, bkey)
+        while i < last and self._start_prefetch(inode, key, i):
             i += 1
         state.ahead_until = i       # what the mount-wide limit cut off is asked for at the next block
 
+    def _start_prefetch(self, inode: Inode, key: str, index: int) -> bool:
+        """Fetch one block in the background unless it is at hand already; False when the
+        mount-wide budget (max_fetches GETs in flight) is spent."""
+        if self._prefetching >= self.max_fetches:
+            return False
+        bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
+        if not (bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey)):
+            self.stats.add("readahead_blocks")
+            self._prefetching += 1
+            self._inflight[bkey] = _Fetch()
+            self.nursery.start_soon(self._prefetch, inode, key, index, bkey)
+        return True
+
     async def _prefetch(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
+        fetch = self._inflight[bkey]     # registered by _start_prefetch, so a read arriving first waits
         try:
-            data = await self._block(inode, key, index)
+            data = await self._fetch(fetch, bkey, inode, key, index)
         except Exception as e:  # the reader will ask again and see the error itself
             log.debug("read-ahead of %s block %d failed: %s", key, index, e)
             return
         finally:
             self._prefetching -= 1
+        if fetch.shared:
+            return                       # a reader waited for it and has it
         self._prefetched[bkey] = data
         while len(self._prefetched) > self.prefetch_buffer_blocks:
             self._prefetched.popitem(last=False)
@@ -160,6 +200,7 @@ class BlockReader:
             if fetch is None:
                 break
             self.stats.add("fetch_shared")
+            fetch.shared = True
             await fetch.done.wait()
             if fetch.value is not None:
                 return fetch.value
@@ -167,6 +208,10 @@ class BlockReader:
                 raise fetch.error
             # the fetching request was cancelled before it started: try ourselves
         fetch = self._inflight[bkey] = _Fetch()
+        return await self._fetch(fetch, bkey, inode, key, index)
+
+    async def _fetch(self, fetch: _Fetch, bkey: bytes, inode: Inode, key: str, index: int) -> memoryview:
+        """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome."""
         try:
             fetch.value = await self.run_blocking(self._load, bkey, inode, key, index)
             return fetch.value

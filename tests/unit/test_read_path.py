@@ -60,6 +60,7 @@ def test_mapping_rules(world):
 
 def test_lookup_without_listing_uses_head_and_list(world):
     store, ns, _, stats = world
+    ns.background_listings = 0          # one by one (tests/unit/test_prefetch.py: with listings)
     store.put("pre/d/x", b"1")
     store.put("pre/f", b"22")
 
@@ -186,6 +187,7 @@ def test_mount_wide_fetch_limit(world):
 def test_many_lookups_in_one_directory_turn_into_one_listing(world):
     from cachefs.namespace import LIST_AFTER_LOOKUPS
     store, ns, _, stats = world
+    ns.background_listings = 0          # the fallback when every background listing slot is taken
     for i in range(50):
         store.put(f"pre/cls/{i:03d}.jpg", b"img")
 

@@ -1,0 +1,264 @@
+"""Whole-file prefetch on open, background directory listings, and the global bounds on both
+(BlockReader and Namespace over the in-memory store)."""
+import pytest
+import trio
+import trio.testing
+
+from cachefs.cache.spec import TierSpec
+from cachefs.cache.tiered import TieredCache
+from cachefs.config import build_config
+from cachefs.meta.schema import ROOT_INO
+from cachefs.meta.store import MetaStore
+from cachefs.namespace import MAX_BACKGROUND_LISTINGS, Namespace
+from cachefs.reader import BlockReader, ReadState
+from cachefs.stats import Stats
+from cachefs.store.memory import MemoryStore
+
+BS = 64 * 1024
+
+
+async def run_blocking(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+@pytest.fixture
+def world(tmp_path):
+    stats = Stats()
+    store = MemoryStore("bkt", stats)
+    cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
+    meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
+    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), 256 * BS)], meta, stats)
+    cache.open()
+    ns = Namespace(meta, store, cfg, run_blocking)
+    reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS, read_ahead=0,
+                         prefetch_small_files=4 * BS, max_fetches=16)
+    yield store, ns, reader, stats
+    meta.close()
+
+
+async def settle(ns=None, reader=None):
+    """Wait until background work (threads included, which wait_all_tasks_blocked does not see) is done."""
+    while (ns is not None and ns._background) or (reader is not None and reader._prefetching):
+        await trio.sleep(0.001)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def _open_and_read(ns, reader, name: str, reads=((0, 1 << 30),)):
+    """What fs.open then fs.read do: prefetch on open, then read; returns the bytes read."""
+    inode = await ns.lookup(ROOT_INO, name.encode())
+    got = []
+    async with trio.open_nursery() as nursery:
+        reader.nursery = nursery
+        reader.prefetch_file(inode, "pre/" + name)
+        state = ReadState()
+        for off, size in reads:
+            got.append(bytes(await reader.read(inode, "pre/" + name, off, size, state)))
+        await trio.testing.wait_all_tasks_blocked()
+    reader.nursery = None
+    return b"".join(got)
+
+
+def test_small_file_is_fetched_whole_on_open_and_each_block_once(world):
+    store, ns, reader, stats = world
+    data = bytes(range(256)) * (3 * BS // 256 + 7)          # 4 blocks, the last one partial
+    store.put("pre/small", data)
+    got = trio.run(_open_and_read, ns, reader, "small")
+    assert got == data
+    assert stats.get("readahead_blocks") == 4              # all blocks asked for at open
+    assert stats.get("s3_get") == 4                        # ... and none fetched twice by the read
+    assert not reader._prefetched                          # the read took them all
+
+
+def test_prefetch_on_open_starts_before_the_first_read(world):
+    store, ns, reader, stats = world
+    store.put("pre/one", b"x" * 1000)
+
+    async def main():
+        inode = await ns.lookup(ROOT_INO, b"one")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            reader.prefetch_file(inode, "pre/one")
+            await settle(reader=reader)
+            gets = stats.get("s3_get")                      # fetched with no read at all
+            assert bytes(await reader.read(inode, "pre/one", 0, 4096, ReadState())) == b"x" * 1000
+        reader.nursery = None
+        return gets
+    assert trio.run(main) == 1 and stats.get("s3_get") == 1
+
+
+def test_file_above_the_threshold_is_not_prefetched(world):
+    store, ns, reader, stats = world
+    store.put("pre/big", bytes(4 * BS + 1))
+    got = trio.run(_open_and_read, ns, reader, "big", ((0, 100),))
+    assert got == bytes(100)
+    assert stats.get("readahead_blocks") == 0 and stats.get("s3_get") == 1   # only the block read
+
+
+def test_threshold_zero_turns_it_off(world):
+    store, ns, reader, stats = world
+    reader.prefetch_small_files = 0
+    store.put("pre/small", bytes(2 * BS))
+    trio.run(_open_and_read, ns, reader, "small", ((0, 100),))
+    assert stats.get("readahead_blocks") == 0 and stats.get("s3_get") == 1
+
+
+def test_many_opens_at_once_stay_within_the_fetch_budget(world):
+    store, ns, reader, stats = world
+    reader.max_fetches = 3
+    for i in range(10):
+        store.put(f"pre/f{i}", bytes(2 * BS))
+
+    async def main():
+        inodes = [await ns.lookup(ROOT_INO, f"f{i}".encode()) for i in range(10)]
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for i, inode in enumerate(inodes):
+                reader.prefetch_file(inode, f"pre/f{i}")
+                assert reader._prefetching <= 3
+            assert reader._prefetching == 3
+            await trio.testing.wait_all_tasks_blocked()
+        reader.nursery = None
+        assert reader._prefetching == 0
+    trio.run(main)
+    assert stats.get("readahead_blocks") == 3
+
+
+def test_cached_small_file_costs_no_get_on_open(world):
+    store, ns, reader, stats = world
+    store.put("pre/warm", bytes(2 * BS))
+    trio.run(_open_and_read, ns, reader, "warm")
+    gets = stats.get("s3_get")
+    trio.run(_open_and_read, ns, reader, "warm")
+    assert stats.get("s3_get") == gets
+
+
+def test_blocks_held_by_open_files_are_bounded_mount_wide(world):
+    store, ns, reader, stats = world
+    reader.handle_budget_blocks = 6
+    reader.prefetch_small_files = 0
+    for i in range(20):
+        store.put(f"pre/h{i}", bytes([i]) * (2 * BS))
+
+    async def main():
+        states = []
+        for i in range(20):                                 # 20 files open at once, each read whole
+            inode = await ns.lookup(ROOT_INO, f"h{i}".encode())
+            state = ReadState()
+            states.append(state)
+            assert bytes(await reader.read(inode, f"pre/h{i}", 0, 2 * BS, state)) == bytes([i]) * (2 * BS)
+            assert sum(len(s.blocks) for s in states) <= 6
+        # the first file's blocks were dropped: reading it again comes from the cache tier, correct
+        inode = await ns.lookup(ROOT_INO, b"h0")
+        assert not states[0].blocks
+        assert bytes(await reader.read(inode, "pre/h0", BS, 10, states[0])) == bytes(10)
+        return states
+    states = trio.run(main)
+    assert sum(len(s.blocks) for s in states) <= 6
+    assert stats.get("s3_get") == 40                        # every block fetched once
+
+
+# -- directory listings in the background ------------------------------------------------------
+def _populate(store, dirs=3, files=40):
+    for d in range(dirs):
+        for i in range(files):
+            store.put(f"pre/c{d}/{i:03d}.jpg", b"img%d" % i)
+
+
+def test_first_lookup_lists_the_directory_in_the_background(world):
+    store, ns, _, stats = world
+    _populate(store, dirs=1)
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"c0")
+        await settle(ns)
+        before = (stats.get("s3_head"), stats.get("s3_list"))
+        first = await ns.lookup(cls.ino, b"000.jpg")        # remote, and starts the listing
+        await settle(ns)
+        middle = (stats.get("s3_head"), stats.get("s3_list"))
+        found = [await ns.lookup(cls.ino, f"{i:03d}.jpg".encode()) for i in range(1, 40)]
+        missing = await ns.lookup(cls.ino, b"nope.jpg")
+        after = (stats.get("s3_head"), stats.get("s3_list"))
+        return first, found, missing, before, middle, after
+    first, found, missing, before, middle, after = trio.run(main)
+    assert first.size == 4 and all(f is not None for f in found) and missing is None
+    assert middle[0] - before[0] == 1                # one HEAD for the first name
+    assert middle[1] - before[1] == 2                # its directory probe + the whole listing
+    assert after == middle                           # every later lookup (and the miss) from LMDB
+
+
+def test_lookups_during_the_listing_wait_for_it(world):
+    store, ns, _, stats = world
+    _populate(store, dirs=1)
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"c0")
+        await settle(ns)
+        heads = stats.get("s3_head")
+        results = {}
+
+        async def one(i):
+            results[i] = await ns.lookup(cls.ino, f"{i:03d}.jpg".encode())
+        async with trio.open_nursery() as nursery:      # 40 concurrent lookups, the loader's pattern
+            for i in range(40):
+                nursery.start_soon(one, i)
+        return results, stats.get("s3_head") - heads
+    results, heads = trio.run(main)
+    assert all(r is not None for r in results.values())
+    assert heads == 1                               # only the lookup that started the listing
+
+
+def test_background_listings_are_bounded_mount_wide(world):
+    store, ns, _, stats = world
+    n = MAX_BACKGROUND_LISTINGS + 3
+    _populate(store, dirs=n, files=3)
+    started = []
+    relist = ns._relist
+
+    def slow_relist(directory):
+        started.append(directory.path)
+        assert ns._background <= MAX_BACKGROUND_LISTINGS
+        return relist(directory)
+    ns._relist = slow_relist
+
+    async def main():
+        dirs = [await ns.lookup(ROOT_INO, f"c{d}".encode()) for d in range(n)]
+        await settle(ns)
+        started.clear()
+        gate = trio.Event()
+        orig = ns.run_blocking
+
+        async def gated(fn, *args):
+            if fn is slow_relist:
+                await gate.wait()                       # hold every listing open
+            return await orig(fn, *args)
+        ns.run_blocking = gated
+        async with trio.open_nursery() as nursery:
+            for d in dirs:
+                nursery.start_soon(ns.lookup, d.ino, b"000.jpg")
+            await trio.testing.wait_all_tasks_blocked()
+            assert ns._background == MAX_BACKGROUND_LISTINGS
+            gate.set()
+        await settle(ns)
+        assert ns._background == 0 and not ns._listing
+    trio.run(main)
+    assert len(started) == MAX_BACKGROUND_LISTINGS
+
+
+def test_failed_background_listing_falls_back_to_lookups_one_by_one(world, caplog):
+    store, ns, _, stats = world
+    _populate(store, dirs=1, files=5)
+
+    def broken(directory):
+        raise OSError("listing refused")
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"c0")
+        await settle(ns)
+        ns._relist = broken
+        found = [await ns.lookup(cls.ino, f"{i:03d}.jpg".encode()) for i in range(5)]
+        await settle(ns)
+        return found
+    found = trio.run(main)
+    assert all(f is not None and f.size == 4 for f in found)
+    assert ns._background == 0 and not ns._listing
+    assert "background listing" in caplog.text
