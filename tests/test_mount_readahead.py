@@ -1,0 +1,77 @@
+"""Read-ahead for the small-file workload on a real mount, counted in the S3 server's request log:
+directories listed in the background on their first lookup, small files fetched whole on open."""
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+
+import pytest
+
+from mount_helpers import MiB, object_bytes, read_all, summarize, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+FILES = 60
+
+
+def test_a_loader_opening_paths_without_listing_pays_one_listing_per_directory(mounter, make_bucket,
+                                                                               request_log):
+    """The loader opens paths from a file list and never lists: HEAD + LIST per file without
+    directory prefetch; with it, the first lookup in a directory starts a listing that answers the rest."""
+    objects = {f"train/c{d}/{i:03d}.jpg": object_bytes(f"img{d}.{i}", 20_000 + i) for d in range(2)
+               for i in range(FILES)}
+    name = make_bucket("dirprefetch", objects)
+    m = mounter.mount(name)
+    mark = request_log.mark()
+    for key in sorted(objects):                     # one path at a time, like a loader's worker
+        assert read_all(m / key) == objects[key], key
+    seen = request_log.since(mark, name)
+    heads = [r for r in seen if r.method == "HEAD"]
+    lists = [r for r in seen if r.is_list]
+    gets = [r for r in seen if r.is_object_get]
+    # One by one this is 2 x 120 requests; with listings a few HEADs and LISTs for the first names
+    # of each directory (and of train/ and the root) while their listings run.
+    assert len(heads) + len(lists) <= 20, summarize(heads + lists)
+    assert len(gets) == len(objects), summarize(gets)
+
+
+@pytest.mark.parametrize("threshold,expect_gets", [("4MiB", 3), ("0", 0)])
+def test_open_of_a_small_file_fetches_it_whole_before_any_read(mounter, make_bucket, request_log,
+                                                               threshold, expect_gets):
+    data = object_bytes("whole", 2 * MiB + 300_000)      # 3 blocks of 1 MiB
+    name = make_bucket("wholefile", {"f": data})
+    m = mounter.mount(name, "--prefetch-small-files", threshold, block_size="1MiB")
+    os.stat(m / "f")
+    mark = request_log.mark()
+    fd = os.open(m / "f", os.O_RDONLY)
+    try:
+        def object_gets():
+            return [r for r in request_log.since(mark, name) if r.is_object_get]
+        if expect_gets:
+            assert wait_until(lambda: len(object_gets()) >= expect_gets, 10.0), summarize(object_gets())
+        else:
+            request_log.settle(quiet_s=0.5)
+        assert len(object_gets()) == expect_gets, summarize(object_gets())
+        got = b""
+        while chunk := os.read(fd, 1 << 20):
+            got += chunk
+    finally:
+        os.close(fd)
+    assert got == data
+    if expect_gets:                                       # the read found every block at hand
+        assert len(object_gets()) == expect_gets, summarize(object_gets())
+
+
+def test_read_ahead_is_a_size_rounded_to_blocks(mounter, make_bucket):
+    data = object_bytes("seq", 12 * MiB)
+    name = make_bucket("readaheadsize", {"big": data})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = mounter.mount(name, "--read-ahead", "3.5MiB", "--metrics-addr", f"127.0.0.1:{port}", block_size="1MiB")
+    assert read_all(m / "big") == data
+    assert 0 < m.stats()["readahead_blocks"] <= 12
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    gauge = [line for line in text.splitlines() if line.startswith("cachefs_readahead_window_bytes ")]
+    assert gauge and float(gauge[0].split()[1]) == 3 * MiB, gauge
