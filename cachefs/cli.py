@@ -55,7 +55,10 @@ def make_parser() -> argparse.ArgumentParser:
     for name in ("umount", "unmount"):
         u = sub.add_parser(name, help="unmount and wait for the daemon to exit")
         u.add_argument("mountpoint")
-        u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
+        u.add_argument("--timeout", type=float, default=600.0,
+                       help="seconds to wait for pending uploads and for the daemon to exit (default 600)")
+        u.add_argument("--force", action="store_true",
+                       help="unmount even if uploads are still pending (they stay staged for the next mount)")
     csi_cli.add_subcommands(sub)
     opscli.add_commands(sub)
     return parser
@@ -115,8 +118,20 @@ def _last_line(proc: subprocess.Popen) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    """Upload what is pending first (the mount stays usable meanwhile), then unmount."""
     from .mounts import unmount
-    unmount(args.mountpoint, args.timeout)
+    deadline = time.monotonic() + args.timeout
+    try:
+        pending = opscli.flush_uploads(args.mountpoint, args.timeout)
+    except UserError as e:
+        if "not a cachefs mount" in str(e):
+            raise
+        pending = []                 # no control socket (an older daemon): its own exit drains
+        print(f"cachefs: warning: could not ask the daemon to upload first: {e}", file=sys.stderr)
+    if pending and not args.force:
+        raise UserError(opscli.pending_message(pending, args.timeout) +
+                        "; not unmounted (retry, or --force to leave them staged for the next mount)")
+    unmount(args.mountpoint, max(5.0, deadline - time.monotonic()))
     return 0
 
 

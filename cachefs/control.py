@@ -122,9 +122,12 @@ class ControlServer:
         return {"stats": self.daemon.stats_dict()}
 
     async def op_flush(self, request: dict) -> dict:
-        """Make the cache state durable now (the block index; pending uploads once writes exist)."""
+        """Make the cache state durable now: the block index, and every pending upload (waiting up
+        to `timeout` seconds; what is still pending is listed)."""
         await trio.to_thread.run_sync(self.daemon.cache.flush, limiter=self.daemon.limiter)
-        return {"flushed": ["block-index"]}
+        timeout = float(request.get("timeout", 3600.0))
+        pending = await self.daemon.writeback.flush_all(timeout)
+        return {"flushed": ["block-index", "uploads"], "pending": pending}
 
     async def op_cached(self, request: dict) -> dict:
         """For each path (a file under the mount): its size and how many of its bytes are cached.

@@ -28,6 +28,7 @@ from .namespace import Namespace
 from .reader import BlockReader
 from .stats import Stats
 from .store import from_config
+from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,14 @@ def bound_malloc() -> None:
         log.debug("mallopt not available; memory tier RSS may exceed its budget")
 
 
+def staging_dir(cfg: Config) -> str:
+    """--staging-dir, else STAGING on the fastest disk tier (writes should land on the fastest disk)."""
+    if cfg.staging_dir:
+        return os.path.abspath(cfg.staging_dir)
+    disks = [t for t in cfg.cache if t.kind != "mem"]
+    return os.path.join(disks[0].dirs[0] if disks else cfg.cache_dir, "staging")
+
+
 def setup_logging(cfg: Config, background: bool) -> None:
     logsetup.setup(cfg.log_level, background, cfg.log_target, cfg.log_file)
 
@@ -109,7 +118,7 @@ def redirect_stdio(log_file: str) -> None:
 
 def fuse_options(cfg: Config) -> set[str]:
     opts = set(pyfuse3.default_options)
-    opts |= {f"fsname={cfg.source}", "subtype=cachefs", "ro", "noatime"}
+    opts |= {f"fsname={cfg.source}", "subtype=cachefs", "ro" if cfg.read_only else "rw", "noatime"}
     if cfg.allow_other:
         opts.add("allow_other")   # always with default_permissions (in pyfuse3's defaults)
     return opts
@@ -146,7 +155,20 @@ class Daemon:
                                   block_size=cfg.block_size, read_ahead=cfg.read_ahead,
                                   prefetch_small_files=cfg.prefetch_small_files, max_fetches=cfg.max_fetches,
                                   prefetch_buffer_blocks=cfg.max_fetches + cfg.max_idle_threads)
-        self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats)
+        self.writeback = Writeback(self.meta, self.store, run_blocking, self.stats, prefix=cfg.prefix,
+                                   staging_dir=staging_dir(cfg), staging_size=cfg.staging_size,
+                                   small_file_threshold=cfg.small_file_threshold,
+                                   small_sync_interval=cfg.small_sync_interval,
+                                   large_sync_interval=cfg.large_sync_interval,
+                                   part_size=cfg.multipart_part_size, upload_concurrency=cfg.upload_concurrency)
+        try:
+            self.stale_uploads = self.writeback.open()
+        except OSError as e:
+            raise UserError(f"staging directory {staging_dir(cfg)} is not usable: {e.strerror}") from None
+        self.namespace.local_names = lambda ino: self.writeback.local_names(self.namespace.get(ino))
+        self.namespace.is_local = self.writeback.is_local
+        self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats,
+                                     self.writeback)
         self._start_operations_interfaces()
         try:
             pyfuse3.init(self.ops, cfg.mountpoint, fuse_options(cfg))
@@ -161,6 +183,7 @@ class Daemon:
         return {"cache_bytes": sum(t.used for t in disk), "cache_capacity": sum(t.quota for t in disk),
                 "mem_cache_bytes": sum(t.used for t in self.cache.mem_tiers),
                 "cache_blocks": self.cache.block_count, "tiers": self.cache.tier_stats(),
+                **self.writeback.summary(), "pending_paths": self.writeback.pending_paths()[:100],
                 "control_socket": self.control.path, "metrics_url": self.exporter and self.exporter.url,
                 "source": self.cfg.source, "version": __version__}
 
@@ -205,8 +228,20 @@ class Daemon:
             nursery.start_soon(self._flush_index_periodically)
             nursery.start_soon(self.control.serve)
             nursery.start_soon(self._tune_kernel)
+            nursery.start_soon(self.writeback.run)
+            nursery.start_soon(self.writeback.abort_stale, self.stale_uploads)
             await pyfuse3.main(min_tasks=1, max_tasks=self.cfg.max_idle_threads)
+            await self._finish_uploads()
             nursery.cancel_scope.cancel()
+
+    async def _finish_uploads(self) -> None:
+        """Unmounted: keep uploading for a while; what is left waits for the next mount."""
+        if not self.writeback.pending_paths():
+            return
+        left = await self.writeback.flush_all(self.cfg.exit_upload_timeout)
+        if left:
+            log.warning("%d file(s) not yet uploaded stay staged for the next mount of %s: %s",
+                        len(left), self.cfg.cache_dir, ", ".join(left[:10]))
 
     async def _tune_kernel(self) -> None:
         try:
@@ -236,6 +271,7 @@ class Daemon:
             if self.exporter is not None:
                 self.exporter.stop()
             self.cache.close()
+            self.writeback.close()
             self.meta.close()
             self.store.close()
             mounts.unregister(self.cfg.mountpoint)

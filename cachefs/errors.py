@@ -43,6 +43,14 @@ class AccessDenied(StoreError):
     pass
 
 
+class FsError(CachefsError):
+    """A POSIX answer to a namespace request (ENOTEMPTY, EEXIST, EISDIR ...), not a failure."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(code, str(code)))
+        self.errno = code
+
+
 class CacheCorrupt(CachefsError):
     """A cached block failed its checksum or header check (it is dropped and refetched)."""
 
@@ -57,8 +65,16 @@ _ERRNO = (
 )
 
 
+# A local disk's answers that mean the same to the writer (the staging disk is full ...).
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 def errno_for(exc: BaseException) -> int:
     """The errno a reader sees for `exc` (EIO for anything not listed)."""
+    if isinstance(exc, FsError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
+        return exc.errno
     for cls, code in _ERRNO:
         if isinstance(exc, cls):
             return code

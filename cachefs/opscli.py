@@ -26,8 +26,9 @@ def add_commands(sub) -> None:
     w.add_argument("--in-daemon", action="store_true",
                    help="let the daemon read the files itself (no FUSE round trips, no page cache)")
 
-    f = sub.add_parser("flush", help="write the cache index (and, once writes exist, pending uploads) now")
+    f = sub.add_parser("flush", help="upload every pending file now and wait; write the cache index")
     f.add_argument("mountpoint")
+    f.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the uploads (default 600)")
 
     d = sub.add_parser("drop", help="drop the cached blocks of a file or directory")
     d.add_argument("mountpoint")
@@ -39,6 +40,17 @@ def add_commands(sub) -> None:
 
     i = sub.add_parser("install-mount-helper", help="install /sbin/mount.fuse.cachefs for mount -t fuse.cachefs")
     i.add_argument("--dest", default=None, help="where (default /sbin/mount.fuse.cachefs)")
+
+
+def flush_uploads(mountpoint: str, timeout: float) -> list[str]:
+    """Ask the daemon to upload everything now; the paths still pending after `timeout` s."""
+    from . import control
+    return control.request(mountpoint, "flush", timeout=timeout + 10, **{"timeout": timeout})["pending"]
+
+
+def pending_message(pending: list[str], timeout: float) -> str:
+    shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+    return f"{len(pending)} file(s) still not uploaded after {timeout:.0f} s: {shown}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
                            args.in_daemon)
     elif cmd == "flush":
-        control.request(args.mountpoint, "flush")
-        print(f"flushed {args.mountpoint}")
+        pending = flush_uploads(args.mountpoint, args.timeout)
+        if pending:
+            raise UserError(pending_message(pending, args.timeout))
+        print(f"flushed {args.mountpoint}: every written file is in S3")
     elif cmd == "drop":
         from .warmup import relative
         mp = os.path.abspath(args.mountpoint)

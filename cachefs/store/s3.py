@@ -157,7 +157,9 @@ class S3Store(ObjectStore):
 
     def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
                   delimiter: str = "/") -> ListPage:
-        args = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": delimiter, "MaxKeys": max_keys}
+        args = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter:                 # none: every key below the prefix (a directory rename)
+            args["Delimiter"] = delimiter
         if token:
             args["ContinuationToken"] = token
         self.stats.add("s3_list")

@@ -1,0 +1,501 @@
+"""The write path: staging files, the small/large upload schedule, multipart uploads, crash replay.
+
+A file being written lives whole in a staging file, STAGING/<ino>, until S3 holds its newest
+bytes; reads through the mount come from there (read-your-writes). Before a write is acknowledged,
+the file's pending record is committed in LMDB, so after a crash the next mount with the same cache
+directory finds every staged file and uploads it (docs/SEMANTICS.md "Writes", "Crash safety").
+
+Schedule (docs/SEMANTICS.md "When data reaches S3"): a file up to --small-file-threshold is uploaded
+after --small-sync-interval of quiet, or every interval while it keeps growing, or when its last
+writer closes it; a larger one after --large-sync-interval or on close, as a multipart upload with
+parallel parts. A failed upload is retried with backoff for ever; staged data is never dropped.
+
+Concurrency: everything here runs on the trio thread except the blocking calls passed to
+`run_blocking` (S3 requests, fsync, copies). pwrite/pread to the staging file run inline: they hit
+the page cache and take microseconds, less than a thread hop.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import trio
+
+from .errors import FsError, ObjectNotFound, StoreError
+from .meta.schema import Inode
+from .meta.store import MetaStore
+from .stats import Stats
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+RunBlocking = Callable[..., Awaitable]
+
+MAX_PARTS = 10_000            # S3's limit on parts per multipart upload
+RETRY_FIRST_S = 1.0           # backoff after a failed upload: 1, 2, 4 ... seconds
+RETRY_MAX_S = 60.0            # ... capped, so uploads resume within a minute of S3 coming back
+FSYNC_FAILURES = 3            # --fsync-upload: failed attempts before fsync gives up with EIO
+TICK_S = 0.25                 # how often the scheduler looks for due uploads
+COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into staging
+
+
+class StagingFull(FsError):
+    """The staging area has no room for this write (its limit or its disk): ENOSPC to the writer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+
+def part_size(size: int, configured: int) -> int:
+    """`configured`, or larger when the file would need more than S3's 10,000 parts."""
+    need = -(-size // MAX_PARTS)
+    return max(configured, -(-need // (1 << 20)) << 20)
+
+
+@dataclass
+class Staged:
+    """A file whose bytes live in staging. `generation` counts changes; S3 holds generation
+    `synced` at `remote` (a path relative to the mount's prefix, None: nowhere yet)."""
+    ino: int
+    path: str
+    fd: int
+    size: int
+    mtime_ns: int
+    generation: int = 1
+    synced: int = 0
+    remote: str | None = None
+    first_dirty: float = 0.0       # monotonic time of the oldest change not in S3
+    last_write: float = 0.0
+    writers: int = 0               # open handles that may write
+    opens: int = 0                 # open handles of any kind
+    closed_dirty: bool = False     # the last writer closed it: upload now
+    forced: bool = False           # flush / fsync --fsync-upload / unmount: upload now
+    uploading: bool = False
+    deleted: bool = False          # unlinked: upload nothing, remove what was uploaded
+    retry_at: float = 0.0
+    failures: int = 0
+    upload_id: tuple[str, str] | None = None   # (key, multipart id) of an unfinished upload
+    waiters: list = field(default_factory=list)
+
+    @property
+    def dirty(self) -> bool:
+        return not self.deleted and (self.generation != self.synced or self.path != self.remote)
+
+    def record(self) -> dict:
+        return {"path": self.path, "remote": self.remote, "upload": list(self.upload_id) if self.upload_id else None}
+
+
+class Writeback:
+    def __init__(self, meta: MetaStore, store: ObjectStore, run_blocking: RunBlocking, stats: Stats, *,
+                 prefix: str, staging_dir: str, staging_size: int, small_file_threshold: int,
+                 small_sync_interval: float, large_sync_interval: float, part_size: int,
+                 upload_concurrency: int) -> None:
+        self.meta = meta
+        self.store = store
+        self.run_blocking = run_blocking
+        self.stats = stats
+        self.prefix = prefix
+        self.staging_dir = staging_dir
+        self.staging_size = staging_size
+        self.small_file_threshold = small_file_threshold
+        self.small_sync_interval = small_sync_interval
+        self.large_sync_interval = large_sync_interval
+        self.part_size = part_size
+        self.limiter = trio.CapacityLimiter(upload_concurrency)
+        self.files: dict[int, Staged] = {}
+        self.staged_bytes = 0
+        self._changed = trio.Event()        # set (and replaced) whenever an upload finishes
+        self._wake = trio.Event()           # something became due: run the scheduler now
+
+    # -- start-up ---------------------------------------------------------------------------
+    def open(self) -> list[tuple[str, str]]:
+        """Create the staging directory and adopt what a previous run left (before serving).
+        Returns the multipart uploads that run left unfinished, to abort."""
+        os.makedirs(self.staging_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.staging_dir, 0o700)
+        stale = []
+        records = self.meta.pending()
+        for ino, rec in records.items():
+            if rec.get("upload"):
+                stale.append(tuple(rec["upload"]))
+            path = self._staging_path(ino)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                # Unlinked, or its record was committed before its first byte: nothing to lose.
+                log.warning("pending upload of %r has no staging file; dropping the record", rec["path"])
+                self.meta.delete_pending(ino)
+                continue
+            size = os.fstat(fd).st_size
+            st = Staged(ino, rec["path"], fd, size, time.time_ns(), generation=1, synced=0, remote=rec.get("remote"))
+            st.closed_dirty = True         # nobody has it open: upload at once
+            self.files[ino] = st
+            self.staged_bytes += size
+            self.meta.put_pending(ino, st.record())
+        for name in os.listdir(self.staging_dir):
+            if not name.isdigit() or int(name) not in self.files:
+                os.unlink(os.path.join(self.staging_dir, name))     # a clean file's leftover
+        if self.files:
+            log.info("%d file(s) written before the last stop are pending upload (%d bytes)",
+                     len(self.files), self.staged_bytes)
+        return stale
+
+    async def abort_stale(self, uploads: list[tuple[str, str]]) -> None:
+        for key, upload_id in uploads:
+            try:
+                await self.run_blocking(self.store.abort_multipart, key, upload_id)
+                log.info("aborted the unfinished multipart upload of %s", key)
+            except StoreError as e:
+                log.warning("could not abort the multipart upload of %s: %s", key, e)
+
+    def _staging_path(self, ino: int) -> str:
+        return os.path.join(self.staging_dir, str(ino))
+
+    # -- queries ----------------------------------------------------------------------------
+    def get(self, ino: int) -> Staged | None:
+        st = self.files.get(ino)
+        return st if st is not None and not st.deleted else None
+
+    def is_local(self, ino: int) -> bool:
+        """Written here and not yet in S3 at its current path: S3's listings do not show it."""
+        st = self.get(ino)
+        return st is not None and st.path != st.remote
+
+    def local_names(self, parent: Inode) -> set[bytes]:
+        want = parent.path + "/" if parent.path else ""
+        return {st.path[len(want):].encode() for st in self.files.values()
+                if not st.deleted and st.path != st.remote and st.path.startswith(want)
+                and "/" not in st.path[len(want):]}
+
+    def overlay(self, inode: Inode) -> Inode:
+        """The inode as the mount shows it: staged size and time win over the recorded ones."""
+        st = self.get(inode.ino)
+        if st is None:
+            return inode
+        return Inode(inode.ino, inode.kind, st.size, st.mtime_ns, inode.parent, inode.etag, inode.path)
+
+    def summary(self) -> dict:
+        now = time.monotonic()
+        dirty = [st for st in self.files.values() if st.dirty]
+        return {"uploads_pending": len(dirty),
+                "uploads_pending_bytes": sum(st.size for st in dirty),
+                "uploads_oldest_age_s": round(max((now - st.first_dirty for st in dirty), default=0.0), 3),
+                "staging_bytes": self.staged_bytes}
+
+    def pending_paths(self) -> list[str]:
+        return sorted(st.path for st in self.files.values() if st.dirty)
+
+    # -- staging ----------------------------------------------------------------------------
+    def stage_new(self, inode: Inode) -> Staged:
+        """A file created here: empty, dirty, recorded before the create is acknowledged."""
+        fd = os.open(self._staging_path(inode.ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        st = Staged(inode.ino, inode.path, fd, 0, time.time_ns())
+        st.first_dirty = st.last_write = time.monotonic()
+        self.meta.put_pending(st.ino, st.record())
+        self.files[inode.ino] = st
+        return st
+
+    async def stage_existing(self, inode: Inode, read_range, truncate: bool) -> Staged:
+        """Bring a file from S3 into staging before it is changed (all of it, unless it is being
+        truncated to zero). `read_range(offset, size)` reads it through the cache."""
+        st = self.get(inode.ino)
+        if st is not None:
+            return st
+        self._reserve(0 if truncate else inode.size)
+        path = self._staging_path(inode.ino)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if not truncate:
+                for offset in range(0, inode.size, COPY_CHUNK):
+                    data = await read_range(offset, min(COPY_CHUNK, inode.size - offset))
+                    os.pwrite(fd, data, offset)
+        except BaseException:
+            self.staged_bytes -= 0 if truncate else inode.size
+            os.close(fd)
+            os.unlink(path)
+            raise
+        if self.get(inode.ino) is not None:     # staged by a concurrent open while we copied
+            self.staged_bytes -= 0 if truncate else inode.size
+            os.close(fd)
+            return self.files[inode.ino]
+        size = 0 if truncate else inode.size
+        st = Staged(inode.ino, inode.path, fd, size, inode.mtime_ns, generation=0, synced=0, remote=inode.path)
+        self.files[inode.ino] = st
+        return st
+
+    def _reserve(self, nbytes: int) -> None:
+        if nbytes > 0 and self.staged_bytes + nbytes > self.staging_size:
+            self.stats.add("staging_full")
+            raise StagingFull(f"staging area full ({self.staged_bytes} of {self.staging_size} bytes "
+                              "waiting for upload)")
+        self.staged_bytes += nbytes
+
+    def _touch(self, st: Staged) -> None:
+        """Record a change. The first change since S3 was current commits the pending record
+        before the change is acknowledged: that is what a restart after a crash replays."""
+        was_dirty = st.dirty
+        st.generation += 1
+        st.last_write = time.monotonic()
+        st.mtime_ns = time.time_ns()
+        if not was_dirty:
+            st.first_dirty = st.last_write
+            self.meta.put_pending(st.ino, st.record())
+
+    def write(self, st: Staged, offset: int, data: bytes) -> int:
+        end = offset + len(data)
+        self._reserve(max(0, end - st.size))
+        try:
+            n = os.pwrite(st.fd, data, offset)
+        except OSError as e:
+            self.staged_bytes -= max(0, end - st.size)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):        # ENOSPC, EDQUOT: the staging disk itself is full
+                self.stats.add("staging_full")
+                raise StagingFull(f"staging disk full: {e.strerror}") from None
+            raise
+        st.size = max(st.size, end)
+        self._touch(st)
+        self.stats.add("write_bytes", n)
+        return n
+
+    def truncate(self, st: Staged, size: int) -> None:
+        if size > st.size:
+            self._reserve(size - st.size)
+        else:
+            self.staged_bytes -= st.size - size
+        os.ftruncate(st.fd, size)
+        st.size = size
+        self._touch(st)
+        if st.writers == 0:          # truncate(2) of a file nobody has open: upload now
+            st.closed_dirty = True
+            self._wake.set()
+
+    def read(self, st: Staged, offset: int, size: int) -> bytes:
+        return os.pread(st.fd, size, offset)
+
+    async def fsync(self, st: Staged, upload: bool) -> bool:
+        """Durable on the node: the staging file and the pending record on disk. With `upload`,
+        also wait until S3 holds what was written so far (False: it could not be uploaded)."""
+        await self.run_blocking(os.fsync, st.fd)
+        await self.run_blocking(self.meta.sync)
+        if upload and st.dirty:
+            return await self.wait_uploaded(st, float("inf"))
+        return True
+
+    # -- open/close bookkeeping -------------------------------------------------------------
+    def opened(self, st: Staged, writable: bool) -> None:
+        st.opens += 1
+        st.writers += writable
+
+    def closed(self, st: Staged, writable: bool) -> None:
+        st.opens -= 1
+        st.writers -= writable
+        if writable and st.writers == 0 and st.dirty:
+            st.closed_dirty = True
+            self._wake.set()
+        self._maybe_drop(st)
+
+    def _maybe_drop(self, st: Staged) -> None:
+        """A closed file whose bytes S3 holds (or that was unlinked) leaves staging."""
+        if st.opens or st.uploading or st.dirty:
+            return
+        if self.files.get(st.ino) is st:
+            del self.files[st.ino]
+        os.close(st.fd)
+        try:
+            os.unlink(self._staging_path(st.ino))
+        except FileNotFoundError:
+            pass
+        self.staged_bytes -= st.size
+        if st.deleted or st.generation == st.synced:
+            self.meta.delete_pending(st.ino)
+
+    # -- namespace changes ------------------------------------------------------------------
+    def renamed(self, ino: int, new_path: str) -> None:
+        st = self.get(ino)
+        if st is not None:
+            if not st.dirty:
+                st.first_dirty = time.monotonic()
+            st.path = new_path
+            self.meta.put_pending(ino, st.record())
+
+    def renamed_dir(self, old: str, new: str) -> None:
+        """Staged files below a renamed directory: their paths, and where S3 holds them (the
+        directory's objects were copied there)."""
+        for st in self.files.values():
+            if st.path.startswith(old + "/"):
+                st.path = new + st.path[len(old):]
+            if st.remote is not None and st.remote.startswith(old + "/"):
+                st.remote = new + st.remote[len(old):]
+            if st.path.startswith(new + "/"):
+                self.meta.put_pending(st.ino, st.record())
+
+    def unlinked(self, ino: int) -> str | None:
+        """The file is gone from the namespace: stop uploading it. Returns the path S3 holds it at
+        (to delete), if any; an upload in flight deletes its own result when it finishes."""
+        st = self.files.get(ino)
+        if st is None:
+            return None
+        st.deleted = True
+        remote, st.remote = st.remote, None
+        # Nothing of it is to be uploaded any more. (If the daemon dies while an upload started
+        # before the unlink is in flight, that object may reappear: SEMANTICS.md.)
+        self.meta.delete_pending(ino)
+        self._maybe_drop(st)
+        return remote
+
+    # -- waiting ----------------------------------------------------------------------------
+    async def wait_uploaded(self, st: Staged, deadline: float) -> bool:
+        """Until the changes made so far are in S3 (or the file was deleted). False when the
+        deadline passes or the upload failed FSYNC_FAILURES times in a row (S3 is down)."""
+        target, failures = st.generation, st.failures
+        st.forced = True
+        st.retry_at = 0.0
+        self._wake.set()
+        while not st.deleted and (st.synced < target or st.path != st.remote):
+            left = deadline - time.monotonic()
+            if left <= 0 or st.failures - failures >= FSYNC_FAILURES:
+                return False
+            changed = self._changed
+            with trio.move_on_after(left):
+                await changed.wait()
+            st.forced = True
+        return True
+
+    async def flush_all(self, timeout: float) -> list[str]:
+        """Upload everything pending now; wait up to `timeout` s. Returns the paths still pending."""
+        deadline = time.monotonic() + timeout
+        for st in list(self.files.values()):
+            if st.dirty:
+                st.forced = True
+                st.retry_at = 0.0
+        self._wake.set()
+        while True:
+            left = [st for st in self.files.values() if st.dirty]
+            if not left or time.monotonic() >= deadline:
+                return sorted(st.path for st in left)
+            changed = self._changed
+            with trio.move_on_after(deadline - time.monotonic()):
+                await changed.wait()
+
+    # -- the scheduler ----------------------------------------------------------------------
+    def due(self, st: Staged, now: float) -> bool:
+        if not st.dirty or st.uploading or now < st.retry_at:
+            return False
+        if st.forced or st.closed_dirty:
+            return True
+        interval = self.small_sync_interval if st.size <= self.small_file_threshold else self.large_sync_interval
+        # Quiet for an interval, or changing for longer than one (a log reaches S3 while it grows).
+        return now - st.last_write >= interval or now - st.first_dirty >= interval
+
+    async def run(self) -> None:
+        """The scheduler: starts every due upload; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = time.monotonic()
+                for st in list(self.files.values()):
+                    if self.due(st, now):
+                        st.uploading = True
+                        nursery.start_soon(self._upload, st)
+                with trio.move_on_after(TICK_S):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _upload(self, st: Staged) -> None:
+        gen, path, size = st.generation, st.path, st.size
+        st.forced = st.closed_dirty = False
+        key = self.prefix + path
+        try:
+            if gen == st.synced and st.remote is not None and st.remote != path:
+                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
+                self.stats.add("upload_copies")
+            elif size <= self.part_size:
+                async with self.limiter:
+                    data = await self.run_blocking(os.pread, st.fd, size, 0)
+                    etag = await self.run_blocking(self.store.put_object, key, data)
+            else:
+                etag = await self._multipart(st, key, size)
+        except (StoreError, OSError) as e:
+            st.failures += 1
+            self.stats.add("upload_failures")
+            delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (st.failures - 1))
+            st.retry_at = time.monotonic() + delay
+            log.warning("upload of %s failed (attempt %d, next in %.0f s; the data stays staged): %s",
+                        key, st.failures, delay, e)
+            return
+        finally:
+            st.uploading = False
+            self._notify()
+        st.failures = 0
+        self.stats.add("uploads")
+        self.stats.add("upload_bytes", size)
+        old_remote, st.remote = st.remote, path
+        st.synced = max(st.synced, gen)
+        if st.deleted:
+            await self._delete_quietly(key)      # unlinked while it was being uploaded
+        elif old_remote is not None and old_remote != path:
+            await self._delete_quietly(self.prefix + old_remote)   # renamed before or during the upload
+        if not st.deleted:
+            if st.path != path:
+                st.first_dirty = time.monotonic()
+            if gen == st.generation:
+                await self.run_blocking(self.meta.set_file, st.ino, size, etag, st.mtime_ns)
+            if st.dirty:
+                await self.run_blocking(self.meta.put_pending, st.ino, st.record())
+            else:
+                await self.run_blocking(self.meta.delete_pending, st.ino)
+        self._maybe_drop(st)
+        self._notify()
+
+    async def _multipart(self, st: Staged, key: str, size: int) -> str:
+        psize = part_size(size, self.part_size)
+        upload_id = await self.run_blocking(self.store.create_multipart, key)
+        st.upload_id = (key, upload_id)
+        self.meta.put_pending(st.ino, st.record())
+        parts: dict[int, str] = {}
+
+        async def send(number: int, offset: int) -> None:
+            async with self.limiter:
+                data = await self.run_blocking(os.pread, st.fd, min(psize, size - offset), offset)
+                parts[number] = await self.run_blocking(self.store.upload_part, key, upload_id, number, data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for number, offset in enumerate(range(0, size, psize), start=1):
+                    nursery.start_soon(send, number, offset)
+            etag = await self.run_blocking(self.store.complete_multipart, key, upload_id, sorted(parts.items()))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.run_blocking(self.store.abort_multipart, key, upload_id)
+                    st.upload_id = None
+                except StoreError as e:      # the record keeps the id: the next start-up aborts it
+                    log.warning("could not abort multipart upload of %s: %s", key, e)
+            raise
+        st.upload_id = None
+        self.stats.add("upload_parts", len(parts))
+        return etag
+
+    async def _delete_quietly(self, key: str) -> None:
+        try:
+            await self.run_blocking(self.store.delete, key)
+        except ObjectNotFound:
+            pass
+        except StoreError as e:
+            log.warning("could not delete %s: %s", key, e)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        self._wake.set()
+
+    def close(self) -> None:
+        for st in self.files.values():
+            try:
+                os.close(st.fd)
+            except OSError:
+                pass
+        self.files.clear()
