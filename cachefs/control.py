@@ -123,9 +123,9 @@ class ControlServer:
 
     async def op_flush(self, request: dict) -> dict:
         """Make the cache state durable now: the block index, and every pending upload (waiting up
-        to `timeout` seconds; what is still pending is listed)."""
+        to `wait` seconds; what is still pending is listed)."""
         await trio.to_thread.run_sync(self.daemon.cache.flush, limiter=self.daemon.limiter)
-        timeout = float(request.get("timeout", 3600.0))
+        timeout = float(request.get("wait", 3600.0))
         pending = await self.daemon.writeback.flush_all(timeout)
         return {"flushed": ["block-index", "uploads"], "pending": pending}
 

@@ -45,7 +45,7 @@ def add_commands(sub) -> None:
 def flush_uploads(mountpoint: str, timeout: float) -> list[str]:
     """Ask the daemon to upload everything now; the paths still pending after `timeout` s."""
     from . import control
-    return control.request(mountpoint, "flush", timeout=timeout + 10, **{"timeout": timeout})["pending"]
+    return control.request(mountpoint, "flush", timeout=timeout + 10, wait=timeout)["pending"]
 
 
 def pending_message(pending: list[str], timeout: float) -> str:

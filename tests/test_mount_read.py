@@ -41,7 +41,7 @@ def read_bucket(make_bucket):
 @pytest.fixture(scope="module")
 def mnt(module_mounter, read_bucket):
     """One mount for the tests that only need correct bytes, warm cache or not."""
-    return module_mounter.mount(read_bucket)
+    return module_mounter.mount(read_bucket, "--read-only")
 
 
 @pytest.fixture
