@@ -179,6 +179,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("upload_concurrency", _count(1, 256), "parts and small files uploaded in parallel per mount"),
     Option("fsync_upload", _bool, "fsync waits until the file is in S3 (default: durable on the node)", False),
     Option("exit_upload_timeout", _seconds, "seconds the daemon keeps uploading after an unmount before it exits"),
+    Option("s3_read_deadline", _seconds, "seconds one S3 read (GET/HEAD/LIST), retries included, may take before "
+           "the reader gets EIO (0: no bound but the attempts and timeouts)"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 ENV_PREFIX = "CACHEFS_"
@@ -269,6 +271,9 @@ class Config:
     # Kubernetes gives a pod 30 s to stop; what is not uploaded by then waits in staging for the
     # next mount of the same cache directory.
     exit_upload_timeout: float = 25.0
+    # A reader blocked on S3 sits in uninterruptible sleep: 60 s is two read timeouts' worth of a stalled
+    # endpoint, then EIO; once three reads in a row have failed, later ones fail at once (docs/RELIABILITY.md).
+    s3_read_deadline: float = 60.0
     ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------

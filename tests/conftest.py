@@ -248,3 +248,15 @@ def _shared_mount_guard(request):
     problems = module_mounter.daemon_log_problems(allowed_errors(request.node), before)
     if problems:
         pytest.fail("daemon logged during the test:\n" + "\n".join(problems[:40]), pytrace=False)
+
+
+# ---------------------------------------------------------------- faults
+
+@pytest.fixture
+def fault_proxy(moto_server):
+    """A fault-injecting HTTP proxy in front of moto (cachefs.devtools.faultproxy): mount with
+    `mounter.mount(bucket, endpoint_url=fault_proxy.url)`, then add faults or outages at run time and
+    count what reached it (`fault_proxy.seen(op, key)`). Stopped, with every fault removed, at teardown."""
+    from cachefs.devtools.faultproxy import FaultProxy
+    with FaultProxy(moto_server.endpoint_url) as proxy:
+        yield proxy

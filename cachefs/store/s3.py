@@ -1,10 +1,16 @@
 """ObjectStore over any S3-compatible endpoint, with boto3 (thread-safe client, called from threads)."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import configparser
+import http.client
 import logging
 import os
+import random
+import socket
 import stat
+import threading
+import time
 
 import boto3
 import botocore.config
@@ -15,12 +21,29 @@ from ..errors import (AccessDenied, ConfigError, ObjectChanged, ObjectNotFound, 
                       StoreUnavailable, UserError)
 from ..stats import Stats
 from .base import ListPage, ObjectInfo, ObjectStore
+from .health import OutageBreaker
 
 log = logging.getLogger(__name__)
 
 _NETWORK_ERRORS = (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
                    bce.ConnectionClosedError, bce.ResponseStreamingError,
                    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+# What a read retries: the network failing (before or during the response body), or S3 answering
+# that it failed or is overloaded. Anything else (404, 403, 412, 400 ...) is a definite answer.
+_BODY_ERRORS = (bce.IncompleteReadError, http.client.HTTPException)
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
+                   "ServiceUnavailable", "503", "429"}
+# Backoff before retry n (1-based) is BASE * 2**(n-1), times a random factor in [0.5, 1) ("equal
+# jitter": spread out, but never less than half, so a retry storm cannot form), capped at RETRY_CAP_S.
+# 100 ms first: a 500 or a reset is usually one bad server or connection, and the next try lands
+# elsewhere. 500 ms first after 503 SlowDown / 429: the endpoint asked us to slow down.
+RETRY_BASE_S = 0.1
+THROTTLE_BASE_S = 0.5
+RETRY_CAP_S = 5.0
+# S3's own limit: a key is at most 1024 bytes of UTF-8. No such object can exist.
+MAX_KEY_BYTES = 1024
+
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                     "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 
@@ -59,12 +82,80 @@ def _status(e: bce.ClientError) -> int:
     return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
+class _ShortRead(Exception):
+    """A response body shorter than the range asked for (a connection cut mid-body)."""
+
+
+class _DeadlineExceeded(Exception):
+    """The read's deadline passed while an attempt was still waiting for S3."""
+
+
+class _Attempt:
+    """One attempt's response body, so that a caller that stops waiting can close it: the worker
+    thread reading it then fails at once instead of holding a connection for as long as S3 trickles."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._body = None
+        self.abandoned = False
+
+    def read_body(self, body) -> bytes:
+        with self._lock:
+            if self.abandoned:
+                body.close()
+                raise _ShortRead("abandoned at the deadline")
+            self._body = body
+        return body.read()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.abandoned = True
+            body = self._body
+        if body is None:
+            return
+        # Not body.close(): that waits for the reading thread's buffer lock, i.e. for the trickle to
+        # end. Shutting the socket down makes that thread's read fail now; it then closes everything.
+        sock = _socket_of(body)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _socket_of(body) -> socket.socket | None:
+    """The socket under a botocore StreamingBody (urllib3 2.x), or None if its layout is unknown."""
+    raw = getattr(body, "_raw_stream", None)
+    conn = getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:       # released to the pool already, or another urllib3: through the http.client response
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _retryable(e: bce.ClientError) -> bool:
+    return _status(e) in _RETRY_STATUS or _code(e) in _THROTTLE_CODES or _code(e) in ("InternalError",
+                                                                                     "RequestTimeout")
+
+
+def _backoff(retry: int, throttled: bool) -> float:
+    base = THROTTLE_BASE_S if throttled else RETRY_BASE_S
+    return min(RETRY_CAP_S, base * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, bce.ClientError):
+        return f"{_code(e) or 'HTTP'} {_status(e) or ''}".strip()
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 class S3Store(ObjectStore):
     def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
                  addressing_style: str = "auto", profile: str | None = None,
                  credentials_file: str | None = None, max_attempts: int = 4,
                  connect_timeout: float = 5.0, read_timeout: float = 30.0, max_connections: int = 32,
-                 stats: Stats | None = None) -> None:
+                 stats: Stats | None = None, read_deadline: float = 0.0) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.stats = stats or Stats()
@@ -85,8 +176,23 @@ class S3Store(ObjectStore):
         )
         try:
             self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+            # Reads retry in _read (bounded by attempts and one deadline, with a breaker for outages),
+            # so their client makes one attempt per call. Writes keep botocore's retries.
+            self.read_client = session.client("s3", endpoint_url=endpoint_url, config=config.merge(
+                botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"})))
         except ValueError as e:  # botocore rejects a malformed endpoint URL this way
             raise ConfigError(f"--endpoint-url: {e}") from None
+        self.max_attempts = max_attempts
+        self.read_deadline = read_deadline
+        self.breaker = OutageBreaker(self.where)
+        # Attempts run here when a deadline bounds them: the caller stops waiting at the deadline even
+        # if the socket does not (a response trickling in never trips the read timeout). Bounded, so an
+        # outage cannot pile up threads: a full pool makes new attempts wait, and time out, in the queue.
+        self._attempts = cf.ThreadPoolExecutor(max_connections, thread_name_prefix="cachefs-s3") \
+            if read_deadline else None
+        from .. import metrics     # the read client's requests are counted like the others
+        metrics.instrument_boto_client(self.read_client)
+        self._retries_metric = metrics.S3_RETRIES
 
     @property
     def where(self) -> str:
@@ -127,50 +233,108 @@ class S3Store(ObjectStore):
         return StoreUnavailable(f"S3 unreachable for s3://{self.bucket}/{key}: {e}")
 
     def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        if len(key.encode()) > MAX_KEY_BYTES:
+            raise ObjectNotFound(f"s3://{self.bucket}/{key[:64]}...: a key longer than S3 allows")
         args = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
         if etag:
             args["IfMatch"] = etag
         self.stats.add("s3_get")
+
+        def attempt(call: _Attempt) -> bytes:
+            resp = self.read_client.get_object(**args)
+            data = call.read_body(resp["Body"])
+            if len(data) != end - start:
+                raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
+            return data
         try:
-            resp = self.client.get_object(**args)
-            data = resp["Body"].read()
-        except (bce.ClientError, *_NETWORK_ERRORS) as e:
+            data = self._read("GetObject", key, attempt)
+        except StoreError:
             self.stats.add("s3_get_errors")
-            raise self._translate(e, key) from e
-        if len(data) != end - start:
-            self.stats.add("s3_get_errors")
-            raise StoreUnavailable(f"short read of s3://{self.bucket}/{key}: {len(data)} of {end - start} bytes")
+            raise
         self.stats.add("s3_get_bytes", len(data))
         return data
 
     def head(self, key: str) -> ObjectInfo | None:
+        if len(key.encode()) > MAX_KEY_BYTES:
+            return None
         self.stats.add("s3_head")
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=key)
-        except bce.ClientError as e:
-            if _status(e) == 404:
-                return None
-            raise self._translate(e, key) from e
-        except _NETWORK_ERRORS as e:
-            raise self._translate(e, key) from e
+            r = self._read("HeadObject", key, lambda call: self.read_client.head_object(Bucket=self.bucket, Key=key))
+        except ObjectNotFound:
+            return None
         return ObjectInfo(key, r["ContentLength"], r["ETag"], int(r["LastModified"].timestamp() * 1e9))
 
     def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
                   delimiter: str = "/") -> ListPage:
+        if len(prefix.encode()) > MAX_KEY_BYTES:
+            return ListPage([], [], None)
         args = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:                 # none: every key below the prefix (a directory rename)
             args["Delimiter"] = delimiter
         if token:
             args["ContinuationToken"] = token
         self.stats.add("s3_list")
-        try:
-            r = self.client.list_objects_v2(**args)
-        except (bce.ClientError, *_NETWORK_ERRORS) as e:
-            raise self._translate(e, prefix) from e
+        r = self._read("ListObjectsV2", prefix, lambda call: self.read_client.list_objects_v2(**args))
         objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
                    for o in r.get("Contents", ())]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
         return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+
+    # -- the read path's retries -----------------------------------------------------------
+    def _read(self, operation: str, key: str, attempt_fn):
+        """Run `attempt_fn` until it succeeds, fails definitely, has made `max_attempts` attempts or
+        the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError."""
+        started = time.monotonic()
+        deadline = started + self.read_deadline if self.read_deadline else None
+        self.breaker.admit()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = self._attempt(attempt_fn, deadline)
+            except bce.ClientError as e:
+                if not _retryable(e):
+                    self.breaker.succeeded()           # S3 answered; the answer is "no"
+                    if _status(e) == 404 and _code(e) != "NoSuchBucket":
+                        raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist") from e
+                    raise self._translate(e, key) from e
+                error: Exception = e
+                throttled = _code(e) in _THROTTLE_CODES or _status(e) in (429, 503)
+            except _DeadlineExceeded as e:
+                error, throttled = e, False
+            except (*_NETWORK_ERRORS, *_BODY_ERRORS, _ShortRead) as e:
+                error, throttled = e, False
+            else:
+                self.breaker.succeeded()
+                return result
+            delay = _backoff(attempts, throttled)
+            now = time.monotonic()
+            if (attempts >= self.max_attempts or isinstance(error, _DeadlineExceeded)
+                    or (deadline is not None and now + delay >= deadline)):
+                self.stats.add("s3_errors")
+                if isinstance(error, _DeadlineExceeded) or (deadline is not None and now + delay >= deadline):
+                    self.stats.add("s3_read_deadline_exceeded")
+                summary = _describe(error)
+                self.breaker.failed(summary)
+                raise StoreUnavailable(f"S3 {operation} of s3://{self.bucket}/{key} failed after {attempts} "
+                                       f"attempt{'s' if attempts > 1 else ''} in {now - started:.1f} s: "
+                                       f"{summary}") from error
+            self.stats.add("s3_retries")
+            self._retries_metric.labels(operation).inc()
+            log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, _describe(error), attempts, delay)
+            time.sleep(delay)
+
+    def _attempt(self, attempt_fn, deadline: float | None):
+        call = _Attempt()
+        if deadline is None or self._attempts is None:
+            return attempt_fn(call)
+        future = self._attempts.submit(attempt_fn, call)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except cf.TimeoutError:
+            future.cancel()
+            call.abandon()
+            raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline") from None
 
     # -- writes --------------------------------------------------------------------------
     def _call(self, counter: str, key: str, fn, **args):
@@ -223,4 +387,7 @@ class S3Store(ObjectStore):
         return info.etag
 
     def close(self) -> None:
+        if self._attempts is not None:
+            self._attempts.shutdown(wait=False, cancel_futures=True)
+        self.read_client.close()
         self.client.close()

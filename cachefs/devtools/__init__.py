@@ -1,0 +1,1 @@
+"""Tools for testing cachefs against a misbehaving S3 endpoint (not used by the daemon)."""

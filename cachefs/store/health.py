@@ -1,0 +1,94 @@
+"""Is S3 answering? A circuit breaker for the read path, so that an outage costs readers one bound, not many.
+
+Without it every read of uncached data during an outage waits its whole deadline (attempts x timeouts),
+and reads queued behind the daemon's bounded worker pool wait several deadlines in a row, all of them
+in uninterruptible sleep in the kernel. With it:
+
+- healthy: requests run normally (retries, backoff, deadline);
+- after FAIL_THRESHOLD requests in a row failed with every attempt (or ran out of their deadline),
+  S3 is *down*: a request fails at once with StoreUnavailable (EIO to the reader), except one probe
+  every PROBE_INTERVAL_S, which runs as a normal request;
+- any request that gets an answer from S3 (success, or a definite answer like 404) ends the outage.
+
+Cached data never reaches the store, so it keeps being served throughout.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from ..errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Three whole requests (each with all its attempts) failing in a row, with no success between them, is
+# an outage rather than one bad object or one straggler.
+FAIL_THRESHOLD = 3
+# While down, one real request per second checks whether S3 is back: recovery is noticed within about
+# a second, at the cost of one request per second to a dead endpoint.
+PROBE_INTERVAL_S = 1.0
+
+
+class OutageBreaker:
+    def __init__(self, where: str, threshold: int = FAIL_THRESHOLD, probe_interval: float = PROBE_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.where = where
+        self.threshold = threshold
+        self.probe_interval = probe_interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0          # whole requests failed in a row
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._probing = False
+        self._last_error = ""
+        self.failed_fast = 0        # requests refused while down (this outage)
+        self.outages = 0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def admit(self) -> bool:
+        """Before a request: returns whether it is the outage's probe; raises StoreUnavailable if S3
+        is down and this request is not the probe."""
+        with self._lock:
+            if self._down_since is None:
+                return False
+            now = self.clock()
+            if self._probing or now < self._next_probe:
+                self.failed_fast += 1
+                raise StoreUnavailable(f"S3 endpoint {self.where} unreachable for {now - self._down_since:.0f} s "
+                                       f"(last error: {self._last_error}); not waiting for it")
+            self._probing = True
+            self._next_probe = now + self.probe_interval
+            return True
+
+    def succeeded(self) -> None:
+        """S3 answered (with data or a definite error such as 404)."""
+        with self._lock:
+            self._failures = 0
+            self._probing = False
+            if self._down_since is None:
+                return
+            down_for = self.clock() - self._down_since
+            failed_fast, self._down_since, self.failed_fast = self.failed_fast, None, 0
+        log.warning("S3 endpoint %s answers again after %.1f s; %d reads failed at once meanwhile",
+                    self.where, down_for, failed_fast)
+
+    def failed(self, error: str) -> None:
+        """A request failed with every attempt it was allowed (or ran out of its deadline)."""
+        with self._lock:
+            self._failures += 1
+            self._probing = False
+            self._last_error = error
+            if self._down_since is not None or self._failures < self.threshold:
+                return
+            self._down_since = self.clock()
+            self._next_probe = self._down_since + self.probe_interval
+            self.outages += 1
+        log.warning("S3 endpoint %s unreachable (%d requests in a row failed; last: %s): reads of "
+                    "uncached data fail at once until it answers again (probed every %.0f s)",
+                    self.where, self.threshold, error, self.probe_interval)
