@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Both set the machine up first (Debian 12, root).
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench bench-full clean
+.PHONY: setup demo test bench bench-full bench-writes clean
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -17,6 +17,9 @@ bench: setup
 
 bench-full: setup
 	$(PY) -m bench.run --full
+
+bench-writes: setup
+	$(PY) -m bench.writes
 
 clean:
 	rm -rf .venv build *.egg-info bench/results

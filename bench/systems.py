@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class System:
     name = "?"
     fuse = True
+    read_only = True  # the read benchmarks mount read-only; bench/writes.py subclasses with False
 
     def __init__(self, scratch: str, endpoint: Endpoint | None, bucket: str, local_root: str):
         self.endpoint, self.bucket, self.local_root = endpoint, bucket, local_root
@@ -197,8 +198,9 @@ class S3fs(System):
         passwd = os.path.join(self.base, "passwd")  # credentials in a 0600 file, never in argv
         with open(os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(f"{self.endpoint.access_key}:{self.endpoint.secret_key}\n")
-        opts = [f"url={self.endpoint.url}", "use_path_request_style", f"passwd_file={passwd}", "ro",
-                "endpoint=us-east-1", "max_stat_cache_size=200000", f"logfile={self.log_path}"]
+        opts = [f"url={self.endpoint.url}", "use_path_request_style", f"passwd_file={passwd}",
+                *(["ro"] if self.read_only else []), "endpoint=us-east-1", "max_stat_cache_size=200000",
+                f"logfile={self.log_path}"]
         if self.use_cache:
             opts.append(f"use_cache={self.cache_dir}")
         self._daemonize(["s3fs", self.bucket, self.mountpoint, "-o", ",".join(opts)], self.endpoint.env())
@@ -213,6 +215,7 @@ class S3fsCache(S3fs):
 
 class Rclone(System):
     name = "rclone"
+    vfs_cache_mode = "full"
 
     def _mount(self) -> None:
         env = self.endpoint.env()
@@ -220,7 +223,8 @@ class Rclone(System):
                    RCLONE_CONFIG_BENCHS3_ENV_AUTH="true", RCLONE_CONFIG_BENCHS3_ENDPOINT=self.endpoint.url,
                    RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE="true", RCLONE_CONFIG_BENCHS3_REGION="us-east-1")
         self._daemonize(["rclone", "mount", f"benchs3:{self.bucket}", self.mountpoint, "--daemon",
-                         "--read-only", "--vfs-cache-mode", "full", "--cache-dir", self.cache_dir,
+                         *(["--read-only"] if self.read_only else []),
+                         "--vfs-cache-mode", self.vfs_cache_mode, "--cache-dir", self.cache_dir,
                          "--vfs-cache-max-size", "20G", "--vfs-read-ahead", "512M", "--buffer-size", "64M",
                          "--dir-cache-time", "1h", "--attr-timeout", "1h", "--no-modtime",
                          "--log-file", self.log_path], env)
