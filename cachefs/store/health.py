@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # Three whole requests (each with all its attempts) failing in a row, with no success between them, is
 # an outage rather than one bad object or one straggler.
 FAIL_THRESHOLD = 3
+# A range whose read just failed with every attempt fails again at once for this long: the kernel asks
+# again for the page it needed right after its read-ahead request failed, and one reader must not wait
+# two deadlines for one EIO.
+FAILED_RANGE_MEMORY_S = 1.0
+FAILED_RANGE_ENTRIES = 4096
 # While down, one real request per second checks whether S3 is back: recovery is noticed within about
 # a second, at the cost of one request per second to a dead endpoint.
 PROBE_INTERVAL_S = 1.0
@@ -46,18 +51,25 @@ class OutageBreaker:
         self._last_error = ""
         self.failed_fast = 0        # requests refused while down (this outage)
         self.outages = 0
+        self._recent: dict[object, tuple[float, str]] = {}   # what failed just now -> (when, error)
 
     @property
     def down(self) -> bool:
         return self._down_since is not None
 
-    def admit(self) -> bool:
-        """Before a request: returns whether it is the outage's probe; raises StoreUnavailable if S3
-        is down and this request is not the probe."""
+    def admit(self, ident: object = None) -> bool:
+        """Before a request (`ident`: what it asks for): returns whether it is the outage's probe;
+        raises StoreUnavailable if S3 is down and this request is not the probe, or if this very
+        request failed a moment ago."""
         with self._lock:
+            now = self.clock()
+            recent = self._recent.get(ident) if ident is not None else None
+            if recent is not None:
+                if now - recent[0] < FAILED_RANGE_MEMORY_S:
+                    raise StoreUnavailable(f"failed {now - recent[0]:.1f} s ago ({recent[1]}); not asking again yet")
+                del self._recent[ident]
             if self._down_since is None:
                 return False
-            now = self.clock()
             if self._probing or now < self._next_probe:
                 self.failed_fast += 1
                 raise StoreUnavailable(f"S3 endpoint {self.where} unreachable for {now - self._down_since:.0f} s "
@@ -78,9 +90,13 @@ class OutageBreaker:
         log.warning("S3 endpoint %s answers again after %.1f s; %d reads failed at once meanwhile",
                     self.where, down_for, failed_fast)
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, ident: object = None) -> None:
         """A request failed with every attempt it was allowed (or ran out of its deadline)."""
         with self._lock:
+            if ident is not None:
+                if len(self._recent) >= FAILED_RANGE_ENTRIES:
+                    self._recent.pop(next(iter(self._recent)))
+                self._recent[ident] = (self.clock(), error)
             self._failures += 1
             self._probing = False
             self._last_error = error

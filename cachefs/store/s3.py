@@ -147,6 +147,8 @@ def _backoff(retry: int, throttled: bool) -> float:
 def _describe(e: BaseException) -> str:
     if isinstance(e, bce.ClientError):
         return f"{_code(e) or 'HTTP'} {_status(e) or ''}".strip()
+    if isinstance(e, (_DeadlineExceeded, _ShortRead)):
+        return str(e)
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
@@ -247,7 +249,7 @@ class S3Store(ObjectStore):
                 raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
             return data
         try:
-            data = self._read("GetObject", key, attempt)
+            data = self._read("GetObject", key, attempt, (start, end))
         except StoreError:
             self.stats.add("s3_get_errors")
             raise
@@ -274,19 +276,21 @@ class S3Store(ObjectStore):
         if token:
             args["ContinuationToken"] = token
         self.stats.add("s3_list")
-        r = self._read("ListObjectsV2", prefix, lambda call: self.read_client.list_objects_v2(**args))
+        r = self._read("ListObjectsV2", prefix, lambda call: self.read_client.list_objects_v2(**args),
+                       (token, delimiter, max_keys))
         objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
                    for o in r.get("Contents", ())]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
         return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
 
     # -- the read path's retries -----------------------------------------------------------
-    def _read(self, operation: str, key: str, attempt_fn):
+    def _read(self, operation: str, key: str, attempt_fn, ident: object = None):
         """Run `attempt_fn` until it succeeds, fails definitely, has made `max_attempts` attempts or
         the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError."""
         started = time.monotonic()
         deadline = started + self.read_deadline if self.read_deadline else None
-        self.breaker.admit()
+        ident = (operation, key, ident)
+        self.breaker.admit(ident)
         attempts = 0
         while True:
             attempts += 1
@@ -315,7 +319,7 @@ class S3Store(ObjectStore):
                 if isinstance(error, _DeadlineExceeded) or (deadline is not None and now + delay >= deadline):
                     self.stats.add("s3_read_deadline_exceeded")
                 summary = _describe(error)
-                self.breaker.failed(summary)
+                self.breaker.failed(summary, ident)
                 raise StoreUnavailable(f"S3 {operation} of s3://{self.bucket}/{key} failed after {attempts} "
                                        f"attempt{'s' if attempts > 1 else ''} in {now - started:.1f} s: "
                                        f"{summary}") from error

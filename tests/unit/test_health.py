@@ -48,3 +48,14 @@ def test_one_probe_per_interval_and_recovery():
     b.succeeded()
     assert not b.down and b.admit() is False
     assert b.outages == 1
+
+
+def test_a_range_that_just_failed_fails_at_once_for_a_moment():
+    clock = Clock()
+    b = OutageBreaker("ep", threshold=3, clock=clock)
+    b.failed("deadline", ident=("get", "k", 0))
+    with pytest.raises(StoreUnavailable, match="ago.*deadline"):
+        b.admit(("get", "k", 0))
+    assert b.admit(("get", "k", 1)) is False      # another range is asked for
+    clock.now += 1.0
+    assert b.admit(("get", "k", 0)) is False
