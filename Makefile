@@ -23,3 +23,12 @@ bench-writes: setup
 
 clean:
 	rm -rf .venv build *.egg-info bench/results
+
+# The container image without a Docker engine (debootstrap + image/oci.py; image/build.sh), and
+# its check in a chroot (cachefs --version, csi --help, a real mount, the CSI mounter). Not in `test`.
+.PHONY: image image-test
+image:
+	bash image/build.sh
+
+image-test: setup image
+	CACHEFS_IMAGE_LAYOUT=build/image/oci $(PY) -m pytest -q tests/csi/test_image.py

@@ -40,6 +40,21 @@ def add_subcommands(sub) -> None:
     c.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     c.add_argument("--supervise", action="store_true",
                    help="run the server as a child and restart it when it dies (the container's first process)")
+    c.add_argument("--mounter", metavar="ENDPOINT", default=os.environ.get("CACHEFS_CSI_MOUNTER", ""),
+                   help="node: unix:///PATH of a `cachefs csi mounter` that runs the FUSE daemons, so this "
+                        "server can restart without ending them (env CACHEFS_CSI_MOUNTER); "
+                        "empty: this server runs them itself")
+    c.add_argument("--unmount-timeout", type=float, default=600.0,
+                   help="node: seconds an unpublish waits for `cachefs umount` (pending uploads) to finish")
+    csub = c.add_subparsers(dest="csi_command", metavar="{mounter}")
+    mt = csub.add_parser("mounter", help="run the process that holds a node's FUSE daemons (its own container)")
+    mt.add_argument("--socket", default=os.environ.get("CACHEFS_CSI_MOUNTER", "unix:///run/cachefs-csi/mounter.sock"),
+                    help="unix:///PATH to listen on (env CACHEFS_CSI_MOUNTER); the node server's --mounter")
+    mt.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS)
+    mt.add_argument("--stop-flush-timeout", type=float, default=20.0,
+                    help="on SIGTERM: seconds to let every daemon flush pending uploads before exiting")
+    mt.add_argument("--unmount-timeout", type=float, default=600.0, dest="mounter_unmount_timeout",
+                    help="seconds an unmount waits for `cachefs umount` (pending uploads)")
 
     a = sub.add_parser("affinity", help="print nodeAffinity terms preferring nodes warm for a dataset")
     a.add_argument("dataset", help="s3://BUCKET[/PREFIX] or BUCKET[/PREFIX] (the volume's data)")
@@ -54,6 +69,9 @@ def add_subcommands(sub) -> None:
 def cmd_csi(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.csi_command == "mounter":
+        from . import mounterd
+        return mounterd.run(args.socket, args.stop_flush_timeout, unmount_timeout=args.mounter_unmount_timeout)
     if args.supervise:
         from .supervise import supervise
         return supervise([sys.executable, "-m", "cachefs", *[a for a in sys.argv[1:] if a != "--supervise"]])
@@ -63,7 +81,10 @@ def cmd_csi(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if args.mode in ("node", "all"):
         node = _node_service(args)
-        node.adopt()
+        if args.mounter:
+            _watch_mounter(node, stop)
+        else:
+            node.adopt()
         if args.warm_labels:
             _start_reporter(args, node, stop)
     if args.mode in ("controller", "all"):
@@ -86,7 +107,22 @@ def _node_service(args):
         cfg.check()
     except ValueError as e:
         raise UserError(f"--cache: {e}") from None
-    return NodeService(cfg)
+    mounter = None
+    if args.mounter:
+        from .mounterd import RemoteMounter
+        mounter = RemoteMounter(args.mounter, unmount_timeout=args.unmount_timeout)
+    else:
+        from .mounter import Mounter
+        mounter = Mounter(unmount_timeout=args.unmount_timeout)
+    return NodeService(cfg, mounter)
+
+
+def _watch_mounter(node, stop: threading.Event) -> None:
+    """Adopt once the mounter answers (now, if it does), and again whenever it is a new one."""
+    from .mounterd import MounterWatch
+    watch = MounterWatch(node.mounter, node.adopt)
+    watch.check()
+    threading.Thread(target=watch.run, args=(stop,), name="mounter-watch", daemon=True).start()
 
 
 def _size(text: str, flag: str) -> int:

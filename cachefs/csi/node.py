@@ -11,12 +11,13 @@ from ..cache.spec import parse_tier
 from ..errors import UserError
 from ..mounts import canonical
 from . import TOPOLOGY_NODE_KEY
-from .mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter, state
+from .mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter
+from .mounterd import MounterUnavailable
 from .proto import pb, rpc
 from .records import CacheSlots, Publication, StateDir
 from .status import (aborted, already_exists, failed_precondition, internal, invalid, not_found, require,
                      rpc_method)
-from .volumes import check_capability, dataset_of, mount_options
+from .volumes import check_capability, dataset_of, is_read_only, mount_options
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ class NodeConfig:
 
 
 class NodeService(rpc.NodeServicer):
-    def __init__(self, cfg: NodeConfig, mounter: Mounter | None = None):
+    """`mounter` carries out mounts: a `Mounter` (this process runs the daemons) or a
+    `mounterd.RemoteMounter` (the mounter process holds them, so this one may restart freely)."""
+
+    def __init__(self, cfg: NodeConfig, mounter=None):
         self.cfg = cfg
         self.state = StateDir(cfg.state_dir)
         self.slots = CacheSlots(cfg.cache_root)
@@ -64,15 +68,23 @@ class NodeService(rpc.NodeServicer):
     def _exclusive(self, target: str):
         """One operation per target at a time; a concurrent one is ABORTED, as the spec asks, and
         the CO retries it."""
-        with self._busy_lock:
-            if target in self._busy:
-                raise aborted(f"an operation on {target} is already in progress")
-            self._busy.add(target)
+        if not self._claim(target):
+            raise aborted(f"an operation on {target} is already in progress")
         try:
             yield
         finally:
             with self._busy_lock:
                 self._busy.discard(target)
+
+    def _claim(self, target: str) -> bool:
+        with self._busy_lock:
+            if target in self._busy:
+                return False
+            self._busy.add(target)
+            return True
+
+    def _state(self, target: str) -> str:
+        return self.mounter.state(target) if os.path.lexists(target) else ABSENT
 
     def tier_dirs(self, slot: str) -> list[str]:
         """The directories holding a slot's cached blocks (for measuring warm bytes)."""
@@ -89,7 +101,8 @@ class NodeService(rpc.NodeServicer):
         ds = dataset_of(request.volume_id, context_map)
         options = mount_options(context_map)
         target = canonical(request.target_path)
-        pub = Publication(request.volume_id, target, ds.volume_id, slot="", readonly=request.readonly,
+        read_only = is_read_only(request.volume_capability, request.readonly)
+        pub = Publication(request.volume_id, target, ds.volume_id, slot="", readonly=read_only,
                           options=options, has_secrets=bool(request.secrets))
         with self._exclusive(target):
             self._publish(pub, ds, dict(request.secrets))
@@ -98,7 +111,7 @@ class NodeService(rpc.NodeServicer):
     def _publish(self, pub: Publication, ds, secrets: dict[str, str]) -> None:
         target = pub.target_path
         old = self.state.load(target)
-        st = state(target) if os.path.lexists(target) else ABSENT
+        st = self._state(target)
         if st == FOREIGN:
             raise already_exists(f"{target} already has another filesystem mounted")
         if st in (ALIVE, DEAD):
@@ -122,7 +135,11 @@ class NodeService(rpc.NodeServicer):
         except UserError as e:
             self.state.remove(target)
             raise internal(f"mounting {ds.url} on {target} failed: {e}") from None
-        log.info("published %s (%s) on %s, cache slot %s", pub.volume_id, ds.url, target, pub.slot)
+        except MounterUnavailable:
+            self.state.remove(target)
+            raise
+        log.info("published %s (%s) on %s, %s, cache slot %s", pub.volume_id, ds.url, target,
+                 "read-only" if pub.readonly else "read-write", pub.slot)
 
     def _claim_slot(self, ds) -> str:
         in_use = {p.slot for p in self.state.all()}
@@ -143,8 +160,8 @@ class NodeService(rpc.NodeServicer):
             argv += ["--" + name.replace("_", "-"), value]
         if self.cfg.metrics_port_base:
             argv += ["--metrics-addr", self._metrics_addr(pub)]
-        # Read-only either way for now: cachefs mounts are read-only until writes land; then
-        # `pub.readonly` selects a read-only mount here.
+        if pub.readonly:
+            argv.append("--read-only")
         return argv
 
     def _metrics_addr(self, pub: Publication) -> str:
@@ -173,7 +190,7 @@ class NodeService(rpc.NodeServicer):
         if not os.path.lexists(target):
             self.state.remove(target)
             return                               # already done: idempotent
-        st = state(target)
+        st = self.mounter.state(target)
         if st == FOREIGN:
             raise failed_precondition(f"{target} has a filesystem mounted that this driver did not mount")
         try:
@@ -203,27 +220,40 @@ class NodeService(rpc.NodeServicer):
 
     # ---- restart
     def adopt(self) -> dict[str, list[str]]:
-        """Find the publications this node owns after a restart. Live mounts are adopted as they are;
-        dead ones (their daemon died with a previous container) are mounted again from the record;
-        records whose target is gone are dropped (kubelet unpublished while we were away)."""
-        found: dict[str, list[str]] = {"adopted": [], "remounted": [], "dropped": []}
+        """Find the publications this node owns after a restart (of this server, or of the mounter).
+        Live mounts are adopted as they are; dead ones (their daemon died, e.g. with the mounter's
+        container) are mounted again from the record; records whose target is gone are dropped
+        (kubelet unpublished while we were away). Targets with an operation in progress are left to
+        it. Raises MounterUnavailable, having dropped nothing, when the mounter does not answer."""
+        found: dict[str, list[str]] = {"adopted": [], "remounted": [], "dropped": [], "busy": []}
         for pub in self.state.all():
             target = pub.target_path
-            st = state(target) if os.path.lexists(target) else None
-            if st == ALIVE:
-                found["adopted"].append(target)
+            if not self._claim(target):
+                found["busy"].append(target)
                 continue
-            if st in (DEAD, ABSENT) and pub.argv:
-                try:
-                    if st == DEAD:
-                        self.mounter.unmount(target)
-                    self.mounter.mount(pub.argv)
-                    found["remounted"].append(target)
-                    continue
-                except (UserError, OSError) as e:
-                    log.error("could not mount %s again: %s", target, e)
-            self.state.remove(target)
-            found["dropped"].append(target)
+            try:
+                found[self._adopt_one(pub)].append(target)
+            finally:
+                with self._busy_lock:
+                    self._busy.discard(target)
         log.info("adopted %d mounts, remounted %d, dropped %d stale records",
                  len(found["adopted"]), len(found["remounted"]), len(found["dropped"]))
         return found
+
+    def _adopt_one(self, pub: Publication) -> str:
+        target = pub.target_path
+        st = self.mounter.state(target) if os.path.lexists(target) else None
+        if st == ALIVE:
+            return "adopted"
+        if st in (DEAD, ABSENT) and pub.argv:
+            try:
+                if st == DEAD:
+                    self.mounter.unmount(target)
+                if pub.has_secrets and not os.path.exists(self.state.secret_path(target)):
+                    raise UserError("its credentials file is gone")
+                self.mounter.mount(pub.argv)
+                return "remounted"
+            except (UserError, OSError) as e:
+                log.error("could not mount %s again: %s", target, e)
+        self.state.remove(target)
+        return "dropped"

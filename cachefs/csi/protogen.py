@@ -13,6 +13,9 @@ OUTPUTS = ("csi_pb2.py", "csi_pb2_grpc.py")
 
 
 def is_stale(out_dir: str = HERE) -> bool:
+    if not os.path.exists(PROTO):
+        # An installed wheel ships the generated modules without the .proto: nothing to compare.
+        return not all(os.path.exists(os.path.join(out_dir, n)) for n in OUTPUTS)
     src = os.path.getmtime(PROTO)
     for name in OUTPUTS:
         path = os.path.join(out_dir, name)

@@ -23,6 +23,7 @@ already_exists = functools.partial(CsiError, grpc.StatusCode.ALREADY_EXISTS)
 aborted = functools.partial(CsiError, grpc.StatusCode.ABORTED)
 failed_precondition = functools.partial(CsiError, grpc.StatusCode.FAILED_PRECONDITION)
 out_of_range = functools.partial(CsiError, grpc.StatusCode.OUT_OF_RANGE)
+unavailable = functools.partial(CsiError, grpc.StatusCode.UNAVAILABLE)
 internal = functools.partial(CsiError, grpc.StatusCode.INTERNAL)
 
 

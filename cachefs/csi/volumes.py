@@ -13,8 +13,19 @@ from .proto import pb
 from .status import invalid
 
 Mode = pb.VolumeCapability.AccessMode.Mode
-# The mount is read-only until writes land (another issue); only reader modes can be honoured.
-SUPPORTED_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY})
+# Reader modes mount with --read-only (every write answers EROFS).
+READER_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY})
+# Writer modes mount read-write (unless the publication is readonly). A prefix has one writer: cachefs
+# does not coordinate writers, so two read-write mounts of one prefix (two pods, two nodes, or
+# another S3 client) overwrite each other object by object, last upload wins, and neither sees the
+# other's new files before its listing expires. Kubernetes: ReadWriteOnce (SINGLE_NODE_WRITER; note
+# that kubelet lets several pods on one node share it, each with its own daemon),
+# ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER, one pod: the one-writer rule enforced by
+# Kubernetes), and MULTI_NODE_SINGLE_WRITER (other COs: one writer, readers elsewhere).
+WRITER_MODES = frozenset({Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_SINGLE_WRITER, Mode.MULTI_NODE_SINGLE_WRITER})
+# Not offered: MULTI_NODE_MULTI_WRITER (ReadWriteMany) and SINGLE_NODE_MULTI_WRITER promise
+# several writers that see each other's writes, which an uncoordinated cache cannot keep.
+SUPPORTED_MODES = READER_MODES | WRITER_MODES
 
 # Keys of the volume context / StorageClass parameters that are not cachefs mount options.
 VOLUME_KEYS = frozenset({"bucket", "prefix"})
@@ -96,8 +107,13 @@ def check_capability(cap, *, required: bool = True) -> None:
     if cap.mount.fs_type not in ("", "fuse.cachefs", "cachefs"):
         raise invalid(f"unsupported fs_type {cap.mount.fs_type!r}")
     if cap.access_mode.mode not in SUPPORTED_MODES:
-        raise invalid(f"access mode {Mode.Name(cap.access_mode.mode)} not supported: cachefs volumes are "
-                      f"read-only (use ReadOnlyMany)")
+        raise invalid(f"access mode {Mode.Name(cap.access_mode.mode)} not supported: cachefs volumes have "
+                      f"one writer per prefix (use ReadOnlyMany, ReadWriteOnce or ReadWriteOncePod)")
+
+
+def is_read_only(cap, readonly: bool) -> bool:
+    """A publication is read-only when the CO says so or its access mode is a reader mode."""
+    return readonly or cap.access_mode.mode in READER_MODES
 
 
 def check_capabilities(caps) -> None:

@@ -105,8 +105,10 @@ def test_validate_volume_capabilities(csi_server, make_bucket):
     ok = validate(req(vol.volume_id, [mount_capability()]))
     assert list(ok.confirmed.volume_capabilities) == [mount_capability()]
     assert validate(req(f"{bucket}/static", [mount_capability()])).HasField("confirmed")   # a static PV
-    writer = validate(req(vol.volume_id, [mount_capability(Mode.SINGLE_NODE_WRITER)]))
-    assert not writer.HasField("confirmed") and "read-only" in writer.message
+    for mode in (Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_SINGLE_WRITER, Mode.MULTI_NODE_SINGLE_WRITER):
+        assert validate(req(vol.volume_id, [mount_capability(mode)])).HasField("confirmed"), Mode.Name(mode)
+    many = validate(req(vol.volume_id, [mount_capability(Mode.MULTI_NODE_MULTI_WRITER)]))
+    assert not many.HasField("confirmed") and "one writer per prefix" in many.message
     assert status_of(validate, req(f"{bucket}/nothing-here", [mount_capability()])) == Code.NOT_FOUND
     assert status_of(validate, req("", [mount_capability()])) == Code.INVALID_ARGUMENT
     assert status_of(validate, req(vol.volume_id, [])) == Code.INVALID_ARGUMENT

@@ -35,6 +35,7 @@ VALUE_SETS = {
              "secret": {"name": ""}},
         ],
     },
+    "pinned-mounter": {"mounter": {"image": {"repository": "registry.example/cachefs", "tag": "0.0.9"}}},
     "node-only": {"controller": {"enabled": False}, "metrics": {"enabled": False}, "storageClasses": [],
                   "image": {"tag": "dev"}, "imagePullSecrets": [{"name": "regcred"}]},
 }
@@ -83,30 +84,62 @@ def test_every_manifest_validates(rendered):
 
 def test_node_plugin_has_what_fuse_and_kubelet_need(rendered):
     name, docs = rendered
-    [ds] = by_kind(docs, "DaemonSet")
-    pod = ds["spec"]["template"]["spec"]
-    main = pod["containers"][0]
-    assert main["securityContext"]["privileged"] is True
+    sets = {d["metadata"]["name"]: d for d in by_kind(docs, "DaemonSet")}
+    assert sorted(sets) == ["cachefs-mounter", "cachefs-node"]
+    pod = sets["cachefs-node"]["spec"]["template"]["spec"]
+    mpod = sets["cachefs-mounter"]["spec"]["template"]["spec"]
+    main, mounter = pod["containers"][0], mpod["containers"][0]
+
+    # The mounter holds the FUSE daemons: privileged, /dev/fuse, Bidirectional propagation.
+    assert mounter["securityContext"]["privileged"] is True
+    mmounts = {m["name"]: m for m in mounter["volumeMounts"]}
+    assert mmounts["pods-dir"]["mountPropagation"] == "Bidirectional"
+    assert mmounts["fuse"]["mountPath"] == "/dev/fuse"
+    assert mounter["args"][:2] == ["csi", "mounter"] and "livenessProbe" not in mounter
+    assert mounter["resources"]["limits"]["memory"]
+    assert sets["cachefs-mounter"]["spec"]["updateStrategy"]["type"] == "OnDelete"
+    assert mpod["automountServiceAccountToken"] is False
+    assert mpod["terminationGracePeriodSeconds"] > 20
+
+    # The node server is not privileged; it sees the mounts and reaches the mounter's socket.
+    assert "privileged" not in main["securityContext"] and main["securityContext"]["capabilities"]["drop"] == ["ALL"]
     mounts = {m["name"]: m for m in main["volumeMounts"]}
-    assert mounts["pods-dir"]["mountPropagation"] == "Bidirectional"
-    assert mounts["fuse"]["mountPath"] == "/dev/fuse"
+    assert mounts["pods-dir"]["mountPropagation"] == "HostToContainer"
+    assert "fuse" not in mounts
+    socket_arg = next(a for a in mounter["args"] if a.startswith("--socket="))
+    assert socket_arg.replace("--socket=", "--mounter=") in main["args"]
+    sock_dir = socket_arg.removeprefix("--socket=unix://").rsplit("/", 1)[0]
+    assert mounts["mounter-socket"]["mountPath"] == mmounts["mounter-socket"]["mountPath"] == sock_dir
+    assert mounts["state"]["mountPath"] == mmounts["state"]["mountPath"]
+    assert sets["cachefs-node"]["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     assert main["livenessProbe"]["httpGet"]["port"] == "healthz"
-    assert main["resources"]["limits"]["memory"]
     names = [c["name"] for c in pod["containers"]]
     assert names == ["cachefs", "node-driver-registrar", "liveness-probe"]
     registrar = pod["containers"][1]["args"]
     assert f"--kubelet-registration-path=/var/lib/kubelet/plugins/{DRIVER_NAME}/csi.sock" in registrar
+    assert mpod["tolerations"] == pod["tolerations"]
     [driver] = by_kind(docs, "CSIDriver")
     assert driver["metadata"]["name"] == DRIVER_NAME and driver["spec"]["attachRequired"] is False
     if name == "tiers-and-monitoring":
         assert "--cache=mem:4GiB" in main["args"]
         assert "--cache=ssd:/cache/nvme/{slot}:400GiB" in main["args"]
-        vols = {v["name"]: v for v in pod["volumes"]}
+        vols = {v["name"]: v for v in mpod["volumes"]}
         assert vols["tier-nvme"]["hostPath"]["path"] == "/mnt/nvme0/cachefs"
         assert vols["tier-scratch"]["emptyDir"] == {"sizeLimit": "2Ti"}
+        assert mmounts["tier-nvme"]["mountPath"] == mounts["tier-nvme"]["mountPath"] == "/cache/nvme"
+        assert mounts["tier-nvme"]["readOnly"] is True and "tier-scratch" not in mounts
         assert "--endpoint-url=http://rgw.storage:7480" in main["args"]
         assert not any(a.startswith("--warm-labels") for a in main["args"])
         assert pod["automountServiceAccountToken"] is False
+        ports = [p["containerPort"] for p in mounter["ports"]]
+        assert ports == [9750, 9751, 9752, 9753]
+        [svc] = by_kind(docs, "Service")
+        assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "mounter"
+    if name == "node-only":
+        assert mounter["image"] == main["image"] == "ghcr.io/cachefs/cachefs:dev"
+    if name == "pinned-mounter":
+        assert mounter["image"] == "registry.example/cachefs:0.0.9"
+        assert main["image"] == "ghcr.io/cachefs/cachefs:0.1.0"
 
 
 def test_rbac_is_least_privilege(rendered):

@@ -13,7 +13,7 @@ import urllib.request
 import grpc
 import pytest
 
-from mount_helpers import is_mounted, log_problems, pid_alive, wait_until
+from mount_helpers import is_mounted, log_problems, pid_alive, s3_client, wait_until
 
 from cachefs.csi.proto import pb
 from cachefs.csi.records import CacheSlots, StateDir
@@ -178,3 +178,40 @@ def test_conflicts_restart_adoption_and_dead_mount(csi_server, dataset, target):
     unpublish(csi_server, target, "vol-a")
     assert not is_mounted(target) and not target.exists()
     unpublish(csi_server, target, "vol-a")
+
+
+def test_access_modes_select_read_only_or_read_write(csi_server, dataset, target):
+    """Reader modes (or readonly) mount --read-only; writer modes mount read-write, and unpublish
+    uploads what was written before the daemon goes (`cachefs umount` waits for it)."""
+    Mode = pb.VolumeCapability.AccessMode
+
+    def request(mode, readonly, volume_id):
+        req = publish_request(dataset, target, volume_id=volume_id)
+        req.readonly = readonly
+        req.volume_capability.access_mode.mode = mode
+        return req
+
+    state = StateDir(str(csi_server.state_dir))
+    for mode, readonly in ((Mode.MULTI_NODE_READER_ONLY, False), (Mode.SINGLE_NODE_WRITER, True)):
+        csi_server.node.NodePublishVolume(request(mode, readonly, "vol-ro"))
+        [pub] = state.all()
+        assert pub.readonly and "--read-only" in pub.argv
+        assert _errno_of((target / "x.txt").write_bytes, b"x") == errno.EROFS
+        unpublish(csi_server, target, "vol-ro")
+
+    assert status_of(csi_server.node.NodePublishVolume,
+                     request(Mode.MULTI_NODE_MULTI_WRITER, False, "vol-rwx")) == Code.INVALID_ARGUMENT
+
+    csi_server.node.NodePublishVolume(request(Mode.SINGLE_NODE_WRITER, False, "vol-rw"))
+    [pub] = state.all()
+    assert not pub.readonly and "--read-only" not in pub.argv
+    # Publishing it again read-only is a different publication.
+    assert status_of(csi_server.node.NodePublishVolume,
+                     request(Mode.SINGLE_NODE_WRITER, True, "vol-rw")) == Code.ALREADY_EXISTS
+    key = f"written-{os.getpid()}.txt"
+    (target / key).write_bytes(b"from a writer pod\n")
+    unpublish(csi_server, target, "vol-rw")
+    assert not is_mounted(target)
+    s3 = s3_client(dataset.endpoint_url, dataset.key_id, dataset.secret)
+    assert s3.get_object(Bucket=dataset.bucket, Key=key)["Body"].read() == b"from a writer pod\n"
+    s3.delete_object(Bucket=dataset.bucket, Key=key)

@@ -27,6 +27,11 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The mounter's image: its own override, else the chart's image. */}}
+{{- define "cachefs.mounterImage" -}}
+{{ .Values.mounter.image.repository | default .Values.image.repository }}:{{ .Values.mounter.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
 {{- define "cachefs.nodeSA" -}}
 {{ .Values.serviceAccount.node.name | default (printf "%s-node" (include "cachefs.fullname" .)) }}
 {{- end -}}
