@@ -167,6 +167,7 @@ class Daemon:
             raise UserError(f"staging directory {staging_dir(cfg)} is not usable: {e.strerror}") from None
         self.namespace.local_names = lambda ino: self.writeback.local_names(self.namespace.get(ino))
         self.namespace.is_local = self.writeback.is_local
+        self.stats.add_gauges(self.writeback.summary)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats,
                                      self.writeback)
         self._start_operations_interfaces()
@@ -183,7 +184,7 @@ class Daemon:
         return {"cache_bytes": sum(t.used for t in disk), "cache_capacity": sum(t.quota for t in disk),
                 "mem_cache_bytes": sum(t.used for t in self.cache.mem_tiers),
                 "cache_blocks": self.cache.block_count, "tiers": self.cache.tier_stats(),
-                **self.writeback.summary(), "pending_paths": self.writeback.pending_paths()[:100],
+                "pending_paths": self.writeback.pending_paths()[:100],
                 "control_socket": self.control.path, "metrics_url": self.exporter and self.exporter.url,
                 "source": self.cfg.source, "version": __version__}
 

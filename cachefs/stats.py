@@ -10,6 +10,7 @@ NAMES = (
     "cache_hits", "cache_misses", "cache_puts", "cache_evictions", "cache_demotions", "cache_promotions",
     "cache_not_admitted", "cache_corrupt", "cache_errors",
     "fuse_reads", "fuse_read_bytes", "readahead_blocks", "fetch_shared",
+    "write_bytes", "uploads", "upload_bytes", "upload_parts", "upload_copies", "upload_failures", "staging_full",
 )
 
 
@@ -17,6 +18,11 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: Counter[str] = Counter({n: 0 for n in NAMES})
+        self._gauges: list = []      # functions returning current values (pending uploads ...)
+
+    def add_gauges(self, fn) -> None:
+        """`fn()` -> {name: value}, merged into every snapshot (it must be safe from any thread)."""
+        self._gauges.append(fn)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -27,4 +33,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._values)
+            values = dict(self._values)
+        for fn in self._gauges:
+            values.update(fn())
+        return values

@@ -109,6 +109,7 @@ class Writeback:
         self.files: dict[int, Staged] = {}
         self.staged_bytes = 0
         self._changed = trio.Event()        # set (and replaced) whenever an upload finishes
+        self._inflight: set[str] = set()    # paths an upload is writing to right now
         self._wake = trio.Event()           # something became due: run the scheduler now
 
     # -- start-up ---------------------------------------------------------------------------
@@ -179,15 +180,17 @@ class Writeback:
         return Inode(inode.ino, inode.kind, st.size, st.mtime_ns, inode.parent, inode.etag, inode.path)
 
     def summary(self) -> dict:
+        """Gauges for stats and metrics; called from the exporter's thread too (list() of a
+        dict's values is one step under the GIL, so no iteration races with the trio thread)."""
         now = time.monotonic()
-        dirty = [st for st in self.files.values() if st.dirty]
+        dirty = [st for st in list(self.files.values()) if st.dirty]
         return {"uploads_pending": len(dirty),
                 "uploads_pending_bytes": sum(st.size for st in dirty),
                 "uploads_oldest_age_s": round(max((now - st.first_dirty for st in dirty), default=0.0), 3),
                 "staging_bytes": self.staged_bytes}
 
     def pending_paths(self) -> list[str]:
-        return sorted(st.path for st in self.files.values() if st.dirty)
+        return sorted(st.path for st in list(self.files.values()) if st.dirty or st.uploading)
 
     # -- staging ----------------------------------------------------------------------------
     def stage_new(self, inode: Inode) -> Staged:
@@ -374,7 +377,7 @@ class Writeback:
                 st.retry_at = 0.0
         self._wake.set()
         while True:
-            left = [st for st in self.files.values() if st.dirty]
+            left = [st for st in self.files.values() if st.dirty or st.uploading]
             if not left or time.monotonic() >= deadline:
                 return sorted(st.path for st in left)
             changed = self._changed
@@ -384,6 +387,10 @@ class Writeback:
     # -- the scheduler ----------------------------------------------------------------------
     def due(self, st: Staged, now: float) -> bool:
         if not st.dirty or st.uploading or now < st.retry_at:
+            return False
+        if st.path in self._inflight:
+            # Another inode's upload to this name is in flight (the file it replaced, unlinked
+            # or renamed over): it finishes, and deletes its result, before ours may start.
             return False
         if st.forced or st.closed_dirty:
             return True
@@ -405,30 +412,50 @@ class Writeback:
                 self._wake = trio.Event()
 
     async def _upload(self, st: Staged) -> None:
+        """One upload of `st` as it is now. `st.uploading` stays set until the result is recorded,
+        so that flush_all and unmount wait for the bookkeeping too, not just the transfer."""
         gen, path, size = st.generation, st.path, st.size
         st.forced = st.closed_dirty = False
         key = self.prefix + path
+        self._inflight.add(path)
         try:
-            if gen == st.synced and st.remote is not None and st.remote != path:
-                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
-                self.stats.add("upload_copies")
-            elif size <= self.part_size:
-                async with self.limiter:
-                    data = await self.run_blocking(os.pread, st.fd, size, 0)
-                    etag = await self.run_blocking(self.store.put_object, key, data)
-            else:
-                etag = await self._multipart(st, key, size)
+            etag = await self._transfer(st, key, size, gen)
         except (StoreError, OSError) as e:
             st.failures += 1
             self.stats.add("upload_failures")
             delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (st.failures - 1))
             st.retry_at = time.monotonic() + delay
-            log.warning("upload of %s failed (attempt %d, next in %.0f s; the data stays staged): %s",
+            log.warning("upload of %s failed (attempt %d, next in %.1f s; the data stays staged): %s",
                         key, st.failures, delay, e)
+            st.uploading = False
+            self._inflight.discard(path)
+            self._notify()
             return
+        except BaseException:
+            st.uploading = False
+            self._inflight.discard(path)
+            raise
+        try:
+            with trio.CancelScope(shield=True):     # S3 has it: the record must say so
+                await self._uploaded(st, key, path, size, gen, etag)
         finally:
             st.uploading = False
+            self._inflight.discard(path)
+            self._maybe_drop(st)
             self._notify()
+
+    async def _transfer(self, st: Staged, key: str, size: int, gen: int) -> str:
+        if gen == st.synced and st.remote is not None and st.remote != st.path:
+            etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
+            self.stats.add("upload_copies")
+            return etag
+        if size <= self.part_size:
+            async with self.limiter:
+                data = await self.run_blocking(os.pread, st.fd, size, 0)
+                return await self.run_blocking(self.store.put_object, key, data)
+        return await self._multipart(st, key, size)
+
+    async def _uploaded(self, st: Staged, key: str, path: str, size: int, gen: int, etag: str) -> None:
         st.failures = 0
         self.stats.add("uploads")
         self.stats.add("upload_bytes", size)
@@ -436,19 +463,17 @@ class Writeback:
         st.synced = max(st.synced, gen)
         if st.deleted:
             await self._delete_quietly(key)      # unlinked while it was being uploaded
-        elif old_remote is not None and old_remote != path:
+            return
+        if old_remote is not None and old_remote != path:
             await self._delete_quietly(self.prefix + old_remote)   # renamed before or during the upload
-        if not st.deleted:
-            if st.path != path:
-                st.first_dirty = time.monotonic()
-            if gen == st.generation:
-                await self.run_blocking(self.meta.set_file, st.ino, size, etag, st.mtime_ns)
-            if st.dirty:
-                await self.run_blocking(self.meta.put_pending, st.ino, st.record())
-            else:
-                await self.run_blocking(self.meta.delete_pending, st.ino)
-        self._maybe_drop(st)
-        self._notify()
+        if st.path != path:
+            st.first_dirty = time.monotonic()
+        if gen == st.generation:
+            await self.run_blocking(self.meta.set_file, st.ino, size, etag, st.mtime_ns)
+        if st.dirty:
+            await self.run_blocking(self.meta.put_pending, st.ino, st.record())
+        else:
+            await self.run_blocking(self.meta.delete_pending, st.ino)
 
     async def _multipart(self, st: Staged, key: str, size: int) -> str:
         psize = part_size(size, self.part_size)

@@ -1,0 +1,174 @@
+"""Writeback over the in-memory store: retries with backoff, nothing dropped, schedule decisions,
+part sizes, and replay of pending files after a restart."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from cachefs import writeback as wbmod
+from cachefs.errors import StoreUnavailable
+from cachefs.meta.schema import KIND_FILE, ROOT_INO
+from cachefs.meta.store import Entry, MetaStore
+from cachefs.stats import Stats
+from cachefs.store.memory import MemoryStore
+from cachefs.writeback import StagingFull, Writeback, part_size
+
+MiB = 1 << 20
+
+
+async def run_blocking(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+class FlakyStore(MemoryStore):
+    """Fails the first `failures` uploads (PUTs and parts) as an unreachable S3 would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("bkt")
+        self.failures = failures
+        self.attempts = 0
+
+    def _maybe_fail(self):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise StoreUnavailable("S3 unreachable (injected)")
+
+    def put_object(self, key, data):
+        self._maybe_fail()
+        return super().put_object(key, data)
+
+    def upload_part(self, key, upload_id, number, data):
+        self._maybe_fail()
+        return super().upload_part(key, upload_id, number, data)
+
+
+def make(tmp_path, store, **kw):
+    meta = MetaStore(str(tmp_path / "meta"), "test|bkt|")
+    args = dict(prefix="", staging_dir=str(tmp_path / "staging"), staging_size=64 * MiB,
+                small_file_threshold=MiB, small_sync_interval=0.1, large_sync_interval=0.1,
+                part_size=5 * MiB, upload_concurrency=4)
+    args.update(kw)
+    wb = Writeback(meta, store, run_blocking, Stats(), **args)
+    wb.open()
+    return meta, wb
+
+
+def new_file(meta, wb, name):
+    inode = meta.put_entry(meta.get_inode(ROOT_INO), Entry(name, KIND_FILE, 0, 0, ""))
+    return wb.stage_new(inode)
+
+
+def test_failed_uploads_are_retried_with_backoff_and_nothing_is_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(wbmod, "RETRY_FIRST_S", 0.05)
+    store = FlakyStore(failures=3)
+    meta, wb = make(tmp_path, store)
+    st = new_file(meta, wb, "log.txt")
+    wb.opened(st, True)
+    wb.write(st, 0, b"line 1\n")
+    wb.closed(st, True)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            assert await wb.flush_all(10) == []
+            nursery.cancel_scope.cancel()
+    started = time.monotonic()
+    trio.run(main)
+    assert store.get_range("log.txt", 0, 7) == b"line 1\n"
+    assert store.attempts == 4 and wb.stats.get("upload_failures") == 3
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.2     # 3 backoffs: 50, 100, 200 ms
+    assert meta.pending() == {} and wb.files == {}
+
+
+def test_persistent_failure_keeps_data_staged_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(wbmod, "RETRY_FIRST_S", 0.05)
+    store = FlakyStore(failures=10**6)
+    meta, wb = make(tmp_path, store)
+    st = new_file(meta, wb, "ckpt")
+    wb.opened(st, True)
+    wb.write(st, 0, b"x" * 1000)
+    wb.closed(st, True)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            left = await wb.flush_all(0.5)
+            nursery.cancel_scope.cancel()
+        return left
+    assert trio.run(main) == ["ckpt"]
+    assert store.attempts >= 2 and wb.stats.get("upload_failures") == store.attempts
+    assert (tmp_path / "staging" / str(st.ino)).read_bytes() == b"x" * 1000
+    assert list(meta.pending()) == [st.ino]
+    wb.close()
+    # A restart adopts it and, with S3 back, uploads it.
+    store.failures = 0
+    meta2 = meta
+    wb2 = Writeback(meta2, store, run_blocking, Stats(), prefix="", staging_dir=str(tmp_path / "staging"),
+                    staging_size=64 * MiB, small_file_threshold=MiB, small_sync_interval=0.1,
+                    large_sync_interval=0.1, part_size=5 * MiB, upload_concurrency=4)
+    wb2.open()
+    assert wb2.pending_paths() == ["ckpt"]
+
+    async def again():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb2.run)
+            assert await wb2.flush_all(5) == []
+            nursery.cancel_scope.cancel()
+    trio.run(again)
+    assert store.get_range("ckpt", 0, 1000) == b"x" * 1000
+
+
+def test_multipart_upload_with_parallel_parts(tmp_path):
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store)
+    st = new_file(meta, wb, "big")
+    data = bytes(range(256)) * (48 * 1024)          # 12 MiB: parts of 5, 5, 2 MiB
+    wb.opened(st, True)
+    for off in range(0, len(data), MiB):
+        wb.write(st, off, data[off:off + MiB])
+    wb.closed(st, True)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            assert await wb.flush_all(10) == []
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert store.get_range("big", 0, len(data)) == data
+    assert wb.stats.get("upload_parts") == 3 and store.multipart_uploads() == []
+
+
+def test_schedule(tmp_path):
+    meta, wb = make(tmp_path, MemoryStore("bkt"), small_sync_interval=5, large_sync_interval=300)
+    st = new_file(meta, wb, "f")
+    wb.opened(st, True)
+    wb.write(st, 0, b"a")
+    now = time.monotonic()
+    assert not wb.due(st, now)                      # just written
+    assert wb.due(st, now + 5.1)                    # quiet for the small interval
+    st.last_write = now + 4                         # still growing after 5 s: due all the same
+    assert wb.due(st, now + 5.1)
+    wb.write(st, 0, b"b" * (2 * MiB))               # now a large file
+    assert not wb.due(st, time.monotonic() + 10)
+    assert wb.due(st, time.monotonic() + 301)
+    wb.closed(st, True)                             # the last writer closed it: upload now
+    assert wb.due(st, time.monotonic())
+
+
+def test_staging_limit_gives_enospc_and_keeps_what_was_acknowledged(tmp_path):
+    meta, wb = make(tmp_path, MemoryStore("bkt"), staging_size=2 * MiB)
+    st = new_file(meta, wb, "f")
+    wb.write(st, 0, b"a" * MiB)
+    with pytest.raises(StagingFull) as err:
+        wb.write(st, MiB, b"b" * (2 * MiB))
+    assert err.value.errno == 28 and st.size == MiB
+    wb.write(st, 0, b"c" * 10)                       # overwriting within the file needs no room
+    assert wb.read(st, 0, 12) == b"c" * 10 + b"aa"
+
+
+def test_part_size_grows_past_ten_thousand_parts():
+    assert part_size(100 * MiB, 16 * MiB) == 16 * MiB
+    big = 400 * 1024 * MiB                           # 400 GiB / 10,000 parts > 16 MiB
+    assert part_size(big, 16 * MiB) * 10_000 >= big and part_size(big, 16 * MiB) % MiB == 0
