@@ -83,3 +83,61 @@ def test_read_only_refuses_writes(mounter, make_bucket):
         with pytest.raises(OSError) as err:
             action()
         assert err.value.errno == errno.EROFS
+
+
+def test_full_staging_gives_enospc_and_keeps_what_was_acknowledged(mounter, make_bucket, s3):
+    bucket = make_bucket("w-enospc")
+    m = mounter.mount(bucket, "--staging-size", "16MiB", "--small-sync-interval", "600",
+                      "--large-sync-interval", "600")
+    chunk = os.urandom(1 << 20)
+    acknowledged = 0
+    fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as err:
+            for _ in range(20):
+                acknowledged += os.write(fd, chunk)
+        assert err.value.errno == errno.ENOSPC
+        assert 0 < acknowledged <= 16 << 20
+    finally:
+        os.close(fd)
+    assert wait_until(lambda: obj(s3, bucket, "big.bin") == chunk * (acknowledged >> 20), 20)
+    (m.path / "after.txt").write_bytes(b"room again")     # the upload freed the staging area
+    assert (m.path / "after.txt").read_bytes() == b"room again"
+
+
+def test_save_to_temp_then_rename_uploads_only_the_final_name(mounter, make_bucket, s3, request_log):
+    bucket = make_bucket("w-atomic-save", {"ckpt": b"old version"})
+    m = mounter.mount(bucket, "--small-sync-interval", "600", "--large-sync-interval", "600")
+    mark = request_log.mark()
+    with open(m.path / "ckpt.tmp", "wb") as f:
+        f.write(b"new version")
+        os.rename(m.path / "ckpt.tmp", m.path / "ckpt")     # renamed while open and not uploaded
+    assert (m.path / "ckpt").read_bytes() == b"new version"
+    assert wait_until(lambda: obj(s3, bucket, "ckpt") == b"new version", 10)
+    assert keys(s3, bucket) == ["ckpt"]
+    assert not any(r.key == "ckpt.tmp" and r.method == "PUT" for r in request_log.since(mark, bucket))
+
+
+def test_fsync_upload_waits_for_s3(mounter, make_bucket, s3):
+    bucket = make_bucket("w-fsync-upload")
+    m = mounter.mount(bucket, "--fsync-upload", "--small-sync-interval", "600")
+    with open(m.path / "state.json", "wb") as f:
+        f.write(b'{"epoch": 3}')
+        f.flush()
+        assert obj(s3, bucket, "state.json") is None
+        os.fsync(f.fileno())
+        assert obj(s3, bucket, "state.json") == b'{"epoch": 3}'
+
+
+def test_chmod_and_utime_are_kept(mounter, make_bucket):
+    bucket = make_bucket("w-attrs", {"a.txt": b"a"})
+    m = mounter.mount(bucket)
+    os.chmod(m.path / "a.txt", 0o600)
+    os.utime(m.path / "a.txt", ns=(1_000_000_000_000_000_000, 1_500_000_000_000_000_000))
+    st = os.stat(m.path / "a.txt")
+    assert st.st_mode & 0o777 == 0o600 and st.st_mtime_ns == 1_500_000_000_000_000_000
+    os.mkdir(m.path / "d", 0o700)
+    assert os.stat(m.path / "d").st_mode & 0o777 == 0o700
+    with pytest.raises(OSError) as err:
+        os.chown(m.path / "a.txt", os.getuid() + 1, -1)
+    assert err.value.errno == errno.EPERM
