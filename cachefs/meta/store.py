@@ -15,6 +15,7 @@ from typing import Iterable
 import lmdb
 
 from ..errors import UserError
+from . import verify
 from .schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, ROOT_INO, Inode,
                      dentry_key, pack_f64, pack_inode, pack_u64, unpack_f64, unpack_inode, unpack_u64)
 
@@ -37,6 +38,13 @@ class Entry:
 class MetaStore:
     def __init__(self, path: str, identity: str, max_readers: int = 256) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
+        damage = verify.check(path)
+        if damage is not None:
+            # Refused, not rebuilt: besides what S3 can tell again, the store holds the uploads still
+            # pending (the `pending` sub-database), and a guess must never lose a write.
+            raise UserError(f"metadata store {path} is corrupt ({damage}); cachefs will not use it. Moving it "
+                            f"away (mv {path} {path}.corrupt) rebuilds it from S3 and keeps the cached blocks, "
+                            "but forgets any upload still pending in it")
         try:
             # metasync=False: a system crash may undo the last commit but never corrupts the file.
             self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=len(DATABASES), metasync=False,

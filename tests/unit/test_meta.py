@@ -86,5 +86,29 @@ def test_corrupt_store_is_refused(tmp_path):
     path = tmp_path / "meta"
     path.mkdir()
     (path / "data.mdb").write_bytes(b"\x00garbage" * 1000)
-    with pytest.raises(UserError, match="cannot be opened"):
+    with pytest.raises(UserError, match="is corrupt .*MDB_INVALID.*will not use it"):
         MetaStore(str(path), "ep|bkt|")
+
+
+def _filled_store(path, n=3000) -> bytes:
+    m = MetaStore(str(path), "ep|bkt|")
+    m.replace_listing(m.get_inode(1), [Entry(f"f{i:05d}", KIND_FILE, i, 0, f"e{i}") for i in range(n)], 1e12)
+    m.close()
+    return (path / "data.mdb").read_bytes()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: d[:len(d) // 2], "SIGBUS"),                                       # truncated: pages past the end
+    (lambda d: d[:len(d) // 8192 * 4096] + b"\xa5" * 4096 + d[len(d) // 8192 * 4096 + 4096:], "CORRUPTED|record"),
+    (lambda d: b"\0" * 8192 + d[8192:], "MDB_INVALID"),                          # both meta pages gone
+], ids=["truncated", "garbage-page", "zeroed-header"])
+def test_damaged_store_is_found_out_not_trusted(tmp_path, damage, reason):
+    path = tmp_path / "meta"
+    data = _filled_store(path)
+    (path / "data.mdb").write_bytes(damage(data))
+    with pytest.raises(UserError, match=f"is corrupt .*({reason})"):
+        MetaStore(str(path), "ep|bkt|")
+    (path / "data.mdb").write_bytes(data)          # the intact file opens again, every record there
+    m = MetaStore(str(path), "ep|bkt|")
+    assert len(m.children(1)) == 3000
+    m.close()
