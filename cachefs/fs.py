@@ -201,7 +201,7 @@ class CachefsOperations(pyfuse3.Operations):
             self._files[fh] = f
             return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
         self._files[fh] = f
-        self.reader.prefetch_file(node, f.key)     # small files: all blocks, now
+        self.reader.prefetch_file(node, f.key, self.ns)     # small files (and their neighbours)
         # Keep the page cache only if it holds this very version of the object.
         keep = self._opened_etag.get(inode) == node.etag
         self._opened_etag[inode] = node.etag
@@ -248,6 +248,7 @@ class CachefsOperations(pyfuse3.Operations):
         if f.staged is None or not f.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         self._written.add(f.inode.ino)
+        self.stats.add("fuse_writes")
         return self.wb.write(f.staged, off, buf)
 
     @fuse_errors
