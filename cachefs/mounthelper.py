@@ -13,9 +13,9 @@ from .config import OPTION_BY_NAME
 from .errors import UserError
 
 HELPER_PATH = "/sbin/mount.fuse.cachefs"
-# Generic options mount(8) or fstab pass along that mean nothing to cachefs (always read-only,
-# nosuid/nodev by FUSE's defaults): accepted and ignored, like other FUSE helpers do.
-IGNORED = {"rw", "ro", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
+# Generic options mount(8) or fstab pass along that mean nothing to cachefs (nosuid/nodev by FUSE's
+# defaults): accepted and ignored, like other FUSE helpers do. `ro` means --read-only.
+IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
            "nofail", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "atime", "noatime",
            "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime", "loop"}
 IGNORED_PREFIXES = ("x-", "comment=", "helper=", "fsname=", "subtype=")
@@ -28,6 +28,9 @@ def translate(options: str) -> list[str]:
     for item in filter(None, options.split(",")):
         name, has_value, value = item.partition("=")
         if item in IGNORED or item.startswith(IGNORED_PREFIXES):
+            continue
+        if item == "ro":
+            flags.append("--read-only")
             continue
         key = name.replace("-", "_")
         if any(w in key for w in SECRET_WORDS) and key not in ("credentials_file",):

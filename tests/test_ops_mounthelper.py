@@ -20,6 +20,7 @@ def test_translate_options():
         "--endpoint-url", "http://h:1", "--allow-other", "--cache", "mem:1GiB", "--cache", "ssd:/nvme:10GiB",
         "--config", "/etc/c.toml"]
     assert translate("block-size=1MiB") == ["--block-size", "1MiB"]
+    assert translate("ro,noatime") == ["--read-only"]        # mount -o ro: a read-only mount
     for bad, why in (("aws_secret_access_key=x", "credentials"), ("password=x", "credentials"),
                      ("bogus=1", "unknown"), ("block_size", "needs a value")):
         with pytest.raises(UserError, match=why):
