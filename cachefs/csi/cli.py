@@ -118,10 +118,11 @@ def _node_service(args):
 
 
 def _watch_mounter(node, stop: threading.Event) -> None:
-    """Adopt once the mounter answers (now, if it does), and again whenever it is a new one."""
+    """Adopt once the mounter answers, and again whenever it is a new one. In a thread from the
+    start: remounting many volumes takes minutes, and the server must answer its liveness probe
+    meanwhile (an operation on a target being adopted answers ABORTED, and kubelet retries)."""
     from .mounterd import MounterWatch
     watch = MounterWatch(node.mounter, node.adopt)
-    watch.check()
     threading.Thread(target=watch.run, args=(stop,), name="mounter-watch", daemon=True).start()
 
 

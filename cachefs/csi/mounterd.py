@@ -79,6 +79,7 @@ class MounterServer:
         self.stop_flush_s = stop_flush_s
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
+        self._mounted: set[str] = set()      # targets this instance mounted (flushed on SIGTERM)
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="mounter")
 
     def listen(self) -> None:
@@ -125,7 +126,8 @@ class MounterServer:
         running: outside a container they go on serving; in one, the container's end stops them
         (their pending uploads stay staged in the cache slot, and the next daemon there uploads)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        targets = cachefs_mounts()
+        live = set(cachefs_mounts())
+        targets = sorted(t for t in self._mounted if t in live)
         if not targets or self.stop_flush_s <= 0:
             return
         log.info("flushing %d mounts before exiting", len(targets))
@@ -175,11 +177,14 @@ class MounterServer:
                 if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
                     raise ValueError("argv must be a list of strings")
                 self.mounter.mount(argv)
+                if len(argv) > 1:
+                    self._mounted.add(mounts.canonical(argv[1]))
                 log.info("mounted %s", argv[1] if len(argv) > 1 else argv)
                 return {"ok": True}
             if op == "unmount":
                 target = _path(request)
                 self.mounter.unmount(target)
+                self._mounted.discard(target)
                 log.info("unmounted %s", target)
                 return {"ok": True}
             return {"ok": False, "error": f"unknown op {op!r}"}

@@ -242,7 +242,11 @@ class NodeService(rpc.NodeServicer):
 
     def _adopt_one(self, pub: Publication) -> str:
         target = pub.target_path
-        st = self.mounter.state(target) if os.path.lexists(target) else None
+        try:
+            st = self.mounter.state(target) if os.path.lexists(target) else None
+        except (UserError, OSError) as e:
+            log.error("cannot tell the state of %s (record kept): %s", target, e)
+            return "busy"
         if st == ALIVE:
             return "adopted"
         if st in (DEAD, ABSENT) and pub.argv:

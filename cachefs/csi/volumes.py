@@ -38,6 +38,11 @@ VOLUME_OPTIONS = frozenset({
     "block_size", "read_ahead", "prefetch_small_files", "max_fetches", "hedging", "hedge_min_delay",
     "entry_timeout", "attr_timeout", "listing_ttl", "negative_ttl", "file_mode", "dir_mode", "max_idle_threads",
     "s3_max_attempts", "s3_connect_timeout", "s3_read_timeout", "log_level",
+    # The write schedule of a read-write volume (logs soon, checkpoints later: a volume's choice).
+    # Staging space and the exit upload timeout stay the node's (its disks, its unpublish timeout),
+    # and read_only is the access mode's.
+    "small_file_threshold", "small_sync_interval", "large_sync_interval", "multipart_part_size",
+    "upload_concurrency", "fsync_upload", "s3_read_deadline",
 }) & frozenset(o.name for o in OPTIONS)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 

@@ -201,9 +201,15 @@ def test_access_modes_select_read_only_or_read_write(csi_server, dataset, target
 
     assert status_of(csi_server.node.NodePublishVolume,
                      request(Mode.MULTI_NODE_MULTI_WRITER, False, "vol-rwx")) == Code.INVALID_ARGUMENT
+    node_owned = request(Mode.SINGLE_NODE_WRITER, False, "vol-rw")
+    node_owned.volume_context["read_only"] = "false"            # the access mode's, not the volume's
+    assert status_of(csi_server.node.NodePublishVolume, node_owned) == Code.INVALID_ARGUMENT
 
-    csi_server.node.NodePublishVolume(request(Mode.SINGLE_NODE_WRITER, False, "vol-rw"))
+    writer = request(Mode.SINGLE_NODE_WRITER, False, "vol-rw")
+    writer.volume_context["small_sync_interval"] = "1"            # a volume's own upload schedule
+    csi_server.node.NodePublishVolume(writer)
     [pub] = state.all()
+    assert pub.options["small_sync_interval"] == "1"
     assert not pub.readonly and "--read-only" not in pub.argv
     # Publishing it again read-only is a different publication.
     assert status_of(csi_server.node.NodePublishVolume,
