@@ -54,12 +54,24 @@ def fuse_errors(fn):
         except OSError as e:
             log.warning("%s: %s", op, e)
             raise _failed(op, errno_for(e)) from None
+        except ExceptionGroup as group:      # from a nursery (a read spanning several blocks)
+            first = _first_leaf(group)
+            if not isinstance(first, (CachefsError, OSError)):
+                log.exception("unexpected error in %s", op)
+                raise _failed(op, errno.EIO) from None
+            log.warning("%s: %s", op, first)
+            raise _failed(op, errno_for(first)) from None
         except Exception:
             log.exception("unexpected error in %s", op)
             raise _failed(op, errno.EIO) from None
         finally:
             observe(time.perf_counter() - start)
     return wrapper
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _failed(op: str, err: int) -> pyfuse3.FUSEError:
