@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -260,3 +261,16 @@ def fault_proxy(moto_server):
     from cachefs.devtools.faultproxy import FaultProxy
     with FaultProxy(moto_server.endpoint_url) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MiB tmpfs (mode 0700) for full-disk scenarios; skips where mounting is not allowed."""
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)

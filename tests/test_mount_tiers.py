@@ -75,18 +75,6 @@ def test_blocks_survive_kill_9_and_are_reused_without_gets(mounter, make_bucket,
     assert m.stats()["s3_get"] == 0
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    path = tmp_path / "tmpfs"
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.daemon_errors_ok(r"failed")
 def test_full_tier_directory_is_skipped_and_reads_stay_correct(mounter, make_bucket, small_tmpfs, tmp_path):
     """A 3 MiB filesystem under a 64 MiB tier: writes fail with ENOSPC, the directory is marked down,

@@ -108,6 +108,19 @@ class DiskDir:
                 self._space_ok = False
         return self._space_ok
 
+    def mark_full(self, err: OSError) -> None:
+        """ENOSPC/EDQUOT: full, not broken. Its blocks stay readable; new ones go elsewhere (or are
+        served uncached) until the next free-space check finds room (the evictor makes some)."""
+        if self._space_ok:
+            log.warning("writing to cache directory %s failed (%s): no new blocks there until it has room",
+                        self.path, err.strerror or err)
+        self._space_ok = False
+        self._space_checked = time.monotonic()
+
+    def space_changed(self) -> None:
+        """A block file went: check free space anew next time (the evictor stops as soon as it may)."""
+        self._space_checked = 0.0
+
     def mark_down(self, err: OSError) -> None:
         if self.healthy:
             log.warning("cache directory %s failed (%s): skipping it until it recovers",
@@ -227,7 +240,10 @@ class DiskTier(Tier):
             return True
         except OSError as e:
             self.stats.add("cache_errors")
-            d.mark_down(e)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                d.mark_full(e)
+            else:
+                d.mark_down(e)
             try:
                 os.unlink(tmp)
             except OSError:
@@ -235,8 +251,10 @@ class DiskTier(Tier):
             return False
 
     def _delete(self, key: bytes, slot: Slot) -> None:
+        d = self.dirs[slot.where]
         try:
-            os.unlink(self.dirs[slot.where].block_path(key))
+            os.unlink(d.block_path(key))
+            d.space_changed()
         except FileNotFoundError:
             pass
         except OSError as e:
