@@ -1,9 +1,10 @@
 """`cachefs csi --supervise`: the node plugin container's first process.
 
-In a container, the FUSE daemons die with the container's first process (the kernel kills the whole
-PID namespace). So the first process is this small supervisor, and the gRPC server is its child: when
-the server crashes it is started again and adopts the mounts, while the daemons (detached by
-`cachefs mount`, reparented to us) keep serving. As PID 1 it also reaps those daemons when they exit.
+The gRPC server is its child: when the server crashes it is started again at once (kubelet's
+restart back-off is slower) and adopts the mounts. With the chart's mounter (`--mounter`), the FUSE
+daemons live in the mounter's container, so even a restart of this container leaves them serving.
+Without one (`--mode all`, tests, a plain host), the daemons that `cachefs mount` detaches are
+reparented here, and as PID 1 this process reaps them when they exit.
 """
 from __future__ import annotations
 

@@ -59,10 +59,11 @@ class CsiServer:
                     if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         self.proc: subprocess.Popen | None = None
         self.channel: grpc.Channel | None = None
+        self.prefix: list[str] = []          # e.g. setpriv, to run the server without capabilities
 
     def start(self) -> None:
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([PYTHON, *self.args], cwd=CACHEFS_SRC, env=self.env, stdout=log,
+        self.proc = subprocess.Popen([*self.prefix, PYTHON, *self.args], cwd=CACHEFS_SRC, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")

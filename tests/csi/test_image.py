@@ -245,7 +245,8 @@ def test_image_csi_mounter_and_node_server(image_root, auth_moto):
     target = root / "pods" / "p1" / "mount"
     target.parent.mkdir(parents=True, exist_ok=True)
     sock = root / "csi" / "csi.sock"
-    server_argv = ["cachefs", "csi", "--mode", "node", "--endpoint", "unix:///csi/csi.sock", "--node-id", "n1",
+    # The node server as the chart runs it: root with every capability dropped.
+    server_argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "cachefs", "csi", "--mode", "node", "--endpoint", "unix:///csi/csi.sock", "--node-id", "n1",
                    "--mounter", "unix:///run/cachefs-csi/mounter.sock", "--state-dir", "/var/lib/cachefs-csi",
                    "--cache-root", "/var/lib/cachefs-csi/cache", "--cache-size", "64MiB",
                    "--endpoint-url", auth_moto.endpoint_url, "--region", "us-east-1", "--addressing-style", "path"]

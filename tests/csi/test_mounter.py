@@ -22,6 +22,7 @@ from .conftest import CsiServer, _unmount_leftovers, status_of
 from .test_node import daemon_pid, publish_request, unpublish
 
 Code = grpc.StatusCode
+NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
 
 
 class MounterProc:
@@ -52,6 +53,11 @@ class MounterProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def cap_eff(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+
+
 def ppid_of(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("PPid:")).split()[1])
@@ -64,6 +70,8 @@ def pair(moto_server):
     mounter = MounterProc(root)
     mounter.start()
     server = CsiServer(root, moto_server.endpoint_url, "--mounter", mounter.endpoint)
+    # As in the chart: root, but with every capability dropped (only the mounter is privileged).
+    server.prefix = NO_CAPABILITIES
     server.start()
     yield mounter, server, root
     server.kill()
@@ -81,8 +89,10 @@ def test_node_server_killed_mounts_survive_and_are_adopted(pair, auth_moto):
     req = publish_request(auth_moto, target, volume_id="vol-m")
     server.node.NodePublishVolume(req)
     daemon = daemon_pid(server)
-    # The daemon is the mounter's (it is a child subreaper), not the node server's.
+    # The daemon is the mounter's (it is a child subreaper), not the node server's, and the node
+    # server has no capabilities at all.
     assert ppid_of(daemon) == mounter.proc.pid
+    assert cap_eff(server.proc.pid) == 0 and cap_eff(mounter.proc.pid) != 0
     assert (target / "hello.txt").read_bytes() == b"hello\n"
 
     for n in (1, 2):                                    # kill -9 the node server, start a new one
