@@ -184,3 +184,15 @@ def test_examples_validate():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 validate(doc)
+
+
+def test_every_volume_mount_names_a_volume_of_its_pod(rendered):
+    name, docs = rendered
+    for doc in docs:
+        spec = doc.get("spec", {}).get("template", {}).get("spec")
+        if not spec:
+            continue
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        used = {m["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        assert used <= volumes, (name, doc["metadata"]["name"], used - volumes)
+        assert volumes <= used, (name, doc["metadata"]["name"], volumes - used)
