@@ -304,6 +304,13 @@ def clean_bucket(client) -> None:
         client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
 
 
+def _commit() -> str:
+    """HEAD, and whether cachefs/ had uncommitted changes (the tree is shared while it is worked on)."""
+    head = util.run(["git", "rev-parse", "--short", "HEAD"], timeout=10, check=False, cwd=systems.REPO).stdout.strip()
+    dirty = util.run(["git", "status", "--porcelain", "cachefs"], timeout=10, check=False, cwd=systems.REPO).stdout
+    return head + (" + uncommitted changes in cachefs/" if dirty.strip() else "")
+
+
 def remove_scratch(scratch: str) -> None:
     """rmtree, but never through a mount still alive under it (that would delete objects in the bucket)."""
     with open("/proc/self/mounts") as f:
@@ -346,7 +353,8 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="cachefs-bench-writes-", dir="/tmp")
     results = {"command": " ".join(["python -m bench.writes", *argv]), "started_utc": stamp, "machine": machine(),
                "runs": a.runs, "size_mib": a.size_mib, "append_seconds": a.append_seconds,
-               "line_bytes": a.line_bytes, "open_wait_s": a.open_wait, "systems": {}, "skipped": {}, "notes": []}
+               "line_bytes": a.line_bytes, "open_wait_s": a.open_wait, "commit": _commit(), "systems": {},
+               "skipped": {}, "notes": []}
     rec = Recorder()
     started = time.monotonic()
     try:
@@ -458,7 +466,8 @@ def markdown(results: dict) -> str:
     probe = report.cell(s, ("writes", "put", "-", "endpoint"), "mib_s", 0)
     parts = [
         f"# Write benchmark {results['started_utc']}",
-        f"Command: `{results['command']}` ({results['runs']} runs, {results['seconds']:.0f} s). "
+        f"Command: `{results['command']}` ({results['runs']} runs, {results['seconds']:.0f} s, commit "
+        f"{results.get('commit', '?')}). "
         f"Cells: median (min-max) over runs.",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, {m['s3fs']}, "
         f"{m['rclone']}. Load average (1/5/15 min) {report._load(m.get('loadavg_at_start'))} at the start, "
