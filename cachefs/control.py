@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 
@@ -40,6 +41,22 @@ def socket_path(mountpoint: str) -> str:
     return os.path.join(mounts.runtime_dir(), xxhash.xxh64_hexdigest(mountpoint.encode()) + ".sock")
 
 
+def private_dir(path: str) -> None:
+    """The socket's directory (and, under a shared /tmp, its parent) must be ours alone: another user
+    who created it first could otherwise replace the socket or read the mount registry. Ours but too
+    open (an old umask): made 0700. Not ours, or a symlink: refused."""
+    uid = os.getuid()
+    for d in (path, os.path.dirname(path)):
+        st = os.lstat(d)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            raise UserError(f"runtime directory {d} is not a directory owned by uid {uid} (owner {st.st_uid}); "
+                            "remove it, or set XDG_RUNTIME_DIR to a private directory")
+        if d == path and st.st_mode & 0o077:
+            os.chmod(d, 0o700)
+        if uid == 0 or os.environ.get("XDG_RUNTIME_DIR"):
+            return      # /run and XDG_RUNTIME_DIR are private already; /tmp/cachefs-UID is checked too
+
+
 def peer_uid(sock: socket.socket) -> int:
     _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
@@ -60,6 +77,7 @@ class ControlServer:
         """At start-up, before the mount. We hold the mount point lock, so a socket file left at
         this path is a dead daemon's."""
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        private_dir(os.path.dirname(self.path))
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -8,6 +8,7 @@ import logging.handlers
 import os
 import re
 import socket
+import stat
 import sys
 
 from .errors import UserError
@@ -56,6 +57,15 @@ def setup(level_name: str, background: bool, target: str = "file", log_file: str
                                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         fmt = SYSLOG_FORMAT   # journald adds the time itself
     else:
+        # 0600 wherever it is (--log-file may point outside the 0700 cache directory): a log names
+        # the bucket's keys and the node's paths, which are not for every local user.
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
         handler = logging.FileHandler(log_file)
         fmt = FORMAT
     handler.setFormatter(OneLineRedactingFormatter(fmt, _secrets))

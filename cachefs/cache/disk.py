@@ -88,6 +88,11 @@ class DiskDir:
             self._lock_fd = None
 
     def _make_subdirs(self) -> None:
+        # blocks/ and blocks/v1/ too: os.makedirs gives only the last directory its mode
+        for d in (os.path.dirname(self.root), self.root):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            if os.stat(d).st_mode & 0o077:
+                os.chmod(d, 0o700)
         for i in range(256):
             os.makedirs(os.path.join(self.root, f"{i:02x}"), mode=0o700, exist_ok=True)
 
