@@ -32,7 +32,7 @@ import traceback
 
 from bench import endpoint as endpoints
 from bench import report, systems, util
-from bench.run import RESULTS_DIR, _quiet_umount, keep_logs, machine
+from bench.run import RESULTS_DIR, Recorder, _NoSystem, _quiet_umount, keep_logs, machine
 from bench.write_requests import RequestCounter
 from bench.write_worker import expected_chunks, log_line
 
@@ -253,43 +253,22 @@ def _requests(counted: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the run
-class Recorder:
-    def __init__(self):
-        self.rows: list[dict] = []
-        self.t0 = time.monotonic()
-
-    def step(self, fn, system_name: str, pids, run: int, job: str) -> dict | None:
-        meter = util.ProcessMeter(pids)
-        try:
-            with meter:
-                fig = fn()
-        except Exception as exc:  # noqa: BLE001 - one failed step must not sink the comparison
-            self.add(run=run, workload="writes", system=system_name, job=job, state="-",
-                     error=f"{type(exc).__name__}: {exc}")
-            return None
-        self.add(run=run, workload="writes", system=system_name, job=job, state="-", **meter.result("daemon"), **fig)
-        return fig
-
-    def add(self, **row) -> None:
-        self.rows.append(row)
-        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
-                 if k not in ("run", "workload", "system", "job", "state", "error")}
-        status = f"ERROR {row['error'][:300]}" if row.get("error") else shown
-        print(f"{time.monotonic() - self.t0:7.1f}s [run {row['run']}] {row['system']:13} {row['job']:10} {status}",
-              flush=True)
+class _Endpoint(_NoSystem):
+    """Stands in for a system in the endpoint's own PUT step."""
+    name = "endpoint"
 
 
-def measure_system(system, client, counter, rec, run: int, a) -> None:
+def measure_system(system, client, counter, rec, run: int, ep_pids: list[int], a) -> None:
     util.drop_page_cache()  # the previous system's dirty pages are written back before this one starts
     system.remount()
     why = writable(system)
     if why:
         raise _NotWritable(why)
-    pids = system.pids()
-    tag = f"{system.name}-run{run}"
-    rec.step(lambda: checkpoint(system, client, counter, f"{tag}-checkpoint.bin", a.size_mib * MiB, run, a),
-             system.name, pids, run, "checkpoint")
-    rec.step(lambda: appends(system, client, counter, f"{tag}-appends.log", a), system.name, pids, run, "appends")
+    tag, key = f"{system.name}-run{run}", {"run": run, "workload": "writes", "state": "-"}
+    rec.measure(lambda: checkpoint(system, client, counter, f"{tag}-checkpoint.bin", a.size_mib * MiB, run, a),
+                system, ep_pids, job="checkpoint", **key)
+    rec.measure(lambda: appends(system, client, counter, f"{tag}-appends.log", a), system, ep_pids, job="appends",
+                **key)
 
 
 class _NotWritable(Exception):
@@ -380,14 +359,14 @@ def main(argv=None) -> int:
                 under_test.append(system)
                 results["systems"][name] = system.describe()
             for run in range(1, a.runs + 1):
-                rec.step(lambda: endpoint_put(client, f"endpoint-run{run}.bin", a.size_mib * MiB, run), "endpoint",
-                         ep.pids, run, "put")
+                rec.measure(lambda: endpoint_put(client, f"endpoint-run{run}.bin", a.size_mib * MiB, run), _Endpoint,
+                            ep.pids, run=run, workload="writes", job="put", state="-")
                 shift = (run - 1) % max(1, len(under_test))  # each system goes first in some run
                 for system in under_test[shift:] + under_test[:shift]:
                     if system.name in results["skipped"]:
                         continue
                     try:
-                        measure_system(system, client, counter, rec, run, a)
+                        measure_system(system, client, counter, rec, run, ep.pids, a)
                     except _NotWritable as exc:
                         results["skipped"][system.name] = f"mounted, but {exc}: its write path is not there"
                         print(f"[{system.name}] skipped: {results['skipped'][system.name]}", flush=True)
@@ -401,14 +380,12 @@ def main(argv=None) -> int:
         results["notes"].append("the run was interrupted: " + traceback.format_exc(limit=3))
         raise
     finally:
-        results["rows"] = rec.rows
-        results["seconds"] = time.monotonic() - started
+        results.update(rows=rec.rows, seconds=time.monotonic() - started)
         results["machine"]["loadavg_at_end"] = os.getloadavg()
-        with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump(results, f, indent=1, default=str)
         md = markdown(results)
-        with open(os.path.join(out, "results.md"), "w") as f:
-            f.write(md)
+        for name, text in (("results.json", json.dumps(results, indent=1, default=str)), ("results.md", md)):
+            with open(os.path.join(out, name), "w") as f:
+                f.write(text)
         print("\n" + md + f"\nresults: {out}/results.json, results.md ({results['seconds']:.0f} s)", flush=True)
     return 0
 
