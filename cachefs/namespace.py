@@ -25,15 +25,18 @@ NAME_MAX = 255  # bytes; Linux's limit for one path segment
 # fresh, list the whole directory instead: a loader opening every file of a class directory from a
 # file list then costs one paged LIST per 1,000 files, not two requests per file.
 LIST_AFTER_LOOKUPS = 8
-# The first remote lookup in a directory whose listing is not fresh also starts a listing of that
-# directory in the background, so that the loader's next opens there are answered from LMDB (a
-# loader opens paths from a file list and never lists). At most this many run at once, mount-wide:
-# each is one paged LIST at a time, and 4 keep metadata traffic a small share of a backend that
-# serves 16 block GETs at once; a directory met while all 4 run falls back to LIST_AFTER_LOOKUPS.
+# The first lookup in a directory whose listing is not fresh lists the whole directory instead of
+# asking for the one name (HEAD + LIST), so that the loader's next opens there are answered from
+# LMDB (a loader opens paths from a file list and never lists): for a directory of up to 1,000
+# names, one request instead of two per name. The listing runs as a background task; at most this
+# many run at once, mount-wide: each is one paged LIST at a time, and 4 keep metadata traffic a
+# small share of a backend that serves 16 block GETs at once. A directory met while all 4 run falls
+# back to LIST_AFTER_LOOKUPS.
 MAX_BACKGROUND_LISTINGS = 4
-# A lookup that finds its directory being listed waits this long for the listing (a 1,000-key page
-# takes ~10-100 ms), then asks S3 itself: a directory of 100k names must not stall its first opens.
-LISTING_WAIT_S = 1.0
+# A lookup waits this long for its directory's listing (a 1,000-key page takes ~10-100 ms), then
+# asks S3 for its name itself while the listing goes on: a directory of 100k names (100 pages) must
+# not stall its first opens for seconds.
+LISTING_WAIT_S = 0.5
 
 RunBlocking = Callable[..., Awaitable]
 
@@ -120,6 +123,12 @@ class Namespace:
         return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl,
                                          keep=self.local_names(directory.ino))
 
+    async def listed_files(self, ino: int) -> list[Inode] | None:
+        """The files of a directory from a fresh LMDB listing (never asks S3), or None without one."""
+        if self.meta.listing_expiry(ino) <= time.time():
+            return None
+        return [inode for _, inode in await self.run_blocking(self.meta.children, ino) if not inode.is_dir]
+
     # -- lookup -----------------------------------------------------------------------------
     async def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
         if not valid_name(name):
@@ -136,14 +145,13 @@ class Namespace:
         if self.meta.negative_expiry(parent_ino, name) > now:
             return None
         pending = self._listing.get(parent_ino)
+        if pending is None and self._background < self.background_listings and self.cfg.listing_ttl > 0:
+            pending = self._list_in_background(parent)
         if pending is not None:
             with trio.move_on_after(LISTING_WAIT_S):
                 await pending.wait()
             if self.meta.listing_expiry(parent_ino) > time.time():
                 return self.meta.lookup(parent_ino, name)
-        elif self._background < self.background_listings:
-            self._list_in_background(parent)
-            return await self._lookup_remote(parent, name.decode())
         count = self._remote_lookups.get(parent_ino, 0) + 1
         if count >= LIST_AFTER_LOOKUPS:
             self._remote_lookups.pop(parent_ino, None)
@@ -152,14 +160,16 @@ class Namespace:
         self._remote_lookups[parent_ino] = count
         return await self._lookup_remote(parent, name.decode())
 
-    def _list_in_background(self, directory: Inode) -> None:
-        """Start listing a directory without waiting for it. Registered as this directory's listing
-        at once, so that the lookups after this one wait for it instead of starting their own. A
-        system task: the namespace has no nursery, and the listing must outlive its lookup."""
+    def _list_in_background(self, directory: Inode) -> trio.Event:
+        """Start listing a directory; the returned event is set when the listing is done. Registered
+        as this directory's listing at once, so that the lookups after this one wait for it instead
+        of starting their own. A system task: the namespace has no nursery, and a listing that
+        outlasts LISTING_WAIT_S must outlive the lookup that started it."""
         done = self._listing[directory.ino] = trio.Event()
         self._background += 1
         trio.lowlevel.spawn_system_task(self._background_listing, directory, done,
                                         name=f"cachefs listing of directory {directory.ino}")
+        return done
 
     async def _background_listing(self, directory: Inode, done: trio.Event) -> None:
         try:

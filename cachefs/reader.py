@@ -35,6 +35,19 @@ HANDLE_BLOCKS = 2
 # buffer (max_fetches + max_idle_threads blocks) and max_fetches GETs in flight, this is the
 # mount's global read-ahead memory budget: (32 + 16 + 16 + 16) x 4 MiB = 320 MiB by default.
 HANDLE_BUDGET_BLOCKS = 32
+# Directory prefetch, for the image-folder loader (one small file per sample, opened in shuffled
+# order from a path list): once DIR_PREFETCH_AFTER distinct small files of a directory have been
+# opened, its other small files (from its LMDB listing, no S3 request) are fetched in the background,
+# at most DIR_PREFETCH_BYTES of them, never more than half the free room of the disk tiers (so a
+# dataset larger than the cache is not fetched ahead only to be evicted), with at most half of
+# max_fetches GETs (demand reads and read-ahead keep the other half) and DIR_PREFETCH_DIRS
+# directories at a time, mount-wide. Two opens, not one: a single file read out of a directory
+# (a config, a label map) does not drag its neighbours in.
+DIR_PREFETCH_AFTER = 2
+DIR_PREFETCH_BYTES = 64 << 20     # ~600 images of 110 KB: a class directory or a good part of it
+DIR_PREFETCH_DIRS = 2
+DIR_PREFETCH_TRACKED = 4096       # directories whose opens are remembered (oldest forgotten first)
+_WALKED = frozenset()             # a directory whose neighbours were asked for already
 # A read this far past the previous one's end still counts as sequential: record readers skip
 # headers and padding, and the kernel's own read-ahead may leave small holes.
 SKIP_TOLERANCE = 1 << 20
@@ -81,6 +94,9 @@ class BlockReader:
         # Blocks kept by open files, oldest first: (id of the ReadState, block index) -> the state.
         self.handle_budget_blocks = handle_budget_blocks
         self._held: OrderedDict[tuple[int, int], weakref.ref[ReadState]] = OrderedDict()
+        self._dir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> small files opened
+        self._dir_walks = 0
+        self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
     @property
@@ -141,16 +157,82 @@ class BlockReader:
                     holder.blocks.pop(old, None)
         return data
 
-    def prefetch_file(self, inode: Inode, key: str) -> None:
+    def prefetch_file(self, inode: Inode, key: str, namespace=None) -> None:
         """On open: a file no larger than --prefetch-small-files has all its blocks asked for now,
         in the background and within the mount-wide max_fetches budget (blocks the budget cuts off
-        are fetched by the reads themselves). Blocks cached, buffered or in flight cost nothing."""
-        if (self.nursery is None or not 0 < inode.size <= self.prefetch_small_files or not inode.etag
-                or self._prefetching >= self.max_fetches):
+        are fetched by the reads themselves). Blocks cached, buffered or in flight cost nothing.
+        With the namespace, the open also counts towards prefetching its directory's small files."""
+        if self.nursery is None or not 0 < inode.size <= self.prefetch_small_files or not inode.etag:
             return
+        if namespace is not None:
+            self._note_open(inode, namespace)
         for i in range(block_count(inode.size, self.block_size)):
             if not self._start_prefetch(inode, key, i):
                 break
+
+    def _note_open(self, inode: Inode, namespace) -> None:
+        opened = self._dir_opens.get(inode.parent)
+        if opened is None:
+            opened = self._dir_opens[inode.parent] = set()
+            while len(self._dir_opens) > DIR_PREFETCH_TRACKED:
+                self._dir_opens.popitem(last=False)
+        elif opened is _WALKED:
+            return
+        opened.add(inode.ino)
+        if len(opened) >= DIR_PREFETCH_AFTER and self._dir_walks < DIR_PREFETCH_DIRS:
+            self._dir_opens[inode.parent] = _WALKED
+            self._dir_walks += 1
+            self.nursery.start_soon(self._prefetch_directory, inode.parent, namespace, frozenset(opened))
+
+    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset) -> None:
+        """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*)."""
+        try:
+            files = await namespace.listed_files(parent)
+            budget = min(DIR_PREFETCH_BYTES, self._cache_room() // 2)
+            wanted = []
+            for inode in files or ():
+                if inode.ino in opened or not 0 < inode.size <= self.prefetch_small_files or not inode.etag:
+                    continue
+                if inode.size > budget:
+                    break
+                budget -= inode.size
+                wanted.append(inode)
+            if wanted:
+                self.stats.add("dir_prefetches")
+            async with trio.open_nursery() as nursery:
+                for inode in wanted:
+                    key = namespace.key_of(inode)
+                    for i in range(block_count(inode.size, self.block_size)):
+                        bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
+                        if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
+                            continue
+                        await self._dir_slots.acquire()
+                        if bkey in self._inflight:          # a reader got there while we waited
+                            self._dir_slots.release()
+                            continue
+                        self.stats.add("readahead_blocks")
+                        self._prefetching += 1
+                        self._inflight[bkey] = _Fetch()
+                        nursery.start_soon(self._prefetch_neighbour, inode, key, i, bkey)
+        except Exception as e:  # a hint only: the reads fetch what they need themselves
+            log.debug("prefetch of directory %d failed: %s", parent, e)
+        finally:
+            self._dir_walks -= 1
+
+    async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
+        """One block of a directory prefetch: into the cache tiers only (not the read-ahead buffer,
+        which it would flush); a reader that waited for it gets it directly."""
+        try:
+            await self._fetch(self._inflight[bkey], bkey, inode, key, index)
+        except Exception as e:
+            log.debug("directory prefetch of %s failed: %s", key, e)
+        finally:
+            self._prefetching -= 1
+            self._dir_slots.release()
+
+    def _cache_room(self) -> int:
+        """Bytes the disk tiers take before reaching their high watermarks (0 if unknown)."""
+        return sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
 
     def _read_ahead(self, state: ReadState, inode: Inode, key: str, first: int) -> None:
         last = min(first + state.window, block_count(inode.size, self.block_size))

@@ -45,7 +45,8 @@ def metrics_mount(module_mounter, make_bucket):
     objects = {"data/a.bin": object_bytes("a", 3 * MiB), "data/b.bin": object_bytes("b", MiB + 7)}
     bucket = make_bucket("metrics", objects)
     port = free_port()
-    m = module_mounter.mount(bucket, "--metrics-addr", f"127.0.0.1:{port}")
+    # listing TTL 0: every lookup asks S3 by name (HEAD), so that a missing name makes a 404
+    m = module_mounter.mount(bucket, "--metrics-addr", f"127.0.0.1:{port}", "--listing-ttl", "0")
     return m, port, objects
 
 

@@ -38,7 +38,7 @@ def world(tmp_path):
 
 async def settle(ns=None, reader=None):
     """Wait until background work (threads included, which wait_all_tasks_blocked does not see) is done."""
-    while (ns is not None and ns._background) or (reader is not None and reader._prefetching):
+    while (ns is not None and ns._background) or (reader is not None and (reader._prefetching or reader._dir_walks)):
         await trio.sleep(0.001)
     await trio.testing.wait_all_tasks_blocked()
 
@@ -164,7 +164,7 @@ def _populate(store, dirs=3, files=40):
             store.put(f"pre/c{d}/{i:03d}.jpg", b"img%d" % i)
 
 
-def test_first_lookup_lists_the_directory_in_the_background(world):
+def test_first_lookup_lists_the_directory(world):
     store, ns, _, stats = world
     _populate(store, dirs=1)
 
@@ -181,9 +181,9 @@ def test_first_lookup_lists_the_directory_in_the_background(world):
         return first, found, missing, before, middle, after
     first, found, missing, before, middle, after = trio.run(main)
     assert first.size == 4 and all(f is not None for f in found) and missing is None
-    assert middle[0] - before[0] == 1                # one HEAD for the first name
-    assert middle[1] - before[1] == 2                # its directory probe + the whole listing
-    assert after == middle                           # every later lookup (and the miss) from LMDB
+    assert middle[0] - before[0] == 0                # no HEAD even for the first name ...
+    assert middle[1] - before[1] == 1                # ... the directory's listing answered it
+    assert after == middle                           # and every later lookup (and the miss)
 
 
 def test_lookups_during_the_listing_wait_for_it(world):
@@ -204,7 +204,36 @@ def test_lookups_during_the_listing_wait_for_it(world):
         return results, stats.get("s3_head") - heads
     results, heads = trio.run(main)
     assert all(r is not None for r in results.values())
-    assert heads == 1                               # only the lookup that started the listing
+    assert heads == 0                               # every one answered by the one listing
+
+
+def test_a_slow_listing_does_not_hold_lookups_back(world, monkeypatch):
+    import cachefs.namespace
+    monkeypatch.setattr(cachefs.namespace, "LISTING_WAIT_S", 0.05)
+    store, ns, _, stats = world
+    _populate(store, dirs=1)
+    gate = trio.Event()
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"c0")
+        await settle(ns)
+        orig = ns.run_blocking
+
+        async def gated(fn, *args):
+            if getattr(fn, "__name__", "") == "_relist":
+                await gate.wait()                       # a listing of very many pages
+            return await orig(fn, *args)
+        ns.run_blocking = gated
+        heads = stats.get("s3_head")
+        with trio.fail_after(5):
+            found = [await ns.lookup(cls.ino, f"{i:03d}.jpg".encode()) for i in range(3)]
+        assert all(f is not None and f.size == 4 for f in found)
+        assert stats.get("s3_head") - heads == 3        # asked one by one while the listing runs
+        gate.set()
+        await settle(ns)
+        assert ns.meta.listing_expiry(cls.ino) > 0      # and the listing still landed
+        ns.run_blocking = orig
+    trio.run(main)
 
 
 def test_background_listings_are_bounded_mount_wide(world):
@@ -262,3 +291,115 @@ def test_failed_background_listing_falls_back_to_lookups_one_by_one(world, caplo
     assert all(f is not None and f.size == 4 for f in found)
     assert ns._background == 0 and not ns._listing
     assert "background listing" in caplog.text
+
+
+# -- a directory's small files after two of them were opened -------------------------------------
+def _class_dir(store, n=10, size=1000, name="cls"):
+    for i in range(n):
+        store.put(f"pre/{name}/{i:03d}.jpg", bytes([i]) * size)
+
+
+async def _open(ns, reader, parent, name):
+    """fs.open's hook: prefetch on open, with the namespace (directory prefetch)."""
+    inode = await ns.lookup(parent.ino, name.encode())
+    reader.prefetch_file(inode, ns.key_of(inode), ns)
+    return inode
+
+
+def test_second_open_in_a_directory_prefetches_its_other_small_files(world):
+    store, ns, reader, stats = world
+    _class_dir(store)
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"cls")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            await _open(ns, reader, cls, "003.jpg")
+            await settle(ns, reader)
+            assert stats.get("s3_get") == 1                 # one open: only that file
+            await _open(ns, reader, cls, "007.jpg")
+            await settle(ns, reader)
+            assert stats.get("dir_prefetches") == 1
+            gets = stats.get("s3_get")
+            for i in range(10):                             # every other file is at hand now
+                inode = await ns.lookup(cls.ino, f"{i:03d}.jpg".encode())
+                got = await reader.read(inode, ns.key_of(inode), 0, 4096, ReadState())
+                assert bytes(got) == bytes([i]) * 1000
+            assert stats.get("s3_get") == gets == 10        # each file fetched once, all before its read
+        reader.nursery = None
+    trio.run(main)
+
+
+def test_directory_prefetch_is_bounded_by_the_cache_room(world):
+    store, ns, reader, stats = world
+    _class_dir(store, n=10, size=BS)                        # 10 blocks; the tier has room for 256
+    for tier in reader.cache.disk_tiers:
+        tier.high_bytes = tier.used + 8 * BS                # room for 8: at most 4 may be prefetched
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"cls")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for name in ("000.jpg", "001.jpg"):
+                await _open(ns, reader, cls, name)
+            await settle(ns, reader)
+        reader.nursery = None
+    trio.run(main)
+    assert stats.get("s3_get") - 2 <= 4
+
+
+def test_directory_prefetch_uses_at_most_half_the_fetch_budget(world):
+    store, ns, reader, stats = world
+    reader.max_fetches = 4
+    reader._dir_slots = trio.Semaphore(2)                   # what the constructor makes of 4
+    _class_dir(store, n=20)
+    seen = []
+    load = reader._load
+
+    def counting_load(*args):
+        seen.append(2 - reader._dir_slots.value)
+        return load(*args)
+    reader._load = counting_load
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"cls")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for name in ("000.jpg", "001.jpg"):
+                await _open(ns, reader, cls, name)
+            await settle(ns, reader)
+        reader.nursery = None
+    trio.run(main)
+    assert stats.get("s3_get") == 20 and max(seen) <= 2
+
+
+def test_one_open_or_a_stale_listing_prefetches_no_neighbours(world):
+    store, ns, reader, stats = world
+    ns.background_listings = 0                              # lookups one by one: no listing in LMDB
+    _class_dir(store)
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"cls")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for name in ("000.jpg", "001.jpg", "002.jpg"):
+                await _open(ns, reader, cls, name)
+            await settle(ns, reader)
+        reader.nursery = None
+    trio.run(main)
+    assert stats.get("s3_get") == 3                         # only the opened files
+
+
+def test_no_listing_when_listings_expire_at_once(world):
+    store, ns, _, stats = world
+    ns.cfg.listing_ttl = 0                  # a listing would be stale when it lands: ask by name
+    _populate(store, dirs=1, files=3)
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"c0")
+        lists = stats.get("s3_list")
+        found = [await ns.lookup(cls.ino, f"{i:03d}.jpg".encode()) for i in range(3)]
+        await settle(ns)
+        return found, stats.get("s3_list") - lists
+    found, lists = trio.run(main)
+    assert all(f is not None for f in found) and lists == 3 and stats.get("s3_head") == 4
