@@ -51,6 +51,12 @@ _WALKED = frozenset()             # a directory whose neighbours were asked for 
 # A read this far past the previous one's end still counts as sequential: record readers skip
 # headers and padding, and the kernel's own read-ahead may leave small holes.
 SKIP_TOLERANCE = 1 << 20
+# The window doubles with every block a sequential reader enters, and also with every read once the
+# reader has read this much in one sequential run: a stream then reaches the full window within its
+# first block or two (the backend's parallelism from the start, which is what a 64 MiB file needs),
+# while a random reader taking one record (a few sequential requests, well under 1 MiB) out of a
+# large shard still fetches nothing it does not read unless it crosses into a new block.
+RAMP_BYTES = 1 << 20
 
 
 @dataclass
@@ -61,6 +67,7 @@ class ReadState:
     blocks: OrderedDict = field(default_factory=OrderedDict)   # block index -> memoryview
     window: int = 0
     ahead_until: int = 0        # blocks below this index were already asked for
+    run: int = 0                # bytes read sequentially since the last random read
 
 
 @dataclass
@@ -112,12 +119,14 @@ class BlockReader:
         end = min(offset + size, inode.size)
         state.next_offset = end
         if not sequential:
-            state.window = 0                 # random access: no read amplification
-        elif indexes[-1] not in state.blocks and self.nursery is not None and self.read_ahead_blocks:
-            # Decided once per block entered, not on each of its kernel requests.
-            state.window = min(max(1, 2 * state.window), self.read_ahead_blocks)
-            metrics.READAHEAD_WINDOW.observe(state.window)
-            self._read_ahead(state, inode, key, indexes[-1] + 1)
+            state.window = state.run = 0     # random access: no read amplification
+        elif self.nursery is not None and self.read_ahead_blocks:
+            state.run += end - offset
+            entered = indexes[-1] not in state.blocks
+            if entered or (state.run >= RAMP_BYTES and state.window < self.read_ahead_blocks):
+                state.window = min(max(1, 2 * state.window), self.read_ahead_blocks)
+                metrics.READAHEAD_WINDOW.observe(state.window)
+                self._read_ahead(state, inode, key, indexes[-1] + 1)
         if len(indexes) == 1:
             block = await self._handle_block(state, inode, key, indexes[0])
             base = indexes[0] * self.block_size

@@ -201,3 +201,29 @@ def test_many_lookups_in_one_directory_turn_into_one_listing(world):
     heads, lists = trio.run(main)
     assert heads == LIST_AFTER_LOOKUPS - 1                  # one by one at first ...
     assert lists == LIST_AFTER_LOOKUPS - 1 + 1              # ... then one listing answers the rest
+
+
+def test_a_stream_reaches_the_full_window_within_its_first_block(world, tmp_path):
+    """After RAMP_BYTES in one sequential run the window doubles per read, not only per block entered."""
+    from cachefs.reader import RAMP_BYTES
+    store, ns, _, stats = world
+    big = 4 << 20                                       # the default block size: 4 x RAMP_BYTES
+    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "big"),), 16 * big)], None, stats, max_block=big)
+    cache.open()
+    reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=big, read_ahead=5 * big)
+    store.put("pre/stream", bytes(6 * big))
+    request = RAMP_BYTES // 4
+    offsets = list(range(0, RAMP_BYTES + 4 * request, request))
+    state = trio.run(_read_pattern, reader, ns, "stream", offsets, request)
+    assert offsets[-1] + request < big                  # all in the first block ...
+    assert state.window == 5                            # ... and the whole window asked for
+    assert stats.get("readahead_blocks") == 5
+
+
+def test_a_record_reader_fetches_nothing_it_does_not_read(world):
+    """One record out of a large shard: a few sequential reads well under RAMP_BYTES within a block."""
+    store, ns, reader, stats = _reader_with_readahead(world, window=16)
+    store.put("pre/shard", bytes(64 * BS))
+    base = 37 * BS + 100
+    state = trio.run(_read_pattern, reader, ns, "shard", [base, base + 12, base + 12 + 4000], 4000)
+    assert state.window == 0 and stats.get("readahead_blocks") == 0 and stats.get("s3_get") == 1
