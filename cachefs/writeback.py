@@ -425,6 +425,7 @@ class Writeback:
             self.stats.add("upload_failures")
             delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (st.failures - 1))
             st.retry_at = time.monotonic() + delay
+            st.forced = True          # due again once the backoff has passed, whatever its schedule
             log.warning("upload of %s failed (attempt %d, next in %.1f s; the data stays staged): %s",
                         key, st.failures, delay, e)
             st.uploading = False
