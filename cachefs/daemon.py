@@ -162,7 +162,7 @@ class Daemon:
                                    large_sync_interval=cfg.large_sync_interval,
                                    part_size=cfg.multipart_part_size, upload_concurrency=cfg.upload_concurrency)
         try:
-            self.stale_uploads = self.writeback.open()
+            self.writeback.open()
         except OSError as e:
             raise UserError(f"staging directory {staging_dir(cfg)} is not usable: {e.strerror}") from None
         self.namespace.local_names = lambda ino: self.writeback.local_names(self.namespace.get(ino))
@@ -230,7 +230,6 @@ class Daemon:
             nursery.start_soon(self.control.serve)
             nursery.start_soon(self._tune_kernel)
             nursery.start_soon(self.writeback.run)
-            nursery.start_soon(self.writeback.abort_stale, self.stale_uploads)
             await pyfuse3.main(min_tasks=1, max_tasks=self.cfg.max_idle_threads)
             await self._finish_uploads()
             nursery.cancel_scope.cancel()

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -41,6 +42,9 @@ RETRY_MAX_S = 60.0            # ... capped, so uploads resume within a minute of
 FSYNC_FAILURES = 3            # --fsync-upload: failed attempts before fsync gives up with EIO
 TICK_S = 0.25                 # how often the scheduler looks for due uploads
 COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into staging
+# Uploaded files nobody has open keep their staging copy (reads after the write and a reopen for
+# writing stay local) until the room is needed; at most this many, each holding an open fd.
+RETAIN_FILES = 128
 
 
 class StagingFull(FsError):
@@ -79,6 +83,7 @@ class Staged:
     retry_at: float = 0.0
     failures: int = 0
     upload_id: tuple[str, str] | None = None   # (key, multipart id) of an unfinished upload
+    etag: str = ""                 # of the version S3 holds, once uploaded from here
     waiters: list = field(default_factory=list)
 
     @property
@@ -110,48 +115,60 @@ class Writeback:
         self.staged_bytes = 0
         self._changed = trio.Event()        # set (and replaced) whenever an upload finishes
         self._inflight: set[str] = set()    # paths an upload is writing to right now
+        self._retained: OrderedDict[int, Staged] = OrderedDict()   # clean, closed; oldest first
+        self._orphan_uploads: list[tuple[str, str]] = []   # left by a dead daemon, no file to upload
         self._wake = trio.Event()           # something became due: run the scheduler now
 
     # -- start-up ---------------------------------------------------------------------------
-    def open(self) -> list[tuple[str, str]]:
-        """Create the staging directory and adopt what a previous run left (before serving).
-        Returns the multipart uploads that run left unfinished, to abort."""
+    def open(self) -> None:
+        """Create the staging directory and adopt what a previous run left (before serving). The
+        multipart uploads that run left unfinished are aborted when the scheduler starts; until
+        then their ids stay in the records."""
         os.makedirs(self.staging_dir, mode=0o700, exist_ok=True)
         os.chmod(self.staging_dir, 0o700)
-        stale = []
-        records = self.meta.pending()
-        for ino, rec in records.items():
-            if rec.get("upload"):
-                stale.append(tuple(rec["upload"]))
-            path = self._staging_path(ino)
+        for ino, rec in self.meta.pending().items():
+            upload = tuple(rec["upload"]) if rec.get("upload") else None
             try:
-                fd = os.open(path, os.O_RDWR)
+                fd = os.open(self._staging_path(ino), os.O_RDWR)
             except FileNotFoundError:
                 # Unlinked, or its record was committed before its first byte: nothing to lose.
                 log.warning("pending upload of %r has no staging file; dropping the record", rec["path"])
+                if upload:
+                    self._orphan_uploads.append(upload)
                 self.meta.delete_pending(ino)
                 continue
             size = os.fstat(fd).st_size
-            st = Staged(ino, rec["path"], fd, size, time.time_ns(), generation=1, synced=0, remote=rec.get("remote"))
+            st = Staged(ino, rec["path"], fd, size, time.time_ns(), generation=1, synced=0, remote=rec.get("remote"),
+                        upload_id=upload)
             st.closed_dirty = True         # nobody has it open: upload at once
             self.files[ino] = st
             self.staged_bytes += size
-            self.meta.put_pending(ino, st.record())
         for name in os.listdir(self.staging_dir):
             if not name.isdigit() or int(name) not in self.files:
                 os.unlink(os.path.join(self.staging_dir, name))     # a clean file's leftover
         if self.files:
             log.info("%d file(s) written before the last stop are pending upload (%d bytes)",
                      len(self.files), self.staged_bytes)
-        return stale
 
-    async def abort_stale(self, uploads: list[tuple[str, str]]) -> None:
-        for key, upload_id in uploads:
+    async def _abort_stale(self) -> None:
+        """Abort what a dead daemon left: recorded upload ids, and for a create that was in flight
+        (id "": the daemon died before S3 answered), whatever S3 lists for exactly that key."""
+        left = [(None, u) for u in self._orphan_uploads]
+        left += [(st, st.upload_id) for st in self.files.values() if st.upload_id]
+        self._orphan_uploads = []
+        for st, (key, upload_id) in left:
             try:
-                await self.run_blocking(self.store.abort_multipart, key, upload_id)
-                log.info("aborted the unfinished multipart upload of %s", key)
+                ids = [upload_id] if upload_id else [u for k, u in await self.run_blocking(
+                    self.store.list_multipart, key) if k == key]
+                for uid in ids:
+                    await self.run_blocking(self.store.abort_multipart, key, uid)
+                    log.info("aborted the unfinished multipart upload of %s", key)
             except StoreError as e:
                 log.warning("could not abort the multipart upload of %s: %s", key, e)
+                continue
+            if st is not None:
+                st.upload_id = None
+                await self.run_blocking(self.meta.put_pending, st.ino, st.record())
 
     def _staging_path(self, ino: int) -> str:
         return os.path.join(self.staging_dir, str(ino))
@@ -159,7 +176,15 @@ class Writeback:
     # -- queries ----------------------------------------------------------------------------
     def get(self, ino: int) -> Staged | None:
         st = self.files.get(ino)
-        return st if st is not None and not st.deleted else None
+        if st is None or st.deleted:
+            return None
+        if ino in self._retained:
+            # A retained copy is only good while S3 still holds the version uploaded from it.
+            inode = self.meta.get_inode(ino)
+            if inode is None or inode.etag != st.etag:
+                self._drop(st)
+                return None
+        return st
 
     def is_local(self, ino: int) -> bool:
         """Written here and not yet in S3 at its current path: S3's listings do not show it."""
@@ -187,7 +212,8 @@ class Writeback:
         return {"uploads_pending": len(dirty),
                 "uploads_pending_bytes": sum(st.size for st in dirty),
                 "uploads_oldest_age_s": round(max((now - st.first_dirty for st in dirty), default=0.0), 3),
-                "staging_bytes": self.staged_bytes}
+                "staging_bytes": self.staged_bytes,
+                "staging_retained_bytes": sum(st.size for st in list(self._retained.values()))}
 
     def pending_paths(self) -> list[str]:
         return sorted(st.path for st in list(self.files.values()) if st.dirty or st.uploading)
@@ -226,11 +252,14 @@ class Writeback:
             os.close(fd)
             return self.files[inode.ino]
         size = 0 if truncate else inode.size
-        st = Staged(inode.ino, inode.path, fd, size, inode.mtime_ns, generation=0, synced=0, remote=inode.path)
+        st = Staged(inode.ino, inode.path, fd, size, inode.mtime_ns, generation=0, synced=0, remote=inode.path,
+                    etag=inode.etag)
         self.files[inode.ino] = st
         return st
 
     def _reserve(self, nbytes: int) -> None:
+        while nbytes > 0 and self.staged_bytes + nbytes > self.staging_size and self._retained:
+            self._drop(next(iter(self._retained.values())))     # uploaded copies make room first
         if nbytes > 0 and self.staged_bytes + nbytes > self.staging_size:
             self.stats.add("staging_full")
             raise StagingFull(f"staging area full ({self.staged_bytes} of {self.staging_size} bytes "
@@ -290,6 +319,7 @@ class Writeback:
 
     # -- open/close bookkeeping -------------------------------------------------------------
     def opened(self, st: Staged, writable: bool) -> None:
+        self._retained.pop(st.ino, None)
         st.opens += 1
         st.writers += writable
 
@@ -302,9 +332,20 @@ class Writeback:
         self._maybe_drop(st)
 
     def _maybe_drop(self, st: Staged) -> None:
-        """A closed file whose bytes S3 holds (or that was unlinked) leaves staging."""
+        """A closed file whose bytes S3 holds is retained (up to RETAIN_FILES, while its room is not
+        needed); an unlinked one leaves staging."""
         if st.opens or st.uploading or st.dirty:
             return
+        if st.deleted or not st.etag:
+            self._drop(st)
+            return
+        self._retained[st.ino] = st
+        self._retained.move_to_end(st.ino)
+        while len(self._retained) > RETAIN_FILES:
+            self._drop(next(iter(self._retained.values())))
+
+    def _drop(self, st: Staged) -> None:
+        self._retained.pop(st.ino, None)
         if self.files.get(st.ino) is st:
             del self.files[st.ino]
         os.close(st.fd)
@@ -400,6 +441,7 @@ class Writeback:
 
     async def run(self) -> None:
         """The scheduler: starts every due upload; runs until cancelled."""
+        await self._abort_stale()
         async with trio.open_nursery() as nursery:
             while True:
                 now = time.monotonic()
@@ -470,6 +512,7 @@ class Writeback:
         if st.path != path:
             st.first_dirty = time.monotonic()
         if gen == st.generation:
+            st.etag = etag
             await self.run_blocking(self.meta.set_file, st.ino, size, etag, st.mtime_ns)
         if st.dirty:
             await self.run_blocking(self.meta.put_pending, st.ino, st.record())
@@ -478,9 +521,11 @@ class Writeback:
 
     async def _multipart(self, st: Staged, key: str, size: int) -> str:
         psize = part_size(size, self.part_size)
+        st.upload_id = (key, "")      # recorded first: a crash during the create leaves a trace
+        await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         upload_id = await self.run_blocking(self.store.create_multipart, key)
         st.upload_id = (key, upload_id)
-        self.meta.put_pending(st.ino, st.record())
+        await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         parts: dict[int, str] = {}
 
         async def send(number: int, offset: int) -> None:

@@ -66,6 +66,10 @@ class ObjectStore(abc.ABC):
         """Drop an unfinished multipart upload and its parts (no error if it is already gone)."""
 
     @abc.abstractmethod
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        """Unfinished multipart uploads under `prefix`: [(key, upload id)]."""
+
+    @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key` (no error if it does not exist)."""
 
@@ -96,6 +100,9 @@ class DelegatingWrites:
 
     def abort_multipart(self, key, upload_id):
         return self.inner.abort_multipart(key, upload_id)
+
+    def list_multipart(self, prefix):
+        return self.inner.list_multipart(prefix)
 
     def delete(self, key):
         return self.inner.delete(key)

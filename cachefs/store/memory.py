@@ -59,6 +59,10 @@ class MemoryStore(ObjectStore):
         with self._lock:
             self._uploads.pop(upload_id, None)
 
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted((key, uid) for uid, (key, _) in self._uploads.items() if key.startswith(prefix))
+
     def multipart_uploads(self) -> list[str]:
         with self._lock:
             return sorted(self._uploads)

@@ -374,6 +374,18 @@ class S3Store(ObjectStore):
         except ObjectNotFound:
             pass        # NoSuchUpload: already completed or aborted
 
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        out, args = [], {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            try:
+                r = self.client.list_multipart_uploads(**args)
+            except (bce.ClientError, *_NETWORK_ERRORS) as e:
+                raise self._translate(e, prefix) from e
+            out += [(u["Key"], u["UploadId"]) for u in r.get("Uploads", ())]
+            if not r.get("IsTruncated"):
+                return out
+            args.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
+
     def delete(self, key: str) -> None:
         self._call("s3_delete", key, self.client.delete_object)
 

@@ -2,6 +2,7 @@
 part sizes, and replay of pending files after a restart."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -79,7 +80,9 @@ def test_failed_uploads_are_retried_with_backoff_and_nothing_is_dropped(tmp_path
     assert store.get_range("log.txt", 0, 7) == b"line 1\n"
     assert store.attempts == 4 and wb.stats.get("upload_failures") == 3
     assert time.monotonic() - started >= 0.05 + 0.1 + 0.2     # 3 backoffs: 50, 100, 200 ms
-    assert meta.pending() == {} and wb.files == {}
+    assert meta.pending() == {}
+    assert list(wb._retained) == [st.ino]            # uploaded and closed: its copy stays for reads
+    assert wb.get(st.ino).etag == meta.get_inode(st.ino).etag
 
 
 def test_persistent_failure_keeps_data_staged_and_recorded(tmp_path, monkeypatch):
@@ -173,3 +176,56 @@ def test_part_size_grows_past_ten_thousand_parts():
     assert part_size(100 * MiB, 16 * MiB) == 16 * MiB
     big = 400 * 1024 * MiB                           # 400 GiB / 10,000 parts > 16 MiB
     assert part_size(big, 16 * MiB) * 10_000 >= big and part_size(big, 16 * MiB) % MiB == 0
+
+
+def test_retained_copies_make_room_and_go_when_s3_changes(tmp_path):
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store, staging_size=3 * MiB)
+    files = []
+    for name in ("a", "b"):
+        st = new_file(meta, wb, name)
+        wb.opened(st, True)
+        wb.write(st, 0, name.encode() * MiB)
+        wb.closed(st, True)
+        files.append(st)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            assert await wb.flush_all(10) == []
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    a, b = files
+    assert wb.get(a.ino) is a and wb.get(b.ino) is b and wb.staged_bytes == 2 * MiB
+    c = new_file(meta, wb, "c")
+    wb.write(c, 0, b"c" * (2 * MiB))                 # needs the room of the oldest retained copy
+    kept = [x for x in files if wb.get(x.ino) is not None]
+    assert len(kept) == 1 and wb.staged_bytes == 3 * MiB
+    assert sorted(os.listdir(tmp_path / "staging")) == sorted([str(kept[0].ino), str(c.ino)])
+    meta.set_file(kept[0].ino, MiB, '"changed-elsewhere"', 0)   # a listing saw another version in S3
+    assert wb.get(kept[0].ino) is None and os.listdir(tmp_path / "staging") == [str(c.ino)]
+
+
+def test_restart_aborts_multipart_uploads_a_dead_daemon_left(tmp_path):
+    store = MemoryStore("bkt")
+    meta = MetaStore(str(tmp_path / "meta"), "test|bkt|")
+    inode = meta.put_entry(meta.get_inode(ROOT_INO), Entry("ckpt", KIND_FILE, 0, 0, ""))
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / str(inode.ino)).write_bytes(b"z" * 100)
+    in_flight = store.create_multipart("ckpt")          # the daemon died before S3's answer came
+    recorded = store.create_multipart("gone")            # ... and here with a recorded id, file unlinked
+    other = store.create_multipart("ckpt-other")         # someone else's: not ours to abort
+    meta.put_pending(inode.ino, {"path": "ckpt", "remote": None, "upload": ["ckpt", ""]})
+    meta.put_pending(inode.ino + 100, {"path": "gone", "remote": None, "upload": ["gone", recorded]})
+    meta.close()
+    meta, wb = make(tmp_path, store)
+    assert wb.pending_paths() == ["ckpt"]
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            assert await wb.flush_all(10) == []
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert store.multipart_uploads() == [other] and in_flight != other
+    assert store.get_range("ckpt", 0, 100) == b"z" * 100 and meta.pending() == {}
