@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import trio
@@ -84,7 +84,6 @@ class Staged:
     failures: int = 0
     upload_id: tuple[str, str] | None = None   # (key, multipart id) of an unfinished upload
     etag: str = ""                 # of the version S3 holds, once uploaded from here
-    waiters: list = field(default_factory=list)
 
     @property
     def dirty(self) -> bool:
@@ -457,6 +456,7 @@ class Writeback:
         """One upload of `st` as it is now. `st.uploading` stays set until the result is recorded,
         so that flush_all and unmount wait for the bookkeeping too, not just the transfer."""
         gen, path, size = st.generation, st.path, st.size
+        started = time.monotonic()
         st.forced = st.closed_dirty = False
         key = self.prefix + path
         self._inflight.add(path)
@@ -480,7 +480,7 @@ class Writeback:
             raise
         try:
             with trio.CancelScope(shield=True):     # S3 has it: the record must say so
-                await self._uploaded(st, key, path, size, gen, etag)
+                await self._uploaded(st, key, path, size, gen, etag, started)
         finally:
             st.uploading = False
             self._inflight.discard(path)
@@ -498,8 +498,13 @@ class Writeback:
                 return await self.run_blocking(self.store.put_object, key, data)
         return await self._multipart(st, key, size)
 
-    async def _uploaded(self, st: Staged, key: str, path: str, size: int, gen: int, etag: str) -> None:
+    async def _uploaded(self, st: Staged, key: str, path: str, size: int, gen: int, etag: str,
+                        started: float) -> None:
         st.failures = 0
+        if st.generation != gen:
+            # Changed during the upload: those changes are at most as old as the upload, so a
+            # growing log goes up once per interval, not back to back.
+            st.first_dirty = max(st.first_dirty, started)
         self.stats.add("uploads")
         self.stats.add("upload_bytes", size)
         old_remote, st.remote = st.remote, path

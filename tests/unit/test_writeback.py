@@ -229,3 +229,28 @@ def test_restart_aborts_multipart_uploads_a_dead_daemon_left(tmp_path):
     trio.run(main)
     assert store.multipart_uploads() == [other] and in_flight != other
     assert store.get_range("ckpt", 0, 100) == b"z" * 100 and meta.pending() == {}
+
+
+class SlowStore(MemoryStore):
+    def put_object(self, key, data):
+        time.sleep(0.2)            # a real PUT takes a while: the log grows meanwhile
+        return super().put_object(key, data)
+
+
+def test_a_growing_small_file_is_uploaded_once_per_interval(tmp_path):
+    store = SlowStore("bkt")
+    meta, wb = make(tmp_path, store, small_sync_interval=0.5)
+    st = new_file(meta, wb, "train.log")
+    wb.opened(st, True)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            start = trio.current_time()
+            while trio.current_time() - start < 3.0:          # a line every 10 ms for 3 s
+                wb.write(st, st.size, b"loss 0.1\n")
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    puts = store.stats.get("s3_put")
+    assert 4 <= puts <= 7, f"{puts} PUTs in 3 s with a 0.5 s interval"
