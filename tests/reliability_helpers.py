@@ -1,11 +1,10 @@
 """Helpers of the reliability tests (tests/test_reliability_*.py): readers in processes of their own,
-so that their kernel state can be watched, and samples of a daemon's resources.
+so that their kernel state can be watched, and reads that bypass the kernel's page cache.
 
 The fault proxy itself is cachefs.devtools.faultproxy (the `fault_proxy` fixture in conftest.py).
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -81,22 +80,14 @@ def watch_states(readers: list[Reader], until_s: float, interval_s: float = 0.05
     return states
 
 
-@dataclass(frozen=True)
-class Sample:
-    t: float
-    rss_kib: int
-    fds: int
-    threads: int
-
-
-def sample_process(pid: int, t0: float = 0.0) -> Sample:
-    with open(f"/proc/{pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
-    rss = int(fields["VmRSS"].split()[0])
-    threads = int(fields["Threads"])
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return Sample(round(time.monotonic() - t0, 2), rss, fds, threads)
-
-
-def errno_name(code: int) -> str:
-    return errno.errorcode.get(code, str(code))
+def read_past_page_cache(path: Path) -> bytes:
+    """Read a file from the daemon, not from the kernel's page cache (this file's pages dropped first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

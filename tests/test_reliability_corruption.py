@@ -6,14 +6,15 @@ while the cached blocks are adopted back.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from mount_helpers import (BLOCK_SIZE, MiB, first_difference, object_bytes, one_line_error, read_all,
-                           run_cachefs, stats_delta)
+from mount_helpers import (BLOCK_SIZE, first_difference, object_bytes, one_line_error, read_all, run_cachefs,
+                           stats_delta)
+
+from reliability_helpers import read_past_page_cache
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,16 +24,6 @@ HEADER = 32   # block file header (cache/disk.py): magic, length, xxh3, zero
 
 def block_files(tier_dir: Path) -> list[Path]:
     return sorted(p for p in (tier_dir / "blocks" / "v1").glob("??/*") if len(p.name) == 32)
-
-
-def read_uncached_by_kernel(path: Path) -> bytes:
-    """Read through the daemon: drop this file's pages from the kernel's page cache first."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return read_all(path)
 
 
 def damage(files: list[Path]) -> None:
@@ -58,7 +49,7 @@ def test_damaged_block_files_are_refetched_while_mounted_and_at_start_up(mounter
     # while mounted: bit rot, a torn file, a file removed behind the daemon's back
     damage(files)
     before = m.stats()
-    got = read_uncached_by_kernel(m / "data.bin")
+    got = read_past_page_cache(m / "data.bin")
     assert got == DATA["data.bin"], first_difference(got, DATA["data.bin"])
     delta = stats_delta(before, m.stats(), "s3_get", "cache_corrupt")
     assert delta == {"s3_get": 3, "cache_corrupt": 2}, delta     # exactly the three damaged blocks
@@ -71,7 +62,7 @@ def test_damaged_block_files_are_refetched_while_mounted_and_at_start_up(mounter
     (files[3].parent / "not-a-block").write_bytes(b"junk")
     (files[3].parent / (files[3].name + ".tmp.1234")).write_bytes(b"a torn temp file")
     m = mounter.remount(m)
-    got = read_uncached_by_kernel(m / "data.bin")
+    got = read_past_page_cache(m / "data.bin")
     assert got == DATA["data.bin"], first_difference(got, DATA["data.bin"])
     assert m.stats()["s3_get"] == 3
     assert not list((files[3].parent).glob("not-a-block")) and not list(files[3].parent.glob("*.tmp.*"))

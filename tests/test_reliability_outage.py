@@ -15,7 +15,7 @@ import pytest
 
 from mount_helpers import BLOCK_SIZE, KiB, MiB, force_unmount, object_bytes, pid_alive, read_all, stop_pid
 
-from reliability_helpers import start_reader, watch_states
+from reliability_helpers import read_past_page_cache, start_reader, watch_states
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -36,16 +36,6 @@ def force_cleanup(m) -> None:
     pid = m.pid()
     force_unmount(m.real_path)
     stop_pid(pid)
-
-
-def reread_without_page_cache(path) -> bytes:
-    """Read the file from the daemon, not from the kernel's page cache (dropped for this file first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return read_all(path)
 
 
 # A read spanning two blocks fails inside the reader's trio nursery, whose ExceptionGroup fs.py logs as
@@ -77,7 +67,7 @@ def test_outage_eio_within_bound_cached_data_served_and_recovery(mounter, make_b
 
         # cached data is still served, by the daemon (not just the page cache)
         before = m.stats()
-        assert reread_without_page_cache(m / "cached.bin") == CACHED
+        assert read_past_page_cache(m / "cached.bin") == CACHED
         after = m.stats()
         assert after["fuse_reads"] > before["fuse_reads"] and after["s3_get"] == before["s3_get"]
 

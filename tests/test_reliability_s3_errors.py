@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mount_helpers import (ACCESS_KEY_ID, BLOCK_SIZE, REGION, SECRET_ACCESS_KEY, MiB, first_difference,
+from mount_helpers import (ACCESS_KEY_ID, BLOCK_SIZE, REGION, SECRET_ACCESS_KEY, first_difference,
                            object_bytes, read_all, run_threads)
 
 from cachefs.devtools.faultproxy import Fault

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import PYTHON, free_closed_port_url, mount_entries, object_bytes, read_all, run_cachefs
+from mount_helpers import free_closed_port_url, mount_entries, object_bytes, read_all, run_cachefs
 
 from cachefs.devtools.faultproxy import Fault
 

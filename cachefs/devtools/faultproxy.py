@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 READ_OPS = frozenset({"get", "head", "list"})
 WRITE_OPS = frozenset({"put", "upload_part", "create_multipart", "complete_multipart", "abort_multipart",
