@@ -202,13 +202,21 @@ class CachefsOperations(pyfuse3.Operations):
         fh = next(self._fh)
         f = OpenFile(node, self.ns.key_of(node), ReadState(), writable=writable)
         if writable:
-            f.staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=bool(flags & os.O_TRUNC))
-            if flags & os.O_TRUNC and f.staged.size:
-                self.wb.truncate(f.staged, 0)
+            trunc = bool(flags & os.O_TRUNC)
+            f.staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=trunc)
+            self.wb.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
+            if trunc and (f.staged.size or node.size):
+                # Emptied, even if staged empty from the start: S3 still holds the old bytes.
+                try:
+                    self.wb.truncate(f.staged, 0)
+                except BaseException:
+                    self.wb.closed(f.staged, writable)
+                    raise
         else:
             f.staged = self.wb.get(inode) if self.wb is not None else None
+            if f.staged is not None:
+                self.wb.opened(f.staged, writable)
         if f.staged is not None:
-            self.wb.opened(f.staged, writable)
             self._opened_etag.pop(inode, None)
             self._files[fh] = f
             return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
@@ -311,9 +319,11 @@ class CachefsOperations(pyfuse3.Operations):
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            before = self.wb.get(inode)
             staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=attr.st_size == 0)
             self._written.add(inode)
-            if staged.size != attr.st_size:
+            # A copy staged empty (truncate to 0) still differs from S3's if the object was not empty.
+            if staged.size != attr.st_size or (before is None and node.size != attr.st_size):
                 self.wb.truncate(staged, attr.st_size)
         if fields.update_mode or fields.update_atime or fields.update_mtime:
             current = self.attrs(node)
