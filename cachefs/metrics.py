@@ -222,6 +222,14 @@ def parse_addr(text: str) -> tuple[str, int] | None:
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class Exporter:
     """The HTTP endpoint in a thread of its own (prometheus_client's server), plus our collector."""
 
@@ -247,6 +255,9 @@ class Exporter:
             return
         self.addr = self.httpd.server_address[:2]
         log.info("Prometheus metrics on http://%s:%d/metrics", *self.addr)
+        if not _is_loopback(self.addr[0]):
+            log.warning("metrics on %s, not loopback: whoever reaches it reads bucket, tier and directory "
+                        "names (no authentication; restrict it with a firewall or NetworkPolicy)", self.addr[0])
 
     @property
     def url(self) -> str | None:
