@@ -299,6 +299,29 @@ class CachefsOperations(pyfuse3.Operations):
         return self.attrs(node)
 
     @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        """A regular file: an empty one, as create + close would make. Anything else: EPERM, as
+        POSIX says for a filesystem that cannot hold it (S3 has no devices, FIFOs or sockets)."""
+        tree = self._writable()
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        node, staged = await tree.create(parent_inode, name, mode & ~ctx.umask)
+        self._written.add(node.ino)
+        self.wb.opened(staged, True)
+        self.wb.closed(staged, True)          # the last writer's close: due for upload now
+        return self.attrs(node)
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._writable()
+        raise pyfuse3.FUSEError(errno.EPERM)      # S3 has nothing to hold a link (link(2), symlink(2))
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable()
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
         await self._writable().rmdir(parent_inode, name)
 
