@@ -25,7 +25,7 @@ from .namespace import Namespace
 from .reader import BlockReader, ReadState
 from .stats import Stats
 from .tree import Tree
-from .writeback import Staged, Writeback
+from .writeback import Staged, StagingFull, Writeback
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,12 @@ class CachefsOperations(pyfuse3.Operations):
         self._written: set[int] = set()           # inodes written through this mount
 
     # -- attributes -------------------------------------------------------------------------
-    def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+    def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
+        """`unlinked`: the staging copy of a file unlinked while open (fstat still works, nlink 0)."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         if self.wb is not None:
-            inode = self.wb.overlay(inode)
+            inode = self.wb.overlay(inode, unlinked)
         if inode.is_dir:
             a.st_mode = stat.S_IFDIR | self.cfg.dir_mode
             a.st_nlink = 2
@@ -132,6 +133,8 @@ class CachefsOperations(pyfuse3.Operations):
                 atime = kept[1]
                 if inode.is_dir:
                     mtime = kept[2]     # a file's mtime is its inode's (or staged) one
+        if unlinked is not None:
+            a.st_nlink = 0
         a.st_size = inode.size
         a.st_blocks = -(-inode.size // 512)
         a.st_blksize = 128 * 1024   # stdio buffer hint; the kernel splits reads itself
@@ -155,7 +158,20 @@ class CachefsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
+        f = self._unlinked_open(inode)
+        if f is not None:
+            return self.attrs(f.inode, f.staged)
         return self.attrs(self.ns.get(inode))
+
+    def _unlinked_open(self, ino: int) -> OpenFile | None:
+        """An open file of this inode whose name is gone (unlink, or renamed over): its handles
+        keep working on its staging copy, as POSIX says."""
+        if self.wb is None:
+            return None
+        st = self.wb.files.get(ino)
+        if st is None or not st.deleted:
+            return None
+        return next((f for f in self._files.values() if f.staged is st), None)
 
     async def forget(self, inode_list):
         pass
@@ -327,7 +343,28 @@ class CachefsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
-        await self._writable().unlink(parent_inode, name)
+        tree = self._writable()
+        await self._stage_open_readers(parent_inode, name)
+        await tree.unlink(parent_inode, name)
+
+    async def _stage_open_readers(self, parent_inode: int, name: bytes) -> None:
+        """A file open only for reading is copied into staging before its object is deleted, so
+        that its handles can still read all of it (POSIX). If the staging area has no room, the
+        handles read what the cache holds and get ENOENT for the rest."""
+        node = await self.ns.lookup(parent_inode, name)
+        if node is None or node.is_dir or self.wb.get(node.ino) is not None:
+            return
+        readers = [f for f in self._files.values() if f.inode.ino == node.ino and f.staged is None]
+        if not readers:
+            return
+        try:
+            staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=False)
+        except StagingFull as e:
+            log.warning("unlink of %s while open: %s; its readers keep only what is cached", node.path, e)
+            return
+        for f in readers:
+            f.staged = staged
+            self.wb.opened(staged, False)
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -336,9 +373,16 @@ class CachefsOperations(pyfuse3.Operations):
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
-        node = self.ns.get(inode)
         if (fields.update_uid and attr.st_uid != self.cfg.uid) or (fields.update_gid and attr.st_gid != self.cfg.gid):
             raise pyfuse3.FUSEError(errno.EPERM)      # one owner for the whole mount
+        gone = self._unlinked_open(inode)
+        if gone is not None:      # only its staging copy is left: size and mtime live there
+            if fields.update_size:
+                self.wb.truncate(gone.staged, attr.st_size)
+            if fields.update_mtime:
+                gone.staged.mtime_ns = attr.st_mtime_ns
+            return self.attrs(gone.inode, gone.staged)
+        node = self.ns.get(inode)
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)

@@ -196,9 +196,10 @@ class Writeback:
                 if not st.deleted and st.path != st.remote and st.path.startswith(want)
                 and "/" not in st.path[len(want):]}
 
-    def overlay(self, inode: Inode) -> Inode:
-        """The inode as the mount shows it: staged size and time win over the recorded ones."""
-        st = self.get(inode.ino)
+    def overlay(self, inode: Inode, st: Staged | None = None) -> Inode:
+        """The inode as the mount shows it: staged size and time win over the recorded ones
+        (`st`: the staging copy of an unlinked file still open)."""
+        st = st or self.get(inode.ino)
         if st is None:
             return inode
         return Inode(inode.ino, inode.kind, st.size, st.mtime_ns, inode.parent, inode.etag, inode.path)
@@ -272,7 +273,7 @@ class Writeback:
         st.generation += 1
         st.last_write = time.monotonic()
         st.mtime_ns = time.time_ns()
-        if not was_dirty:
+        if not was_dirty and not st.deleted:      # an unlinked file is never uploaded: no record
             st.first_dirty = st.last_write
             self.meta.put_pending(st.ino, st.record())
 
