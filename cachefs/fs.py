@@ -109,6 +109,7 @@ class CachefsOperations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._opened_etag: dict[int, str] = {}   # ino -> ETag whose bytes the page cache holds
         self._written: set[int] = set()           # inodes written through this mount
+        self._utimed: set[int] = set()            # files whose kept mtime the next change clears
 
     # -- attributes -------------------------------------------------------------------------
     def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
@@ -131,8 +132,10 @@ class CachefsOperations(pyfuse3.Operations):
             if kept is not None:
                 a.st_mode = stat.S_IFMT(a.st_mode) | kept[0]
                 atime = kept[1]
-                if inode.is_dir:
-                    mtime = kept[2]     # a file's mtime is its inode's (or staged) one
+                if inode.is_dir or kept[2]:
+                    # A file's mtime is its object's (or staged copy's), unless a utimens set it
+                    # since its last change (kept[2] != 0): a new listing must not undo that.
+                    mtime = kept[2]
         if unlinked is not None:
             a.st_nlink = 0
         a.st_size = inode.size
@@ -221,10 +224,14 @@ class CachefsOperations(pyfuse3.Operations):
             trunc = bool(flags & os.O_TRUNC)
             f.staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=trunc)
             self.wb.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
+            kept = self.ns.meta.get_attrs(inode)
+            if kept is not None and kept[2]:
+                self._utimed.add(inode)
             if trunc and (f.staged.size or node.size):
                 # Emptied, even if staged empty from the start: S3 still holds the old bytes.
                 try:
                     self.wb.truncate(f.staged, 0)
+                    await self._changed(inode)
                 except BaseException:
                     self.wb.closed(f.staged, writable)
                     raise
@@ -285,7 +292,17 @@ class CachefsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         self._written.add(f.inode.ino)
         self.stats.add("fuse_writes")
-        return self.wb.write(f.staged, off, buf)
+        n = self.wb.write(f.staged, off, buf)
+        if f.inode.ino in self._utimed:
+            await self._changed(f.inode.ino)
+        return n
+
+    async def _changed(self, ino: int) -> None:
+        """The file's content changed: a mtime kept from a utimens gives way to the change's."""
+        self._utimed.discard(ino)
+        kept = self.ns.meta.get_attrs(ino)
+        if kept is not None and kept[2]:
+            await self.ns.run_blocking(self.ns.meta.put_attrs, ino, kept[0], kept[1], 0)
 
     @fuse_errors
     async def flush(self, fh):
@@ -392,11 +409,18 @@ class CachefsOperations(pyfuse3.Operations):
             # A copy staged empty (truncate to 0) still differs from S3's if the object was not empty.
             if staged.size != attr.st_size or (before is None and node.size != attr.st_size):
                 self.wb.truncate(staged, attr.st_size)
+                await self._changed(inode)
         if fields.update_mode or fields.update_atime or fields.update_mtime:
             current = self.attrs(node)
             mode = stat.S_IMODE(attr.st_mode if fields.update_mode else current.st_mode)
             atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
-            mtime = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
+            if fields.update_mtime or node.is_dir:
+                mtime = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
+            else:                           # a file keeps following its content (0), or its utimens
+                kept = self.ns.meta.get_attrs(inode)
+                mtime = kept[2] if kept is not None else 0
+            if fields.update_mtime and not node.is_dir:
+                self._utimed.add(inode)
             staged = self.wb.get(inode)
             if staged is not None and fields.update_mtime:
                 staged.mtime_ns = mtime

@@ -66,7 +66,8 @@ class Tree:
             self.wb.unlinked(existing.ino)      # O_CREAT over a file the kernel did not know
         now = time.time_ns()
         inode = await self.run_blocking(self.meta.put_entry, parent, Entry(text, KIND_FILE, 0, now, ""))
-        await self.run_blocking(self.meta.put_attrs, inode.ino, mode & 0o7777, now, now)
+        # mtime 0: the file's follows its content (a utimens sets one; see fs.attrs)
+        await self.run_blocking(self.meta.put_attrs, inode.ino, mode & 0o7777, now, 0)
         return inode, self.wb.stage_new(inode)
 
     async def mkdir(self, parent_ino: int, name: bytes, mode: int, listing_ttl: float) -> Inode:
@@ -148,11 +149,15 @@ class Tree:
             if target.is_dir and not await self._is_empty(target):
                 raise FsError(errno.ENOTEMPTY)
         if node.is_dir:
-            if target is not None:
-                await self._delete(self.ns.dir_prefix(target))
-            await self._move_prefix(node.path, new_path)
-            await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
-            self.wb.renamed_dir(node.path, new_path)
+            try:
+                await self.wb.hold_below(node.path)      # no upload below it lands during the copy
+                if target is not None:
+                    await self._delete(self.ns.dir_prefix(target))
+                await self._move_prefix(node.path, new_path)
+                await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
+                self.wb.renamed_dir(node.path, new_path)
+            finally:
+                self.wb.release_below(node.path)
             await self._keep_if_empty(old_parent)
             return
         if target is not None and target.ino in self.wb.files:

@@ -114,6 +114,7 @@ class Writeback:
         self.staged_bytes = 0
         self._changed = trio.Event()        # set (and replaced) whenever an upload finishes
         self._inflight: set[str] = set()    # paths an upload is writing to right now
+        self._held: set[str] = set()        # directories being renamed: nothing below starts uploading
         self._retained: OrderedDict[int, Staged] = OrderedDict()   # clean, closed; oldest first
         self._orphan_uploads: list[tuple[str, str]] = []   # left by a dead daemon, no file to upload
         self._wake = trio.Event()           # something became due: run the scheduler now
@@ -366,6 +367,18 @@ class Writeback:
             st.path = new_path
             self.meta.put_pending(ino, st.record())
 
+    async def hold_below(self, directory: str) -> None:
+        """Before a directory's objects are copied: no upload below it may start, and those in
+        flight finish first (one landing after the copy would stay behind under the old name
+        while its record says the new one). `release_below` ends it."""
+        self._held.add(directory)
+        while any(path.startswith(directory + "/") for path in self._inflight):
+            await self._changed.wait()
+
+    def release_below(self, directory: str) -> None:
+        self._held.discard(directory)
+        self._wake.set()
+
     def renamed_dir(self, old: str, new: str) -> None:
         """Staged files below a renamed directory: their paths, and where S3 holds them (the
         directory's objects were copied there)."""
@@ -432,6 +445,8 @@ class Writeback:
         if st.path in self._inflight:
             # Another inode's upload to this name is in flight (the file it replaced, unlinked
             # or renamed over): it finishes, and deletes its result, before ours may start.
+            return False
+        if any(st.path.startswith(d + "/") for d in self._held):
             return False
         if st.forced or st.closed_dirty:
             return True

@@ -176,3 +176,20 @@ def test_rename_exchange_is_einval(wm, d, s3):
     assert errno_of(renameat2, d / "a", d / "x", RENAME_EXCHANGE) == errno.EINVAL
     assert sorted(os.listdir(d)) == ["a", "x"] and (d / "a").read_bytes() == b"a"
     assert uploaded(s3, wm, d, {"a": b"a", "x/": b""})
+
+
+def test_rename_a_directory_while_an_upload_below_it_is_in_flight(mounter, make_bucket, s3, fault_proxy):
+    """The upload lands during the copy of the directory's objects: it must end up under the new
+    name, and nothing may stay under the old one."""
+    from cachefs.devtools.faultproxy import Fault
+    bucket = make_bucket("posix-rename-race")
+    m = mounter.mount(bucket, "--small-sync-interval", "600", endpoint_url=fault_proxy.url)
+    os.mkdir(m.path / "a")
+    slow_put = fault_proxy.add(Fault("delay", ops="put", key=r"^a/f$", seconds=1.0, count=1))
+    fault_proxy.add(Fault("delay", ops="copy", seconds=2.0, count=1))
+    (m.path / "a" / "f").write_bytes(b"f")                  # closed: its upload starts at once
+    assert wait_until(lambda: slow_put.fired == 1, 10)
+    os.rename(m.path / "a", m.path / "b")
+    assert (m.path / "b" / "f").read_bytes() == b"f"
+    assert wait_until(lambda: sorted(list_all_keys(s3, bucket)) == ["b/", "b/f"], 15), list_all_keys(s3, bucket)
+    assert s3.get_object(Bucket=bucket, Key="b/f")["Body"].read() == b"f"
