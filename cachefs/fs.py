@@ -385,7 +385,10 @@ class CachefsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self._writable().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        tree = self._writable()
+        if not flags:          # a file replaced while open for reading stays readable, as on unlink
+            await self._stage_open_readers(parent_inode_new, name_new)
+        await tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):

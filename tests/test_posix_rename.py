@@ -40,6 +40,8 @@ SEEDED = {
     "test_rename_a_directory_only_s3_holds": {"src/x": b"x", "src/deep/y": b"y", "src/deep/z/": b""},
     "test_renamed_over_refused_cases_change_nothing": {"full/f": b"f"},
     "test_rename_across_directories_keeps_the_source_directory": {"from/f": b"f"},
+    "test_a_file_replaced_while_open_for_reading_stays_readable": {"target": object_bytes("t", 3 << 20),
+                                                                   "source": b"new"},
 }
 
 
@@ -47,7 +49,9 @@ SEEDED = {
 def wm(module_mounter, make_bucket):
     objects = {f"{test}/{name}": data for test, files in SEEDED.items() for name, data in files.items()}
     bucket = make_bucket("posix-rename", objects)
-    m = module_mounter.mount(bucket, "--small-sync-interval", "0.3", "--large-sync-interval", "600")
+    # No prefetch or read-ahead: a file open for reading holds in the cache only what was read.
+    m = module_mounter.mount(bucket, "--small-sync-interval", "0.3", "--large-sync-interval", "600",
+                             "--prefetch-small-files", "0", "--read-ahead", "0", "--kernel-read-ahead", "0")
     m.bucket = bucket
     return m
 
@@ -193,3 +197,17 @@ def test_rename_a_directory_while_an_upload_below_it_is_in_flight(mounter, make_
     assert (m.path / "b" / "f").read_bytes() == b"f"
     assert wait_until(lambda: sorted(list_all_keys(s3, bucket)) == ["b/", "b/f"], 15), list_all_keys(s3, bucket)
     assert s3.get_object(Bucket=bucket, Key="b/f")["Body"].read() == b"f"
+
+
+def test_a_file_replaced_while_open_for_reading_stays_readable(wm, d, s3):
+    old = SEEDED["test_a_file_replaced_while_open_for_reading_stays_readable"]["target"]
+    fd = os.open(d / "target", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 0) == old[:10]
+        os.rename(d / "source", d / "target")
+        assert os.pread(fd, 10, len(old) - 10) == old[-10:]          # a block never read before
+        assert os.fstat(fd).st_size == len(old) and os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert (d / "target").read_bytes() == b"new"
+    assert keys(s3, wm, d) == ["target"] and s3_bytes(s3, wm, d, "target") == b"new"
