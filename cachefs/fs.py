@@ -369,12 +369,12 @@ class CachefsOperations(pyfuse3.Operations):
         that its handles can still read all of it (POSIX). If the staging area has no room, the
         handles read what the cache holds and get ENOENT for the rest."""
         node = await self.ns.lookup(parent_inode, name)
-        if node is None or node.is_dir or self.wb.get(node.ino) is not None:
+        if node is None or node.is_dir:
             return
         readers = [f for f in self._files.values() if f.inode.ino == node.ino and f.staged is None]
         if not readers:
             return
-        try:
+        try:       # staged already (by a writer opened after them), or copied now
             staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=False)
         except StagingFull as e:
             log.warning("unlink of %s while open: %s; its readers keep only what is cached", node.path, e)

@@ -21,6 +21,7 @@ SEEDED = {
     "test_rmdir_refuses_a_directory_with_objects_only_s3_holds": {"full/x": b"x"},
     "test_unlink_while_open_for_reading": {"big.bin": object_bytes("big", 3 * MiB)},
     "test_unlink_while_open_for_writing_an_object_s3_holds": {"obj": b"in S3"},
+    "test_unlink_while_open_for_reading_after_another_handle_wrote": {"f": b"v1"},
 }
 
 
@@ -150,6 +151,17 @@ def test_unlink_while_open_for_reading(wm, d, s3):
         assert errno_of(os.stat, d / "big.bin") == errno.ENOENT
     finally:
         os.close(fd)
+
+
+def test_unlink_while_open_for_reading_after_another_handle_wrote(wm, d):
+    reader = os.open(d / "f", os.O_RDONLY)              # an object only S3 holds: nothing staged
+    try:
+        with open(d / "f", "r+b") as w:                 # the same file, staged by a writer
+            w.write(b"v2")
+            os.unlink(d / "f")
+        assert os.pread(reader, 10, 0) == b"v2"          # one file: the reader sees the write
+    finally:
+        os.close(reader)
 
 
 def test_rmdir_errors(wm, d, s3):
