@@ -411,3 +411,12 @@ def one_line_error(stderr: str) -> str | None:
     if len(lines) == 1 and lines[0].startswith("cachefs: error: "):
         return lines[0]
     return None
+
+
+def errno_of(fn, *args, **kwargs) -> int | None:
+    """The errno `fn(*args)` fails with, or None if it succeeds: for tests of error answers."""
+    try:
+        fn(*args, **kwargs)
+    except OSError as e:
+        return e.errno
+    return None

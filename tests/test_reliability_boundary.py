@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from mount_helpers import BLOCK_SIZE, MiB, object_bytes, pid_alive, pread_exact, read_all
+from mount_helpers import BLOCK_SIZE, MiB, errno_of, object_bytes, pid_alive, pread_exact, read_all
 
 from reliability_helpers import read_past_page_cache
 
@@ -29,14 +29,6 @@ OBJECTS = {
 @pytest.fixture(scope="module")
 def mnt(module_mounter, make_bucket):
     return module_mounter.mount(make_bucket("boundary", OBJECTS))
-
-
-def errno_of(fn, *args) -> int | None:
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return None
 
 
 def test_a_path_over_path_max_is_too_long(mnt):
