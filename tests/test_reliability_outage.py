@@ -38,13 +38,6 @@ def force_cleanup(m) -> None:
     stop_pid(pid)
 
 
-# A read spanning two blocks fails inside the reader's trio nursery, whose ExceptionGroup fs.py logs as
-# "unexpected error" (the errno is still EIO). Tolerated here; test_multi_block_read_error_is_expected
-# below states the wanted behaviour (fix in fs.fuse_errors: unwrap groups of CachefsErrors).
-MULTI_BLOCK_GROUP = r"ERROR cachefs.fs: unexpected error in read .*ExceptionGroup.*(StoreUnavailable|unreachable)"
-
-
-@pytest.mark.daemon_errors_ok(MULTI_BLOCK_GROUP)
 @pytest.mark.parametrize("mode", ["blackhole", "refuse"])
 def test_outage_eio_within_bound_cached_data_served_and_recovery(mounter, make_bucket, fault_proxy, mode):
     name = make_bucket(f"outage-{mode}", OBJECTS)

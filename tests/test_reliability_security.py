@@ -56,7 +56,6 @@ def files_under(root: Path) -> bytes:
     return b"\n".join(blobs)
 
 
-@pytest.mark.daemon_errors_ok(r"unexpected error in read .*ExceptionGroup")
 def test_the_secret_never_shows(mounter, make_bucket, fault_proxy, tmp_path, auth_moto):
     canary = f"canary-{uuid.uuid4().hex}-secret"
     name = make_bucket("security", OBJECTS)
