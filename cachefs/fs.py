@@ -21,7 +21,7 @@ from . import metrics
 from .config import Config
 from .errors import CachefsError, ObjectChanged, errno_for
 from .meta.schema import Inode
-from .namespace import Namespace
+from .namespace import NAME_MAX, Namespace
 from .reader import BlockReader, ReadState
 from .stats import Stats
 from .tree import Tree
@@ -151,6 +151,8 @@ class CachefsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         inode = await self.ns.lookup(parent_inode, name)
         if inode is None:
             negative = pyfuse3.EntryAttributes()

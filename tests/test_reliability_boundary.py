@@ -35,8 +35,6 @@ def test_a_path_over_path_max_is_too_long(mnt):
     assert errno_of(os.stat, mnt / "/".join(["y" * 200] * 25)) == errno.ENAMETOOLONG   # the kernel's PATH_MAX
 
 
-@pytest.mark.xfail(strict=True, reason="namespace.lookup answers a name over NAME_MAX (255 bytes) with a "
-                   "negative entry (ENOENT); a Linux filesystem says ENAMETOOLONG (fix in fs.lookup)")
 @pytest.mark.parametrize("length", [256, 1100])
 def test_a_name_over_255_bytes_is_too_long(mnt, length):
     assert errno_of(os.stat, mnt / ("x" * length)) == errno.ENAMETOOLONG

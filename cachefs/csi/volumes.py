@@ -35,7 +35,7 @@ CONTROLLER_KEYS = frozenset({"prefixBase", "onDelete"})
 # it is deliberately added here.
 VOLUME_OPTIONS = frozenset({
     "endpoint_url", "region", "addressing_style", "eviction_policy", "promotion", "stale_after",
-    "block_size", "read_ahead", "prefetch_small_files", "max_fetches", "hedging", "hedge_min_delay",
+    "block_size", "read_ahead", "prefetch_small_files", "max_fetches", "hedging", "hedge_min_delay", "s3_read_deadline",
     "entry_timeout", "attr_timeout", "listing_ttl", "negative_ttl", "file_mode", "dir_mode", "max_idle_threads",
     "s3_max_attempts", "s3_connect_timeout", "s3_read_timeout", "log_level",
     # The write schedule of a read-write volume (logs soon, checkpoints later: a volume's choice).
