@@ -15,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from mount_helpers import errno_of
+
 NOBODY = 65534
 T1, T2 = 1_000_000_000_123_456_789, 1_200_000_000_987_654_321
 
-
-def errno_of(fn, *args, **kwargs) -> int | None:
-    try:
-        fn(*args, **kwargs)
-    except OSError as e:
-        return e.errno
-    return None
 
 
 def as_nobody(fn, *args) -> int | None:

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from mount_helpers import list_all_keys, object_bytes, wait_until
+from mount_helpers import errno_of, list_all_keys, object_bytes, wait_until
 
 AT_FDCWD = -100
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -25,13 +25,6 @@ def renameat2(old, new, flags: int) -> None:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(old))
 
-
-def errno_of(fn, *args) -> int | None:
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return None
 
 
 # Objects only S3 holds (not staged, not written through the mount), per test.

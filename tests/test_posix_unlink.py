@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from mount_helpers import list_all_keys, object_bytes, wait_until
+from mount_helpers import errno_of, list_all_keys, object_bytes, wait_until
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -49,13 +49,6 @@ def d(wm, request):
 def keys(s3, wm, d) -> list[str]:
     return sorted(k[len(d.name) + 1:] for k in list_all_keys(s3, wm.bucket, d.name + "/") if k != d.name + "/")
 
-
-def errno_of(fn, *args) -> int | None:
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return None
 
 
 def s3_bytes(s3, wm, d, name):
