@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class NodeService(rpc.NodeServicer):
     def _metrics_addr(self, pub: Publication) -> str:
         taken = {p.metrics_port for p in self.state.all() if p.target_path != pub.target_path}
         for port in range(self.cfg.metrics_port_base, self.cfg.metrics_port_base + self.cfg.metrics_ports):
-            if port not in taken:
+            if port not in taken and _port_free(self.cfg.metrics_host, port):
                 pub.metrics_port = port
                 return f"{self.cfg.metrics_host}:{port}"
         log.warning("no metrics port left for %s (all %d in use): its exporter is off",
@@ -261,3 +262,15 @@ class NodeService(rpc.NodeServicer):
                 log.error("could not mount %s again: %s", target, e)
         self.state.remove(target)
         return "dropped"
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether nothing else on the node listens there (another program, or a daemon this server
+    does not know of): an explicitly given metrics address that is taken fails the mount."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
