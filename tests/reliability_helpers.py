@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -91,3 +92,85 @@ def read_past_page_cache(path: Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- crashes: writers and the cache's state on disk
+
+CRASH_WRITER = Path(__file__).with_name("crash_writer.py")
+
+
+def start_crash_writer(directory: Path, seed: str) -> subprocess.Popen:
+    """tests/crash_writer.py in DIRECTORY: prints "synced NAME LENGTH" once each fsync returned."""
+    return subprocess.Popen([PYTHON, str(CRASH_WRITER), str(directory), seed], stdout=subprocess.PIPE, text=True)
+
+
+def crash_writer_synced(out: str) -> dict[str, int]:
+    """{name: longest fsynced length} from a crash writer's output."""
+    synced: dict[str, int] = {}
+    for line in out.splitlines():
+        if line.startswith("synced "):
+            _, name, length = line.split()
+            synced[name] = max(synced.get(name, 0), int(length))
+    return synced
+
+
+def crash_writer_bytes(seed: str, name: str, length: int) -> bytes:
+    return random.Random(f"{seed}/{name}").randbytes(length)      # what crash_writer.py writes to NAME
+
+
+@dataclass
+class CacheState:
+    """What a cache directory holds: block files (key -> payload verified?), stray files, the LMDB
+    block index (key -> (size, stored at, dir id)), pending-upload records and staging file names."""
+    files: dict[bytes, bool]
+    file_sizes: dict[bytes, int]
+    strays: list[str]
+    index: dict[bytes, tuple[int, float, int]]
+    pending: dict[int, dict]
+    staging: set[int]
+
+    def index_problems(self) -> list[str]:
+        """The block index against the block files: each indexed block has its file, of the indexed
+        size, whose checksum verifies; each block file is indexed."""
+        out = [f"indexed block {k.hex()} has no file" for k in self.index if k not in self.files]
+        out += [f"block file {k.hex()} is not indexed" for k in self.files if k not in self.index]
+        out += [f"block file {k.hex()} fails its checksum" for k, ok in self.files.items() if not ok]
+        out += [f"block {k.hex()}: index says {v[0]} bytes, file has {self.file_sizes[k]}"
+                for k, v in self.index.items() if k in self.files and v[0] != self.file_sizes[k]]
+        return out + [f"stray file {s}" for s in self.strays]
+
+
+def cache_state(block_dir: Path, meta_dir: Path, staging_dir: Path) -> CacheState:
+    """Read a cache directory as it is (the daemon dead or alive: LMDB readers never block its writer)."""
+    import lmdb
+
+    from cachefs import native
+    from cachefs.cache.disk import LAYOUT_DIR
+    from cachefs.meta.schema import BLOCK, DATABASES, unpack_u64
+
+    files, sizes, strays = {}, {}, []
+    root = Path(block_dir) / LAYOUT_DIR
+    for sub in sorted(root.iterdir()):
+        for f in sub.iterdir():
+            try:
+                key = bytes.fromhex(f.name) if len(f.name) == 32 else None
+            except ValueError:
+                key = None
+            if key is None:
+                strays.append(str(f.relative_to(root)))
+                continue
+            try:
+                files[key] = native.read_block(str(f)) is not None
+                sizes[key] = f.stat().st_size
+            except FileNotFoundError:     # evicted meanwhile
+                pass
+    env = lmdb.open(str(meta_dir), readonly=True, max_dbs=len(DATABASES), subdir=True)
+    try:
+        blocks, pend = env.open_db(b"blocks", create=False), env.open_db(b"pending", create=False)
+        with env.begin() as txn:
+            index = {bytes(k): BLOCK.unpack(bytes(v)) for k, v in txn.cursor(db=blocks)}
+            pending = {unpack_u64(bytes(k)): json.loads(bytes(v)) for k, v in txn.cursor(db=pend)}
+    finally:
+        env.close()
+    staging = {int(n) for n in os.listdir(staging_dir) if n.isdigit()} if os.path.isdir(staging_dir) else set()
+    return CacheState(files, sizes, strays, index, pending, staging)
