@@ -19,6 +19,7 @@ import time
 
 MiB = 1 << 20
 WRITE_CHUNK = MiB  # dd bs=1M; checkpoint writers (torch.save through a buffered file) issue large writes
+PROGRESS_S = 0.05  # the appender notes its line count this often (S3 is sampled every 0.25 s)
 
 
 def chunk_buffer(seed: int) -> bytearray:
@@ -70,17 +71,22 @@ def appends(path: str, seconds: float, max_lines: int, line_bytes: int) -> None:
     t_open = time.monotonic()
     deadline = t_open + seconds
     now = t_open
+    progress = [(t_open, 0)]  # (time, lines written by then), every PROGRESS_S: how far S3 trails
     while now < deadline and len(lat) < max_lines:
         f.write(log_line(len(lat), line_bytes))
         f.flush()  # one write(2) per line, as logging.StreamHandler does
         t = time.monotonic()
         lat.append(t - now)
         now = t
+        if now - progress[-1][0] >= PROGRESS_S:
+            progress.append((now, len(lat)))
+    progress.append((now, len(lat)))
     lat_sorted = sorted(lat)
 
     def pct(p: float) -> float:
         return lat_sorted[min(len(lat_sorted) - 1, int(p * len(lat_sorted)))] * 1e3 if lat_sorted else 0.0
-    print(json.dumps({"lines": len(lat), "t_open": t_open, "t_last": now, "line_ms_p50": pct(0.5),
+    print(json.dumps({"lines": len(lat), "t_open": t_open, "t_last": now, "progress": progress,
+                      "line_ms_p50": pct(0.5),
                       "line_ms_p99": pct(0.99), "line_ms_max": lat_sorted[-1] * 1e3 if lat_sorted else 0.0}),
           flush=True)
     sys.stdin.readline()  # the parent has looked at S3 while the file was open

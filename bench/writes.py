@@ -8,8 +8,9 @@ Per run and system (fresh mount, empty cache; systems rotate their order each ru
               then HEAD polls until the object is complete in S3 (its full size): seconds after close,
               and open-to-S3; the endpoint's count of PUT / multipart requests; the bytes are verified.
   appends     one process appends LINE_BYTES-byte log lines, flushing each, for APPEND_SECONDS:
-              lines/s and per-line latency; whether S3 gets every line while the file is still open
-              (within OPEN_WAIT s of the last line), and after close; PUT requests and bytes sent.
+              lines/s and per-line latency; how far S3 trails the writer while it writes (HEAD every
+              0.25 s); whether S3 gets every line while the file is still open (within OPEN_WAIT s of
+              the last line), and after close; PUT requests and bytes sent.
   endpoint    boto3 multipart PUT of the same SIZE MiB (16 MiB parts, 8 threads): the backend's pace.
 Writes bench/results/writes-<UTC stamp>/{results.json,results.md} and prints the table.
 """
@@ -24,6 +25,7 @@ import json
 import os
 import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ from bench.write_worker import expected_chunks, log_line
 
 MiB = 1 << 20
 BUCKET = "bench-writes"
+SAMPLE_S = 0.25       # how often S3 is looked at while the appender writes
 POLL_S = 0.1          # HEAD every 100 ms: fine enough for lags of seconds, ~10 requests/s of noise
 VERIFY_CHUNK = 8 * MiB
 ENDPOINT_PART = 16 * MiB  # what cachefs uses by default (--multipart-part-size)
@@ -205,10 +208,15 @@ def appends(system, client, counter, key: str, a) -> dict:
                                    a.line_bytes), cwd=systems.REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        t = json.loads(_line(proc, a.append_seconds + a.write_timeout))
+        samples = []  # (time, bytes S3 held) while the writer writes
+        t = json.loads(_line(proc, a.append_seconds + a.write_timeout,
+                             lambda: samples.append((time.monotonic(), s3_size(client, key)))))
         size = t["lines"] * a.line_bytes
         fig = {"lines": t["lines"], "lines_per_s": t["lines"] / (t["t_last"] - t["t_open"]),
                **{k: t[k] for k in ("line_ms_p50", "line_ms_p99", "line_ms_max")}}
+        lag = s3_lag(samples, t["progress"], a.line_bytes, t["t_last"])
+        if lag:
+            fig.update(s3_behind_median_s=statistics.median(lag), s3_behind_max_s=max(lag))
         done = wait_in_s3(client, key, size, a.open_wait)
         fig["in_s3_while_open"] = int(done is not None)
         if done is not None:
@@ -236,9 +244,36 @@ def appends(system, client, counter, key: str, a) -> dict:
     return fig
 
 
-def _line(proc: subprocess.Popen, timeout: float) -> str:
-    """One line of the worker's stdout within `timeout` seconds, or its stderr in the exception."""
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+def s3_size(client, key: str) -> int:
+    try:
+        return client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+    except client.exceptions.ClientError:
+        return 0
+
+
+def s3_lag(samples: list, progress: list, line_bytes: int, t_last: float) -> list[float]:
+    """How far S3 trailed the writer at each sample: the age of the oldest line it did not hold yet
+    (0 when it held every line written by then). `progress` is the writer's [(time, lines so far)]."""
+    lags = []
+    for t_s, nbytes in samples:
+        if t_s > t_last:
+            break
+        held = nbytes // line_bytes
+        # the first progress point with more lines than S3 held: that line was written by then
+        first_missing = next((t for t, n in progress if n > held), None)
+        lags.append(max(0.0, t_s - first_missing) if first_missing is not None and first_missing <= t_s else 0.0)
+    return lags
+
+
+def _line(proc: subprocess.Popen, timeout: float, every=None) -> str:
+    """One line of the worker's stdout within `timeout` seconds, or its stderr in the exception;
+    `every()` is called every SAMPLE_S meanwhile."""
+    deadline = time.monotonic() + timeout
+    ready = []
+    while not ready and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], min(SAMPLE_S, max(0.0, deadline - time.monotonic())))
+        if not ready and every:
+            every()
     line = proc.stdout.readline() if ready else ""
     if not line:
         util.kill_group(proc)
@@ -305,7 +340,8 @@ def parse_args(argv):
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, of {', '.join(ALL)}")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--size", dest="size_mib", type=int, default=1024, help="checkpoint size in MiB (default 1 GiB)")
-    p.add_argument("--append-seconds", type=float, default=10.0, help="how long the appender writes")
+    # 12 s, not a multiple of cachefs's 5 s small-file interval: the last line then lands mid-interval
+    p.add_argument("--append-seconds", type=float, default=12.0, help="how long the appender writes")
     p.add_argument("--append-lines", type=int, default=10**9, help="or stop after this many lines")
     p.add_argument("--line-bytes", type=int, default=100)
     p.add_argument("--open-wait", type=float, default=20.0,
@@ -430,6 +466,8 @@ def markdown(results: dict) -> str:
             "lines_per_s", 0),
         row("appends: per-line write p99 ms", "appends", "line_ms_p99", 2),
         row("appends: per-line write max ms", "appends", "line_ms_max", 1),
+        row("appends: S3 behind the writer while it writes, median s", "appends", "s3_behind_median_s", 1),
+        row("appends: S3 behind the writer while it writes, max s", "appends", "s3_behind_max_s", 1),
         ["appends: every line in S3 while the file is open, s after the last line", *map(open_cell, names)],
         row("appends: close s", "appends", "close_s", 2),
         row("appends: after close until every line is in S3, s", "appends", "s3_after_close_s", 1),

@@ -63,6 +63,7 @@ def test_every_figure_comes_out(results, system):
     logs = row(results, system, "appends")
     assert logs["lines"] > 0 and logs["lines_per_s"] > 0 and logs["line_ms_p99"] >= logs["line_ms_p50"] > 0
     assert logs["in_s3_while_open"] in (0, 1) and logs["s3_after_close_s"] >= 0
+    assert logs["s3_behind_max_s"] >= logs["s3_behind_median_s"] >= 0  # S3 sampled while the writer wrote
     assert logs["put_requests"] >= 1
     assert f"`{system}` =" in results["_md"]
     assert system in results["_md"].split("| figure |", 1)[1].splitlines()[0]
