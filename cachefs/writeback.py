@@ -114,6 +114,7 @@ class Writeback:
         self.staged_bytes = 0
         self._changed = trio.Event()        # set (and replaced) whenever an upload finishes
         self._inflight: set[str] = set()    # paths an upload is writing to right now
+        self._vacating: set[str] = set()    # old names of renamed files being deleted from S3 right now
         self._held: set[str] = set()        # directories being renamed: nothing below starts uploading
         self._retained: OrderedDict[int, Staged] = OrderedDict()   # clean, closed; oldest first
         self._orphan_uploads: list[tuple[str, str]] = []   # left by a dead daemon, no file to upload
@@ -439,12 +440,20 @@ class Writeback:
                 await changed.wait()
 
     # -- the scheduler ----------------------------------------------------------------------
-    def due(self, st: Staged, now: float) -> bool:
+    def moving_out(self) -> set[str]:
+        """Names where S3 holds a file that has been renamed since (it is copied away later)."""
+        return {st.remote for st in self.files.values() if st.remote is not None and st.remote != st.path}
+
+    def due(self, st: Staged, now: float, moving_out: set[str] | None = None) -> bool:
         if not st.dirty or st.uploading or now < st.retry_at:
             return False
-        if st.path in self._inflight:
+        if st.path in self._inflight or st.path in self._vacating:
             # Another inode's upload to this name is in flight (the file it replaced, unlinked
             # or renamed over): it finishes, and deletes its result, before ours may start.
+            return False
+        if st.path in (self.moving_out() if moving_out is None else moving_out):
+            # A file renamed away from this name while its upload here was in flight still sits
+            # here in S3 until its copy to the new name: ours would be copied there instead.
             return False
         if any(st.path.startswith(d + "/") for d in self._held):
             return False
@@ -460,8 +469,9 @@ class Writeback:
         async with trio.open_nursery() as nursery:
             while True:
                 now = time.monotonic()
+                moving_out = self.moving_out()
                 for st in list(self.files.values()):
-                    if self.due(st, now):
+                    if self.due(st, now, moving_out):
                         st.uploading = True
                         nursery.start_soon(self._upload, st)
                 with trio.move_on_after(TICK_S):
@@ -529,9 +539,16 @@ class Writeback:
             await self._delete_quietly(key)      # unlinked while it was being uploaded
             return
         if old_remote is not None and old_remote != path:
-            await self._delete_quietly(self.prefix + old_remote)   # renamed before or during the upload
+            self._vacating.add(old_remote)      # a new file of that name waits until it is gone
+            try:
+                await self._delete_quietly(self.prefix + old_remote)   # renamed before or during the upload
+            finally:
+                self._vacating.discard(old_remote)
         if st.path != path:
             st.first_dirty = time.monotonic()
+            # Renamed during the upload: the server-side copy to the new name now, as a rename does
+            # (a new file under the old name waits for it).
+            st.forced = st.forced or gen == st.generation
         if gen == st.generation:
             st.etag = etag
             await self.run_blocking(self.meta.set_file, st.ino, size, etag, st.mtime_ns)
