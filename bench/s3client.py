@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import resource
@@ -29,7 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.util import summarize
+from bench.util import summarize, write_json
 
 MiB = 1 << 20
 BLOCK = 4 * MiB              # cachefs's default block size = its ranged GET size
@@ -207,9 +206,7 @@ def main(argv=None) -> int:
                       "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    time.strftime("s3client-%Y%m%dT%H%M%SZ.json", time.gmtime()))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(out, result)
     print(table(result["summary"]))
     print(f"wrote {out}")
     return 0

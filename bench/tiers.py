@@ -46,8 +46,11 @@ class Mount:
         self.cache_dir = os.path.join(self.base, "cache")
         os.makedirs(self.path)
         self.env = endpoint.env()
+        # No prefetch: these figures compare what the tiers and policies keep, so a block is a hit
+        # only because a policy kept it (a prefetched file would count as a hit in a cold epoch).
         self.args = ["mount", f"s3://{bucket}/{prefix}", self.path, "--endpoint-url", endpoint.url,
-                     "--addressing-style", "path", "--cache-dir", self.cache_dir, *flags]
+                     "--addressing-style", "path", "--cache-dir", self.cache_dir, "--prefetch-small-files", "0",
+                     *flags]
 
     def __enter__(self) -> "Mount":
         cachefs(self.args, self.env)
@@ -208,9 +211,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["summary"] = summarize(runs)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    util.write_json(out_path, result)
     print(table(result["summary"]))
     print(f"\nwrote {out_path}")
     return 0

@@ -1,6 +1,7 @@
 """Small helpers shared by the harness: bounded subprocesses, waits, page-cache drops, process stats."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -158,6 +159,13 @@ class ProcessMeter:
 
     def result(self, prefix: str) -> dict:
         return {f"{prefix}_cpu_s": self.cpu_s, f"{prefix}_peak_rss_mib": self.peak_rss_mib}
+
+
+def write_json(path: str, result: dict) -> None:
+    """A benchmark's results file (its directory made if needed)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def summarize(values: Sequence[float | None]) -> dict | None:

@@ -4,35 +4,17 @@ import pytest
 import trio
 import trio.testing
 
-from cachefs.cache.spec import TierSpec
-from cachefs.cache.tiered import TieredCache
-from cachefs.config import build_config
 from cachefs.meta.schema import ROOT_INO
-from cachefs.meta.store import MetaStore
-from cachefs.namespace import MAX_BACKGROUND_LISTINGS, Namespace
-from cachefs.reader import BlockReader, ReadState
-from cachefs.stats import Stats
-from cachefs.store.memory import MemoryStore
+from cachefs.namespace import MAX_BACKGROUND_LISTINGS
+from cachefs.reader import ReadState
 
-BS = 64 * 1024
-
-
-async def run_blocking(fn, *args):
-    return await trio.to_thread.run_sync(fn, *args)
+from .test_read_path import BS, make_world
 
 
 @pytest.fixture
 def world(tmp_path):
-    stats = Stats()
-    store = MemoryStore("bkt", stats)
-    cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
-    meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
-    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), 256 * BS)], meta, stats)
-    cache.open()
-    ns = Namespace(meta, store, cfg, run_blocking)
-    reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS, read_ahead=0,
-                         prefetch_small_files=4 * BS, max_fetches=16)
-    yield store, ns, reader, stats
+    parts, meta = make_world(tmp_path, cache_blocks=256, prefetch_small_files=4 * BS, max_fetches=16)
+    yield parts
     meta.close()
 
 
@@ -306,6 +288,17 @@ async def _open(ns, reader, parent, name):
     return inode
 
 
+async def _open_in_cls(ns, reader, names):
+    """Open these files of cls/ one after the other, then let the background work finish."""
+    cls = await ns.lookup(ROOT_INO, b"cls")
+    async with trio.open_nursery() as nursery:
+        reader.nursery = nursery
+        for name in names:
+            await _open(ns, reader, cls, name)
+        await settle(ns, reader)
+    reader.nursery = None
+
+
 def test_second_open_in_a_directory_prefetches_its_other_small_files(world):
     store, ns, reader, stats = world
     _class_dir(store)
@@ -336,15 +329,7 @@ def test_directory_prefetch_is_bounded_by_the_cache_room(world):
     for tier in reader.cache.disk_tiers:
         tier.high_bytes = tier.used + 8 * BS                # room for 8: at most 4 may be prefetched
 
-    async def main():
-        cls = await ns.lookup(ROOT_INO, b"cls")
-        async with trio.open_nursery() as nursery:
-            reader.nursery = nursery
-            for name in ("000.jpg", "001.jpg"):
-                await _open(ns, reader, cls, name)
-            await settle(ns, reader)
-        reader.nursery = None
-    trio.run(main)
+    trio.run(_open_in_cls, ns, reader, ("000.jpg", "001.jpg"))
     assert stats.get("s3_get") - 2 <= 4
 
 
@@ -361,15 +346,7 @@ def test_directory_prefetch_uses_at_most_half_the_fetch_budget(world):
         return load(*args)
     reader._load = counting_load
 
-    async def main():
-        cls = await ns.lookup(ROOT_INO, b"cls")
-        async with trio.open_nursery() as nursery:
-            reader.nursery = nursery
-            for name in ("000.jpg", "001.jpg"):
-                await _open(ns, reader, cls, name)
-            await settle(ns, reader)
-        reader.nursery = None
-    trio.run(main)
+    trio.run(_open_in_cls, ns, reader, ("000.jpg", "001.jpg"))
     assert stats.get("s3_get") == 20 and max(seen) <= 2
 
 
@@ -377,16 +354,7 @@ def test_one_open_or_a_stale_listing_prefetches_no_neighbours(world):
     store, ns, reader, stats = world
     ns.background_listings = 0                              # lookups one by one: no listing in LMDB
     _class_dir(store)
-
-    async def main():
-        cls = await ns.lookup(ROOT_INO, b"cls")
-        async with trio.open_nursery() as nursery:
-            reader.nursery = nursery
-            for name in ("000.jpg", "001.jpg", "002.jpg"):
-                await _open(ns, reader, cls, name)
-            await settle(ns, reader)
-        reader.nursery = None
-    trio.run(main)
+    trio.run(_open_in_cls, ns, reader, ("000.jpg", "001.jpg", "002.jpg"))
     assert stats.get("s3_get") == 3                         # only the opened files
 
 

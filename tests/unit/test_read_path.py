@@ -22,18 +22,25 @@ async def run_blocking(fn, *args):
     return await trio.to_thread.run_sync(fn, *args)
 
 
-@pytest.fixture
-def world(tmp_path):
+def make_world(tmp_path, cache_blocks: int = 64, **reader_options):
+    """A MemoryStore under s3://bkt/pre, a disk tier of `cache_blocks` blocks, and the namespace and
+    reader over them; also the MetaStore, to close."""
     stats = Stats()
     store = MemoryStore("bkt", stats)
     cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
     meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
-    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), 64 * BS)], meta, stats)
+    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), cache_blocks * BS)], meta, stats)
     cache.open()
     ns = Namespace(meta, store, cfg, run_blocking)
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS,
-                         read_ahead=0)
-    yield store, ns, reader, stats
+                         **{"read_ahead": 0, **reader_options})
+    return (store, ns, reader, stats), meta
+
+
+@pytest.fixture
+def world(tmp_path):
+    parts, meta = make_world(tmp_path)
+    yield parts
     meta.close()
 
 
