@@ -406,3 +406,26 @@ def test_a_fetched_block_is_served_before_it_is_stored(world):
     assert not reader._inflight and stats.get("s3_get") == 1
     from cachefs.blocks import block_key
     assert reader.cache.contains(block_key("bkt", "pre/f", inode.etag, BS, 0))
+
+
+def test_read_ahead_results_waiting_for_readers_are_bounded(world):
+    """Read-ahead and small-file prefetch results nobody reads stay within prefetch_buffer_blocks:
+    many files opened (or read ahead) and never read cannot grow memory."""
+    store, ns, reader, stats = world
+    reader.prefetch_buffer_blocks = 5
+    for i in range(12):
+        store.put(f"pre/p{i}", bytes([i]) * (3 * BS))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for i in range(12):                         # opened, never read: 36 blocks fetched
+                inode = await ns.lookup(ROOT_INO, f"p{i}".encode())
+                reader.prefetch_file(inode, f"pre/p{i}")
+                await settle(ns, reader)
+                assert len(reader._prefetched) <= 5
+        reader.nursery = None
+        inode = await ns.lookup(ROOT_INO, b"p11")     # the newest are kept, and correct
+        return bytes(await reader.read(inode, "pre/p11", 2 * BS, 10, ReadState()))
+    assert trio.run(main) == bytes([11]) * 10
+    assert stats.get("readahead_blocks") == 36 and len(reader._prefetched) <= 5
