@@ -29,6 +29,7 @@ import trio
 from .errors import FsError, ObjectNotFound, StoreError
 from .meta.schema import Inode
 from .meta.store import MetaStore
+from .parts import PartSession
 from .stats import Stats
 from .store.base import ObjectStore
 
@@ -84,6 +85,9 @@ class Staged:
     failures: int = 0
     upload_id: tuple[str, str] | None = None   # (key, multipart id) of an unfinished upload
     etag: str = ""                 # of the version S3 holds, once uploaded from here
+    write_end: int = 0             # where the latest write ended (== size: a sequential writer)
+    session: PartSession | None = None   # eager multipart upload of a large file being written
+    eager: bool = False            # an eager part task runs for this file
 
     @property
     def dirty(self) -> bool:
@@ -118,6 +122,7 @@ class Writeback:
         self._held: set[str] = set()        # directories being renamed: nothing below starts uploading
         self._retained: OrderedDict[int, Staged] = OrderedDict()   # clean, closed; oldest first
         self._orphan_uploads: list[tuple[str, str]] = []   # left by a dead daemon, no file to upload
+        self._to_abort: list[tuple[str, str]] = []         # abandoned eager sessions
         self._wake = trio.Event()           # something became due: run the scheduler now
 
     # -- start-up ---------------------------------------------------------------------------
@@ -291,6 +296,9 @@ class Writeback:
                 raise StagingFull(f"staging disk full: {e.strerror}") from None
             raise
         st.size = max(st.size, end)
+        st.write_end = end
+        if st.session is not None:
+            st.session.changed(offset, end)
         self._touch(st)
         self.stats.add("write_bytes", n)
         return n
@@ -302,6 +310,7 @@ class Writeback:
             self.staged_bytes -= st.size - size
         os.ftruncate(st.fd, size)
         st.size = size
+        self._abandon_session(st)
         self._touch(st)
         if st.writers == 0:          # truncate(2) of a file nobody has open: upload now
             st.closed_dirty = True
@@ -346,7 +355,15 @@ class Writeback:
         while len(self._retained) > RETAIN_FILES:
             self._drop(next(iter(self._retained.values())))
 
+    def _abandon_session(self, st: Staged) -> None:
+        """Its parts no longer describe the file (truncated, renamed, unlinked): abort it."""
+        if st.session is not None:
+            self._to_abort.append((st.session.key, st.session.upload_id))
+            st.session = None
+            self._wake.set()
+
     def _drop(self, st: Staged) -> None:
+        self._abandon_session(st)
         self._retained.pop(st.ino, None)
         if self.files.get(st.ino) is st:
             del self.files[st.ino]
@@ -471,9 +488,14 @@ class Writeback:
                 now = time.monotonic()
                 moving_out = self.moving_out()
                 for st in list(self.files.values()):
-                    if self.due(st, now, moving_out):
+                    if not st.eager and self.due(st, now, moving_out):
                         st.uploading = True
                         nursery.start_soon(self._upload, st)
+                    elif self._eager_due(st):
+                        st.eager = True
+                        nursery.start_soon(self._eager_parts, st)
+                while self._to_abort:
+                    nursery.start_soon(self._abort_quietly, *self._to_abort.pop())
                 with trio.move_on_after(TICK_S):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -557,36 +579,102 @@ class Writeback:
         else:
             await self.run_blocking(self.meta.delete_pending, st.ino)
 
-    async def _multipart(self, st: Staged, key: str, size: int) -> str:
-        psize = part_size(size, self.part_size)
+    async def _open_session(self, st: Staged, key: str, psize: int) -> PartSession:
         st.upload_id = (key, "")      # recorded first: a crash during the create leaves a trace
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         upload_id = await self.run_blocking(self.store.create_multipart, key)
         st.upload_id = (key, upload_id)
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
-        parts: dict[int, str] = {}
+        return PartSession(key, upload_id, psize)
 
-        async def send(number: int, offset: int) -> None:
-            async with self.limiter:
-                data = await self.run_blocking(os.pread, st.fd, min(psize, size - offset), offset)
-                parts[number] = await self.run_blocking(self.store.upload_part, key, upload_id, number, data)
+    async def _send_part(self, st: Staged, session: PartSession, n: int, size: int) -> str:
+        async with self.limiter:
+            offset = (n - 1) * session.psize
+            data = await self.run_blocking(os.pread, st.fd, min(session.psize, size - offset), offset)
+            etag = await self.run_blocking(self.store.upload_part, session.key, session.upload_id, n, data)
+        self.stats.add("upload_parts")
+        return etag
+
+    def _eager_due(self, st: Staged) -> bool:
+        """A large file being written at its end whose finished parts can go to S3 now."""
+        if (st.eager or st.uploading or st.deleted or not st.writers or st.write_end != st.size
+                or st.size <= max(self.small_file_threshold, self.part_size)
+                or any(st.path.startswith(d + "/") for d in self._held)):
+            return False
+        session = st.session
+        return session is None or (session.key == self.prefix + st.path and bool(session.ready(st.write_end, st.size)))
+
+    async def _eager_parts(self, st: Staged) -> None:
+        """Send the parts a sequential writer has finished, while it writes the next ones."""
+        try:
+            key = self.prefix + st.path
+            if st.session is None:
+                st.session = await self._open_session(st, key, self.part_size)
+            session = st.session
+            if session.key != key:
+                return
+            async with trio.open_nursery() as nursery:
+                for n in session.ready(st.write_end, st.size):
+                    session.busy.add(n)
+                    nursery.start_soon(self._eager_part, st, session, n)
+        except (StoreError, OSError) as e:
+            log.debug("eager upload of %s paused: %s", st.path, e)     # the upload at close retries
+        finally:
+            st.eager = False
+            self._wake.set()
+
+    async def _eager_part(self, st: Staged, session: PartSession, n: int) -> None:
+        try:
+            etag = await self._send_part(st, session, n, n * session.psize)
+        except (StoreError, OSError) as e:
+            session.failed(n)
+            log.debug("eager part %d of %s failed: %s", n, session.key, e)
+            return
+        session.finished(n, etag)
+
+    async def _multipart(self, st: Staged, key: str, size: int) -> str:
+        session = st.session
+        if session is not None and (session.key != key or -(-size // session.psize) > MAX_PARTS):
+            self._abandon_session(st)
+            session = None
+        if session is None:
+            session = st.session = await self._open_session(st, key, part_size(size, self.part_size))
+        while session.busy:              # eager parts still in flight: their results count
+            await trio.sleep(0.02)
+        count = -(-size // session.psize)
+        sent: dict[int, str] = {}
+
+        async def send(n: int) -> None:
+            sent[n] = await self._send_part(st, session, n, size)
 
         try:
             async with trio.open_nursery() as nursery:
-                for number, offset in enumerate(range(0, size, psize), start=1):
-                    nursery.start_soon(send, number, offset)
-            etag = await self.run_blocking(self.store.complete_multipart, key, upload_id, sorted(parts.items()))
+                for n in range(1, count + 1):
+                    # the last part is sent again: the file may have grown since it was whole
+                    if n not in session.done or n == count:
+                        nursery.start_soon(send, n)
+            parts = {n: session.done[n] for n in range(1, count + 1) if n in session.done}
+            parts.update(sent)
+            etag = await self.run_blocking(self.store.complete_multipart, key, session.upload_id,
+                                           sorted(parts.items()))
         except BaseException:
             with trio.CancelScope(shield=True):
+                st.session = None
                 try:
-                    await self.run_blocking(self.store.abort_multipart, key, upload_id)
+                    await self.run_blocking(self.store.abort_multipart, key, session.upload_id)
                     st.upload_id = None
                 except StoreError as e:      # the record keeps the id: the next start-up aborts it
                     log.warning("could not abort multipart upload of %s: %s", key, e)
             raise
+        st.session = None
         st.upload_id = None
-        self.stats.add("upload_parts", len(parts))
         return etag
+
+    async def _abort_quietly(self, key: str, upload_id: str) -> None:
+        try:
+            await self.run_blocking(self.store.abort_multipart, key, upload_id)
+        except StoreError as e:
+            log.warning("could not abort the abandoned multipart upload of %s: %s", key, e)
 
     async def _delete_quietly(self, key: str) -> None:
         try:

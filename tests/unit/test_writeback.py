@@ -254,3 +254,55 @@ def test_a_growing_small_file_is_uploaded_once_per_interval(tmp_path):
     trio.run(main)
     puts = store.stats.get("s3_put")
     assert 4 <= puts <= 7, f"{puts} PUTs in 3 s with a 0.5 s interval"
+
+
+def test_a_large_file_written_sequentially_uploads_its_parts_while_open(tmp_path):
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store, large_sync_interval=3600)
+    st = new_file(meta, wb, "ckpt")
+    data = bytes(range(256)) * (4 * 17 * 1024)            # 17 MiB: parts of 5, 5, 5, 2 MiB
+    wb.opened(st, True)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            for off in range(0, len(data), MiB):
+                wb.write(st, off, data[off:off + MiB])
+                await trio.sleep(0.05)
+            while wb.stats.get("upload_parts") < 3:          # parts 1-3 while the file is open
+                await trio.sleep(0.05)
+            assert store.head("ckpt") is None and st.session is not None and len(st.session.done) == 3
+            wb.write(st, 6 * MiB, b"changed")                   # part 2 changes after its upload
+            assert 2 not in st.session.done
+            wb.closed(st, True)
+            assert await wb.flush_all(10) == []
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    want = bytearray(data)
+    want[6 * MiB:6 * MiB + 7] = b"changed"
+    assert store.get_range("ckpt", 0, len(want)) == bytes(want)
+    # parts 1-3 early, then 2 again and 4 at close: every other part went up once
+    assert wb.stats.get("upload_parts") == 5 and store.multipart_uploads() == []
+
+
+def test_truncating_a_file_abandons_its_eager_upload(tmp_path):
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store, large_sync_interval=3600)
+    st = new_file(meta, wb, "ckpt")
+    wb.opened(st, True)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            for off in range(0, 12 * MiB, MiB):
+                wb.write(st, off, b"x" * MiB)
+                await trio.sleep(0.05)
+            while st.session is None or len(st.session.done) < 2:
+                await trio.sleep(0.05)
+            wb.truncate(st, MiB)
+            wb.closed(st, True)
+            assert await wb.flush_all(10) == []
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert store.get_range("ckpt", 0, MiB) == b"x" * MiB and store.head("ckpt").size == MiB
+    assert store.multipart_uploads() == []
