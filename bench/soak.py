@@ -85,9 +85,11 @@ class SoakResult:
         e_rss, l_rss = statistics.median(s.rss_mib for s in early), statistics.median(s.rss_mib for s in late)
         if l_rss > e_rss * 1.15 + 24:
             problems.append(f"RSS grew from {e_rss:.0f} to {l_rss:.0f} MiB")
-        if max(s.fds for s in late) > max(s.fds for s in early) + 4:
+        # +8: the S3 connection pools and retained staging copies (at most RETAIN_FILES) vary; a leak
+        # per request or per file grows by hundreds in a run.
+        if max(s.fds for s in late) > max(s.fds for s in early) + 8:
             problems.append(f"fds grew from {max(s.fds for s in early)} to {max(s.fds for s in late)}")
-        if max(s.threads for s in late) > max(s.threads for s in early) + 4:
+        if max(s.threads for s in late) > max(s.threads for s in early) + 6:
             problems.append(f"threads grew from {max(s.threads for s in early)} to {max(s.threads for s in late)}")
         return problems
 
