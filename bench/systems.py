@@ -155,12 +155,14 @@ class MemoryFuse(System):
 
 class Cachefs(System):
     name = "cachefs"
+    extra_args: tuple[str, ...] = ()     # options a variant adds to the defaults
 
     def _mount(self) -> None:
         self._daemonize([sys.executable, "-m", "cachefs", "mount", f"s3://{self.bucket}", self.mountpoint,
                          "--endpoint-url", self.endpoint.url, "--region", "us-east-1",
                          "--addressing-style", "path", "--cache-dir", self.cache_dir,
-                         "--cache-size", "20GiB", "--log-file", self.log_path], self.endpoint.env())
+                         "--cache-size", "20GiB", "--log-file", self.log_path, *self.extra_args],
+                        self.endpoint.env())
 
     def umount(self) -> None:
         if os.path.ismount(self.mountpoint):

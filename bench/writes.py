@@ -73,6 +73,15 @@ class CachefsFlush(CachefsRW):
         return "cachefs as above, `cachefs flush MOUNTPOINT` run (and timed) right after each close"
 
 
+class CachefsAtClose(CachefsRW):
+    """cachefs with --eager-upload false: a large file's upload starts at its close."""
+    name = "cachefs-at-close"
+    extra_args = ("--eager-upload", "false")
+
+    def describe(self) -> str:
+        return "cachefs as above with --eager-upload false (a large file's upload starts at close)"
+
+
 class S3fsRW(systems.S3fs):
     read_only = False
 
@@ -87,7 +96,7 @@ class RcloneWrites(systems.Rclone):
         return "rclone mount --vfs-cache-mode writes (default --vfs-write-back 5s)"
 
 
-ALL = {cls.name: cls for cls in (CachefsRW, CachefsFlush, S3fsRW, RcloneWrites)}
+ALL = {cls.name: cls for cls in (CachefsRW, CachefsFlush, CachefsAtClose, S3fsRW, RcloneWrites)}
 BINARIES = {"s3fs": "s3fs", "rclone": "rclone"}
 DEFAULT_SYSTEMS = ("cachefs", "s3fs", "rclone")
 

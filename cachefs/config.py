@@ -177,6 +177,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("large_sync_interval", _seconds, "seconds of quiet before a large open file is uploaded (always on close)"),
     Option("multipart_part_size", _size_min(5 * MiB), "part size of multipart uploads (S3's minimum is 5 MiB)"),
     Option("upload_concurrency", _count(1, 256), "parts and small files uploaded in parallel per mount"),
+    Option("eager_upload", _bool, "send the finished parts of a large file while it is written sequentially"),
     Option("fsync_upload", _bool, "fsync waits until the file is in S3 (default: durable on the node)", False),
     Option("exit_upload_timeout", _seconds, "seconds the daemon keeps uploading after an unmount before it exits"),
     Option("s3_read_deadline", _seconds, "seconds one S3 read (GET/HEAD/LIST), retries included, may take before "
@@ -267,6 +268,9 @@ class Config:
     # larger files get proportionally larger parts (writeback.part_size).
     multipart_part_size: int = 16 * MiB
     upload_concurrency: int = 8
+    # A checkpoint is in S3 soon after its close instead of one whole upload later; each part still
+    # goes up once. Off: the upload starts at close and the writer has the CPU to itself meanwhile.
+    eager_upload: bool = True
     fsync_upload: bool = False
     # Kubernetes gives a pod 30 s to stop; what is not uploaded by then waits in staging for the
     # next mount of the same cache directory.

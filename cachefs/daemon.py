@@ -160,7 +160,8 @@ class Daemon:
                                    small_file_threshold=cfg.small_file_threshold,
                                    small_sync_interval=cfg.small_sync_interval,
                                    large_sync_interval=cfg.large_sync_interval,
-                                   part_size=cfg.multipart_part_size, upload_concurrency=cfg.upload_concurrency)
+                                   part_size=cfg.multipart_part_size, upload_concurrency=cfg.upload_concurrency,
+                                   eager=cfg.eager_upload)
         try:
             self.writeback.open()
         except OSError as e:

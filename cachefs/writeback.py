@@ -101,7 +101,7 @@ class Writeback:
     def __init__(self, meta: MetaStore, store: ObjectStore, run_blocking: RunBlocking, stats: Stats, *,
                  prefix: str, staging_dir: str, staging_size: int, small_file_threshold: int,
                  small_sync_interval: float, large_sync_interval: float, part_size: int,
-                 upload_concurrency: int) -> None:
+                 upload_concurrency: int, eager: bool = True) -> None:
         self.meta = meta
         self.store = store
         self.run_blocking = run_blocking
@@ -113,6 +113,7 @@ class Writeback:
         self.small_sync_interval = small_sync_interval
         self.large_sync_interval = large_sync_interval
         self.part_size = part_size
+        self.eager = eager
         self.limiter = trio.CapacityLimiter(upload_concurrency)
         self.files: dict[int, Staged] = {}
         self.staged_bytes = 0
@@ -597,7 +598,7 @@ class Writeback:
 
     def _eager_due(self, st: Staged) -> bool:
         """A large file being written at its end whose finished parts can go to S3 now."""
-        if (st.eager or st.uploading or st.deleted or not st.writers or st.write_end != st.size
+        if (not self.eager or st.eager or st.uploading or st.deleted or not st.writers or st.write_end != st.size
                 or st.size <= max(self.small_file_threshold, self.part_size)
                 or any(st.path.startswith(d + "/") for d in self._held)):
             return False
