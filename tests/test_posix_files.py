@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 
 import pytest
 
 from mount_helpers import object_bytes, wait_until
+from posix_helpers import mount_writable, own_dir
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 STAGING = 2 * GiB     # small enough that a write past it is cheap to attempt
@@ -40,23 +40,16 @@ SEEDED = {
 
 @pytest.fixture(scope="module")
 def wm(module_mounter, make_bucket):
-    objects = {f"{test}/{name}": data for test, files in SEEDED.items() for name, data in files.items()}
-    bucket = make_bucket("posix-files", {"seed/existing.bin": object_bytes("existing", 300 * KiB),
-                                         "seed/small.txt": b"0123456789", **objects})
-    m = module_mounter.mount(bucket, "--small-sync-interval", "0.3", "--large-sync-interval", "600",
-                             "--staging-size", str(STAGING))
-    m.bucket = bucket
-    return m
+    return mount_writable(module_mounter, make_bucket, "posix-files", SEEDED, "--small-sync-interval", "0.3",
+                          "--large-sync-interval", "600", "--staging-size", str(STAGING),
+                          extra_objects={"seed/existing.bin": object_bytes("existing", 300 * KiB),
+                                         "seed/small.txt": b"0123456789"})
 
 
 @pytest.fixture
 def d(wm, request):
     """A directory of the test's own: made through the mount, or holding its SEEDED objects."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
-    path = wm.path / name
-    if name not in SEEDED:
-        os.mkdir(path)
-    return path
+    return own_dir(wm, request, SEEDED)
 
 
 def key(d, name):

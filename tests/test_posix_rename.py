@@ -9,11 +9,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 
 import pytest
 
 from mount_helpers import errno_of, list_all_keys, object_bytes, wait_until
+from posix_helpers import keys, mount_writable, own_dir, s3_bytes
 
 AT_FDCWD = -100
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -40,34 +40,15 @@ SEEDED = {
 
 @pytest.fixture(scope="module")
 def wm(module_mounter, make_bucket):
-    objects = {f"{test}/{name}": data for test, files in SEEDED.items() for name, data in files.items()}
-    bucket = make_bucket("posix-rename", objects)
     # No prefetch or read-ahead: a file open for reading holds in the cache only what was read.
-    m = module_mounter.mount(bucket, "--small-sync-interval", "0.3", "--large-sync-interval", "600",
-                             "--prefetch-small-files", "0", "--read-ahead", "0", "--kernel-read-ahead", "0")
-    m.bucket = bucket
-    return m
+    return mount_writable(module_mounter, make_bucket, "posix-rename", SEEDED, "--small-sync-interval", "0.3",
+                          "--large-sync-interval", "600", "--prefetch-small-files", "0", "--read-ahead", "0",
+                          "--kernel-read-ahead", "0")
 
 
 @pytest.fixture
 def d(wm, request):
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
-    path = wm.path / name
-    if name not in SEEDED:
-        os.mkdir(path)
-    return path
-
-
-def keys(s3, wm, d) -> list[str]:
-    """The keys below the test's directory, relative to it (its own marker left out)."""
-    return sorted(k[len(d.name) + 1:] for k in list_all_keys(s3, wm.bucket, d.name + "/") if k != d.name + "/")
-
-
-def s3_bytes(s3, wm, d, name):
-    try:
-        return s3.get_object(Bucket=wm.bucket, Key=f"{d.name}/{name}")["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
+    return own_dir(wm, request, SEEDED)
 
 
 def uploaded(s3, wm, d, expected: dict[str, bytes], timeout=15) -> bool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 
 import pytest
 
-from mount_helpers import errno_of, list_all_keys, object_bytes, wait_until
+from mount_helpers import errno_of, object_bytes, wait_until
+from posix_helpers import keys, mount_writable, own_dir, s3_bytes
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -27,35 +27,16 @@ SEEDED = {
 
 @pytest.fixture(scope="module")
 def wm(module_mounter, make_bucket):
-    objects = {f"{test}/{name}": data for test, files in SEEDED.items() for name, data in files.items()}
-    bucket = make_bucket("posix-unlink", objects)
     # --small-sync-interval 600: nothing is uploaded before its writer closes it (or an fsync asks).
     # No prefetch or read-ahead: a file open for reading holds in the cache only what was read.
-    m = module_mounter.mount(bucket, "--small-sync-interval", "600", "--large-sync-interval", "600",
-                             "--prefetch-small-files", "0", "--read-ahead", "0", "--kernel-read-ahead", "0")
-    m.bucket = bucket
-    return m
+    return mount_writable(module_mounter, make_bucket, "posix-unlink", SEEDED, "--small-sync-interval", "600",
+                          "--large-sync-interval", "600", "--prefetch-small-files", "0", "--read-ahead", "0",
+                          "--kernel-read-ahead", "0")
 
 
 @pytest.fixture
 def d(wm, request):
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
-    path = wm.path / name
-    if name not in SEEDED:
-        os.mkdir(path)
-    return path
-
-
-def keys(s3, wm, d) -> list[str]:
-    return sorted(k[len(d.name) + 1:] for k in list_all_keys(s3, wm.bucket, d.name + "/") if k != d.name + "/")
-
-
-
-def s3_bytes(s3, wm, d, name):
-    try:
-        return s3.get_object(Bucket=wm.bucket, Key=f"{d.name}/{name}")["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
+    return own_dir(wm, request, SEEDED)
 
 
 def test_unlink_deletes_in_s3_at_once(wm, d, s3):

@@ -56,6 +56,19 @@ def make(tmp_path, store, **kw):
     return meta, wb
 
 
+def run_scheduler(wb, body=None, flush: float = 10) -> list[str]:
+    """Run the upload scheduler around `await body()`, then flush; returns what is still pending."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            if body is not None:
+                await body()
+            left = await wb.flush_all(flush)
+            nursery.cancel_scope.cancel()
+        return left
+    return trio.run(main)
+
+
 def new_file(meta, wb, name):
     inode = meta.put_entry(meta.get_inode(ROOT_INO), Entry(name, KIND_FILE, 0, 0, ""))
     return wb.stage_new(inode)
@@ -70,13 +83,8 @@ def test_failed_uploads_are_retried_with_backoff_and_nothing_is_dropped(tmp_path
     wb.write(st, 0, b"line 1\n")
     wb.closed(st, True)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            assert await wb.flush_all(10) == []
-            nursery.cancel_scope.cancel()
     started = time.monotonic()
-    trio.run(main)
+    assert run_scheduler(wb) == []
     assert store.get_range("log.txt", 0, 7) == b"line 1\n"
     assert store.attempts == 4 and wb.stats.get("upload_failures") == 3
     assert time.monotonic() - started >= 0.05 + 0.1 + 0.2     # 3 backoffs: 50, 100, 200 ms
@@ -94,13 +102,7 @@ def test_persistent_failure_keeps_data_staged_and_recorded(tmp_path, monkeypatch
     wb.write(st, 0, b"x" * 1000)
     wb.closed(st, True)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            left = await wb.flush_all(1.0)
-            nursery.cancel_scope.cancel()
-        return left
-    assert trio.run(main) == ["ckpt"]
+    assert run_scheduler(wb, flush=1.0) == ["ckpt"]
     assert store.attempts >= 3 and wb.stats.get("upload_failures") == store.attempts   # on the backoff,
     # not after the hour-long schedule interval
     assert (tmp_path / "staging" / str(st.ino)).read_bytes() == b"x" * 1000
@@ -115,12 +117,7 @@ def test_persistent_failure_keeps_data_staged_and_recorded(tmp_path, monkeypatch
     wb2.open()
     assert wb2.pending_paths() == ["ckpt"]
 
-    async def again():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb2.run)
-            assert await wb2.flush_all(5) == []
-            nursery.cancel_scope.cancel()
-    trio.run(again)
+    assert run_scheduler(wb2, flush=5) == []
     assert store.get_range("ckpt", 0, 1000) == b"x" * 1000
 
 
@@ -134,12 +131,7 @@ def test_multipart_upload_with_parallel_parts(tmp_path):
         wb.write(st, off, data[off:off + MiB])
     wb.closed(st, True)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            assert await wb.flush_all(10) == []
-            nursery.cancel_scope.cancel()
-    trio.run(main)
+    assert run_scheduler(wb) == []
     assert store.get_range("big", 0, len(data)) == data
     assert wb.stats.get("upload_parts") == 3 and store.multipart_uploads() == []
 
@@ -189,12 +181,7 @@ def test_retained_copies_make_room_and_go_when_s3_changes(tmp_path):
         wb.closed(st, True)
         files.append(st)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            assert await wb.flush_all(10) == []
-            nursery.cancel_scope.cancel()
-    trio.run(main)
+    assert run_scheduler(wb) == []
     a, b = files
     assert wb.get(a.ino) is a and wb.get(b.ino) is b and wb.staged_bytes == 2 * MiB
     c = new_file(meta, wb, "c")
@@ -221,12 +208,7 @@ def test_restart_aborts_multipart_uploads_a_dead_daemon_left(tmp_path):
     meta, wb = make(tmp_path, store)
     assert wb.pending_paths() == ["ckpt"]
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            assert await wb.flush_all(10) == []
-            nursery.cancel_scope.cancel()
-    trio.run(main)
+    assert run_scheduler(wb) == []
     assert store.multipart_uploads() == [other] and in_flight != other
     assert store.get_range("ckpt", 0, 100) == b"z" * 100 and meta.pending() == {}
 
@@ -243,15 +225,12 @@ def test_a_growing_small_file_is_uploaded_once_per_interval(tmp_path):
     st = new_file(meta, wb, "train.log")
     wb.opened(st, True)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            start = trio.current_time()
-            while trio.current_time() - start < 3.0:          # a line every 10 ms for 3 s
-                wb.write(st, st.size, b"loss 0.1\n")
-                await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    trio.run(main)
+    async def log_lines():
+        start = trio.current_time()
+        while trio.current_time() - start < 3.0:          # a line every 10 ms for 3 s
+            wb.write(st, st.size, b"loss 0.1\n")
+            await trio.sleep(0.01)
+    run_scheduler(wb, log_lines, flush=0)
     puts = store.stats.get("s3_put")
     assert 4 <= puts <= 7, f"{puts} PUTs in 3 s with a 0.5 s interval"
 
@@ -263,21 +242,17 @@ def test_a_large_file_written_sequentially_uploads_its_parts_while_open(tmp_path
     data = bytes(range(256)) * (4 * 17 * 1024)            # 17 MiB: parts of 5, 5, 5, 2 MiB
     wb.opened(st, True)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            for off in range(0, len(data), MiB):
-                wb.write(st, off, data[off:off + MiB])
-                await trio.sleep(0.05)
-            while wb.stats.get("upload_parts") < 3:          # parts 1-3 while the file is open
-                await trio.sleep(0.05)
-            assert store.head("ckpt") is None and st.session is not None and len(st.session.done) == 3
-            wb.write(st, 6 * MiB, b"changed")                   # part 2 changes after its upload
-            assert 2 not in st.session.done
-            wb.closed(st, True)
-            assert await wb.flush_all(10) == []
-            nursery.cancel_scope.cancel()
-    trio.run(main)
+    async def write_checkpoint():
+        for off in range(0, len(data), MiB):
+            wb.write(st, off, data[off:off + MiB])
+            await trio.sleep(0.05)
+        while wb.stats.get("upload_parts") < 3:          # parts 1-3 while the file is open
+            await trio.sleep(0.05)
+        assert store.head("ckpt") is None and st.session is not None and len(st.session.done) == 3
+        wb.write(st, 6 * MiB, b"changed")                   # part 2 changes after its upload
+        assert 2 not in st.session.done
+        wb.closed(st, True)
+    assert run_scheduler(wb, write_checkpoint) == []
     want = bytearray(data)
     want[6 * MiB:6 * MiB + 7] = b"changed"
     assert store.get_range("ckpt", 0, len(want)) == bytes(want)
@@ -291,18 +266,14 @@ def test_truncating_a_file_abandons_its_eager_upload(tmp_path):
     st = new_file(meta, wb, "ckpt")
     wb.opened(st, True)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wb.run)
-            for off in range(0, 12 * MiB, MiB):
-                wb.write(st, off, b"x" * MiB)
-                await trio.sleep(0.05)
-            while st.session is None or len(st.session.done) < 2:
-                await trio.sleep(0.05)
-            wb.truncate(st, MiB)
-            wb.closed(st, True)
-            assert await wb.flush_all(10) == []
-            nursery.cancel_scope.cancel()
-    trio.run(main)
+    async def write_then_truncate():
+        for off in range(0, 12 * MiB, MiB):
+            wb.write(st, off, b"x" * MiB)
+            await trio.sleep(0.05)
+        while st.session is None or len(st.session.done) < 2:
+            await trio.sleep(0.05)
+        wb.truncate(st, MiB)
+        wb.closed(st, True)
+    assert run_scheduler(wb, write_then_truncate) == []
     assert store.get_range("ckpt", 0, MiB) == b"x" * MiB and store.head("ckpt").size == MiB
     assert store.multipart_uploads() == []
