@@ -1,8 +1,9 @@
 """The benchmark dataset: what is uploaded to the bucket (and copied to local disk), and its scale.
 
-Bucket layout (each workload reads files no other workload has touched, so "cold" stays cold):
-  fio/seq-1job.bin, fio/seq-4jobs.bin, fio/rand.bin     one large file per fio job
-  fio/ttfb-large-N.bin, fio/ttfb-tiny-N.bin             time-to-first-byte sets
+Bucket layout (each workload reads files no other workload has touched, each fio job in a directory
+of its own so that directory prefetch does not warm another job's files: "cold" stays cold):
+  fio/seq-1job/*.bin, fio/seq-4jobs/*.bin, fio/rand/*.bin  one large file per fio job
+  fio/ttfb-large/*.bin, fio/ttfb-tiny/*.bin            time-to-first-byte sets
   probe/probe.bin                                       the endpoint's own throughput probe
   tfrecord/train-*.tfrecord, images/train/class_*/*.jpg  the loader's two shapes (cachefs.sample)
   meta<N>/dDDD/fFFFFFF                                 N tiny files for the metadata walk
@@ -63,14 +64,16 @@ PROBE_KEY = "probe/probe.bin"  # read only by bench/probe.py, so the fio files s
 
 
 def fio_files(scale: Scale) -> Iterator[sample.Item]:
+    """Each fio job's files in a directory of their own: a filesystem that prefetches a directory's
+    files once a few of them are opened (cachefs does) must not warm the next job's files."""
     yield PROBE_KEY, random_file(scale.fio_file_mib * MiB, "probe")
     for name in ("seq-1job", "seq-4jobs", "rand"):
-        yield f"fio/{name}.bin", random_file(scale.fio_file_mib * MiB, name)
+        yield f"fio/{name}/{name}.bin", random_file(scale.fio_file_mib * MiB, name)
     files, mib = scale.ttfb_large
     for i in range(files):
-        yield f"fio/ttfb-large-{i}.bin", random_file(mib * MiB, f"large{i}")
+        yield f"fio/ttfb-large/ttfb-large-{i}.bin", random_file(mib * MiB, f"large{i}")
     for i in range(scale.ttfb_tiny):
-        yield f"fio/ttfb-tiny-{i}.bin", random_file(1024, f"tiny{i}")
+        yield f"fio/ttfb-tiny/ttfb-tiny-{i}.bin", random_file(1024, f"tiny{i}")
 
 
 def meta_tree(n: int) -> Iterator[sample.Item]:
@@ -106,9 +109,9 @@ def paths(scale: Scale) -> dict:
     """Relative paths each workload uses, computed from the scale (no listing needed)."""
     spec = loader_spec(scale)
     return {
-        "seq1": "fio/seq-1job.bin", "seq4": "fio/seq-4jobs.bin", "rand": "fio/rand.bin",
-        "ttfb_large": [f"fio/ttfb-large-{i}.bin" for i in range(scale.ttfb_large[0])],
-        "ttfb_tiny": [f"fio/ttfb-tiny-{i}.bin" for i in range(scale.ttfb_tiny)],
+        "seq1": "fio/seq-1job/seq-1job.bin", "seq4": "fio/seq-4jobs/seq-4jobs.bin", "rand": "fio/rand/rand.bin",
+        "ttfb_large": [f"fio/ttfb-large/ttfb-large-{i}.bin" for i in range(scale.ttfb_large[0])],
+        "ttfb_tiny": [f"fio/ttfb-tiny/ttfb-tiny-{i}.bin" for i in range(scale.ttfb_tiny)],
         "tfrecord": sample.shard_keys(spec),
         "images": [sample.image_key(spec, i) for i in range(spec.num_images)],
     }
