@@ -104,7 +104,6 @@ class BlockReader:
         self._dir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> small files opened
         self._dir_walks = 0
         self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
-        self._storing = 0            # fetched blocks waiting to be stored in the tiers (see _fetch)
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
     @property
@@ -303,52 +302,28 @@ class BlockReader:
         return await self._fetch(fetch, bkey, inode, key, index)
 
     async def _fetch(self, fetch: _Fetch, bkey: bytes, inode: Inode, key: str, index: int) -> memoryview:
-        """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome.
-
-        A block fetched from S3 goes to its readers first and into the cache tiers afterwards, in the
-        background (a disk write is not on the read's path): until it is stored, it stays in
-        _inflight with its value, so no one fetches it again meanwhile. At most max_fetches such
-        stores wait at once; beyond that the fetch stores its block itself before it returns."""
-        deferred = False
+        """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome. A block
+        fetched from S3 is in the cache tiers before anyone gets it: a read that returned has its
+        blocks cached (a kill -9 right after loses none of them)."""
         try:
-            value, fetched = await self.run_blocking(self._load, bkey, inode, key, index)
-            fetch.value = value
-            if fetched is not None:
-                if self.nursery is not None and self._storing < self.max_fetches:
-                    self._storing += 1
-                    deferred = True
-                    self.nursery.start_soon(self._store, fetch, bkey, fetched)
-                else:
-                    await self.run_blocking(self.cache.put, bkey, fetched)
-            return value
+            fetch.value = await self.run_blocking(self._load, bkey, inode, key, index)
+            return fetch.value
         except trio.Cancelled:
             raise
         except Exception as e:
             fetch.error = e
             raise
         finally:
-            if not deferred:
-                del self._inflight[bkey]
+            del self._inflight[bkey]
             fetch.done.set()
 
-    async def _store(self, fetch: _Fetch, bkey: bytes, data: bytes) -> None:
-        try:
-            with trio.CancelScope(shield=True):   # an unmount does not lose a block it has fetched
-                await self.run_blocking(self.cache.put, bkey, data)
-        except Exception as e:  # the tiers count and log their own failures; the block is a miss later
-            log.warning("storing block %s in the cache failed: %s", bkey.hex(), e)
-        finally:
-            self._storing -= 1
-            if self._inflight.get(bkey) is fetch:
-                del self._inflight[bkey]
-
-    def _load(self, bkey: bytes, inode: Inode, key: str, index: int) -> tuple[memoryview, bytes | None]:
-        """In a worker thread: the block from the cache tiers (they count their hits), else by a
-        ranged GET; and the fetched bytes, which the caller stores in the tiers (None: a hit)."""
+    def _load(self, bkey: bytes, inode: Inode, key: str, index: int) -> memoryview:
+        """In a worker thread: the cache tiers (they count their hits), else a ranged GET."""
         data = self.cache.get(bkey)
         if data is not None:
-            return data, None
+            return data
         self.stats.add("cache_misses")
         start, end = block_range(index, self.block_size, inode.size)
         fetched = self.store.get_range(key, start, end, inode.etag or None)
-        return memoryview(fetched), fetched
+        self.cache.put(bkey, fetched)
+        return memoryview(fetched)

@@ -373,41 +373,6 @@ def test_no_listing_when_listings_expire_at_once(world):
     assert all(f is not None for f in found) and lists == 3 and stats.get("s3_head") == 4
 
 
-def test_a_fetched_block_is_served_before_it_is_stored(world):
-    """The disk write of a fetched block is not on the read's path; until it lands, the block
-    stays in flight with its value, so nobody fetches it again."""
-    import threading
-    store, ns, reader, stats = world
-    store.put("pre/f", b"z" * 5000)
-    gate = threading.Event()
-    put = reader.cache.put
-
-    def slow_put(key, data):
-        assert gate.wait(10)
-        return put(key, data)
-    reader.cache.put = slow_put
-
-    async def main():
-        inode = await ns.lookup(ROOT_INO, b"f")
-        async with trio.open_nursery() as nursery:
-            reader.nursery = nursery
-            with trio.fail_after(5):
-                first = await reader.read(inode, "pre/f", 0, 5000, ReadState())
-                again = await reader.read(inode, "pre/f", 100, 10, ReadState())   # another open file
-            assert bytes(first) == b"z" * 5000 and bytes(again) == b"z" * 10
-            assert stats.get("s3_get") == 1 and reader._storing == 1 and reader._inflight
-            gate.set()
-            await settle(reader=reader)
-            while reader._storing:
-                await trio.sleep(0.001)
-        reader.nursery = None
-        return inode
-    inode = trio.run(main)
-    assert not reader._inflight and stats.get("s3_get") == 1
-    from cachefs.blocks import block_key
-    assert reader.cache.contains(block_key("bkt", "pre/f", inode.etag, BS, 0))
-
-
 def test_read_ahead_results_waiting_for_readers_are_bounded(world):
     """Read-ahead and small-file prefetch results nobody reads stay within prefetch_buffer_blocks:
     many files opened (or read ahead) and never read cannot grow memory."""
