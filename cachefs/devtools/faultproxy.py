@@ -436,9 +436,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if fault.status == 503:
                 self.send_header("Retry-After", "1")
             self.end_headers()
+            record("error", fault.status)   # before the bytes: a client that has them must find it counted
             if self.command != "HEAD":
                 self.wfile.write(payload)
-            record("error", fault.status)
             return
         if action == "delay":
             record("delay", None)
@@ -455,15 +455,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header(name, value)
         declared = headers_get(headers, "Content-Length")
         self.send_header("Content-Length", declared if self.command == "HEAD" and declared else str(len(payload)))
-        self.end_headers()
         if self.command == "HEAD":
             if action != "delay":
                 record(action or "forwarded", status)
+            self.end_headers()
             return
+        self.end_headers()
         if action == "truncate":
+            record("truncate", status)
             self.wfile.write(payload[:len(payload) // 2])
             self.wfile.flush()
-            record("truncate", status)
             self._reset()
             self.close_connection = True
             return
@@ -482,9 +483,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             record("drip", status)
             return
-        self.wfile.write(payload)
         if action != "delay":
             record(action or "forwarded", status)
+        self.wfile.write(payload)
 
     def _forward(self, split, body: bytes):
         target = split.path + (f"?{split.query}" if split.query else "")
