@@ -4,7 +4,8 @@ Block file format (layout v1, under DIR/blocks/v1/XX/<32 hex>), shared with nati
     32-byte header: magic b"CFSBLK01", u64 payload length, u64 xxh3-64 of the payload, u64 zero
     payload
 A block is written to a temp file and renamed, so a reader sees a whole file or none; a file torn
-by a crash fails its length or checksum check, is deleted, and the block is fetched again.
+by a crash fails its length or checksum check, is deleted, and the block is fetched again. Files
+are written with O_DIRECT where the filesystem allows (cache/direct.py: no page-cache copy).
 
 The index (key -> size, time stored, directory id) lives in LMDB; writes to it are batched
 (TieredCache.flush) because one fsynced commit per block would cap small-file throughput. Block
@@ -29,6 +30,7 @@ import xxhash
 from .. import native
 from ..errors import UserError
 from ..stats import Stats
+from .direct import AlignedBuffers, DirectUnsupported
 from .spec import TierSpec
 from .tier import Slot, Tier
 
@@ -61,6 +63,7 @@ class DiskDir:
         self.min_free = min_free
         self.min_free_inodes = min_free_inodes
         self.healthy = True
+        self.direct = True           # O_DIRECT block writes, until the filesystem refuses them
         self.next_probe = 0.0
         self._space_checked = 0.0
         self._space_ok = True
@@ -164,6 +167,7 @@ class DiskTier(Tier):
         self._pending_add: dict[bytes, tuple[int, float, int]] = {}
         self._pending_del: set[bytes] = set()
         self._index_lock = threading.Lock()
+        self._buffers: AlignedBuffers | None = None    # made at the first write, sized for it
 
     def open(self) -> None:
         for d in self.dirs:
@@ -233,14 +237,11 @@ class DiskTier(Tier):
         final = d.block_path(key)
         tmp = f"{final}.tmp.{threading.get_ident()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                header = encode_header(data)
-                written = os.writev(fd, [header, data])
-                if written != len(header) + len(data):   # a full filesystem may write short, no error
-                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(header) + len(data)} bytes)")
-            finally:
-                os.close(fd)
+            header = encode_header(data)
+            expected = len(header) + len(data)
+            written = self._write_file(d, tmp, [header, data], expected)
+            if written != expected:   # a full filesystem may write short, no error
+                raise OSError(errno.ENOSPC, f"short write ({written} of {expected} bytes)")
             os.rename(tmp, final)
             return True
         except OSError as e:
@@ -254,6 +255,24 @@ class DiskTier(Tier):
             except OSError:
                 pass
             return False
+
+    def _write_file(self, d: DiskDir, path: str, parts: list, size: int) -> int:
+        """O_DIRECT where the directory's filesystem takes it (see cache/direct.py), else buffered."""
+        if d.direct:
+            buffers = self._buffers
+            if buffers is None or buffers.capacity < size:
+                buffers = self._buffers = AlignedBuffers(max(size, 4 << 20))
+            try:
+                return buffers.write_file(path, parts)
+            except DirectUnsupported as e:
+                log.info("cache directory %s does not take O_DIRECT writes (%s): writing through the page "
+                         "cache", d.path, e)
+                d.direct = False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            return os.writev(fd, parts)
+        finally:
+            os.close(fd)
 
     def _delete(self, key: bytes, slot: Slot) -> None:
         d = self.dirs[slot.where]
