@@ -73,6 +73,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
     "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate GETs sent for a straggler (hedging)"),
     "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),
+    "cachefs_s3_hedge_skipped_answered_total": ("s3_hedge_skipped_answered",
+                                                "GETs past the hedging deadline not hedged: their body was arriving"),
     "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
 }
 STATS_GAUGES: dict[str, tuple[str, str]] = {

@@ -6,6 +6,7 @@ Errors are the domain errors of cachefs.errors (ObjectNotFound, ObjectChanged, S
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass
 
 
@@ -32,8 +33,11 @@ class ObjectStore(abc.ABC):
         """Raise a UserError naming the cause if the bucket is not usable (missing, denied, unreachable)."""
 
     @abc.abstractmethod
-    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
-        """Bytes [start, end) of `key`; ObjectChanged if `etag` is given and no longer matches."""
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None,
+                  answered: threading.Event | None = None) -> bytes:
+        """Bytes [start, end) of `key`; ObjectChanged if `etag` is given and no longer matches.
+        `answered` is set once the store has the response and is reading its body (hedging
+        duplicates only requests that have no answer yet)."""
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo | None:

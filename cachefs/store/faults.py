@@ -29,9 +29,10 @@ class FaultyStore(DelegatingWrites, ObjectStore):
         if action:
             time.sleep(action)
 
-    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
-        self._inject("get", key)
-        return self.inner.get_range(key, start, end, etag)
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None,
+                  answered: threading.Event | None = None) -> bytes:
+        self._inject("get", key)          # a delay here is a request with no answer yet
+        return self.inner.get_range(key, start, end, etag, answered)
 
     def head(self, key: str) -> ObjectInfo | None:
         self._inject("head", key)

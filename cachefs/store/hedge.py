@@ -1,5 +1,5 @@
-"""Straggler hedging: a ranged GET that runs past an adaptive deadline gets a duplicate request;
-the first answer wins and the other is abandoned.
+"""Straggler hedging: a ranged GET that runs past an adaptive deadline with no answer from S3 yet
+gets a duplicate request; the first answer wins and the other is abandoned.
 
 Object stores have slow outliers (a request lands on a busy disk or a slow gateway thread); with
 many parallel block fetches a few stragglers set the pace of a whole epoch. The deadline is a high
@@ -61,21 +61,30 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         p = self.latency.percentile(size_class(nbytes), self.percentile)
         return None if p is None else max(self.min_delay, p)
 
-    def _timed_get(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+    def _timed_get(self, key: str, start: int, end: int, etag: str | None,
+                   answered: threading.Event | None = None) -> bytes:
         t0 = time.monotonic()
-        data = self.inner.get_range(key, start, end, etag)
+        data = self.inner.get_range(key, start, end, etag, answered)
         self.latency.add(size_class(end - start), time.monotonic() - t0)
         return data
 
-    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None,
+                  answered: threading.Event | None = None) -> bytes:
         deadline = self.deadline(end - start)
         if deadline is None:
-            return self._timed_get(key, start, end, etag)
-        first = self._pool.submit(self._timed_get, key, start, end, etag)
+            return self._timed_get(key, start, end, etag, answered)
+        first_answered = threading.Event()
+        first = self._pool.submit(self._timed_get, key, start, end, etag, first_answered)
         try:
             return first.result(timeout=deadline)
         except cf.TimeoutError:
             pass
+        if first_answered.is_set():
+            # Its body is arriving: progress, not a straggler. A duplicate would only compete for
+            # the same bandwidth and CPU (on a busy machine every body is slower than the p95 of
+            # quieter times); a body that stalls is the read deadline's business.
+            self.stats.add("s3_hedge_skipped_answered")
+            return first.result()
         self.stats.add("s3_hedged")
         second = self._pool.submit(self._timed_get, key, start, end, etag)
         pending = {first, second}

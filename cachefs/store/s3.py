@@ -21,6 +21,7 @@ from ..errors import (AccessDenied, ConfigError, ObjectChanged, ObjectNotFound, 
                       StoreUnavailable, UserError)
 from ..stats import Stats
 from .base import ListPage, ObjectInfo, ObjectStore
+from .fastget import FallBack, FastGetter
 from .health import OutageBreaker
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,13 @@ class _Attempt:
         self._body = None
         self.abandoned = False
 
-    def read_body(self, body) -> bytes:
+    def hold(self, body) -> None:
+        """The response whose body is about to be read (a botocore StreamingBody or urllib3 response)."""
         with self._lock:
             if self.abandoned:
                 body.close()
                 raise _ShortRead("abandoned at the deadline")
             self._body = body
-        return body.read()
 
     def abandon(self) -> None:
         with self._lock:
@@ -124,8 +125,9 @@ class _Attempt:
 
 
 def _socket_of(body) -> socket.socket | None:
-    """The socket under a botocore StreamingBody (urllib3 2.x), or None if its layout is unknown."""
-    raw = getattr(body, "_raw_stream", None)
+    """The socket under a botocore StreamingBody or urllib3 (2.x) response, or None if its layout is
+    unknown."""
+    raw = getattr(body, "_raw_stream", body)       # a StreamingBody, or the urllib3 response itself
     conn = getattr(raw, "_connection", None)
     sock = getattr(conn, "sock", None)
     if sock is None:       # released to the pool already, or another urllib3: through the http.client response
@@ -157,7 +159,7 @@ class S3Store(ObjectStore):
                  addressing_style: str = "auto", profile: str | None = None,
                  credentials_file: str | None = None, max_attempts: int = 4,
                  connect_timeout: float = 5.0, read_timeout: float = 30.0, max_connections: int = 32,
-                 stats: Stats | None = None, read_deadline: float = 0.0) -> None:
+                 stats: Stats | None = None, read_deadline: float = 0.0, fast_get: bool = True) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.stats = stats or Stats()
@@ -194,6 +196,12 @@ class S3Store(ObjectStore):
             if read_deadline else None
         from .. import metrics     # the read client's requests are counted like the others
         metrics.instrument_boto_client(self.read_client)
+        self._fast: FastGetter | None = None
+        if fast_get:
+            try:
+                self._fast = FastGetter(self.read_client, bucket)
+            except Exception as e:  # noqa: BLE001 - an optimisation only: boto3 does every GET then
+                log.info("S3 GETs go through boto3 (%s)", e)
         self._retries_metric = metrics.S3_RETRIES
 
     @property
@@ -234,7 +242,8 @@ class S3Store(ObjectStore):
             return StoreUnavailable(f"S3 error {code or status} for s3://{self.bucket}/{key}")
         return StoreUnavailable(f"S3 unreachable for s3://{self.bucket}/{key}: {e}")
 
-    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None,
+                  answered: threading.Event | None = None) -> bytes:
         if len(key.encode()) > MAX_KEY_BYTES:
             raise ObjectNotFound(f"s3://{self.bucket}/{key[:64]}...: a key longer than S3 allows")
         args = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
@@ -243,8 +252,23 @@ class S3Store(ObjectStore):
         self.stats.add("s3_get")
 
         def attempt(call: _Attempt) -> bytes:
-            resp = self.read_client.get_object(**args)
-            data = call.read_body(resp["Body"])
+            def body_follows(body) -> None:
+                call.hold(body)
+                if answered is not None:
+                    answered.set()
+
+            fast = self._fast
+            data = None
+            if fast is not None:
+                try:
+                    data = fast.get(key, start, end, etag, body_follows)
+                except FallBack as e:
+                    log.info("S3 GETs go through boto3 from now on (%s)", e)
+                    self._fast = None
+            if data is None:
+                body = self.read_client.get_object(**args)["Body"]
+                body_follows(body)
+                data = body.read()
             if len(data) != end - start:
                 raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
             return data

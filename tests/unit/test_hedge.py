@@ -84,3 +84,25 @@ def test_percentile_per_size_class():
     assert t.percentile(size_class(4 << 20), 0.95) == pytest.approx(0.95)
     assert t.percentile(size_class(100_000), 0.95) is None
     assert size_class(1) == size_class(64 * 1024) != size_class(4 << 20)
+
+
+def test_a_request_whose_body_is_arriving_is_not_duplicated():
+    """Past the deadline but answered (the body is streaming in): progress, not a straggler. On a
+    busy machine every body is slower than the p95 of quieter times; duplicates would only add load."""
+    class SlowBody(MemoryStore):
+        slow = False
+
+        def get_range(self, key, start, end, etag=None, answered=None):
+            data = super().get_range(key, start, end, etag, answered)   # sets `answered`
+            if self.slow:
+                time.sleep(0.5)                                         # then the body trickles
+            return data
+    stats = Stats()
+    mem = SlowBody("bkt", stats)
+    mem.put("k", b"x" * 100_000)
+    store = HedgedStore(mem, stats, min_delay=0.02)
+    warm_up(store)
+    mem.slow = True
+    assert store.get_range("k", 0, 100_000) == b"x" * 100_000
+    assert stats.get("s3_hedged") == 0 and stats.get("s3_hedge_skipped_answered") == 1
+    assert stats.get("s3_get") == MIN_SAMPLES + 1

@@ -1,0 +1,111 @@
+"""The read path's ranged GET without botocore's per-call pipeline (store/fastget.py), against a real
+S3 endpoint over HTTP: signed right (moto checking signatures), the same answers and errors as
+boto3, and a switch to boto3 for good on an answer it does not handle."""
+from __future__ import annotations
+
+import pytest
+
+from mount_helpers import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, object_bytes
+
+from cachefs.devtools.faultproxy import Fault
+from cachefs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreUnavailable
+from cachefs.store.s3 import S3Store
+
+pytestmark = pytest.mark.timeout(120)
+
+DATA = object_bytes("fastget", 200_000)
+KEYS = {"plain": DATA, "dir/with space+plus%and~tilde/ünï.bin": DATA[:5000]}
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    for name, value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+                        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"), ("AWS_CONFIG_FILE", "/nonexistent"),
+                        ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def fast_bucket(make_bucket):
+    return make_bucket("fastget", KEYS)
+
+
+def store_for(url, bucket, **kw) -> S3Store:
+    return S3Store(bucket, endpoint_url=url, region=REGION, addressing_style="path", max_attempts=2,
+                   read_deadline=10.0, **kw)
+
+
+def test_ranges_and_awkward_keys_come_back_exact_through_the_fast_path(aws_env, moto_server, fast_bucket):
+    store = store_for(moto_server.endpoint_url, fast_bucket)
+    try:
+        assert store._fast is not None
+        etag = store.head("plain").etag
+        assert store.get_range("plain", 0, len(DATA), etag) == DATA
+        assert store.get_range("plain", 12_345, 67_890) == DATA[12_345:67_890]
+        key = "dir/with space+plus%and~tilde/ünï.bin"
+        assert store.get_range(key, 100, 4000) == DATA[100:4000]
+        assert store._fast is not None, "fell back to boto3 on an ordinary GET"
+    finally:
+        store.close()
+
+
+def test_errors_are_the_same_as_through_boto3(aws_env, moto_server, fast_bucket):
+    for fast in (True, False):
+        store = store_for(moto_server.endpoint_url, fast_bucket, fast_get=fast)
+        try:
+            assert (store._fast is not None) == fast
+            with pytest.raises(ObjectNotFound):
+                store.get_range("no-such-key", 0, 10)
+            with pytest.raises(ObjectChanged):
+                store.get_range("plain", 0, 10, '"0123456789abcdef0123456789abcdef"')
+            assert store._fast is not None or not fast
+        finally:
+            store.close()
+
+
+def test_signature_is_checked_by_an_endpoint_that_enforces_credentials(monkeypatch, auth_moto):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", auth_moto.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", auth_moto.secret)
+    store = store_for(auth_moto.endpoint_url, auth_moto.bucket)
+    try:
+        assert store._fast is not None
+        assert store.get_range("hello.txt", 0, 6) == b"hello\n"
+        assert store._fast is not None, "the signed request was not accepted: fell back to boto3"
+    finally:
+        store.close()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    store = store_for(auth_moto.endpoint_url, auth_moto.bucket)
+    try:
+        with pytest.raises(AccessDenied):
+            store.get_range("hello.txt", 0, 6)
+        assert store._fast is not None
+    finally:
+        store.close()
+
+
+def test_an_answer_it_does_not_handle_switches_to_boto3_for_good(aws_env, fault_proxy, fast_bucket):
+    """A 301 (a bucket in another region, on AWS) is boto3's to follow: the fast path hands over, and
+    every later GET goes through boto3, whose answers are right."""
+    store = store_for(fault_proxy.url, fast_bucket)
+    try:
+        fault_proxy.add(Fault("error", ops="get", status=301, code="PermanentRedirect", count=1))
+        assert store.get_range("plain", 0, 1000) == DATA[:1000]
+        assert store._fast is None
+        assert store.get_range("plain", 1000, 2000) == DATA[1000:2000]
+    finally:
+        store.close()
+    assert [s.outcome for s in fault_proxy.seen("get", "plain")] == ["error", "forwarded", "forwarded"]
+
+
+def test_retryable_errors_are_retried_on_the_fast_path(aws_env, fault_proxy, fast_bucket):
+    store = S3Store(fast_bucket, endpoint_url=fault_proxy.url, region=REGION, addressing_style="path",
+                    max_attempts=3, read_deadline=10.0)
+    try:
+        fault_proxy.add(Fault("error", ops="get", status=503, code="SlowDown", count=2))
+        assert store.get_range("plain", 0, 1000) == DATA[:1000]
+        assert store._fast is not None
+        fault_proxy.add(Fault("error", ops="get", status=500, code="InternalError"))
+        with pytest.raises(StoreUnavailable, match="after 3 attempts"):
+            store.get_range("plain", 0, 1000)
+    finally:
+        store.close()
