@@ -85,7 +85,7 @@ def fio_matrix(system, scale, rec, run_i, ep_pids) -> None:
         if state == "warm-disk":
             util.drop_page_cache()
         for job in fio_bench.JOBS:
-            rec.measure(lambda: fio_bench.run_job(job, system.root, scale), system, ep_pids,
+            rec.measure(lambda: fio_bench.run_job(job, system.root, scale, state), system, ep_pids,
                         run=run_i, workload="fio", job=job, state=state)
 
 

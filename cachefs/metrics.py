@@ -70,6 +70,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_fuse_read_bytes_total": ("fuse_read_bytes", "bytes returned to FUSE reads"),
     "cachefs_readahead_blocks_total": ("readahead_blocks", "blocks fetched by read-ahead"),
     "cachefs_dir_prefetches_total": ("dir_prefetches", "directories whose small files were prefetched"),
+    "cachefs_dataset_walks_total": ("dataset_walks", "directories whose subdirectories were all prefetched "
+                                    "(small files opened in 3 of them)"),
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
     "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate GETs sent for a straggler (hedging)"),
     "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),

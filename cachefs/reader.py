@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -47,6 +47,14 @@ DIR_PREFETCH_AFTER = 2
 DIR_PREFETCH_BYTES = 64 << 20     # ~600 images of 110 KB: a class directory or a good part of it
 DIR_PREFETCH_DIRS = 2
 DIR_PREFETCH_TRACKED = 4096       # directories whose opens are remembered (oldest forgotten first)
+# Dataset walk: a loader drawing images in shuffled order from many class directories opens only a
+# few files of each before the epoch is half over, so the two-opens rule comes late. Once small
+# files have been opened in DATASET_AFTER distinct subdirectories of one directory (the dataset's
+# root), every subdirectory of it is listed and prefetched the same way, DIR_PREFETCH_DIRS at a time,
+# each within the same bounds (DIR_PREFETCH_BYTES, half the free cache room, half of max_fetches).
+# Three, not one or two: a job reading a config from one directory and labels from another must not
+# pull in the whole tree.
+DATASET_AFTER = 3
 _WALKED = frozenset()             # a directory whose neighbours were asked for already
 # A read this far past the previous one's end still counts as sequential: record readers skip
 # headers and padding, and the kernel's own read-ahead may leave small holes.
@@ -102,7 +110,10 @@ class BlockReader:
         self.handle_budget_blocks = handle_budget_blocks
         self._held: OrderedDict[tuple[int, int], weakref.ref[ReadState]] = OrderedDict()
         self._dir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> small files opened
-        self._dir_walks = 0
+        self._subdir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> subdirs with opens
+        self._dir_queue: deque[tuple[int, frozenset]] = deque()   # directories waiting for a prefetch
+        self._dir_walks = 0                                        # prefetch tasks running
+        self._dir_workers = 0                                      # ... of which directory workers
         self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
@@ -183,20 +194,78 @@ class BlockReader:
         opened = self._dir_opens.get(inode.parent)
         if opened is None:
             opened = self._dir_opens[inode.parent] = set()
-            while len(self._dir_opens) > DIR_PREFETCH_TRACKED:
-                self._dir_opens.popitem(last=False)
+            _forget_oldest(self._dir_opens)
+            self._note_subdir(inode.parent, namespace)
         elif opened is _WALKED:
             return
         opened.add(inode.ino)
-        if len(opened) >= DIR_PREFETCH_AFTER and self._dir_walks < DIR_PREFETCH_DIRS:
-            self._dir_opens[inode.parent] = _WALKED
+        if len(opened) >= DIR_PREFETCH_AFTER:
+            self._enqueue_directory(inode.parent, namespace, frozenset(opened))
+
+    def _note_subdir(self, directory: int, namespace) -> None:
+        """A first small-file open in `directory`: count it for the dataset walk of its parent."""
+        try:
+            parent = namespace.get(directory).parent
+        except Exception:  # noqa: BLE001 - gone meanwhile: a hint only
+            return
+        if parent == directory:           # the root is its own parent
+            return
+        seen = self._subdir_opens.get(parent)
+        if seen is None:
+            seen = self._subdir_opens[parent] = set()
+            _forget_oldest(self._subdir_opens)
+        elif seen is _WALKED:
+            return
+        seen.add(directory)
+        if len(seen) >= DATASET_AFTER:
+            self._subdir_opens[parent] = _WALKED
+            self.stats.add("dataset_walks")
             self._dir_walks += 1
-            self.nursery.start_soon(self._prefetch_directory, inode.parent, namespace, frozenset(opened))
+            self.nursery.start_soon(self._walk_dataset, parent, namespace)
+
+    async def _walk_dataset(self, root: int, namespace) -> None:
+        """Queue every subdirectory of `root` for a directory prefetch (listing it first)."""
+        try:
+            for _, child in await namespace.entries(root):
+                if child.is_dir and self._dir_opens.get(child.ino) is not _WALKED:
+                    self._enqueue_directory(child.ino, namespace, frozenset(), walk=False)
+            self._start_walkers(namespace)
+        except Exception as e:  # a hint only: the reads fetch what they need themselves
+            log.debug("dataset walk of directory %d failed: %s", root, e)
+        finally:
+            self._dir_walks -= 1
+
+    def _enqueue_directory(self, directory: int, namespace, opened: frozenset, walk: bool = True) -> None:
+        self._dir_opens[directory] = _WALKED
+        _forget_oldest(self._dir_opens)
+        if walk:
+            self._dir_queue.appendleft((directory, opened))   # seen opened: before a walk's queue
+            self._start_walkers(namespace)
+        else:
+            self._dir_queue.append((directory, opened))
+
+    def _start_walkers(self, namespace) -> None:
+        while self._dir_queue and self._dir_workers < DIR_PREFETCH_DIRS:
+            self._dir_workers += 1
+            self._dir_walks += 1
+            self.nursery.start_soon(self._directory_worker, namespace)
+
+    async def _directory_worker(self, namespace) -> None:
+        try:
+            while self._dir_queue:
+                directory, opened = self._dir_queue.popleft()
+                await self._prefetch_directory(directory, namespace, opened)
+        finally:
+            self._dir_workers -= 1
+            self._dir_walks -= 1
 
     async def _prefetch_directory(self, parent: int, namespace, opened: frozenset) -> None:
-        """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*)."""
+        """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*); a
+        directory queued by a dataset walk is listed first if its listing is not fresh."""
         try:
             files = await namespace.listed_files(parent)
+            if files is None and not opened:
+                files = [inode for _, inode in await namespace.entries(parent) if not inode.is_dir]
             budget = min(DIR_PREFETCH_BYTES, self._cache_room() // 2)
             wanted = []
             for inode in files or ():
@@ -225,8 +294,6 @@ class BlockReader:
                         nursery.start_soon(self._prefetch_neighbour, inode, key, i, bkey)
         except Exception as e:  # a hint only: the reads fetch what they need themselves
             log.debug("prefetch of directory %d failed: %s", parent, e)
-        finally:
-            self._dir_walks -= 1
 
     async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
         """One block of a directory prefetch: into the cache tiers only (not the read-ahead buffer,
@@ -327,3 +394,8 @@ class BlockReader:
         fetched = self.store.get_range(key, start, end, inode.etag or None)
         self.cache.put(bkey, fetched)
         return memoryview(fetched)
+
+
+def _forget_oldest(tracked: OrderedDict) -> None:
+    while len(tracked) > DIR_PREFETCH_TRACKED:
+        tracked.popitem(last=False)

@@ -394,3 +394,58 @@ def test_read_ahead_results_waiting_for_readers_are_bounded(world):
         return bytes(await reader.read(inode, "pre/p11", 2 * BS, 10, ReadState()))
     assert trio.run(main) == bytes([11]) * 10
     assert stats.get("readahead_blocks") == 36 and len(reader._prefetched) <= 5
+
+
+# -- the dataset walk: small files opened in several sibling directories ----------------------------
+def _dataset(store, classes=6, n=5, size=1000):
+    for c in range(classes):
+        _class_dir(store, n=n, size=size, name=f"train/c{c}")
+    store.put("pre/train/labels.txt", b"labels")
+
+
+async def _open_one_per_class(ns, reader, classes):
+    """Open file 000.jpg of each of these classes (one open per directory: the two-opens rule never
+    fires), then let the background work finish."""
+    train = await ns.lookup(ROOT_INO, b"train")
+    async with trio.open_nursery() as nursery:
+        reader.nursery = nursery
+        for c in classes:
+            cls = await ns.lookup(train.ino, f"c{c}".encode())
+            await _open(ns, reader, cls, "000.jpg")
+        await settle(ns, reader)
+    reader.nursery = None
+
+
+def test_opens_in_three_sibling_directories_prefetch_the_whole_dataset(world):
+    store, ns, reader, stats = world
+    _dataset(store)
+    trio.run(_open_one_per_class, ns, reader, (4, 0, 2))
+    assert stats.get("dataset_walks") == 1
+    assert stats.get("s3_get") == 6 * 5                 # every image of every class, each once
+
+    async def read_all():
+        train = await ns.lookup(ROOT_INO, b"train")
+        for c in range(6):
+            cls = await ns.lookup(train.ino, f"c{c}".encode())
+            for i in range(5):
+                inode = await ns.lookup(cls.ino, f"{i:03d}.jpg".encode())
+                assert bytes(await reader.read(inode, ns.key_of(inode), 0, 4096, ReadState())) == bytes([i]) * 1000
+    trio.run(read_all)
+    assert stats.get("s3_get") == 30                    # the reads found them all cached
+
+
+def test_opens_in_two_directories_walk_nothing(world):
+    store, ns, reader, stats = world
+    _dataset(store)
+    trio.run(_open_one_per_class, ns, reader, (1, 3))
+    assert stats.get("dataset_walks") == 0 and stats.get("s3_get") == 2
+
+
+def test_dataset_walk_stays_within_the_cache_room(world):
+    store, ns, reader, stats = world
+    _dataset(store, classes=8, n=10, size=BS)           # 80 files of one block each
+    for tier in reader.cache.disk_tiers:
+        tier.high_bytes = tier.used + 40 * BS           # room for 40; each directory takes <= half
+    trio.run(_open_one_per_class, ns, reader, (0, 1, 2))
+    assert stats.get("dataset_walks") == 1
+    assert stats.get("s3_get") < 40
