@@ -1,4 +1,6 @@
-"""Which S3 client path for the read path: boto3 in threads (what cachefs does) or aiobotocore.
+"""Which S3 client path for the read path: boto3 in threads, cachefs's fast GET (store/fastget.py:
+signed by botocore, sent through the boto3 client's own HTTP session, no per-call pipeline; what
+cachefs does by default, --s3-fast-get) in the same threads, or aiobotocore.
 
 Against one endpoint (Ceph RGW, started here unless --endpoint-url is given), each client fetches
   ranged  one large object in 4 MiB ranged GETs (cachefs's block fetches), N in flight
@@ -6,8 +8,9 @@ Against one endpoint (Ceph RGW, started here unless --endpoint-url is given), ea
 with N = 1, 4, 8, 16, the two clients interleaved in every run so machine noise hits both alike.
 Per cell: MB/s, objects/s, per-request latency (p50, p95) and the client's CPU seconds per GiB.
 
-aiobotocore pins an older botocore than the project's boto3, so it does not go into .venv; run this
-from a side virtualenv that has both clients on one botocore:
+aiobotocore pins an older botocore than the project's boto3, so it does not go into .venv; without
+it (`.venv/bin/python -m bench.s3client`) only the two boto3-based paths run. With it, from a side
+virtualenv that has both clients on one botocore:
 
     python3 -m venv /tmp/aiovenv && /tmp/aiovenv/bin/pip install aiobotocore 'boto3<1.44'
     PYTHONPATH=. /tmp/aiovenv/bin/python -m bench.s3client --runs 3 [--endpoint-url URL]
@@ -85,6 +88,31 @@ def boto3_fetcher(endpoint: dict, bucket: str, inflight: int):
     return fetch_all, pool.shutdown
 
 
+# -- cachefs's fast GET in the same threads ---------------------------------------------------------
+def fastget_fetcher(endpoint: dict, bucket: str, inflight: int):
+    import boto3
+    from cachefs.store.fastget import FastGetter
+    client = boto3.session.Session().client("s3", config=client_config(inflight), **endpoint)
+    getter = FastGetter(client, bucket)
+    pool = ThreadPoolExecutor(inflight)
+
+    def one(req):
+        key, rng = req
+        t = time.perf_counter()
+        if rng:
+            start, end = (int(x) for x in rng[len("bytes="):].split("-"))
+        else:
+            start = 0
+            end = SMALL - 1                      # the small objects are all SMALL bytes
+        body = getter.get(key, start, end + 1, None, lambda raw: None)
+        return time.perf_counter() - t, len(body)
+
+    def fetch_all(reqs):
+        results = list(pool.map(one, reqs))
+        return [r[0] for r in results], sum(r[1] for r in results)
+    return fetch_all, pool.shutdown
+
+
 # -- aiobotocore (asyncio; cachefs runs on trio, so it would need trio-asyncio or a loop thread) ---
 def aiobotocore_fetcher(endpoint: dict, bucket: str, inflight: int):
     from aiobotocore.session import get_session
@@ -114,7 +142,7 @@ def aiobotocore_fetcher(endpoint: dict, bucket: str, inflight: int):
     return (lambda reqs: loop.run_until_complete(run(reqs))), close
 
 
-FETCHERS = {"boto3-threads": boto3_fetcher, "aiobotocore": aiobotocore_fetcher}
+FETCHERS = {"boto3-threads": boto3_fetcher, "cachefs-fast-get": fastget_fetcher, "aiobotocore": aiobotocore_fetcher}
 
 
 def upload(endpoint: dict, bucket: str, large_size: int, small_count: int) -> list[str]:
@@ -182,7 +210,9 @@ def main(argv=None) -> int:
     try:
         import aiobotocore  # noqa: F401
     except ImportError:
-        sys.exit("bench.s3client: aiobotocore is not installed here (see the module docstring for the side venv)")
+        del FETCHERS["aiobotocore"]
+        print("bench.s3client: aiobotocore is not installed here: boto3 and cachefs's fast GET only "
+              "(see the module docstring for the side venv)", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         if args.endpoint_url:
             url, kind = args.endpoint_url, "given"
@@ -195,13 +225,17 @@ def main(argv=None) -> int:
         endpoint = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": key,
                     "aws_secret_access_key": secret}
         result = run(endpoint, args.bucket, args)
-    import aiobotocore
     import boto3
     import botocore
+    try:
+        import aiobotocore
+        aio_version = aiobotocore.__version__
+    except ImportError:
+        aio_version = None
     result["meta"] = {"endpoint": url, "endpoint_kind": kind, "runs": args.runs, "large_mib": args.large_mib,
                       "small_count": args.small_count, "small_bytes": SMALL, "block": BLOCK,
                       "boto3": boto3.__version__, "botocore": botocore.__version__,
-                      "aiobotocore": aiobotocore.__version__, "cpus": os.cpu_count(),
+                      "aiobotocore": aio_version, "cpus": os.cpu_count(),
                       "python": platform.python_version(),
                       "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = args.out or os.path.join(os.path.dirname(__file__), "results",

@@ -306,9 +306,11 @@ class CachefsOperations(pyfuse3.Operations):
         if kept is not None and kept[2]:
             await self.ns.run_blocking(self.ns.meta.put_attrs, ino, kept[0], kept[1], 0)
 
-    @fuse_errors
     async def flush(self, fh):
-        pass          # close-to-open: uploads follow the schedule (docs/SEMANTICS.md)
+        # Nothing to do at close(2) (uploads follow the schedule, docs/SEMANTICS.md), and the
+        # kernel waits for FLUSH before close returns: ENOSYS once tells it never to send one again,
+        # which takes a round trip through the daemon off every close (small-file epochs).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_errors
     async def fsync(self, fh, datasync):

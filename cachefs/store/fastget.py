@@ -39,6 +39,10 @@ class FallBack(Exception):
     """This request (and every later one) should go through boto3."""
 
 
+class DeadlinePassed(TimeoutError):
+    """The caller's deadline passed before the whole body was here (the connection is closed)."""
+
+
 class FastGetter:
     def __init__(self, client, bucket: str) -> None:
         url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _SENTINEL})
@@ -49,12 +53,15 @@ class FastGetter:
         self.region = client.meta.region_name
         self._credentials = client._request_signer._credentials   # refreshable: frozen per request
         self._http = client._endpoint.http_session
+        self.read_timeout = client.meta.config.read_timeout
         self._agent = f"cachefs/{__version__} botocore-signed"
 
-    def get(self, key: str, start: int, end: int, etag: str | None, on_body) -> bytes:
+    def get(self, key: str, start: int, end: int, etag: str | None, on_body, deadline: float | None = None) -> bytes:
         """Bytes [start, end) of `key`. `on_body(response)` is told the raw urllib3 response before its
-        body is read (so a caller past its deadline can shut the socket). Raises botocore's exceptions
-        (ClientError with the S3 error code, connection errors) or FallBack."""
+        body is read (so a caller past its deadline can shut the socket). With a `deadline`
+        (time.monotonic()), no socket wait outlasts it and a body still trickling in when it passes
+        is dropped: the call needs no watchdog thread. Raises botocore's exceptions (ClientError
+        with the S3 error code, connection errors), DeadlinePassed or FallBack."""
         headers = {"Range": f"bytes={start}-{end - 1}", "User-Agent": self._agent}
         if etag:
             headers["If-Match"] = etag
@@ -62,6 +69,11 @@ class FastGetter:
         S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self.region).add_auth(request)
         prepared = request.prepare()
         prepared.stream_output = True
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlinePassed("the read deadline passed")
+            prepared.context = {"read_timeout": min(self.read_timeout, remaining)}
         t0 = time.perf_counter()
         try:
             response = self._http.send(prepared)
@@ -75,7 +87,7 @@ class FastGetter:
         if status in (200, 206):
             on_body(raw)
             try:
-                data = raw.read()
+                data = raw.read() if deadline is None else _read_until(raw, end - start, deadline, self.read_timeout)
             finally:
                 raw.release_conn()
             metrics.S3_RECEIVED.labels("GetObject").inc(len(data))
@@ -88,3 +100,24 @@ class FastGetter:
         message = (_MESSAGE.search(body) or [b"", b""])[1].decode(errors="replace")
         raise bce.ClientError({"Error": {"Code": code or str(status), "Message": message},
                                "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+def _read_until(raw, size: int, deadline: float, read_timeout: float) -> bytes:
+    """The body, a socket read at a time, each bounded by what is left of the deadline (a body
+    trickling in never trips a fixed socket timeout)."""
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    chunks = []
+    got = 0
+    while got < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raw.close()                       # the connection goes; a later request opens a new one
+            raise DeadlinePassed(f"the read deadline passed with {got} of {size} bytes here")
+        if sock is not None:
+            sock.settimeout(min(remaining, read_timeout))
+        piece = raw.read1(size - got)
+        if not piece:
+            break
+        chunks.append(piece)
+        got += len(piece)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -95,10 +95,11 @@ class _Attempt:
     """One attempt's response body, so that a caller that stops waiting can close it: the worker
     thread reading it then fails at once instead of holding a connection for as long as S3 trickles."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float | None = None) -> None:
         self._lock = threading.Lock()
         self._body = None
         self.abandoned = False
+        self.deadline = deadline
 
     def hold(self, body) -> None:
         """The response whose body is about to be read (a botocore StreamingBody or urllib3 response)."""
@@ -261,10 +262,15 @@ class S3Store(ObjectStore):
             data = None
             if fast is not None:
                 try:
-                    data = fast.get(key, start, end, etag, body_follows)
+                    data = fast.get(key, start, end, etag, body_follows, call.deadline)
                 except FallBack as e:
                     log.info("S3 GETs go through boto3 from now on (%s)", e)
                     self._fast = None
+                except Exception as e:
+                    if call.deadline is not None and time.monotonic() >= call.deadline - 0.01:
+                        raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read "
+                                                f"deadline") from e
+                    raise
             if data is None:
                 body = self.read_client.get_object(**args)["Body"]
                 body_follows(body)
@@ -273,7 +279,8 @@ class S3Store(ObjectStore):
                 raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
             return data
         try:
-            data = self._read("GetObject", key, attempt, (start, end))
+            # The fast path bounds its own waits by the deadline, so it runs in this thread.
+            data = self._read("GetObject", key, attempt, (start, end), inline=self._fast is not None)
         except StoreError:
             self.stats.add("s3_get_errors")
             raise
@@ -308,7 +315,7 @@ class S3Store(ObjectStore):
         return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
 
     # -- the read path's retries -----------------------------------------------------------
-    def _read(self, operation: str, key: str, attempt_fn, ident: object = None):
+    def _read(self, operation: str, key: str, attempt_fn, ident: object = None, inline: bool = False):
         """Run `attempt_fn` until it succeeds, fails definitely, has made `max_attempts` attempts or
         the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError."""
         started = time.monotonic()
@@ -319,7 +326,7 @@ class S3Store(ObjectStore):
         while True:
             attempts += 1
             try:
-                result = self._attempt(attempt_fn, deadline)
+                result = self._attempt(attempt_fn, deadline, inline)
             except bce.ClientError as e:
                 if not _retryable(e):
                     self.breaker.succeeded()           # S3 answered; the answer is "no"
@@ -352,9 +359,9 @@ class S3Store(ObjectStore):
             log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, _describe(error), attempts, delay)
             time.sleep(delay)
 
-    def _attempt(self, attempt_fn, deadline: float | None):
-        call = _Attempt()
-        if deadline is None or self._attempts is None:
+    def _attempt(self, attempt_fn, deadline: float | None, inline: bool = False):
+        call = _Attempt(deadline)
+        if deadline is None or self._attempts is None or inline:
             return attempt_fn(call)
         future = self._attempts.submit(attempt_fn, call)
         try:
