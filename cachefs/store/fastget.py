@@ -58,10 +58,10 @@ class FastGetter:
 
     def get(self, key: str, start: int, end: int, etag: str | None, on_body, deadline: float | None = None) -> bytes:
         """Bytes [start, end) of `key`. `on_body(response)` is told the raw urllib3 response before its
-        body is read (so a caller past its deadline can shut the socket). With a `deadline`
-        (time.monotonic()), no socket wait outlasts it and a body still trickling in when it passes
-        is dropped: the call needs no watchdog thread. Raises botocore's exceptions (ClientError
-        with the S3 error code, connection errors), DeadlinePassed or FallBack."""
+        body is read (so a caller past its deadline can shut the socket: a body trickling in trips
+        no socket timeout). With a `deadline` (time.monotonic()), waiting for the answer does not
+        outlast it. Raises botocore's exceptions (ClientError with the S3 error code, connection
+        errors), DeadlinePassed or FallBack."""
         headers = {"Range": f"bytes={start}-{end - 1}", "User-Agent": self._agent}
         if etag:
             headers["If-Match"] = etag
@@ -87,7 +87,7 @@ class FastGetter:
         if status in (200, 206):
             on_body(raw)
             try:
-                data = raw.read() if deadline is None else _read_until(raw, end - start, deadline, self.read_timeout)
+                data = raw.read()
             finally:
                 raw.release_conn()
             metrics.S3_RECEIVED.labels("GetObject").inc(len(data))
@@ -101,23 +101,3 @@ class FastGetter:
         raise bce.ClientError({"Error": {"Code": code or str(status), "Message": message},
                                "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
 
-
-def _read_until(raw, size: int, deadline: float, read_timeout: float) -> bytes:
-    """The body, a socket read at a time, each bounded by what is left of the deadline (a body
-    trickling in never trips a fixed socket timeout)."""
-    sock = getattr(getattr(raw, "_connection", None), "sock", None)
-    chunks = []
-    got = 0
-    while got < size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raw.close()                       # the connection goes; a later request opens a new one
-            raise DeadlinePassed(f"the read deadline passed with {got} of {size} bytes here")
-        if sock is not None:
-            sock.settimeout(min(remaining, read_timeout))
-        piece = raw.read1(size - got)
-        if not piece:
-            break
-        chunks.append(piece)
-        got += len(piece)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -23,6 +23,7 @@ from ..stats import Stats
 from .base import ListPage, ObjectInfo, ObjectStore
 from .fastget import FallBack, FastGetter
 from .health import OutageBreaker
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class S3Store(ObjectStore):
         from .. import metrics     # the read client's requests are counted like the others
         metrics.instrument_boto_client(self.read_client)
         self._fast: FastGetter | None = None
+        self._watchdog = Watchdog()     # ends a fast GET's body at its deadline
         if fast_get:
             try:
                 self._fast = FastGetter(self.read_client, bucket)
@@ -261,16 +263,24 @@ class S3Store(ObjectStore):
             fast = self._fast
             data = None
             if fast is not None:
+                armed = self._watchdog.arm(call.deadline, call.abandon) if call.deadline is not None else None
                 try:
                     data = fast.get(key, start, end, etag, body_follows, call.deadline)
+                    if call.abandoned:          # the body was cut at the deadline
+                        raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
                 except FallBack as e:
                     log.info("S3 GETs go through boto3 from now on (%s)", e)
                     self._fast = None
+                except _DeadlineExceeded:
+                    raise
                 except Exception as e:
-                    if call.deadline is not None and time.monotonic() >= call.deadline - 0.01:
+                    if call.abandoned or (call.deadline is not None and time.monotonic() >= call.deadline - 0.01):
                         raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read "
                                                 f"deadline") from e
                     raise
+                finally:
+                    if armed is not None:
+                        self._watchdog.disarm(armed)
             if data is None:
                 body = self.read_client.get_object(**args)["Body"]
                 body_follows(body)
@@ -434,6 +444,7 @@ class S3Store(ObjectStore):
         return info.etag
 
     def close(self) -> None:
+        self._watchdog.close()
         if self._attempts is not None:
             self._attempts.shutdown(wait=False, cancel_futures=True)
         self.read_client.close()
