@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import (BLOCK_SIZE_ARG, Mount, RequestLog, cachefs_env, force_unmount, is_mounted,
-                           log_problems, mount_args, pid_alive, populate, run_cachefs, s3_client, stop_pid,
-                           wait_until, DAEMON_EXIT_TIMEOUT_S)
+from mount_helpers import (ACCESS_KEY_ID, BLOCK_SIZE_ARG, SECRET_ACCESS_KEY, Mount, RequestLog, cachefs_env,
+                           force_unmount, is_mounted, log_problems, mount_args, pid_alive, populate, run_cachefs,
+                           s3_client, stop_pid, wait_until, DAEMON_EXIT_TIMEOUT_S)
 
 from cachefs.devserver import MotoServer
 
@@ -28,6 +28,16 @@ def pytest_configure(config):
 
 
 # ---------------------------------------------------------------- moto
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """The test server's credentials in the environment, and nothing from the machine's AWS files:
+    what a store built in the test process (not a mount) reads."""
+    for name, value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+                        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"), ("AWS_CONFIG_FILE", "/nonexistent"),
+                        ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(name, value)
+
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from mount_helpers import (ACCESS_KEY_ID, BLOCK_SIZE, REGION, SECRET_ACCESS_KEY, first_difference,
-                           object_bytes, read_all, run_threads)
+from mount_helpers import BLOCK_SIZE, REGION, first_difference, object_bytes, read_all, run_threads
 
 from cachefs.devtools.faultproxy import Fault
 from cachefs.errors import StoreUnavailable
@@ -20,14 +19,6 @@ pytestmark = pytest.mark.timeout(120)
 
 OBJ = object_bytes("errors-obj", 300_000)
 N = 100_000       # the range the store tests read
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    for name, value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
-                        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"), ("AWS_CONFIG_FILE", "/nonexistent"),
-                        ("AWS_EC2_METADATA_DISABLED", "true")):
-        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mount_helpers import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, object_bytes
+from mount_helpers import REGION, object_bytes
 
 from cachefs.devtools.faultproxy import Fault
 from cachefs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreUnavailable
@@ -15,14 +15,6 @@ pytestmark = pytest.mark.timeout(120)
 
 DATA = object_bytes("fastget", 200_000)
 KEYS = {"plain": DATA, "dir/with space+plus%and~tilde/ünï.bin": DATA[:5000]}
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    for name, value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
-                        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"), ("AWS_CONFIG_FILE", "/nonexistent"),
-                        ("AWS_EC2_METADATA_DISABLED", "true")):
-        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")
