@@ -69,18 +69,14 @@ def measure(fetch_all, reqs) -> dict:
             "cpu_s_per_gib": cpu / (nbytes / (1 << 30)), "bytes": nbytes, "seconds": elapsed}
 
 
-# -- boto3 in threads (cachefs's path: a sync client called from a bounded thread pool) ---------
-def boto3_fetcher(endpoint: dict, bucket: str, inflight: int):
-    import boto3
-    client = boto3.session.Session().client("s3", config=client_config(inflight), **endpoint)
+def threaded(inflight: int, get):
+    """fetch_all and close over a pool of `inflight` threads; `get(key, range or None)` -> body."""
     pool = ThreadPoolExecutor(inflight)
 
     def one(req):
-        key, rng = req
         t = time.perf_counter()
-        kw = {"Range": rng} if rng else {}
-        body = client.get_object(Bucket=bucket, Key=key, **kw)["Body"].read()
-        return time.perf_counter() - t, len(body)
+        n = len(get(*req))
+        return time.perf_counter() - t, n
 
     def fetch_all(reqs):
         results = list(pool.map(one, reqs))
@@ -88,29 +84,31 @@ def boto3_fetcher(endpoint: dict, bucket: str, inflight: int):
     return fetch_all, pool.shutdown
 
 
-# -- cachefs's fast GET in the same threads ---------------------------------------------------------
+# -- boto3 in threads (a sync client called from a bounded thread pool) -----------------------------
+def boto3_fetcher(endpoint: dict, bucket: str, inflight: int):
+    import boto3
+    client = boto3.session.Session().client("s3", config=client_config(inflight), **endpoint)
+
+    def get(key, rng):
+        kw = {"Range": rng} if rng else {}
+        return client.get_object(Bucket=bucket, Key=key, **kw)["Body"].read()
+    return threaded(inflight, get)
+
+
+# -- cachefs's fast GET in the same threads (what cachefs does by default) ---------------------------
 def fastget_fetcher(endpoint: dict, bucket: str, inflight: int):
     import boto3
     from cachefs.store.fastget import FastGetter
     client = boto3.session.Session().client("s3", config=client_config(inflight), **endpoint)
     getter = FastGetter(client, bucket)
-    pool = ThreadPoolExecutor(inflight)
 
-    def one(req):
-        key, rng = req
-        t = time.perf_counter()
+    def get(key, rng):
         if rng:
-            start, end = (int(x) for x in rng[len("bytes="):].split("-"))
+            start, last = (int(x) for x in rng[len("bytes="):].split("-"))
         else:
-            start = 0
-            end = SMALL - 1                      # the small objects are all SMALL bytes
-        body = getter.get(key, start, end + 1, None, lambda raw: None)
-        return time.perf_counter() - t, len(body)
-
-    def fetch_all(reqs):
-        results = list(pool.map(one, reqs))
-        return [r[0] for r in results], sum(r[1] for r in results)
-    return fetch_all, pool.shutdown
+            start, last = 0, SMALL - 1               # the small objects are all SMALL bytes
+        return getter.get(key, start, last + 1, None, lambda raw: None)
+    return threaded(inflight, get)
 
 
 # -- aiobotocore (asyncio; cachefs runs on trio, so it would need trio-asyncio or a loop thread) ---
