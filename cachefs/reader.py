@@ -228,18 +228,20 @@ class BlockReader:
         try:
             for _, child in await namespace.entries(root):
                 if child.is_dir and self._dir_opens.get(child.ino) is not _WALKED:
-                    self._enqueue_directory(child.ino, namespace, frozenset(), walk=False)
+                    self._enqueue_directory(child.ino, namespace, frozenset(), front=False)
             self._start_walkers(namespace)
         except Exception as e:  # a hint only: the reads fetch what they need themselves
             log.debug("dataset walk of directory %d failed: %s", root, e)
         finally:
             self._dir_walks -= 1
 
-    def _enqueue_directory(self, directory: int, namespace, opened: frozenset, walk: bool = True) -> None:
+    def _enqueue_directory(self, directory: int, namespace, opened: frozenset, front: bool = True) -> None:
+        """Queue a directory's prefetch: one whose files are being opened goes first (`front`), a
+        dataset walk's go last and are started by the walk once all are queued."""
         self._dir_opens[directory] = _WALKED
         _forget_oldest(self._dir_opens)
-        if walk:
-            self._dir_queue.appendleft((directory, opened))   # seen opened: before a walk's queue
+        if front:
+            self._dir_queue.appendleft((directory, opened))
             self._start_walkers(namespace)
         else:
             self._dir_queue.append((directory, opened))

@@ -40,7 +40,7 @@ class FallBack(Exception):
 
 
 class DeadlinePassed(TimeoutError):
-    """The caller's deadline passed before the whole body was here (the connection is closed)."""
+    """The caller's deadline passed before the request could be sent."""
 
 
 class FastGetter:

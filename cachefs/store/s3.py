@@ -266,21 +266,18 @@ class S3Store(ObjectStore):
                 armed = self._watchdog.arm(call.deadline, call.abandon) if call.deadline is not None else None
                 try:
                     data = fast.get(key, start, end, etag, body_follows, call.deadline)
-                    if call.abandoned:          # the body was cut at the deadline
-                        raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
                 except FallBack as e:
                     log.info("S3 GETs go through boto3 from now on (%s)", e)
                     self._fast = None
-                except _DeadlineExceeded:
-                    raise
                 except Exception as e:
                     if call.abandoned or (call.deadline is not None and time.monotonic() >= call.deadline - 0.01):
-                        raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read "
-                                                f"deadline") from e
+                        raise self._deadline_exceeded() from e
                     raise
                 finally:
                     if armed is not None:
                         self._watchdog.disarm(armed)
+                if call.abandoned:              # the body was cut at the deadline
+                    raise self._deadline_exceeded()
             if data is None:
                 body = self.read_client.get_object(**args)["Body"]
                 body_follows(body)
@@ -369,6 +366,9 @@ class S3Store(ObjectStore):
             log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, _describe(error), attempts, delay)
             time.sleep(delay)
 
+    def _deadline_exceeded(self) -> _DeadlineExceeded:
+        return _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
+
     def _attempt(self, attempt_fn, deadline: float | None, inline: bool = False):
         call = _Attempt(deadline)
         if deadline is None or self._attempts is None or inline:
@@ -379,7 +379,7 @@ class S3Store(ObjectStore):
         except cf.TimeoutError:
             future.cancel()
             call.abandon()
-            raise _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline") from None
+            raise self._deadline_exceeded() from None
 
     # -- writes --------------------------------------------------------------------------
     def _call(self, counter: str, key: str, fn, **args):
