@@ -17,7 +17,7 @@ import time
 import pyfuse3
 import trio
 
-from . import __version__, kernel, logsetup, metrics, mounts
+from . import __version__, kernel, logsetup, metrics, mounts, native
 from .cache import TieredCache
 from .config import Config
 from .control import ControlServer
@@ -78,6 +78,13 @@ def lock_cache_dir(path: str) -> int:
         os.close(fd)
         raise UserError(f"cache directory {path} is in use by another cachefs daemon{holder}") from None
     return fd
+
+
+# Free block buffers kept for reuse beyond max_fetches: a sequential stream has up to max_fetches
+# blocks in flight plus a few waiting for its reader (the rest go back to the OS). They are mapped
+# and touched at start, so the first read after a mount pays no page faults either: the daemon's
+# RSS starts (max_fetches + this) x block size higher (96 MiB at the defaults; docs/CACHING.md).
+POOL_SPARE_BLOCKS = 8
 
 
 def bound_malloc() -> None:
@@ -148,6 +155,8 @@ class Daemon:
                                        max_block=cfg.block_size)
         self.cache.open()
         self.cache.load()
+        # Block-sized buffers (S3 bodies, block files read whole) reuse their memory (native.py).
+        native.set_pool(cfg.block_size, cfg.max_fetches + POOL_SPARE_BLOCKS, fill=True)
         self.limiter = trio.CapacityLimiter(cfg.max_idle_threads)
         run_blocking = functools.partial(_run_in_thread, self.limiter)
         self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)
@@ -185,6 +194,7 @@ class Daemon:
         return {"cache_bytes": sum(t.used for t in disk), "cache_capacity": sum(t.quota for t in disk),
                 "mem_cache_bytes": sum(t.used for t in self.cache.mem_tiers),
                 "cache_blocks": self.cache.block_count, "tiers": self.cache.tier_stats(),
+                "block_pool": native.pool_stats(),
                 "pending_paths": self.writeback.pending_paths()[:100],
                 "control_socket": self.control.path, "metrics_url": self.exporter and self.exporter.url,
                 "source": self.cfg.source, "version": __version__}

@@ -7,6 +7,11 @@ The single import point for the rest of cachefs:
     read_ranges([(path, off, n)]) payload bytes [off, off+n) of each (already verified) block file
                                  (each range a tuple; off counts from the payload start),
                                  concatenated into one buffer; OSError on I/O errors or a short read
+    buffer(n)                    a writable buffer of n bytes to receive into (an S3 body); with the C
+                                 extension, in recycled memory when n is near the pool's chunk size
+    set_pool(chunk, keep, fill)  recycle block-sized allocations (C only): at most `keep` free chunks,
+                                 with `fill` mapped and touched now
+    pool_stats()                 {chunk, keep, free, mapped, reused} of that recycling
 The C version reads with one preadv per file into a buffer it owns, with the GIL
 released for the syscalls and the hash, so a FUSE read spanning two blocks needs no join.
 The Python versions (py_read_block, py_read_ranges) give identical results; tests compare them.
@@ -73,3 +78,17 @@ _native = _load_native()
 ACTIVE = "python" if _native is None else "native"
 read_block = py_read_block if _native is None else _native.read_block
 read_ranges = py_read_ranges if _native is None else _native.read_ranges
+buffer = bytearray if _native is None else _native.buffer
+
+
+def set_pool(chunk: int, keep: int, fill: bool = False) -> None:
+    if _native is not None:
+        _native.set_pool(chunk, keep)
+        if fill:
+            _native.fill_pool()
+
+
+def pool_stats() -> dict:
+    if _native is None:
+        return {"chunk": 0, "keep": 0, "free": 0, "mapped": 0, "reused": 0}
+    return _native.pool_stats()

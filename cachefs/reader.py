@@ -165,7 +165,7 @@ class BlockReader:
     async def _handle_block(self, state: ReadState, inode: Inode, key: str, index: int) -> memoryview:
         data = state.blocks.get(index)
         if data is None:
-            data = await self._block(inode, key, index)
+            data = await self._block(inode, key, index, stream=state.window > 0)
             state.blocks[index] = data
             while len(state.blocks) > HANDLE_BLOCKS:
                 self._held.pop((id(state), state.blocks.popitem(last=False)[0]), None)
@@ -187,7 +187,7 @@ class BlockReader:
         if namespace is not None:
             self._note_open(inode, namespace)
         for i in range(block_count(inode.size, self.block_size)):
-            if not self._start_prefetch(inode, key, i):
+            if not self._start_prefetch(inode, key, i, stream=False):
                 break
 
     def _note_open(self, inode: Inode, namespace) -> None:
@@ -315,13 +315,14 @@ class BlockReader:
     def _read_ahead(self, state: ReadState, inode: Inode, key: str, first: int) -> None:
         last = min(first + state.window, block_count(inode.size, self.block_size))
         i = max(first, state.ahead_until)
-        while i < last and self._start_prefetch(inode, key, i):
+        while i < last and self._start_prefetch(inode, key, i, stream=True):
             i += 1
         state.ahead_until = i       # what the mount-wide limit cut off is asked for at the next block
 
-    def _start_prefetch(self, inode: Inode, key: str, index: int) -> bool:
+    def _start_prefetch(self, inode: Inode, key: str, index: int, stream: bool) -> bool:
         """Fetch one block in the background unless it is at hand already; False when the
-        mount-wide budget (max_fetches GETs in flight) is spent."""
+        mount-wide budget (max_fetches GETs in flight) is spent. `stream`: read-ahead of a
+        sequential reader (its blocks skip the memory tier: TieredCache.put)."""
         if self._prefetching >= self.max_fetches:
             return False
         bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
@@ -329,13 +330,13 @@ class BlockReader:
             self.stats.add("readahead_blocks")
             self._prefetching += 1
             self._inflight[bkey] = _Fetch()
-            self.nursery.start_soon(self._prefetch, inode, key, index, bkey)
+            self.nursery.start_soon(self._prefetch, inode, key, index, bkey, stream)
         return True
 
-    async def _prefetch(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
+    async def _prefetch(self, inode: Inode, key: str, index: int, bkey: bytes, stream: bool) -> None:
         fetch = self._inflight[bkey]     # registered by _start_prefetch, so a read arriving first waits
         try:
-            data = await self._fetch(fetch, bkey, inode, key, index)
+            data = await self._fetch(fetch, bkey, inode, key, index, stream)
         except Exception as e:  # the reader will ask again and see the error itself
             log.debug("read-ahead of %s block %d failed: %s", key, index, e)
             return
@@ -347,7 +348,7 @@ class BlockReader:
         while len(self._prefetched) > self.prefetch_buffer_blocks:
             self._prefetched.popitem(last=False)
 
-    async def _block(self, inode: Inode, key: str, index: int) -> memoryview:
+    async def _block(self, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
         bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
         while True:
             data = self._prefetched.pop(bkey, None)
@@ -368,14 +369,15 @@ class BlockReader:
                 raise fetch.error
             # the fetching request was cancelled before it started: try ourselves
         fetch = self._inflight[bkey] = _Fetch()
-        return await self._fetch(fetch, bkey, inode, key, index)
+        return await self._fetch(fetch, bkey, inode, key, index, stream)
 
-    async def _fetch(self, fetch: _Fetch, bkey: bytes, inode: Inode, key: str, index: int) -> memoryview:
+    async def _fetch(self, fetch: _Fetch, bkey: bytes, inode: Inode, key: str, index: int,
+                     stream: bool = False) -> memoryview:
         """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome. A block
         fetched from S3 is in the cache tiers before anyone gets it: a read that returned has its
         blocks cached (a kill -9 right after loses none of them)."""
         try:
-            fetch.value = await self.run_blocking(self._load, bkey, inode, key, index)
+            fetch.value = await self.run_blocking(self._load, bkey, inode, key, index, stream)
             return fetch.value
         except trio.Cancelled:
             raise
@@ -386,15 +388,16 @@ class BlockReader:
             del self._inflight[bkey]
             fetch.done.set()
 
-    def _load(self, bkey: bytes, inode: Inode, key: str, index: int) -> memoryview:
-        """In a worker thread: the cache tiers (they count their hits), else a ranged GET."""
+    def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
+        """In a worker thread: the cache tiers (they count their hits), else a ranged GET (a
+        sequential stream's block is cached on disk only: TieredCache.put)."""
         data = self.cache.get(bkey)
         if data is not None:
             return data
         self.stats.add("cache_misses")
         start, end = block_range(index, self.block_size, inode.size)
         fetched = self.store.get_range(key, start, end, inode.etag or None)
-        self.cache.put(bkey, fetched)
+        self.cache.put(bkey, fetched, memory=not stream)
         return memoryview(fetched)
 
 

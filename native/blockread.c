@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -33,65 +35,138 @@
 
 #define HEADER_SIZE 32
 static const char MAGIC[8] = {'C', 'F', 'S', 'B', 'L', 'K', '0', '1'};
-/* Buffers come from plain malloc, not posix_memalign: glibc serves a memaligned multi-MiB request
- * with a fresh mmap (page alignment) or with extra padding it cannot reuse (64 bytes), so every
- * 4 MiB block paid 1024 (or ~50) page faults: 1.4 GB/s instead of 15. malloc's 16-byte alignment
- * is all the hash's unaligned vector loads and the kernel's copy need; pages would matter only
- * for O_DIRECT, which block files do not use (they are read warm from the page cache). */
+/* ---- recycled block memory ---------------------------------------------------------------- */
+
+/* The daemon caps glibc's mmap threshold at 128 KiB (cachefs/daemon.py: freed blocks must go back to
+ * the OS, or the memory tier's budget is not what RSS shows), so every multi-MiB buffer is a fresh
+ * mmap whose pages all fault on first touch: 1,024 faults per 4 MiB block, a sixth of the daemon's
+ * CPU on a cold read. Blocks are all one size, so their memory is recycled here instead: a
+ * buffer of more than half a chunk (set_pool) takes a chunk from a free list, or maps a new one,
+ * and gives it back when the buffer object dies; at most `pool_keep` free chunks are kept (the rest
+ * are unmapped), so idle RSS grows by at most pool_keep chunks. Chunks are mmaps: page-aligned.
+ * Smaller buffers come from plain malloc. The lock is held only to push or pop a pointer: buffers
+ * are allocated and freed in GIL-free code too. */
+#define POOL_MAX 256
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static size_t pool_chunk;                /* bytes per recycled chunk; 0: recycling off */
+static int pool_keep;                    /* free chunks kept at most */
+static int pool_free_n;
+static char *pool_free[POOL_MAX];
+static unsigned long long pool_mapped, pool_reused;
+
+/* Memory for a buffer of `len` bytes; *cap is the chunk size if it is a recycled chunk, else 0. */
+static char *mem_get(size_t len, size_t *cap)
+{
+    char *p = NULL;
+    pthread_mutex_lock(&pool_lock);
+    size_t chunk = pool_chunk;
+    int pooled = chunk && len > chunk / 2 && len <= chunk;
+    if (pooled && pool_free_n > 0) {
+        p = pool_free[--pool_free_n];
+        pool_reused++;
+    } else if (pooled) {
+        pool_mapped++;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (!pooled) {
+        *cap = 0;
+        return malloc(len ? len : 1);    /* malloc(0) may legally return NULL */
+    }
+    if (p == NULL) {
+        p = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+    }
+    *cap = chunk;
+    return p;
+}
+
+static void mem_put(char *p, size_t cap)
+{
+    if (p == NULL)
+        return;
+    if (cap == 0) {
+        free(p);
+        return;
+    }
+    pthread_mutex_lock(&pool_lock);
+    if (cap == pool_chunk && pool_free_n < pool_keep) {
+        pool_free[pool_free_n++] = p;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (p != NULL)
+        munmap(p, cap);
+}
 
 /* ---- the buffer object ------------------------------------------------------------------- */
 
-/* Owns one malloc()ed allocation; read-only; the memory is freed when the last export (memoryview)
- * is gone, because every export holds a reference to this object. */
+/* Owns one allocation; the memory is freed (or recycled) when the last export (memoryview) is
+ * gone, because every export holds a reference to this object. Buffers read from block files are
+ * read-only; those from buffer() are writable (an S3 body is received into them). */
 typedef struct {
     PyObject_HEAD
     char *data;
     Py_ssize_t len;
+    size_t cap;                          /* recycled chunk size, 0 for malloc()ed memory */
+    int writable;
 } Buffer;
 
 static void buffer_dealloc(Buffer *self)
 {
-    free(self->data);
+    mem_put(self->data, self->cap);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int buffer_getbuffer(Buffer *self, Py_buffer *view, int flags)
 {
-    /* readonly=1: a request for a writable buffer fails with BufferError. */
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->len, 1, flags);
+    /* read-only buffers: a request for a writable view fails with BufferError. */
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->len, !self->writable, flags);
+}
+
+static Py_ssize_t buffer_length(Buffer *self)
+{
+    return self->len;
 }
 
 static PyBufferProcs buffer_as_buffer = {(getbufferproc)buffer_getbuffer, NULL};
+static PySequenceMethods buffer_as_sequence = {.sq_length = (lenfunc)buffer_length};
 
 static PyTypeObject BufferType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "cachefs._native.Buffer",
-    .tp_doc = "Read-only bytes read from block files (export it with memoryview()).",
+    .tp_doc = "Bytes in memory this module owns (export them with memoryview()).",
     .tp_basicsize = sizeof(Buffer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)buffer_dealloc,
     .tp_as_buffer = &buffer_as_buffer,
+    .tp_as_sequence = &buffer_as_sequence,
 };
 
-/* A memoryview over a new Buffer that takes ownership of `data` (freed on any failure). */
-static PyObject *wrap(char *data, Py_ssize_t len)
+/* A new Buffer that takes ownership of `data` (released on failure). */
+static Buffer *new_buffer(char *data, Py_ssize_t len, size_t cap, int writable)
 {
     Buffer *buf = PyObject_New(Buffer, &BufferType);
     if (buf == NULL) {
-        free(data);
+        mem_put(data, cap);
         return NULL;
     }
     buf->data = data;
     buf->len = len;
+    buf->cap = cap;
+    buf->writable = writable;
+    return buf;
+}
+
+/* A read-only memoryview over a new Buffer owning `data`. */
+static PyObject *wrap(char *data, Py_ssize_t len, size_t cap)
+{
+    Buffer *buf = new_buffer(data, len, cap, 0);
+    if (buf == NULL)
+        return NULL;
     PyObject *view = PyMemoryView_FromObject((PyObject *)buf);
     Py_DECREF(buf);
     return view;
-}
-
-/* malloc with a non-zero size (malloc(0) may legally return NULL, which looks like failure). */
-static char *alloc_buffer(size_t len)
-{
-    return malloc(len ? len : 1);
 }
 
 /* ---- plain C, called without the GIL ------------------------------------------------------ */
@@ -143,11 +218,12 @@ enum { BLOCK_OK, BLOCK_BAD, BLOCK_ERRNO };
 /* Read a whole block file: header and payload in one preadv, the payload into a fresh
  * allocation sized from fstat (never from the header, which may be corrupt). BLOCK_OK sets
  * *out and *outlen; BLOCK_BAD means wrong magic, length or checksum; BLOCK_ERRNO leaves errno set. */
-static int load_block(const char *path, int verify, char **out, size_t *outlen)
+static int load_block(const char *path, int verify, char **out, size_t *outlen, size_t *outcap)
 {
     unsigned char head[HEADER_SIZE];
     struct stat st;
     char *data = NULL;
+    size_t cap = 0;
     int rc = BLOCK_ERRNO;
     int fd = open_ro(path);
     if (fd < 0)
@@ -163,7 +239,7 @@ static int load_block(const char *path, int verify, char **out, size_t *outlen)
         goto out;
     }
     size_t len = (size_t)st.st_size - HEADER_SIZE;
-    if ((data = alloc_buffer(len)) == NULL) {
+    if ((data = mem_get(len, &cap)) == NULL) {
         errno = ENOMEM;
         goto out;
     }
@@ -179,10 +255,11 @@ static int load_block(const char *path, int verify, char **out, size_t *outlen)
     rc = BLOCK_OK;
     *out = data;
     *outlen = len;
+    *outcap = cap;
     data = NULL;
 out:;
     int saved = errno;
-    free(data);
+    mem_put(data, cap);
     close(fd);
     errno = saved;
     return rc;
@@ -241,13 +318,13 @@ static PyObject *read_block(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *path, *fspath;
     int verify = 1, rc, err;
     char *data = NULL;
-    size_t len = 0;
+    size_t len = 0, cap = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:read_block", kwlist, &path, &verify))
         return NULL;
     if (!PyUnicode_FSConverter(path, &fspath))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = load_block(PyBytes_AS_STRING(fspath), verify, &data, &len);
+    rc = load_block(PyBytes_AS_STRING(fspath), verify, &data, &len, &cap);
     err = errno;
     Py_END_ALLOW_THREADS
     Py_DECREF(fspath);
@@ -255,7 +332,7 @@ static PyObject *read_block(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_RETURN_NONE;
     if (rc == BLOCK_ERRNO)
         return set_errno(err, path);
-    return wrap(data, (Py_ssize_t)len);
+    return wrap(data, (Py_ssize_t)len, cap);
 }
 
 /* Parse one (path, payload offset, length) tuple into r (r->dst is set later); *fspath gets a new
@@ -295,6 +372,7 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
     struct range *r = PyMem_Calloc(n ? n : 1, sizeof *r);
     PyObject **paths = PyMem_Calloc(n ? n : 1, sizeof *paths);
     char *data = NULL;
+    size_t cap = 0;
     int err = 0;
     if (r == NULL || paths == NULL) {
         PyErr_NoMemory();
@@ -309,7 +387,7 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
         }
         total += (Py_ssize_t)r[i].len;
     }
-    if ((data = alloc_buffer((size_t)total)) == NULL) {
+    if ((data = mem_get((size_t)total, &cap)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -320,7 +398,7 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
     err = errno;
     Py_END_ALLOW_THREADS
     if (failed < 0) {
-        result = wrap(data, total);
+        result = wrap(data, total, cap);
         data = NULL;
     } else if (err == 0) {
         set_short_read(PyTuple_GET_ITEM(items[failed], 0));
@@ -328,7 +406,8 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
         set_errno(err, PyTuple_GET_ITEM(items[failed], 0));
     }
 done:
-    free(data);
+    if (data != NULL)
+        mem_put(data, cap);
     if (paths != NULL)
         for (Py_ssize_t i = 0; i < n; i++)
             Py_XDECREF(paths[i]);
@@ -338,7 +417,92 @@ done:
     return result;
 }
 
+static PyObject *buffer(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t len = PyLong_AsSsize_t(arg);
+    size_t cap = 0;
+    char *data;
+    if (len == -1 && PyErr_Occurred())
+        return NULL;
+    if (len < 0) {
+        PyErr_SetString(PyExc_ValueError, "buffer: length must be >= 0");
+        return NULL;
+    }
+    if ((data = mem_get((size_t)len, &cap)) == NULL)
+        return PyErr_NoMemory();
+    return (PyObject *)new_buffer(data, len, cap, 1);
+}
+
+static PyObject *set_pool(PyObject *module, PyObject *args)
+{
+    Py_ssize_t chunk;
+    int keep;
+    char *drop[POOL_MAX];
+    int ndrop = 0;
+    size_t old;
+    if (!PyArg_ParseTuple(args, "ni:set_pool", &chunk, &keep))
+        return NULL;
+    if (chunk < 0 || keep < 0 || keep > POOL_MAX) {
+        PyErr_Format(PyExc_ValueError, "set_pool: chunk must be >= 0 and keep in 0..%d", POOL_MAX);
+        return NULL;
+    }
+    pthread_mutex_lock(&pool_lock);
+    old = pool_chunk;
+    while (pool_free_n > (old == (size_t)chunk ? keep : 0))
+        drop[ndrop++] = pool_free[--pool_free_n];
+    pool_chunk = (size_t)chunk;
+    pool_keep = keep;
+    pthread_mutex_unlock(&pool_lock);
+    for (int i = 0; i < ndrop; i++)
+        munmap(drop[i], old);
+    Py_RETURN_NONE;
+}
+
+/* Map and touch free chunks up to `keep` now (MAP_POPULATE), so that the first blocks read after
+ * the mount do not pay a page fault per 4 KiB either. */
+static PyObject *fill_pool(PyObject *module, PyObject *unused)
+{
+    for (;;) {
+        pthread_mutex_lock(&pool_lock);
+        size_t chunk = pool_chunk;
+        int room = chunk && pool_free_n < pool_keep;
+        pthread_mutex_unlock(&pool_lock);
+        if (!room)
+            break;
+        char *p;
+        Py_BEGIN_ALLOW_THREADS
+        p = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        Py_END_ALLOW_THREADS
+        if (p == MAP_FAILED)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        pthread_mutex_lock(&pool_lock);
+        pool_mapped++;
+        pthread_mutex_unlock(&pool_lock);
+        mem_put(p, chunk);               /* unmapped at once if the pool changed meanwhile */
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *pool_stats(PyObject *module, PyObject *unused)
+{
+    pthread_mutex_lock(&pool_lock);
+    PyObject *r = Py_BuildValue("{s:n,s:i,s:i,s:K,s:K}", "chunk", (Py_ssize_t)pool_chunk, "keep", pool_keep,
+                                "free", pool_free_n, "mapped", pool_mapped, "reused", pool_reused);
+    pthread_mutex_unlock(&pool_lock);
+    return r;
+}
+
 static PyMethodDef methods[] = {
+    {"buffer", buffer, METH_O,
+     "buffer(n) -> Buffer\n\n"
+     "A writable buffer of n bytes (contents undefined), in recycled memory if n fits a pool chunk."},
+    {"set_pool", set_pool, METH_VARARGS,
+     "set_pool(chunk, keep) -> None\n\n"
+     "Recycle allocations of more than chunk/2 and at most chunk bytes; keep at most `keep` free."},
+    {"fill_pool", fill_pool, METH_NOARGS,
+     "fill_pool() -> None\n\nMap and touch free chunks until `keep` are free."},
+    {"pool_stats", pool_stats, METH_NOARGS,
+     "pool_stats() -> dict: chunk, keep, free, mapped (chunks ever mapped), reused (chunks reused)"},
     {"read_block", (PyCFunction)(void (*)(void))read_block, METH_VARARGS | METH_KEYWORDS,
      "read_block(path, verify=True) -> memoryview | None\n\n"
      "The payload of a block file, or None if its magic, length or (with verify) xxh3 is wrong."},

@@ -120,8 +120,11 @@ def test_memory_tier_is_a_real_byte_budget(mounter, make_bucket, tmp_path):
     data = {f"m{i}": object_bytes(f"mem{i}", 8 * MiB) for i in range(12)}      # 96 MiB through the mount
     name = make_bucket("tiers-mem", data)
     threads, fetches, readers, quota_mib = 4, 4, 4, 16
+    # --read-ahead 0: a sequential stream's blocks skip the memory tier (docs/CACHING.md), and this
+    # test is about the memory tier's budget, so every block goes through it.
     m = mounter.mount(name, *tier_args(f"mem:{quota_mib}MiB", f"ssd:{tmp_path / 'ssd'}:256MiB"),
-                      "--max-idle-threads", str(threads), "--max-fetches", str(fetches), block_size=BLOCK)
+                      "--max-idle-threads", str(threads), "--max-fetches", str(fetches), "--read-ahead", "0",
+                      block_size=BLOCK)
     pid = m.pid()
     read_all(m / "m0")
     base = _rss_mib(pid)
@@ -135,4 +138,27 @@ def test_memory_tier_is_a_real_byte_budget(mounter, make_bucket, tmp_path):
                 peak = max(peak, _rss_mib(pid))
     allowed = quota_mib + (2 * threads + 2 * fetches + 2 * readers) * 1 + 24   # + 24 MiB: the interpreter's churn
     assert peak - base <= allowed, f"RSS grew {peak - base:.0f} MiB, budget {allowed} MiB"
-    assert m.stats()["tiers"]["mem"]["used"] <= quota_mib * MiB
+    mem = m.stats()["tiers"]["mem"]
+    assert quota_mib * MiB // 2 < mem["used"] <= quota_mib * MiB     # the tier was filled, not bypassed
+
+
+def test_a_stream_goes_to_disk_only_and_reuses_block_memory(mounter, make_bucket, tmp_path):
+    """docs/CACHING.md: a sequential reader's blocks skip the memory tier, and their buffers (S3 bodies
+    received in place) come from the recycled pool, not fresh memory; a small file opened goes to
+    memory too."""
+    from cachefs import native
+    data = {"stream": object_bytes("stream", 12 * MiB + 5), "small": object_bytes("small", 300_000)}
+    name = make_bucket("tiers-stream", data)
+    m = mounter.mount(name, *tier_args("mem:64MiB", f"ssd:{tmp_path / 'ssd'}:256MiB"),
+                      "--max-fetches", "4", "--prefetch-small-files", "1MiB", block_size=BLOCK)
+    pool0 = m.stats()["block_pool"]
+    assert read_all(m / "stream") == data["stream"]
+    st = m.stats()
+    assert st["tiers"]["mem"]["used"] == 0 and st["tiers"]["ssd"]["blocks"] == 13
+    pool = st["block_pool"]
+    if native.ACTIVE == "native":
+        assert pool["chunk"] == MiB and pool["keep"] == 4 + 8
+        fresh = pool["mapped"] - pool0["mapped"]
+        assert pool["reused"] - pool0["reused"] >= 12 - fresh and fresh <= 4   # 12 full blocks, nearly all reused
+    assert read_all(m / "small") == data["small"]
+    assert m.stats()["tiers"]["mem"]["blocks"] == 1

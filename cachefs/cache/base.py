@@ -14,8 +14,9 @@ class BlockCache(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def put(self, key: bytes, data: bytes | memoryview) -> bool:
-        """Store a block if the cache admits it; never raises for I/O."""
+    def put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> bool:
+        """Store a block if the cache admits it; never raises for I/O. memory=False: not in the
+        memory tiers (a block of a sequential stream: see TieredCache.put)."""
 
     @abc.abstractmethod
     def contains(self, key: bytes) -> bool:

@@ -1,4 +1,4 @@
-"""The memory tier: verified blocks held as bytes, within a byte budget."""
+"""The memory tier: verified blocks held in memory (bytes or whole buffers), within a byte budget."""
 from __future__ import annotations
 
 from ..stats import Stats
@@ -8,6 +8,20 @@ from .tier import Slot, Tier
 # Per-block bookkeeping beyond the payload (bytes object header, dict and OrderedDict entries,
 # Slot): charged to the quota so that the budget is what the process really holds.
 ENTRY_OVERHEAD = 512
+
+
+def _owns_all(data: bytes | memoryview) -> bool:
+    """Bytes, or a view of the whole of its buffer (a block received or read into a buffer of its
+    own, cachefs.native.buffer): kept as it is. A view of part of something larger is copied, so
+    that keeping it does not keep more memory than the quota is charged."""
+    if isinstance(data, bytes):
+        return True
+    if not isinstance(data, memoryview) or not data.contiguous:
+        return False
+    try:
+        return len(data.obj) == data.nbytes
+    except TypeError:
+        return False
 
 
 class MemoryTier(Tier):
@@ -26,7 +40,7 @@ class MemoryTier(Tier):
         return memoryview(data) if data is not None else None
 
     def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
-        self._data[key] = data if isinstance(data, bytes) else bytes(data)
+        self._data[key] = data if _owns_all(data) else bytes(data)
         return True
 
     def _delete(self, key: bytes, slot: Slot) -> None:

@@ -144,15 +144,20 @@ class TieredCache(BlockCache):
             return data
         return None
 
-    def put(self, key: bytes, data: bytes | memoryview) -> bool:
+    def put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> bool:
         """Place a fetched block: in the fastest disk tier that admits it, and in memory too.
 
         Memory tiers are inclusive (a copy of what is also on disk, where there is room on disk):
         a restart or crash then loses nothing that was cached, and dropping a block from memory
         costs no write. A block no disk tier admits may still live in memory alone.
+
+        memory=False (blocks of a sequential stream, which the kernel's page cache holds for the
+        reader anyway) keeps it out of memory while a disk tier admits it: one large shard would
+        otherwise fill the memory tier, and under the scan-resistant policy keep it for an hour,
+        away from the small files and random reads it is for (docs/CACHING.md).
         """
         on_disk = self._place(key, data, self.disk_tiers)
-        in_mem = self._place(key, data, self.mem_tiers)
+        in_mem = (memory or not on_disk) and self._place(key, data, self.mem_tiers)
         if not (on_disk or in_mem):
             self.stats.add("cache_not_admitted")
             return False
