@@ -41,6 +41,29 @@ def test_ranges_and_awkward_keys_come_back_exact_through_the_fast_path(aws_env, 
         store.close()
 
 
+def test_a_block_sized_body_is_received_in_place_into_recycled_memory(aws_env, moto_server, fast_bucket):
+    """docs/CACHING.md, "Recycled block memory": the body lands in a buffer of its own from the pool."""
+    from cachefs import native
+    if native.ACTIVE != "native":
+        pytest.skip("the C extension is not active")
+    native.set_pool(150_000, 2)
+    store = store_for(moto_server.endpoint_url, fast_bucket)
+    try:
+        before = native.pool_stats()
+        for start in (0, 50_000, 0):
+            got = store.get_range("plain", start, start + 100_000)
+            assert isinstance(got, memoryview) and type(got.obj).__name__ == "Buffer"
+            assert got == DATA[start:start + 100_000] and len(got.obj) == 100_000
+            del got
+        after = native.pool_stats()
+        assert after["mapped"] - before["mapped"] <= 1 and after["reused"] - before["reused"] >= 2
+        small = store.get_range("plain", 0, 1000)           # below half a chunk: plain memory
+        assert small == DATA[:1000] and native.pool_stats()["reused"] == after["reused"]
+    finally:
+        store.close()
+        native.set_pool(0, 0)
+
+
 def test_errors_are_the_same_as_through_boto3(aws_env, moto_server, fast_bucket):
     for fast in (True, False):
         store = store_for(moto_server.endpoint_url, fast_bucket, fast_get=fast)
