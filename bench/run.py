@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             for run_i in range(1, runs + 1):
                 for label, target in targets.items():
                     rec.measure(lambda: probe.probe(target, endpoint.BUCKET, dataset.PROBE_KEY,
-                                                    scale.fio_file_mib * dataset.MiB),
+                                                    scale.fio_file_mib * dataset.MiB, disk_dir=scratch),
                                 _NoSystem, [], run=run_i, workload="endpoint", job=label, state="-")
                 if "loader" in workloads:
                     synthetic_loader(scale, rec, run_i, args)

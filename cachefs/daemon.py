@@ -19,6 +19,7 @@ import trio
 
 from . import __version__, kernel, logsetup, metrics, mounts, native
 from .cache import TieredCache
+from .cache.direct import ALIGN
 from .config import Config
 from .control import ControlServer
 from .errors import UserError
@@ -155,8 +156,9 @@ class Daemon:
                                        max_block=cfg.block_size)
         self.cache.open()
         self.cache.load()
-        # Block-sized buffers (S3 bodies, block files read whole) reuse their memory (native.py).
-        native.set_pool(cfg.block_size, cfg.max_fetches + POOL_SPARE_BLOCKS, fill=True)
+        # Block-sized buffers (S3 bodies, block files read whole) reuse their memory (native.py); a
+        # chunk also takes a block file whole (header + payload, rounded up for O_DIRECT reads).
+        native.set_pool(cfg.block_size + ALIGN, cfg.max_fetches + POOL_SPARE_BLOCKS, fill=True)
         self.limiter = trio.CapacityLimiter(cfg.max_idle_threads)
         run_blocking = functools.partial(_run_in_thread, self.limiter)
         self.namespace = Namespace(self.meta, self.store, cfg, run_blocking)

@@ -69,6 +69,7 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_cache_errors_total": ("cache_errors", "cache tier I/O errors (served as misses)"),
     "cachefs_fuse_read_bytes_total": ("fuse_read_bytes", "bytes returned to FUSE reads"),
     "cachefs_readahead_blocks_total": ("readahead_blocks", "blocks fetched by read-ahead"),
+    "cachefs_readahead_disk_blocks_total": ("readahead_disk_blocks", "blocks read ahead from a disk tier"),
     "cachefs_dir_prefetches_total": ("dir_prefetches", "directories whose small files were prefetched"),
     "cachefs_dataset_walks_total": ("dataset_walks", "directories whose subdirectories were all prefetched "
                                     "(small files opened in 3 of them)"),

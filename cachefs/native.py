@@ -13,7 +13,8 @@ The single import point for the rest of cachefs:
                                  with `fill` mapped and touched now
     pool_stats()                 {chunk, keep, free, mapped, reused} of that recycling
 The C version reads with one preadv per file into a buffer it owns, with the GIL
-released for the syscalls and the hash, so a FUSE read spanning two blocks needs no join.
+released for the syscalls and the hash, so a FUSE read spanning two blocks needs no join; a
+block-sized file is read whole with O_DIRECT into a recycled chunk (docs/CACHING.md).
 The Python versions (py_read_block, py_read_ranges) give identical results; tests compare them.
 
 CACHEFS_NO_NATIVE=1 in the environment forces the fallback (to compare, or to rule the C out).

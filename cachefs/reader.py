@@ -320,14 +320,16 @@ class BlockReader:
         state.ahead_until = i       # what the mount-wide limit cut off is asked for at the next block
 
     def _start_prefetch(self, inode: Inode, key: str, index: int, stream: bool) -> bool:
-        """Fetch one block in the background unless it is at hand already; False when the
-        mount-wide budget (max_fetches GETs in flight) is spent. `stream`: read-ahead of a
-        sequential reader (its blocks skip the memory tier: TieredCache.put)."""
+        """Load one block in the background unless it is at hand already: from S3, or from a disk
+        tier into the read-ahead buffer (a warm stream then reads its blocks from disk in parallel,
+        ahead of the reader, as a cold one fetches them). False when the mount-wide budget
+        (max_fetches loads in flight) is spent. `stream`: read-ahead of a sequential reader (its
+        fetched blocks skip the memory tier: TieredCache.put)."""
         if self._prefetching >= self.max_fetches:
             return False
         bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
-        if not (bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey)):
-            self.stats.add("readahead_blocks")
+        if not (bkey in self._prefetched or bkey in self._inflight or self.cache.in_memory(bkey)):
+            self.stats.add("readahead_disk_blocks" if self.cache.contains(bkey) else "readahead_blocks")
             self._prefetching += 1
             self._inflight[bkey] = _Fetch()
             self.nursery.start_soon(self._prefetch, inode, key, index, bkey, stream)

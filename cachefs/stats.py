@@ -10,7 +10,7 @@ NAMES = (
     "s3_hedge_skipped_answered",
     "cache_hits", "cache_misses", "cache_puts", "cache_evictions", "cache_demotions", "cache_promotions",
     "cache_not_admitted", "cache_corrupt", "cache_errors",
-    "fuse_reads", "fuse_read_bytes", "readahead_blocks", "fetch_shared",
+    "fuse_reads", "fuse_read_bytes", "readahead_blocks", "readahead_disk_blocks", "fetch_shared",
     "fuse_writes", "write_bytes", "uploads", "upload_bytes", "upload_parts", "upload_copies", "upload_failures", "staging_full",
 )
 

@@ -2,9 +2,11 @@
  * kernel, with the GIL released for the syscalls and the checksum.
  *
  * Why C: the pure-Python path reads a block into a bytes object, hashes it, then slices and joins
- * to serve a FUSE read that spans two blocks. Here one preadv() fills a malloc()ed buffer the
- * module owns, xxh3 runs over it in the same pass without the GIL, and the buffer is exported
- * read-only through the buffer protocol, so nothing is copied at Python level.
+ * to serve a FUSE read that spans two blocks. Here one read fills a buffer the module owns (a
+ * block-sized file: read whole with O_DIRECT into a recycled, page-aligned chunk; a smaller one:
+ * preadv into malloc()ed memory), xxh3 runs over it in the same pass without the GIL, and the
+ * buffer is exported through the buffer protocol, so nothing is copied at Python level. The same
+ * recycled chunks receive S3 bodies (buffer()).
  *
  * Block file format (cachefs/cache/disk.py, layout v1): a 32-byte header
  *     magic "CFSBLK01", u64 payload length, u64 xxh3-64 of the payload (seed 0), u64 zero
@@ -106,7 +108,8 @@ static void mem_put(char *p, size_t cap)
  * read-only; those from buffer() are writable (an S3 body is received into them). */
 typedef struct {
     PyObject_HEAD
-    char *data;
+    char *base;                          /* the allocation (what is freed or recycled) */
+    char *data;                          /* the bytes exported: base, or past a block file's header */
     Py_ssize_t len;
     size_t cap;                          /* recycled chunk size, 0 for malloc()ed memory */
     int writable;
@@ -114,7 +117,7 @@ typedef struct {
 
 static void buffer_dealloc(Buffer *self)
 {
-    mem_put(self->data, self->cap);
+    mem_put(self->base, self->cap);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -143,14 +146,15 @@ static PyTypeObject BufferType = {
     .tp_as_sequence = &buffer_as_sequence,
 };
 
-/* A new Buffer that takes ownership of `data` (released on failure). */
-static Buffer *new_buffer(char *data, Py_ssize_t len, size_t cap, int writable)
+/* A new Buffer that takes ownership of `base` and exports `data` (released on failure). */
+static Buffer *new_buffer(char *base, char *data, Py_ssize_t len, size_t cap, int writable)
 {
     Buffer *buf = PyObject_New(Buffer, &BufferType);
     if (buf == NULL) {
-        mem_put(data, cap);
+        mem_put(base, cap);
         return NULL;
     }
+    buf->base = base;
     buf->data = data;
     buf->len = len;
     buf->cap = cap;
@@ -158,10 +162,10 @@ static Buffer *new_buffer(char *data, Py_ssize_t len, size_t cap, int writable)
     return buf;
 }
 
-/* A read-only memoryview over a new Buffer owning `data`. */
-static PyObject *wrap(char *data, Py_ssize_t len, size_t cap)
+/* A read-only memoryview over a new Buffer owning `base` and exporting `data`. */
+static PyObject *wrap(char *base, char *data, Py_ssize_t len, size_t cap)
 {
-    Buffer *buf = new_buffer(data, len, cap, 0);
+    Buffer *buf = new_buffer(base, data, len, cap, 0);
     if (buf == NULL)
         return NULL;
     PyObject *view = PyMemoryView_FromObject((PyObject *)buf);
@@ -215,15 +219,59 @@ static uint64_t be64(const unsigned char *p)
 
 enum { BLOCK_OK, BLOCK_BAD, BLOCK_ERRNO };
 
-/* Read a whole block file: header and payload in one preadv, the payload into a fresh
- * allocation sized from fstat (never from the header, which may be corrupt). BLOCK_OK sets
- * *out and *outlen; BLOCK_BAD means wrong magic, length or checksum; BLOCK_ERRNO leaves errno set. */
-static int load_block(const char *path, int verify, char **out, size_t *outlen, size_t *outcap)
+#define ALIGN 4096
+
+/* pread until `len` bytes or EOF; returns the bytes read or -1 (errno). */
+static ssize_t pread_full(int fd, char *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, buf + done, len - done, (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+/* The whole file into a recycled chunk (page-aligned), with O_DIRECT where the filesystem takes it:
+ * a block file goes from the disk to the buffer with no page-cache copy (block files are written
+ * with O_DIRECT too, so they are rarely in the page cache, and filling it would only evict other
+ * things). Returns the bytes read, or -1 (errno). */
+static ssize_t read_whole(const char *path, int fd, char *chunk, size_t size)
+{
+    size_t span = (size + ALIGN - 1) / ALIGN * ALIGN;
+    int dfd;
+    do
+        dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    while (dfd < 0 && errno == EINTR);
+    if (dfd >= 0) {
+        ssize_t n = pread_full(dfd, chunk, span);
+        int saved = errno;
+        close(dfd);
+        if (n >= 0 || saved != EINVAL)
+            return (errno = saved, n);
+    }
+    return pread_full(fd, chunk, size);  /* EINVAL: no O_DIRECT here; buffered */
+}
+
+/* Read a whole block file: header and payload, the payload into a fresh allocation sized from
+ * fstat (never from the header, which may be corrupt), or, for a block-sized payload, the whole
+ * file into a recycled chunk (read_whole). BLOCK_OK sets *out (the allocation), *data (the
+ * payload in it), *outlen and *outcap; BLOCK_BAD means wrong magic, length or checksum;
+ * BLOCK_ERRNO leaves errno set. */
+static int load_block(const char *path, int verify, char **out, char **data_out, size_t *outlen, size_t *outcap)
 {
     unsigned char head[HEADER_SIZE];
     struct stat st;
-    char *data = NULL;
+    char *base = NULL, *data = NULL;
     size_t cap = 0;
+    ssize_t n;
     int rc = BLOCK_ERRNO;
     int fd = open_ro(path);
     if (fd < 0)
@@ -238,28 +286,43 @@ static int load_block(const char *path, int verify, char **out, size_t *outlen, 
         rc = BLOCK_BAD;
         goto out;
     }
-    size_t len = (size_t)st.st_size - HEADER_SIZE;
-    if ((data = mem_get(len, &cap)) == NULL) {
+    size_t size = (size_t)st.st_size, len = size - HEADER_SIZE;
+    if ((base = mem_get((size + ALIGN - 1) / ALIGN * ALIGN, &cap)) == NULL) {
         errno = ENOMEM;
         goto out;
     }
-    struct iovec iov[2] = {{head, HEADER_SIZE}, {data, len}};
-    ssize_t n = preadv_full(fd, iov, 2, 0);
-    if (n < 0)
-        goto out;
+    if (cap) {                           /* a recycled chunk: the file as it is on disk */
+        n = read_whole(path, fd, base, size);
+        if (n < 0)
+            goto out;
+        memcpy(head, base, HEADER_SIZE);
+        data = base + HEADER_SIZE;
+    } else {                             /* small: the payload alone, in malloc()ed memory */
+        mem_put(base, 0);
+        if ((base = malloc(len ? len : 1)) == NULL) {
+            errno = ENOMEM;
+            goto out;
+        }
+        data = base;
+        struct iovec iov[2] = {{head, HEADER_SIZE}, {data, len}};
+        n = preadv_full(fd, iov, 2, 0);
+        if (n < 0)
+            goto out;
+    }
     rc = BLOCK_BAD;                      /* a short read means the file shrank: torn, like disk.py */
-    if ((size_t)n != (size_t)st.st_size || memcmp(head, MAGIC, sizeof MAGIC) != 0 || be64(head + 8) != len)
+    if ((size_t)n != size || memcmp(head, MAGIC, sizeof MAGIC) != 0 || be64(head + 8) != len)
         goto out;
     if (verify && XXH3_64bits(data, len) != be64(head + 16))
         goto out;
     rc = BLOCK_OK;
-    *out = data;
+    *out = base;
+    *data_out = data;
     *outlen = len;
     *outcap = cap;
-    data = NULL;
+    base = NULL;
 out:;
     int saved = errno;
-    mem_put(data, cap);
+    mem_put(base, cap);
     close(fd);
     errno = saved;
     return rc;
@@ -317,14 +380,14 @@ static PyObject *read_block(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"path", "verify", NULL};
     PyObject *path, *fspath;
     int verify = 1, rc, err;
-    char *data = NULL;
+    char *base = NULL, *data = NULL;
     size_t len = 0, cap = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:read_block", kwlist, &path, &verify))
         return NULL;
     if (!PyUnicode_FSConverter(path, &fspath))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = load_block(PyBytes_AS_STRING(fspath), verify, &data, &len, &cap);
+    rc = load_block(PyBytes_AS_STRING(fspath), verify, &base, &data, &len, &cap);
     err = errno;
     Py_END_ALLOW_THREADS
     Py_DECREF(fspath);
@@ -332,7 +395,7 @@ static PyObject *read_block(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_RETURN_NONE;
     if (rc == BLOCK_ERRNO)
         return set_errno(err, path);
-    return wrap(data, (Py_ssize_t)len, cap);
+    return wrap(base, data, (Py_ssize_t)len, cap);
 }
 
 /* Parse one (path, payload offset, length) tuple into r (r->dst is set later); *fspath gets a new
@@ -398,7 +461,7 @@ static PyObject *read_ranges(PyObject *module, PyObject *arg)
     err = errno;
     Py_END_ALLOW_THREADS
     if (failed < 0) {
-        result = wrap(data, total, cap);
+        result = wrap(data, data, total, cap);
         data = NULL;
     } else if (err == 0) {
         set_short_read(PyTuple_GET_ITEM(items[failed], 0));
@@ -430,7 +493,7 @@ static PyObject *buffer(PyObject *module, PyObject *arg)
     }
     if ((data = mem_get((size_t)len, &cap)) == NULL)
         return PyErr_NoMemory();
-    return (PyObject *)new_buffer(data, len, cap, 1);
+    return (PyObject *)new_buffer(data, data, len, cap, 1);
 }
 
 static PyObject *set_pool(PyObject *module, PyObject *args)

@@ -22,6 +22,10 @@ class BlockCache(abc.ABC):
     def contains(self, key: bytes) -> bool:
         ...
 
+    def in_memory(self, key: bytes) -> bool:
+        """True if a hit would cost no I/O (get_nowait would answer)."""
+        return False
+
     @property
     @abc.abstractmethod
     def used_bytes(self) -> int:

@@ -104,6 +104,9 @@ class TieredCache(BlockCache):
     def contains(self, key: bytes) -> bool:
         return any(t.contains(key) for t in self.tiers)
 
+    def in_memory(self, key: bytes) -> bool:
+        return any(t.contains(key) for t in self.mem_tiers)
+
     @property
     def used_bytes(self) -> int:
         return sum(t.used for t in self.tiers)

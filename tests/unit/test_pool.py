@@ -2,6 +2,7 @@
 places that keep such buffers whole (the memory tier) or skip memory (stream blocks)."""
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -86,16 +87,32 @@ def test_fill_pool_maps_keep_chunks_up_front(pool):
 
 
 @needs_c
-def test_block_files_read_whole_come_from_the_pool(pool, tmp_path):
-    payload = random.randbytes(CHUNK)
+@pytest.mark.parametrize("size", [CHUNK - 4096, CHUNK - 4096 - 32, CHUNK // 2 + 1])
+def test_block_files_read_whole_come_from_the_pool_past_the_page_cache(pool, tmp_path, size):
+    """A block-sized file (header + payload within a chunk) is read whole into a recycled chunk with
+    O_DIRECT: right bytes, no page-cache copy of the block file left behind."""
+    from .test_direct import direct_capable, resident_pages
+    payload = random.randbytes(size)
     path = tmp_path / "blk"
     path.write_bytes(encode_header(payload) + payload)
     C.read_block(str(path))                  # maps the chunk, gives it back
     before = pool.pool_stats()
     for _ in range(3):
-        assert bytes(C.read_block(str(path))) == payload
+        got = C.read_block(str(path))
+        assert bytes(got) == payload and len(got.obj) == size
+        del got
     assert pool.pool_stats()["reused"] - before["reused"] == 3
     assert pool.pool_stats()["mapped"] == before["mapped"]
+    if direct_capable(tmp_path):
+        fd = os.open(str(path), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        assert C.read_block(str(path)) is not None
+        assert resident_pages(str(path)) == 0
+    bad = encode_header(payload) + payload[:-1] + bytes([payload[-1] ^ 1])
+    path.write_bytes(bad)
+    assert C.read_block(str(path)) is None   # the checksum still holds on this path
+    assert C.read_block(str(path), verify=False) is not None
 
 
 @needs_c

@@ -234,3 +234,31 @@ def test_a_record_reader_fetches_nothing_it_does_not_read(world):
     base = 37 * BS + 100
     state = trio.run(_read_pattern, reader, ns, "shard", [base, base + 12, base + 12 + 4000], 4000)
     assert state.window == 0 and stats.get("readahead_blocks") == 0 and stats.get("s3_get") == 1
+
+
+def test_a_warm_stream_reads_its_disk_blocks_ahead_and_fetches_nothing(world):
+    """Read-ahead also loads blocks that are on disk (into the read-ahead buffer), so a warm
+    sequential read keeps several disk reads in flight; nothing is fetched from S3 again."""
+    store, ns, reader, stats = _reader_with_readahead(world, window=4)
+    data = random.Random(7).randbytes(12 * BS)
+    store.put("pre/warm", data)
+    offsets = list(range(0, 12 * BS, BS // 4))
+    trio.run(_read_pattern, reader, ns, "warm", offsets)
+    gets = stats.get("s3_get")
+    assert gets == 12 and stats.get("readahead_disk_blocks") == 0
+    reader._prefetched.clear()                       # what a new open finds: blocks on disk only
+
+    async def again():
+        import trio.testing
+        inode = await ns.lookup(ROOT_INO, b"warm")
+        state, got = ReadState(), []
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for off in offsets:
+                got.append(bytes(await reader.read(inode, "pre/warm", off, BS // 4, state)))
+                await trio.testing.wait_all_tasks_blocked()
+        reader.nursery = None
+        return b"".join(got)
+    assert trio.run(again) == data
+    assert stats.get("s3_get") == gets
+    assert stats.get("readahead_disk_blocks") == 11      # every block after the first, read ahead
