@@ -1,7 +1,7 @@
 """Cold sequential read of large objects through cachefs, against the backend's own parallel
 ranged-GET throughput measured by this same script, pair by pair.
 
-    python -m bench.coldread [--runs 5] [--object-mib 256] [--jobs 1] [-- extra cachefs options]
+    python -m bench.coldread [--runs 5] [--object-mib 256] [--jobs 1] [--baseline TREE] [-- extra cachefs options]
 
 Starts Ceph RGW (bench/ceph.sh), uploads runs x 2 objects, then for every run: the endpoint probe
 (4 MiB ranged GETs, 8 in flight, boto3; bench/probe.py's method) reads one object, and a fresh
@@ -10,6 +10,10 @@ reader its own contiguous part, like fio's offset_increment) right after, page c
 two readings are side by side in time, so the machine's noise hits both; the ratio of each pair is
 reported, with min/median/max over runs, and the CPU seconds of the daemon and of the whole machine
 (this machine has 2 cores and runs the endpoint too: a cold read here is CPU-bound).
+
+--baseline TREE: another checkout of cachefs (say `git worktree add /tmp/old COMMIT` and its native
+build, `python setup.py build_ext --inplace` there) reads a third object in each run, right after,
+the two cachefs in alternating order: a before/after comparison side by side.
 
 Writes bench/results/coldread-<UTC timestamp>.json and prints a table.
 """
@@ -92,39 +96,56 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--object-mib", type=int, default=256)
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--baseline", metavar="TREE", help="also read with the cachefs of this checkout")
+    p.add_argument("--endpoint", choices=("ceph", "moto"), default="ceph",
+                   help="moto: a smoke test only (it reads a whole object per ranged GET)")
+    p.add_argument("--out", help="JSON path (default bench/results/coldread-<UTC timestamp>.json)")
     p.add_argument("cachefs_args", nargs="*", help="extra cachefs mount options (after --)")
     args = p.parse_args(argv)
     size = args.object_mib * MiB
     rows = []
-    with tempfile.TemporaryDirectory(prefix="cachefs-coldread-") as scratch, open_endpoint(scratch) as ep:
+    with tempfile.TemporaryDirectory(prefix="cachefs-coldread-") as scratch, open_endpoint(scratch, args.endpoint) as ep:
         client = ep.client(max_pool=PARALLEL)
         client.create_bucket(Bucket=BUCKET)
-        keys = [f"cold/obj-{i:02d}.bin" for i in range(2 * args.runs)]
+        per_run = 3 if args.baseline else 2
+        keys = [f"cold/obj-{i:02d}.bin" for i in range(per_run * args.runs)]
         for k in keys:
             client.put_object(Bucket=BUCKET, Key=k, Body=os.urandom(size))
-        system = Cachefs(scratch, ep, BUCKET, scratch)
-        system.extra_args = tuple(args.cachefs_args)
-        system.mount()
+        systems = {"cachefs": Cachefs(scratch, ep, BUCKET, scratch)}
+        if args.baseline:
+            systems["baseline"] = Cachefs.from_tree(args.baseline, "baseline", scratch, ep, BUCKET, scratch)
+        for system in systems.values():
+            system.extra_args = tuple(args.cachefs_args)
+            system.mount()
         try:
             for r in range(args.runs):
-                pr = probe_once(client, keys[2 * r], size)
-                cf = cachefs_once(system, keys[2 * r + 1], size, args.jobs)
-                rows.append({"run": r + 1, "probe": pr, "cachefs": cf, "ratio": cf["mib_s"] / pr["mib_s"]})
-                print(f"run {r + 1}: backend {pr['mib_s']:.0f} MiB/s ({pr['machine_cpu_s']:.2f} CPU-s), cachefs "
-                      f"{cf['mib_s']:.0f} MiB/s ({cf['machine_cpu_s']:.2f} CPU-s, daemon {cf['daemon_cpu_s']:.2f}), "
-                      f"ratio {rows[-1]['ratio']:.2f}  {({k: cf[k] for k in ('s3_get', 's3_hedged')})}", flush=True)
+                row = {"run": r + 1, "probe": probe_once(client, keys[per_run * r], size)}
+                order = list(systems) if r % 2 == 0 else list(reversed(systems))
+                for i, name in enumerate(order):
+                    row[name] = cachefs_once(systems[name], keys[per_run * r + 1 + i], size, args.jobs)
+                    row[f"ratio_{name}"] = row[name]["mib_s"] / row["probe"]["mib_s"]
+                row["ratio"] = row["ratio_cachefs"]
+                rows.append(row)
+                pr = row["probe"]
+                print(f"run {r + 1}: backend {pr['mib_s']:.0f} MiB/s ({pr['machine_cpu_s']:.2f} CPU-s)" + "".join(
+                    f", {name} {row[name]['mib_s']:.0f} MiB/s ({row[name]['machine_cpu_s']:.2f} CPU-s, daemon "
+                    f"{row[name]['daemon_cpu_s']:.2f}, {({k: row[name][k] for k in ('s3_get', 's3_hedged')})}) "
+                    f"ratio {row[f'ratio_{name}']:.2f}" for name in systems), flush=True)
         finally:
-            system.umount()
-    summary = {name: util.summarize([get(r) for r in rows]) for name, get in (
-        ("ratio", lambda r: r["ratio"]), ("backend_mib_s", lambda r: r["probe"]["mib_s"]),
-        ("cachefs_mib_s", lambda r: r["cachefs"]["mib_s"]),
-        ("backend_machine_cpu_s", lambda r: r["probe"]["machine_cpu_s"]),
-        ("cachefs_machine_cpu_s", lambda r: r["cachefs"]["machine_cpu_s"]),
-        ("cachefs_daemon_cpu_s", lambda r: r["cachefs"]["daemon_cpu_s"]))}
+            for system in systems.values():
+                system.umount()
+    figures = [("backend_mib_s", lambda r: r["probe"]["mib_s"]),
+               ("backend_machine_cpu_s", lambda r: r["probe"]["machine_cpu_s"])]
+    for name in systems:
+        figures += [(f"ratio_{name}" if name != "cachefs" else "ratio", lambda r, n=name: r[f"ratio_{n}"]),
+                    (f"{name}_mib_s", lambda r, n=name: r[n]["mib_s"]),
+                    (f"{name}_machine_cpu_s", lambda r, n=name: r[n]["machine_cpu_s"]),
+                    (f"{name}_daemon_cpu_s", lambda r, n=name: r[n]["daemon_cpu_s"])]
+    summary = {name: util.summarize([get(r) for r in rows]) for name, get in figures}
     for name, s in summary.items():
         print(f"{name:24s} min {s['min']:8.2f}  median {s['median']:8.2f}  max {s['max']:8.2f}")
-    out = os.path.join(os.path.dirname(__file__), "results",
-                       time.strftime("coldread-%Y%m%dT%H%M%SZ.json", time.gmtime()))
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   time.strftime("coldread-%Y%m%dT%H%M%SZ.json", time.gmtime()))
     util.write_json(out, {"args": vars(args), "endpoint": ep.kind, "rows": rows, "summary": summary,
                           "cpus": os.cpu_count(), "loadavg": os.getloadavg()})
     print(f"wrote {out}")

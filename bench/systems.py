@@ -74,9 +74,11 @@ class System:
     def mount_timeout_s(self) -> float:
         return MOUNT_TIMEOUT_S
 
+    tree = REPO          # the source tree the mount command runs from (cwd)
+
     def _spawn(self, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         with open(self.log_path, "ab") as logf:
-            return subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env, start_new_session=True, cwd=REPO)
+            return subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env, start_new_session=True, cwd=self.tree)
 
     def _daemonize(self, cmd: list[str], env: dict | None = None) -> None:
         """Run a mount command that backgrounds itself; it must exit 0 in time."""
@@ -157,6 +159,13 @@ class Cachefs(System):
     name = "cachefs"
     extra_args: tuple[str, ...] = ()     # options a variant adds to the defaults
 
+    @classmethod
+    def from_tree(cls, tree: str, name: str, *args) -> "Cachefs":
+        """cachefs as built in another checkout (its `python -m cachefs` runs there, with its own
+        native build): for before/after comparisons in one run (bench/coldread.py --baseline)."""
+        variant = type(f"Cachefs_{name}", (cls,), {"name": name, "tree": os.path.abspath(tree)})
+        return variant(*args)
+
     def _mount(self) -> None:
         self._daemonize([sys.executable, "-m", "cachefs", "mount", f"s3://{self.bucket}", self.mountpoint,
                          "--endpoint-url", self.endpoint.url, "--region", "us-east-1",
@@ -168,7 +177,7 @@ class Cachefs(System):
         if os.path.ismount(self.mountpoint):
             pids = self.pids()
             util.run([sys.executable, "-m", "cachefs", "umount", self.mountpoint], timeout=UMOUNT_TIMEOUT_S,
-                     check=False, cwd=REPO)
+                     check=False, cwd=self.tree)
             util.wait_for_exit(pids, DAEMON_EXIT_TIMEOUT_S, "cachefs's daemon to exit")
         super().umount()  # falls back to umount(8) if `cachefs umount` left it mounted
 

@@ -36,3 +36,21 @@ def test_blockwrite_benchmark_runs_and_writes_its_figures(tmp_path):
     result = json.loads(out.read_text())
     assert {row["mode"] for row in result["rows"]} == {"buffered", "O_DIRECT"} and len(result["rows"]) == 4
     assert all(result["summary"][m]["wall_s"]["median"] > 0 for m in ("buffered", "O_DIRECT"))
+
+
+@pytest.mark.timeout(300)
+def test_coldread_benchmark_compares_a_baseline_tree_side_by_side(tmp_path):
+    """bench/coldread.py --baseline on moto (a smoke test: moto's figures mean nothing), with this
+    tree as its own baseline: both mounts read their own object each run, every figure is written."""
+    out = tmp_path / "coldread.json"
+    r = subprocess.run([sys.executable, "-m", "bench.coldread", "--runs", "2", "--object-mib", "8", "--endpoint", "moto",
+                        "--baseline", str(REPO), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2
+    for row in result["rows"]:
+        for name in ("cachefs", "baseline"):
+            assert row[name]["mib_s"] > 0 and row[name]["s3_get"] >= 2      # 8 MiB: two 4 MiB blocks at least
+    assert {"ratio", "ratio_baseline", "baseline_daemon_cpu_s"} <= set(result["summary"])
+    assert "baseline" in r.stdout and "ratio" in r.stdout
