@@ -78,6 +78,9 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),
     "cachefs_s3_hedge_skipped_answered_total": ("s3_hedge_skipped_answered",
                                                 "GETs past the hedging deadline not hedged: their body was arriving"),
+    "cachefs_s3_hedge_skipped_budget_total": ("s3_hedge_skipped_budget",
+                                              "GETs past the hedging deadline not hedged: 5% of recent GETs "
+                                              "were duplicated already"),
     "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
 }
 STATS_GAUGES: dict[str, tuple[str, str]] = {

@@ -6,7 +6,8 @@ many parallel block fetches a few stragglers set the pace of a whole epoch. The 
 percentile of recent GET latencies for requests of the same size class, so it adapts to the
 endpoint and to block versus small-file sizes, and it never goes below `min_delay`, so that a fast,
 steady endpoint is not sent duplicates for noise. A hedge costs one extra GET; the abandoned request
-is not interrupted (boto3 has no cancel) but its result is dropped.
+is not interrupted (boto3 has no cancel) but its result is dropped. At most HEDGE_BUDGET of recent
+GETs are duplicated.
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from .base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
 MIN_SAMPLES = 20        # no hedging until a size class has this many latencies to judge by
 WINDOW = 200            # latencies remembered per size class: about the last few seconds of traffic
+# At most this share of recent GETs get a duplicate. When the whole endpoint slows down (here: a
+# CPU-bound machine that also runs Ceph), every GET runs past the p95 of quieter times, and without
+# a cap each would add a duplicate and more load: a cold read measured 24 duplicates out of 88 GETs
+# once. Stragglers are by definition few; a budget of 5% keeps hedging for them.
+HEDGE_BUDGET = 0.05
 
 
 def size_class(nbytes: int) -> int:
@@ -46,6 +52,33 @@ class LatencyTracker:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class HedgeBudget:
+    """Whether another duplicate fits in HEDGE_BUDGET of the last WINDOW GETs (one always does)."""
+
+    def __init__(self, share: float = HEDGE_BUDGET, window: int = WINDOW) -> None:
+        self._lock = threading.Lock()
+        self._recent: deque[bool] = deque(maxlen=window)     # per GET: was it hedged
+        self._hedged = 0
+        self.share = share
+
+    def started(self) -> None:
+        with self._lock:
+            self._push(False)
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._hedged >= max(1, int(self.share * len(self._recent))):
+                return False
+            self._push(True)
+            return True
+
+    def _push(self, hedged: bool) -> None:
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._hedged -= 1
+        self._recent.append(hedged)
+        self._hedged += hedged
+
+
 class HedgedStore(DelegatingWrites, ObjectStore):
     def __init__(self, inner: ObjectStore, stats: Stats, *, percentile: float = 0.95,
                  min_delay: float = 0.05, max_workers: int = 32) -> None:
@@ -55,6 +88,7 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         self.percentile = percentile
         self.min_delay = min_delay
         self.latency = LatencyTracker()
+        self.budget = HedgeBudget()
         self._pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="cachefs-hedge")
 
     def deadline(self, nbytes: int) -> float | None:
@@ -71,6 +105,7 @@ class HedgedStore(DelegatingWrites, ObjectStore):
     def get_range(self, key: str, start: int, end: int, etag: str | None = None,
                   answered: threading.Event | None = None) -> bytes:
         deadline = self.deadline(end - start)
+        self.budget.started()
         if deadline is None:
             return self._timed_get(key, start, end, etag, answered)
         first_answered = threading.Event()
@@ -84,6 +119,9 @@ class HedgedStore(DelegatingWrites, ObjectStore):
             # the same bandwidth and CPU (on a busy machine every body is slower than the p95 of
             # quieter times); a body that stalls is the read deadline's business.
             self.stats.add("s3_hedge_skipped_answered")
+            return first.result()
+        if not self.budget.take():
+            self.stats.add("s3_hedge_skipped_budget")      # too many duplicates lately: load, not stragglers
             return first.result()
         self.stats.add("s3_hedged")
         second = self._pool.submit(self._timed_get, key, start, end, etag)

@@ -106,3 +106,28 @@ def test_a_request_whose_body_is_arriving_is_not_duplicated():
     assert store.get_range("k", 0, 100_000) == b"x" * 100_000
     assert stats.get("s3_hedged") == 0 and stats.get("s3_hedge_skipped_answered") == 1
     assert stats.get("s3_get") == MIN_SAMPLES + 1
+
+
+def test_duplicates_stay_within_five_percent_of_recent_gets():
+    """When every GET is slow (the endpoint, not a straggler), only HEDGE_BUDGET of them are duplicated."""
+    from cachefs.store.hedge import HEDGE_BUDGET, WINDOW, HedgeBudget
+    budget = HedgeBudget()
+    took = 0
+    for _ in range(3 * WINDOW):
+        budget.started()
+        took += budget.take()
+    assert took <= 3 * int(HEDGE_BUDGET * WINDOW) + 1
+    assert took >= 2 * int(HEDGE_BUDGET * WINDOW)          # ... and the budget refills as GETs go by
+
+    # Through the store: with a budget of one duplicate in the window, the second straggler is not hedged.
+    slow = {MIN_SAMPLES, 2 * MIN_SAMPLES + 2}     # the first GET after each warm-up hangs (call 21 is a duplicate)
+    store, stats = make(lambda op, key, n: 1.0 if n in slow else None)
+    store.budget = HedgeBudget(share=0.0)
+    warm_up(store)
+    assert store.get_range("k", 0, 100_000) == b"x" * 100_000
+    assert stats.get("s3_hedged") == 1 and stats.get("s3_hedge_wins") == 1
+    warm_up(store)
+    t0 = time.monotonic()
+    assert store.get_range("k", 0, 100_000) == b"x" * 100_000
+    assert time.monotonic() - t0 >= 1.0                     # waited for the straggler itself
+    assert stats.get("s3_hedged") == 1 and stats.get("s3_hedge_skipped_budget") == 1
