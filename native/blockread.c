@@ -200,13 +200,18 @@ static ssize_t preadv_full(int fd, struct iovec *iov, int iovcnt, off_t off)
     return done;
 }
 
-static int open_ro(const char *path)
+static int open_ro_flags(const char *path, int flags)
 {
     int fd;
     do
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        fd = open(path, O_RDONLY | O_CLOEXEC | flags);
     while (fd < 0 && errno == EINTR);
     return fd;
+}
+
+static int open_ro(const char *path)
+{
+    return open_ro_flags(path, 0);
 }
 
 static uint64_t be64(const unsigned char *p)
@@ -221,22 +226,11 @@ enum { BLOCK_OK, BLOCK_BAD, BLOCK_ERRNO };
 
 #define ALIGN 4096
 
-/* pread until `len` bytes or EOF; returns the bytes read or -1 (errno). */
+/* pread from offset 0 until `len` bytes or EOF; returns the bytes read or -1 (errno). */
 static ssize_t pread_full(int fd, char *buf, size_t len)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, buf + done, len - done, (off_t)done);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    return (ssize_t)done;
+    struct iovec iov = {buf, len};
+    return preadv_full(fd, &iov, 1, 0);
 }
 
 /* The whole file into a recycled chunk (page-aligned), with O_DIRECT where the filesystem takes it:
@@ -246,10 +240,7 @@ static ssize_t pread_full(int fd, char *buf, size_t len)
 static ssize_t read_whole(const char *path, int fd, char *chunk, size_t size)
 {
     size_t span = (size + ALIGN - 1) / ALIGN * ALIGN;
-    int dfd;
-    do
-        dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-    while (dfd < 0 && errno == EINTR);
+    int dfd = open_ro_flags(path, O_DIRECT);
     if (dfd >= 0) {
         ssize_t n = pread_full(dfd, chunk, span);
         int saved = errno;
