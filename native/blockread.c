@@ -132,6 +132,18 @@ static Py_ssize_t buffer_length(Buffer *self)
     return self->len;
 }
 
+/* The memory this buffer holds: a recycled chunk's whole size (more than its length when the block
+ * is short), so that a keeper charging by size (the memory tier) can tell. */
+static PyObject *buffer_capacity(Buffer *self, void *closure)
+{
+    return PyLong_FromSize_t(self->cap ? self->cap : (size_t)self->len);
+}
+
+static PyGetSetDef buffer_getset[] = {
+    {"capacity", (getter)buffer_capacity, NULL, "bytes of memory held (a recycled chunk's size)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyBufferProcs buffer_as_buffer = {(getbufferproc)buffer_getbuffer, NULL};
 static PySequenceMethods buffer_as_sequence = {.sq_length = (lenfunc)buffer_length};
 
@@ -144,6 +156,7 @@ static PyTypeObject BufferType = {
     .tp_dealloc = (destructor)buffer_dealloc,
     .tp_as_buffer = &buffer_as_buffer,
     .tp_as_sequence = &buffer_as_sequence,
+    .tp_getset = buffer_getset,
 };
 
 /* A new Buffer that takes ownership of `base` and exports `data` (released on failure). */

@@ -10,18 +10,25 @@ from .tier import Slot, Tier
 ENTRY_OVERHEAD = 512
 
 
+# A buffer holding up to this much more memory than its bytes is still kept as it is (a recycled
+# chunk is a block plus 4 KiB); beyond, the block is copied into memory of its own size.
+SLACK = 8192
+
+
 def _owns_all(data: bytes | memoryview) -> bool:
-    """Bytes, or a view of the whole of its buffer (a block received or read into a buffer of its
-    own, cachefs.native.buffer): kept as it is. A view of part of something larger is copied, so
-    that keeping it does not keep more memory than the quota is charged."""
+    """Bytes, or a view of the whole of a buffer that holds no more memory than that (a block
+    received or read into a buffer of its own, cachefs.native.buffer): kept as it is. A view of part
+    of something larger, or a short block in a recycled chunk, is copied, so that keeping it does not
+    keep more memory than the quota is charged."""
     if isinstance(data, bytes):
         return True
     if not isinstance(data, memoryview) or not data.contiguous:
         return False
     try:
-        return len(data.obj) == data.nbytes
+        whole = len(data.obj) == data.nbytes
     except TypeError:
         return False
+    return whole and getattr(data.obj, "capacity", data.nbytes) <= data.nbytes + SLACK
 
 
 class MemoryTier(Tier):

@@ -147,6 +147,21 @@ def test_memory_tier_keeps_a_whole_buffer_without_a_copy(make):
     assert tier._data[b"k" * 16] is value
 
 
+@needs_c
+def test_memory_tier_copies_a_short_block_in_a_recycled_chunk(pool):
+    """A 0.6-chunk block in a whole chunk would hold 1.7x the memory the quota is charged for."""
+    tier = _mem_tier()
+    buf = pool.buffer(CHUNK * 6 // 10)
+    assert buf.capacity == CHUNK and len(buf) == CHUNK * 6 // 10
+    view = memoryview(buf)
+    view[:4] = b"abcd"
+    assert tier.put(b"s" * 16, view, tier.quota)
+    kept = tier._data[b"s" * 16]
+    assert isinstance(kept, bytes) and kept[:4] == b"abcd" and len(kept) == len(buf)
+    full = memoryview(pool.buffer(CHUNK - 100))
+    assert tier.put(b"f" * 16, full, tier.quota) and tier._data[b"f" * 16] is full
+
+
 def test_memory_tier_copies_a_view_of_part_of_a_larger_buffer():
     tier = _mem_tier()
     whole = bytearray(random.randbytes(4000))
