@@ -56,10 +56,12 @@ static int pool_free_n;
 static char *pool_free[POOL_MAX];
 static unsigned long long pool_mapped, pool_reused;
 
-/* Memory for a buffer of `len` bytes; *cap is the chunk size if it is a recycled chunk, else 0. */
-static char *mem_get(size_t len, size_t *cap)
+/* A recycled chunk for `len` bytes (*cap: its size), or NULL with *cap 0 when `len` is not
+ * block-sized (or a new chunk cannot be mapped). */
+static char *pool_take(size_t len, size_t *cap)
 {
     char *p = NULL;
+    *cap = 0;
     pthread_mutex_lock(&pool_lock);
     size_t chunk = pool_chunk;
     int pooled = chunk && len > chunk / 2 && len <= chunk;
@@ -70,10 +72,8 @@ static char *mem_get(size_t len, size_t *cap)
         pool_mapped++;
     }
     pthread_mutex_unlock(&pool_lock);
-    if (!pooled) {
-        *cap = 0;
-        return malloc(len ? len : 1);    /* malloc(0) may legally return NULL */
-    }
+    if (!pooled)
+        return NULL;
     if (p == NULL) {
         p = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED)
@@ -81,6 +81,14 @@ static char *mem_get(size_t len, size_t *cap)
     }
     *cap = chunk;
     return p;
+}
+
+/* Memory for a buffer of `len` bytes: a recycled chunk if it is block-sized, else malloc()ed
+ * (*cap 0). NULL when out of memory. */
+static char *mem_get(size_t len, size_t *cap)
+{
+    char *p = pool_take(len, cap);
+    return p != NULL ? p : malloc(len ? len : 1);    /* malloc(0) may legally return NULL */
 }
 
 static void mem_put(char *p, size_t cap)
@@ -291,18 +299,13 @@ static int load_block(const char *path, int verify, char **out, char **data_out,
         goto out;
     }
     size_t size = (size_t)st.st_size, len = size - HEADER_SIZE;
-    if ((base = mem_get((size + ALIGN - 1) / ALIGN * ALIGN, &cap)) == NULL) {
-        errno = ENOMEM;
-        goto out;
-    }
-    if (cap) {                           /* a recycled chunk: the file as it is on disk */
-        n = read_whole(path, fd, base, size);
+    if ((base = pool_take((size + ALIGN - 1) / ALIGN * ALIGN, &cap)) != NULL) {
+        n = read_whole(path, fd, base, size);   /* a recycled chunk: the file as it is on disk */
         if (n < 0)
             goto out;
         memcpy(head, base, HEADER_SIZE);
         data = base + HEADER_SIZE;
     } else {                             /* small: the payload alone, in malloc()ed memory */
-        mem_put(base, 0);
         if ((base = malloc(len ? len : 1)) == NULL) {
             errno = ENOMEM;
             goto out;
