@@ -11,6 +11,14 @@ two readings are side by side in time, so the machine's noise hits both; the rat
 reported, with min/median/max over runs, and the CPU seconds of the daemon and of the whole machine
 (this machine has 2 cores and runs the endpoint too: a cold read here is CPU-bound).
 
+Beside them, in every run, bench/memfs.py (the pyfuse3 ceiling: no S3, the bytes in RAM) serves an
+object of the same size, page cache dropped, read the same way: what FUSE alone costs to fill the
+page cache with these bytes ("fuse" in the output). From it, "bound": the ratio a FUSE filesystem
+could reach at most if its S3 side cost the machine exactly what the probe costs and its FUSE side
+exactly what memfs costs, at the probe's CPU utilisation: probe CPU / (probe CPU + memfs CPU), all
+whole-machine CPU-seconds. This 2-core machine runs the endpoint too, so a cold read is CPU-bound
+and that bound is what the 0.8 goal of issue 5 is up against.
+
 --baseline TREE: another checkout of cachefs (say `git worktree add /tmp/old COMMIT` and its native
 build, `python setup.py build_ext --inplace` there) reads a third object in each run, right after,
 the two cachefs in alternating order: a before/after comparison side by side.
@@ -29,12 +37,13 @@ import time
 
 from bench import util
 from bench.endpoint import BUCKET, open_endpoint
-from bench.systems import Cachefs
+from bench.systems import Cachefs, MemoryFuse
 
 MiB = 1 << 20
 RANGE = 4 * MiB
 PARALLEL = 8
 READ = 1 * MiB
+FLOOR_KEY = "cold/memfs.bin"     # the object memfs serves, under its own root
 
 
 def machine_busy_s() -> float:
@@ -66,8 +75,14 @@ def read_part(path: str, start: int, length: int) -> int:
     return n
 
 
-def cachefs_once(system: Cachefs, key: str, size: int, jobs: int) -> dict:
-    system.remount()
+def fuse_bound(probe_cpu_s: float, fuse_cpu_s: float) -> float | None:
+    """See the module's doc; None when the clock-tick CPU counters read nothing (a tiny object)."""
+    total = probe_cpu_s + fuse_cpu_s
+    return probe_cpu_s / total if total > 0 else None
+
+
+def read_once(system, key: str, size: int, jobs: int) -> dict:
+    """Read `key` under the mount with JOBS readers, page cache dropped first; MiB/s and CPU-s."""
     os.listdir(os.path.join(system.root, os.path.dirname(key)))     # metadata is not what is measured
     util.drop_page_cache()
     pids = system.pids()
@@ -85,10 +100,15 @@ def cachefs_once(system: Cachefs, key: str, size: int, jobs: int) -> dict:
     wall = time.monotonic() - t
     if sum(done) != size:
         raise RuntimeError(f"read {sum(done)} of {size} bytes of {key}")
-    counters = system.counters() or {}
     return {"mib_s": size / MiB / wall, "machine_cpu_s": machine_busy_s() - busy,
-            "daemon_cpu_s": (util.cpu_seconds(pids) or 0) - (cpu0 or 0),
-            **{k: counters.get(k) for k in ("s3_get", "s3_hedged", "fetch_shared", "fuse_reads")}}
+            "daemon_cpu_s": (util.cpu_seconds(pids) or 0) - (cpu0 or 0)}
+
+
+def cachefs_once(system: Cachefs, key: str, size: int, jobs: int) -> dict:
+    system.remount()
+    figures = read_once(system, key, size, jobs)
+    counters = system.counters() or {}
+    return {**figures, **{k: counters.get(k) for k in ("s3_get", "s3_hedged", "fetch_shared", "fuse_reads")}}
 
 
 def main(argv=None) -> int:
@@ -111,6 +131,12 @@ def main(argv=None) -> int:
         keys = [f"cold/obj-{i:02d}.bin" for i in range(per_run * args.runs)]
         for k in keys:
             client.put_object(Bucket=BUCKET, Key=k, Body=os.urandom(size))
+        floor_root = os.path.join(scratch, "floor")
+        os.makedirs(os.path.join(floor_root, "cold"))
+        with open(os.path.join(floor_root, FLOOR_KEY), "wb") as f:
+            f.write(os.urandom(size))
+        memfs = MemoryFuse(scratch, None, BUCKET, floor_root)
+        memfs.mount()
         systems = {"cachefs": Cachefs(scratch, ep, BUCKET, scratch)}
         if args.baseline:
             systems["baseline"] = Cachefs.from_tree(args.baseline, "baseline", scratch, ep, BUCKET, scratch)
@@ -119,23 +145,31 @@ def main(argv=None) -> int:
             system.mount()
         try:
             for r in range(args.runs):
-                row = {"run": r + 1, "probe": probe_once(client, keys[per_run * r], size)}
+                row = {"run": r + 1, "probe": probe_once(client, keys[per_run * r], size),
+                       "fuse": read_once(memfs, FLOOR_KEY, size, args.jobs)}
+                row["bound"] = fuse_bound(row["probe"]["machine_cpu_s"], row["fuse"]["machine_cpu_s"])
                 order = list(systems) if r % 2 == 0 else list(reversed(systems))
                 for i, name in enumerate(order):
                     row[name] = cachefs_once(systems[name], keys[per_run * r + 1 + i], size, args.jobs)
                     row[f"ratio_{name}"] = row[name]["mib_s"] / row["probe"]["mib_s"]
                 row["ratio"] = row["ratio_cachefs"]
                 rows.append(row)
-                pr = row["probe"]
-                print(f"run {r + 1}: backend {pr['mib_s']:.0f} MiB/s ({pr['machine_cpu_s']:.2f} CPU-s)" + "".join(
+                pr, fu = row["probe"], row["fuse"]
+                print(f"run {r + 1}: backend {pr['mib_s']:.0f} MiB/s ({pr['machine_cpu_s']:.2f} CPU-s), fuse (memfs) "
+                      f"{fu['mib_s']:.0f} MiB/s ({fu['machine_cpu_s']:.2f} CPU-s, daemon {fu['daemon_cpu_s']:.2f}), "
+                      f"bound {row['bound'] or 0:.2f}" + "".join(
                     f", {name} {row[name]['mib_s']:.0f} MiB/s ({row[name]['machine_cpu_s']:.2f} CPU-s, daemon "
                     f"{row[name]['daemon_cpu_s']:.2f}, {({k: row[name][k] for k in ('s3_get', 's3_hedged')})}) "
                     f"ratio {row[f'ratio_{name}']:.2f}" for name in systems), flush=True)
         finally:
-            for system in systems.values():
+            for system in [*systems.values(), memfs]:
                 system.umount()
     figures = [("backend_mib_s", lambda r: r["probe"]["mib_s"]),
-               ("backend_machine_cpu_s", lambda r: r["probe"]["machine_cpu_s"])]
+               ("backend_machine_cpu_s", lambda r: r["probe"]["machine_cpu_s"]),
+               ("fuse_mib_s", lambda r: r["fuse"]["mib_s"]),
+               ("fuse_machine_cpu_s", lambda r: r["fuse"]["machine_cpu_s"]),
+               ("fuse_daemon_cpu_s", lambda r: r["fuse"]["daemon_cpu_s"]),
+               ("bound", lambda r: r["bound"])]
     for name in systems:
         figures += [(f"ratio_{name}" if name != "cachefs" else "ratio", lambda r, n=name: r[f"ratio_{n}"]),
                     (f"{name}_mib_s", lambda r, n=name: r[n]["mib_s"]),

@@ -41,7 +41,8 @@ def test_blockwrite_benchmark_runs_and_writes_its_figures(tmp_path):
 @pytest.mark.timeout(300)
 def test_coldread_benchmark_compares_a_baseline_tree_side_by_side(tmp_path):
     """bench/coldread.py --baseline on moto (a smoke test: moto's figures mean nothing), with this
-    tree as its own baseline: both mounts read their own object each run, every figure is written."""
+    tree as its own baseline: both mounts read their own object each run, and memfs (the FUSE floor)
+its own; every figure is written."""
     out = tmp_path / "coldread.json"
     r = subprocess.run([sys.executable, "-m", "bench.coldread", "--runs", "2", "--object-mib", "8", "--endpoint", "moto",
                         "--baseline", str(REPO), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
@@ -52,5 +53,8 @@ def test_coldread_benchmark_compares_a_baseline_tree_side_by_side(tmp_path):
     for row in result["rows"]:
         for name in ("cachefs", "baseline"):
             assert row[name]["mib_s"] > 0 and row[name]["s3_get"] >= 2      # 8 MiB: two 4 MiB blocks at least
-    assert {"ratio", "ratio_baseline", "baseline_daemon_cpu_s"} <= set(result["summary"])
+    assert {"ratio", "ratio_baseline", "baseline_daemon_cpu_s", "fuse_mib_s", "bound"} <= set(result["summary"])
+    for row in result["rows"]:       # memfs read its object; CPU is counted in clock ticks: 8 MiB may read 0
+        assert row["fuse"]["mib_s"] > 0 and row["fuse"]["machine_cpu_s"] >= 0
+        assert row["bound"] is None or 0 <= row["bound"] <= 1
     assert "baseline" in r.stdout and "ratio" in r.stdout
