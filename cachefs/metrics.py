@@ -67,6 +67,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_cache_refetched_blocks_total": ("cache_corrupt", "cached blocks that failed their checksum and "
                                              "were dropped and fetched again"),
     "cachefs_cache_errors_total": ("cache_errors", "cache tier I/O errors (served as misses)"),
+    "cachefs_cache_writes_in_place_total": ("cache_writes_in_place", "block files written with O_DIRECT straight "
+                                            "from the buffer the block was received into"),
     "cachefs_fuse_read_bytes_total": ("fuse_read_bytes", "bytes returned to FUSE reads"),
     "cachefs_readahead_blocks_total": ("readahead_blocks", "blocks fetched by read-ahead"),
     "cachefs_readahead_disk_blocks_total": ("readahead_disk_blocks", "blocks read ahead from a disk tier"),

@@ -7,8 +7,11 @@ The single import point for the rest of cachefs:
     read_ranges([(path, off, n)]) payload bytes [off, off+n) of each (already verified) block file
                                  (each range a tuple; off counts from the payload start),
                                  concatenated into one buffer; OSError on I/O errors or a short read
-    buffer(n)                    a writable buffer of n bytes to receive into (an S3 body); with the C
-                                 extension, in recycled memory when n is near the pool's chunk size
+    buffer(n, headroom)          a writable buffer of n bytes to receive into (an S3 body); with the C
+                                 extension, in recycled memory when n is near the pool's chunk size,
+                                 after `headroom` bytes of room for a block file header
+    write_framed(fd, data, hdr)  header + such a buffer written to an O_DIRECT file from the buffer's
+                                 own memory (C only; None: not possible, copy instead)
     set_pool(chunk, keep, fill)  recycle block-sized allocations (C only): at most `keep` free chunks,
                                  with `fill` mapped and touched now
     pool_stats()                 {chunk, keep, free, mapped, reused} of that recycling
@@ -79,7 +82,23 @@ _native = _load_native()
 ACTIVE = "python" if _native is None else "native"
 read_block = py_read_block if _native is None else _native.read_block
 read_ranges = py_read_ranges if _native is None else _native.read_ranges
-buffer = bytearray if _native is None else _native.buffer
+
+
+def buffer(n: int, headroom: int = 0):
+    """A writable buffer of n bytes; with the C extension, `headroom` bytes of its memory come
+    before them (room for a block file's header: write_framed)."""
+    return bytearray(n) if _native is None else _native.buffer(n, headroom)
+
+
+def write_framed(fd: int, data, header: bytes) -> int | None:
+    """Write header + data to fd (an O_DIRECT file) straight from the recycled chunk `data` was
+    received into (buffer(n, headroom=len(header))): no copy into an aligned buffer. Returns the
+    bytes of header + data written, or None, writing nothing, when `data` is not such a buffer as a
+    whole (the caller copies instead). OSError on a write error."""
+    if (_native is None or not isinstance(data, memoryview) or not isinstance(data.obj, _native.Buffer)
+            or data.nbytes != len(data.obj)):
+        return None
+    return _native.write_framed(fd, data.obj, header)
 
 
 def set_pool(chunk: int, keep: int, fill: bool = False) -> None:

@@ -9,7 +9,7 @@ NAMES = (
     "s3_get", "s3_get_bytes", "s3_get_errors", "s3_list", "s3_head", "s3_errors", "s3_hedged", "s3_hedge_wins",
     "s3_hedge_skipped_answered", "s3_hedge_skipped_budget",
     "cache_hits", "cache_misses", "cache_puts", "cache_evictions", "cache_demotions", "cache_promotions",
-    "cache_not_admitted", "cache_corrupt", "cache_errors",
+    "cache_not_admitted", "cache_corrupt", "cache_errors", "cache_writes_in_place",
     "fuse_reads", "fuse_read_bytes", "readahead_blocks", "readahead_disk_blocks", "fetch_shared",
     "fuse_writes", "write_bytes", "uploads", "upload_bytes", "upload_parts", "upload_copies", "upload_failures", "staging_full",
 )

@@ -487,20 +487,81 @@ done:
     return result;
 }
 
-static PyObject *buffer(PyObject *module, PyObject *arg)
+static PyObject *buffer(PyObject *module, PyObject *args)
 {
-    Py_ssize_t len = PyLong_AsSsize_t(arg);
+    Py_ssize_t len, headroom = 0;
     size_t cap = 0;
-    char *data;
-    if (len == -1 && PyErr_Occurred())
+    char *base;
+    if (!PyArg_ParseTuple(args, "n|n:buffer", &len, &headroom))
         return NULL;
-    if (len < 0) {
-        PyErr_SetString(PyExc_ValueError, "buffer: length must be >= 0");
+    if (len < 0 || headroom < 0 || headroom > ALIGN) {
+        PyErr_SetString(PyExc_ValueError, "buffer: length must be >= 0 and headroom 0-4096");
         return NULL;
     }
-    if ((data = mem_get((size_t)len, &cap)) == NULL)
+    if ((base = mem_get((size_t)(len + headroom), &cap)) == NULL)
         return PyErr_NoMemory();
-    return (PyObject *)new_buffer(data, data, len, cap, 1);
+    return (PyObject *)new_buffer(base, base + headroom, len, cap, 1);
+}
+
+/* write(2) until all of it is written or an error; returns the bytes written, or -1 (errno) when
+ * nothing was. Called without the GIL. */
+static ssize_t write_full(int fd, const char *p, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return done ? (ssize_t)done : -1;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+/* A block file written from the buffer it was received into: the header goes into the buffer's
+ * headroom, right before the payload, and header + payload (padded with zeros to ALIGN, inside the
+ * chunk) are written in one write(2) from the chunk's page-aligned start, as O_DIRECT requires.
+ * This spares the copy into cache/direct.py's aligned buffer. */
+static PyObject *write_framed(PyObject *module, PyObject *args)
+{
+    int fd;
+    PyObject *obj;
+    Py_buffer header;
+    if (!PyArg_ParseTuple(args, "iOy*:write_framed", &fd, &obj, &header))
+        return NULL;
+    PyObject *result = NULL;
+    if (!PyObject_TypeCheck(obj, &BufferType)) {
+        PyErr_SetString(PyExc_TypeError, "write_framed: not a cachefs._native.Buffer");
+        goto out;
+    }
+    Buffer *b = (Buffer *)obj;
+    size_t hlen = (size_t)header.len, total = hlen + (size_t)b->len;
+    size_t padded = (total + ALIGN - 1) / ALIGN * ALIGN;
+    /* Only a recycled chunk (page-aligned, capacity known) whose headroom is exactly the header. */
+    if (b->cap == 0 || (size_t)(b->data - b->base) != hlen || ((uintptr_t)b->base % ALIGN) != 0 || padded > b->cap) {
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    memcpy(b->base, header.buf, hlen);
+    memset(b->base + total, 0, padded - total);
+    ssize_t n;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    n = write_full(fd, b->base, padded);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    result = PyLong_FromSsize_t((size_t)n < total ? n : (ssize_t)total);
+out:
+    PyBuffer_Release(&header);
+    return result;
 }
 
 static PyObject *set_pool(PyObject *module, PyObject *args)
@@ -563,9 +624,16 @@ static PyObject *pool_stats(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef methods[] = {
-    {"buffer", buffer, METH_O,
-     "buffer(n) -> Buffer\n\n"
-     "A writable buffer of n bytes (contents undefined), in recycled memory if n fits a pool chunk."},
+    {"buffer", buffer, METH_VARARGS,
+     "buffer(n, headroom=0) -> Buffer\n\n"
+     "A writable buffer of n bytes (contents undefined), in recycled memory if n + headroom fits a\n"
+     "pool chunk, with `headroom` bytes of the allocation before it (room for a block file header)."},
+    {"write_framed", write_framed, METH_VARARGS,
+     "write_framed(fd, buffer, header) -> int | None\n\n"
+     "Write header + the buffer's bytes to fd in one aligned write from the buffer's own chunk (the\n"
+     "header put in its headroom, zero padding to 4096 after it); the bytes of header + payload\n"
+     "written. None, writing nothing, when the buffer is not a recycled chunk with exactly\n"
+     "len(header) bytes of headroom. OSError on a write error."},
     {"set_pool", set_pool, METH_VARARGS,
      "set_pool(chunk, keep) -> None\n\n"
      "Recycle allocations of more than chunk/2 and at most chunk bytes; keep at most `keep` free."},
@@ -590,5 +658,10 @@ PyMODINIT_FUNC PyInit__native(void)
 {
     if (PyType_Ready(&BufferType) < 0)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "Buffer", (PyObject *)&BufferType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -160,5 +160,6 @@ def test_a_stream_goes_to_disk_only_and_reuses_block_memory(mounter, make_bucket
         assert pool["chunk"] == MiB + 4096 and pool["keep"] == 4 + 8
         fresh = pool["mapped"] - pool0["mapped"]
         assert pool["reused"] - pool0["reused"] >= 12 - fresh and fresh <= 4   # 12 full blocks, nearly all reused
+        assert st["cache_writes_in_place"] >= 12        # ... and written to the ssd tier from those chunks
     assert read_all(m / "small") == data["small"]
     assert m.stats()["tiers"]["mem"]["blocks"] == 1

@@ -261,7 +261,7 @@ class DiskTier(Tier):
         if d.direct:
             buffers = self._buffers
             if buffers is None or buffers.capacity < size:
-                buffers = self._buffers = AlignedBuffers(max(size, 4 << 20))
+                buffers = self._buffers = AlignedBuffers(max(size, 4 << 20), stats=self.stats)
             try:
                 return buffers.write_file(path, parts)
             except DirectUnsupported as e:

@@ -45,7 +45,7 @@ def _read_body(raw, expected: int) -> bytes | memoryview:
     if (expected <= 0 or not hasattr(fp, "readinto")
             or raw.headers.get("Content-Length") != str(expected) or raw.headers.get("Transfer-Encoding")):
         return raw.read()
-    view = memoryview(native.buffer(expected))
+    view = memoryview(native.buffer(expected, headroom=native.HEADER.size))   # header room: write_framed
     got = 0
     while got < expected:
         n = fp.readinto(view[got:])

@@ -14,6 +14,8 @@ from cachefs.cache.spec import TierSpec
 from cachefs.cache.tiered import TieredCache
 from cachefs.stats import Stats
 
+from .test_direct import direct_capable
+
 try:
     from cachefs import _native as C
 except ImportError:
@@ -237,3 +239,67 @@ def test_a_sequential_reader_s_blocks_stay_out_of_the_memory_tier(tmp_path):
         assert cache.block_count == stats.get("s3_get")    # every fetched block is cached (on disk)
     finally:
         meta.close()
+
+
+# -- block files written from the receive buffer (write_framed) --------------------------------------
+def _received(n: int, headroom: int = HEADER.size) -> memoryview:
+    view = memoryview(native.buffer(n, headroom=headroom))
+    view[:] = os.urandom(n)
+    return view
+
+
+@needs_c
+@pytest.mark.parametrize("n", [CHUNK - 4096, CHUNK - 4096 - 1, CHUNK // 2 + 1])
+def test_a_received_block_is_written_from_its_own_chunk(pool, tmp_path, monkeypatch, n):
+    """header + payload, exact length, from the chunk itself: the copying path is never taken."""
+    from cachefs.cache.direct import AlignedBuffers
+    monkeypatch.setattr(AlignedBuffers, "_write_copied", lambda *a: pytest.fail("copied"))
+    if not direct_capable(tmp_path):
+        pytest.skip("no O_DIRECT under the test's temporary directory")
+    data, stats = _received(n), Stats()
+    header = encode_header(data)
+    path = str(tmp_path / "blk")
+    assert AlignedBuffers(CHUNK, stats=stats).write_file(path, [header, data]) == HEADER.size + n
+    assert open(path, "rb").read() == header + bytes(data)
+    assert stats.get("cache_writes_in_place") == 1
+    assert native.read_block(path) == data                   # a valid block file: magic, length, xxh3
+
+
+@needs_c
+def test_buffers_that_cannot_be_written_in_place_are_copied(pool, tmp_path):
+    """No headroom, a malloc()ed (small) buffer, or part of a buffer: copied, same bytes on disk."""
+    from cachefs.cache.direct import AlignedBuffers
+    if not direct_capable(tmp_path):
+        pytest.skip("no O_DIRECT under the test's temporary directory")
+    stats = Stats()
+    bufs = AlignedBuffers(CHUNK, stats=stats)
+    for i, data in enumerate([_received(CHUNK - 4096, headroom=0), _received(1000), _received(CHUNK - 4096)[:-1]]):
+        header = encode_header(data)
+        with open(os.devnull, "wb") as null:
+            assert native.write_framed(null.fileno(), data, header) is None
+        path = str(tmp_path / f"blk{i}")
+        assert bufs.write_file(path, [header, data]) == HEADER.size + len(data)
+        assert open(path, "rb").read() == header + bytes(data)
+    assert stats.get("cache_writes_in_place") == 0
+
+
+@needs_c
+def test_write_framed_reports_write_errors_and_refuses_other_objects(pool, tmp_path):
+    data = _received(CHUNK - 4096)
+    fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):                           # EBADF: not open for writing
+            C.write_framed(fd, data.obj, encode_header(data))
+    finally:
+        os.close(fd)
+    with pytest.raises(TypeError):
+        C.write_framed(1, bytearray(10), b"h")
+    with pytest.raises(ValueError):
+        C.buffer(10, 8192)                                     # headroom is for a header, not a block
+
+
+def test_python_fallback_never_writes_in_place(monkeypatch):
+    monkeypatch.setattr(native, "_native", None)
+    assert isinstance(native.buffer(10, headroom=32), bytearray)
+    assert native.write_framed(1, memoryview(bytearray(10)), b"h") is None
+
