@@ -6,6 +6,7 @@ derived from that table, so the three sources can never disagree on names or par
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -304,6 +305,7 @@ class Config:
         return f"{self.endpoint_url or 'aws'}|{self.bucket}|{self.prefix}"
 
 
+@functools.lru_cache(maxsize=16)      # bucket and prefix are asked for on every open
 def _split_source(source: str) -> tuple[str, str]:
     if not source.startswith("s3://"):
         raise ConfigError(f"source {source!r} must look like s3://BUCKET[/PREFIX]")

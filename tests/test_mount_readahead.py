@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -63,6 +65,28 @@ def test_open_of_a_small_file_fetches_it_whole_before_any_read(mounter, make_buc
     assert got == data
     if expect_gets:                                       # the read found every block at hand
         assert len(object_gets()) == expect_gets, summarize(object_gets())
+
+
+def test_a_reopen_that_keeps_the_page_cache_prefetches_nothing(mounter, make_bucket, tmp_path):
+    """A warm epoch: the kernel keeps its pages of the version it read, so the open starts no
+    prefetch (not even from the disk tier); with the pages dropped, the reads still get every block,
+    on demand from the disk tier."""
+    data = object_bytes("again", 2 * MiB + 300_000)       # 3 blocks of 1 MiB
+    name = make_bucket("reopen", {"f": data})
+    m = mounter.mount(name, "--cache", f"ssd:{tmp_path / 'ssd'}:64MiB", "--prefetch-small-files", "4MiB",
+                      block_size="1MiB")
+    assert read_all(m / "f") == data
+    first = m.stats()
+    assert first["readahead_blocks"] == 3                 # the first open fetched it whole
+    assert read_all(m / "f") == data                      # the kernel's pages, kept
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    with open(m / "f", "rb") as f:
+        time.sleep(0.5)                                   # a prefetch would have started by now
+        opened = m.stats()
+        assert opened["readahead_blocks"] == 3 and opened["readahead_disk_blocks"] == first["readahead_disk_blocks"]
+        assert f.read() == data                           # the pages are gone: the disk tier
+    again = m.stats()
+    assert again["s3_get"] == first["s3_get"] and again["cache_hits"] >= first["cache_hits"] + 1, again
 
 
 def test_read_ahead_is_a_size_rounded_to_blocks(mounter, make_bucket):
