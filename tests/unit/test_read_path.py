@@ -227,6 +227,22 @@ def test_a_stream_reaches_the_full_window_within_its_first_block(world, tmp_path
     assert stats.get("readahead_blocks") == 5
 
 
+@pytest.mark.parametrize("request_size,window", [(1 << 20, 4), (64 << 10, 1)], ids=["stream", "header"])
+def test_a_file_streamed_from_its_start_begins_with_a_wider_window(world, tmp_path, request_size, window):
+    """The first request at offset 0 of RAMP_BYTES or more (a streaming reader's kernel read-ahead)
+    starts START_WINDOW_BLOCKS ahead; a smaller one (a header) starts one block ahead."""
+    from cachefs.reader import START_WINDOW_BLOCKS
+    store, ns, _, stats = world
+    big = 4 << 20
+    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "w"),), 16 * big)], None, stats, max_block=big)
+    cache.open()
+    reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=big, read_ahead=16 * big)
+    store.put("pre/shard0", bytes(12 * big))
+    state = trio.run(_read_pattern, reader, ns, "shard0", [0], request_size)
+    assert window in (START_WINDOW_BLOCKS, 1) and state.window == window
+    assert stats.get("readahead_blocks") == window
+
+
 def test_a_record_reader_fetches_nothing_it_does_not_read(world):
     """One record out of a large shard: a few sequential reads well under RAMP_BYTES within a block."""
     store, ns, reader, stats = _reader_with_readahead(world, window=16)
