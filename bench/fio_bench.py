@@ -11,10 +11,12 @@ from bench.dataset import MiB, Scale, paths
 FIO_DIR = os.path.join(os.path.dirname(__file__), "fio")
 JOBS = ("ttfb-large", "ttfb-tiny", "seq-1job", "seq-4jobs", "rand")
 # In the warm-page state a sequential job reads its bytes this many times over: one pass of a 64 MiB
-# file from the page cache takes 15-20 ms, and fio reports whole milliseconds, so a single pass
-# measures fio's start-up and the machine's noise (memfs and local disk swapped places from run to
-# run). Every pass is a page-cache pass, so the figure means the same, measured over ~0.3 s.
-PAGE_PASSES = 16
+# file from the page cache takes 10-20 ms, and fio reports whole milliseconds, so a single pass
+# measures fio's start-up and the machine's noise. 16 passes (~0.2 s) still let local disk, memfs and
+# cachefs swap places from run to run (0.55-1.13 of local for memfs in three runs); 64 (~0.7 s on
+# the page cache, a few seconds for a filesystem that keeps no page cache) measure the path itself.
+# Every pass is a page-cache pass, so the figure means the same as with one.
+PAGE_PASSES = 64
 
 
 def job_env(job: str, root: str, scale: Scale, timeout_s: float, passes: int = 1) -> tuple[str, dict]:
