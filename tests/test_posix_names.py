@@ -131,8 +131,13 @@ def test_extended_attributes(wm, d):
         assert errno_of(os.getxattr, p, "user.other") == errno.ENODATA, p
         assert errno_of(os.setxattr, p, "user.other", b"v") == errno.EOPNOTSUPP, p
         assert errno_of(os.removexattr, p, "user.other") == errno.EOPNOTSUPP, p
+    for name in ("security.selinux", "system.posix_acl_access"):    # what `ls -l` asks of every entry
+        for p in (d / "f", d, wm.path):
+            assert errno_of(os.getxattr, p, name) == errno.ENODATA, (p, name)
     assert os.listxattr(d / "f") == []
     assert os.listxattr(wm.path) == ["user.cachefs.stats"]
+    # ... and after all those misses the stats xattr still answers (ENOSYS would have made the
+    # kernel stop asking for any xattr)
     assert "fuse_reads" in os.getxattr(wm.path, "user.cachefs.stats").decode()
     assert errno_of(os.getxattr, d / "f", "user.cachefs.stats") == errno.ENODATA
 
