@@ -136,14 +136,14 @@ def main(argv=None) -> int:
         with open(os.path.join(floor_root, FLOOR_KEY), "wb") as f:
             f.write(os.urandom(size))
         memfs = MemoryFuse(scratch, None, BUCKET, floor_root)
-        memfs.mount()
         systems = {"cachefs": Cachefs(scratch, ep, BUCKET, scratch)}
         if args.baseline:
             systems["baseline"] = Cachefs.from_tree(args.baseline, "baseline", scratch, ep, BUCKET, scratch)
-        for system in systems.values():
-            system.extra_args = tuple(args.cachefs_args)
-            system.mount()
-        try:
+        try:                       # a mount that fails still has the ones before it unmounted
+            memfs.mount()
+            for system in systems.values():
+                system.extra_args = tuple(args.cachefs_args)
+                system.mount()
             for r in range(args.runs):
                 row = {"run": r + 1, "probe": probe_once(client, keys[per_run * r], size),
                        "fuse": read_once(memfs, FLOOR_KEY, size, args.jobs)}
