@@ -19,6 +19,7 @@ import trio
 from . import metrics
 from .blocks import block_count, block_key, block_range, blocks_for
 from .cache.base import BlockCache
+from .errors import StoreUnavailable
 from .meta.schema import Inode
 from .stats import Stats
 from .store.base import ObjectStore
@@ -264,14 +265,20 @@ class BlockReader:
         try:
             while self._dir_queue:
                 directory, opened = self._dir_queue.popleft()
-                await self._prefetch_directory(directory, namespace, opened)
+                if not await self._prefetch_directory(directory, namespace, opened):
+                    log.info("directory prefetch stopped: S3 is unavailable (%d directories dropped)",
+                             len(self._dir_queue))
+                    self._dir_queue.clear()      # hints only; opens queue them again
         finally:
             self._dir_workers -= 1
             self._dir_walks -= 1
 
-    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset) -> None:
+    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset) -> bool:
         """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*); a
-        directory queued by a dataset walk is listed first if its listing is not fresh."""
+        directory queued by a dataset walk is listed first if its listing is not fresh. Stops at the
+        first block S3 could not serve (an outage: every other block would fail too) and returns
+        False then."""
+        unavailable = trio.Event()
         try:
             files = await namespace.listed_files(parent)
             if files is None and not opened:
@@ -295,21 +302,29 @@ class BlockReader:
                         if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
                             continue
                         await self._dir_slots.acquire()
+                        if unavailable.is_set():
+                            self._dir_slots.release()
+                            return False
                         if bkey in self._inflight:          # a reader got there while we waited
                             self._dir_slots.release()
                             continue
                         self.stats.add("readahead_blocks")
                         self._prefetching += 1
                         self._inflight[bkey] = _Fetch()
-                        nursery.start_soon(self._prefetch_neighbour, inode, key, i, bkey)
+                        nursery.start_soon(self._prefetch_neighbour, inode, key, i, bkey, unavailable)
         except Exception as e:  # a hint only: the reads fetch what they need themselves
             log.debug("prefetch of directory %d failed: %s", parent, e)
+        return not unavailable.is_set()
 
-    async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes) -> None:
+    async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes,
+                                  unavailable: trio.Event) -> None:
         """One block of a directory prefetch: into the cache tiers only (not the read-ahead buffer,
         which it would flush); a reader that waited for it gets it directly."""
         try:
             await self._fetch(self._inflight[bkey], bkey, inode, key, index)
+        except StoreUnavailable as e:
+            unavailable.set()
+            log.debug("directory prefetch of %s failed: %s", key, e)
         except Exception as e:
             log.debug("directory prefetch of %s failed: %s", key, e)
         finally:

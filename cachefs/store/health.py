@@ -8,7 +8,11 @@ in uninterruptible sleep in the kernel. With it:
 - after FAIL_THRESHOLD requests in a row failed with every attempt (or ran out of their deadline),
   S3 is *down*: a request fails at once with StoreUnavailable (EIO to the reader), except one probe
   every PROBE_INTERVAL_S, which runs as a normal request;
-- any request that gets an answer from S3 (success, or a definite answer like 404) ends the outage.
+- any request that gets an answer from S3 (success, or a definite answer like 404) ends the outage,
+  and with it the memory of the ranges that failed during it;
+- a request that arrives while the probe is out waits for the probe's answer, at most PROBE_WAIT_S
+  from the probe's start: when S3 is back, the reads beside the probe (the other blocks of the same
+  file) go through with it, instead of failing at once and leaving the reader a file cut short.
 
 Cached data never reaches the store, so it keeps being served throughout.
 """
@@ -34,16 +38,20 @@ FAILED_RANGE_ENTRIES = 4096
 # While down, one real request per second checks whether S3 is back: recovery is noticed within about
 # a second, at the cost of one request per second to a dead endpoint.
 PROBE_INTERVAL_S = 1.0
+# A healthy S3 answers a block's GET well within this; a dead one costs a request at most this wait.
+PROBE_WAIT_S = 1.0
 
 
 class OutageBreaker:
     def __init__(self, where: str, threshold: int = FAIL_THRESHOLD, probe_interval: float = PROBE_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, probe_wait: float = PROBE_WAIT_S) -> None:
         self.where = where
         self.threshold = threshold
         self.probe_interval = probe_interval
+        self.probe_wait = probe_wait
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()      # notified when a probe ends
+        self._probe_started = 0.0
         self._failures = 0          # whole requests failed in a row
         self._down_since: float | None = None
         self._next_probe = 0.0
@@ -59,24 +67,32 @@ class OutageBreaker:
 
     def admit(self, ident: object = None) -> bool:
         """Before a request (`ident`: what it asks for): returns whether it is the outage's probe;
-        raises StoreUnavailable if S3 is down and this request is not the probe, or if this very
-        request failed a moment ago."""
+        raises StoreUnavailable if S3 is down and this request is not the probe (after waiting for
+        the probe out, if any), or if this very request failed a moment ago."""
+        waited = False
         with self._lock:
-            now = self.clock()
-            recent = self._recent.get(ident) if ident is not None else None
-            if recent is not None:
-                if now - recent[0] < FAILED_RANGE_MEMORY_S:
-                    raise StoreUnavailable(f"failed {now - recent[0]:.1f} s ago ({recent[1]}); not asking again yet")
-                del self._recent[ident]
-            if self._down_since is None:
-                return False
-            if self._probing or now < self._next_probe:
-                self.failed_fast += 1
-                raise StoreUnavailable(f"S3 endpoint {self.where} unreachable for {now - self._down_since:.0f} s "
-                                       f"(last error: {self._last_error}); not waiting for it")
-            self._probing = True
-            self._next_probe = now + self.probe_interval
-            return True
+            while True:
+                now = self.clock()
+                recent = self._recent.get(ident) if ident is not None else None
+                if recent is not None:
+                    if now - recent[0] < FAILED_RANGE_MEMORY_S:
+                        raise StoreUnavailable(f"failed {now - recent[0]:.1f} s ago ({recent[1]}); "
+                                               "not asking again yet")
+                    del self._recent[ident]
+                if self._down_since is None:
+                    return False
+                if self._probing and not waited:
+                    waited = True
+                    self._lock.wait(max(0.0, self._probe_started + self.probe_wait - now))
+                    continue
+                if self._probing or now < self._next_probe:
+                    self.failed_fast += 1
+                    raise StoreUnavailable(f"S3 endpoint {self.where} unreachable for {now - self._down_since:.0f} s "
+                                           f"(last error: {self._last_error}); not waiting for it")
+                self._probing = True
+                self._probe_started = now
+                self._next_probe = now + self.probe_interval
+                return True
 
     def succeeded(self) -> None:
         """S3 answered (with data or a definite error such as 404)."""
@@ -87,6 +103,8 @@ class OutageBreaker:
                 return
             down_for = self.clock() - self._down_since
             failed_fast, self._down_since, self.failed_fast = self.failed_fast, None, 0
+            self._recent.clear()             # those ranges failed for the outage, not for themselves
+            self._lock.notify_all()
         log.warning("S3 endpoint %s answers again after %.1f s; %d reads failed at once meanwhile",
                     self.where, down_for, failed_fast)
 
@@ -100,6 +118,7 @@ class OutageBreaker:
             self._failures += 1
             self._probing = False
             self._last_error = error
+            self._lock.notify_all()
             if self._down_since is not None or self._failures < self.threshold:
                 return
             self._down_since = self.clock()

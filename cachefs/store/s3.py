@@ -252,7 +252,6 @@ class S3Store(ObjectStore):
         args = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
         if etag:
             args["IfMatch"] = etag
-        self.stats.add("s3_get")
 
         def attempt(call: _Attempt) -> bytes:
             def body_follows(body) -> None:
@@ -287,7 +286,8 @@ class S3Store(ObjectStore):
             return data
         try:
             # The fast path bounds its own waits by the deadline, so it runs in this thread.
-            data = self._read("GetObject", key, attempt, (start, end), inline=self._fast is not None)
+            data = self._read("GetObject", key, attempt, (start, end), inline=self._fast is not None,
+                              counter="s3_get")
         except StoreError:
             self.stats.add("s3_get_errors")
             raise
@@ -297,9 +297,9 @@ class S3Store(ObjectStore):
     def head(self, key: str) -> ObjectInfo | None:
         if len(key.encode()) > MAX_KEY_BYTES:
             return None
-        self.stats.add("s3_head")
         try:
-            r = self._read("HeadObject", key, lambda call: self.read_client.head_object(Bucket=self.bucket, Key=key))
+            r = self._read("HeadObject", key, lambda call: self.read_client.head_object(Bucket=self.bucket, Key=key),
+                           counter="s3_head")
         except ObjectNotFound:
             return None
         return ObjectInfo(key, r["ContentLength"], r["ETag"], int(r["LastModified"].timestamp() * 1e9))
@@ -313,22 +313,25 @@ class S3Store(ObjectStore):
             args["Delimiter"] = delimiter
         if token:
             args["ContinuationToken"] = token
-        self.stats.add("s3_list")
         r = self._read("ListObjectsV2", prefix, lambda call: self.read_client.list_objects_v2(**args),
-                       (token, delimiter, max_keys))
+                       (token, delimiter, max_keys), counter="s3_list")
         objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
                    for o in r.get("Contents", ())]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
         return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
 
     # -- the read path's retries -----------------------------------------------------------
-    def _read(self, operation: str, key: str, attempt_fn, ident: object = None, inline: bool = False):
+    def _read(self, operation: str, key: str, attempt_fn, ident: object = None, inline: bool = False,
+              counter: str = "") -> object:
         """Run `attempt_fn` until it succeeds, fails definitely, has made `max_attempts` attempts or
-        the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError."""
+        the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError.
+        `counter` counts requests sent: not those the outage breaker refuses."""
         started = time.monotonic()
         deadline = started + self.read_deadline if self.read_deadline else None
         ident = (operation, key, ident)
         self.breaker.admit(ident)
+        if counter:
+            self.stats.add(counter)
         attempts = 0
         while True:
             attempts += 1

@@ -1,12 +1,15 @@
 """Whole-file prefetch on open, background directory listings, and the global bounds on both
 (BlockReader and Namespace over the in-memory store)."""
+import logging
+
 import pytest
 import trio
 import trio.testing
 
+from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import ROOT_INO
 from cachefs.namespace import MAX_BACKGROUND_LISTINGS
-from cachefs.reader import ReadState
+from cachefs.reader import DIR_PREFETCH_DIRS, ReadState
 
 from .test_read_path import BS, make_world
 
@@ -449,3 +452,25 @@ def test_dataset_walk_stays_within_the_cache_room(world):
     trio.run(_open_one_per_class, ns, reader, (0, 1, 2))
     assert stats.get("dataset_walks") == 1
     assert stats.get("s3_get") < 40
+
+
+def test_dataset_walk_stops_when_s3_is_unavailable(world, caplog):
+    """An outage during a walk: the first block S3 cannot serve ends it, rather than every other
+    block of the dataset failing in turn (each a request to the breaker, a line in the log)."""
+    store, ns, reader, stats = world
+    _dataset(store, classes=6, n=10)                    # 54 files beyond the three opened
+    get_range = store.get_range
+    refused = []
+
+    def down_but_for_the_opened(key, *args, **kw):
+        if key.endswith("/000.jpg"):
+            return get_range(key, *args, **kw)
+        refused.append(key)
+        raise StoreUnavailable("S3 endpoint unreachable")
+    store.get_range = down_but_for_the_opened
+    with caplog.at_level(logging.INFO, logger="cachefs.reader"):
+        trio.run(_open_one_per_class, ns, reader, (4, 0, 2))
+    assert stats.get("dataset_walks") == 1
+    slots = reader.max_fetches // 2
+    assert 1 <= len(refused) <= DIR_PREFETCH_DIRS * slots < 54, len(refused)     # what was in flight
+    assert "directory prefetch stopped: S3 is unavailable" in caplog.text
