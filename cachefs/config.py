@@ -159,8 +159,8 @@ OPTIONS: tuple[Option, ...] = (
            "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
     Option("hedging", _bool, "send a duplicate GET when one runs past the p95 of recent latencies"),
     Option("hedge_min_delay", _seconds, "never hedge a GET sooner than this many seconds"),
-    Option("s3_fast_get", _bool, "ranged GETs signed by botocore but sent without its per-call pipeline "
-           "(~1.3 ms less CPU each); false: plain boto3 calls"),
+    Option("s3_fast_get", _bool, "ranged GETs and listings signed by botocore but sent without its per-call "
+           "pipeline (~1.3 ms less CPU a GET, 4x less a listing page); false: plain boto3 calls"),
     Option("s3_max_attempts", _count(1, 20), "attempts per S3 request (retries + 1)"),
     Option("s3_connect_timeout", _seconds, "seconds to connect to the endpoint"),
     Option("s3_read_timeout", _seconds, "seconds to wait for data from the endpoint"),

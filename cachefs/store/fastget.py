@@ -13,6 +13,9 @@ error translation in S3Store are unchanged.
 
 Anything this path cannot handle (a redirect to another region, an unexpected status) raises
 FallBack once, and the store switches to plain boto3 calls for good.
+
+SignedRequests (signing, sending, timing, errors) is shared with the listing's fast path,
+store/fastlist.py.
 """
 from __future__ import annotations
 
@@ -63,29 +66,22 @@ class DeadlinePassed(TimeoutError):
     """The caller's deadline passed before the request could be sent."""
 
 
-class FastGetter:
-    def __init__(self, client, bucket: str) -> None:
-        url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _SENTINEL})
-        base = url.split("?", 1)[0]
-        if not base.endswith("/" + _SENTINEL):
-            raise FallBack(f"unexpected object URL {base}")
-        self.prefix = base[:-len(_SENTINEL)]          # ".../bucket/" or "https://bucket.host/"
+class SignedRequests:
+    """What the fast paths share: requests signed by botocore's SigV4 signer with the client's
+    credentials and region, sent through the client's own HTTP session, timed and counted like
+    boto3's, and S3's error answers turned into botocore's ClientError (or FallBack)."""
+
+    def __init__(self, client) -> None:
         self.region = client.meta.region_name
         self._credentials = client._request_signer._credentials   # refreshable: frozen per request
         self._http = client._endpoint.http_session
         self.read_timeout = client.meta.config.read_timeout
         self._agent = f"cachefs/{__version__} botocore-signed"
 
-    def get(self, key: str, start: int, end: int, etag: str | None, on_body, deadline: float | None = None) -> bytes:
-        """Bytes [start, end) of `key`. `on_body(response)` is told the raw urllib3 response before its
-        body is read (so a caller past its deadline can shut the socket: a body trickling in trips
-        no socket timeout). With a `deadline` (time.monotonic()), waiting for the answer does not
-        outlast it. Raises botocore's exceptions (ClientError with the S3 error code, connection
-        errors), DeadlinePassed or FallBack."""
-        headers = {"Range": f"bytes={start}-{end - 1}", "User-Agent": self._agent}
-        if etag:
-            headers["If-Match"] = etag
-        request = AWSRequest("GET", self.prefix + percent_encode(key, safe="/~"), headers=headers)
+    def _send(self, operation: str, url: str, headers: dict, deadline: float | None, params=None):
+        """The response (its body not read yet), or botocore's connection errors, or DeadlinePassed."""
+        headers["User-Agent"] = self._agent
+        request = AWSRequest("GET", url, headers=headers, params=params)
         S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self.region).add_auth(request)
         prepared = request.prepare()
         prepared.stream_output = True
@@ -98,26 +94,56 @@ class FastGetter:
         try:
             response = self._http.send(prepared)
         except Exception:
-            metrics.S3_REQUESTS.labels("GetObject", "error").inc()
+            metrics.S3_REQUESTS.labels(operation, "error").inc()
             raise
-        metrics.S3_SECONDS.labels("GetObject").observe(time.perf_counter() - t0)
-        status = response.status_code
-        metrics.S3_REQUESTS.labels("GetObject", str(status)).inc()
-        raw = response.raw
-        if status in (200, 206):
-            on_body(raw)
-            try:
-                data = _read_body(raw, end - start)
-            finally:
-                raw.release_conn()
-            metrics.S3_RECEIVED.labels("GetObject").inc(len(data))
-            return data
+        metrics.S3_SECONDS.labels(operation).observe(time.perf_counter() - t0)
+        metrics.S3_REQUESTS.labels(operation, str(response.status_code)).inc()
+        return response
+
+    @staticmethod
+    def _error(operation: str, status: int, raw) -> Exception:
+        """The exception for an answer other than success (its connection released)."""
         body = raw.read(64 * 1024) if status != 304 else b""
         raw.release_conn()
         code = (_CODE.search(body) or [b"", b""])[1].decode(errors="replace")
         if status not in _HANDLED_ERRORS or code in _WRONG_REGION:
-            raise FallBack(f"HTTP {status} {code}".strip())
+            return FallBack(f"HTTP {status} {code}".strip())
         message = (_MESSAGE.search(body) or [b"", b""])[1].decode(errors="replace")
-        raise bce.ClientError({"Error": {"Code": code or str(status), "Message": message},
-                               "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return bce.ClientError({"Error": {"Code": code or str(status), "Message": message},
+                                "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
 
+
+def bucket_url(client, operation: str, params: dict) -> str:
+    """The URL botocore builds for this operation (endpoint and addressing style), without its query."""
+    return client.generate_presigned_url(operation, Params=params).split("?", 1)[0]
+
+
+class FastGetter(SignedRequests):
+    def __init__(self, client, bucket: str) -> None:
+        super().__init__(client)
+        base = bucket_url(client, "get_object", {"Bucket": bucket, "Key": _SENTINEL})
+        if not base.endswith("/" + _SENTINEL):
+            raise FallBack(f"unexpected object URL {base}")
+        self.prefix = base[:-len(_SENTINEL)]          # ".../bucket/" or "https://bucket.host/"
+
+    def get(self, key: str, start: int, end: int, etag: str | None, on_body, deadline: float | None = None) -> bytes:
+        """Bytes [start, end) of `key`. `on_body(response)` is told the raw urllib3 response before its
+        body is read (so a caller past its deadline can shut the socket: a body trickling in trips
+        no socket timeout). With a `deadline` (time.monotonic()), waiting for the answer does not
+        outlast it. Raises botocore's exceptions (ClientError with the S3 error code, connection
+        errors), DeadlinePassed or FallBack."""
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["If-Match"] = etag
+        response = self._send("GetObject", self.prefix + percent_encode(key, safe="/~"), headers, deadline)
+        status = response.status_code
+        raw = response.raw
+        if status not in (200, 206):
+            raise self._error("GetObject", status, raw)
+        on_body(raw)
+        try:
+            data = _read_body(raw, end - start)
+        finally:
+            raw.release_conn()
+        metrics.S3_RECEIVED.labels("GetObject").inc(len(data))
+        return data

@@ -22,6 +22,7 @@ from ..errors import (AccessDenied, ConfigError, ObjectChanged, ObjectNotFound, 
 from ..stats import Stats
 from .base import ListPage, ObjectInfo, ObjectStore
 from .fastget import FallBack, FastGetter
+from .fastlist import FastLister
 from .health import OutageBreaker
 from .watchdog import Watchdog
 
@@ -199,12 +200,14 @@ class S3Store(ObjectStore):
         from .. import metrics     # the read client's requests are counted like the others
         metrics.instrument_boto_client(self.read_client)
         self._fast: FastGetter | None = None
+        self._fast_list: FastLister | None = None
         self._watchdog = Watchdog()     # ends a fast GET's body at its deadline
         if fast_get:
             try:
                 self._fast = FastGetter(self.read_client, bucket)
+                self._fast_list = FastLister(self.read_client, bucket)
             except Exception as e:  # noqa: BLE001 - an optimisation only: boto3 does every GET then
-                log.info("S3 GETs go through boto3 (%s)", e)
+                log.info("S3 GETs and listings go through boto3 (%s)", e)
         self._retries_metric = metrics.S3_RETRIES
 
     @property
@@ -313,12 +316,21 @@ class S3Store(ObjectStore):
             args["Delimiter"] = delimiter
         if token:
             args["ContinuationToken"] = token
-        r = self._read("ListObjectsV2", prefix, lambda call: self.read_client.list_objects_v2(**args),
-                       (token, delimiter, max_keys), counter="s3_list")
-        objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
-                   for o in r.get("Contents", ())]
-        prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
-        return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+
+        def attempt(call: _Attempt) -> ListPage:
+            fast = self._fast_list
+            if fast is not None:
+                try:
+                    return fast.list_page(prefix, token, max_keys, delimiter, call.deadline)
+                except FallBack as e:
+                    log.info("S3 listings go through boto3 from now on (%s)", e)
+                    self._fast_list = None
+            r = self.read_client.list_objects_v2(**args)
+            objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
+                       for o in r.get("Contents", ())]
+            prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
+            return ListPage(objects, prefixes, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+        return self._read("ListObjectsV2", prefix, attempt, (token, delimiter, max_keys), counter="s3_list")
 
     # -- the read path's retries -----------------------------------------------------------
     def _read(self, operation: str, key: str, attempt_fn, ident: object = None, inline: bool = False,
