@@ -100,7 +100,8 @@ def main(argv=None) -> int:
                           "summary": summary, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print("| listing | objects per request | path | CPU ms per request min / median / max | wall ms median |")
     print("|---|---|---|---|---|")
-    for w, per in (("dir", args.per_dir), ("flat", min(1000, len(keys)))):
+    for w in ("dir", "flat"):
+        per = round(len(keys) / raw[w]["fast"][0]["requests"])
         for name in ("fast", "boto3"):
             c, wall = summary[w][name]["cpu_ms"], summary[w][name]["wall_ms"]
             print(f"| {w} | {per} | {name} | {c['min']:.2f} / {c['median']:.2f} / {c['max']:.2f} | {wall['median']:.2f} |")
