@@ -7,6 +7,7 @@ reads as: arrange objects in S3, mount, look at the mount, assert on bytes and c
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -58,6 +59,25 @@ def s3_client(endpoint_url: str, key_id: str = ACCESS_KEY_ID, secret: str = SECR
                                  s3={"addressing_style": "path"})
     return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, aws_access_key_id=key_id,
                         aws_secret_access_key=secret, config=cfg, verify=False)
+
+
+def fast_path_store(url: str, bucket: str, **kw):
+    """The daemon's S3Store as the fast-path tests use it: path style, 2 attempts, a 10 s deadline."""
+    from cachefs.store.s3 import S3Store
+    return S3Store(bucket, endpoint_url=url, region=REGION, addressing_style="path", max_attempts=2,
+                   read_deadline=10.0, **kw)
+
+
+@contextlib.contextmanager
+def signed_store(monkeypatch, auth_moto, secret: str):
+    """fast_path_store against the moto that checks signatures, with this secret in the environment."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", auth_moto.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    store = fast_path_store(auth_moto.endpoint_url, auth_moto.bucket)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def populate(s3, bucket: str, objects: dict[str, bytes], workers: int = 16) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mount_helpers import REGION, object_bytes
+from mount_helpers import REGION, fast_path_store, object_bytes, signed_store
 
 from cachefs.devtools.faultproxy import Fault
 from cachefs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreUnavailable
@@ -22,13 +22,8 @@ def fast_bucket(make_bucket):
     return make_bucket("fastget", KEYS)
 
 
-def store_for(url, bucket, **kw) -> S3Store:
-    return S3Store(bucket, endpoint_url=url, region=REGION, addressing_style="path", max_attempts=2,
-                   read_deadline=10.0, **kw)
-
-
 def test_ranges_and_awkward_keys_come_back_exact_through_the_fast_path(aws_env, moto_server, fast_bucket):
-    store = store_for(moto_server.endpoint_url, fast_bucket)
+    store = fast_path_store(moto_server.endpoint_url, fast_bucket)
     try:
         assert store._fast is not None
         etag = store.head("plain").etag
@@ -47,7 +42,7 @@ def test_a_block_sized_body_is_received_in_place_into_recycled_memory(aws_env, m
     if native.ACTIVE != "native":
         pytest.skip("the C extension is not active")
     native.set_pool(150_000, 2)
-    store = store_for(moto_server.endpoint_url, fast_bucket)
+    store = fast_path_store(moto_server.endpoint_url, fast_bucket)
     try:
         before = native.pool_stats()
         for start in (0, 50_000, 0):
@@ -66,7 +61,7 @@ def test_a_block_sized_body_is_received_in_place_into_recycled_memory(aws_env, m
 
 def test_errors_are_the_same_as_through_boto3(aws_env, moto_server, fast_bucket):
     for fast in (True, False):
-        store = store_for(moto_server.endpoint_url, fast_bucket, fast_get=fast)
+        store = fast_path_store(moto_server.endpoint_url, fast_bucket, fast_get=fast)
         try:
             assert (store._fast is not None) == fast
             with pytest.raises(ObjectNotFound):
@@ -79,29 +74,20 @@ def test_errors_are_the_same_as_through_boto3(aws_env, moto_server, fast_bucket)
 
 
 def test_signature_is_checked_by_an_endpoint_that_enforces_credentials(monkeypatch, auth_moto):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", auth_moto.key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", auth_moto.secret)
-    store = store_for(auth_moto.endpoint_url, auth_moto.bucket)
-    try:
+    with signed_store(monkeypatch, auth_moto, auth_moto.secret) as store:
         assert store._fast is not None
         assert store.get_range("hello.txt", 0, 6) == b"hello\n"
         assert store._fast is not None, "the signed request was not accepted: fell back to boto3"
-    finally:
-        store.close()
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    store = store_for(auth_moto.endpoint_url, auth_moto.bucket)
-    try:
+    with signed_store(monkeypatch, auth_moto, "not-the-secret") as store:
         with pytest.raises(AccessDenied):
             store.get_range("hello.txt", 0, 6)
         assert store._fast is not None
-    finally:
-        store.close()
 
 
 def test_an_answer_it_does_not_handle_switches_to_boto3_for_good(aws_env, fault_proxy, fast_bucket):
     """A 301 (a bucket in another region, on AWS) is boto3's to follow: the fast path hands over, and
     every later GET goes through boto3, whose answers are right."""
-    store = store_for(fault_proxy.url, fast_bucket)
+    store = fast_path_store(fault_proxy.url, fast_bucket)
     try:
         fault_proxy.add(Fault("error", ops="get", status=301, code="PermanentRedirect", count=1))
         assert store.get_range("plain", 0, 1000) == DATA[:1000]

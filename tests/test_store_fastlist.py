@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mount_helpers import REGION
+from mount_helpers import REGION, fast_path_store, signed_store
 
 from cachefs.devtools.faultproxy import Fault
 from cachefs.errors import AccessDenied, StoreUnavailable
@@ -25,11 +25,6 @@ def list_bucket(make_bucket):
     return make_bucket("fastlist", KEYS)
 
 
-def store_for(url, bucket, **kw) -> S3Store:
-    return S3Store(bucket, endpoint_url=url, region=REGION, addressing_style="path", max_attempts=2,
-                   read_deadline=10.0, **kw)
-
-
 def all_pages(store, prefix, max_keys, delimiter):
     pages, token = [], None
     while True:
@@ -43,7 +38,7 @@ def all_pages(store, prefix, max_keys, delimiter):
 @pytest.mark.parametrize("prefix,max_keys,delimiter", [("dir/", 1000, "/"), ("dir/", 7, "/"), ("", 1000, ""),
                                                        ("", 4, "/"), ("nothing-here/", 1000, "/")])
 def test_pages_are_the_same_as_through_boto3(aws_env, moto_server, list_bucket, prefix, max_keys, delimiter):
-    fast, slow = store_for(moto_server.endpoint_url, list_bucket), store_for(moto_server.endpoint_url, list_bucket,
+    fast, slow = fast_path_store(moto_server.endpoint_url, list_bucket), fast_path_store(moto_server.endpoint_url, list_bucket,
                                                                             fast_get=False)
     try:
         assert fast._fast_list is not None and slow._fast_list is None
@@ -65,26 +60,17 @@ def test_pages_are_the_same_as_through_boto3(aws_env, moto_server, list_bucket, 
 
 
 def test_signature_is_checked_by_an_endpoint_that_enforces_credentials(monkeypatch, auth_moto):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", auth_moto.key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", auth_moto.secret)
-    store = store_for(auth_moto.endpoint_url, auth_moto.bucket)
-    try:
+    with signed_store(monkeypatch, auth_moto, auth_moto.secret) as store:
         assert "hello.txt" in [o.key for o in store.list_page("", None, 1000, "/").objects]
         assert store._fast_list is not None, "the signed listing was not accepted: fell back to boto3"
-    finally:
-        store.close()
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    store = store_for(auth_moto.endpoint_url, auth_moto.bucket)
-    try:
+    with signed_store(monkeypatch, auth_moto, "not-the-secret") as store:
         with pytest.raises(AccessDenied):
             store.list_page("", None, 1000, "/")
         assert store._fast_list is not None
-    finally:
-        store.close()
 
 
 def test_an_answer_it_does_not_handle_switches_to_boto3_for_good(aws_env, fault_proxy, list_bucket):
-    store = store_for(fault_proxy.url, list_bucket)
+    store = fast_path_store(fault_proxy.url, list_bucket)
     try:
         fault_proxy.add(Fault("error", ops="list", status=301, code="PermanentRedirect", count=1))
         assert "top" in [o.key for o in store.list_page("", None, 1000, "/").objects]
