@@ -50,7 +50,7 @@ class OutageBreaker:
         self.probe_interval = probe_interval
         self.probe_wait = probe_wait
         self.clock = clock
-        self._lock = threading.Condition()      # notified when a probe ends
+        self._lock = threading.Condition(threading.Lock())      # notified when a probe ends
         self._probe_started = 0.0
         self._failures = 0          # whole requests failed in a row
         self._down_since: float | None = None
