@@ -202,12 +202,12 @@ class S3Store(ObjectStore):
         self._fast: FastGetter | None = None
         self._fast_list: FastLister | None = None
         self._watchdog = Watchdog()     # ends a fast GET's body at its deadline
-        if fast_get:
-            try:
-                self._fast = FastGetter(self.read_client, bucket)
-                self._fast_list = FastLister(self.read_client, bucket)
-            except Exception as e:  # noqa: BLE001 - an optimisation only: boto3 does every GET then
-                log.info("S3 GETs and listings go through boto3 (%s)", e)
+        if fast_get:     # optimisations only: what cannot be built is done by boto3
+            for attr, cls, what in (("_fast", FastGetter, "GETs"), ("_fast_list", FastLister, "listings")):
+                try:
+                    setattr(self, attr, cls(self.read_client, bucket))
+                except Exception as e:  # noqa: BLE001
+                    log.info("S3 %s go through boto3 (%s)", what, e)
         self._retries_metric = metrics.S3_RETRIES
 
     @property
