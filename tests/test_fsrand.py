@@ -1,0 +1,437 @@
+"""fsrand: a model-based random test of a real cachefs mount (issue 15, item 3), in the spirit of
+JuiceFS's Hypothesis "fsrand".
+
+A Hypothesis RuleBasedStateMachine issues random sequences of file-system operations (create, open,
+write at offsets, read, truncate, ftruncate, fallocate, copy_file_range, mmap writes, rename of files
+and directories, unlink, mkdir, rmdir, chmod, chown, utimens, symlink, readlink, link, fsync, close,
+stat, readdir) from several worker processes, each holding its own file handles. Every operation is
+done on the mount (moto over HTTP, through the fault proxy) and on a reference directory on the local
+disk, and the outcomes (value, bytes read, or errno) must agree, except where tests/fsrand_model.py's
+DIFFERENCES table (each entry citing docs/SEMANTICS.md) says otherwise. Between steps, sometimes: a
+clean remount, or `kill -9` of the daemon and a remount with the same cache directory (handles die
+with the daemon; every acknowledged change must survive: SEMANTICS.md, Crash safety). Optionally
+(drawn per example) 10 % of uploads (PUT, UploadPart, Create/CompleteMultipartUpload) answer 500.
+At the end of each example: `cachefs flush`, then S3 (read with boto3), a fresh mount with an empty
+cache directory and the reference must agree (tests/fsrand_model.py ATTRIBUTES says what is compared
+in which context).
+
+Profiles (CACHEFS_FSRAND_PROFILE): "ci" (the default, in `make test`: a few derandomized examples,
+about a minute), "fuzz" (`make fuzz FUZZ_MINUTES=20`: rounds of new seeds until the time is up,
+each seed printed, failures kept in tests/.fsrand-db and replayed first next time).
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, seed, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fsrand_model as fm  # noqa: E402
+from mount_helpers import force_unmount, log_problems, pid_alive, run_cachefs, wait_until  # noqa: E402
+
+PROFILE = os.environ.get("CACHEFS_FSRAND_PROFILE", "ci")
+WORKERS = int(os.environ.get("CACHEFS_FSRAND_WORKERS", "3"))
+FUZZ_MINUTES = float(os.environ.get("CACHEFS_FSRAND_MINUTES", "20"))
+DB_PATH = Path(__file__).parent / ".fsrand-db"
+# The mount: uploads every 0.2-0.5 s so they race with the steps; 5 MiB parts (S3's minimum), so a
+# file past 5 MiB is a multipart upload; 1 MiB small-file threshold.
+MOUNT_OPTIONS = ("--small-sync-interval", "0.2", "--small-file-threshold", "1MiB", "--large-sync-interval", "0.5",
+                 "--multipart-part-size", "5MiB")
+UPLOAD_FAULT = "error:ops=put+upload_part+create_multipart+complete_multipart,status=500,p=0.1,key=[^/]$"
+REMOUNT_EVERY = 8          # steps since the last (re)mount before a remount may be chosen
+
+_common = dict(deadline=None, suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+settings.register_profile("ci", max_examples=int(os.environ.get("CACHEFS_FSRAND_EXAMPLES", "4")),
+                          stateful_step_count=int(os.environ.get("CACHEFS_FSRAND_STEPS", "30")),
+                          derandomize=True, database=None, print_blob=True, **_common)
+settings.register_profile("fuzz", max_examples=int(os.environ.get("CACHEFS_FSRAND_EXAMPLES", "10")),
+                          stateful_step_count=int(os.environ.get("CACHEFS_FSRAND_STEPS", "60")),
+                          database=DirectoryBasedExampleDatabase(str(DB_PATH)), print_blob=True, **_common)
+
+paths = st.sampled_from(fm.PATHS)
+handles = st.integers(0, 15)          # an index into the live handles, modulo their number
+workers = st.integers(0, WORKERS - 1)
+offsets, lengths, sizes = st.sampled_from(fm.OFFSETS), st.sampled_from(fm.LENGTHS), st.sampled_from(fm.SIZES)
+seeds = st.integers(0, 2**16)
+
+
+class Env:
+    """What the machine needs from pytest's fixtures, and counters over the whole test."""
+
+    def __init__(self, mounter, make_bucket, s3, fault_proxy, moto_server, tmp_path):
+        self.mounter, self.make_bucket, self.s3, self.proxy = mounter, make_bucket, s3, fault_proxy
+        self.moto_url = moto_server.endpoint_url
+        self.tmp = tmp_path
+        self.workers = fm.Workers(WORKERS)
+        self.examples = self.steps = self.remounts = self.kills = self.with_faults = 0
+        self.ops: dict[str, int] = {}
+        self.differences: dict[str, int] = {}
+        self.notes: list[str] = []
+        self._n = 0
+
+    def new_dir(self, name: str) -> Path:
+        self._n += 1
+        d = self.tmp / f"{name}{self._n}"
+        d.mkdir()
+        return d
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))
+        diffs = ", ".join(f"{k}: {v}" for k, v in sorted(self.differences.items())) or "none"
+        return (f"fsrand: {self.examples} examples ({self.with_faults} with upload faults), {self.steps} steps, "
+                f"{self.remounts} clean remounts, {self.kills} kill -9 + remount\n  ops: {ops}\n"
+                f"  documented differences seen: {diffs}" + "".join(f"\n  note: {n}" for n in self.notes[-10:]))
+
+
+def make_machine(env: Env):
+    class FsRand(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.env = env
+            self.m = None
+            self.handles: list[tuple[int, int, str]] = []       # (worker, handle id, open flags)
+            self.next_hid = 0
+            self.since_mount = 0
+            self.removed: set[str] = set()                      # paths unlinked / renamed away / rmdir'd
+            self.in_step = False
+            self.failed = False
+            self.ref = env.new_dir("ref")
+            self.bucket = env.make_bucket("fsrand")
+            env.examples += 1
+
+        # ------------------------------------------------ plumbing
+
+        def _mount(self):
+            return env.mounter.mount(self.bucket, *MOUNT_OPTIONS, endpoint_url=env.proxy.url,
+                                     cache_dir=env.new_dir("cache"))
+
+        def step(self, w: int, op: str, args: dict, check=None) -> dict:
+            """Run op on both sides in worker w; fail unless the outcomes agree (or differ as documented)."""
+            self.failed = True            # until this step has passed
+            env.steps += 1
+            env.ops[op] = env.ops.get(op, 0) + 1
+            self.since_mount += 1
+            out = env.workers.run(w, op, args, (fm.MOUNT,))
+            diff = fm.expected_difference(op, args, out[fm.MOUNT])
+            if diff is not None:
+                env.differences[diff.name] = env.differences.get(diff.name, 0) + 1
+                self.failed = False
+                return out
+            out.update(env.workers.run(w, op, args, (fm.REF,)))
+            mo, ro = out[fm.MOUNT], out[fm.REF]
+            if check is not None and mo[0] == ro[0] == "ok":
+                problems = check(mo[1], ro[1])
+                assert not problems, f"{op}({args}) in worker {w}: {problems}"
+            else:
+                assert mo == ro, f"{op}({args}) in worker {w}: mount {_short(mo)}, reference {_short(ro)}"
+            self.failed = False
+            return out
+
+        def handle(self, h: int):
+            return self.handles[h % len(self.handles)]
+
+        def has_handles(self) -> bool:
+            return bool(self.handles)
+
+        def close_handles(self) -> None:
+            for w, hid, _ in list(self.handles):
+                self.step(w, "close", {"hid": hid})
+            self.handles.clear()
+
+        def compare_now(self, context: str) -> None:
+            problems = fm.compare_trees(fm.snapshot(self.m.path), fm.snapshot(self.ref), context)
+            assert not problems, f"the mount and the reference differ ({context}):\n  " + "\n  ".join(problems[:30])
+
+        # ------------------------------------------------ the start
+
+        @initialize(faults=st.booleans())
+        def start(self, faults):
+            env.proxy.clear()
+            if faults:
+                env.proxy.add(UPLOAD_FAULT)
+                env.with_faults += 1
+            self.faults = faults
+            self.m = self._mount()
+            env.workers.set_roots({fm.MOUNT: str(self.m.path), fm.REF: str(self.ref)})
+
+        # ------------------------------------------------ handles
+
+        @rule(w=workers, path=paths, flags=st.sampled_from(["creat", "creat-excl", "creat-trunc"]))
+        def create(self, w, path, flags):
+            self._open(w, path, flags, "create")
+
+        @rule(w=workers, path=paths, flags=st.sampled_from(["r", "w", "rw", "rw-trunc", "w-append"]))
+        def open(self, w, path, flags):
+            self._open(w, path, flags, "open")
+
+        def _open(self, w, path, flags, op):
+            hid = self.next_hid
+            self.next_hid += 1
+            out = self.step(w, op, {"path": path, "flags": flags, "hid": hid})
+            if out[fm.MOUNT][0] == "ok":
+                self.handles.append((w, hid, flags))
+
+        @precondition(has_handles)
+        @rule(h=handles, offset=offsets, length=lengths, seed=seeds)
+        def write(self, h, offset, length, seed):
+            w, hid, _ = self.handle(h)
+            self.step(w, "write", {"hid": hid, "offset": offset, "length": length, "seed": seed})
+
+        @precondition(has_handles)
+        @rule(h=handles, offset=offsets, length=st.sampled_from([1, 4096, 131072, 1 << 20]))
+        def read(self, h, offset, length):
+            w, hid, _ = self.handle(h)
+            self.step(w, "read", {"hid": hid, "offset": offset, "length": length}, check=_same_bytes)
+
+        @rule(w=workers, path=paths, size=sizes)
+        def truncate(self, w, path, size):
+            self.step(w, "truncate", {"path": path, "size": size})
+
+        @precondition(has_handles)
+        @rule(h=handles, size=sizes)
+        def ftruncate(self, h, size):
+            w, hid, _ = self.handle(h)
+            self.step(w, "ftruncate", {"hid": hid, "size": size})
+
+        @precondition(has_handles)
+        @rule(h=handles, mode=st.sampled_from(sorted(fm.FALLOC_MODES)), offset=offsets, length=lengths)
+        def fallocate(self, h, mode, offset, length):
+            w, hid, _ = self.handle(h)
+            self.step(w, "fallocate", {"hid": hid, "mode": mode, "offset": offset, "length": length})
+
+        @precondition(has_handles)
+        @rule(h=handles, src=paths, src_offset=st.sampled_from([0, 1, 4096, 262144]), offset=offsets,
+              length=lengths)
+        def copy_file_range(self, h, src, src_offset, offset, length):
+            w, hid, _ = self.handle(h)
+            self.step(w, "copy_file_range", {"hid": hid, "src": src, "src_offset": src_offset, "offset": offset,
+                                             "length": length})
+
+        @precondition(has_handles)
+        @rule(h=handles, offset=offsets, length=lengths, seed=seeds)
+        def mmap_write(self, h, offset, length, seed):
+            w, hid, _ = self.handle(h)
+            self.step(w, "mmap_write", {"hid": hid, "offset": offset, "length": length, "seed": seed})
+
+        @precondition(has_handles)
+        @rule(h=handles)
+        def fsync(self, h):
+            w, hid, _ = self.handle(h)
+            self.step(w, "fsync", {"hid": hid})
+
+        @precondition(has_handles)
+        @rule(h=handles)
+        def close(self, h):
+            w, hid, flags = self.handle(h)
+            self.handles.remove((w, hid, flags))
+            self.step(w, "close", {"hid": hid})
+
+        # ------------------------------------------------ names
+
+        @rule(w=workers, src=paths, dst=paths)
+        def rename(self, w, src, dst):
+            out = self.step(w, "rename", {"src": src, "dst": dst})
+            if out[fm.MOUNT][0] == "ok" and src != dst:
+                self.removed.add(src)
+
+        @rule(w=workers, path=paths)
+        def unlink(self, w, path):
+            self.step(w, "unlink", {"path": path})
+            self.removed.add(path)
+
+        @rule(w=workers, path=paths)
+        def mkdir(self, w, path):
+            self.step(w, "mkdir", {"path": path})
+
+        @rule(w=workers, path=paths)
+        def rmdir(self, w, path):
+            self.step(w, "rmdir", {"path": path})
+            self.removed.add(path)
+
+        @rule(w=workers, to=st.sampled_from(["a", "../a", "d1/a", "/nonexistent"]), path=paths)
+        def symlink(self, w, to, path):
+            self.step(w, "symlink", {"target": to, "path": path})
+
+        @rule(w=workers, path=paths)
+        def readlink(self, w, path):
+            self.step(w, "readlink", {"path": path})
+
+        @rule(w=workers, src=paths, dst=paths)
+        def link(self, w, src, dst):
+            self.step(w, "link", {"src": src, "dst": dst})
+
+        # ------------------------------------------------ attributes
+
+        @rule(w=workers, path=paths, mode=st.sampled_from(fm.MODES))
+        def chmod(self, w, path, mode):
+            self.step(w, "chmod", {"path": path, "mode": mode})
+
+        @rule(w=workers, path=paths, owner=st.sampled_from(fm.OWNERS))
+        def chown(self, w, path, owner):
+            self.step(w, "chown", {"path": path, "uid": owner[0], "gid": owner[1]})
+
+        @rule(w=workers, path=paths, times=st.sampled_from(fm.UTIMES))
+        def utimens(self, w, path, times):
+            self.step(w, "utimens", {"path": path, "atime": times[0], "mtime": times[1]})
+
+        @rule(w=workers, path=paths)
+        def stat(self, w, path):
+            def check(m, r):
+                return fm.compare_entry(path, _entry(m), _entry(r), "step")
+            self.step(w, "stat", {"path": path}, check=check)
+
+        @rule(w=workers, path=st.sampled_from([".", *fm.PATHS]))
+        def listdir(self, w, path):
+            self.step(w, "listdir", {"path": path})
+
+        # ------------------------------------------------ remounts
+
+        @precondition(lambda self: self.since_mount >= REMOUNT_EVERY)
+        @rule(kind=st.sampled_from(["clean", "kill9"]))
+        def remount(self, kind):
+            self.failed = True
+            self.since_mount = 0
+            if kind == "clean":
+                env.remounts += 1
+                self.close_handles()
+                self.failed = True
+                env.mounter.umount(self.m)
+                self.m = env.mounter.remount(self.m)
+                self.compare_now("step")
+            else:
+                env.kills += 1
+                pid = self.m.pid()
+                os.kill(pid, signal.SIGKILL)
+                assert wait_until(lambda: not pid_alive(pid), 10), f"daemon {pid} survived SIGKILL"
+                for w in range(len(env.workers)):
+                    env.workers.call(w, "close_all")      # the mount's descriptors died with the daemon
+                self.handles.clear()
+                force_unmount(self.m.real_path)
+                self.m = env.mounter.remount(self.m)
+                self._after_kill9()
+            self.failed = False
+
+        def _after_kill9(self) -> None:
+            mount, ref = fm.snapshot(self.m.path), fm.snapshot(self.ref)
+            back = sorted(p for p in set(mount) - set(ref) if p in self.removed and mount[p].kind == "file")
+            if back and fm.RESURRECTION_AFTER_KILL9:
+                env.notes.append(f"after kill -9, removed {back} came back (SEMANTICS.md, Limits); unlinked again")
+                for p in back:
+                    os.unlink(self.m.path / p)
+                mount = fm.snapshot(self.m.path)
+            problems = fm.compare_trees(mount, ref, "kill9")
+            assert not problems, "after kill -9 and a remount, the mount and the reference differ:\n  " + \
+                "\n  ".join(problems[:30])
+
+        # ------------------------------------------------ the end
+
+        def teardown(self):
+            try:
+                if self.m is not None and not self.failed:
+                    self.failed = True
+                    self.final_check()
+                    self.failed = False
+            finally:
+                for w in range(len(env.workers)):
+                    try:
+                        env.workers.call(w, "close_all")
+                    except Exception:
+                        pass
+                if self.m is not None:
+                    force_unmount(self.m.real_path)
+
+        def final_check(self) -> None:
+            self.close_handles()
+            env.proxy.clear()
+            res = run_cachefs(["flush", str(self.m.path)], self.m.env, timeout_s=180)
+            assert res.returncode == 0, f"cachefs flush: {res.describe()}"
+            ref = fm.snapshot(self.ref)
+            problems = fm.compare_trees(fm.snapshot(self.m.path), ref, "step")
+            assert not problems, "after flush, the mount and the reference differ:\n  " + "\n  ".join(problems[:30])
+            objects, mtimes = s3_objects(env.s3, self.bucket)
+            problems = fm.compare_s3(objects, ref)
+            assert not problems, "after flush, S3 and the reference differ:\n  " + "\n  ".join(problems[:30])
+            env.mounter.umount(self.m)
+            log = log_problems(self.m.log_text())
+            assert not log, "the daemon logged errors:\n  " + "\n  ".join(log[:20])
+            fresh = env.mounter.mount(self.bucket, *MOUNT_OPTIONS, endpoint_url=env.moto_url,
+                                      cache_dir=env.new_dir("fresh"))
+            try:
+                problems = fm.compare_trees(fm.snapshot(fresh.path), ref, "fresh", mtimes)
+                assert not problems, ("a fresh mount (empty cache directory) and the reference differ:\n  "
+                                      + "\n  ".join(problems[:30]))
+            finally:
+                env.mounter.umount(fresh)
+            assert wait_until(lambda: not env.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads"), 10), \
+                f"multipart uploads left behind: {env.s3.list_multipart_uploads(Bucket=self.bucket).get('Uploads')}"
+            self.m = None
+
+    return FsRand
+
+
+def _short(outcome) -> str:
+    kind, value = outcome
+    if isinstance(value, bytes):
+        return f"{kind} {len(value)} bytes"
+    return f"{kind} {value!r}"
+
+
+def _same_bytes(m: bytes, r: bytes) -> list[str]:
+    from mount_helpers import first_difference
+    return [] if m == r else [f"read: {first_difference(m, r)}"]
+
+
+def _entry(attrs: dict) -> fm.Entry:
+    import stat as st_
+    kind = {st_.S_IFREG: "file", st_.S_IFDIR: "dir", st_.S_IFLNK: "symlink"}.get(attrs["type"], "other")
+    return fm.Entry(kind, attrs)
+
+
+def s3_objects(s3, bucket: str) -> tuple[dict[str, bytes], dict[str, float]]:
+    objects, mtimes = {}, {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            objects[o["Key"]] = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            mtimes[o["Key"]] = o["LastModified"].timestamp()
+    return objects, mtimes
+
+
+# ---------------------------------------------------------------- the tests
+
+@pytest.fixture
+def fsrand_env(mounter, make_bucket, s3, fault_proxy, moto_server, tmp_path):
+    env = Env(mounter, make_bucket, s3, fault_proxy, moto_server, tmp_path)
+    yield env
+    env.workers.close()
+    print("\n" + env.summary())
+
+
+@pytest.mark.timeout(int(FUZZ_MINUTES * 60 + 1800) if PROFILE == "fuzz" else 900)
+def test_fsrand(fsrand_env):
+    """The random test: in CI a few derandomized examples; with the fuzz profile, rounds of new seeds
+    (printed) until CACHEFS_FSRAND_MINUTES are up, failures kept in the example database."""
+    Machine = make_machine(fsrand_env)
+    profile = settings.get_profile(PROFILE)
+    if PROFILE != "fuzz":
+        run_state_machine_as_test(Machine, settings=profile)
+        return
+    deadline = time.monotonic() + FUZZ_MINUTES * 60
+    rounds = 0
+    while time.monotonic() < deadline:
+        s = random.SystemRandom().getrandbits(32)
+        rounds += 1
+        print(f"fsrand round {rounds}: seed {s} (replay: CACHEFS_FSRAND_PROFILE=fuzz CACHEFS_FSRAND_SEED={s})",
+              flush=True)
+        run_state_machine_as_test(seed(int(os.environ.get("CACHEFS_FSRAND_SEED", s)))(Machine), settings=profile)
+        print(fsrand_env.summary(), flush=True)
+        if "CACHEFS_FSRAND_SEED" in os.environ:
+            break
