@@ -36,6 +36,7 @@ SIDES = (MOUNT, REF)
 # A small fixed namespace: any name can become a file or a directory, so that EEXIST, ENOENT,
 # ENOTDIR, EISDIR, ENOTEMPTY and rename over files and directories all come up often.
 PATHS = ["a", "b", "d1", "d2", "d1/a", "d1/b", "d1/d3", "d1/d3/a", "d2/a"]
+PATH_CHOICES = ["a", "b", "d1", "a", "d1/a", "b", "d2", "d1/b", "d1/d3", "d1/d3/a", "d2/a"]   # top-level files more often
 # Offsets and sizes around the mount's block size (256 KiB in the tests), 1 MiB (the small-file
 # threshold the test mounts with) and 5 MiB (the multipart part size), so that files cross into
 # multipart uploads; sparse holes are cheap on both sides.
@@ -56,6 +57,10 @@ OPEN_FLAGS = {
 FALLOC_MODES = {"default": 0, "keep-size": 0x01, "punch-hole": 0x01 | 0x02, "zero-range": 0x10}
 OWNERS = [(0, 0), (0, 1000), (1000, 1000)]   # the mount's own (root, as the tests run) and others
 OTHER_UID = 1000
+
+# Operations on an open handle, each as often as it appears here (tests/test_fsrand.py, `io`).
+IO_OPS = ["write", "write", "write", "read", "read", "ftruncate", "fallocate", "copy_file_range", "mmap_write",
+          "fsync", "close"]
 
 # The operations the state machine issues (a rule each in tests/test_fsrand.py). Remove a name
 # here to stop issuing it; the worker below implements each.
@@ -94,7 +99,7 @@ DIFFERENCES: list[Difference] = [
                "cannot hold them ...'"),
     Difference("hard link", "link", "EPERM",
                "SEMANTICS.md, Operations: '| symlink, link, mknod | `EPERM` ...'"),
-    Difference("fallocate modes other than 0", "fallocate", "EOPNOTSUPP",
+    Difference("fallocate modes other than 0", "fallocate", "ENOTSUP",     # = EOPNOTSUPP on Linux
                "UNDOCUMENTED: SEMANTICS.md says nothing about fallocate(2); the mount answers EOPNOTSUPP to "
                "FALLOC_FL_KEEP_SIZE / PUNCH_HOLE / ZERO_RANGE (mode 0 works through glibc's emulation)",
                when=lambda a: a["mode"] != "default",
@@ -141,6 +146,13 @@ ATTRIBUTES: dict[str, tuple[dict[str, str], str]] = {
                   "SEMANTICS.md, Mapping: '... and 2 for directories'"),
 }
 DEFAULT_FILE_MODE, DEFAULT_DIR_MODE = 0o644, 0o755
+
+# SEMANTICS.md, Mapping: 'st_mtime ... the time of the last write while the file is staged': a
+# change that changes nothing (O_TRUNC of an empty file, ftruncate to the same size, fallocate or
+# copy_file_range of nothing) is no write, and the mount keeps the mtime, where Linux's local file
+# systems set it to now. The reference gets its old mtime back after such a no-op (Worker.run).
+NO_OP_MTIME = True
+NO_OP_MTIME_OPS = {"create", "open", "truncate", "ftruncate", "fallocate", "copy_file_range", "mmap_write", "write"}
 
 # After kill -9: SEMANTICS.md, Limits: 'If the daemon dies while an upload started before an
 # `unlink` is in flight, the object can reappear in S3.' A path removed before the kill may come
@@ -282,15 +294,42 @@ class Worker:
             return sorted(os.listdir(p(side, a["path"])))
         raise ValueError(f"unknown operation {op!r}")
 
+    def _content(self, side: str, op: str, a: dict):
+        """(stat, sha256) of the file a content-changing operation works on, or None."""
+        try:
+            if "hid" in a and op != "create" and op != "open":
+                fd = self.handles.get(a["hid"], {}).get(side)
+                if fd is None:
+                    return None
+                path = f"/proc/self/fd/{fd}"
+            else:
+                path = self.p(side, a["path"])
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            with open(path, "rb") as f:
+                return st, hashlib.sha256(f.read()).digest(), path
+        except OSError:
+            return None
+
     def run(self, op: str, a: dict, sides=SIDES) -> dict[str, tuple]:
         out = {}
         for side in sides:
+            # NO_OP_MTIME: on the reference, a change that leaves size and bytes as they were gets its
+            # old mtime back (Linux sets it on O_TRUNC / ftruncate / fallocate / copy_file_range even then).
+            before = (self._content(side, op, a)
+                      if side == REF and op in NO_OP_MTIME_OPS and NO_OP_MTIME else None)
             try:
                 out[side] = ("ok", self.one(side, op, a))
             except OSError as e:
                 out[side] = ("err", errno.errorcode.get(e.errno, str(e.errno)))
             except ValueError as e:       # mmap of an empty region and the like: the same on both sides
                 out[side] = ("err", f"ValueError: {e}")
+            if before is not None:
+                after = self._content(side, op, a)
+                if after is not None and after[0].st_size == before[0].st_size and after[1] == before[1] \
+                        and after[0].st_mtime_ns != before[0].st_mtime_ns:
+                    os.utime(after[2], ns=(after[0].st_atime_ns, before[0].st_mtime_ns))
         if op == "close" and all(fd is None for fd in self.handles.get(a["hid"], {}).values()):
             self.handles.pop(a["hid"], None)
         return out
