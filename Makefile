@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Both set the machine up first (Debian 12, root).
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench bench-full bench-writes clean
+.PHONY: setup demo test bench bench-full bench-writes clean fuzz
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -11,6 +11,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The model-based random test (tests/test_fsrand.py) for FUZZ_MINUTES (new seeds each round, printed;
+# failures kept in tests/.fsrand-db and replayed first by the next run). `make test` runs a short version.
+FUZZ_MINUTES ?= 20
+fuzz: setup
+	CACHEFS_FSRAND_PROFILE=fuzz CACHEFS_FSRAND_MINUTES=$(FUZZ_MINUTES) $(PY) -m pytest -q -s tests/test_fsrand.py
 
 bench: setup
 	$(PY) -m bench.run --short

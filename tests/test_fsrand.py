@@ -434,3 +434,35 @@ def test_fsrand(fsrand_env):
         print(fsrand_env.summary(), flush=True)
         if "CACHEFS_FSRAND_SEED" in os.environ:
             break
+
+
+# ---------------------------------------------------------------- regressions found by fsrand
+# Each is the minimal sequence Hypothesis shrank a failure to, as a plain test; strict xfail until
+# the defect is fixed (then the xfail goes, and so does the matching DIFFERENCES entry, if any).
+
+def _both(workers: fm.Workers, op: str, args: dict, w: int = 0) -> dict:
+    return workers.run(w, op, args)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: fallocate(2) modes KEEP_SIZE/PUNCH_HOLE/ZERO_RANGE give "
+                                       "EOPNOTSUPP on the mount and SEMANTICS.md does not say so")
+def test_regression_fallocate_modes_documented_or_supported(mounter, make_bucket, tmp_path):
+    """fsrand: create('a'); fallocate(h, mode='keep-size', offset=0, length=1) -> mount EOPNOTSUPP,
+    local disk 0. Either the mount does what a local file system does, or SEMANTICS.md documents it."""
+    m = mounter.mount(make_bucket("fsrand-falloc"), *MOUNT_OPTIONS)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    workers = fm.Workers(1)
+    try:
+        workers.set_roots({fm.MOUNT: str(m.path), fm.REF: str(ref)})
+        assert _both(workers, "create", {"path": "a", "flags": "creat", "hid": 0}) == {fm.MOUNT: ("ok", 0),
+                                                                                     fm.REF: ("ok", 0)}
+        _both(workers, "write", {"hid": 0, "offset": 0, "length": 8192, "seed": 1})
+        documented = "fallocate" in (Path(__file__).parent.parent / "docs" / "SEMANTICS.md").read_text()
+        for mode in ("keep-size", "punch-hole", "zero-range"):
+            out = _both(workers, "fallocate", {"hid": 0, "mode": mode, "offset": 0, "length": 4096})
+            assert out[fm.MOUNT] == out[fm.REF] or documented, f"fallocate {mode}: {out}"
+        _both(workers, "close", {"hid": 0})
+    finally:
+        workers.call(0, "close_all")
+        workers.close()
