@@ -102,6 +102,7 @@ class Staged:
     write_end: int = 0             # where the latest write ended (== size: a sequential writer)
     session: PartSession | None = None   # eager multipart upload of a large file being written
     eager: bool = False            # an eager part task runs for this file
+    replaced: bool = False         # it replaced a file at `path` whose object S3 may still hold there
 
     @property
     def dirty(self) -> bool:
@@ -416,9 +417,11 @@ class Writeback:
             self.meta.delete_pending(st.ino)
 
     # -- namespace changes ------------------------------------------------------------------
-    def renamed(self, ino: int, new_path: str) -> None:
+    def renamed(self, ino: int, new_path: str, replaced: bool = False) -> None:
+        """`replaced`: it took the name of a file whose object S3 may hold until this one's upload."""
         st = self.get(ino)
         if st is not None:
+            st.replaced = replaced and st.remote != new_path
             self._retained.pop(ino, None)       # it has a copy to make now
             if not st.dirty:
                 st.first_dirty = time.monotonic()
@@ -455,19 +458,25 @@ class Writeback:
         self._to_delete.append(key)
         self._wake.set()
 
-    def unlinked(self, ino: int) -> str | None:
-        """The file is gone from the namespace: stop uploading it. Returns the path S3 holds it at
-        (to delete), if any; an upload in flight deletes its own result when it finishes."""
+    def unlinked(self, ino: int) -> list[str]:
+        """The file is gone from the namespace: stop uploading it. Returns the paths whose objects
+        are to be deleted now: where S3 holds it, and its own name if an object it replaced may
+        still sit there (its upload never came to overwrite it). An upload in flight deletes its own
+        result when it finishes."""
         st = self.files.get(ino)
         if st is None:
-            return None
+            return []
         st.deleted = True
         remote, st.remote = st.remote, None
+        gone = [remote] if remote is not None else []
+        if (st.replaced and st.path != remote and st.path not in self._inflight
+                and st.path not in self.moving_out()):
+            gone.append(st.path)
         # Nothing of it is to be uploaded any more. (If the daemon dies while an upload started
         # before the unlink is in flight, that object may reappear: SEMANTICS.md.)
         self.meta.delete_pending(ino)
         self._maybe_drop(st)
-        return remote
+        return gone
 
     # -- waiting ----------------------------------------------------------------------------
     async def wait_uploaded(self, st: Staged, deadline: float) -> bool:
@@ -594,9 +603,12 @@ class Writeback:
 
     async def _transfer(self, st: Staged, key: str, size: int, gen: int) -> str:
         if gen == st.synced and st.remote is not None and st.remote != st.path:
-            etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
-            self.stats.add("upload_copies")
-            return etag
+            try:
+                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
+                self.stats.add("upload_copies")
+                return etag
+            except ObjectNotFound:          # its old object is gone: upload the staged bytes instead
+                log.info("copy source %s%s is gone; uploading %s from staging", self.prefix, st.remote, key)
         if size <= self.part_size:
             self._abandon_session(st)        # truncated below one part: a single PUT now
             async with self.limiter:
@@ -615,6 +627,8 @@ class Writeback:
         self.stats.add("upload_bytes", size)
         old_remote, st.remote = st.remote, path
         st.synced = max(st.synced, gen)
+        if st.path == path:
+            st.replaced = False             # whatever it replaced there is overwritten now
         if st.deleted:
             await self._delete_quietly(key)      # unlinked while it was being uploaded
             return
