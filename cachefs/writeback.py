@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 import trio
 
 from . import supervise
-from .errors import FsError, ObjectNotFound, StoreError
+from .errors import FsError, ObjectNotFound, StoreError, StoreUnavailable
 from .meta.schema import Inode
 from .meta.store import MetaStore
 from .parts import PartSession
@@ -54,6 +54,7 @@ COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into stagin
 # writing stay local) until the room is needed; at most this many, each holding an open fd.
 RETAIN_FILES = 128
 SESSION_FAILURES = 2          # a multipart session that failed this often in a row is given up (lost)
+CLAIM_WAIT_S = 30.0           # a rename waits at most this long for an upload or delete of its target name
 ABORT_ON_STOP_S = 5.0         # how long a stopping daemon spends aborting the session it was sending
 
 
@@ -451,6 +452,24 @@ class Writeback:
             if st.path.startswith(new + "/"):
                 self.meta.put_pending(st.ino, st.record())
 
+    async def claim_name(self, path: str, timeout: float = CLAIM_WAIT_S) -> None:
+        """Before a rename copies an object to `path`: an upload still landing there (a file that
+        had the name and was replaced) or a delete of that name must finish first, or it would
+        delete or overwrite the copy. A delete only waiting for its retry is dropped: the copy
+        overwrites the object anyway. StoreUnavailable if the name stays busy past `timeout`."""
+        key = self.prefix + path
+        if key in self._to_delete:
+            self._to_delete = [k for k in self._to_delete if k != key]
+            self._vacating.discard(path)
+        deadline = time.monotonic() + timeout
+        while path in self._inflight or path in self._vacating:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(f"{key} is still being uploaded or deleted; try again")
+            changed = self._changed
+            with trio.move_on_after(left):
+                await changed.wait()
+
     def delete_later(self, key: str) -> None:
         """An object the mount no longer shows whose delete S3 refused: the scheduler retries it,
         and no upload to that name starts before it is gone."""
@@ -795,6 +814,7 @@ class Writeback:
             self._to_delete.append(key)
             return
         self._vacating.discard(path)
+        self._notify()           # a rename waiting for the name (claim_name) goes on
 
     def _notify(self) -> None:
         self._changed.set()
