@@ -359,6 +359,8 @@ class Writeback:
     # -- open/close bookkeeping -------------------------------------------------------------
     def opened(self, st: Staged, writable: bool) -> None:
         self._retained.pop(st.ino, None)
+        if writable and not st.writers:
+            st.write_end = -1        # a sequential writer is one whose writes since this open end the file
         st.opens += 1
         st.writers += writable
 
@@ -368,6 +370,8 @@ class Writeback:
         if writable and st.writers == 0 and st.dirty:
             st.closed_dirty = True
             self._wake.set()
+        elif writable and st.writers == 0 and st.session is not None and not st.uploading:
+            self._abandon_session(st)     # opened for writing, nothing changed: its early parts go
         self._maybe_drop(st)
 
     def _in_use(self, st: Staged) -> bool:
@@ -685,7 +689,7 @@ class Writeback:
 
     def _eager_due(self, st: Staged) -> bool:
         """A large file being written at its end whose finished parts can go to S3 now."""
-        if (not self.eager or st.eager or st.uploading or st.deleted or not st.writers or st.write_end != st.size
+        if (not self.eager or st.eager or st.uploading or not st.dirty or not st.writers or st.write_end != st.size
                 or st.size <= max(self.small_file_threshold, self.part_size)
                 or any(st.path.startswith(d + "/") for d in self._held)):
             return False
