@@ -17,7 +17,7 @@ import time
 import pyfuse3
 import trio
 
-from . import __version__, kernel, logsetup, metrics, mounts, native
+from . import __version__, kernel, logsetup, metrics, mounts, native, supervise
 from .cache import TieredCache
 from .cache.direct import ALIGN
 from .config import Config
@@ -145,12 +145,20 @@ class Daemon:
             log.warning("ignoring environment variables that name no option: %s", ", ".join(cfg.ignored_env))
         prepare_cache_dir(cfg.cache_dir)
         self.lock_fd = lock_cache_dir(cfg.cache_dir)
+        # A pid file under our lock was left by a daemon that did not stop cleanly (kill -9, OOM).
+        unclean = os.path.exists(os.path.join(cfg.cache_dir, "cachefs.pid"))
         self.mountpoint_lock = mounts.lock_mountpoint(cfg.mountpoint)
         mounts.check_mountpoint(cfg.mountpoint)
         self.store = from_config(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
         self.meta = MetaStore(os.path.join(cfg.cache_dir, "meta"), cfg.identity(),
                               max_readers=2 * cfg.max_idle_threads + 64)
+        if unclean:
+            # It may have died between a change in S3 and its record here (a directory rename
+            # half-way): list every directory anew, so this mount shows what a fresh one would.
+            dropped = self.meta.expire_listings()
+            log.info("the last daemon on %s did not stop cleanly: %d cached listing(s) will be "
+                     "refreshed on first use", cfg.cache_dir, dropped)
         self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,
                                        promote_after=cfg.promotion, stale_after=cfg.stale_after,
                                        max_block=cfg.block_size)
@@ -238,11 +246,12 @@ class Daemon:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self.reader.nursery = nursery
+            # Everything beside the FUSE requests is supervised: it can fail, never end the mount.
             nursery.start_soon(self._watch_signals)
-            nursery.start_soon(self._flush_index_periodically)
-            nursery.start_soon(self.control.serve)
-            nursery.start_soon(self._tune_kernel)
-            nursery.start_soon(self.writeback.run)
+            nursery.start_soon(supervise.supervised_forever, "index_flush", self._flush_index_periodically)
+            nursery.start_soon(supervise.supervised_forever, "control", self.control.serve)
+            nursery.start_soon(supervise.supervised, "kernel_tuning", self._tune_kernel)
+            nursery.start_soon(self.writeback.run)      # supervises its own units
             # min_tasks is how many idle workers pyfuse3 keeps: with 1, every burst of requests
             # started workers that exited right after, each allocating and freeing its request buffer
             # (253 mmap/munmap pairs per cold 256 MiB read, strace); all N stay once started.
