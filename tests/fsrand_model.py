@@ -59,8 +59,8 @@ OWNERS = [(0, 0), (0, 1000), (1000, 1000)]   # the mount's own (root, as the tes
 OTHER_UID = 1000
 
 # Operations on an open handle, each as often as it appears here (tests/test_fsrand.py, `io`).
-IO_OPS = ["write", "write", "write", "read", "read", "ftruncate", "fallocate", "copy_file_range", "mmap_write",
-          "fsync", "close"]
+IO_OPS = ["write"] * 5 + ["read"] * 3 + ["ftruncate", "fallocate", "copy_file_range", "mmap_write", "mmap_write",
+                                          "fsync", "close"]
 
 # The operations the state machine issues (a rule each in tests/test_fsrand.py). Remove a name
 # here to stop issuing it; the worker below implements each.
