@@ -9,7 +9,7 @@ that opened them (a handle is a pair of descriptors, one per side), so handles o
 are open on the same files at once. Steps run one at a time, in the order the state machine chose:
 a run is replayable, and Hypothesis can shrink it.
 
-To change what is exercised or tolerated, edit OPS (below) and DIFFERENCES / ATTRIBUTES: nothing
+To change what is exercised or tolerated, edit IO_OPS / NAME_OPS / META_OPS and DIFFERENCES / ATTRIBUTES: nothing
 else in the test knows which operations exist or which answers may differ.
 """
 from __future__ import annotations
@@ -61,12 +61,11 @@ OTHER_UID = 1000
 # Operations on an open handle, each as often as it appears here (tests/test_fsrand.py, `io`).
 IO_OPS = ["write"] * 5 + ["read"] * 3 + ["ftruncate", "fallocate", "copy_file_range", "mmap_write", "mmap_write",
                                           "fsync", "close"]
+NAME_OPS = ["open"] * 4 + ["truncate", "rename", "rename", "unlink", "mkdir", "rmdir"]
+META_OPS = ["chmod", "chown", "utimens", "stat", "stat", "listdir", "symlink", "readlink", "link"]
 
-# The operations the state machine issues (a rule each in tests/test_fsrand.py). Remove a name
-# here to stop issuing it; the worker below implements each.
-OPS = ["create", "open", "write", "read", "truncate", "ftruncate", "fallocate", "copy_file_range",
-       "mmap_write", "rename", "unlink", "mkdir", "rmdir", "chmod", "chown", "utimens", "symlink",
-       "readlink", "link", "fsync", "close", "stat", "listdir"]
+# Every operation the worker below implements is in one of these three lists: remove a name from
+# its list to stop issuing it, repeat it to issue it more often.
 
 
 # ---------------------------------------------------------------- the one table of differences
