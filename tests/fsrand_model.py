@@ -59,9 +59,9 @@ OWNERS = [(0, 0), (0, 1000), (1000, 1000)]   # the mount's own (root, as the tes
 OTHER_UID = 1000
 
 # Operations on an open handle, each as often as it appears here (tests/test_fsrand.py, `io`).
-IO_OPS = ["write"] * 5 + ["read"] * 3 + ["ftruncate", "fallocate", "copy_file_range", "mmap_write", "mmap_write",
+IO_OPS = ["write"] * 6 + ["read"] * 3 + ["ftruncate", "fallocate", "copy_file_range", "mmap_write", "mmap_write",
                                           "fsync", "close"]
-NAME_OPS = ["open"] * 4 + ["truncate", "rename", "rename", "unlink", "mkdir", "rmdir"]
+NAME_OPS = ["open"] * 2 + ["truncate", "rename", "rename", "unlink", "mkdir", "rmdir"]
 META_OPS = ["chmod", "chown", "utimens", "stat", "stat", "listdir", "symlink", "readlink", "link"]
 
 # Every operation the worker below implements is in one of these three lists: remove a name from

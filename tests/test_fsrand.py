@@ -100,6 +100,7 @@ def make_machine(env: Env):
             super().__init__()
             self.env = env
             self.m = None
+            self.cache_dir = None
             self.handles: list[tuple[int, int, str]] = []       # (worker, handle id, open flags)
             self.next_hid = 0
             self.since_mount = 0
@@ -113,8 +114,9 @@ def make_machine(env: Env):
         # ------------------------------------------------ plumbing
 
         def _mount(self):
+            self.cache_dir = env.new_dir("cache")
             return env.mounter.mount(self.bucket, *MOUNT_OPTIONS, endpoint_url=env.proxy.url,
-                                     cache_dir=env.new_dir("cache"))
+                                     cache_dir=self.cache_dir)
 
         def step(self, w: int, op: str, args: dict, check=None) -> dict:
             """Run op on both sides in worker w; fail unless the outcomes agree (or differ as documented)."""
@@ -359,9 +361,30 @@ def make_machine(env: Env):
                                       + "\n  ".join(problems[:30]))
             finally:
                 env.mounter.umount(fresh)
-            assert wait_until(lambda: not env.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads"), 10), \
-                f"multipart uploads left behind: {env.s3.list_multipart_uploads(Bucket=self.bucket).get('Uploads')}"
+            if not wait_until(lambda: not env.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads"), 10):
+                pytest.fail(self.describe_uploads_left())
             self.m = None
+
+        def describe_uploads_left(self) -> str:
+            """What S3 still lists as unfinished, with what the proxy saw of each key and what the
+            daemons of this example logged about each upload id: for the report."""
+            lines = ["multipart uploads left behind after flush and unmount:"]
+            for u in env.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads", []):
+                key, uid = u["Key"], u["UploadId"]
+                lines.append(f"  key {key!r} upload {uid}")
+                for r in env.proxy.seen(key=key):
+                    if r.bucket == self.bucket and r.op in ("create_multipart", "upload_part", "complete_multipart",
+                                                          "abort_multipart", "put", "delete", "copy"):
+                        lines.append(f"    proxy {r.t:.2f} {r.op} {r.outcome} {r.status}")
+                log = self.m_log_text()
+                lines += [f"    log: {ln[:300]}" for ln in log.splitlines() if uid[:16] in ln][:20]
+            return "\n".join(lines)
+
+        def m_log_text(self) -> str:
+            try:
+                return (self.cache_dir / "cachefs.log").read_text(errors="replace")
+            except (OSError, TypeError):
+                return ""
 
     return FsRand
 
@@ -468,3 +491,4 @@ def test_regression_fallocate_modes_documented_or_supported(mounter, make_bucket
     finally:
         workers.call(0, "close_all")
         workers.close()
+
