@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
-from . import metrics
+from . import metrics, posixmeta
 from .config import Config
-from .errors import CachefsError, ObjectChanged, errno_for
+from .errors import CachefsError, FsError, ObjectChanged, errno_for
+from .links import make_symlink
 from .meta.schema import Inode
 from .namespace import NAME_MAX, Namespace
+from .posixmeta import NO_META, S3_MAX_OBJECT_SIZE, ObjMeta
 from .reader import BlockReader, ReadState
 from .stats import Stats
 from .tree import Tree
@@ -114,44 +117,84 @@ class CachefsOperations(pyfuse3.Operations):
         self._opened_etag: dict[int, str] = {}   # ino -> ETag whose bytes the page cache holds
         self._written: set[int] = set()           # inodes written through this mount
         self._utimed: set[int] = set()            # files whose kept mtime the next change clears
+        self._meta_locks: dict[int, trio.Lock] = {}   # one metadata copy at a time per file
+        if writeback is not None:
+            writeback.metadata_for = self.object_metadata
 
     # -- attributes -------------------------------------------------------------------------
+    def _objmeta(self, inode: Inode) -> ObjMeta:
+        """What the object's x-amz-meta-* said, if known for the version S3 holds now."""
+        if inode.is_dir or not inode.etag:
+            return NO_META
+        known = self.ns.meta.get_objmeta(inode.ino)
+        return known[1] if known is not None and known[0] == inode.etag else NO_META
+
     def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
-        """`unlinked`: the staging copy of a file unlinked while open (fstat still works, nlink 0)."""
+        """`unlinked`: the staging copy of a file unlinked while open (fstat still works, nlink 0).
+
+        Each attribute comes from the first that has it: what was set through this mount (LMDB
+        `attrs` and `owners`), the object's x-amz-meta-* (`objmeta`, for the version S3 holds now),
+        the mount's defaults (--uid, --gid, --file-mode, --dir-mode; the object's LastModified)."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
+        staged = unlinked
         if self.wb is not None:
+            staged = staged or self.wb.get(inode.ino)
             inode = self.wb.overlay(inode, unlinked)
+        meta = self.ns.meta
+        om = self._objmeta(inode)
+        uid, gid = self.cfg.uid, self.cfg.gid
         if inode.is_dir:
-            a.st_mode = stat.S_IFDIR | self.cfg.dir_mode
-            a.st_nlink = 2
+            ftype, perm = stat.S_IFDIR, self.cfg.dir_mode
+            a.st_nlink = 2 + meta.subdirs(inode.ino)
             mtime = self.started_ns
         else:
-            a.st_mode = stat.S_IFREG | self.cfg.file_mode
+            ftype = stat.S_IFLNK if om.is_link else stat.S_IFREG
+            perm = om.perm if om.perm is not None else self.cfg.file_mode
             a.st_nlink = 1
-            mtime = inode.mtime_ns
+            # A staging copy's time is the file's (its last write); else the object's mtime metadata.
+            mtime = om.mtime_ns if om.mtime_ns >= 0 and staged is None else inode.mtime_ns
+            if not self.cfg.single_owner:
+                uid = om.uid if om.uid >= 0 else uid
+                gid = om.gid if om.gid >= 0 else gid
         atime = mtime
-        if self.wb is not None:          # chmod / utimens / create recorded them
-            kept = self.ns.meta.get_attrs(inode.ino)
-            if kept is not None:
-                a.st_mode = stat.S_IFMT(a.st_mode) | kept[0]
-                atime = kept[1]
-                if inode.is_dir or kept[2]:
-                    # A file's mtime is its object's (or staged copy's), unless a utimens set it
-                    # since its last change (kept[2] != 0): a new listing must not undo that.
-                    mtime = kept[2]
+        kept = meta.get_attrs(inode.ino)       # chmod / utimens / create recorded them here
+        if kept is not None:
+            perm = kept[0]
+            atime = kept[1]
+            if inode.is_dir or kept[2]:
+                # A file's mtime is its object's (or staged copy's), unless a utimens set it
+                # since its last change (kept[2] != 0): a new listing must not undo that.
+                mtime = kept[2]
+        ctime = mtime
+        owner = meta.get_owner(inode.ino)      # chown / create recorded them here
+        if owner is not None:
+            if not self.cfg.single_owner:
+                uid = owner[0] if owner[0] >= 0 else uid
+                gid = owner[1] if owner[1] >= 0 else gid
+            ctime = max(ctime, owner[2])
         if unlinked is not None:
             a.st_nlink = 0
+        a.st_mode = ftype | perm
         a.st_size = inode.size
         a.st_blocks = -(-inode.size // 512)
         a.st_blksize = 128 * 1024   # stdio buffer hint; the kernel splits reads itself
-        a.st_uid = self.cfg.uid
-        a.st_gid = self.cfg.gid
+        a.st_uid = uid
+        a.st_gid = gid
         a.st_atime_ns = atime
-        a.st_mtime_ns = a.st_ctime_ns = mtime
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = ctime
         a.entry_timeout = self.cfg.entry_timeout
         a.attr_timeout = self.cfg.attr_timeout
         return a
+
+    def object_metadata(self, ino: int) -> dict[str, str]:
+        """The x-amz-meta-* an upload of this file carries: the attributes the mount shows."""
+        inode = self.ns.meta.get_inode(ino)
+        if inode is None:
+            return {}
+        a = self.attrs(inode)
+        return posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns)
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
@@ -228,7 +271,10 @@ class CachefsOperations(pyfuse3.Operations):
         f = OpenFile(node, self.ns.key_of(node), ReadState(), writable=writable)
         if writable:
             trunc = bool(flags & os.O_TRUNC)
+            shown = await self._pin_attrs(node)
             f.staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=trunc)
+            if not f.staged.dirty:
+                f.staged.mtime_ns = shown.st_mtime_ns    # the object's mtime metadata, not LastModified
             self.wb.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
             kept = self.ns.meta.get_attrs(inode)
             if kept is not None and kept[2]:
@@ -259,6 +305,19 @@ class CachefsOperations(pyfuse3.Operations):
             # on demand from the cache tiers. Skipping it made warm opens ~15% cheaper (BENCHMARKS.md).
             self.reader.prefetch_file(node, f.key, self.ns)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    async def _pin_attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """Before a file is staged: record here the mode and owner its object's metadata gives, so
+        that they outlive the version they came with (the upload carries them on)."""
+        shown = self.attrs(node)
+        om = self._objmeta(node)
+        meta = self.ns.meta
+        if om.uid >= 0 or om.gid >= 0:
+            if meta.get_owner(node.ino) is None:
+                await self.ns.run_blocking(meta.put_owner, node.ino, shown.st_uid, shown.st_gid, -1)
+        if om.perm is not None and meta.get_attrs(node.ino) is None:
+            await self.ns.run_blocking(meta.put_attrs, node.ino, stat.S_IMODE(shown.st_mode), shown.st_atime_ns, 0)
+        return shown
 
     def _reader_of(self, node: Inode):
         async def read_range(offset: int, size: int):
@@ -300,6 +359,8 @@ class CachefsOperations(pyfuse3.Operations):
         f = self._files[fh]
         if f.staged is None or not f.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if off + len(buf) > S3_MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG, f"a write to {off + len(buf)} bytes: S3 holds at most 5 TiB an object")
         self._written.add(f.inode.ino)
         self.stats.add("fuse_writes")
         n = self.wb.write(f.staged, off, buf)
@@ -331,6 +392,8 @@ class CachefsOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         tree = self._writable()
         node, staged = await tree.create(parent_inode, name, mode & ~ctx.umask)
+        await self._owned_by(node.ino, parent_inode, ctx)
+        await self._dir_changed(parent_inode)
         self._written.add(node.ino)
         fh = next(self._fh)
         writable = flags & os.O_ACCMODE != os.O_RDONLY
@@ -341,6 +404,8 @@ class CachefsOperations(pyfuse3.Operations):
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         node = await self._writable().mkdir(parent_inode, name, mode & ~ctx.umask, _DIR_LISTING_TTL)
+        await self._owned_by(node.ino, parent_inode, ctx)
+        await self._dir_changed(parent_inode)
         return self.attrs(node)
 
     @fuse_errors
@@ -351,30 +416,76 @@ class CachefsOperations(pyfuse3.Operations):
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
         node, staged = await tree.create(parent_inode, name, mode & ~ctx.umask)
+        await self._owned_by(node.ino, parent_inode, ctx)
+        await self._dir_changed(parent_inode)
         self._written.add(node.ino)
         self.wb.opened(staged, True)
         self.wb.closed(staged, True)          # the last writer's close: due for upload now
         return self.attrs(node)
 
+    async def _owned_by(self, ino: int, parent_ino: int, ctx) -> None:
+        """A new file or directory belongs to its creator, and to its directory's group if that
+        is set-group-ID (POSIX); with --single-owner to the mount's owner."""
+        if self.cfg.single_owner:
+            return
+        gid = ctx.gid
+        parent = self.attrs(self.ns.get(parent_ino))
+        if parent.st_mode & stat.S_ISGID:
+            gid = parent.st_gid
+        await self.ns.run_blocking(self.ns.meta.put_owner, ino, ctx.uid, gid, time.time_ns())
+
+    async def _dir_changed(self, *inos: int) -> None:
+        """An entry was added to or removed from these directories: their mtime and ctime are now."""
+        meta = self.ns.meta
+        now = time.time_ns()
+        for ino in dict.fromkeys(inos):
+            kept = meta.get_attrs(ino)
+            if kept is None:
+                kept = (self.cfg.dir_mode, self.started_ns, now)
+            await self.ns.run_blocking(meta.put_attrs, ino, kept[0], kept[1], now)
+            owner = meta.get_owner(ino) or (-1, -1, now)
+            await self.ns.run_blocking(meta.put_owner, ino, owner[0], owner[1], now)
+
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
+        """An object whose body is the target and whose x-amz-meta-mode has S_IFLNK (as s3fs
+        stores one), PUT at once like a directory's marker."""
         self._writable()
-        raise pyfuse3.FUSEError(errno.EPERM)      # S3 has nothing to hold a link (link(2), symlink(2))
+        uid, gid = (self.cfg.uid, self.cfg.gid) if self.cfg.single_owner else (ctx.uid, ctx.gid)
+        node = await make_symlink(self.ns, parent_inode, name, target, uid, gid)
+        await self._dir_changed(parent_inode)
+        return self.attrs(node)
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        node = self.ns.get(inode)
+        om = self._objmeta(node)
+        if not om.is_link:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if om.target is None:         # learned from a HEAD: the target is the object's body
+            target = await self.reader.read(node, self.ns.key_of(node), 0, node.size, ReadState())
+            om = om.with_target(bytes(target))
+            await self.ns.run_blocking(self.ns.meta.put_objmeta, inode, node.etag, om)
+        return om.target
 
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        """EPERM: S3 has nothing that could make two names one object (POSIX's answer for a
+        filesystem that does not support hard links)."""
         self._writable()
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
         await self._writable().rmdir(parent_inode, name)
+        await self._dir_changed(parent_inode)
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
         tree = self._writable()
         await self._stage_open_readers(parent_inode, name)
         await tree.unlink(parent_inode, name)
+        await self._dir_changed(parent_inode)
 
     async def _stage_open_readers(self, parent_inode: int, name: bytes) -> None:
         """A file open only for reading is copied into staging before its object is deleted, so
@@ -401,12 +512,17 @@ class CachefsOperations(pyfuse3.Operations):
         if not flags:          # a file replaced while open for reading stays readable, as on unlink
             await self._stage_open_readers(parent_inode_new, name_new)
         await tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self._dir_changed(parent_inode_old, parent_inode_new)
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
-        if (fields.update_uid and attr.st_uid != self.cfg.uid) or (fields.update_gid and attr.st_gid != self.cfg.gid):
-            raise pyfuse3.FUSEError(errno.EPERM)      # one owner for the whole mount
+        chown = fields.update_uid or fields.update_gid
+        if chown and self.cfg.single_owner and (
+                (fields.update_uid and attr.st_uid != self.cfg.uid) or (fields.update_gid and attr.st_gid != self.cfg.gid)):
+            raise pyfuse3.FUSEError(errno.EPERM)      # --single-owner: one owner for the whole mount
+        if fields.update_size and attr.st_size > S3_MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG, f"truncate to {attr.st_size} bytes: S3 holds at most 5 TiB an object")
         gone = self._unlinked_open(inode)
         if gone is not None:      # only its staging copy is left: size and mtime live there
             if fields.update_size:
@@ -418,6 +534,7 @@ class CachefsOperations(pyfuse3.Operations):
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            await self._pin_attrs(node)
             before = self.wb.get(inode)
             staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=attr.st_size == 0)
             self._written.add(inode)
@@ -425,8 +542,8 @@ class CachefsOperations(pyfuse3.Operations):
             if staged.size != attr.st_size or (before is None and node.size != attr.st_size):
                 self.wb.truncate(staged, attr.st_size)
                 await self._changed(inode)
+        current = self.attrs(node)
         if fields.update_mode or fields.update_atime or fields.update_mtime:
-            current = self.attrs(node)
             mode = stat.S_IMODE(attr.st_mode if fields.update_mode else current.st_mode)
             atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
             if fields.update_mtime or node.is_dir:
@@ -442,7 +559,48 @@ class CachefsOperations(pyfuse3.Operations):
             elif fields.update_mtime and not node.is_dir:
                 await self.ns.run_blocking(self.ns.meta.set_file, inode, node.size, node.etag, mtime)
             await self.ns.run_blocking(self.ns.meta.put_attrs, inode, mode, atime, mtime)
+        if chown or fields.update_mode:          # a change of the inode itself: ctime
+            uid = attr.st_uid if fields.update_uid else current.st_uid
+            gid = attr.st_gid if fields.update_gid else current.st_gid
+            if self.cfg.single_owner:
+                uid, gid = -1, -1
+            await self.ns.run_blocking(self.ns.meta.put_owner, inode, uid, gid, time.time_ns())
+        if not node.is_dir and (chown or fields.update_mode or fields.update_mtime):
+            await self._store_attrs(inode)
         return self.attrs(self.ns.get(inode))
+
+    async def _store_attrs(self, ino: int) -> None:
+        """Bring the object's x-amz-meta-* in line with the attributes the file shows. A file with
+        changes still to upload needs nothing: its upload carries them. An object already in S3
+        is copied onto itself with the new metadata (one CopyObject; a new ETag, recorded here so
+        that the file does not become ESTALE; docs/SEMANTICS.md)."""
+        lock = self._meta_locks.setdefault(ino, trio.Lock())
+        try:
+            async with lock:
+                st = self.wb.get(ino)
+                if st is not None and (st.dirty or st.uploading):
+                    return
+                node = self.ns.get(ino)
+                if not node.etag:
+                    return                  # not in S3 (yet)
+                wanted = self.object_metadata(ino)
+                target = self._objmeta(node).target
+                old_etag = node.etag
+                etag = await self.ns.run_blocking(self.ns.store.replace_metadata, self.ns.key_of(node), wanted,
+                                                  node.size, old_etag)
+                self.stats.add("metadata_copies")
+                await self.ns.run_blocking(self.ns.meta.set_file, ino, node.size, etag, node.mtime_ns)
+                om = posixmeta.parse(wanted)
+                await self.ns.run_blocking(self.ns.meta.put_objmeta, ino, etag,
+                                           om.with_target(target) if target is not None else om)
+                if st is not None:
+                    st.etag = etag          # the staging copy still holds the bytes S3 has
+                self._written.add(ino)      # open handles read the new version (the same bytes)
+                if self._opened_etag.get(ino) == old_etag:
+                    self._opened_etag[ino] = etag    # and the page cache stays good
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._meta_locks.pop(ino, None)
 
     # -- extended attributes ----------------------------------------------------------------
     async def getxattr(self, inode, name, ctx):

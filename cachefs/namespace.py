@@ -16,7 +16,8 @@ from .config import Config
 from .errors import ObjectNotFound
 from .meta.schema import KIND_DIR, KIND_FILE, Inode
 from .meta.store import Entry, MetaStore
-from .store.base import ObjectStore
+from .posixmeta import parse as parse_object_meta
+from .store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ MAX_BACKGROUND_LISTINGS = 4
 # asks S3 for its name itself while the listing goes on: a directory of 100k names (100 pages) must
 # not stall its first opens for seconds.
 LISTING_WAIT_S = 0.5
+# HEADs in flight for one listing's small objects (--metadata-head-size): each is one small request,
+# and 8 keep a cold directory's listing within a few round trips without crowding out block GETs.
+LISTING_HEADS = 8
+# A listing with more small objects of unknown metadata than this HEADs none of them (without
+# --metadata-head-all): symlinks come a few at a time (a model snapshot links each of its dozen
+# files); hundreds of tiny objects are a dataset's labels or shards, and a HEAD each would double
+# the cost of a cold listing's first epoch.
+SMALL_HEADS_MAX = 64
 
 RunBlocking = Callable[..., Awaitable]
 
@@ -92,7 +101,10 @@ class Namespace:
             await pending.wait()     # another request is listing it; use its result
         done = self._listing[ino] = trio.Event()
         try:
-            return await self.run_blocking(self._relist, directory)
+            entries = await self.run_blocking(self._relist, directory)
+            if await self._head_small(entries):
+                entries = await self.run_blocking(self.meta.children, ino)
+            return entries
         finally:
             del self._listing[ino]
             done.set()
@@ -122,6 +134,44 @@ class Namespace:
                 break
         return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl,
                                          keep=self.local_names(directory.ino))
+
+    async def _head_small(self, entries: list[tuple[bytes, Inode]]) -> int:
+        """HEAD listed files whose metadata is not known for their current version (a LIST does not
+        carry x-amz-meta-*): with --metadata-head-all every one; else those of at most
+        --metadata-head-size, if the listing has at most SMALL_HEADS_MAX of them. s3fs's symlinks
+        are such tiny objects and must be links before the kernel first sees them; a directory of
+        many tiny objects holds data, not links, and is not made to pay a HEAD per file. Returns
+        how many were asked."""
+        every, limit = self.cfg.metadata_head_all, self.cfg.metadata_head_size
+        todo = [node for _, node in entries if not node.is_dir and node.etag and (every or node.size <= limit)
+                and not self.is_local(node.ino) and not self.metadata_known(node)]
+        if not todo or (not every and len(todo) > SMALL_HEADS_MAX):
+            return 0
+        lanes = trio.Semaphore(LISTING_HEADS)
+
+        async def head(node: Inode) -> None:
+            async with lanes:
+                try:
+                    info = await self.run_blocking(self.store.head, self.key_of(node))
+                except Exception as e:        # the file shows the mount's defaults until next time
+                    log.debug("HEAD of %r for its metadata failed: %s", self.key_of(node), e)
+                    return
+            if info is not None and info.etag == node.etag:
+                await self.run_blocking(self.meta.put_objmeta, node.ino, info.etag, parse_object_meta(info.meta))
+
+        async with trio.open_nursery() as nursery:
+            for node in todo:
+                nursery.start_soon(head, node)
+        return len(todo)
+
+    def metadata_known(self, inode: Inode) -> bool:
+        known = self.meta.get_objmeta(inode.ino)
+        return known is not None and known[0] == inode.etag
+
+    async def learn(self, inode: Inode, info: ObjectInfo) -> None:
+        """Record the attributes in a HEAD answer for the version it describes."""
+        if info.meta is not None and info.etag == inode.etag:
+            await self.run_blocking(self.meta.put_objmeta, inode.ino, info.etag, parse_object_meta(info.meta))
 
     async def listed_files(self, ino: int) -> list[Inode] | None:
         """The files of a directory from a fresh LMDB listing (never asks S3), or None without one."""
@@ -173,7 +223,7 @@ class Namespace:
 
     async def _background_listing(self, directory: Inode, done: trio.Event) -> None:
         try:
-            await self.run_blocking(self._relist, directory)
+            await self._head_small(await self.run_blocking(self._relist, directory))
             self._remote_lookups.pop(directory.ino, None)
         except trio.Cancelled:
             raise
@@ -204,7 +254,10 @@ class Namespace:
             await self.run_blocking(self.meta.put_negative, parent, name.encode(),
                                     time.time() + self.cfg.negative_ttl)
             return None
-        return await self.run_blocking(self.meta.put_entry, parent, entry)
+        inode = await self.run_blocking(self.meta.put_entry, parent, entry)
+        if entry.kind == KIND_FILE:
+            await self.learn(inode, head)
+        return inode
 
     async def refresh(self, inode: Inode) -> Inode | None:
         """Re-read one file's metadata from S3 (after its ETag stopped matching)."""

@@ -125,6 +125,9 @@ class Writeback:
         self._orphan_uploads: list[tuple[str, str]] = []   # left by a dead daemon, no file to upload
         self._to_abort: list[tuple[str, str]] = []         # abandoned eager sessions
         self._wake = trio.Event()           # something became due: run the scheduler now
+        # The object user metadata (x-amz-meta-*) an upload of this inode carries (posixmeta.py);
+        # set by whoever shows the attributes (fs.py).
+        self.metadata_for: Callable[[int], dict[str, str]] = lambda ino: {}
 
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -538,13 +541,15 @@ class Writeback:
 
     async def _transfer(self, st: Staged, key: str, size: int, gen: int) -> str:
         if gen == st.synced and st.remote is not None and st.remote != st.path:
-            etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
+            meta = self.metadata_for(st.ino)
+            etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key, *([meta] if meta else []))
             self.stats.add("upload_copies")
             return etag
         if size <= self.part_size:
             async with self.limiter:
                 data = await self.run_blocking(os.pread, st.fd, size, 0)
-                return await self.run_blocking(self.store.put_object, key, data)
+                meta = self.metadata_for(st.ino)
+                return await self.run_blocking(self.store.put_object, key, data, *([meta] if meta else []))
         return await self._multipart(st, key, size)
 
     async def _uploaded(self, st: Staged, key: str, path: str, size: int, gen: int, etag: str,
@@ -583,7 +588,8 @@ class Writeback:
     async def _open_session(self, st: Staged, key: str, psize: int) -> PartSession:
         st.upload_id = (key, "")      # recorded first: a crash during the create leaves a trace
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
-        upload_id = await self.run_blocking(self.store.create_multipart, key)
+        meta = self.metadata_for(st.ino)
+        upload_id = await self.run_blocking(self.store.create_multipart, key, *([meta] if meta else []))
         st.upload_id = (key, upload_id)
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         return PartSession(key, upload_id, psize)
