@@ -36,6 +36,10 @@ STATS_XATTR = b"user.cachefs.stats"
 _UNCOUNTED_XATTR_NAMESPACES = (b"security.", b"system.")   # we keep none; the kernel and ls ask often
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until something lists it anew
+# A chmod/chown/utimens during an upload of the file waits for it (the upload's metadata was taken
+# when it started), then copies the object with the new metadata; past this, the change stays local
+# until the file's next upload.
+_UPLOAD_WAIT_S = 60.0
 
 
 def fuse_errors(fn=None, *, op: str | None = None):
@@ -578,8 +582,12 @@ class CachefsOperations(pyfuse3.Operations):
         try:
             async with lock:
                 st = self.wb.get(ino)
+                if st is not None and st.uploading:
+                    # Its metadata was taken when the upload started: wait for it, then see.
+                    await self.wb.wait_uploaded(st, time.monotonic() + _UPLOAD_WAIT_S)
+                    st = self.wb.get(ino)
                 if st is not None and (st.dirty or st.uploading):
-                    return
+                    return                  # the next upload carries the attributes
                 node = self.ns.get(ino)
                 if not node.etag:
                     return                  # not in S3 (yet)
