@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pyfuse3
@@ -40,6 +41,10 @@ _DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until somet
 # when it started), then copies the object with the new metadata; past this, the change stays local
 # until the file's next upload.
 _UPLOAD_WAIT_S = 60.0
+# Files whose last upload's metadata is remembered, so that a chmod/chown/utimens right after it
+# that changes nothing (`cp -a`, `rsync -a`) costs no copy: more than a burst of such a copy has
+# files closed and not yet given their attributes.
+_UPLOADED_META_KEPT = 4096
 
 
 def fuse_errors(fn=None, *, op: str | None = None):
@@ -122,8 +127,10 @@ class CachefsOperations(pyfuse3.Operations):
         self._written: set[int] = set()           # inodes written through this mount
         self._utimed: set[int] = set()            # files whose kept mtime the next change clears
         self._meta_locks: dict[int, trio.Lock] = {}   # one metadata copy at a time per file
+        # What the latest upload of a file carried, for the most recent _UPLOADED_META_KEPT files.
+        self._uploaded_meta: OrderedDict[int, dict[str, str]] = OrderedDict()
         if writeback is not None:
-            writeback.metadata_for = self.object_metadata
+            writeback.metadata_for = self._upload_metadata
 
     # -- attributes -------------------------------------------------------------------------
     def _objmeta(self, inode: Inode) -> ObjMeta:
@@ -199,6 +206,24 @@ class CachefsOperations(pyfuse3.Operations):
             return {}
         a = self.attrs(inode)
         return posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns)
+
+    def _upload_metadata(self, ino: int) -> dict[str, str]:
+        wanted = self.object_metadata(ino)
+        self._uploaded_meta[ino] = wanted
+        self._uploaded_meta.move_to_end(ino)
+        if len(self._uploaded_meta) > _UPLOADED_META_KEPT:
+            self._uploaded_meta.popitem(last=False)
+        return wanted
+
+    def _in_s3_already(self, node: Inode, wanted: dict[str, str]) -> bool:
+        """S3's version of the file (node.etag) carries `wanted` already: no copy needed (`cp -a`
+        and `rsync -a` set owner and mode a file already has)."""
+        st = self.wb.get(node.ino)
+        if st is not None and st.etag == node.etag and self._uploaded_meta.get(node.ino) == wanted:
+            return True              # uploaded from here with these attributes
+        om = self._objmeta(node)
+        return (om.mode > 0 and min(om.uid, om.gid, om.mtime_ns) >= 0
+                and posixmeta.encode(om.mode, om.uid, om.gid, om.mtime_ns) == wanted)
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
@@ -593,17 +618,21 @@ class CachefsOperations(pyfuse3.Operations):
                 if not node.etag:
                     return                  # not in S3 (yet)
                 wanted = self.object_metadata(ino)
+                if self._in_s3_already(node, wanted):
+                    return
                 target = self._objmeta(node).target
                 old_etag = node.etag
                 etag = await self.ns.run_blocking(self.ns.store.replace_metadata, self.ns.key_of(node), wanted,
                                                   node.size, old_etag)
                 self.stats.add("metadata_copies")
-                await self.ns.run_blocking(self.ns.meta.set_file, ino, node.size, etag, node.mtime_ns)
                 om = posixmeta.parse(wanted)
-                await self.ns.run_blocking(self.ns.meta.put_objmeta, ino, etag,
-                                           om.with_target(target) if target is not None else om)
+                self.ns.meta.put_objmeta(ino, etag, om.with_target(target) if target is not None else om)
+                # Both at once (no await between): a staging copy kept after its upload is only good
+                # while its ETag is the inode's, and it still holds the bytes S3 has.
+                st = self.wb.get(ino)
+                self.ns.meta.set_file(ino, node.size, etag, node.mtime_ns)
                 if st is not None:
-                    st.etag = etag          # the staging copy still holds the bytes S3 has
+                    st.etag = etag
                 self._written.add(ino)      # open handles read the new version (the same bytes)
                 if self._opened_etag.get(ino) == old_etag:
                     self._opened_etag[ino] = etag    # and the page cache stays good

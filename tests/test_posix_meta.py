@@ -106,6 +106,10 @@ def test_modes_owners_and_times_land_in_s3_and_a_change_is_a_copy(mounter, make_
     with open(f, "rb") as handle:                   # also through a handle opened before a change
         os.chmod(f, 0o644)
         assert handle.read() == data
+    mark = request_log.mark()
+    os.chown(f, 1234, 5678)                         # what it has already: no copy
+    os.chmod(f, 0o644)
+    assert [r for r in request_log.since(mark, bucket) if r.method == "PUT"] == []
     mounter.umount(m)
 
     again = mount(mounter, bucket)                  # a new cache directory: 3000 bytes are not HEADed
@@ -118,6 +122,24 @@ def test_modes_owners_and_times_land_in_s3_and_a_change_is_a_copy(mounter, make_
     st = os.stat(full.path / "f.bin")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (1234, 5678, 0o644, T2)
     assert read_all(full.path / "f.bin") == data
+
+
+def test_attributes_a_new_file_has_already_cost_no_copy(mounter, make_bucket, s3, request_log):
+    """`cp -a` and `rsync -a` set owner and mode right after the close: those the file has are no
+    request; a new mtime is one copy once the upload is done."""
+    bucket = make_bucket("cp-a", {})
+    m = mount(mounter, bucket)
+    mark = request_log.mark()
+    for i in range(3):
+        p = m.path / f"f{i}"
+        p.write_bytes(b"x" * 10)
+        os.chown(p, os.getuid(), os.getgid())
+        os.chmod(p, stat.S_IMODE(os.stat(p).st_mode))
+    flush(m)
+    puts = [r for r in request_log.since(mark, bucket) if r.method == "PUT"]
+    assert len(puts) == 3, puts                      # the uploads, nothing else
+    os.utime(m.path / "f0", ns=(T1, T2))
+    assert head_meta(s3, bucket, "f0")["mtime"] == "1200000000.987654321"
 
 
 def test_chown_by_root_and_the_single_owner_flag(mounter, make_bucket, s3):
