@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +232,34 @@ def test_sizes_past_the_s3_object_limit_are_efbig_and_unsupported_types_eperm(mo
     assert errno_of(os.mknod, m.path / "dev", stat.S_IFCHR | 0o600, os.makedev(1, 3)) == errno.EPERM
     assert errno_of(os.mknod, m.path / "sock", stat.S_IFSOCK | 0o600) == errno.EPERM
     assert sorted(os.listdir(m.path)) == ["f"]
+
+
+@pytest.fixture
+def public_dir():
+    """A mount point other users can reach (pytest's tmp_path is root's alone); a test asks for it
+    before `mounter`, so that it is removed after the unmount."""
+    public = Path(tempfile.mkdtemp(prefix="cachefs-posix-meta-", dir="/tmp"))
+    public.chmod(0o755)
+    (public / "mnt").mkdir()
+    yield public / "mnt"
+    shutil.rmtree(public, ignore_errors=True)
+
+
+def test_chown_by_the_owner_follows_posix(public_dir, mounter, make_bucket):   # public_dir goes last
+    """Not root: the owner may give the file to a group it is in, never to another user or to a
+    group it is not in (the kernel's check, default_permissions)."""
+    from test_posix_perms import NOBODY, as_nobody
+    m = mounter.mount(make_bucket("chown-owner", {}), "--allow-other", "--attr-timeout", "0",
+                      "--entry-timeout", "0", mountpoint=public_dir)
+    os.chmod(m.path, 0o777)
+    f = m.path / "f"
+    f.write_bytes(b"x")
+    os.chown(f, NOBODY, 0)
+    assert as_nobody(os.chown, f, -1, NOBODY) is None                  # a group of its own
+    assert os.stat(f).st_gid == NOBODY
+    assert as_nobody(os.chown, f, -1, 0) == errno.EPERM                 # not its group
+    assert as_nobody(os.chown, f, 0, -1) == errno.EPERM                 # not its to give away
+    assert as_nobody(os.chmod, f, 0o600) is None
+    assert (os.stat(f).st_uid, os.stat(f).st_gid, stat.S_IMODE(os.stat(f).st_mode)) == (NOBODY, NOBODY, 0o600)
+    assert as_nobody(os.symlink, "f", m.path / "by-nobody") is None
+    assert os.lstat(m.path / "by-nobody").st_uid == NOBODY              # links belong to their creator
