@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from . import metrics, posixmeta
+from . import metrics, posixmeta, supervise
 from .config import Config
-from .errors import CachefsError, FsError, ObjectChanged, errno_for
+from .errors import CachefsError, FsError, ObjectChanged, ObjectNotFound, errno_for
 from .links import make_symlink
 from .meta.schema import Inode
 from .namespace import NAME_MAX, Namespace
@@ -45,6 +45,8 @@ _UPLOAD_WAIT_S = 60.0
 # that changes nothing (`cp -a`, `rsync -a`) costs no copy: more than a burst of such a copy has
 # files closed and not yet given their attributes.
 _UPLOADED_META_KEPT = 4096
+# How often a metadata change waiting for a large file's upload (an early multipart session) looks.
+_AFTER_UPLOAD_POLL_S = 0.5
 
 
 def fuse_errors(fn=None, *, op: str | None = None):
@@ -127,6 +129,7 @@ class CachefsOperations(pyfuse3.Operations):
         self._written: set[int] = set()           # inodes written through this mount
         self._utimed: set[int] = set()            # files whose kept mtime the next change clears
         self._meta_locks: dict[int, trio.Lock] = {}   # one metadata copy at a time per file
+        self._store_waiting: set[int] = set()         # files whose metadata copy waits for their upload
         # What the latest upload of a file carried, for the most recent _UPLOADED_META_KEPT files.
         self._uploaded_meta: OrderedDict[int, dict[str, str]] = OrderedDict()
         if writeback is not None:
@@ -209,6 +212,11 @@ class CachefsOperations(pyfuse3.Operations):
 
     def _upload_metadata(self, ino: int) -> dict[str, str]:
         wanted = self.object_metadata(ino)
+        st = self.wb.files.get(ino)
+        if st is not None and not st.uploading:
+            # A multipart session opened early, while the file is still being written: its final
+            # mtime is not known yet, and S3's LastModified (the completion) is closer than now.
+            wanted.pop(posixmeta.MTIME, None)
         self._uploaded_meta[ino] = wanted
         self._uploaded_meta.move_to_end(ino)
         if len(self._uploaded_meta) > _UPLOADED_META_KEPT:
@@ -613,7 +621,11 @@ class CachefsOperations(pyfuse3.Operations):
                     await self.wb.wait_uploaded(st, time.monotonic() + _UPLOAD_WAIT_S)
                     st = self.wb.get(ino)
                 if st is not None and (st.dirty or st.uploading):
-                    return                  # the next upload carries the attributes
+                    if st.session is not None:
+                        # A multipart session opened early carries the attributes of its start:
+                        # the copy follows the upload that completes it.
+                        self._store_after_upload(ino)
+                    return                  # else the next upload carries the attributes
                 node = self.ns.get(ino)
                 if not node.etag:
                     return                  # not in S3 (yet)
@@ -639,6 +651,31 @@ class CachefsOperations(pyfuse3.Operations):
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._meta_locks.pop(ino, None)
+
+    def _store_after_upload(self, ino: int) -> None:
+        if ino in self._store_waiting:
+            return
+        self._store_waiting.add(ino)
+        what = f"metadata of inode {ino} after its upload"
+        trio.lowlevel.spawn_system_task(functools.partial(supervise.supervised, "upload", self._wait_and_store, ino,
+                                                          what=what), name=f"cachefs {what}")
+
+    async def _wait_and_store(self, ino: int) -> None:
+        """Once the file's upload is done (nothing pending), give the object the attributes the
+        file shows. If the daemon stops first, they stay in this node's LMDB only."""
+        try:
+            while True:
+                await trio.sleep(_AFTER_UPLOAD_POLL_S)
+                st = self.wb.files.get(ino)
+                if st is None or st.deleted:
+                    return
+                if not st.dirty and not st.uploading:
+                    break
+            await self._store_attrs(ino)
+        except ObjectNotFound:
+            pass                            # unlinked meanwhile
+        finally:
+            self._store_waiting.discard(ino)
 
     # -- extended attributes ----------------------------------------------------------------
     async def getxattr(self, inode, name, ctx):

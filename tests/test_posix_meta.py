@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import errno_of, read_all, run_cachefs
+from cachefs.posixmeta import parse_time
+from mount_helpers import errno_of, read_all, run_cachefs, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -263,3 +264,30 @@ def test_chown_by_the_owner_follows_posix(public_dir, mounter, make_bucket):   #
     assert (os.stat(f).st_uid, os.stat(f).st_gid, stat.S_IMODE(os.stat(f).st_mode)) == (NOBODY, NOBODY, 0o600)
     assert as_nobody(os.symlink, "f", m.path / "by-nobody") is None
     assert os.lstat(m.path / "by-nobody").st_uid == NOBODY              # links belong to their creator
+
+
+def test_chmod_while_a_large_file_is_written_reaches_s3(mounter, make_bucket, s3):
+    """A large file written sequentially has its multipart session opened early, with the
+    attributes of that moment: a chmod meanwhile is copied onto the object after its upload."""
+    bucket = make_bucket("eager-meta", {})
+    m = mount(mounter, bucket, "--small-file-threshold", "1MiB", "--multipart-part-size", "5MiB",
+              "--large-sync-interval", "600")
+    f = m.path / "ckpt"
+    chunk = os.urandom(1 << 20)
+    with open(f, "wb") as out:
+        for i in range(12):
+            out.write(chunk)
+            out.flush()
+            if i == 7:                      # a part is complete: the session opens
+                assert wait_until(lambda: s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), 15)
+                os.chmod(f, 0o600)
+                os.chown(f, 1234, 5678)
+    flush(m)
+    st = os.stat(f)
+    assert wait_until(lambda: head_meta(s3, bucket, "ckpt").get("mode") == str(stat.S_IFREG | 0o600), 15), \
+        head_meta(s3, bucket, "ckpt")
+    meta = head_meta(s3, bucket, "ckpt")
+    assert (meta["uid"], meta["gid"]) == ("1234", "5678")
+    assert parse_time(meta["mtime"]) == st.st_mtime_ns
+    assert read_all(f) == chunk * 12
+    assert m.stats()["metadata_copies"] == 1          # the early session's attributes were outdated
