@@ -137,11 +137,14 @@ class CachefsOperations(pyfuse3.Operations):
 
     # -- attributes -------------------------------------------------------------------------
     def _objmeta(self, inode: Inode) -> ObjMeta:
-        """What the object's x-amz-meta-* said, if known for the version S3 holds now."""
-        if inode.is_dir or not inode.etag:
+        """What the object's x-amz-meta-* said, if known for the version S3 holds now; for a
+        directory, what its marker's said when it was last listed."""
+        if not inode.is_dir and not inode.etag:
             return NO_META
         known = self.ns.meta.get_objmeta(inode.ino)
-        return known[1] if known is not None and known[0] == inode.etag else NO_META
+        if known is None:
+            return NO_META
+        return known[1] if inode.is_dir or known[0] == inode.etag else NO_META
 
     def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
         """`unlinked`: the staging copy of a file unlinked while open (fstat still works, nlink 0).
@@ -159,18 +162,19 @@ class CachefsOperations(pyfuse3.Operations):
         om = self._objmeta(inode)
         uid, gid = self.cfg.uid, self.cfg.gid
         if inode.is_dir:
-            ftype, perm = stat.S_IFDIR, self.cfg.dir_mode
+            ftype = stat.S_IFDIR
+            perm = om.perm if om.perm is not None else self.cfg.dir_mode
             a.st_nlink = 2 + meta.subdirs(inode.ino)
-            mtime = self.started_ns
+            mtime = om.mtime_ns if om.mtime_ns >= 0 else self.started_ns
         else:
             ftype = stat.S_IFLNK if om.is_link else stat.S_IFREG
             perm = om.perm if om.perm is not None else self.cfg.file_mode
             a.st_nlink = 1
             # A staging copy's time is the file's (its last write); else the object's mtime metadata.
             mtime = om.mtime_ns if om.mtime_ns >= 0 and staged is None else inode.mtime_ns
-            if not self.cfg.single_owner:
-                uid = om.uid if om.uid >= 0 else uid
-                gid = om.gid if om.gid >= 0 else gid
+        if not self.cfg.single_owner:
+            uid = om.uid if om.uid >= 0 else uid
+            gid = om.gid if om.gid >= 0 else gid
         atime = mtime
         kept = meta.get_attrs(inode.ino)       # chmod / utimens / create recorded them here
         if kept is not None:
@@ -444,7 +448,10 @@ class CachefsOperations(pyfuse3.Operations):
         node = await self._writable().mkdir(parent_inode, name, mode & ~ctx.umask, _DIR_LISTING_TTL)
         await self._owned_by(node.ino, parent_inode, ctx)
         await self._dir_changed(parent_inode)
-        return self.attrs(node)
+        a = self.attrs(node)
+        if (stat.S_IMODE(a.st_mode), a.st_uid, a.st_gid) != (self.cfg.dir_mode, self.cfg.uid, self.cfg.gid):
+            await self._store_dir_attrs(node)        # the marker made without them: once more, with them
+        return a
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -479,7 +486,8 @@ class CachefsOperations(pyfuse3.Operations):
         for ino in dict.fromkeys(inos):
             kept = meta.get_attrs(ino)
             if kept is None:
-                kept = (self.cfg.dir_mode, self.started_ns, now)
+                shown = self.attrs(self.ns.get(ino))
+                kept = (stat.S_IMODE(shown.st_mode), shown.st_atime_ns, now)
             await self.ns.run_blocking(meta.put_attrs, ino, kept[0], kept[1], now)
             owner = meta.get_owner(ino) or (-1, -1, now)
             await self.ns.run_blocking(meta.put_owner, ino, owner[0], owner[1], now)
@@ -603,7 +611,9 @@ class CachefsOperations(pyfuse3.Operations):
             if self.cfg.single_owner:
                 uid, gid = -1, -1
             await self.ns.run_blocking(self.ns.meta.put_owner, inode, uid, gid, time.time_ns())
-        if not node.is_dir and (chown or fields.update_mode or fields.update_mtime):
+        if node.is_dir and (chown or fields.update_mode or fields.update_mtime) and node.path:
+            await self._store_dir_attrs(node)
+        elif not node.is_dir and (chown or fields.update_mode or fields.update_mtime):
             await self._store_attrs(inode)
         return self.attrs(self.ns.get(inode))
 
@@ -651,6 +661,17 @@ class CachefsOperations(pyfuse3.Operations):
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._meta_locks.pop(ino, None)
+
+    async def _store_dir_attrs(self, node: Inode) -> None:
+        """A directory's mode and owner go on its `dir/` marker (as s3fs keeps them): a PUT of the
+        empty marker with them, which also makes one for a directory that had none (harmless).
+        Its mtime is left out: it changes with every entry made in it, and would cost a request each."""
+        a = self.attrs(node)
+        wanted = posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, 0)
+        del wanted[posixmeta.MTIME]
+        etag = await self.ns.run_blocking(self.ns.store.put_object, self.ns.dir_prefix(node), b"", wanted)
+        self.stats.add("metadata_copies")
+        await self.ns.run_blocking(self.ns.meta.put_objmeta, node.ino, etag, posixmeta.parse(wanted))
 
     def _store_after_upload(self, ino: int) -> None:
         if ino in self._store_waiting:

@@ -70,6 +70,7 @@ class Namespace:
         self.run_blocking = run_blocking
         self._listing: dict[int, trio.Event] = {}   # single-flight per directory
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
+        self._markers: dict[int, ObjectInfo] = {}    # directory -> its marker object, as a listing saw it
         self.background_listings = MAX_BACKGROUND_LISTINGS   # the bound (0: no background listing)
         self._background = 0                                 # background listings running now
         # Set by the write path: names in a directory that exist only locally (staged, not yet in
@@ -103,6 +104,7 @@ class Namespace:
         done = self._listing[ino] = trio.Event()
         try:
             entries = await self.run_blocking(self._relist, directory)
+            await self._head_marker(directory)
             if await self._head_small(entries):
                 entries = await self.run_blocking(self.meta.children, ino)
             return entries
@@ -119,7 +121,8 @@ class Namespace:
             for obj in page.objects:
                 name = obj.key[len(prefix):]
                 if name == "":
-                    continue                      # this directory's own marker object
+                    self._markers[directory.ino] = obj    # this directory's own marker object
+                    continue
                 if not valid_name(name.encode()):
                     log.debug("not shown: key %r is not a valid file name", obj.key)
                     continue
@@ -164,6 +167,23 @@ class Namespace:
             for node in todo:
                 nursery.start_soon(head, node)
         return len(todo)
+
+    async def _head_marker(self, directory: Inode) -> None:
+        """A directory's attributes live on its `dir/` marker, when it has one (s3fs and mkdir
+        make them): HEADed once per version of the marker, when the directory is listed."""
+        marker = self._markers.pop(directory.ino, None)
+        if marker is None or self.cfg.metadata_head_size == 0 and not self.cfg.metadata_head_all:
+            return
+        known = self.meta.get_objmeta(directory.ino)
+        if known is not None and known[0] == marker.etag:
+            return
+        try:
+            info = await self.run_blocking(self.store.head, marker.key)
+        except Exception as e:        # the directory shows this node's or the mount's attributes
+            log.debug("HEAD of marker %r failed: %s", marker.key, e)
+            return
+        if info is not None:
+            await self.run_blocking(self.meta.put_objmeta, directory.ino, info.etag, parse_object_meta(info.meta))
 
     def metadata_known(self, inode: Inode) -> bool:
         known = self.meta.get_objmeta(inode.ino)
@@ -225,7 +245,9 @@ class Namespace:
 
     async def _background_listing(self, directory: Inode, done: trio.Event) -> None:
         try:
-            await self._head_small(await self.run_blocking(self._relist, directory))
+            entries = await self.run_blocking(self._relist, directory)
+            await self._head_marker(directory)
+            await self._head_small(entries)
             self._remote_lookups.pop(directory.ino, None)
         except trio.Cancelled:
             raise

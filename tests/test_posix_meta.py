@@ -291,3 +291,25 @@ def test_chmod_while_a_large_file_is_written_reaches_s3(mounter, make_bucket, s3
     assert parse_time(meta["mtime"]) == st.st_mtime_ns
     assert read_all(f) == chunk * 12
     assert m.stats()["metadata_copies"] == 1          # the early session's attributes were outdated
+
+
+def test_directory_mode_and_owner_live_on_its_marker(mounter, make_bucket, s3, request_log):
+    bucket = make_bucket("dir-meta", {})
+    m = mount(mounter, bucket)
+    mark = request_log.mark()
+    os.mkdir(m.path / "plain")                                  # the defaults: one PUT, as before
+    assert len([r for r in request_log.since(mark, bucket) if r.method == "PUT"]) == 1
+    os.mkdir(m.path / "private", 0o700)
+    os.mkdir(m.path / "theirs")
+    os.chown(m.path / "theirs", 1234, 5678)
+    (m.path / "theirs" / "f").write_bytes(b"f")
+    meta = head_meta(s3, bucket, "private/")
+    assert int(meta["mode"]) == stat.S_IFDIR | 0o700 and "mtime" not in meta
+    assert head_meta(s3, bucket, "theirs/")["uid"] == "1234"
+    mounter.umount(m)
+
+    again = mount(mounter, bucket)                              # a new cache directory
+    for name, want in (("private", (os.getuid(), 0o700)), ("theirs", (1234, 0o755)), ("plain", (os.getuid(), 0o755))):
+        os.listdir(again.path / name)                           # its marker is read when it is listed
+        st = os.stat(again.path / name)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == want, name

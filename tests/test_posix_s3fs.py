@@ -48,6 +48,8 @@ def test_what_s3fs_writes_cachefs_shows(mounter, make_bucket, moto_server, tmp_p
     fs = S3fs(tmp_path, moto_server.endpoint_url, bucket)
     try:
         os.mkdir(fs.path / "d")
+        os.chmod(fs.path / "d", 0o750)
+        os.chown(fs.path / "d", 4321, 8765)
         (fs.path / "d" / "f").write_bytes(b"written by s3fs")
         os.chmod(fs.path / "d" / "f", 0o640)
         os.chown(fs.path / "d" / "f", 1234, 5678)
@@ -57,8 +59,10 @@ def test_what_s3fs_writes_cachefs_shows(mounter, make_bucket, moto_server, tmp_p
     finally:
         fs.umount()
 
-    m = mounter.mount(bucket)
+    m = mounter.mount(bucket, "--attr-timeout", "0")
     assert sorted(os.listdir(m.path / "d")) == ["f", "ln"]
+    st = os.stat(m.path / "d")                                        # from its marker, once listed
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 8765, 0o750)
     st = os.stat(m.path / "d" / "f")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o640)
     assert st.st_mtime_ns == MTIME
@@ -73,7 +77,8 @@ def test_what_s3fs_writes_cachefs_shows(mounter, make_bucket, moto_server, tmp_p
 def test_what_cachefs_writes_s3fs_shows(mounter, make_bucket, moto_server, tmp_path):
     bucket = make_bucket("to-s3fs", {})
     m = mounter.mount(bucket, "--small-sync-interval", "0.3")
-    os.mkdir(m.path / "d")
+    os.mkdir(m.path / "d", 0o750)
+    os.chown(m.path / "d", 4321, 8765)
     (m.path / "d" / "f").write_bytes(b"written by cachefs")
     os.chmod(m.path / "d" / "f", 0o640)
     os.chown(m.path / "d" / "f", 1234, 5678)
@@ -85,6 +90,8 @@ def test_what_cachefs_writes_s3fs_shows(mounter, make_bucket, moto_server, tmp_p
 
     fs = S3fs(tmp_path, moto_server.endpoint_url, bucket)
     try:
+        st = os.stat(fs.path / "d")
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 8765, 0o750)
         st = os.stat(fs.path / "d" / "f")
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o640)
         assert st.st_mtime_ns == MTIME
