@@ -136,12 +136,13 @@ class CachefsOperations(pyfuse3.Operations):
             writeback.metadata_for = self._upload_metadata
 
     # -- attributes -------------------------------------------------------------------------
-    def _objmeta(self, inode: Inode) -> ObjMeta:
+    def _objmeta(self, inode: Inode, known: tuple[str, ObjMeta] | None | bool = False) -> ObjMeta:
         """What the object's x-amz-meta-* said, if known for the version S3 holds now; for a
-        directory, what its marker's said when it was last listed."""
+        directory, what its marker's said when it was last listed. `known`: the record, if read."""
         if not inode.is_dir and not inode.etag:
             return NO_META
-        known = self.ns.meta.get_objmeta(inode.ino)
+        if known is False:
+            known = self.ns.meta.get_objmeta(inode.ino)
         if known is None:
             return NO_META
         return known[1] if inode.is_dir or known[0] == inode.etag else NO_META
@@ -159,7 +160,8 @@ class CachefsOperations(pyfuse3.Operations):
             staged = staged or self.wb.get(inode.ino)
             inode = self.wb.overlay(inode, unlinked)
         meta = self.ns.meta
-        om = self._objmeta(inode)
+        kept, owner, known = meta.attributes(inode.ino)
+        om = self._objmeta(inode, known)
         uid, gid = self.cfg.uid, self.cfg.gid
         if inode.is_dir:
             ftype = stat.S_IFDIR
@@ -176,8 +178,7 @@ class CachefsOperations(pyfuse3.Operations):
             uid = om.uid if om.uid >= 0 else uid
             gid = om.gid if om.gid >= 0 else gid
         atime = mtime
-        kept = meta.get_attrs(inode.ino)       # chmod / utimens / create recorded them here
-        if kept is not None:
+        if kept is not None:                   # chmod / utimens / create recorded them here
             perm = kept[0]
             atime = kept[1]
             if inode.is_dir or kept[2]:
@@ -185,8 +186,7 @@ class CachefsOperations(pyfuse3.Operations):
                 # since its last change (kept[2] != 0): a new listing must not undo that.
                 mtime = kept[2]
         ctime = mtime
-        owner = meta.get_owner(inode.ino)      # chown / create recorded them here
-        if owner is not None:
+        if owner is not None:                  # chown / create recorded them here
             if not self.cfg.single_owner:
                 uid = owner[0] if owner[0] >= 0 else uid
                 gid = owner[1] if owner[1] >= 0 else gid

@@ -324,6 +324,22 @@ class MetaStore:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["attrs"]) as txn:
             txn.put(pack_u64(ino), ATTRS.pack(mode, atime_ns, mtime_ns))
 
+    def attributes(self, ino: int) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None,
+                                            tuple[str, ObjMeta] | None]:
+        """get_attrs, get_owner and get_objmeta in one read transaction (fs.attrs, for every
+        entry of a listing)."""
+        key = pack_u64(ino)
+        with self.env.begin() as txn:
+            kept = txn.get(key, db=self.dbs["attrs"])
+            owner = txn.get(key, db=self.dbs["owners"])
+            raw = txn.get(key, db=self.dbs["objmeta"])
+        om = None
+        if raw is not None:
+            etag, mode, uid, gid, mtime_ns, target = unpack_objmeta(raw)
+            om = etag, ObjMeta(mode, uid, gid, mtime_ns, target)
+        return (ATTRS.unpack(kept) if kept is not None else None,
+                OWNER.unpack(owner) if owner is not None else None, om)
+
     def get_owner(self, ino: int) -> tuple[int, int, int] | None:
         """(uid, gid, ctime_ns) set through this mount (-1: not set), or None."""
         with self.env.begin(db=self.dbs["owners"]) as txn:
