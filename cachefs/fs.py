@@ -448,10 +448,8 @@ class CachefsOperations(pyfuse3.Operations):
         node = await self._writable().mkdir(parent_inode, name, mode & ~ctx.umask, _DIR_LISTING_TTL)
         await self._owned_by(node.ino, parent_inode, ctx)
         await self._dir_changed(parent_inode)
-        a = self.attrs(node)
-        if (stat.S_IMODE(a.st_mode), a.st_uid, a.st_gid) != (self.cfg.dir_mode, self.cfg.uid, self.cfg.gid):
-            await self._store_dir_attrs(node)        # the marker made without them: once more, with them
-        return a
+        await self._store_dir_attrs(node)   # not the defaults: the marker made without them, once more
+        return self.attrs(node)
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -611,7 +609,7 @@ class CachefsOperations(pyfuse3.Operations):
             if self.cfg.single_owner:
                 uid, gid = -1, -1
             await self.ns.run_blocking(self.ns.meta.put_owner, inode, uid, gid, time.time_ns())
-        if node.is_dir and (chown or fields.update_mode or fields.update_mtime) and node.path:
+        if node.is_dir and (chown or fields.update_mode) and node.path:
             await self._store_dir_attrs(node)
         elif not node.is_dir and (chown or fields.update_mode or fields.update_mtime):
             await self._store_attrs(inode)
@@ -669,6 +667,14 @@ class CachefsOperations(pyfuse3.Operations):
         a = self.attrs(node)
         wanted = posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, 0)
         del wanted[posixmeta.MTIME]
+        known = self.ns.meta.get_objmeta(node.ino)
+        if known is not None:
+            om = known[1]
+            held = (stat.S_IMODE(om.mode), om.uid, om.gid) if om.mode else None
+        else:                         # a marker without metadata, or none: the defaults everywhere
+            held = (self.cfg.dir_mode, self.cfg.uid, self.cfg.gid)
+        if held == (stat.S_IMODE(a.st_mode), a.st_uid, a.st_gid):
+            return                    # S3 holds these already (`cp -a`, `tar -x` set them again)
         etag = await self.ns.run_blocking(self.ns.store.put_object, self.ns.dir_prefix(node), b"", wanted)
         self.stats.add("metadata_copies")
         await self.ns.run_blocking(self.ns.meta.put_objmeta, node.ino, etag, posixmeta.parse(wanted))

@@ -313,3 +313,19 @@ def test_directory_mode_and_owner_live_on_its_marker(mounter, make_bucket, s3, r
         os.listdir(again.path / name)                           # its marker is read when it is listed
         st = os.stat(again.path / name)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == want, name
+
+
+def test_a_tree_copied_with_its_attributes_costs_no_extra_request(mounter, make_bucket, request_log):
+    """What `cp -a` and `tar -x` do to a directory (mkdir, chown and chmod to what it has, utimens)
+    costs its one marker PUT."""
+    bucket = make_bucket("cp-a-dirs", {})
+    m = mount(mounter, bucket)
+    mark = request_log.mark()
+    d = m.path / "d"
+    os.mkdir(d)
+    os.chown(d, os.getuid(), os.getgid())
+    os.chmod(d, 0o755)
+    os.utime(d, ns=(T1, T2))
+    assert os.stat(d).st_mtime_ns == T2
+    puts = [r for r in request_log.since(mark, bucket) if r.method == "PUT"]
+    assert len(puts) == 1, puts
