@@ -7,7 +7,9 @@ directory; keys whose segments cannot be file names are not shown.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from typing import Awaitable, Callable
 
 import trio
@@ -15,7 +17,7 @@ import trio
 from . import supervise
 from .config import Config
 from .errors import ObjectNotFound
-from .meta.schema import KIND_DIR, KIND_FILE, Inode
+from .meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
 from .meta.store import Entry, MetaStore
 from .posixmeta import parse as parse_object_meta
 from .store.base import ObjectInfo, ObjectStore
@@ -47,6 +49,9 @@ LISTING_HEADS = 8
 # files); hundreds of tiny objects are a dataset's labels or shards, and a HEAD each would double
 # the cost of a cold listing's first epoch.
 SMALL_HEADS_MAX = 64
+# (key, ETag) pairs whose metadata a GET told about, remembered so that the blocks read after the
+# first cost one set lookup, not an LMDB walk of the path (64k pairs: ~10 MiB).
+SEEN_IN_GET_KEPT = 65536
 
 RunBlocking = Callable[..., Awaitable]
 
@@ -71,6 +76,10 @@ class Namespace:
         self._listing: dict[int, trio.Event] = {}   # single-flight per directory
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
         self._markers: dict[int, ObjectInfo] = {}    # directory -> its marker object, as a listing saw it
+        self._seen_lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()   # (key, etag) a GET told about
+        if hasattr(store, "watch_metadata"):
+            store.watch_metadata(self._seen_in_get)
         self.background_listings = MAX_BACKGROUND_LISTINGS   # the bound (0: no background listing)
         self._background = 0                                 # background listings running now
         # Set by the write path: names in a directory that exist only locally (staged, not yet in
@@ -184,6 +193,31 @@ class Namespace:
             return
         if info is not None:
             await self.run_blocking(self.meta.put_objmeta, directory.ino, info.etag, parse_object_meta(info.meta))
+
+    def _seen_in_get(self, key: str, etag: str, metadata: dict[str, str]) -> None:
+        """A GET's answer carried the object's metadata (no extra request): record it for the
+        version read, once per key and ETag. Called in the reading thread; never raises.
+        A link is left to the HEAD paths: the kernel already holds the inode as a regular file
+        (it was read), and a type changing under it would make the inode bad (EIO)."""
+        try:
+            with self._seen_lock:
+                if (key, etag) in self._seen:
+                    return
+                self._seen[(key, etag)] = None
+                if len(self._seen) > SEEN_IN_GET_KEPT:
+                    self._seen.popitem(last=False)
+            if not key.startswith(self.cfg.prefix) or not etag:
+                return
+            node = self.meta.get_inode(ROOT_INO)
+            for name in key[len(self.cfg.prefix):].split("/"):
+                node = self.meta.lookup(node.ino, name.encode()) if node is not None and node.is_dir else None
+            if node is None or node.is_dir or node.etag != etag or self.metadata_known(node):
+                return
+            om = parse_object_meta(metadata)
+            if not om.is_link:
+                self.meta.put_objmeta(node.ino, etag, om)
+        except Exception as e:       # a hint only: the read goes on
+            log.debug("metadata of %r from a GET not recorded: %s", key, e)
 
     def metadata_known(self, inode: Inode) -> bool:
         known = self.meta.get_objmeta(inode.ino)

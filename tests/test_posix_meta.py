@@ -329,3 +329,22 @@ def test_a_tree_copied_with_its_attributes_costs_no_extra_request(mounter, make_
     assert os.stat(d).st_mtime_ns == T2
     puts = [r for r in request_log.since(mark, bucket) if r.method == "PUT"]
     assert len(puts) == 1, puts
+
+
+def test_a_read_learns_the_metadata_without_a_request(mounter, make_bucket, s3, request_log):
+    """A GET's answer carries x-amz-meta-*: a file above --metadata-head-size shows its owner,
+    mode and mtime once it was read, with no HEAD."""
+    bucket = make_bucket("get-meta", {})
+    data = os.urandom(3000)
+    s3.put_object(Bucket=bucket, Key="d/f", Body=data, Metadata={
+        "mode": str(stat.S_IFREG | 0o600), "uid": "1234", "gid": "5678", "mtime": "1600000000.5"})
+    m = mount(mounter, bucket)
+    mark = request_log.mark()
+    assert os.listdir(m.path / "d") == ["f"]
+    st = os.stat(m.path / "d" / "f")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.getuid(), 0o644)      # not known yet
+    assert read_all(m.path / "d" / "f") == data
+    st = os.stat(m.path / "d" / "f")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o600)
+    assert st.st_mtime_ns == 1_600_000_000_500_000_000
+    assert [r for r in request_log.since(mark, bucket) if r.method == "HEAD"] == []

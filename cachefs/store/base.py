@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import ObjectChanged, ObjectNotFound
 
@@ -100,6 +101,13 @@ class ObjectStore(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
+    metadata_seen: "Callable[[str, str, dict[str, str]], None] | None" = None
+
+    def watch_metadata(self, fn: "Callable[[str, str, dict[str, str]], None]") -> None:
+        """Have `fn(key, etag, metadata)` told (from any thread) the user metadata (x-amz-meta-*,
+        names lower-case without the prefix) that GET answers carry: what a read learns for free."""
+        self.metadata_seen = fn
+
 
 class DelegatingWrites:
     """For store wrappers that change how reads behave (hedging, fault injection): writes go to
@@ -132,3 +140,6 @@ class DelegatingWrites:
 
     def replace_metadata(self, key, metadata, size, etag=None):
         return self.inner.replace_metadata(key, metadata, size, etag)
+
+    def watch_metadata(self, fn):
+        self.inner.watch_metadata(fn)

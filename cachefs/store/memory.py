@@ -96,6 +96,8 @@ class MemoryStore(ObjectStore):
         data, info = entry
         if etag and etag != info.etag:
             raise ObjectChanged(key)
+        if self.metadata_seen is not None:
+            self.metadata_seen(key, info.etag, dict(info.meta or {}))
         self.stats.add("s3_get_bytes", end - start)
         return data[start:end]
 

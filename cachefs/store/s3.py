@@ -48,6 +48,7 @@ RETRY_CAP_S = 5.0
 MAX_KEY_BYTES = 1024
 # S3's limit for one CopyObject request; larger objects are copied part by part.
 MAX_SINGLE_COPY = 5 << 30
+_META = "x-amz-meta-"
 
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                     "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -268,8 +269,11 @@ class S3Store(ObjectStore):
             data = None
             if fast is not None:
                 armed = self._watchdog.arm(call.deadline, call.abandon) if call.deadline is not None else None
+                def fast_body(raw) -> None:
+                    self._tell_metadata(key, raw.headers)
+                    body_follows(raw)
                 try:
-                    data = fast.get(key, start, end, etag, body_follows, call.deadline)
+                    data = fast.get(key, start, end, etag, fast_body, call.deadline)
                 except FallBack as e:
                     log.info("S3 GETs go through boto3 from now on (%s)", e)
                     self._fast = None
@@ -283,7 +287,10 @@ class S3Store(ObjectStore):
                 if call.abandoned:              # the body was cut at the deadline
                     raise self._deadline_exceeded()
             if data is None:
-                body = self.read_client.get_object(**args)["Body"]
+                r = self.read_client.get_object(**args)
+                body = r["Body"]
+                if self.metadata_seen is not None:
+                    self.metadata_seen(key, r.get("ETag", ""), {k.lower(): v for k, v in r.get("Metadata", {}).items()})
                 body_follows(body)
                 data = body.read()
             if len(data) != end - start:
@@ -298,6 +305,13 @@ class S3Store(ObjectStore):
             raise
         self.stats.add("s3_get_bytes", len(data))
         return data
+
+    def _tell_metadata(self, key: str, headers) -> None:
+        if self.metadata_seen is None:
+            return
+        meta = {name[len(_META):].lower(): value for name, value in headers.items()
+                if name.lower().startswith(_META)}
+        self.metadata_seen(key, headers.get("ETag", ""), meta)
 
     def head(self, key: str) -> ObjectInfo | None:
         if len(key.encode()) > MAX_KEY_BYTES:

@@ -126,3 +126,19 @@ def test_a_directory_of_many_tiny_files_pays_no_head(tmp_path):
         assert meta.get_objmeta(entries["big"].ino)[1].uid == 7
     finally:
         meta.close()
+
+
+def test_a_get_answer_records_the_metadata_of_what_it_read(tmp_path):
+    owned = {"uid": "7", "mode": str(stat.S_IFREG | 0o600)}
+    link = encode(stat.S_IFLNK | 0o777, 0, 0, 5)
+    store, ns, meta, entries = _listed(tmp_path, {"d/f": (b"x" * 2000, owned), "d/ln": (b"y" * 2000, link)})
+    try:
+        listed = {name.decode(): node for name, node in trio.run(ns.entries, entries["d"].ino)}
+        assert meta.get_objmeta(listed["f"].ino) is None                 # too large for a HEAD
+        store.get_range("d/f", 0, 10, listed["f"].etag)
+        assert meta.get_objmeta(listed["f"].ino)[1].uid == 7
+        store.get_range("d/ln", 0, 10)                                    # read as a file already:
+        assert meta.get_objmeta(listed["ln"].ino) is None                 # a link only from a HEAD
+        assert store.stats.get("s3_head") == 0
+    finally:
+        meta.close()
