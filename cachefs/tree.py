@@ -70,13 +70,18 @@ class Tree:
         existing = await self.ns.lookup(parent.ino, name)
         if existing is not None and existing.is_dir:
             raise FsError(errno.EISDIR)
-        if existing is not None:
-            self.wb.unlinked(existing.ino)      # O_CREAT over a file the kernel did not know
+        path = f"{parent.path}/{text}" if parent.path else text
+        if existing is not None:                # O_CREAT over a file the kernel did not know
+            for gone in self.wb.unlinked(existing.ino):
+                if gone != path:                # that name's object is overwritten by our upload
+                    await self._delete(self.ns.cfg.prefix + gone)
         now = time.time_ns()
         inode = await self.run_blocking(self.meta.put_entry, parent, Entry(text, KIND_FILE, 0, now, ""))
         # mtime 0: the file's follows its content (a utimens sets one; see fs.attrs)
         await self.run_blocking(self.meta.put_attrs, inode.ino, mode & 0o7777, now, 0)
-        return inode, self.wb.stage_new(inode)
+        st = self.wb.stage_new(inode)
+        st.replaced = existing is not None
+        return inode, st
 
     async def mkdir(self, parent_ino: int, name: bytes, mode: int, listing_ttl: float) -> Inode:
         parent = await self._dir(parent_ino)
@@ -124,12 +129,9 @@ class Tree:
                             "relisted): %s", directory.path, e)
 
     async def _unlink_file(self, node: Inode) -> None:
-        if node.ino in self.wb.files:
-            remote = self.wb.unlinked(node.ino)
-        else:
-            remote = node.path
-        if remote is not None:
-            await self._delete(self.ns.cfg.prefix + remote)
+        gone = self.wb.unlinked(node.ino) if node.ino in self.wb.files else [node.path]
+        for path in gone:
+            await self._delete(self.ns.cfg.prefix + path)
 
     async def _delete(self, key: str) -> None:
         try:
@@ -174,10 +176,16 @@ class Tree:
             await self._keep_if_empty(old_parent)
             return
         if target is not None and target.ino in self.wb.files:
-            self.wb.unlinked(target.ino)        # its pending upload must not land over ours
+            # Its pending upload must not land over ours; where S3 holds it under another name goes.
+            for gone in self.wb.unlinked(target.ino):
+                if gone != new_path:
+                    await self._delete(self.ns.cfg.prefix + gone)
         st = self.wb.get(node.ino)
         prefix = self.ns.cfg.prefix
         etag = None
+        if st is None or (not st.uploading and st.remote is not None and not st.dirty):
+            await self.wb.claim_name(new_path)       # nothing may land on, or delete, the copy
+            st = self.wb.get(node.ino)               # (it may have changed while we waited)
         if st is None:
             etag = await self.run_blocking(self.store.copy, prefix + node.path, prefix + new_path)
             await self._delete_or_later(prefix + node.path)       # copied: the rename is done
@@ -193,7 +201,7 @@ class Tree:
         await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
         if etag is not None:        # a copy is a new object (a multipart one gets a new ETag)
             await self.run_blocking(self._record_etags, None, {node.ino: etag})
-        self.wb.renamed(node.ino, new_path)
+        self.wb.renamed(node.ino, new_path, replaced=target is not None)
         await self._keep_if_empty(old_parent)
 
     async def _delete_or_later(self, key: str) -> None:

@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 import trio
 
 from . import supervise
-from .errors import FsError, ObjectNotFound, StoreError
+from .errors import FsError, ObjectNotFound, StoreError, StoreUnavailable
 from .meta.schema import Inode
 from .meta.store import MetaStore
 from .parts import PartSession
@@ -54,6 +54,7 @@ COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into stagin
 # writing stay local) until the room is needed; at most this many, each holding an open fd.
 RETAIN_FILES = 128
 SESSION_FAILURES = 2          # a multipart session that failed this often in a row is given up (lost)
+CLAIM_WAIT_S = 30.0           # a rename waits at most this long for an upload or delete of its target name
 ABORT_ON_STOP_S = 5.0         # how long a stopping daemon spends aborting the session it was sending
 
 
@@ -102,6 +103,7 @@ class Staged:
     write_end: int = 0             # where the latest write ended (== size: a sequential writer)
     session: PartSession | None = None   # eager multipart upload of a large file being written
     eager: bool = False            # an eager part task runs for this file
+    replaced: bool = False         # it replaced a file at `path` whose object S3 may still hold there
 
     @property
     def dirty(self) -> bool:
@@ -360,6 +362,8 @@ class Writeback:
     # -- open/close bookkeeping -------------------------------------------------------------
     def opened(self, st: Staged, writable: bool) -> None:
         self._retained.pop(st.ino, None)
+        if writable and not st.writers:
+            st.write_end = -1        # a sequential writer is one whose writes since this open end the file
         st.opens += 1
         st.writers += writable
 
@@ -369,6 +373,8 @@ class Writeback:
         if writable and st.writers == 0 and st.dirty:
             st.closed_dirty = True
             self._wake.set()
+        elif writable and st.writers == 0 and st.session is not None and not st.uploading:
+            self._abandon_session(st)     # opened for writing, nothing changed: its early parts go
         self._maybe_drop(st)
 
     def _in_use(self, st: Staged) -> bool:
@@ -419,9 +425,11 @@ class Writeback:
             self.meta.delete_pending(st.ino)
 
     # -- namespace changes ------------------------------------------------------------------
-    def renamed(self, ino: int, new_path: str) -> None:
+    def renamed(self, ino: int, new_path: str, replaced: bool = False) -> None:
+        """`replaced`: it took the name of a file whose object S3 may hold until this one's upload."""
         st = self.get(ino)
         if st is not None:
+            st.replaced = replaced and st.remote != new_path
             self._retained.pop(ino, None)       # it has a copy to make now
             if not st.dirty:
                 st.first_dirty = time.monotonic()
@@ -451,6 +459,24 @@ class Writeback:
             if st.path.startswith(new + "/"):
                 self.meta.put_pending(st.ino, st.record())
 
+    async def claim_name(self, path: str, timeout: float = CLAIM_WAIT_S) -> None:
+        """Before a rename copies an object to `path`: an upload still landing there (a file that
+        had the name and was replaced) or a delete of that name must finish first, or it would
+        delete or overwrite the copy. A delete only waiting for its retry is dropped: the copy
+        overwrites the object anyway. StoreUnavailable if the name stays busy past `timeout`."""
+        key = self.prefix + path
+        if key in self._to_delete:
+            self._to_delete = [k for k in self._to_delete if k != key]
+            self._vacating.discard(path)
+        deadline = time.monotonic() + timeout
+        while path in self._inflight or path in self._vacating:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(f"{key} is still being uploaded or deleted; try again")
+            changed = self._changed
+            with trio.move_on_after(left):
+                await changed.wait()
+
     def delete_later(self, key: str) -> None:
         """An object the mount no longer shows whose delete S3 refused: the scheduler retries it,
         and no upload to that name starts before it is gone."""
@@ -458,19 +484,25 @@ class Writeback:
         self._to_delete.append(key)
         self._wake.set()
 
-    def unlinked(self, ino: int) -> str | None:
-        """The file is gone from the namespace: stop uploading it. Returns the path S3 holds it at
-        (to delete), if any; an upload in flight deletes its own result when it finishes."""
+    def unlinked(self, ino: int) -> list[str]:
+        """The file is gone from the namespace: stop uploading it. Returns the paths whose objects
+        are to be deleted now: where S3 holds it, and its own name if an object it replaced may
+        still sit there (its upload never came to overwrite it). An upload in flight deletes its own
+        result when it finishes."""
         st = self.files.get(ino)
         if st is None:
-            return None
+            return []
         st.deleted = True
         remote, st.remote = st.remote, None
+        gone = [remote] if remote is not None else []
+        if (st.replaced and st.path != remote and st.path not in self._inflight
+                and st.path not in self.moving_out()):
+            gone.append(st.path)
         # Nothing of it is to be uploaded any more. (If the daemon dies while an upload started
         # before the unlink is in flight, that object may reappear: SEMANTICS.md.)
         self.meta.delete_pending(ino)
         self._maybe_drop(st)
-        return remote
+        return gone
 
     # -- waiting ----------------------------------------------------------------------------
     async def wait_uploaded(self, st: Staged, deadline: float) -> bool:
@@ -597,10 +629,13 @@ class Writeback:
 
     async def _transfer(self, st: Staged, key: str, size: int, gen: int) -> str:
         if gen == st.synced and st.remote is not None and st.remote != st.path:
-            meta = self.metadata_for(st.ino)
-            etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key, *([meta] if meta else []))
-            self.stats.add("upload_copies")
-            return etag
+            try:
+                meta = self.metadata_for(st.ino)
+                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key, *([meta] if meta else []))
+                self.stats.add("upload_copies")
+                return etag
+            except ObjectNotFound:          # its old object is gone: upload the staged bytes instead
+                log.info("copy source %s%s is gone; uploading %s from staging", self.prefix, st.remote, key)
         if size <= self.part_size:
             self._abandon_session(st)        # truncated below one part: a single PUT now
             async with self.limiter:
@@ -620,6 +655,8 @@ class Writeback:
         self.stats.add("upload_bytes", size)
         old_remote, st.remote = st.remote, path
         st.synced = max(st.synced, gen)
+        if st.path == path:
+            st.replaced = False             # whatever it replaced there is overwritten now
         if st.deleted:
             await self._delete_quietly(key)      # unlinked while it was being uploaded
             return
@@ -658,7 +695,7 @@ class Writeback:
 
     def _eager_due(self, st: Staged) -> bool:
         """A large file being written at its end whose finished parts can go to S3 now."""
-        if (not self.eager or st.eager or st.uploading or st.deleted or not st.writers or st.write_end != st.size
+        if (not self.eager or st.eager or st.uploading or not st.dirty or not st.writers or st.write_end != st.size
                 or st.size <= max(self.small_file_threshold, self.part_size)
                 or any(st.path.startswith(d + "/") for d in self._held)):
             return False
@@ -787,6 +824,7 @@ class Writeback:
             self._to_delete.append(key)
             return
         self._vacating.discard(path)
+        self._notify()           # a rename waiting for the name (claim_name) goes on
 
     def _notify(self) -> None:
         self._changed.set()
