@@ -199,6 +199,8 @@ class Namespace:
         version read, once per key and ETag. Called in the reading thread; never raises.
         A link is left to the HEAD paths: the kernel already holds the inode as a regular file
         (it was read), and a type changing under it would make the inode bad (EIO)."""
+        if not metadata:
+            return                   # nothing to learn (most datasets): not even an LMDB lookup
         try:
             with self._seen_lock:
                 if (key, etag) in self._seen:

@@ -126,6 +126,7 @@ def test_modes_owners_and_times_land_in_s3_and_a_change_is_a_copy(mounter, make_
     st = os.stat(full.path / "f.bin")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (1234, 5678, 0o644, T2)
     assert read_all(full.path / "f.bin") == data
+    mounter.umount(full)          # not the teardown's fusermount -u right after the close (its RELEASE)
 
 
 def test_attributes_a_new_file_has_already_cost_no_copy(mounter, make_bucket, s3, request_log):
