@@ -439,10 +439,19 @@ class Writeback:
     async def hold_below(self, directory: str) -> None:
         """Before a directory's objects are copied: no upload below it may start, and those in
         flight finish first (one landing after the copy would stay behind under the old name
-        while its record says the new one). `release_below` ends it."""
+        while its record says the new one). `release_below` ends it. An upload counts if its name
+        or its source object (a renamed file's copy from below the directory) is there: a copy
+        racing the directory's copy left an object behind under the new name (bench/stress.py)."""
         self._held.add(directory)
-        while any(path.startswith(directory + "/") for path in self._inflight):
-            await self._changed.wait()
+        below = directory + "/"
+        while any(st.uploading and (st.path.startswith(below) or (st.remote or "").startswith(below))
+                  for st in self.files.values()) or any(p.startswith(below) for p in self._inflight):
+            changed = self._changed
+            await changed.wait()
+
+    def doomed(self, path: str) -> bool:
+        """S3 holds an object there that the mount no longer shows and that is being deleted."""
+        return path in self._vacating
 
     def release_below(self, directory: str) -> None:
         self._held.discard(directory)
@@ -554,7 +563,7 @@ class Writeback:
             # A file renamed away from this name while its upload here was in flight still sits
             # here in S3 until its copy to the new name: ours would be copied there instead.
             return False
-        if any(st.path.startswith(d + "/") for d in self._held):
+        if any(st.path.startswith(d + "/") or (st.remote or "").startswith(d + "/") for d in self._held):
             return False
         if st.forced or st.closed_dirty:
             return True
