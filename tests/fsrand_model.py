@@ -55,6 +55,9 @@ OPEN_FLAGS = {
     "creat-trunc": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
 }
 FALLOC_MODES = {"default": 0, "keep-size": 0x01, "punch-hole": 0x01 | 0x02, "zero-range": 0x10}
+# Relative targets that stay inside the tree wherever the link is (the mount and the reference
+# directory have the same parent: a target leaving the tree would be one file for both).
+SYMLINK_TARGETS = ["a", "d1", "d1/a", "b", "missing/x"]
 OWNERS = [(0, 0), (0, 1000), (1000, 1000)]   # the mount's own (root, as the tests run) and others
 OTHER_UID = 1000
 
@@ -90,14 +93,11 @@ class Difference:
 
 
 DIFFERENCES: list[Difference] = [
-    Difference("chown to another owner", "chown", "EPERM",
-               "SEMANTICS.md, Mapping: '`chown` to another owner is `EPERM`: one owner for the whole mount.'",
-               when=lambda a: (a["uid"], a["gid"]) != (0, 0)),
-    Difference("symlink", "symlink", "EPERM",
-               "SEMANTICS.md, Operations: '| symlink, link, mknod | `EPERM`, what POSIX gives where a filesystem "
-               "cannot hold them ...'"),
+    # Before issue 15 item 5 (merged 2026-12-06) chown to another owner and symlink were EPERM here;
+    # the mount now does both (SEMANTICS.md, Mapping and "Attributes in S3"), so the entries went.
     Difference("hard link", "link", "EPERM",
-               "SEMANTICS.md, Operations: '| symlink, link, mknod | `EPERM` ...'"),
+               "SEMANTICS.md, Operations: '| link, mknod | `EPERM`, what POSIX gives where a filesystem cannot hold "
+               "them: S3 cannot make two names one object (hard links) ...'"),
     Difference("fallocate modes other than 0", "fallocate", "ENOTSUP",     # = EOPNOTSUPP on Linux
                "UNDOCUMENTED: SEMANTICS.md says nothing about fallocate(2); the mount answers EOPNOTSUPP to "
                "FALLOC_FL_KEEP_SIZE / PUNCH_HOLE / ZERO_RANGE (mode 0 works through glibc's emulation)",
@@ -122,33 +122,46 @@ def expected_difference(op: str, args: dict, mount_outcome) -> Difference | None
 # What a comparison of two trees checks, attribute by attribute, in each context:
 #   "step"   - the mount while it runs (also after a clean remount with the same cache directory)
 #   "kill9"  - the mount after `kill -9` of its daemon and a remount with the same cache directory
-#   "fresh"  - a new mount of the bucket with an EMPTY cache directory, after `cachefs flush`
+#   "fresh"  - a new mount of the bucket with an EMPTY cache directory (and --metadata-head-all, so
+#              that every listed object's metadata is read: SEMANTICS.md, "Attributes in S3",
+#              Reading), after `cachefs flush`
 # Rules: "ref" equal to the reference; "skip" not compared; "default" the mount's --file-mode /
-# --dir-mode; "mtime" see check_mtime (exact for utimens'd files, else between the reference's and
-# now); "s3" equal to the object's LastModified (to the second). Each with its SEMANTICS.md source.
+# --dir-mode; "mtime" see check_mtime (exact, to the second, for a utimens'd entry, else between the
+# reference's mtime and now). Each with its SEMANTICS.md source. Until item 5, modes were "default"
+# and owners the mount's on a fresh cache directory, and no directory time was compared.
 ATTRIBUTES: dict[str, tuple[dict[str, str], str]] = {
-    "type": ({"step": "ref", "kill9": "ref", "fresh": "ref"}, "SEMANTICS.md, Mapping"),
+    "type": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
+             "SEMANTICS.md, Mapping (and a symlink: 'an object whose body is the target and whose "
+             "`x-amz-meta-mode` has `S_IFLNK`')"),
     "size": ({"step": "ref", "kill9": "ref", "fresh": "ref"}, "SEMANTICS.md, Mapping: 'File size is the object's size'"),
     "bytes": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
               "SEMANTICS.md, Writes (read-your-writes) and Crash safety ('A write acknowledged but not fsynced "
               "survives a daemon crash too')"),
-    "file_mode": ({"step": "ref", "kill9": "ref", "fresh": "default"},
-                  "SEMANTICS.md, Mapping: '`chmod` and `utimens` are kept per file in the LMDB metadata of this node "
-                  "(not in S3: another node, or a new cache directory, shows the defaults again)'"),
-    "dir_mode": ({"step": "ref", "kill9": "ref", "fresh": "default"}, "as file_mode"),
+    "file_mode": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
+                  "SEMANTICS.md, Attributes in S3: 'Every upload ... carries the four headers with the attributes the "
+                  "file shows'; a chmod of an uploaded file is a CopyObject onto itself"),
+    "dir_mode": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
+                 "SEMANTICS.md, Attributes in S3: 'Directories keep mode and owner on their `dir/` marker' (HEADed "
+                 "when the directory is listed: the fresh snapshot lists every directory first)"),
     "owner": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
-              "SEMANTICS.md, Mapping: 'Ownership ... the mount's `--uid`, `--gid`' (chown to others refused, see "
-              "DIFFERENCES, so the reference keeps the mount's owner too)"),
-    "file_mtime": ({"step": "mtime", "kill9": "mtime", "fresh": "s3"},
-                   "SEMANTICS.md, Mapping: '`st_mtime` ... is its `LastModified`, or the time of the last write while "
-                   "the file is staged' and 'a file's `utimens` mtime holds until the file is next changed'"),
-    "dir_mtime": ({"step": "skip", "kill9": "skip", "fresh": "skip"},
-                  "SEMANTICS.md, Mapping: 'Directories carry the mount time.'"),
+              "SEMANTICS.md, Mapping: 'Ownership and permissions: ... what was set through this mount (LMDB), the "
+              "object's `x-amz-meta-*`, and the mount's defaults'"),
+    "file_mtime": ({"step": "mtime", "kill9": "mtime", "fresh": "mtime"},
+                   "SEMANTICS.md, Mapping: '`st_mtime` is its `x-amz-meta-mtime` when cachefs knows it ..., else its "
+                   "`LastModified`, or the time of the last write while the file is staged'; 'A file's `utimens` "
+                   "mtime holds until the file is next changed'"),
+    "dir_mtime": ({"step": "mtime", "kill9": "mtime", "fresh": "skip"},
+                  "SEMANTICS.md, Mapping: 'Directories carry the mount time until an entry is added to or removed "
+                  "from them through the mount ..., which sets their mtime'; Attributes in S3: 'A directory's mtime "
+                  "is not written to S3'"),
     "atime_ctime": ({"step": "skip", "kill9": "skip", "fresh": "skip"},
-                    "SEMANTICS.md, Mapping: '`st_mtime` (and atime, ctime) is its `LastModified`'"),
-    "file_nlink": ({"step": "ref", "kill9": "ref", "fresh": "ref"}, "SEMANTICS.md, Mapping: 'st_nlink is 1 for files'"),
-    "dir_nlink": ({"step": "skip", "kill9": "skip", "fresh": "skip"},
-                  "SEMANTICS.md, Mapping: '... and 2 for directories'"),
+                    "SEMANTICS.md, Mapping: '`st_ctime` is the mtime, or the time of the last chmod/chown/create if "
+                    "later' (not compared: Linux sets ctime on rename and link count changes too); atime: none"),
+    "file_nlink": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
+                   "SEMANTICS.md, Mapping: '`st_nlink` is 1 for files and links'"),
+    "dir_nlink": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
+                  "SEMANTICS.md, Mapping: '2 + the number of subdirectories for directories, as far as known: after "
+                  "the directory was listed, or for directories made through the mount'"),
 }
 DEFAULT_FILE_MODE, DEFAULT_DIR_MODE = 0o644, 0o755
 
@@ -485,7 +498,11 @@ def compare_entry(rel: str, m: Entry, r: Entry, context: str, s3_mtime: dict[str
     def rule(attr: str) -> str:
         return ATTRIBUTES[attr][0][context]
 
-    if m.kind == "file":
+    if m.kind == "symlink":
+        if m.target != r.target and (m.target or r.target):
+            problems.append(f"symlink target {m.target!r} != {r.target!r}")
+        mode_rule, mtime_rule, nlink_rule, default_mode = "skip", rule("file_mtime"), rule("file_nlink"), 0
+    elif m.kind == "file":
         if rule("size") == "ref" and m.attrs["size"] != r.attrs["size"]:
             problems.append(f"size {m.attrs['size']} != {r.attrs['size']}")
         elif rule("bytes") == "ref" and m.digest != r.digest:
@@ -524,34 +541,61 @@ def compare_trees(mount: dict[str, Entry], ref: dict[str, Entry], context: str,
     return problems
 
 
-def s3_expected_keys(ref: dict[str, Entry]) -> tuple[dict[str, str], set[str]]:
-    """What S3 must hold for a reference tree: {key: sha256} of every file, and the directories,
-    each of which needs a `dir/` marker or a key below it (SEMANTICS.md, Mapping)."""
-    files = {rel: e.digest for rel, e in ref.items() if e.kind == "file"}
-    dirs = {rel for rel, e in ref.items() if e.kind == "dir"}
-    return files, dirs
-
-
-def compare_s3(objects: dict[str, bytes], ref: dict[str, Entry]) -> list[str]:
-    """objects: every key in the bucket with its bytes. Files must be there byte for byte, every
-    directory must exist (a marker or a key below), and nothing else may be there."""
-    files, dirs = s3_expected_keys(ref)
+def compare_s3(objects: dict[str, tuple[bytes, dict]], ref: dict[str, Entry]) -> list[str]:
+    """objects: every key in the bucket with its bytes and user metadata. Files must be there byte for
+    byte with the reference's mode, owner and (if the object has one: SEMANTICS.md, Attributes in S3,
+    an early multipart upload has none) mtime to the second; symlinks as an object holding the target
+    with S_IFLNK in its mode; every directory must exist (a marker or a key below), with its mode and
+    owner on its marker if it has one; nothing else may be there."""
+    files = {rel: e for rel, e in ref.items() if e.kind in ("file", "symlink")}
+    dirs = {rel: e for rel, e in ref.items() if e.kind == "dir"}
     problems = []
-    for key, digest in sorted(files.items()):
+
+    def meta_problems(key: str, meta: dict, e: Entry, check_mtime_too: bool) -> list[str]:
+        out = []
+        if "mode" in meta:
+            mode = int(meta["mode"], 8) if meta["mode"].startswith("0") else int(meta["mode"])
+            if stat.S_IMODE(mode) != e.attrs["mode"] and e.kind != "symlink":
+                out.append(f"S3: {key} x-amz-meta-mode {mode:o}, the reference {e.attrs['mode']:o}")
+            if e.kind == "symlink" and not stat.S_ISLNK(mode):
+                out.append(f"S3: {key} is a symlink in the reference, its x-amz-meta-mode {mode:o} says otherwise")
+        elif e.attrs["mode"] != (DEFAULT_FILE_MODE if e.kind == "file" else DEFAULT_DIR_MODE) or e.kind == "symlink":
+            out.append(f"S3: {key} has no x-amz-meta-mode, the reference's mode is {e.attrs['mode']:o}")
+        for name, attr in (("uid", "uid"), ("gid", "gid")):
+            if name in meta and int(meta[name]) != e.attrs[attr]:
+                out.append(f"S3: {key} x-amz-meta-{name} {meta[name]}, the reference {e.attrs[attr]}")
+        if check_mtime_too and "mtime" in meta and e.kind == "file":
+            try:
+                mt = float(meta["mtime"])
+            except ValueError:
+                mt = None
+            if mt is not None and int(mt) != int(e.attrs["mtime"]) and e.attrs["mtime"] < UTIME_PINNED_BEFORE:
+                out.append(f"S3: {key} x-amz-meta-mtime {meta['mtime']}, the reference's utimens'd {e.attrs['mtime']}")
+        return out
+
+    for key, e in sorted(files.items()):
         if key not in objects:
-            problems.append(f"S3: {key} missing")
-        elif hashlib.sha256(objects[key]).hexdigest() != digest:
-            problems.append(f"S3: {key} has {len(objects[key])} bytes, not the reference's "
-                            f"{ref[key].attrs['size']} ({'same size, other bytes' if len(objects[key]) == ref[key].attrs['size'] else 'size differs'})")
-    for d in sorted(dirs):
-        if d + "/" not in objects and not any(k.startswith(d + "/") for k in objects):
+            problems.append(f"S3: {key} ({e.kind}) missing")
+            continue
+        body, meta = objects[key]
+        if e.kind == "symlink":
+            if body != os.fsencode(e.target):
+                problems.append(f"S3: symlink {key} holds {body[:100]!r}, not the target {e.target!r}")
+        elif hashlib.sha256(body).hexdigest() != e.digest:
+            problems.append(f"S3: {key} has {len(body)} bytes, not the reference's {e.attrs['size']} "
+                            f"({'same size, other bytes' if len(body) == e.attrs['size'] else 'size differs'})")
+        problems += meta_problems(key, meta, e, True)
+    for d, e in sorted(dirs.items()):
+        if d + "/" in objects:
+            problems += meta_problems(d + "/", objects[d + "/"][1], e, False)
+        elif not any(k.startswith(d + "/") for k in objects):
             problems.append(f"S3: directory {d} has neither a marker nor a key below it")
     for key in sorted(objects):
         if key.endswith("/"):
             if key[:-1] not in dirs:
                 problems.append(f"S3: marker {key} of no directory in the reference")
         elif key not in files:
-            problems.append(f"S3: {key} ({len(objects[key])} bytes) is not a file in the reference")
+            problems.append(f"S3: {key} ({len(objects[key][0])} bytes) is not in the reference")
     return problems
 
 
