@@ -352,7 +352,8 @@ def make_machine(env: Env):
                 settled = wait_until(lambda: not fm.compare_s3(s3_objects(env.s3, self.bucket)[0], ref), 15, 0.5)
                 later = ("S3 agreed %.1f s later: flush returned before S3 held what the mount showed"
                          % (time.monotonic() - t0)) if settled else "still so 15 s later"
-                pytest.fail("after flush, S3 and the reference differ (%s):\n  " % later + "\n  ".join(problems[:30]))
+                pytest.fail("after flush, S3 and the reference differ (%s):\n  " % later + "\n  ".join(problems[:30])
+                            + self.key_history(problems))
             env.mounter.umount(self.m)
             log = log_problems(self.m.log_text())
             assert not log, "the daemon logged errors:\n  " + "\n  ".join(log[:20])
@@ -368,6 +369,16 @@ def make_machine(env: Env):
             if not wait_until(lambda: not env.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads"), 10):
                 pytest.fail(self.describe_uploads_left())
             self.m = None
+
+        def key_history(self, problems: list[str]) -> str:
+            """What the proxy saw of each key a problem names (`S3: KEY ...`), for the report."""
+            keys = {p.split()[1].rstrip("/") for p in problems if p.startswith("S3: ") and len(p.split()) > 1}
+            lines = []
+            for key in sorted(keys)[:5]:
+                seen = [r for r in env.proxy.seen() if r.bucket == self.bucket and r.key in (key, key + "/")
+                        and r.op not in ("get", "head", "list")]
+                lines.append(f"\n  proxy, {key}: " + ", ".join(f"{r.op} {r.outcome} {r.status}" for r in seen[-15:]))
+            return "".join(lines)
 
         def describe_uploads_left(self) -> str:
             """What S3 still lists as unfinished, with what the proxy saw of each key and what the
