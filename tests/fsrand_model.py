@@ -25,7 +25,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 MOUNT, REF = "mnt", "ref"
@@ -488,8 +488,7 @@ def check_mtime(mount_mtime: float, ref_mtime: float, now: float) -> str | None:
     return f"mtime {mount_mtime} not in [{ref_mtime - 2:.0f}, now {now:.0f} + 2]"
 
 
-def compare_entry(rel: str, m: Entry, r: Entry, context: str, s3_mtime: dict[str, float] | None = None,
-                  now: float | None = None) -> list[str]:
+def compare_entry(rel: str, m: Entry, r: Entry, context: str, now: float | None = None) -> list[str]:
     now = now or time.time()
     if m.kind != r.kind:
         return [f"{rel}: a {m.kind} on the mount, a {r.kind} in the reference"]
@@ -524,20 +523,15 @@ def compare_entry(rel: str, m: Entry, r: Entry, context: str, s3_mtime: dict[str
         p = check_mtime(m.attrs["mtime"], r.attrs["mtime"], now)
         if p:
             problems.append(p)
-    elif mtime_rule == "s3" and s3_mtime is not None:
-        want = s3_mtime.get(rel)
-        if want is None or int(m.attrs["mtime"]) != int(want):
-            problems.append(f"mtime {m.attrs['mtime']} != S3 LastModified {want}")
     return [f"{rel}: {p}" for p in problems]
 
 
-def compare_trees(mount: dict[str, Entry], ref: dict[str, Entry], context: str,
-                  s3_mtime: dict[str, float] | None = None) -> list[str]:
+def compare_trees(mount: dict[str, Entry], ref: dict[str, Entry], context: str) -> list[str]:
     now = time.time()
     problems = [f"{rel}: on the mount only ({mount[rel].kind})" for rel in sorted(set(mount) - set(ref))]
     problems += [f"{rel}: in the reference only ({ref[rel].kind})" for rel in sorted(set(ref) - set(mount))]
     for rel in sorted(set(mount) & set(ref)):
-        problems += compare_entry(rel, mount[rel], ref[rel], context, s3_mtime, now)
+        problems += compare_entry(rel, mount[rel], ref[rel], context, now)
     return problems
 
 
