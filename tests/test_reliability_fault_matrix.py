@@ -64,6 +64,7 @@ REQUEST_TYPES = ["get", "head", "list", "put", "create_multipart", "upload_part"
 # boto3's managed copy (S3Store.copy) uses for objects of 8 MiB and more.
 PROXY_OPS = {t: t for t in REQUEST_TYPES} | {"copy": "copy,copy_part"}
 READ_TYPES = {"get", "head", "list"}
+UPLOAD_TYPES = {"put", "create_multipart", "upload_part", "complete_multipart"}    # what an upload sends
 
 FAULTS = {
     "500": dict(action="error", status=500, code="InternalError"),
@@ -360,6 +361,7 @@ def test_fault_matrix(matrix, rtype, fault_name):
     problems = report["problems"]
     os.mkdir(root / "new")                       # before the fault: a PUT of its marker, at once
 
+    failures_before = m.stats()["upload_failures"]
     fault = Fault(**FAULTS[fault_name], ops=PROXY_OPS[rtype], key=f"^{re.escape(cell)}/")
     mx.proxy.add(fault)
     failed: list[Step] = []
@@ -375,8 +377,12 @@ def test_fault_matrix(matrix, rtype, fault_name):
                 elif rtype not in step.needs and not (rtype in READ_TYPES and step.needs & READ_TYPES):
                     # (a failing read type also fails the others at once once the outage breaker is open)
                     problems.append(f"{step.name}: EIO, but it sends no {rtype} request synchronously")
+        # the background: until one whole request failed (all its attempts), and for the types an
+        # upload sends, until an upload failed because of it (or the daemon died)
         attempts = READ_ATTEMPTS if rtype in READ_TYPES else WRITE_ATTEMPTS
         wait_until(lambda: fault.fired >= attempts or not mx.alive(), BACKGROUND_WAIT_S)
+        if rtype in UPLOAD_TYPES:
+            wait_until(lambda: not mx.alive() or m.stats()["upload_failures"] > failures_before, BACKGROUND_WAIT_S)
         time.sleep(0.3)                   # the daemon handles the failed request
     finally:
         mx.proxy.remove(fault)
@@ -386,8 +392,9 @@ def test_fault_matrix(matrix, rtype, fault_name):
 
     alive = mx.alive()
     if not alive:
-        pytest.fail(f"{cell}: the daemon died (issue 15: background failure ends the daemon)\n"
-                    + "\n".join(check_log(m.log_text()[log_start:])[:20]), pytrace=False)
+        print("FAULT-MATRIX " + json.dumps(report | {"died": True}), flush=True)
+        pytest.fail(f"{cell}: the daemon died; its log:\n"
+                    + "\n".join(line[:400] for line in check_log(m.log_text()[log_start:])[:5]), pytrace=False)
     # after the fault: what the mount shows is what S3 holds, before any step is retried
     out = mx.flush()
     if out:
@@ -411,10 +418,14 @@ def test_fault_matrix(matrix, rtype, fault_name):
     problems += [f"mount: {d}" for d in diff(comparable(want),
                                               comparable({f"{cell}/{k}": v for k, v in tree_through_mount(root).items()}))]
     if not wait_until(lambda: not mx.unfinished_uploads(cell + "/"), 5.0):
-        problems.append(f"unfinished multipart uploads in S3: {mx.unfinished_uploads(cell + '/')}")
+        left = mx.unfinished_uploads(cell + "/")
+        problems.append(f"{len(left)} unfinished multipart upload(s) left in S3: {left[:3]}")
+        for entry in left:                # the module's check after unmount is about the unmount
+            key, upload_id = entry.rsplit(" ", 1)
+            mx.s3.abort_multipart_upload(Bucket=mx.bucket, Key=key, UploadId=upload_id)
     if not mx.alive() or m.pid() != pid:
         problems.append("the daemon died")
-    problems += [f"daemon log: {line}" for line in check_log(m.log_text()[log_start:])]
+    problems += [f"daemon log: {line[:400]}" for line in check_log(m.log_text()[log_start:])]
     report["seconds"] = round(time.monotonic() - t0, 1)
     print("FAULT-MATRIX " + json.dumps(report), flush=True)
     for k in list(want):                 # keep moto's memory small: this cell's objects go

@@ -72,7 +72,10 @@ def classify(method: str, path: str, query: dict[str, list[str]], headers) -> tu
             op = "list_multipart"         # ListMultipartUploads: not a listing of objects
         if method == "POST" and "delete" in query:
             op = "delete_objects"
-        return op or "other", bucket, ""
+        # a listing's "key" is its prefix: a fault's key pattern (say ^dir/) then matches the
+        # listings of that directory as it matches the objects below it
+        prefix = query.get("prefix", [""])[0] if op in ("list", "list_multipart") else ""
+        return op or "other", bucket, prefix
     if method == "GET":
         return ("list_parts" if "uploadId" in query else "get"), bucket, key
     if method == "HEAD":
@@ -113,7 +116,7 @@ def _ops(spec) -> frozenset[str]:
 class Fault:
     action: str
     ops: frozenset[str] | str | None = None     # None: every operation; "read" / "write" groups
-    key: str | None = None          # regex searched in the object key
+    key: str | None = None          # regex searched in the object key (a listing's: its prefix)
     probability: float = 1.0
     count: int | None = None        # fire at most this many times (None: until removed)
     skip: int = 0                   # let the first `skip` matching requests through
