@@ -17,7 +17,7 @@ import time
 import pyfuse3
 import trio
 
-from . import __version__, kernel, logsetup, metrics, mounts, native
+from . import __version__, kernel, logsetup, metrics, mounts, native, supervise
 from .cache import TieredCache
 from .cache.direct import ALIGN
 from .config import Config
@@ -238,11 +238,12 @@ class Daemon:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self.reader.nursery = nursery
+            # Everything beside the FUSE requests is supervised: it can fail, never end the mount.
             nursery.start_soon(self._watch_signals)
-            nursery.start_soon(self._flush_index_periodically)
-            nursery.start_soon(self.control.serve)
-            nursery.start_soon(self._tune_kernel)
-            nursery.start_soon(self.writeback.run)
+            nursery.start_soon(supervise.supervised_forever, "index_flush", self._flush_index_periodically)
+            nursery.start_soon(supervise.supervised_forever, "control", self.control.serve)
+            nursery.start_soon(supervise.supervised, "kernel_tuning", self._tune_kernel)
+            nursery.start_soon(self.writeback.run)      # supervises its own units
             # min_tasks is how many idle workers pyfuse3 keeps: with 1, every burst of requests
             # started workers that exited right after, each allocating and freeing its request buffer
             # (253 mmap/munmap pairs per cold 256 MiB read, strace); all N stay once started.

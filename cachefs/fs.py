@@ -284,7 +284,8 @@ class CachefsOperations(pyfuse3.Operations):
         self.stats.add("fuse_read_bytes", len(data))
         return data
 
-    async def release(self, fh):
+    @fuse_errors
+    async def release(self, fh):      # decorated: an exception here would end pyfuse3's main loop
         f = self._files.pop(fh, None)
         if f is not None and f.staged is not None:
             self.wb.closed(f.staged, f.writable)

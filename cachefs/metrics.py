@@ -19,6 +19,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from . import supervise
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,14 @@ CACHE_HIT_BYTES = "cachefs_cache_hit_bytes_total"
 TIER_UP = "cachefs_cache_tier_up"
 DIR_UP = "cachefs_cache_dir_up"
 READAHEAD_WINDOW_BYTES = "cachefs_readahead_window_bytes"
+BACKGROUND_FAILURES = "cachefs_background_failures_total"
 BUILD_INFO = "cachefs_build_info"
 
 ALL_NAMES = (
     [m._name for m in (FUSE_OP_SECONDS, READAHEAD_WINDOW, S3_SECONDS)]
     + [m._name + "_total" for m in (FUSE_ERRORS, S3_REQUESTS, S3_RECEIVED, S3_SENT, S3_RETRIES)]
     + list(STATS_COUNTERS) + list(STATS_GAUGES) + list(TIER_GAUGES)
-    + [CACHE_HITS, CACHE_HIT_BYTES, TIER_UP, DIR_UP, READAHEAD_WINDOW_BYTES, BUILD_INFO]
+    + [CACHE_HITS, CACHE_HIT_BYTES, TIER_UP, DIR_UP, READAHEAD_WINDOW_BYTES, BUILD_INFO, BACKGROUND_FAILURES]
 )
 
 
@@ -216,6 +218,12 @@ class DaemonCollector:
         yield dir_up
         yield GaugeMetricFamily(READAHEAD_WINDOW_BYTES, "the largest read-ahead window (--read-ahead, whole blocks)",
                                 value=self.readahead_window_bytes())
+        failed = CounterMetricFamily(BACKGROUND_FAILURES.removesuffix("_total"),
+                                     "background units of work that failed (logged, retried or abandoned; "
+                                     "the mount goes on), by task", labels=["task"])
+        for task, count in supervise.failures().items():
+            failed.add_metric([task], count)
+        yield failed
         info = GaugeMetricFamily(BUILD_INFO, "always 1; the version in a label", labels=["version"])
         info.add_metric([self.version], 1)
         yield info

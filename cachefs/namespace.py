@@ -12,6 +12,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from . import supervise
 from .config import Config
 from .errors import ObjectNotFound
 from .meta.schema import KIND_DIR, KIND_FILE, Inode
@@ -167,7 +168,8 @@ class Namespace:
         outlasts LISTING_WAIT_S must outlive the lookup that started it."""
         done = self._listing[directory.ino] = trio.Event()
         self._background += 1
-        trio.lowlevel.spawn_system_task(self._background_listing, directory, done,
+        # A system task's exception would end trio.run itself: supervised, like all background work.
+        trio.lowlevel.spawn_system_task(supervise.supervised, "listing", self._background_listing, directory, done,
                                         name=f"cachefs listing of directory {directory.ino}")
         return done
 

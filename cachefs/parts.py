@@ -6,7 +6,13 @@ A `PartSession` is one multipart upload opened early. A part is uploaded once th
 past its end; a write into a part that was uploaded (or is being uploaded) marks it to be sent again,
 so the completed object is always exactly the staged file. The session is completed by the file's
 ordinary upload (at close, or when the large-file schedule says so), which sends only what is
-missing. Truncating the file, renaming it or unlinking it abandons the session (it is aborted).
+missing. A truncate marks the parts it changes, like a write. Renaming or unlinking the file
+abandons the session.
+
+One owner per session (issue 15: a truncate once aborted the session an upload was still sending
+parts to, and the failed part took the daemon down): `busy` parts and `in_use` (an upload is
+completing it) make the task doing that the owner. Abandoning a session in use only marks it
+`abandoned`; its owner aborts it once its requests are done. Nobody else ever aborts it.
 """
 from __future__ import annotations
 
@@ -21,6 +27,14 @@ class PartSession:
     done: dict[int, str] = field(default_factory=dict)   # part number -> ETag of its current bytes
     busy: set[int] = field(default_factory=set)          # parts being uploaded now
     stale: set[int] = field(default_factory=set)         # parts changed while being uploaded
+    in_use: bool = False          # an upload is sending its remaining parts and completing it
+    abandoned: bool = False       # no longer the file's session: its owner aborts it when done
+    failures: int = 0             # failed completions in a row (a lost session fails every time)
+
+    @property
+    def owned(self) -> bool:
+        """A task is sending parts of it or completing it (and so aborts it if it is abandoned)."""
+        return self.in_use or bool(self.busy)
 
     def parts_of(self, offset: int, end: int) -> range:
         """Part numbers (1-based) that bytes [offset, end) fall into."""

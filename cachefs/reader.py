@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from . import metrics
+from . import metrics, supervise
 from .blocks import block_count, block_key, block_range, blocks_for
 from .cache.base import BlockCache
 from .errors import StoreUnavailable
@@ -230,7 +230,7 @@ class BlockReader:
             self._subdir_opens[parent] = _WALKED
             self.stats.add("dataset_walks")
             self._dir_walks += 1
-            self.nursery.start_soon(self._walk_dataset, parent, namespace)
+            supervise.start(self.nursery, "dataset_walk", self._walk_dataset, parent, namespace)
 
     async def _walk_dataset(self, root: int, namespace) -> None:
         """Queue every subdirectory of `root` for a directory prefetch (listing it first)."""
@@ -259,7 +259,7 @@ class BlockReader:
         while self._dir_queue and self._dir_workers < DIR_PREFETCH_DIRS:
             self._dir_workers += 1
             self._dir_walks += 1
-            self.nursery.start_soon(self._directory_worker, namespace)
+            supervise.start(self.nursery, "dir_prefetch", self._directory_worker, namespace)
 
     async def _directory_worker(self, namespace) -> None:
         try:
@@ -355,7 +355,7 @@ class BlockReader:
             self.stats.add("readahead_disk_blocks" if self.cache.contains(bkey) else "readahead_blocks")
             self._prefetching += 1
             self._inflight[bkey] = _Fetch()
-            self.nursery.start_soon(self._prefetch, inode, key, index, bkey, stream)
+            supervise.start(self.nursery, "readahead", self._prefetch, inode, key, index, bkey, stream)
         return True
 
     async def _prefetch(self, inode: Inode, key: str, index: int, bkey: bytes, stream: bool) -> None:

@@ -5,6 +5,12 @@ S3 has no directories and no rename (docs/SEMANTICS.md "Writes"):
 - rename of a file is a server-side copy and a delete; of a directory, that for every object below
   it. Not atomic: a crash half-way leaves both names, each with complete objects, never a torn one;
 - files still in staging move without S3 requests: their upload goes to the new name.
+
+A rename that fails part-way (docs/SEMANTICS.md "Rename"): while copying, it is rolled back (the
+copies made are deleted, the tree is as before, the caller gets the error); once every copy is
+made it is finished (the mount shows the new name, old objects S3 would not delete now are
+deleted by the write path's retries). A copy gives the object a new ETag: the inode records it,
+so the file does not go stale.
 """
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ import errno
 import logging
 import time
 
-from .errors import FsError, ObjectNotFound
+import trio
+
+from .errors import FsError, ObjectNotFound, StoreError
 from .meta.schema import KIND_DIR, KIND_FILE, Inode
 from .meta.store import Entry
 from .namespace import Namespace, valid_name
@@ -62,13 +70,18 @@ class Tree:
         existing = await self.ns.lookup(parent.ino, name)
         if existing is not None and existing.is_dir:
             raise FsError(errno.EISDIR)
-        if existing is not None:
-            self.wb.unlinked(existing.ino)      # O_CREAT over a file the kernel did not know
+        path = f"{parent.path}/{text}" if parent.path else text
+        if existing is not None:                # O_CREAT over a file the kernel did not know
+            for gone in self.wb.unlinked(existing.ino):
+                if gone != path:                # that name's object is overwritten by our upload
+                    await self._delete(self.ns.cfg.prefix + gone)
         now = time.time_ns()
         inode = await self.run_blocking(self.meta.put_entry, parent, Entry(text, KIND_FILE, 0, now, ""))
         # mtime 0: the file's follows its content (a utimens sets one; see fs.attrs)
         await self.run_blocking(self.meta.put_attrs, inode.ino, mode & 0o7777, now, 0)
-        return inode, self.wb.stage_new(inode)
+        st = self.wb.stage_new(inode)
+        st.replaced = existing is not None
+        return inode, st
 
     async def mkdir(self, parent_ino: int, name: bytes, mode: int, listing_ttl: float) -> Inode:
         parent = await self._dir(parent_ino)
@@ -106,17 +119,19 @@ class Tree:
 
     async def _keep_if_empty(self, directory: Inode) -> None:
         """S3 has no empty directories: one whose last object went away through the mount gets a
-        marker, so it stays as POSIX says (an extra marker is harmless)."""
+        marker, so it stays as POSIX says (an extra marker is harmless). The change it follows is
+        done: a marker S3 refuses is a warning, not the caller's error."""
         if directory.path and not await self.run_blocking(self.meta.children, directory.ino):
-            await self.run_blocking(self.store.put_object, self.ns.dir_prefix(directory), b"")
+            try:
+                await self.run_blocking(self.store.put_object, self.ns.dir_prefix(directory), b"")
+            except StoreError as e:
+                log.warning("could not keep the empty directory %s in S3 (it shows here until "
+                            "relisted): %s", directory.path, e)
 
     async def _unlink_file(self, node: Inode) -> None:
-        if node.ino in self.wb.files:
-            remote = self.wb.unlinked(node.ino)
-        else:
-            remote = node.path
-        if remote is not None:
-            await self._delete(self.ns.cfg.prefix + remote)
+        gone = self.wb.unlinked(node.ino) if node.ino in self.wb.files else [node.path]
+        for path in gone:
+            await self._delete(self.ns.cfg.prefix + path)
 
     async def _delete(self, key: str) -> None:
         try:
@@ -151,43 +166,99 @@ class Tree:
         if node.is_dir:
             try:
                 await self.wb.hold_below(node.path)      # no upload below it lands during the copy
-                if target is not None:
-                    await self._delete(self.ns.dir_prefix(target))
-                await self._move_prefix(node.path, new_path)
-                await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
+                # An empty target's marker is overwritten by the source's, or stays (harmless).
+                etags = await self._move_prefix(node.path, new_path)
+                moved = await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
+                await self.run_blocking(self._record_etags, moved, etags)
                 self.wb.renamed_dir(node.path, new_path)
             finally:
                 self.wb.release_below(node.path)
             await self._keep_if_empty(old_parent)
             return
         if target is not None and target.ino in self.wb.files:
-            self.wb.unlinked(target.ino)        # its pending upload must not land over ours
+            # Its pending upload must not land over ours; where S3 holds it under another name goes.
+            for gone in self.wb.unlinked(target.ino):
+                if gone != new_path:
+                    await self._delete(self.ns.cfg.prefix + gone)
         st = self.wb.get(node.ino)
         prefix = self.ns.cfg.prefix
+        etag = None
         if st is None:
-            await self.run_blocking(self.store.copy, prefix + node.path, prefix + new_path)
-            await self._delete(prefix + node.path)
+            etag = await self.run_blocking(self.store.copy, prefix + node.path, prefix + new_path)
+            await self._delete_or_later(prefix + node.path)       # copied: the rename is done
         elif not st.uploading and st.remote is not None:
             if st.dirty:          # S3's copy is outdated anyway: the upload goes to the new name
                 await self._delete(prefix + st.remote)
                 st.remote = None
             else:
-                await self.run_blocking(self.store.copy, prefix + st.remote, prefix + new_path)
-                await self._delete(prefix + st.remote)
+                etag = await self.run_blocking(self.store.copy, prefix + st.remote, prefix + new_path)
+                await self._delete_or_later(prefix + st.remote)
                 st.remote = new_path
+                st.etag = etag
         await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
-        self.wb.renamed(node.ino, new_path)
+        if etag is not None:        # a copy is a new object (a multipart one gets a new ETag)
+            await self.run_blocking(self._record_etags, None, {node.ino: etag})
+        self.wb.renamed(node.ino, new_path, replaced=target is not None)
         await self._keep_if_empty(old_parent)
 
-    async def _move_prefix(self, old: str, new: str) -> None:
-        """Copy every object below directory `old` (its marker too) to `new`, then delete them."""
+    async def _delete_or_later(self, key: str) -> None:
+        """Delete an old name after its copy: the rename is done, so a refusal is retried later."""
+        try:
+            await self._delete(key)
+        except StoreError as e:
+            log.warning("could not delete %s after its copy (retried later): %s", key, e)
+            self.wb.delete_later(key)
+
+    async def _move_prefix(self, old: str, new: str) -> dict[str, str]:
+        """Copy every object below directory `old` (its marker too) to `new`, then delete them.
+        A copy that fails rolls the copies made so far back and raises; a source deleted meanwhile
+        is skipped. Returns {path below the directory: new ETag}."""
         prefix = self.ns.cfg.prefix
         src_prefix, dst_prefix = prefix + old + "/", prefix + new + "/"
         keys = await self.run_blocking(self._all_keys, src_prefix)
+        copied: dict[str, str] = {}
+        try:
+            for key in keys:
+                rel = key[len(src_prefix):]
+                try:
+                    copied[rel] = await self.run_blocking(self.store.copy, key, dst_prefix + rel)
+                except ObjectNotFound:
+                    continue         # deleted meanwhile: nothing to move
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._roll_back(dst_prefix, copied)
+            raise
         for key in keys:
-            await self.run_blocking(self.store.copy, key, dst_prefix + key[len(src_prefix):])
-        for key in keys:
-            await self._delete(key)
+            await self._delete_or_later(key)
+        return copied
+
+    async def _roll_back(self, dst_prefix: str, copied: dict[str, str]) -> None:
+        """Delete the copies a failed directory rename made (the target was empty: they are all new)."""
+        for rel in copied:
+            try:
+                await self._delete(dst_prefix + rel)
+            except StoreError as e:
+                log.warning("rename rolled back: could not delete the copy %s%s (retried later): %s",
+                            dst_prefix, rel, e)
+                self.wb.delete_later(dst_prefix + rel)
+        if copied:
+            log.warning("a directory rename failed after %d copies; they were rolled back", len(copied))
+
+    def _record_etags(self, moved: Inode | None, etags: dict) -> None:
+        """After copies: each file's inode takes its new object's ETag. `etags` maps inode numbers
+        (moved None) or paths below the moved directory to ETags."""
+        for where, etag in etags.items():
+            inode = self.meta.get_inode(where) if moved is None else self._below(moved, where)
+            if inode is not None and not inode.is_dir and inode.etag != etag:
+                self.meta.set_file(inode.ino, inode.size, etag, inode.mtime_ns)
+
+    def _below(self, directory: Inode, rel: str) -> Inode | None:
+        node: Inode | None = directory
+        for part in rel.split("/"):
+            if node is None or not part:
+                return None
+            node = self.meta.lookup(node.ino, part.encode())
+        return node
 
     def _all_keys(self, prefix: str) -> list[str]:
         keys, token = [], None

@@ -10,6 +10,12 @@ after --small-sync-interval of quiet, or every interval while it keeps growing, 
 writer closes it; a larger one after --large-sync-interval or on close, as a multipart upload with
 parallel parts. A failed upload is retried with backoff for ever; staged data is never dropped.
 
+Ownership (docs/ARCHITECTURE.md "Write path state"): a `Staged` and its descriptor belong to this
+class; the descriptor is closed only by `_drop`, and only when nobody can use it any more (no open
+handle, no upload or eager part in flight, nothing left to upload). Every background unit (an
+upload, an eager part batch, an abort, a delete) runs under the supervisor (supervise.py): a
+failure ends that unit alone and is retried or abandoned, never the daemon.
+
 Concurrency: everything here runs on the trio thread except the blocking calls passed to
 `run_blocking` (S3 requests, fsync, copies). pwrite/pread to the staging file run inline: they hit
 the page cache and take microseconds, less than a thread hop.
@@ -26,6 +32,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from . import supervise
 from .errors import FsError, ObjectNotFound, StoreError
 from .meta.schema import Inode
 from .meta.store import MetaStore
@@ -46,6 +53,13 @@ COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into stagin
 # Uploaded files nobody has open keep their staging copy (reads after the write and a reopen for
 # writing stay local) until the room is needed; at most this many, each holding an open fd.
 RETAIN_FILES = 128
+SESSION_FAILURES = 2          # a multipart session that failed this often in a row is given up (lost)
+ABORT_ON_STOP_S = 5.0         # how long a stopping daemon spends aborting the session it was sending
+
+
+class SessionAbandoned(StoreError):
+    """The multipart session an upload was completing was abandoned meanwhile (the file was renamed
+    or unlinked): the upload starts again, which is not a failure."""
 
 
 class StagingFull(FsError):
@@ -88,6 +102,7 @@ class Staged:
     write_end: int = 0             # where the latest write ended (== size: a sequential writer)
     session: PartSession | None = None   # eager multipart upload of a large file being written
     eager: bool = False            # an eager part task runs for this file
+    replaced: bool = False         # it replaced a file at `path` whose object S3 may still hold there
 
     @property
     def dirty(self) -> bool:
@@ -119,12 +134,15 @@ class Writeback:
         self.staged_bytes = 0
         self._changed = trio.Event()        # set (and replaced) whenever an upload finishes
         self._inflight: set[str] = set()    # paths an upload is writing to right now
-        self._vacating: set[str] = set()    # old names of renamed files being deleted from S3 right now
+        self._vacating: set[str] = set()    # names whose object is being deleted from S3 (or will be, retried)
         self._held: set[str] = set()        # directories being renamed: nothing below starts uploading
         self._retained: OrderedDict[int, Staged] = OrderedDict()   # clean, closed; oldest first
         self._orphan_uploads: list[tuple[str, str]] = []   # left by a dead daemon, no file to upload
         self._to_abort: list[tuple[str, str]] = []         # abandoned eager sessions
         self._wake = trio.Event()           # something became due: run the scheduler now
+        self._copies = 0                    # names staging copies in progress uniquely
+        self._to_delete: list[str] = []     # keys whose delete failed: retried by the scheduler
+        self._delete_retry_at = 0.0
 
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -190,7 +208,7 @@ class Writeback:
             inode = self.meta.get_inode(ino)
             if inode is None or inode.etag != st.etag:
                 self._drop(st)
-                return None
+                return None if self.files.get(ino) is not st else st
         return st
 
     def is_local(self, ino: int) -> bool:
@@ -243,8 +261,11 @@ class Writeback:
         if st is not None:
             return st
         self._reserve(0 if truncate else inode.size)
-        path = self._staging_path(inode.ino)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Copied under a name of its own and renamed into place: two stagings of one file at once
+        # (an open and a truncate) must not write into each other's copy.
+        self._copies += 1
+        tmp = f"{self._staging_path(inode.ino)}.copy{self._copies}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             if not truncate:
                 for offset in range(0, inode.size, COPY_CHUNK):
@@ -253,12 +274,14 @@ class Writeback:
         except BaseException:
             self.staged_bytes -= 0 if truncate else inode.size
             os.close(fd)
-            os.unlink(path)
+            os.unlink(tmp)
             raise
         if self.get(inode.ino) is not None:     # staged by a concurrent open while we copied
             self.staged_bytes -= 0 if truncate else inode.size
             os.close(fd)
+            os.unlink(tmp)
             return self.files[inode.ino]
+        os.rename(tmp, self._staging_path(inode.ino))
         size = 0 if truncate else inode.size
         st = Staged(inode.ino, inode.path, fd, size, inode.mtime_ns, generation=0, synced=0, remote=inode.path,
                     etag=inode.etag)
@@ -278,6 +301,7 @@ class Writeback:
         """Record a change. The first change since S3 was current commits the pending record
         before the change is acknowledged: that is what a restart after a crash replays."""
         was_dirty = st.dirty
+        self._retained.pop(st.ino, None)      # changed: it has something to upload again
         st.generation += 1
         st.last_write = time.monotonic()
         st.mtime_ns = time.time_ns()
@@ -310,8 +334,10 @@ class Writeback:
         else:
             self.staged_bytes -= st.size - size
         os.ftruncate(st.fd, size)
+        if st.session is not None:        # the parts from the new end on change, like a write's
+            st.session.changed(min(size, st.size), max(size, st.size, 1))
         st.size = size
-        self._abandon_session(st)
+        st.write_end = min(st.write_end, size)
         self._touch(st)
         if st.writers == 0:          # truncate(2) of a file nobody has open: upload now
             st.closed_dirty = True
@@ -343,10 +369,15 @@ class Writeback:
             self._wake.set()
         self._maybe_drop(st)
 
+    def _in_use(self, st: Staged) -> bool:
+        """Someone may still use its descriptor or needs its bytes: an open handle, an upload or
+        eager parts in flight, changes not yet in S3."""
+        return bool(st.opens or st.uploading or st.eager or st.dirty)
+
     def _maybe_drop(self, st: Staged) -> None:
         """A closed file whose bytes S3 holds is retained (up to RETAIN_FILES, while its room is not
         needed); an unlinked one leaves staging."""
-        if st.opens or st.uploading or st.dirty:
+        if self._in_use(st):
             return
         if st.deleted or not st.etag:
             self._drop(st)
@@ -357,15 +388,23 @@ class Writeback:
             self._drop(next(iter(self._retained.values())))
 
     def _abandon_session(self, st: Staged) -> None:
-        """Its parts no longer describe the file (truncated, renamed, unlinked): abort it."""
-        if st.session is not None:
-            self._to_abort.append((st.session.key, st.session.upload_id))
-            st.session = None
+        """Its parts no longer describe the file (renamed, unlinked, too many parts): it is aborted,
+        by the task that owns it if one does (parts.py), else by the scheduler."""
+        session, st.session = st.session, None
+        if session is None:
+            return
+        session.abandoned = True
+        if not session.owned:
+            self._to_abort.append((session.key, session.upload_id))
             self._wake.set()
 
     def _drop(self, st: Staged) -> None:
-        self._abandon_session(st)
+        """Close and remove the staging copy. Never while it is in use: the descriptor has one owner,
+        and a descriptor number closed under a user can be reused by another file (issue 15)."""
         self._retained.pop(st.ino, None)
+        if self._in_use(st):
+            return          # dropped by _maybe_drop when its last user is done
+        self._abandon_session(st)
         if self.files.get(st.ino) is st:
             del self.files[st.ino]
         os.close(st.fd)
@@ -378,9 +417,12 @@ class Writeback:
             self.meta.delete_pending(st.ino)
 
     # -- namespace changes ------------------------------------------------------------------
-    def renamed(self, ino: int, new_path: str) -> None:
+    def renamed(self, ino: int, new_path: str, replaced: bool = False) -> None:
+        """`replaced`: it took the name of a file whose object S3 may hold until this one's upload."""
         st = self.get(ino)
         if st is not None:
+            st.replaced = replaced and st.remote != new_path
+            self._retained.pop(ino, None)       # it has a copy to make now
             if not st.dirty:
                 st.first_dirty = time.monotonic()
             st.path = new_path
@@ -409,19 +451,32 @@ class Writeback:
             if st.path.startswith(new + "/"):
                 self.meta.put_pending(st.ino, st.record())
 
-    def unlinked(self, ino: int) -> str | None:
-        """The file is gone from the namespace: stop uploading it. Returns the path S3 holds it at
-        (to delete), if any; an upload in flight deletes its own result when it finishes."""
+    def delete_later(self, key: str) -> None:
+        """An object the mount no longer shows whose delete S3 refused: the scheduler retries it,
+        and no upload to that name starts before it is gone."""
+        self._vacating.add(key[len(self.prefix):])
+        self._to_delete.append(key)
+        self._wake.set()
+
+    def unlinked(self, ino: int) -> list[str]:
+        """The file is gone from the namespace: stop uploading it. Returns the paths whose objects
+        are to be deleted now: where S3 holds it, and its own name if an object it replaced may
+        still sit there (its upload never came to overwrite it). An upload in flight deletes its own
+        result when it finishes."""
         st = self.files.get(ino)
         if st is None:
-            return None
+            return []
         st.deleted = True
         remote, st.remote = st.remote, None
+        gone = [remote] if remote is not None else []
+        if (st.replaced and st.path != remote and st.path not in self._inflight
+                and st.path not in self.moving_out()):
+            gone.append(st.path)
         # Nothing of it is to be uploaded any more. (If the daemon dies while an upload started
         # before the unlink is in flight, that object may reappear: SEMANTICS.md.)
         self.meta.delete_pending(ino)
         self._maybe_drop(st)
-        return remote
+        return gone
 
     # -- waiting ----------------------------------------------------------------------------
     async def wait_uploaded(self, st: Staged, deadline: float) -> bool:
@@ -482,52 +537,53 @@ class Writeback:
         return now - st.last_write >= interval or now - st.first_dirty >= interval
 
     async def run(self) -> None:
-        """The scheduler: starts every due upload; runs until cancelled."""
-        await self._abort_stale()
+        """The scheduler: starts every due upload; runs until cancelled. Each upload, eager part
+        batch, abort and delete is one supervised unit; the loop itself restarts if it fails."""
+        await supervise.supervised("replay", self._abort_stale)
         async with trio.open_nursery() as nursery:
-            while True:
-                now = time.monotonic()
-                moving_out = self.moving_out()
-                for st in list(self.files.values()):
-                    if not st.eager and self.due(st, now, moving_out):
-                        st.uploading = True
-                        nursery.start_soon(self._upload, st)
-                    elif self._eager_due(st):
-                        st.eager = True
-                        nursery.start_soon(self._eager_parts, st)
-                while self._to_abort:
-                    nursery.start_soon(self._abort_quietly, *self._to_abort.pop())
-                with trio.move_on_after(TICK_S):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+            await supervise.supervised_forever("scheduler", lambda: self._schedule(nursery))
+
+    async def _schedule(self, nursery: trio.Nursery) -> None:
+        while True:
+            now = time.monotonic()
+            moving_out = self.moving_out()
+            for st in list(self.files.values()):
+                if not st.eager and self.due(st, now, moving_out):
+                    st.uploading = True
+                    supervise.start(nursery, "upload", self._upload, st, what=st.path)
+                elif self._eager_due(st):
+                    st.eager = True
+                    supervise.start(nursery, "part", self._eager_parts, st, what=st.path)
+            while self._to_abort:
+                key, upload_id = self._to_abort.pop()
+                supervise.start(nursery, "abort", self._abort_quietly, key, upload_id, what=key)
+            if self._to_delete and now >= self._delete_retry_at:
+                keys, self._to_delete = self._to_delete, []
+                self._delete_retry_at = now + RETRY_FIRST_S
+                for key in keys:
+                    supervise.start(nursery, "delete", self._delete_quietly, key, what=key)
+            with trio.move_on_after(TICK_S):
+                await self._wake.wait()
+            self._wake = trio.Event()
 
     async def _upload(self, st: Staged) -> None:
         """One upload of `st` as it is now. `st.uploading` stays set until the result is recorded,
-        so that flush_all and unmount wait for the bookkeeping too, not just the transfer."""
+        so that flush_all and unmount wait for the bookkeeping too, not just the transfer. Any
+        failure leaves the data staged and the file due again after a backoff."""
         gen, path, size = st.generation, st.path, st.size
         started = time.monotonic()
         st.forced = st.closed_dirty = False
         key = self.prefix + path
         self._inflight.add(path)
         try:
-            etag = await self._transfer(st, key, size, gen)
-        except (StoreError, OSError) as e:
-            st.failures += 1
-            self.stats.add("upload_failures")
-            delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (st.failures - 1))
-            st.retry_at = time.monotonic() + delay
-            st.forced = True          # due again once the backoff has passed, whatever its schedule
-            log.warning("upload of %s failed (attempt %d, next in %.1f s; the data stays staged): %s",
-                        key, st.failures, delay, e)
-            st.uploading = False
-            self._inflight.discard(path)
-            self._notify()
-            return
-        except BaseException:
-            st.uploading = False
-            self._inflight.discard(path)
-            raise
-        try:
+            try:
+                etag = await self._transfer(st, key, size, gen)
+            except SessionAbandoned:
+                st.forced = True            # changed under us (renamed ...): again at once, no backoff
+                return
+            except Exception as e:
+                self._failed(st, key, e)
+                return
             with trio.CancelScope(shield=True):     # S3 has it: the record must say so
                 await self._uploaded(st, key, path, size, gen, etag, started)
         finally:
@@ -536,12 +592,25 @@ class Writeback:
             self._maybe_drop(st)
             self._notify()
 
+    def _failed(self, st: Staged, key: str, e: BaseException) -> None:
+        st.failures += 1
+        self.stats.add("upload_failures")
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (st.failures - 1))
+        st.retry_at = time.monotonic() + delay
+        st.forced = True          # due again once the backoff has passed, whatever its schedule
+        supervise.record_failure("upload", e, f"of {key} (attempt {st.failures}, next in {delay:.1f} s; "
+                                              "the data stays staged)")
+
     async def _transfer(self, st: Staged, key: str, size: int, gen: int) -> str:
         if gen == st.synced and st.remote is not None and st.remote != st.path:
-            etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
-            self.stats.add("upload_copies")
-            return etag
+            try:
+                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
+                self.stats.add("upload_copies")
+                return etag
+            except ObjectNotFound:          # its old object is gone: upload the staged bytes instead
+                log.info("copy source %s%s is gone; uploading %s from staging", self.prefix, st.remote, key)
         if size <= self.part_size:
+            self._abandon_session(st)        # truncated below one part: a single PUT now
             async with self.limiter:
                 data = await self.run_blocking(os.pread, st.fd, size, 0)
                 return await self.run_blocking(self.store.put_object, key, data)
@@ -558,15 +627,14 @@ class Writeback:
         self.stats.add("upload_bytes", size)
         old_remote, st.remote = st.remote, path
         st.synced = max(st.synced, gen)
+        if st.path == path:
+            st.replaced = False             # whatever it replaced there is overwritten now
         if st.deleted:
             await self._delete_quietly(key)      # unlinked while it was being uploaded
             return
         if old_remote is not None and old_remote != path:
             self._vacating.add(old_remote)      # a new file of that name waits until it is gone
-            try:
-                await self._delete_quietly(self.prefix + old_remote)   # renamed before or during the upload
-            finally:
-                self._vacating.discard(old_remote)
+            await self._delete_quietly(self.prefix + old_remote)   # renamed before or during the upload
         if st.path != path:
             st.first_dirty = time.monotonic()
             # Renamed during the upload: the server-side copy to the new name now, as a rename does
@@ -606,11 +674,18 @@ class Writeback:
         return session is None or (session.key == self.prefix + st.path and bool(session.ready(st.write_end, st.size)))
 
     async def _eager_parts(self, st: Staged) -> None:
-        """Send the parts a sequential writer has finished, while it writes the next ones."""
+        """Send the parts a sequential writer has finished, while it writes the next ones. Failures
+        are left to the upload at close, which sends what is missing."""
+        session = None
         try:
             key = self.prefix + st.path
             if st.session is None:
-                st.session = await self._open_session(st, key, self.part_size)
+                opened = await self._open_session(st, key, self.part_size)
+                if st.deleted or self.prefix + st.path != key or st.session is not None:
+                    opened.abandoned = True          # unlinked or renamed while it was being created
+                    session = opened
+                    return
+                st.session = opened
             session = st.session
             if session.key != key:
                 return
@@ -622,12 +697,16 @@ class Writeback:
             log.debug("eager upload of %s paused: %s", st.path, e)     # the upload at close retries
         finally:
             st.eager = False
+            if session is not None and session.abandoned and not session.owned:
+                with trio.CancelScope(shield=True), trio.move_on_after(ABORT_ON_STOP_S):
+                    await self._abort_quietly(session.key, session.upload_id)
+            self._maybe_drop(st)
             self._wake.set()
 
     async def _eager_part(self, st: Staged, session: PartSession, n: int) -> None:
         try:
             etag = await self._send_part(st, session, n, n * session.psize)
-        except (StoreError, OSError) as e:
+        except Exception as e:      # the upload at close sends it again
             session.failed(n)
             log.debug("eager part %d of %s failed: %s", n, session.key, e)
             return
@@ -640,6 +719,30 @@ class Writeback:
             session = None
         if session is None:
             session = st.session = await self._open_session(st, key, part_size(size, self.part_size))
+        session.in_use = True            # this task owns it now: nobody else aborts it
+        try:
+            etag = await self._complete(st, session, key, size)
+        except BaseException as e:
+            session.failures += 1
+            give_up = (session.abandoned or session.failures >= SESSION_FAILURES
+                       or not isinstance(e, Exception))      # stopping: abort it rather than leave it
+            if give_up:
+                if st.session is session:
+                    st.session = None
+                session.abandoned = True
+                with trio.CancelScope(shield=True), trio.move_on_after(ABORT_ON_STOP_S):
+                    await self._abort_quietly(key, session.upload_id)
+            raise
+        finally:
+            session.in_use = False
+        if st.session is session:
+            st.session = None
+        st.upload_id = None
+        return etag
+
+    async def _complete(self, st: Staged, session: PartSession, key: str, size: int) -> str:
+        """Send the parts S3 does not have (the last one always: the file may have grown since it
+        was whole) and complete the upload."""
         while session.busy:              # eager parts still in flight: their results count
             await trio.sleep(0.02)
         count = -(-size // session.psize)
@@ -647,29 +750,29 @@ class Writeback:
 
         async def send(n: int) -> None:
             sent[n] = await self._send_part(st, session, n, size)
+            session.finished(n, sent[n])      # kept for a retry unless written meanwhile
 
-        try:
-            async with trio.open_nursery() as nursery:
-                for n in range(1, count + 1):
-                    # the last part is sent again: the file may have grown since it was whole
-                    if n not in session.done or n == count:
-                        nursery.start_soon(send, n)
-            parts = {n: session.done[n] for n in range(1, count + 1) if n in session.done}
-            parts.update(sent)
-            etag = await self.run_blocking(self.store.complete_multipart, key, session.upload_id,
-                                           sorted(parts.items()))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                st.session = None
-                try:
-                    await self.run_blocking(self.store.abort_multipart, key, session.upload_id)
-                    st.upload_id = None
-                except StoreError as e:      # the record keeps the id: the next start-up aborts it
-                    log.warning("could not abort multipart upload of %s: %s", key, e)
-            raise
-        st.session = None
-        st.upload_id = None
+        async with trio.open_nursery() as nursery:
+            for n in range(1, count + 1):
+                if n not in session.done or n == count:
+                    session.busy.add(n)
+                    nursery.start_soon(self._part_owned, session, n, send)
+        if session.abandoned:
+            raise SessionAbandoned(key)
+        parts = {n: session.done[n] for n in range(1, count + 1) if n in session.done}
+        parts.update(sent)
+        etag = await self.run_blocking(self.store.complete_multipart, key, session.upload_id,
+                                       sorted(parts.items()))
+        session.failures = 0
         return etag
+
+    @staticmethod
+    async def _part_owned(session: PartSession, n: int, send) -> None:
+        try:
+            await send(n)
+        except BaseException:
+            session.failed(n)
+            raise
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -678,12 +781,20 @@ class Writeback:
             log.warning("could not abort the abandoned multipart upload of %s: %s", key, e)
 
     async def _delete_quietly(self, key: str) -> None:
+        """Delete an object the mount no longer shows (an unlinked file's upload, a renamed file's old
+        name). If S3 refuses, the name stays `_vacating` (no new upload to it may start) and the
+        scheduler retries the delete until it is done: what the mount does not show must not stay."""
+        path = key[len(self.prefix):]
         try:
             await self.run_blocking(self.store.delete, key)
         except ObjectNotFound:
             pass
         except StoreError as e:
-            log.warning("could not delete %s: %s", key, e)
+            log.warning("could not delete %s (retried later): %s", key, e)
+            self._vacating.add(path)
+            self._to_delete.append(key)
+            return
+        self._vacating.discard(path)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -277,3 +277,116 @@ def test_truncating_a_file_abandons_its_eager_upload(tmp_path):
     assert run_scheduler(wb, write_then_truncate) == []
     assert store.get_range("ckpt", 0, MiB) == b"x" * MiB and store.head("ckpt").size == MiB
     assert store.multipart_uploads() == []
+
+
+class SlowPartStore(MemoryStore):
+    """Parts take a while, so that the file changes while its multipart upload is in flight."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__("bkt")
+        self.delay = delay
+        self.aborted_while_sending: list[str] = []
+        self._sending: set[str] = set()
+
+    def upload_part(self, key, upload_id, number, data):
+        self._sending.add(upload_id)
+        try:
+            time.sleep(self.delay)
+            return super().upload_part(key, upload_id, number, data)
+        finally:
+            self._sending.discard(upload_id)
+
+    def abort_multipart(self, key, upload_id):
+        if upload_id in self._sending:
+            self.aborted_while_sending.append(upload_id)
+        return super().abort_multipart(key, upload_id)
+
+
+def test_a_truncate_during_a_multipart_upload_never_aborts_the_session_it_sends_to(tmp_path):
+    """Issue 15: close started a multipart upload, a truncate right after aborted its session while
+    parts were still going to it, and the failed part ended the daemon."""
+    store = SlowPartStore(delay=0.2)
+    meta, wb = make(tmp_path, store, large_sync_interval=3600)
+    st = new_file(meta, wb, "ckpt")
+    data = os.urandom(17 * MiB)
+
+    async def close_then_truncate():
+        wb.opened(st, True)
+        wb.write(st, 0, data)
+        wb.closed(st, True)                # due now: a 4-part upload starts
+        while not st.uploading:
+            await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        wb.opened(st, True)
+        wb.truncate(st, 12 * MiB)          # past one part: still a multipart upload
+        wb.closed(st, True)
+    assert run_scheduler(wb, close_then_truncate, flush=30) == []
+    assert store.aborted_while_sending == []
+    assert store.get_range("ckpt", 0, 12 * MiB) == data[:12 * MiB] and store.head("ckpt").size == 12 * MiB
+    assert store.multipart_uploads() == []
+    assert wb.stats.get("upload_failures") == 0
+
+
+class BrokenOnceStore(MemoryStore):
+    """upload_part raises a programming error once, then a store error once: neither may end the
+    scheduler, and the file still reaches the store."""
+
+    def __init__(self) -> None:
+        super().__init__("bkt")
+        self.calls = 0
+
+    def upload_part(self, key, upload_id, number, data):
+        if number == 1:           # one call per attempt: the first attempt fails one way, the second another
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("a bug in a part upload (injected)")
+            if self.calls == 2:
+                raise StoreUnavailable("UploadPart answered 500 (injected)")
+        return super().upload_part(key, upload_id, number, data)
+
+
+def test_a_failing_part_ends_that_upload_alone_and_it_is_retried(tmp_path, monkeypatch, caplog):
+    from cachefs import supervise
+    monkeypatch.setattr(wbmod, "RETRY_FIRST_S", 0.05)
+    before = supervise.failures()["upload"]
+    store = BrokenOnceStore()
+    meta, wb = make(tmp_path, store, large_sync_interval=3600, eager=False)
+    st = new_file(meta, wb, "ckpt")
+    data = os.urandom(11 * MiB)
+
+    async def write():
+        wb.opened(st, True)
+        wb.write(st, 0, data)
+        wb.closed(st, True)
+    assert run_scheduler(wb, write, flush=30) == []
+    assert store.get_range("ckpt", 0, len(data)) == data
+    assert store.multipart_uploads() == []
+    assert supervise.failures()["upload"] - before == 2
+    assert wb.stats.get("upload_failures") == 2
+    bugs = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(bugs) == 1 and "RuntimeError" in bugs[0].getMessage()
+
+
+def test_the_scheduler_loop_restarts_after_a_bug(tmp_path, monkeypatch):
+    from cachefs import supervise
+    monkeypatch.setattr(supervise, "RESTART_PAUSE_S", 0.05)
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store)
+    calls = {"n": 0}
+    real_due = wb.due
+
+    def due_with_bug(st, now, moving_out=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a bug in the scheduler (injected)")
+        return real_due(st, now, moving_out)
+    monkeypatch.setattr(wb, "due", due_with_bug)
+    st = new_file(meta, wb, "log")
+
+    async def write():
+        wb.opened(st, True)
+        wb.write(st, 0, b"hello")
+        wb.closed(st, True)
+    assert run_scheduler(wb, write) == []
+    assert store.get_range("log", 0, 5) == b"hello"
+    assert supervise.failures()["scheduler"] >= 1
