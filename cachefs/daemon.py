@@ -145,12 +145,20 @@ class Daemon:
             log.warning("ignoring environment variables that name no option: %s", ", ".join(cfg.ignored_env))
         prepare_cache_dir(cfg.cache_dir)
         self.lock_fd = lock_cache_dir(cfg.cache_dir)
+        # A pid file under our lock was left by a daemon that did not stop cleanly (kill -9, OOM).
+        unclean = os.path.exists(os.path.join(cfg.cache_dir, "cachefs.pid"))
         self.mountpoint_lock = mounts.lock_mountpoint(cfg.mountpoint)
         mounts.check_mountpoint(cfg.mountpoint)
         self.store = from_config(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
         self.meta = MetaStore(os.path.join(cfg.cache_dir, "meta"), cfg.identity(),
                               max_readers=2 * cfg.max_idle_threads + 64)
+        if unclean:
+            # It may have died between a change in S3 and its record here (a directory rename
+            # half-way): list every directory anew, so this mount shows what a fresh one would.
+            dropped = self.meta.expire_listings()
+            log.info("the last daemon on %s did not stop cleanly: %d cached listing(s) will be "
+                     "refreshed on first use", cfg.cache_dir, dropped)
         self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,
                                        promote_after=cfg.promotion, stale_after=cfg.stale_after,
                                        max_block=cfg.block_size)

@@ -183,6 +183,9 @@ class Tree:
         st = self.wb.get(node.ino)
         prefix = self.ns.cfg.prefix
         etag = None
+        if st is None or (not st.uploading and st.remote is not None and not st.dirty):
+            await self.wb.claim_name(new_path)       # nothing may land on, or delete, the copy
+            st = self.wb.get(node.ino)               # (it may have changed while we waited)
         if st is None:
             etag = await self.run_blocking(self.store.copy, prefix + node.path, prefix + new_path)
             await self._delete_or_later(prefix + node.path)       # copied: the rename is done

@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 import trio
 
 from . import supervise
-from .errors import FsError, ObjectNotFound, StoreError
+from .errors import FsError, ObjectNotFound, StoreError, StoreUnavailable
 from .meta.schema import Inode
 from .meta.store import MetaStore
 from .parts import PartSession
@@ -54,6 +54,7 @@ COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into stagin
 # writing stay local) until the room is needed; at most this many, each holding an open fd.
 RETAIN_FILES = 128
 SESSION_FAILURES = 2          # a multipart session that failed this often in a row is given up (lost)
+CLAIM_WAIT_S = 30.0           # a rename waits at most this long for an upload or delete of its target name
 ABORT_ON_STOP_S = 5.0         # how long a stopping daemon spends aborting the session it was sending
 
 
@@ -358,6 +359,8 @@ class Writeback:
     # -- open/close bookkeeping -------------------------------------------------------------
     def opened(self, st: Staged, writable: bool) -> None:
         self._retained.pop(st.ino, None)
+        if writable and not st.writers:
+            st.write_end = -1        # a sequential writer is one whose writes since this open end the file
         st.opens += 1
         st.writers += writable
 
@@ -367,6 +370,8 @@ class Writeback:
         if writable and st.writers == 0 and st.dirty:
             st.closed_dirty = True
             self._wake.set()
+        elif writable and st.writers == 0 and st.session is not None and not st.uploading:
+            self._abandon_session(st)     # opened for writing, nothing changed: its early parts go
         self._maybe_drop(st)
 
     def _in_use(self, st: Staged) -> bool:
@@ -450,6 +455,24 @@ class Writeback:
                 st.remote = new + st.remote[len(old):]
             if st.path.startswith(new + "/"):
                 self.meta.put_pending(st.ino, st.record())
+
+    async def claim_name(self, path: str, timeout: float = CLAIM_WAIT_S) -> None:
+        """Before a rename copies an object to `path`: an upload still landing there (a file that
+        had the name and was replaced) or a delete of that name must finish first, or it would
+        delete or overwrite the copy. A delete only waiting for its retry is dropped: the copy
+        overwrites the object anyway. StoreUnavailable if the name stays busy past `timeout`."""
+        key = self.prefix + path
+        if key in self._to_delete:
+            self._to_delete = [k for k in self._to_delete if k != key]
+            self._vacating.discard(path)
+        deadline = time.monotonic() + timeout
+        while path in self._inflight or path in self._vacating:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(f"{key} is still being uploaded or deleted; try again")
+            changed = self._changed
+            with trio.move_on_after(left):
+                await changed.wait()
 
     def delete_later(self, key: str) -> None:
         """An object the mount no longer shows whose delete S3 refused: the scheduler retries it,
@@ -666,7 +689,7 @@ class Writeback:
 
     def _eager_due(self, st: Staged) -> bool:
         """A large file being written at its end whose finished parts can go to S3 now."""
-        if (not self.eager or st.eager or st.uploading or st.deleted or not st.writers or st.write_end != st.size
+        if (not self.eager or st.eager or st.uploading or not st.dirty or not st.writers or st.write_end != st.size
                 or st.size <= max(self.small_file_threshold, self.part_size)
                 or any(st.path.startswith(d + "/") for d in self._held)):
             return False
@@ -795,6 +818,7 @@ class Writeback:
             self._to_delete.append(key)
             return
         self._vacating.discard(path)
+        self._notify()           # a rename waiting for the name (claim_name) goes on
 
     def _notify(self) -> None:
         self._changed.set()

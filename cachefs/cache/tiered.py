@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 
+from .. import supervise
 from ..meta.store import MetaStore
 from ..stats import Stats
 from .base import BlockCache
@@ -206,8 +207,8 @@ class TieredCache(BlockCache):
                 self.evict_pass()
                 for tier in self.disk_tiers:
                     tier.probe()
-            except Exception:
-                log.exception("cache eviction pass failed")
+            except Exception as e:      # logged and counted; the next pass tries again
+                supervise.record_failure("eviction", e, "pass")
 
     def evict_pass(self) -> int:
         """Bring every tier under its watermark; returns how many blocks moved or went."""

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from .. import supervise
 from .volumes import Dataset
 
 log = logging.getLogger(__name__)
@@ -84,4 +85,4 @@ class WarmReporter:
             try:
                 self.report_once()
             except Exception as e:   # the API being away must not stop the reporter for good
-                log.warning("could not update warm labels: %s", e)
+                supervise.record_failure("labels", e, "update of warm labels")

@@ -223,6 +223,15 @@ class MetaStore:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["listings"]) as txn:
             txn.put(pack_u64(ino), pack_f64(expiry))
 
+    def expire_listings(self) -> int:
+        """Trust no recorded listing: each directory is listed anew on its next use (after a daemon
+        died, its last changes in S3 and here may not match). Returns how many were dropped."""
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["listings"]) as txn:
+            keys = [bytes(k) for k, _ in txn.cursor()]
+            for k in keys:
+                txn.delete(k)
+        return len(keys)
+
     def remove_entry(self, parent: int, name: bytes) -> None:
         with self._write_lock, self.env.begin(write=True) as txn:
             child = txn.get(dentry_key(parent, name), db=self.dbs["dentries"])

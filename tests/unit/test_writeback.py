@@ -390,3 +390,26 @@ def test_the_scheduler_loop_restarts_after_a_bug(tmp_path, monkeypatch):
     assert run_scheduler(wb, write) == []
     assert store.get_range("log", 0, 5) == b"hello"
     assert supervise.failures()["scheduler"] >= 1
+
+
+def test_reopening_a_large_file_for_writing_without_a_change_leaves_no_multipart_upload(tmp_path):
+    """Found by bench/stress.py: a file written to its end kept `write_end == size`, so reopening it
+    for writing opened an early multipart session at once; nothing changed, nothing completed it."""
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store, large_sync_interval=3600)
+    st = new_file(meta, wb, "ckpt")
+    data = os.urandom(12 * MiB)
+
+    async def write_close_reopen():
+        wb.opened(st, True)
+        wb.write(st, 0, data)
+        wb.closed(st, True)
+        while st.dirty or st.uploading:
+            await trio.sleep(0.02)
+        wb.opened(st, True)                  # copy_file_range of 0 bytes, an editor that saves nothing
+        await trio.sleep(0.5)
+        wb.closed(st, True)
+        await trio.sleep(0.5)
+    assert run_scheduler(wb, write_close_reopen) == []
+    assert store.multipart_uploads() == []
+    assert store.get_range("ckpt", 0, len(data)) == data
