@@ -509,6 +509,11 @@ def test_fault_matrix(matrix, rtype, fault_name):
         problems.append("the daemon died")
     problems += [f"daemon log: {line[:400]}" for line in check_log(m.log_text()[log_start:])]
     report["seconds"] = round(time.monotonic() - t0, 1)
+    if problems:                          # the reproduction: what the proxy saw, what the daemon said
+        report["requests"] = [f"{r.op} {r.key[len(cell) + 1:]} {r.outcome} {r.status}"
+                              for r in mx.proxy.seen(since=t0) if r.key.startswith(cell + "/")]
+        report["log"] = [line[24:300] for line in m.log_text()[log_start:].splitlines()
+                         if " WARNING " in line or " ERROR " in line]
     print("FAULT-MATRIX " + json.dumps(report), flush=True)
     for k in list(want):                 # keep moto's memory small: this cell's objects go
         mx.s3.delete_object(Bucket=mx.bucket, Key=k)
