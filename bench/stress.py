@@ -72,6 +72,19 @@ class Pair:
         if self.trace is not None:
             print(time.strftime("%H:%M:%S"), *what, file=self.trace, flush=True)
 
+    def rename(self, what: str, rel: str, new: str) -> bool:
+        """A rename on both (paths relative to each root); True if the reference's succeeded."""
+        self.note(what, rel, new)
+        self.out.ops += 1
+        _, gerr = _errno(os.rename, self.mnt / rel, self.mnt / new)
+        _, werr = _errno(os.rename, self.ref / rel, self.ref / new)
+        if gerr == errno.ENOTCONN:
+            self.out.fatal = f"{self.tag} {what} {rel}: ENOTCONN (the daemon died)"
+            raise SystemExit(2)
+        if gerr != werr:
+            self.out.mismatches.append(f"{self.tag} {what} {rel} -> {new}: mount {gerr} reference {werr}")
+        return werr is None
+
     def do(self, what: str, fn, rel: str, *args):
         self.note(what, rel, *[a for a in args if not isinstance(a, bytes)])
         self.out.ops += 1
@@ -149,7 +162,7 @@ def tree_worker(mnt: str, ref: str, n: int, seed: int, ops: int, q) -> None:
     rng = random.Random(seed)
     base = f"p{n}"
     pair = Pair(Path(mnt), Path(ref), out, f"p{n}")
-    pair.trace = trace = open(os.path.join(ref, "..", f"trace-p{n}.log"), "a")   # what it did, for a failure's story
+    pair.trace = open(os.path.join(ref, "..", f"trace-p{n}.log"), "a")   # what it did, for a failure's story
     dirs, files = [base], []
     for root in (Path(mnt), Path(ref)):
         if not (root / base).exists():
@@ -188,16 +201,7 @@ def tree_worker(mnt: str, ref: str, n: int, seed: int, ops: int, q) -> None:
                     new = rng.choice([f for f in files if f != rel])        # over an existing file
                 else:
                     new = f"{rng.choice(dirs)}/r{counter}"
-                pair.note("rename", rel, new)
-                got, gerr = _errno(os.rename, Path(mnt) / rel, Path(mnt) / new)
-                want, werr = _errno(os.rename, Path(ref) / rel, Path(ref) / new)
-                out.ops += 1
-                if gerr == errno.ENOTCONN:
-                    out.fatal = f"p{n} rename {rel}: ENOTCONN (the daemon died)"
-                    raise SystemExit(2)
-                if gerr != werr:
-                    out.mismatches.append(f"p{n} rename {rel} -> {new}: mount {gerr} reference {werr}")
-                if werr is None:
+                if pair.rename("rename", rel, new):
                     files.remove(rel)
                     if new not in files:
                         files.append(new)
@@ -205,16 +209,7 @@ def tree_worker(mnt: str, ref: str, n: int, seed: int, ops: int, q) -> None:
                 rel = rng.choice(dirs[1:])
                 parent = rng.choice([d for d in dirs if not (d + "/").startswith(rel + "/")])
                 new = f"{parent}/d{counter}"
-                pair.note("rename_dir", rel, new)
-                got, gerr = _errno(os.rename, Path(mnt) / rel, Path(mnt) / new)
-                want, werr = _errno(os.rename, Path(ref) / rel, Path(ref) / new)
-                out.ops += 1
-                if gerr == errno.ENOTCONN:
-                    out.fatal = f"p{n} rename_dir {rel}: ENOTCONN (the daemon died)"
-                    raise SystemExit(2)
-                if gerr != werr:
-                    out.mismatches.append(f"p{n} rename_dir {rel} -> {new}: mount {gerr} reference {werr}")
-                if werr is None:
+                if pair.rename("rename_dir", rel, new):
                     dirs = [new + d[len(rel):] if (d + "/").startswith(rel + "/") else d for d in dirs]
                     files = [new + f[len(rel):] if f.startswith(rel + "/") else f for f in files]
             elif op == "unlink":

@@ -154,6 +154,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("gid", _count(0, 2**32 - 2), "group of every file (default: the mounting user's)"),
     Option("file_mode", _mode, "permission bits of files (octal)"),
     Option("dir_mode", _mode, "permission bits of directories (octal)"),
+    Option("single_owner", _bool, "one owner for the whole mount (--uid/--gid): chown to another owner is EPERM "
+           "and owners in object metadata are not shown", False),
+    Option("metadata_head_size", _size_min(0), "HEAD listed objects of at most this size once (if a directory has "
+           "at most 64 of them), to read mode, owner, mtime and symlink type from x-amz-meta-* (0: never)"),
+    Option("metadata_head_all", _bool, "HEAD every listed object once, to show the mode, owner and mtime its "
+           "x-amz-meta-* hold (one HEAD per object and version)", False),
     Option("allow_other", _bool, "let other users access the mount (needs user_allow_other)", False),
     Option("max_idle_threads", _count(1, 1024),
            "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
@@ -243,6 +249,14 @@ class Config:
     file_mode: int | None = None          # None: 0644 writable, 0444 with --read-only
     dir_mode: int | None = None           # None: 0755 writable, 0555 with --read-only
     allow_other: bool = False
+    single_owner: bool = False
+    # A LIST carries no x-amz-meta-*. s3fs stores a symbolic link as an object whose body is the
+    # target, so links are tiny: HEADing listed objects up to 1 KiB once each (per version) finds
+    # every link to a target shorter than that before the kernel sees the name, while a directory
+    # of ordinary data files (images, shards: far above 1 KiB) costs no HEAD at all, nor does one
+    # of more than 64 tiny files (namespace.SMALL_HEADS_MAX). Measured cost in docs/SEMANTICS.md.
+    metadata_head_size: int = 1 * KiB
+    metadata_head_all: bool = False
     # libfuse's default of 10 idle threads caused thread churn with many loader workers.
     max_idle_threads: int = 16
     hedging: bool = True

@@ -13,15 +13,19 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
-from . import metrics
+from . import metrics, posixmeta, supervise
 from .config import Config
-from .errors import CachefsError, ObjectChanged, errno_for
+from .errors import CachefsError, FsError, ObjectChanged, ObjectNotFound, errno_for
+from .links import make_symlink
 from .meta.schema import Inode
 from .namespace import NAME_MAX, Namespace
+from .posixmeta import NO_META, S3_MAX_OBJECT_SIZE, ObjMeta
 from .reader import BlockReader, ReadState
 from .stats import Stats
 from .tree import Tree
@@ -33,6 +37,16 @@ STATS_XATTR = b"user.cachefs.stats"
 _UNCOUNTED_XATTR_NAMESPACES = (b"security.", b"system.")   # we keep none; the kernel and ls ask often
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until something lists it anew
+# A chmod/chown/utimens during an upload of the file waits for it (the upload's metadata was taken
+# when it started), then copies the object with the new metadata; past this, the change stays local
+# until the file's next upload.
+_UPLOAD_WAIT_S = 60.0
+# Files whose last upload's metadata is remembered, so that a chmod/chown/utimens right after it
+# that changes nothing (`cp -a`, `rsync -a`) costs no copy: more than a burst of such a copy has
+# files closed and not yet given their attributes.
+_UPLOADED_META_KEPT = 4096
+# How often a metadata change waiting for a large file's upload (an early multipart session) looks.
+_AFTER_UPLOAD_POLL_S = 0.5
 
 
 def fuse_errors(fn=None, *, op: str | None = None):
@@ -114,44 +128,114 @@ class CachefsOperations(pyfuse3.Operations):
         self._opened_etag: dict[int, str] = {}   # ino -> ETag whose bytes the page cache holds
         self._written: set[int] = set()           # inodes written through this mount
         self._utimed: set[int] = set()            # files whose kept mtime the next change clears
+        self._meta_locks: dict[int, trio.Lock] = {}   # one metadata copy at a time per file
+        self._store_waiting: set[int] = set()         # files whose metadata copy waits for their upload
+        # What the latest upload of a file carried, for the most recent _UPLOADED_META_KEPT files.
+        self._uploaded_meta: OrderedDict[int, dict[str, str]] = OrderedDict()
+        if writeback is not None:
+            writeback.metadata_for = self._upload_metadata
 
     # -- attributes -------------------------------------------------------------------------
+    def _objmeta(self, inode: Inode, known: tuple[str, ObjMeta] | None | bool = False) -> ObjMeta:
+        """What the object's x-amz-meta-* said, if known for the version S3 holds now; for a
+        directory, what its marker's said when it was last listed. `known`: the record, if read."""
+        if not inode.is_dir and not inode.etag:
+            return NO_META
+        if known is False:
+            known = self.ns.meta.get_objmeta(inode.ino)
+        if known is None:
+            return NO_META
+        return known[1] if inode.is_dir or known[0] == inode.etag else NO_META
+
     def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
-        """`unlinked`: the staging copy of a file unlinked while open (fstat still works, nlink 0)."""
+        """`unlinked`: the staging copy of a file unlinked while open (fstat still works, nlink 0).
+
+        Each attribute comes from the first that has it: what was set through this mount (LMDB
+        `attrs` and `owners`), the object's x-amz-meta-* (`objmeta`, for the version S3 holds now),
+        the mount's defaults (--uid, --gid, --file-mode, --dir-mode; the object's LastModified)."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
+        staged = unlinked
         if self.wb is not None:
+            staged = staged or self.wb.get(inode.ino)
             inode = self.wb.overlay(inode, unlinked)
+        meta = self.ns.meta
+        kept, owner, known = meta.attributes(inode.ino)
+        om = self._objmeta(inode, known)
+        uid, gid = self.cfg.uid, self.cfg.gid
         if inode.is_dir:
-            a.st_mode = stat.S_IFDIR | self.cfg.dir_mode
-            a.st_nlink = 2
-            mtime = self.started_ns
+            ftype = stat.S_IFDIR
+            perm = om.perm if om.perm is not None else self.cfg.dir_mode
+            a.st_nlink = 2 + meta.subdirs(inode.ino)
+            mtime = om.mtime_ns if om.mtime_ns >= 0 else self.started_ns
         else:
-            a.st_mode = stat.S_IFREG | self.cfg.file_mode
+            ftype = stat.S_IFLNK if om.is_link else stat.S_IFREG
+            perm = om.perm if om.perm is not None else self.cfg.file_mode
             a.st_nlink = 1
-            mtime = inode.mtime_ns
+            # A staging copy's time is the file's (its last write); else the object's mtime metadata.
+            mtime = om.mtime_ns if om.mtime_ns >= 0 and staged is None else inode.mtime_ns
+        if not self.cfg.single_owner:
+            uid = om.uid if om.uid >= 0 else uid
+            gid = om.gid if om.gid >= 0 else gid
         atime = mtime
-        if self.wb is not None:          # chmod / utimens / create recorded them
-            kept = self.ns.meta.get_attrs(inode.ino)
-            if kept is not None:
-                a.st_mode = stat.S_IFMT(a.st_mode) | kept[0]
-                atime = kept[1]
-                if inode.is_dir or kept[2]:
-                    # A file's mtime is its object's (or staged copy's), unless a utimens set it
-                    # since its last change (kept[2] != 0): a new listing must not undo that.
-                    mtime = kept[2]
+        if kept is not None:                   # chmod / utimens / create recorded them here
+            perm = kept[0]
+            atime = kept[1]
+            if inode.is_dir or kept[2]:
+                # A file's mtime is its object's (or staged copy's), unless a utimens set it
+                # since its last change (kept[2] != 0): a new listing must not undo that.
+                mtime = kept[2]
+        ctime = mtime
+        if owner is not None:                  # chown / create recorded them here
+            if not self.cfg.single_owner:
+                uid = owner[0] if owner[0] >= 0 else uid
+                gid = owner[1] if owner[1] >= 0 else gid
+            ctime = max(ctime, owner[2])
         if unlinked is not None:
             a.st_nlink = 0
+        a.st_mode = ftype | perm
         a.st_size = inode.size
         a.st_blocks = -(-inode.size // 512)
         a.st_blksize = 128 * 1024   # stdio buffer hint; the kernel splits reads itself
-        a.st_uid = self.cfg.uid
-        a.st_gid = self.cfg.gid
+        a.st_uid = uid
+        a.st_gid = gid
         a.st_atime_ns = atime
-        a.st_mtime_ns = a.st_ctime_ns = mtime
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = ctime
         a.entry_timeout = self.cfg.entry_timeout
         a.attr_timeout = self.cfg.attr_timeout
         return a
+
+    def object_metadata(self, ino: int) -> dict[str, str]:
+        """The x-amz-meta-* an upload of this file carries: the attributes the mount shows."""
+        inode = self.ns.meta.get_inode(ino)
+        if inode is None:
+            return {}
+        a = self.attrs(inode)
+        return posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns)
+
+    def _upload_metadata(self, ino: int) -> dict[str, str]:
+        wanted = self.object_metadata(ino)
+        st = self.wb.files.get(ino)
+        if st is not None and not st.uploading:
+            # A multipart session opened early, while the file is still being written: its final
+            # mtime is not known yet, and S3's LastModified (the completion) is closer than now.
+            wanted.pop(posixmeta.MTIME, None)
+        self._uploaded_meta[ino] = wanted
+        self._uploaded_meta.move_to_end(ino)
+        if len(self._uploaded_meta) > _UPLOADED_META_KEPT:
+            self._uploaded_meta.popitem(last=False)
+        return wanted
+
+    def _in_s3_already(self, node: Inode, wanted: dict[str, str]) -> bool:
+        """S3's version of the file (node.etag) carries `wanted` already: no copy needed (`cp -a`
+        and `rsync -a` set owner and mode a file already has)."""
+        st = self.wb.get(node.ino)
+        if st is not None and st.etag == node.etag and self._uploaded_meta.get(node.ino) == wanted:
+            return True              # uploaded from here with these attributes
+        om = self._objmeta(node)
+        return (om.mode > 0 and min(om.uid, om.gid, om.mtime_ns) >= 0
+                and posixmeta.encode(om.mode, om.uid, om.gid, om.mtime_ns) == wanted)
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
@@ -228,7 +312,10 @@ class CachefsOperations(pyfuse3.Operations):
         f = OpenFile(node, self.ns.key_of(node), ReadState(), writable=writable)
         if writable:
             trunc = bool(flags & os.O_TRUNC)
+            shown = await self._pin_attrs(node)
             f.staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=trunc)
+            if not f.staged.dirty:
+                f.staged.mtime_ns = shown.st_mtime_ns    # the object's mtime metadata, not LastModified
             self.wb.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
             kept = self.ns.meta.get_attrs(inode)
             if kept is not None and kept[2]:
@@ -259,6 +346,19 @@ class CachefsOperations(pyfuse3.Operations):
             # on demand from the cache tiers. Skipping it made warm opens ~15% cheaper (BENCHMARKS.md).
             self.reader.prefetch_file(node, f.key, self.ns)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    async def _pin_attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """Before a file is staged: record here the mode and owner its object's metadata gives, so
+        that they outlive the version they came with (the upload carries them on)."""
+        shown = self.attrs(node)
+        om = self._objmeta(node)
+        meta = self.ns.meta
+        if om.uid >= 0 or om.gid >= 0:
+            if meta.get_owner(node.ino) is None:
+                await self.ns.run_blocking(meta.put_owner, node.ino, shown.st_uid, shown.st_gid, -1)
+        if om.perm is not None and meta.get_attrs(node.ino) is None:
+            await self.ns.run_blocking(meta.put_attrs, node.ino, stat.S_IMODE(shown.st_mode), shown.st_atime_ns, 0)
+        return shown
 
     def _reader_of(self, node: Inode):
         async def read_range(offset: int, size: int):
@@ -301,6 +401,8 @@ class CachefsOperations(pyfuse3.Operations):
         f = self._files[fh]
         if f.staged is None or not f.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if off + len(buf) > S3_MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG, f"a write to {off + len(buf)} bytes: S3 holds at most 5 TiB an object")
         self._written.add(f.inode.ino)
         self.stats.add("fuse_writes")
         n = self.wb.write(f.staged, off, buf)
@@ -332,6 +434,8 @@ class CachefsOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         tree = self._writable()
         node, staged = await tree.create(parent_inode, name, mode & ~ctx.umask)
+        await self._owned_by(node.ino, parent_inode, ctx)
+        await self._dir_changed(parent_inode)
         self._written.add(node.ino)
         fh = next(self._fh)
         writable = flags & os.O_ACCMODE != os.O_RDONLY
@@ -342,6 +446,9 @@ class CachefsOperations(pyfuse3.Operations):
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         node = await self._writable().mkdir(parent_inode, name, mode & ~ctx.umask, _DIR_LISTING_TTL)
+        await self._owned_by(node.ino, parent_inode, ctx)
+        await self._dir_changed(parent_inode)
+        await self._store_dir_attrs(node)   # not the defaults: the marker made without them, once more
         return self.attrs(node)
 
     @fuse_errors
@@ -352,30 +459,77 @@ class CachefsOperations(pyfuse3.Operations):
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
         node, staged = await tree.create(parent_inode, name, mode & ~ctx.umask)
+        await self._owned_by(node.ino, parent_inode, ctx)
+        await self._dir_changed(parent_inode)
         self._written.add(node.ino)
         self.wb.opened(staged, True)
         self.wb.closed(staged, True)          # the last writer's close: due for upload now
         return self.attrs(node)
 
+    async def _owned_by(self, ino: int, parent_ino: int, ctx) -> None:
+        """A new file or directory belongs to its creator, and to its directory's group if that
+        is set-group-ID (POSIX); with --single-owner to the mount's owner."""
+        if self.cfg.single_owner:
+            return
+        gid = ctx.gid
+        parent = self.attrs(self.ns.get(parent_ino))
+        if parent.st_mode & stat.S_ISGID:
+            gid = parent.st_gid
+        await self.ns.run_blocking(self.ns.meta.put_owner, ino, ctx.uid, gid, time.time_ns())
+
+    async def _dir_changed(self, *inos: int) -> None:
+        """An entry was added to or removed from these directories: their mtime and ctime are now."""
+        meta = self.ns.meta
+        now = time.time_ns()
+        for ino in dict.fromkeys(inos):
+            kept = meta.get_attrs(ino)
+            if kept is None:
+                shown = self.attrs(self.ns.get(ino))
+                kept = (stat.S_IMODE(shown.st_mode), shown.st_atime_ns, now)
+            await self.ns.run_blocking(meta.put_attrs, ino, kept[0], kept[1], now)
+            owner = meta.get_owner(ino) or (-1, -1, now)
+            await self.ns.run_blocking(meta.put_owner, ino, owner[0], owner[1], now)
+
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
+        """An object whose body is the target and whose x-amz-meta-mode has S_IFLNK (as s3fs
+        stores one), PUT at once like a directory's marker."""
         self._writable()
-        raise pyfuse3.FUSEError(errno.EPERM)      # S3 has nothing to hold a link (link(2), symlink(2))
+        uid, gid = (self.cfg.uid, self.cfg.gid) if self.cfg.single_owner else (ctx.uid, ctx.gid)
+        node = await make_symlink(self.ns, parent_inode, name, target, uid, gid)
+        await self._dir_changed(parent_inode)
+        return self.attrs(node)
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        node = self.ns.get(inode)
+        om = self._objmeta(node)
+        if not om.is_link:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if om.target is None:         # learned from a HEAD: the target is the object's body
+            target = await self.reader.read(node, self.ns.key_of(node), 0, node.size, ReadState())
+            om = om.with_target(bytes(target))
+            await self.ns.run_blocking(self.ns.meta.put_objmeta, inode, node.etag, om)
+        return om.target
 
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        """EPERM: S3 has nothing that could make two names one object (POSIX's answer for a
+        filesystem that does not support hard links)."""
         self._writable()
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
         await self._writable().rmdir(parent_inode, name)
+        await self._dir_changed(parent_inode)
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
         tree = self._writable()
         await self._stage_open_readers(parent_inode, name)
         await tree.unlink(parent_inode, name)
+        await self._dir_changed(parent_inode)
 
     async def _stage_open_readers(self, parent_inode: int, name: bytes) -> None:
         """A file open only for reading is copied into staging before its object is deleted, so
@@ -402,12 +556,17 @@ class CachefsOperations(pyfuse3.Operations):
         if not flags:          # a file replaced while open for reading stays readable, as on unlink
             await self._stage_open_readers(parent_inode_new, name_new)
         await tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self._dir_changed(parent_inode_old, parent_inode_new)
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
-        if (fields.update_uid and attr.st_uid != self.cfg.uid) or (fields.update_gid and attr.st_gid != self.cfg.gid):
-            raise pyfuse3.FUSEError(errno.EPERM)      # one owner for the whole mount
+        chown = fields.update_uid or fields.update_gid
+        if chown and self.cfg.single_owner and (
+                (fields.update_uid and attr.st_uid != self.cfg.uid) or (fields.update_gid and attr.st_gid != self.cfg.gid)):
+            raise pyfuse3.FUSEError(errno.EPERM)      # --single-owner: one owner for the whole mount
+        if fields.update_size and attr.st_size > S3_MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG, f"truncate to {attr.st_size} bytes: S3 holds at most 5 TiB an object")
         gone = self._unlinked_open(inode)
         if gone is not None:      # only its staging copy is left: size and mtime live there
             if fields.update_size:
@@ -419,6 +578,7 @@ class CachefsOperations(pyfuse3.Operations):
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            await self._pin_attrs(node)
             before = self.wb.get(inode)
             staged = await self.wb.stage_existing(node, self._reader_of(node), truncate=attr.st_size == 0)
             self._written.add(inode)
@@ -426,8 +586,8 @@ class CachefsOperations(pyfuse3.Operations):
             if staged.size != attr.st_size or (before is None and node.size != attr.st_size):
                 self.wb.truncate(staged, attr.st_size)
                 await self._changed(inode)
+        current = self.attrs(node)
         if fields.update_mode or fields.update_atime or fields.update_mtime:
-            current = self.attrs(node)
             mode = stat.S_IMODE(attr.st_mode if fields.update_mode else current.st_mode)
             atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
             if fields.update_mtime or node.is_dir:
@@ -443,7 +603,106 @@ class CachefsOperations(pyfuse3.Operations):
             elif fields.update_mtime and not node.is_dir:
                 await self.ns.run_blocking(self.ns.meta.set_file, inode, node.size, node.etag, mtime)
             await self.ns.run_blocking(self.ns.meta.put_attrs, inode, mode, atime, mtime)
+        if chown or fields.update_mode:          # a change of the inode itself: ctime
+            uid = attr.st_uid if fields.update_uid else current.st_uid
+            gid = attr.st_gid if fields.update_gid else current.st_gid
+            if self.cfg.single_owner:
+                uid, gid = -1, -1
+            await self.ns.run_blocking(self.ns.meta.put_owner, inode, uid, gid, time.time_ns())
+        if node.is_dir and (chown or fields.update_mode) and node.path:
+            await self._store_dir_attrs(node)
+        elif not node.is_dir and (chown or fields.update_mode or fields.update_mtime):
+            await self._store_attrs(inode)
         return self.attrs(self.ns.get(inode))
+
+    async def _store_attrs(self, ino: int) -> None:
+        """Bring the object's x-amz-meta-* in line with the attributes the file shows. A file with
+        changes still to upload needs nothing: its upload carries them. An object already in S3
+        is copied onto itself with the new metadata (one CopyObject; a new ETag, recorded here so
+        that the file does not become ESTALE; docs/SEMANTICS.md)."""
+        lock = self._meta_locks.setdefault(ino, trio.Lock())
+        try:
+            async with lock:
+                st = self.wb.get(ino)
+                if st is not None and st.uploading:
+                    # Its metadata was taken when the upload started: wait for it, then see.
+                    await self.wb.wait_uploaded(st, time.monotonic() + _UPLOAD_WAIT_S)
+                    st = self.wb.get(ino)
+                if st is not None and (st.dirty or st.uploading):
+                    if st.session is not None:
+                        # A multipart session opened early carries the attributes of its start:
+                        # the copy follows the upload that completes it.
+                        self._store_after_upload(ino)
+                    return                  # else the next upload carries the attributes
+                node = self.ns.get(ino)
+                if not node.etag:
+                    return                  # not in S3 (yet)
+                wanted = self.object_metadata(ino)
+                if self._in_s3_already(node, wanted):
+                    return
+                target = self._objmeta(node).target
+                old_etag = node.etag
+                etag = await self.ns.run_blocking(self.ns.store.replace_metadata, self.ns.key_of(node), wanted,
+                                                  node.size, old_etag)
+                self.stats.add("metadata_copies")
+                om = posixmeta.parse(wanted)
+                self.ns.meta.put_objmeta(ino, etag, om.with_target(target) if target is not None else om)
+                # Both at once (no await between): a staging copy kept after its upload is only good
+                # while its ETag is the inode's, and it still holds the bytes S3 has.
+                st = self.wb.get(ino)
+                self.ns.meta.set_file(ino, node.size, etag, node.mtime_ns)
+                if st is not None:
+                    st.etag = etag
+                self._written.add(ino)      # open handles read the new version (the same bytes)
+                if self._opened_etag.get(ino) == old_etag:
+                    self._opened_etag[ino] = etag    # and the page cache stays good
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._meta_locks.pop(ino, None)
+
+    async def _store_dir_attrs(self, node: Inode) -> None:
+        """A directory's mode and owner go on its `dir/` marker (as s3fs keeps them): a PUT of the
+        empty marker with them, which also makes one for a directory that had none (harmless).
+        Its mtime is left out: it changes with every entry made in it, and would cost a request each."""
+        a = self.attrs(node)
+        wanted = posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, 0)
+        del wanted[posixmeta.MTIME]
+        known = self.ns.meta.get_objmeta(node.ino)
+        if known is not None:
+            om = known[1]
+            held = (stat.S_IMODE(om.mode), om.uid, om.gid) if om.mode else None
+        else:                         # a marker without metadata, or none: the defaults everywhere
+            held = (self.cfg.dir_mode, self.cfg.uid, self.cfg.gid)
+        if held == (stat.S_IMODE(a.st_mode), a.st_uid, a.st_gid):
+            return                    # S3 holds these already (`cp -a`, `tar -x` set them again)
+        etag = await self.ns.run_blocking(self.ns.store.put_object, self.ns.dir_prefix(node), b"", wanted)
+        self.stats.add("metadata_copies")
+        await self.ns.run_blocking(self.ns.meta.put_objmeta, node.ino, etag, posixmeta.parse(wanted))
+
+    def _store_after_upload(self, ino: int) -> None:
+        if ino in self._store_waiting:
+            return
+        self._store_waiting.add(ino)
+        what = f"metadata of inode {ino} after its upload"
+        trio.lowlevel.spawn_system_task(functools.partial(supervise.supervised, "upload", self._wait_and_store, ino,
+                                                          what=what), name=f"cachefs {what}")
+
+    async def _wait_and_store(self, ino: int) -> None:
+        """Once the file's upload is done (nothing pending), give the object the attributes the
+        file shows. If the daemon stops first, they stay in this node's LMDB only."""
+        try:
+            while True:
+                await trio.sleep(_AFTER_UPLOAD_POLL_S)
+                st = self.wb.files.get(ino)
+                if st is None or st.deleted:
+                    return
+                if not st.dirty and not st.uploading:
+                    break
+            await self._store_attrs(ino)
+        except ObjectNotFound:
+            pass                            # unlinked meanwhile
+        finally:
+            self._store_waiting.discard(ino)
 
     # -- extended attributes ----------------------------------------------------------------
     async def getxattr(self, inode, name, ctx):

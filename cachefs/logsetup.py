@@ -74,6 +74,16 @@ def setup(level_name: str, background: bool, target: str = "file", log_file: str
     set_level(level_name)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.getLogger("pyfuse3").addFilter(_gone_request_is_no_error)
+
+
+def _gone_request_is_no_error(record: logging.LogRecord) -> bool:
+    """pyfuse3 logs ERROR when the kernel no longer wants a reply (ENOENT: the request was
+    interrupted, or the mount went away as the file was closed). Nothing failed: a WARNING."""
+    if record.levelno >= logging.ERROR and "fuse_reply_* failed with" in str(record.msg) and \
+            record.args and "No such file" in str(record.args[0]):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def _probe_syslog() -> None:

@@ -85,6 +85,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
                                               "GETs past the hedging deadline not hedged: 5% of recent GETs "
                                               "were duplicated already"),
     "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
+    "cachefs_metadata_copies_total": ("metadata_copies", "server-side copies onto themselves that replaced an "
+                                      "object's metadata (chmod, chown, utimens of an uploaded file)"),
 }
 STATS_GAUGES: dict[str, tuple[str, str]] = {
     "cachefs_uploads_pending": ("uploads_pending", "files written locally and not yet uploaded"),

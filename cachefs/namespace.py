@@ -7,7 +7,9 @@ directory; keys whose segments cannot be file names are not shown.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from typing import Awaitable, Callable
 
 import trio
@@ -15,9 +17,10 @@ import trio
 from . import supervise
 from .config import Config
 from .errors import ObjectNotFound
-from .meta.schema import KIND_DIR, KIND_FILE, Inode
+from .meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
 from .meta.store import Entry, MetaStore
-from .store.base import ObjectStore
+from .posixmeta import parse as parse_object_meta
+from .store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,17 @@ MAX_BACKGROUND_LISTINGS = 4
 # asks S3 for its name itself while the listing goes on: a directory of 100k names (100 pages) must
 # not stall its first opens for seconds.
 LISTING_WAIT_S = 0.5
+# HEADs in flight for one listing's small objects (--metadata-head-size): each is one small request,
+# and 8 keep a cold directory's listing within a few round trips without crowding out block GETs.
+LISTING_HEADS = 8
+# A listing with more small objects of unknown metadata than this HEADs none of them (without
+# --metadata-head-all): symlinks come a few at a time (a model snapshot links each of its dozen
+# files); hundreds of tiny objects are a dataset's labels or shards, and a HEAD each would double
+# the cost of a cold listing's first epoch.
+SMALL_HEADS_MAX = 64
+# (key, ETag) pairs whose metadata a GET told about, remembered so that the blocks read after the
+# first cost one set lookup, not an LMDB walk of the path (64k pairs: ~10 MiB).
+SEEN_IN_GET_KEPT = 65536
 
 RunBlocking = Callable[..., Awaitable]
 
@@ -61,6 +75,11 @@ class Namespace:
         self.run_blocking = run_blocking
         self._listing: dict[int, trio.Event] = {}   # single-flight per directory
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
+        self._markers: dict[int, ObjectInfo] = {}    # directory -> its marker object, as a listing saw it
+        self._seen_lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()   # (key, etag) a GET told about
+        if hasattr(store, "watch_metadata"):
+            store.watch_metadata(self._seen_in_get)
         self.background_listings = MAX_BACKGROUND_LISTINGS   # the bound (0: no background listing)
         self._background = 0                                 # background listings running now
         # Set by the write path: names in a directory that exist only locally (staged, not yet in
@@ -93,7 +112,11 @@ class Namespace:
             await pending.wait()     # another request is listing it; use its result
         done = self._listing[ino] = trio.Event()
         try:
-            return await self.run_blocking(self._relist, directory)
+            entries = await self.run_blocking(self._relist, directory)
+            await self._head_marker(directory)
+            if await self._head_small(entries):
+                entries = await self.run_blocking(self.meta.children, ino)
+            return entries
         finally:
             del self._listing[ino]
             done.set()
@@ -107,7 +130,8 @@ class Namespace:
             for obj in page.objects:
                 name = obj.key[len(prefix):]
                 if name == "":
-                    continue                      # this directory's own marker object
+                    self._markers[directory.ino] = obj    # this directory's own marker object
+                    continue
                 if not valid_name(name.encode()):
                     log.debug("not shown: key %r is not a valid file name", obj.key)
                     continue
@@ -123,6 +147,88 @@ class Namespace:
                 break
         return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl,
                                          keep=self.local_names(directory.ino))
+
+    async def _head_small(self, entries: list[tuple[bytes, Inode]]) -> int:
+        """HEAD listed files whose metadata is not known for their current version (a LIST does not
+        carry x-amz-meta-*): with --metadata-head-all every one; else those of at most
+        --metadata-head-size, if the listing has at most SMALL_HEADS_MAX of them. s3fs's symlinks
+        are such tiny objects and must be links before the kernel first sees them; a directory of
+        many tiny objects holds data, not links, and is not made to pay a HEAD per file. Returns
+        how many were asked."""
+        every, limit = self.cfg.metadata_head_all, self.cfg.metadata_head_size
+        todo = [node for _, node in entries if not node.is_dir and node.etag and (every or node.size <= limit)
+                and not self.is_local(node.ino) and not self.metadata_known(node)]
+        if not todo or (not every and len(todo) > SMALL_HEADS_MAX):
+            return 0
+        lanes = trio.Semaphore(LISTING_HEADS)
+
+        async def head(node: Inode) -> None:
+            async with lanes:
+                try:
+                    info = await self.run_blocking(self.store.head, self.key_of(node))
+                except Exception as e:        # the file shows the mount's defaults until next time
+                    log.debug("HEAD of %r for its metadata failed: %s", self.key_of(node), e)
+                    return
+            if info is not None and info.etag == node.etag:
+                await self.run_blocking(self.meta.put_objmeta, node.ino, info.etag, parse_object_meta(info.meta))
+
+        async with trio.open_nursery() as nursery:
+            for node in todo:
+                nursery.start_soon(head, node)
+        return len(todo)
+
+    async def _head_marker(self, directory: Inode) -> None:
+        """A directory's attributes live on its `dir/` marker, when it has one (s3fs and mkdir
+        make them): HEADed once per version of the marker, when the directory is listed."""
+        marker = self._markers.pop(directory.ino, None)
+        if marker is None or self.cfg.metadata_head_size == 0 and not self.cfg.metadata_head_all:
+            return
+        known = self.meta.get_objmeta(directory.ino)
+        if known is not None and known[0] == marker.etag:
+            return
+        try:
+            info = await self.run_blocking(self.store.head, marker.key)
+        except Exception as e:        # the directory shows this node's or the mount's attributes
+            log.debug("HEAD of marker %r failed: %s", marker.key, e)
+            return
+        if info is not None:
+            await self.run_blocking(self.meta.put_objmeta, directory.ino, info.etag, parse_object_meta(info.meta))
+
+    def _seen_in_get(self, key: str, etag: str, metadata: dict[str, str]) -> None:
+        """A GET's answer carried the object's metadata (no extra request): record it for the
+        version read, once per key and ETag. Called in the reading thread; never raises.
+        A link is left to the HEAD paths: the kernel already holds the inode as a regular file
+        (it was read), and a type changing under it would make the inode bad (EIO)."""
+        if not metadata:
+            return                   # nothing to learn (most datasets): not even an LMDB lookup
+        try:
+            with self._seen_lock:
+                if (key, etag) in self._seen:
+                    return
+                self._seen[(key, etag)] = None
+                if len(self._seen) > SEEN_IN_GET_KEPT:
+                    self._seen.popitem(last=False)
+            if not key.startswith(self.cfg.prefix) or not etag:
+                return
+            node = self.meta.get_inode(ROOT_INO)
+            for name in key[len(self.cfg.prefix):].split("/"):
+                node = self.meta.lookup(node.ino, name.encode()) if node is not None and node.is_dir else None
+            if node is None or node.is_dir or node.etag != etag or self.metadata_known(node):
+                return
+            om = parse_object_meta(metadata)
+            if not om.is_link:
+                self.meta.put_objmeta(node.ino, etag, om)
+        except Exception as e:       # a hint only: the read goes on
+            log.debug("metadata of %r from a GET not recorded: %s", key, e)
+
+    def metadata_known(self, inode: Inode) -> bool:
+        known = self.meta.get_objmeta(inode.ino)
+        return known is not None and known[0] == inode.etag
+
+    async def learn(self, inode: Inode, info: ObjectInfo) -> None:
+        """Record the attributes in a HEAD answer for the version it describes."""
+        if info.meta is not None and info.etag == inode.etag:
+            await self.run_blocking(self.meta.put_objmeta, inode.ino, info.etag, parse_object_meta(info.meta))
 
     async def listed_files(self, ino: int) -> list[Inode] | None:
         """The files of a directory from a fresh LMDB listing (never asks S3), or None without one."""
@@ -175,7 +281,9 @@ class Namespace:
 
     async def _background_listing(self, directory: Inode, done: trio.Event) -> None:
         try:
-            await self.run_blocking(self._relist, directory)
+            entries = await self.run_blocking(self._relist, directory)
+            await self._head_marker(directory)
+            await self._head_small(entries)
             self._remote_lookups.pop(directory.ino, None)
         except trio.Cancelled:
             raise
@@ -206,7 +314,10 @@ class Namespace:
             await self.run_blocking(self.meta.put_negative, parent, name.encode(),
                                     time.time() + self.cfg.negative_ttl)
             return None
-        return await self.run_blocking(self.meta.put_entry, parent, entry)
+        inode = await self.run_blocking(self.meta.put_entry, parent, entry)
+        if entry.kind == KIND_FILE:
+            await self.learn(inode, head)
+        return inode
 
     async def refresh(self, inode: Inode) -> Inode | None:
         """Re-read one file's metadata from S3 (after its ETag stopped matching)."""

@@ -12,6 +12,7 @@ NAMES = (
     "cache_not_admitted", "cache_corrupt", "cache_errors", "cache_writes_in_place",
     "fuse_reads", "fuse_read_bytes", "readahead_blocks", "readahead_disk_blocks", "fetch_shared",
     "fuse_writes", "write_bytes", "uploads", "upload_bytes", "upload_parts", "upload_copies", "upload_failures", "staging_full",
+    "metadata_copies",
 )
 
 

@@ -223,6 +223,8 @@ class Tree:
         try:
             for key in keys:
                 rel = key[len(src_prefix):]
+                if self.wb.doomed(key[len(prefix):]):
+                    continue         # an unlinked file's object whose delete is pending: not moved
                 try:
                     copied[rel] = await self.run_blocking(self.store.copy, key, dst_prefix + rel)
                 except ObjectNotFound:

@@ -144,6 +144,9 @@ class Writeback:
         self._copies = 0                    # names staging copies in progress uniquely
         self._to_delete: list[str] = []     # keys whose delete failed: retried by the scheduler
         self._delete_retry_at = 0.0
+        # The object user metadata (x-amz-meta-*) an upload of this inode carries (posixmeta.py);
+        # set by whoever shows the attributes (fs.py).
+        self.metadata_for: Callable[[int], dict[str, str]] = lambda ino: {}
 
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -436,10 +439,19 @@ class Writeback:
     async def hold_below(self, directory: str) -> None:
         """Before a directory's objects are copied: no upload below it may start, and those in
         flight finish first (one landing after the copy would stay behind under the old name
-        while its record says the new one). `release_below` ends it."""
+        while its record says the new one). `release_below` ends it. An upload counts if its name
+        or its source object (a renamed file's copy from below the directory) is there: a copy
+        racing the directory's copy left an object behind under the new name (bench/stress.py)."""
         self._held.add(directory)
-        while any(path.startswith(directory + "/") for path in self._inflight):
-            await self._changed.wait()
+        below = directory + "/"
+        while any(st.uploading and (st.path.startswith(below) or (st.remote or "").startswith(below))
+                  for st in self.files.values()) or any(p.startswith(below) for p in self._inflight):
+            changed = self._changed
+            await changed.wait()
+
+    def doomed(self, path: str) -> bool:
+        """S3 holds an object there that the mount no longer shows and that is being deleted."""
+        return path in self._vacating
 
     def release_below(self, directory: str) -> None:
         self._held.discard(directory)
@@ -551,7 +563,7 @@ class Writeback:
             # A file renamed away from this name while its upload here was in flight still sits
             # here in S3 until its copy to the new name: ours would be copied there instead.
             return False
-        if any(st.path.startswith(d + "/") for d in self._held):
+        if any(st.path.startswith(d + "/") or (st.remote or "").startswith(d + "/") for d in self._held):
             return False
         if st.forced or st.closed_dirty:
             return True
@@ -627,7 +639,8 @@ class Writeback:
     async def _transfer(self, st: Staged, key: str, size: int, gen: int) -> str:
         if gen == st.synced and st.remote is not None and st.remote != st.path:
             try:
-                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key)
+                meta = self.metadata_for(st.ino)
+                etag = await self.run_blocking(self.store.copy, self.prefix + st.remote, key, *([meta] if meta else []))
                 self.stats.add("upload_copies")
                 return etag
             except ObjectNotFound:          # its old object is gone: upload the staged bytes instead
@@ -636,7 +649,8 @@ class Writeback:
             self._abandon_session(st)        # truncated below one part: a single PUT now
             async with self.limiter:
                 data = await self.run_blocking(os.pread, st.fd, size, 0)
-                return await self.run_blocking(self.store.put_object, key, data)
+                meta = self.metadata_for(st.ino)
+                return await self.run_blocking(self.store.put_object, key, data, *([meta] if meta else []))
         return await self._multipart(st, key, size)
 
     async def _uploaded(self, st: Staged, key: str, path: str, size: int, gen: int, etag: str,
@@ -674,7 +688,8 @@ class Writeback:
     async def _open_session(self, st: Staged, key: str, psize: int) -> PartSession:
         st.upload_id = (key, "")      # recorded first: a crash during the create leaves a trace
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
-        upload_id = await self.run_blocking(self.store.create_multipart, key)
+        meta = self.metadata_for(st.ino)
+        upload_id = await self.run_blocking(self.store.create_multipart, key, *([meta] if meta else []))
         st.upload_id = (key, upload_id)
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         return PartSession(key, upload_id, psize)

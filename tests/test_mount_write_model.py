@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mount_helpers import first_difference, run_cachefs, wait_until
+from mount_helpers import first_difference, run_cachefs
 
 STEPS = int(os.environ.get("CACHEFS_MODEL_STEPS", "250"))
 MAX_SIZE = 3 << 20     # spans several 256 KiB blocks and one 5 MiB part at most

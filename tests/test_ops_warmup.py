@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from mount_helpers import KiB, MiB, object_bytes, one_line_error, read_all, run_cachefs
 

@@ -1,7 +1,7 @@
 """POSIX conformance, ownership, permissions, times and read-only mounts (docs/SEMANTICS.md "Mapping
 objects to files", "Errors"): the kernel checks the mount's modes (default_permissions) for other
-users (allow_other), chmod and utimens are kept on this node, chown only to the mount's owner, and
-every change on a --read-only mount is EROFS.
+users (allow_other), chmod and utimens reach S3 (test_posix_meta.py has the rest), chown only to
+the mount's owner under --single-owner, and every change on a --read-only mount is EROFS.
 """
 from __future__ import annotations
 
@@ -64,13 +64,13 @@ def read_file(path) -> bytes:
 
 @pytest.fixture(scope="module")
 def shared(module_mounter, make_bucket):
-    """A writable --allow-other mount on a mount point other users can reach."""
+    """A writable --allow-other --single-owner mount on a mount point other users can reach."""
     public = Path(tempfile.mkdtemp(prefix="cachefs-posix-", dir="/tmp"))
     public.chmod(0o755)
     (public / "mnt").mkdir()
     bucket = make_bucket("posix-perms", {"data/ro.txt": b"readable", "data/secret.txt": b"secret",
                                          "times/remote": b"r"})
-    m = module_mounter.mount(bucket, "--allow-other", "--small-sync-interval", "0.3",
+    m = module_mounter.mount(bucket, "--allow-other", "--single-owner", "--small-sync-interval", "0.3",
                              "--listing-ttl", "1", "--attr-timeout", "0", "--entry-timeout", "0",
                              "--negative-ttl", "0", mountpoint=public / "mnt")
     m.bucket = bucket
@@ -184,9 +184,9 @@ def test_read_only_mount_refuses_every_change(ro, action):
     assert stat.S_IMODE(os.stat(p / "a.txt").st_mode) == 0o444
 
 
-def test_chmod_and_times_belong_to_the_cache_directory(mounter, make_bucket):
-    """Kept in this node's LMDB: a remount with the same cache directory shows them, a new cache
-    directory the defaults."""
+def test_chmod_and_times_reach_s3(mounter, make_bucket):
+    """Kept in this node's LMDB and in the object's metadata: a remount with the same cache
+    directory shows them, and so does one with a new cache directory."""
     bucket = make_bucket("posix-perms-remount", {"f": b"f"})
     m = mounter.mount(bucket)
     os.chmod(m.path / "f", 0o600)
@@ -198,4 +198,4 @@ def test_chmod_and_times_belong_to_the_cache_directory(mounter, make_bucket):
     mounter.umount(again)
     fresh = mounter.mount(bucket)
     st = os.stat(fresh.path / "f")
-    assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_mtime_ns != T2
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o600, T2)

@@ -17,6 +17,17 @@ import pytest
 from bench.stress import compare_s3, compare_tree, mount_options, run_loop
 from mount_helpers import force_unmount, run_cachefs
 
+def story(problems: list[str], tmp_path, log_text: str) -> str:
+    """What the workers and the daemon did with each name a problem mentions (a failure's story)."""
+    names = {w.rstrip(",:") for p in problems for w in p.split() if "/" in w}
+    lines = []
+    for trace in sorted(tmp_path.glob("trace-p*.log")):
+        lines += [f"{trace.name}: {ln}" for ln in trace.read_text().splitlines()
+                  if any(n.split("/")[-1] in ln or n.rsplit("/", 1)[0] in ln for n in names)]
+    lines += [ln for ln in log_text.splitlines() if any(n in ln for n in names)]
+    return "\n".join(problems + ["--- story"] + lines[-80:])
+
+
 LOOPS = int(os.environ.get("CACHEFS_STRESS_LOOPS", "2"))
 OPS = int(os.environ.get("CACHEFS_STRESS_OPS", "80"))
 
@@ -34,16 +45,19 @@ def test_stress_loops_leave_s3_and_a_fresh_mount_equal_to_the_writers(mounter, m
     for loop in range(1, LOOPS + 1):
         results = run_loop(m.path, ref, seed=loop + (100 if multipart else 0), procs=4, ops=OPS, fsx_ops=2 * OPS)
         assert [r["fatal"] for r in results if r["fatal"]] == []
-        assert [x for r in results for x in r["mismatches"]] == []
+        problems = [x for r in results for x in r["mismatches"]]
+        assert problems == [], story(problems, tmp_path, m.log_text())
         if multipart and loop == 1:          # a crash with uploads pending: the next mount replays them
             os.kill(m.pid(), signal.SIGKILL)
             force_unmount(m.real_path)
             m = mounter.remount(m)
         res = run_cachefs(["flush", str(m.path)], m.env, timeout_s=300)
         assert res.returncode == 0, res.describe()
-        assert compare_s3(s3, bucket, ref) == []
+        problems = compare_s3(s3, bucket, ref)
+        assert problems == [], story(problems, tmp_path, m.log_text())
         fresh = mounter.mount(bucket, "--read-only", block_size=None)
-        assert compare_tree(fresh.path, ref) == []
+        problems = compare_tree(fresh.path, ref)
+        assert problems == [], story(problems, tmp_path, m.log_text())
         mounter.umount(fresh)
         stats = m.stats()
     print("\nRELIABILITY stress", json.dumps({k: stats.get(k) for k in (

@@ -20,9 +20,19 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 |              |                                  | null}; one per file with data not yet in S3 (staging/<ino>) |
 | attrs        | u64 ino                          | ATTRS: u32 mode bits, i64 atime_ns, i64 mtime_ns, set by |
 |              |                                  | create/chmod/utimens (absent: the mount's defaults)     |
+| owners       | u64 ino                          | OWNER: i64 uid, i64 gid, i64 ctime_ns, set by create,   |
+|              |                                  | chown, chmod, utimens here (-1: not set here)           |
+| objmeta      | u64 ino                          | u16 etag length, etag, OBJMETA: u32 st_mode (0: none),  |
+|              |                                  | i64 uid, i64 gid, i64 mtime_ns (-1: none), u8 whether a |
+|              |                                  | symlink target follows, then the target (rest): what the|
+|              |                                  | object's x-amz-meta-* said, valid while the inode's etag|
+|              |                                  | is this one (posixmeta.py)                              |
+| subdirs      | u64 dir ino                      | u64 how many subdirectories it has (st_nlink - 2), kept |
+|              |                                  | by every change of `dentries`                           |
 
-`pending` and `attrs` were added to layout 2 without a version change: a cachefs that does not know
-them never opens them, and they are empty on a read-only mount.
+`pending`, `attrs`, `owners`, `objmeta` and `subdirs` were added to layout 2 without a version
+change: a cachefs that does not know them never opens them. A directory without a `subdirs` record
+(one recorded by an older cachefs) counts none until it is listed again.
 
 The `path` of an inode is its key relative to the mount's prefix: "a/b/file" for files, "a/b" for
 directories, "" for the root. Its S3 key is prefix + path (+ "/" for a directory's listing prefix).
@@ -33,7 +43,8 @@ import struct
 from dataclasses import dataclass
 
 LAYOUT_VERSION = b"2"
-DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs")
+DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs",
+             b"owners", b"objmeta", b"subdirs")
 
 ROOT_INO = 1            # FUSE's root inode number
 FIRST_FREE_INO = 2
@@ -47,6 +58,8 @@ INODE = struct.Struct(">BqqQ")   # kind, size, mtime_ns, parent
 U16 = struct.Struct(">H")
 BLOCK = struct.Struct(">IdI")    # size, stored_at, directory id
 ATTRS = struct.Struct(">Iqq")    # mode bits, atime_ns, mtime_ns
+OWNER = struct.Struct(">qqq")    # uid, gid, ctime_ns
+OBJMETA = struct.Struct(">IqqqB")   # st_mode, uid, gid, mtime_ns, has target
 
 
 @dataclass(frozen=True)
@@ -97,3 +110,19 @@ def unpack_inode(ino: int, raw: bytes) -> Inode:
     etag = bytes(raw[pos:pos + n]).decode()
     path = bytes(raw[pos + n:]).decode()
     return Inode(ino, kind, size, mtime_ns, parent, etag, path)
+
+
+def pack_objmeta(etag: str, mode: int, uid: int, gid: int, mtime_ns: int, target: bytes | None) -> bytes:
+    raw = etag.encode()
+    return (U16.pack(len(raw)) + raw + OBJMETA.pack(mode, uid, gid, mtime_ns, target is not None)
+            + (target or b""))
+
+
+def unpack_objmeta(raw: bytes) -> tuple[str, int, int, int, int, bytes | None]:
+    """(etag, st_mode, uid, gid, mtime_ns, target or None)."""
+    (n,) = U16.unpack_from(raw)
+    etag = bytes(raw[U16.size:U16.size + n]).decode()
+    pos = U16.size + n
+    mode, uid, gid, mtime_ns, has_target = OBJMETA.unpack_from(raw, pos)
+    target = bytes(raw[pos + OBJMETA.size:]) if has_target else None
+    return etag, mode, uid, gid, mtime_ns, target

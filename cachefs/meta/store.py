@@ -16,8 +16,10 @@ import lmdb
 
 from ..errors import UserError
 from . import verify
-from .schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, ROOT_INO, Inode,
-                     dentry_key, pack_f64, pack_inode, pack_u64, unpack_f64, unpack_inode, unpack_u64)
+from ..posixmeta import ObjMeta
+from .schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, OWNER, ROOT_INO, Inode,
+                     dentry_key, pack_f64, pack_inode, pack_objmeta, pack_u64, unpack_f64, unpack_inode,
+                     unpack_objmeta, unpack_u64)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,8 @@ class MetaStore:
             result = [(name, self._upsert(txn, parent, name, entry, existing.get(name)))
                       for name, entry in wanted.items() if not (name in keep and name in existing)]
             result = sorted(result + kept, key=lambda pair: pair[0])
+            txn.put(pack_u64(parent.ino), pack_u64(sum(1 for _, node in result if node.is_dir)),
+                    db=self.dbs["subdirs"])
             txn.put(pack_u64(parent.ino), pack_f64(expiry), db=self.dbs["listings"])
             neg = txn.cursor(db=self.dbs["negative"])
             if neg.set_range(prefix):
@@ -181,6 +185,8 @@ class MetaStore:
             ino = unpack_u64(counter)
             txn.put(b"next_ino", pack_u64(ino + 1), db=self.dbs["meta"])
             txn.put(dentry_key(parent.ino, name), pack_u64(ino), db=self.dbs["dentries"])
+            if entry.kind == KIND_DIR:
+                self._count_subdirs(txn, parent.ino, +1)
         path = f"{parent.path}/{entry.name}" if parent.path else entry.name
         new = Inode(ino, entry.kind, entry.size, entry.mtime_ns, parent.ino, entry.etag, path)
         if new != old:
@@ -190,12 +196,14 @@ class MetaStore:
     def _remove(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:
         """Drop a dentry and its inode; for a directory, everything recorded below it too."""
         txn.delete(dentry_key(parent, name), db=self.dbs["dentries"])
+        raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
+        if raw is not None and unpack_inode(ino, raw).is_dir:
+            self._count_subdirs(txn, parent, -1)
         stack = [ino]
         while stack:
             current = stack.pop()
-            txn.delete(pack_u64(current), db=self.dbs["inodes"])
-            txn.delete(pack_u64(current), db=self.dbs["listings"])
-            txn.delete(pack_u64(current), db=self.dbs["attrs"])
+            for db in ("inodes", "listings", "attrs", "owners", "objmeta", "subdirs"):
+                txn.delete(pack_u64(current), db=self.dbs[db])
             prefix = pack_u64(current)
             cur = txn.cursor(db=self.dbs["dentries"])
             if cur.set_range(prefix):
@@ -203,6 +211,17 @@ class MetaStore:
                     stack.append(unpack_u64(cur.value()))
                     if not cur.delete():
                         break
+
+    def _count_subdirs(self, txn: lmdb.Transaction, ino: int, delta: int) -> None:
+        raw = txn.get(pack_u64(ino), db=self.dbs["subdirs"])
+        count = unpack_u64(raw) if raw is not None else 0
+        txn.put(pack_u64(ino), pack_u64(max(0, count + delta)), db=self.dbs["subdirs"])
+
+    def subdirs(self, ino: int) -> int:
+        """How many subdirectories a directory has, as far as this store knows."""
+        with self.env.begin(db=self.dbs["subdirs"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        return unpack_u64(raw) if raw is not None else 0
 
     # -- block index ------------------------------------------------------------------------
     def block_index(self) -> list[tuple[bytes, int, float, int]]:
@@ -258,6 +277,9 @@ class MetaStore:
             moved = Inode(ino, node.kind, node.size, node.mtime_ns, new_parent.ino, node.etag,
                           f"{new_parent.path}/{name}" if new_parent.path else name)
             txn.put(child, pack_inode(moved), db=inodes)
+            if moved.is_dir and old_parent != new_parent.ino:
+                self._count_subdirs(txn, old_parent, -1)
+                self._count_subdirs(txn, new_parent.ino, +1)
             stack = [moved] if moved.is_dir else []
             while stack:
                 directory = stack.pop()
@@ -310,6 +332,48 @@ class MetaStore:
     def put_attrs(self, ino: int, mode: int, atime_ns: int, mtime_ns: int) -> None:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["attrs"]) as txn:
             txn.put(pack_u64(ino), ATTRS.pack(mode, atime_ns, mtime_ns))
+
+    def attributes(self, ino: int) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None,
+                                            tuple[str, ObjMeta] | None]:
+        """get_attrs, get_owner and get_objmeta in one read transaction (fs.attrs, for every
+        entry of a listing)."""
+        key = pack_u64(ino)
+        with self.env.begin() as txn:
+            kept = txn.get(key, db=self.dbs["attrs"])
+            owner = txn.get(key, db=self.dbs["owners"])
+            raw = txn.get(key, db=self.dbs["objmeta"])
+        om = None
+        if raw is not None:
+            etag, mode, uid, gid, mtime_ns, target = unpack_objmeta(raw)
+            om = etag, ObjMeta(mode, uid, gid, mtime_ns, target)
+        return (ATTRS.unpack(kept) if kept is not None else None,
+                OWNER.unpack(owner) if owner is not None else None, om)
+
+    def get_owner(self, ino: int) -> tuple[int, int, int] | None:
+        """(uid, gid, ctime_ns) set through this mount (-1: not set), or None."""
+        with self.env.begin(db=self.dbs["owners"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        return OWNER.unpack(raw) if raw is not None else None
+
+    def put_owner(self, ino: int, uid: int, gid: int, ctime_ns: int) -> None:
+        with self._write_lock, self.env.begin(write=True, db=self.dbs["owners"]) as txn:
+            txn.put(pack_u64(ino), OWNER.pack(uid, gid, ctime_ns))
+
+    def get_objmeta(self, ino: int) -> tuple[str, ObjMeta] | None:
+        """(etag, attributes) the object's user metadata gave for the version with that etag."""
+        with self.env.begin(db=self.dbs["objmeta"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        if raw is None:
+            return None
+        etag, mode, uid, gid, mtime_ns, target = unpack_objmeta(raw)
+        return etag, ObjMeta(mode, uid, gid, mtime_ns, target)
+
+    def put_objmeta(self, ino: int, etag: str, m: ObjMeta) -> None:
+        with self._write_lock, self.env.begin(write=True) as txn:
+            if txn.get(pack_u64(ino), db=self.dbs["inodes"]) is None:
+                return                       # removed meanwhile: no record without its inode
+            txn.put(pack_u64(ino), pack_objmeta(etag, m.mode, m.uid, m.gid, m.mtime_ns, m.target),
+                    db=self.dbs["objmeta"])
 
     def sync(self) -> None:
         """Make every commit durable against a power loss (metasync is off for speed)."""

@@ -20,7 +20,7 @@ import time
 
 import lmdb
 
-from .schema import ATTRS, BLOCK, DATABASES, F64, U64, unpack_inode, unpack_u64
+from .schema import ATTRS, BLOCK, DATABASES, F64, OWNER, U64, unpack_inode, unpack_objmeta, unpack_u64
 
 CHECK_TIMEOUT_S = 300.0     # ~1.5 s per million records here; far beyond any sane store
 
@@ -42,6 +42,14 @@ def _check_record(db: bytes, key: bytes, value: bytes) -> None:
     elif db == b"attrs":
         if len(value) != ATTRS.size:
             raise ValueError("malformed attributes")
+    elif db == b"owners":
+        if len(value) != OWNER.size:
+            raise ValueError("malformed owner")
+    elif db == b"objmeta":
+        unpack_objmeta(value)
+    elif db == b"subdirs":
+        if len(value) != U64.size:
+            raise ValueError("malformed subdirectory count")
 
 
 def walk(path: str) -> int:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import abc
 import threading
 from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ObjectChanged, ObjectNotFound
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,9 @@ class ObjectInfo:
     size: int
     etag: str
     mtime_ns: int
+    # The object's user metadata (x-amz-meta-* without the prefix, names lower-case) when the
+    # answer carried it (HEAD); None when it cannot (a LIST entry).
+    meta: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,12 @@ class ObjectStore(abc.ABC):
 
     # -- writes (idempotent: a retried request leaves the same state) ------------------------
     @abc.abstractmethod
-    def put_object(self, key: str, data: bytes | memoryview) -> str:
-        """Store `data` under `key` in one request; returns the new ETag."""
+    def put_object(self, key: str, data: bytes | memoryview, metadata: dict[str, str] | None = None) -> str:
+        """Store `data` under `key` in one request, with user `metadata` (x-amz-meta-*); returns the new ETag."""
 
     @abc.abstractmethod
-    def create_multipart(self, key: str) -> str:
-        """Start a multipart upload; returns its upload id."""
+    def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        """Start a multipart upload (the object gets user `metadata`); returns its upload id."""
 
     @abc.abstractmethod
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
@@ -78,11 +84,29 @@ class ObjectStore(abc.ABC):
         """Remove `key` (no error if it does not exist)."""
 
     @abc.abstractmethod
-    def copy(self, src: str, dst: str) -> str:
-        """Server-side copy of `src` to `dst`; returns the new ETag."""
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
+        """Server-side copy of `src` to `dst`; returns the new ETag. The copy keeps the source's
+        user metadata, or gets `metadata` instead (MetadataDirective=REPLACE)."""
+
+    def replace_metadata(self, key: str, metadata: dict[str, str], size: int, etag: str | None = None) -> str:
+        """Give `key` (of `size` bytes) new user metadata: a server-side copy onto itself, of the
+        version with `etag` only (ObjectChanged otherwise). Returns the new ETag (a copy may change it)."""
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(key)
+        if etag and info.etag != etag:
+            raise ObjectChanged(key)
+        return self.copy(key, key, metadata)
 
     def close(self) -> None:
         """Release connections."""
+
+    metadata_seen: "Callable[[str, str, dict[str, str]], None] | None" = None
+
+    def watch_metadata(self, fn: "Callable[[str, str, dict[str, str]], None]") -> None:
+        """Have `fn(key, etag, metadata)` told (from any thread) the user metadata (x-amz-meta-*,
+        names lower-case without the prefix) that GET answers carry: what a read learns for free."""
+        self.metadata_seen = fn
 
 
 class DelegatingWrites:
@@ -90,11 +114,11 @@ class DelegatingWrites:
     `self.inner` unchanged."""
     inner: ObjectStore
 
-    def put_object(self, key, data):
-        return self.inner.put_object(key, data)
+    def put_object(self, key, data, metadata=None):
+        return self.inner.put_object(key, data, metadata)
 
-    def create_multipart(self, key):
-        return self.inner.create_multipart(key)
+    def create_multipart(self, key, metadata=None):
+        return self.inner.create_multipart(key, metadata)
 
     def upload_part(self, key, upload_id, number, data):
         return self.inner.upload_part(key, upload_id, number, data)
@@ -111,5 +135,11 @@ class DelegatingWrites:
     def delete(self, key):
         return self.inner.delete(key)
 
-    def copy(self, src, dst):
-        return self.inner.copy(src, dst)
+    def copy(self, src, dst, metadata=None):
+        return self.inner.copy(src, dst, metadata)
+
+    def replace_metadata(self, key, metadata, size, etag=None):
+        return self.inner.replace_metadata(key, metadata, size, etag)
+
+    def watch_metadata(self, fn):
+        self.inner.watch_metadata(fn)

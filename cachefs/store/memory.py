@@ -18,9 +18,12 @@ class MemoryStore(ObjectStore):
         self._lock = threading.Lock()
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self._uploads: dict[str, tuple[str, dict[int, bytes]]] = {}
+        self._upload_meta: dict[str, dict[str, str]] = {}
 
-    def put(self, key: str, data: bytes) -> ObjectInfo:
-        info = ObjectInfo(key, len(data), f'"{xxhash.xxh64_hexdigest(data)}"', time.time_ns())
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        # The ETag covers the metadata too: a copy that replaces it gives a new one, as S3's may.
+        digest = xxhash.xxh64_hexdigest(data + repr(sorted(metadata.items())).encode() if metadata else data)
+        info = ObjectInfo(key, len(data), f'"{digest}"', time.time_ns(), dict(metadata or {}))
         with self._lock:
             self._objects[key] = (bytes(data), info)
         return info
@@ -30,13 +33,14 @@ class MemoryStore(ObjectStore):
         with self._lock:
             self._objects.pop(key, None)
 
-    def put_object(self, key: str, data: bytes | memoryview) -> str:
+    def put_object(self, key: str, data: bytes | memoryview, metadata: dict[str, str] | None = None) -> str:
         self.stats.add("s3_put")
-        return self.put(key, bytes(data)).etag
+        return self.put(key, bytes(data), metadata).etag
 
-    def create_multipart(self, key: str) -> str:
+    def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with self._lock:
             self._uploads[upload_id := f"u{len(self._uploads) + 1}"] = (key, {})
+            self._upload_meta[upload_id] = dict(metadata or {})
         return upload_id
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
@@ -53,7 +57,8 @@ class MemoryStore(ObjectStore):
             entry = self._uploads.pop(upload_id, None)
         if entry is None:
             raise ObjectNotFound(f"no multipart upload {upload_id} for {key}")
-        return self.put(key, b"".join(entry[1][n] for n, _ in sorted(parts))).etag
+        return self.put(key, b"".join(entry[1][n] for n, _ in sorted(parts)),
+                        self._upload_meta.pop(upload_id, None)).etag
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         with self._lock:
@@ -67,12 +72,13 @@ class MemoryStore(ObjectStore):
         with self._lock:
             return sorted(self._uploads)
 
-    def copy(self, src: str, dst: str) -> str:
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
+        self.stats.add("s3_copy")
         with self._lock:
             entry = self._objects.get(src)
         if entry is None:
             raise ObjectNotFound(src)
-        return self.put(dst, entry[0]).etag
+        return self.put(dst, entry[0], entry[1].meta if metadata is None else metadata).etag
 
     def check_bucket(self, prefix: str = "") -> None:
         if not self.bucket:
@@ -90,6 +96,8 @@ class MemoryStore(ObjectStore):
         data, info = entry
         if etag and etag != info.etag:
             raise ObjectChanged(key)
+        if self.metadata_seen is not None:
+            self.metadata_seen(key, info.etag, dict(info.meta or {}))
         self.stats.add("s3_get_bytes", end - start)
         return data[start:end]
 

@@ -46,6 +46,9 @@ THROTTLE_BASE_S = 0.5
 RETRY_CAP_S = 5.0
 # S3's own limit: a key is at most 1024 bytes of UTF-8. No such object can exist.
 MAX_KEY_BYTES = 1024
+# S3's limit for one CopyObject request; larger objects are copied part by part.
+MAX_SINGLE_COPY = 5 << 30
+_META = "x-amz-meta-"
 
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                     "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -266,8 +269,11 @@ class S3Store(ObjectStore):
             data = None
             if fast is not None:
                 armed = self._watchdog.arm(call.deadline, call.abandon) if call.deadline is not None else None
+                def fast_body(raw) -> None:
+                    self._tell_metadata(key, raw.headers)
+                    body_follows(raw)
                 try:
-                    data = fast.get(key, start, end, etag, body_follows, call.deadline)
+                    data = fast.get(key, start, end, etag, fast_body, call.deadline)
                 except FallBack as e:
                     log.info("S3 GETs go through boto3 from now on (%s)", e)
                     self._fast = None
@@ -281,7 +287,10 @@ class S3Store(ObjectStore):
                 if call.abandoned:              # the body was cut at the deadline
                     raise self._deadline_exceeded()
             if data is None:
-                body = self.read_client.get_object(**args)["Body"]
+                r = self.read_client.get_object(**args)
+                body = r["Body"]
+                if self.metadata_seen is not None:
+                    self.metadata_seen(key, r.get("ETag", ""), {k.lower(): v for k, v in r.get("Metadata", {}).items()})
                 body_follows(body)
                 data = body.read()
             if len(data) != end - start:
@@ -297,6 +306,13 @@ class S3Store(ObjectStore):
         self.stats.add("s3_get_bytes", len(data))
         return data
 
+    def _tell_metadata(self, key: str, headers) -> None:
+        if self.metadata_seen is None:
+            return
+        meta = {name[len(_META):].lower(): value for name, value in headers.items()
+                if name.lower().startswith(_META)}
+        self.metadata_seen(key, headers.get("ETag", ""), meta)
+
     def head(self, key: str) -> ObjectInfo | None:
         if len(key.encode()) > MAX_KEY_BYTES:
             return None
@@ -305,7 +321,8 @@ class S3Store(ObjectStore):
                            counter="s3_head")
         except ObjectNotFound:
             return None
-        return ObjectInfo(key, r["ContentLength"], r["ETag"], int(r["LastModified"].timestamp() * 1e9))
+        return ObjectInfo(key, r["ContentLength"], r["ETag"], int(r["LastModified"].timestamp() * 1e9),
+                          {k.lower(): v for k, v in r.get("Metadata", {}).items()})
 
     def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
                   delimiter: str = "/") -> ListPage:
@@ -405,13 +422,15 @@ class S3Store(ObjectStore):
             self.stats.add("s3_write_errors")
             raise self._translate(e, key) from e
 
-    def put_object(self, key: str, data: bytes | memoryview) -> str:
-        r = self._call("s3_put", key, self.client.put_object, Body=bytes(data))
+    def put_object(self, key: str, data: bytes | memoryview, metadata: dict[str, str] | None = None) -> str:
+        extra = {"Metadata": metadata} if metadata else {}
+        r = self._call("s3_put", key, self.client.put_object, Body=bytes(data), **extra)
         self.stats.add("s3_put_bytes", len(data))
         return r["ETag"]
 
-    def create_multipart(self, key: str) -> str:
-        return self._call("s3_multipart_create", key, self.client.create_multipart_upload)["UploadId"]
+    def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        extra = {"Metadata": metadata} if metadata else {}
+        return self._call("s3_multipart_create", key, self.client.create_multipart_upload, **extra)["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
         r = self._call("s3_put_part", key, self.client.upload_part, UploadId=upload_id, PartNumber=number,
@@ -445,11 +464,12 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         self._call("s3_delete", key, self.client.delete_object)
 
-    def copy(self, src: str, dst: str) -> str:
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
         # boto3's managed copy switches to a multipart copy above 5 GiB, S3's single-copy limit.
         self.stats.add("s3_copy")
+        extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"} if metadata is not None else None
         try:
-            self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst)
+            self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst, ExtraArgs=extra)
         except (bce.ClientError, *_NETWORK_ERRORS) as e:
             self.stats.add("s3_write_errors")
             raise self._translate(e, src) from e
@@ -457,6 +477,16 @@ class S3Store(ObjectStore):
         if info is None:
             raise StoreUnavailable(f"copy of s3://{self.bucket}/{src} to {dst} did not appear")
         return info.etag
+
+    def replace_metadata(self, key: str, metadata: dict[str, str], size: int, etag: str | None = None) -> str:
+        # One CopyObject onto itself up to S3's single-copy limit (the managed copy would first
+        # HEAD the source and split anything above 8 MB into part copies); above it, the managed copy.
+        if size > MAX_SINGLE_COPY:
+            return super().replace_metadata(key, metadata, size, etag)
+        extra = {"CopySourceIfMatch": etag} if etag else {}
+        r = self._call("s3_copy", key, self.client.copy_object, CopySource={"Bucket": self.bucket, "Key": key},
+                       Metadata=metadata, MetadataDirective="REPLACE", **extra)
+        return r["CopyObjectResult"]["ETag"]
 
     def close(self) -> None:
         self._watchdog.close()

@@ -27,7 +27,7 @@ def make_world(tmp_path, cache_blocks: int = 64, **reader_options):
     reader over them; also the MetaStore, to close."""
     stats = Stats()
     store = MemoryStore("bkt", stats)
-    cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
+    cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS), "metadata_head_size": "0"}, None, {})
     meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
     cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), cache_blocks * BS)], meta, stats)
     cache.open()
