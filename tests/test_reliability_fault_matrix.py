@@ -36,13 +36,13 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from mount_helpers import (MiB, KiB, first_difference, force_unmount, is_mounted, log_problems, object_bytes,
-                           pid_alive, populate, run_cachefs, wait_until)
+from mount_helpers import (KiB, MiB, first_difference, force_unmount, is_mounted, log_problems, object_bytes,
+                           pid_alive, run_cachefs, wait_until)
 
 from cachefs.devtools.faultproxy import Fault, FaultProxy
 
@@ -487,7 +487,7 @@ def test_fault_matrix(matrix, rtype, fault_name):
 
     for step in failed:                   # the application's retry
         try:
-            after_recovery(lambda: step.run(ctx))
+            after_recovery(lambda step=step: step.run(ctx))
         except OSError as e:
             report["retry_errnos"][step.name] = errno.errorcode.get(e.errno, str(e.errno))
             problems.append(f"{step.name} retried after the fault: {e!r}")
