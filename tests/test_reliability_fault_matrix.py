@@ -468,6 +468,7 @@ def test_fault_matrix(matrix, rtype, fault_name):
         time.sleep(0.3)                   # the daemon handles the failed request
     finally:
         mx.proxy.remove(fault)
+    fault_off = time.monotonic()
     report["fired"] = fault.fired
     if fault.fired == 0:
         problems.append(f"the workload sent no {rtype} request: the cell tests nothing")
@@ -511,7 +512,7 @@ def test_fault_matrix(matrix, rtype, fault_name):
     report["seconds"] = round(time.monotonic() - t0, 1)
     if problems:                          # the reproduction: what the proxy saw, what the daemon said
         report["requests"] = [f"{r.op} {r.key[len(cell) + 1:]} {r.outcome} {r.status}"
-                              for r in mx.proxy.seen(since=t0) if r.key.startswith(cell + "/")]
+                              for r in mx.proxy.seen(since=t0) if r.key.startswith(cell + "/") and r.t < fault_off]
         report["log"] = [line[24:300] for line in m.log_text()[log_start:].splitlines()
                          if " WARNING " in line or " ERROR " in line]
     print("FAULT-MATRIX " + json.dumps(report), flush=True)
