@@ -85,26 +85,7 @@ MOUNT_OPTIONS = ("--s3-max-attempts", "2", "--s3-read-timeout", str(READ_TIMEOUT
 
 # Cells whose outcome is a defect outside this test's files (strict: they turn red once it is fixed).
 # Each reason names the defect and where it is; docs/RELIABILITY.md "Fault matrix" has the reproductions.
-_COPY_HEAD = ("S3Store.copy confirms a copy with a HEAD through the read path, which the outage breaker refuses "
-              "once GETs failed: rename gets EIO after its copy landed, the copy stays in S3 (store/s3.py)")
-_LOST_PUT = ("a PUT that reached S3 but whose answer was lost (or came after the read timeout) counts as not "
-             "done: the file, renamed during that upload, goes up under its new name and the object under the "
-             "old name is never deleted (writeback/tree rename)")
-_LOST_CREATE = ("a CreateMultipartUpload whose answer was lost (or came after the read timeout) leaves an "
-                "unfinished multipart upload in S3 that nothing aborts (writeback)")
-_ABORT = ("an AbortMultipartUpload S3 refuses is logged and never retried (writeback._abort_quietly): the "
-          "abandoned upload and its parts stay in S3")
-_LOST_COPY = ("a CopyObject that landed but whose answer was lost fails the rename (EIO) and is not rolled back: "
-              "S3 holds the object under both names, the mount shows the old one (tree.rename/_move_prefix)")
-_LOST_DELETE = ("a DeleteObject that landed but whose answer was lost fails unlink with EIO and the mount keeps "
-                "showing a file S3 no longer holds (tree.unlink)")
-XFAILS: dict[tuple[str, str], str] = {
-    **{("put", f): _LOST_PUT for f in ("truncated", "stall")},
-    **{("create_multipart", f): _LOST_CREATE for f in ("truncated", "stall")},
-    **{("abort_multipart", f): _ABORT for f in ("500", "503-slowdown", "reset")},
-    **{("copy", f): _LOST_COPY for f in ("truncated", "stall")},
-    **{("delete", f): _LOST_DELETE for f in ("truncated", "stall")},
-}
+XFAILS: dict[tuple[str, str], str] = {}    # every defect the matrix found is fixed (docs/RELIABILITY.md)
 
 
 # ---------------------------------------------------------------- what each cell's directory holds
@@ -120,6 +101,7 @@ SEED = {                                  # in S3 before the mount starts: cold 
     "del.bin": 50 * KiB,                  # unlinked
     "trunc.bin": 600 * KiB,               # truncated to 250 KiB
     "d/x1": 30 * KiB, "d/x2": 31 * KiB, "d/x3": 32 * KiB,    # directory renamed to d2
+    "meta/tiny.txt": 100,                 # stat: its directory's listing HEADs tiny objects (metadata)
 }
 
 
@@ -139,7 +121,7 @@ def expected_objects(cell: str) -> dict[str, bytes]:
     out = {"src/r1.bin": s["src/r1.bin"], "src/r2.bin": s["src/r2.bin"], "new/moved.bin": s["old.bin"],
            "trunc.bin": s["trunc.bin"][:250 * KiB], "d2/x1": s["d/x1"], "d2/x2": s["d/x2"], "d2/x3": s["d/x3"],
            "new/": b"", "new/small.txt": SMALL, "new/big.bin": BIG, "new/abort.bin": ABORT[:1 * MiB],
-           "new/final.txt": TMP, "new/cfr.bin": s["src/r2.bin"]}
+           "new/final.txt": TMP, "new/cfr.bin": s["src/r2.bin"], "meta/tiny.txt": s["meta/tiny.txt"]}
     return {f"{cell}/{k}": v for k, v in out.items()}
 
 
@@ -176,6 +158,12 @@ def r_stat_unknown(c: Ctx) -> None:
     except FileNotFoundError:
         return
     raise AssertionError("stat of a name S3 does not hold succeeded")
+
+
+def r_stat_tiny(c: Ctx) -> None:
+    """A tiny object may be a symbolic link (docs/SEMANTICS.md "Attributes in S3"): listing its
+    directory HEADs it. The request type HEAD is sent by this step (S3Store.copy no longer HEADs)."""
+    assert os.lstat(c.root / "meta/tiny.txt").st_size == SEED["meta/tiny.txt"]
 
 
 def r_cold_read(c: Ctx) -> None:
@@ -267,6 +255,7 @@ WORKLOAD = [
     Step("truncate S3 file", frozenset(LOOKUP | {"get"}), w_truncate_s3_file),
     Step("listdir", frozenset({"list"}), r_listdir),
     Step("stat unknown name", frozenset(LOOKUP), r_stat_unknown),
+    Step("stat tiny object", frozenset(LOOKUP), r_stat_tiny),
     Step("cold read", frozenset(LOOKUP | {"get"}), r_cold_read),
 ]
 
@@ -632,7 +621,6 @@ def test_every_fault_reaches_every_request_type(make_bucket, moto_server, fault_
                 assert c.head_object(Bucket=bucket, Key=key)["ContentLength"] in (1000, 10_000)
 
 
-@pytest.mark.xfail(strict=True, reason=f"issue 15: {_COPY_HEAD}")
 def test_rename_while_the_outage_breaker_is_open(mounter, make_bucket, s3, fault_proxy):
     """GETs fail (500), 3 cold reads get EIO and open the outage breaker; then a file S3 holds is
     renamed (CopyObject and DeleteObject work). SEMANTICS.md: the rename succeeds, or fails with EIO
