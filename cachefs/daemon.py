@@ -180,7 +180,8 @@ class Daemon:
                                    small_sync_interval=cfg.small_sync_interval,
                                    large_sync_interval=cfg.large_sync_interval,
                                    part_size=cfg.multipart_part_size, upload_concurrency=cfg.upload_concurrency,
-                                   eager=cfg.eager_upload)
+                                   eager=cfg.eager_upload,
+                                   answer_grace=cfg.s3_connect_timeout + cfg.s3_read_timeout + 5.0)
         try:
             self.writeback.open()
         except OSError as e:

@@ -104,7 +104,7 @@ class Tree:
             raise FsError(errno.ENOTDIR)
         if not await self._is_empty(node):
             raise FsError(errno.ENOTEMPTY)
-        await self._delete(self.ns.dir_prefix(node))          # its marker, if it has one
+        await self._delete_or_later(self.ns.dir_prefix(node))          # its marker, if it has one
         await self.run_blocking(self.meta.remove_entry, parent.ino, name)
         await self._keep_if_empty(parent)
 
@@ -129,9 +129,11 @@ class Tree:
                             "relisted): %s", directory.path, e)
 
     async def _unlink_file(self, node: Inode) -> None:
+        """The unlink is done here whatever S3 answers: a delete S3 refused, or whose answer was
+        lost after it landed, is retried in the background (no upload to that name starts before)."""
         gone = self.wb.unlinked(node.ino) if node.ino in self.wb.files else [node.path]
         for path in gone:
-            await self._delete(self.ns.cfg.prefix + path)
+            await self._delete_or_later(self.ns.cfg.prefix + path)
 
     async def _delete(self, key: str) -> None:
         try:
@@ -164,6 +166,7 @@ class Tree:
             if target.is_dir and not await self._is_empty(target):
                 raise FsError(errno.ENOTEMPTY)
         if node.is_dir:
+            await self.wb.claim(new_path, below=True)    # no clean-up deletes a copy below it
             try:
                 await self.wb.hold_below(node.path)      # no upload below it lands during the copy
                 # An empty target's marker is overwritten by the source's, or stays (harmless).
@@ -173,6 +176,7 @@ class Tree:
                 self.wb.renamed_dir(node.path, new_path)
             finally:
                 self.wb.release_below(node.path)
+                self.wb.release(new_path, below=True)
             await self._keep_if_empty(old_parent)
             return
         if target is not None and target.ino in self.wb.files:
@@ -181,20 +185,28 @@ class Tree:
                 if gone != new_path:
                     await self._delete(self.ns.cfg.prefix + gone)
         st = self.wb.get(node.ino)
+        copies = st is None or (not st.uploading and st.remote is not None and not st.dirty)
+        await self.wb.claim(new_path, wait=copies)     # nothing may land on, or delete, a copy to it
+        try:
+            await self._rename_file(node, old_parent, old_name, new_parent, new_name, new_path, target)
+        finally:
+            self.wb.release(new_path)
+        await self._keep_if_empty(old_parent)
+
+    async def _rename_file(self, node: Inode, old_parent: Inode, old_name: bytes, new_parent: Inode,
+                           new_name: bytes, new_path: str, target: Inode | None) -> None:
+        st = self.wb.get(node.ino)
         prefix = self.ns.cfg.prefix
         etag = None
-        if st is None or (not st.uploading and st.remote is not None and not st.dirty):
-            await self.wb.claim_name(new_path)       # nothing may land on, or delete, the copy
-            st = self.wb.get(node.ino)               # (it may have changed while we waited)
         if st is None:
-            etag = await self.run_blocking(self.store.copy, prefix + node.path, prefix + new_path)
+            etag = await self._copy_or_undo(prefix + node.path, prefix + new_path, new_parent, target)
             await self._delete_or_later(prefix + node.path)       # copied: the rename is done
         elif not st.uploading and st.remote is not None:
             if st.dirty:          # S3's copy is outdated anyway: the upload goes to the new name
-                await self._delete(prefix + st.remote)
+                await self._delete_or_later(prefix + st.remote)
                 st.remote = None
             else:
-                etag = await self.run_blocking(self.store.copy, prefix + st.remote, prefix + new_path)
+                etag = await self._copy_or_undo(prefix + st.remote, prefix + new_path, new_parent, target)
                 await self._delete_or_later(prefix + st.remote)
                 st.remote = new_path
                 st.etag = etag
@@ -202,7 +214,20 @@ class Tree:
         if etag is not None:        # a copy is a new object (a multipart one gets a new ETag)
             await self.run_blocking(self._record_etags, None, {node.ino: etag})
         self.wb.renamed(node.ino, new_path, replaced=target is not None)
-        await self._keep_if_empty(old_parent)
+
+    async def _copy_or_undo(self, src: str, dst: str, new_parent: Inode, target: Inode | None) -> str:
+        """A rename's copy. If it fails, it may still have landed (an answer lost): a copy to a new
+        name is deleted again; one over an existing file may have replaced its object, so the
+        directory is listed anew on its next use and shows what S3 holds."""
+        try:
+            return await self.run_blocking(self.store.copy, src, dst)
+        except StoreError:
+            with trio.CancelScope(shield=True):
+                if target is None:
+                    self.wb.stray(dst)
+                else:
+                    await self.run_blocking(self.meta.mark_listed, new_parent.ino, 0.0)
+            raise
 
     async def _delete_or_later(self, key: str) -> None:
         """Delete an old name after its copy: the rename is done, so a refusal is retried later."""
@@ -220,6 +245,7 @@ class Tree:
         src_prefix, dst_prefix = prefix + old + "/", prefix + new + "/"
         keys = await self.run_blocking(self._all_keys, src_prefix)
         copied: dict[str, str] = {}
+        rel = ""
         try:
             for key in keys:
                 rel = key[len(src_prefix):]
@@ -230,6 +256,8 @@ class Tree:
                 except ObjectNotFound:
                     continue         # deleted meanwhile: nothing to move
         except BaseException:
+            if rel and rel not in copied:
+                copied[rel] = ""         # the copy that failed may have landed all the same
             with trio.CancelScope(shield=True):
                 await self._roll_back(dst_prefix, copied)
             raise
@@ -240,12 +268,7 @@ class Tree:
     async def _roll_back(self, dst_prefix: str, copied: dict[str, str]) -> None:
         """Delete the copies a failed directory rename made (the target was empty: they are all new)."""
         for rel in copied:
-            try:
-                await self._delete(dst_prefix + rel)
-            except StoreError as e:
-                log.warning("rename rolled back: could not delete the copy %s%s (retried later): %s",
-                            dst_prefix, rel, e)
-                self.wb.delete_later(dst_prefix + rel)
+            self.wb.stray(dst_prefix + rel)      # deleted now, and again once a late copy cannot land
         if copied:
             log.warning("a directory rename failed after %d copies; they were rolled back", len(copied))
 

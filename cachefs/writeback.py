@@ -27,14 +27,14 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
 
 from . import supervise
 from .errors import FsError, ObjectNotFound, StoreError, StoreUnavailable
-from .meta.schema import Inode
+from .meta.schema import ROOT_INO, Inode
 from .meta.store import MetaStore
 from .parts import PartSession
 from .stats import Stats
@@ -54,6 +54,7 @@ COPY_CHUNK = 4 << 20          # bytes per read when a file is copied into stagin
 # writing stay local) until the room is needed; at most this many, each holding an open fd.
 RETAIN_FILES = 128
 SESSION_FAILURES = 2          # a multipart session that failed this often in a row is given up (lost)
+CLEANUP_WAIT_S = 10.0         # a flush waits at most this long, after the uploads, for retried deletes and aborts
 CLAIM_WAIT_S = 30.0           # a rename waits at most this long for an upload or delete of its target name
 ABORT_ON_STOP_S = 5.0         # how long a stopping daemon spends aborting the session it was sending
 
@@ -104,6 +105,7 @@ class Staged:
     session: PartSession | None = None   # eager multipart upload of a large file being written
     eager: bool = False            # an eager part task runs for this file
     replaced: bool = False         # it replaced a file at `path` whose object S3 may still hold there
+    maybe_at: set[str] = field(default_factory=set)   # names a failed upload may have reached all the same
 
     @property
     def dirty(self) -> bool:
@@ -117,7 +119,7 @@ class Writeback:
     def __init__(self, meta: MetaStore, store: ObjectStore, run_blocking: RunBlocking, stats: Stats, *,
                  prefix: str, staging_dir: str, staging_size: int, small_file_threshold: int,
                  small_sync_interval: float, large_sync_interval: float, part_size: int,
-                 upload_concurrency: int, eager: bool = True) -> None:
+                 upload_concurrency: int, eager: bool = True, answer_grace: float = 35.0) -> None:
         self.meta = meta
         self.store = store
         self.run_blocking = run_blocking
@@ -144,6 +146,14 @@ class Writeback:
         self._copies = 0                    # names staging copies in progress uniquely
         self._to_delete: list[str] = []     # keys whose delete failed: retried by the scheduler
         self._delete_retry_at = 0.0
+        self._abort_later: list[tuple[str, str]] = []      # aborts S3 refused: retried like deletes
+        # A request whose answer was lost may still be acted on by S3 later (its client gave up at
+        # the read timeout, the server had not): what it may have made is checked again after this.
+        self.answer_grace = answer_grace
+        self._orphan_keys: dict[str, float] = {}  # key -> when: a create got no answer; list, abort strays
+        self._strays: dict[str, float] = {}       # key -> when: an object that may have landed unwanted
+        self._claimed: list[tuple[str, bool]] = []   # names (or directories) a rename is copying to
+        self._deleting: set[str] = set()          # names whose DeleteObject is in flight now
         # The object user metadata (x-amz-meta-*) an upload of this inode carries (posixmeta.py);
         # set by whoever shows the attributes (fs.py).
         self.metadata_for: Callable[[int], dict[str, str]] = lambda ino: {}
@@ -468,23 +478,51 @@ class Writeback:
             if st.path.startswith(new + "/"):
                 self.meta.put_pending(st.ino, st.record())
 
-    async def claim_name(self, path: str, timeout: float = CLAIM_WAIT_S) -> None:
-        """Before a rename copies an object to `path`: an upload still landing there (a file that
-        had the name and was replaced) or a delete of that name must finish first, or it would
-        delete or overwrite the copy. A delete only waiting for its retry is dropped: the copy
-        overwrites the object anyway. StoreUnavailable if the name stays busy past `timeout`."""
-        key = self.prefix + path
-        if key in self._to_delete:
-            self._to_delete = [k for k in self._to_delete if k != key]
-            self._vacating.discard(path)
+    async def claim(self, path: str, below: bool = False, wait: bool = True, timeout: float = CLAIM_WAIT_S) -> None:
+        """Before a rename copies objects to `path` (`below`: to the keys below directory `path`):
+        an upload still landing there (a file that had the name and was replaced) or a delete of
+        it must finish first, or it would delete or overwrite the copy; deletes only waiting for
+        their retry are dropped (the copy overwrites those objects anyway), and no late clean-up
+        touches the name until `release`. StoreUnavailable if it stays busy past `timeout`.
+        `wait=False`: no copy is made now (a staged file's upload goes there later, in turn)."""
+        def covered(p: str) -> bool:
+            return p == path or (below and p.startswith(path + "/"))
+        self._to_delete = [k for k in self._to_delete if not covered(k[len(self.prefix):])]
+        self._vacating = {p for p in self._vacating if not covered(p)} | (self._vacating & self._deleting)
+        self._claimed.append((path, below))
         deadline = time.monotonic() + timeout
-        while path in self._inflight or path in self._vacating:
+        while wait and any(covered(p) for p in self._inflight | self._vacating):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StoreUnavailable(f"{key} is still being uploaded or deleted; try again")
+                self.release(path, below)
+                raise StoreUnavailable(f"{self.prefix}{path} is still being uploaded or deleted; try again")
             changed = self._changed
             with trio.move_on_after(left):
                 await changed.wait()
+
+    def release(self, path: str, below: bool = False) -> None:
+        if (path, below) in self._claimed:
+            self._claimed.remove((path, below))
+
+    def _is_claimed(self, path: str) -> bool:
+        return any(path == p or (below and path.startswith(p + "/")) for p, below in self._claimed)
+
+    def stray(self, key: str) -> None:
+        """An object that may have landed although the mount does not show it (a request whose answer
+        was lost): deleted now and once more after `answer_grace`, unless a file has the name then."""
+        if key[len(self.prefix):] not in self._vacating:
+            self.delete_later(key)
+        self._strays[key] = time.monotonic() + self.answer_grace
+        self._wake.set()
+
+    async def _delete_stray(self, key: str) -> None:
+        path = key[len(self.prefix):]
+        if self._shown(path):
+            return                       # a file has the name now: its object is no stray
+        if path in self._inflight or path in self.moving_out() or self._is_claimed(path):
+            self._strays[key] = time.monotonic() + RETRY_FIRST_S
+            return
+        await self._delete_quietly(key)
 
     def delete_later(self, key: str) -> None:
         """An object the mount no longer shows whose delete S3 refused: the scheduler retries it,
@@ -504,9 +542,11 @@ class Writeback:
         st.deleted = True
         remote, st.remote = st.remote, None
         gone = [remote] if remote is not None else []
-        if (st.replaced and st.path != remote and st.path not in self._inflight
+        if ((st.replaced or st.path in st.maybe_at) and st.path != remote and st.path not in self._inflight
                 and st.path not in self.moving_out()):
             gone.append(st.path)
+        gone += [p for p in self._stray_names(st) if p not in gone]
+        st.maybe_at.clear()
         # Nothing of it is to be uploaded any more. (If the daemon dies while an upload started
         # before the unlink is in flight, that object may reappear: SEMANTICS.md.)
         self.meta.delete_pending(ino)
@@ -539,13 +579,41 @@ class Writeback:
                 st.forced = True
                 st.retry_at = 0.0
         self._wake.set()
+        cleanup_until = None
+        cleanup_s = max(CLEANUP_WAIT_S, self.answer_grace + 2 * TICK_S)
         while True:
             left = [st for st in self.files.values() if st.dirty or st.uploading]
+            if not left and self._cleaning():
+                # Uploads done: deletes and aborts S3 refused are retried for a little longer, so
+                # that S3 holds what the mount shows when flush returns (they go on after it too).
+                cleanup_until = cleanup_until or min(deadline, time.monotonic() + cleanup_s)
+                if time.monotonic() < cleanup_until:
+                    with trio.move_on_after(min(TICK_S, cleanup_until - time.monotonic())):
+                        await self._changed.wait()
+                    continue
             if not left or time.monotonic() >= deadline:
                 return sorted(st.path for st in left)
             changed = self._changed
             with trio.move_on_after(deadline - time.monotonic()):
                 await changed.wait()
+
+    def _cleaning(self) -> bool:
+        """Deletes or aborts still to be done (refused by S3, or in flight)."""
+        return bool(self._to_delete or self._abort_later or self._orphan_keys or self._strays or self._vacating
+                    or self._to_abort)
+
+    def _shown(self, path: str) -> bool:
+        """Whether the mount shows a file or directory at `path` (from LMDB)."""
+        node = self.meta.get_inode(ROOT_INO)
+        for part in path.split("/"):
+            if node is None:
+                return False
+            node = self.meta.lookup(node.ino, part.encode())
+        return node is not None
+
+    def _stray_names(self, st: Staged) -> list[str]:
+        """Names a failed upload of `st` may have reached that no file of the mount has now."""
+        return [p for p in st.maybe_at if p != st.path and not self._shown(p)]
 
     # -- the scheduler ----------------------------------------------------------------------
     def moving_out(self) -> set[str]:
@@ -592,11 +660,23 @@ class Writeback:
             while self._to_abort:
                 key, upload_id = self._to_abort.pop()
                 supervise.start(nursery, "abort", self._abort_quietly, key, upload_id, what=key)
-            if self._to_delete and now >= self._delete_retry_at:
-                keys, self._to_delete = self._to_delete, []
+            if (self._to_delete or self._abort_later or self._orphan_keys or self._strays) \
+                    and now >= self._delete_retry_at:
+                # What S3 refused or may have done unseen, retried at most once a second.
                 self._delete_retry_at = now + RETRY_FIRST_S
+                keys, self._to_delete = self._to_delete, []
                 for key in keys:
                     supervise.start(nursery, "delete", self._delete_quietly, key, what=key)
+                aborts, self._abort_later = self._abort_later, []
+                for key, upload_id in aborts:
+                    supervise.start(nursery, "abort", self._abort_quietly, key, upload_id, what=key)
+                for key, when in list(self._orphan_keys.items()):
+                    if now >= when:
+                        supervise.start(nursery, "abort", self._abort_orphans, key, what=key)
+                for key, when in list(self._strays.items()):
+                    if now >= when:
+                        del self._strays[key]
+                        supervise.start(nursery, "delete", self._delete_stray, key, what=key)
             with trio.move_on_after(TICK_S):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -617,6 +697,7 @@ class Writeback:
                 st.forced = True            # changed under us (renamed ...): again at once, no backoff
                 return
             except Exception as e:
+                st.maybe_at.add(path)       # the request may have landed with its answer lost
                 self._failed(st, key, e)
                 return
             with trio.CancelScope(shield=True):     # S3 has it: the record must say so
@@ -664,6 +745,10 @@ class Writeback:
         self.stats.add("upload_bytes", size)
         old_remote, st.remote = st.remote, path
         st.synced = max(st.synced, gen)
+        st.maybe_at.discard(path)
+        for stray in self._stray_names(st):     # an earlier attempt's object under a name since left
+            st.maybe_at.discard(stray)
+            self.stray(self.prefix + stray)
         if st.path == path:
             st.replaced = False             # whatever it replaced there is overwritten now
         if st.deleted:
@@ -689,7 +774,14 @@ class Writeback:
         st.upload_id = (key, "")      # recorded first: a crash during the create leaves a trace
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         meta = self.metadata_for(st.ino)
-        upload_id = await self.run_blocking(self.store.create_multipart, key, *([meta] if meta else []))
+        try:
+            upload_id = await self.run_blocking(self.store.create_multipart, key, *([meta] if meta else []))
+        except BaseException:
+            # It may exist with its answer lost, or be made later: listed and aborted (twice: at
+            # once, and once S3 can no longer be acting on it).
+            self._orphan_keys[key] = 0.0
+            self._orphan_keys[key + "\0late"] = time.monotonic() + self.answer_grace
+            raise
         st.upload_id = (key, upload_id)
         await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         return PartSession(key, upload_id, psize)
@@ -813,16 +905,42 @@ class Writeback:
             raise
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
+        """Abort an upload nobody completes; one S3 refuses is retried (its parts cost storage)."""
         try:
             await self.run_blocking(self.store.abort_multipart, key, upload_id)
         except StoreError as e:
-            log.warning("could not abort the abandoned multipart upload of %s: %s", key, e)
+            log.warning("could not abort the abandoned multipart upload of %s (retried later): %s", key, e)
+            self._abort_later.append((key, upload_id))
+            return
+        self._notify()
+
+    async def _abort_orphans(self, key: str) -> None:
+        """A CreateMultipartUpload of `key` got no answer: S3 may have made the upload all the same.
+        List the key's uploads and abort those no session of ours holds. Not while an upload of that
+        name runs (its own new session could be listed before its create answered)."""
+        entry, key = key, key.removesuffix("\0late")
+        path = key[len(self.prefix):]
+        if path in self._inflight or any(st.eager for st in self.files.values() if st.path == path):
+            return                       # next round
+        live = {s.upload_id for s in (st.session for st in self.files.values()) if s is not None}
+        live |= {st.upload_id[1] for st in self.files.values() if st.upload_id}
+        try:
+            found = await self.run_blocking(self.store.list_multipart, key)
+        except StoreError as e:
+            log.warning("could not list the multipart uploads of %s (retried later): %s", key, e)
+            return
+        self._orphan_keys.pop(entry, None)
+        for k, upload_id in found:
+            if k == key and upload_id not in live:
+                log.info("aborting the multipart upload of %s whose create had no answer", key)
+                await self._abort_quietly(k, upload_id)
 
     async def _delete_quietly(self, key: str) -> None:
         """Delete an object the mount no longer shows (an unlinked file's upload, a renamed file's old
         name). If S3 refuses, the name stays `_vacating` (no new upload to it may start) and the
         scheduler retries the delete until it is done: what the mount does not show must not stay."""
         path = key[len(self.prefix):]
+        self._deleting.add(path)
         try:
             await self.run_blocking(self.store.delete, key)
         except ObjectNotFound:
@@ -832,6 +950,8 @@ class Writeback:
             self._vacating.add(path)
             self._to_delete.append(key)
             return
+        finally:
+            self._deleting.discard(path)
         self._vacating.discard(path)
         self._notify()           # a rename waiting for the name (claim_name) goes on
 

@@ -3,7 +3,8 @@
     cachefs --endpoint-url http://127.0.0.1:PROXY_PORT  ->  FaultProxy  ->  S3 endpoint (moto, RGW ...)
 
 Every request is parsed (method, key, query, Range), classified into an S3 operation (get, head,
-list, put, upload_part, create_multipart, complete_multipart, abort_multipart, copy, delete ...),
+list, put, upload_part, create_multipart, complete_multipart, abort_multipart, copy, copy_part,
+delete, delete_objects, list_multipart, list_parts ...),
 recorded, and either forwarded or answered by the first matching fault. Faults are added and
 removed at run time, from Python (`proxy.add(Fault(...))`, `with proxy.outage("blackhole"):`) or over
 HTTP on the proxy itself (`/__faultproxy__/faults`, see `_control`), and can be limited to operations,
@@ -15,7 +16,11 @@ Actions:
   delay      wait `seconds`, then forward (a slow response; past the client's read timeout: a timeout)
   blackhole  accept the request and never answer (for `seconds`, or until the fault is removed)
   drip       forward, then send the response body in small pieces over `seconds` (a very slow body)
-  truncate   forward, then send the headers and half the body, and close (a short read)
+  truncate   forward, then send the headers and half the body, and close (a short read); an answer
+             without a body (HEAD, PUT, UploadPart, DELETE, abort) is cut half-way through its headers.
+             Either way the request reached S3 and took effect there: only the answer is lost
+A stall longer than the client's read timeout is `delay` with `seconds` past it (the request reaches
+S3 after the client gave up) or `blackhole` (it never does).
 An outage is a fault on every request: `blackhole`, `reset`, `error` (503), or `refuse`, which closes
 the listening socket (connection refused) until the outage ends.
 
@@ -42,8 +47,9 @@ from dataclasses import dataclass
 
 READ_OPS = frozenset({"get", "head", "list"})
 WRITE_OPS = frozenset({"put", "upload_part", "create_multipart", "complete_multipart", "abort_multipart",
-                       "copy", "delete", "delete_objects"})
-ALL_OPS = READ_OPS | WRITE_OPS | {"list_buckets", "head_bucket", "create_bucket", "delete_bucket", "other"}
+                       "copy", "copy_part", "delete", "delete_objects"})
+ALL_OPS = READ_OPS | WRITE_OPS | {"list_multipart", "list_parts", "list_buckets", "head_bucket", "create_bucket",
+                                  "delete_bucket", "other"}
 ACTIONS = ("error", "reset", "delay", "blackhole", "drip", "truncate")
 OUTAGE_MODES = ("blackhole", "reset", "error", "refuse")
 CONTROL_PREFIX = "/__faultproxy__/"   # no S3 bucket can have this name (underscores)
@@ -62,17 +68,25 @@ def classify(method: str, path: str, query: dict[str, list[str]], headers) -> tu
         return "list_buckets", "", ""
     if not key:
         op = {"GET": "list", "HEAD": "head_bucket", "PUT": "create_bucket", "DELETE": "delete_bucket"}.get(method)
+        if method == "GET" and "uploads" in query:
+            op = "list_multipart"         # ListMultipartUploads: not a listing of objects
         if method == "POST" and "delete" in query:
             op = "delete_objects"
-        return op or "other", bucket, ""
+        # a listing's "key" is its prefix: a fault's key pattern (say ^dir/) then matches the
+        # listings of that directory as it matches the objects below it
+        prefix = query.get("prefix", [""])[0] if op in ("list", "list_multipart") else ""
+        return op or "other", bucket, prefix
     if method == "GET":
-        return "get", bucket, key
+        return ("list_parts" if "uploadId" in query else "get"), bucket, key
     if method == "HEAD":
         return "head", bucket, key
     if method == "PUT":
+        copy = bool(headers.get("x-amz-copy-source"))
         if "partNumber" in query and "uploadId" in query:
-            return "upload_part", bucket, key
-        return ("copy" if headers.get("x-amz-copy-source") else "put"), bucket, key
+            # UploadPartCopy: boto3's managed copy (S3Store.copy) copies objects of 8 MiB and more
+            # (its multipart_threshold) in parts, between a create_multipart and a complete_multipart
+            return ("copy_part" if copy else "upload_part"), bucket, key
+        return ("copy" if copy else "put"), bucket, key
     if method == "POST":
         if "uploads" in query:
             return "create_multipart", bucket, key
@@ -102,7 +116,7 @@ def _ops(spec) -> frozenset[str]:
 class Fault:
     action: str
     ops: frozenset[str] | str | None = None     # None: every operation; "read" / "write" groups
-    key: str | None = None          # regex searched in the object key
+    key: str | None = None          # regex searched in the object key (a listing's: its prefix)
     probability: float = 1.0
     count: int | None = None        # fire at most this many times (None: until removed)
     skip: int = 0                   # let the first `skip` matching requests through
@@ -455,9 +469,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header(name, value)
         declared = headers_get(headers, "Content-Length")
         self.send_header("Content-Length", declared if self.command == "HEAD" and declared else str(len(payload)))
+        if action == "truncate" and (self.command == "HEAD" or not payload):
+            # No body to cut (HEAD, PUT, UploadPart, DELETE, abort ...): the answer is cut inside its
+            # headers. The request did reach S3 (and took effect there); only its answer is lost.
+            record("truncate", status)
+            raw = b"".join(self._headers_buffer) + b"\r\n"
+            self._headers_buffer = []
+            self.wfile.write(raw[:len(raw) // 2])
+            self.wfile.flush()
+            self._reset()
+            self.close_connection = True
+            return
+        if action is None or (action == "drip" and (self.command == "HEAD" or not payload)):
+            # before the headers go out: a client done once it has them (HEAD, an answer without a
+            # body) must find its request counted
+            record(action or "forwarded", status)
         if self.command == "HEAD":
-            if action != "delay":
-                record(action or "forwarded", status)
             self.end_headers()
             return
         self.end_headers()
@@ -483,8 +510,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             record("drip", status)
             return
-        if action != "delay":
-            record(action or "forwarded", status)
         self.wfile.write(payload)
 
     def _forward(self, split, body: bytes):
