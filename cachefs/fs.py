@@ -134,6 +134,7 @@ class CachefsOperations(pyfuse3.Operations):
         self._uploaded_meta: OrderedDict[int, dict[str, str]] = OrderedDict()
         if writeback is not None:
             writeback.metadata_for = self._upload_metadata
+            writeback.on_uploaded = self._record_uploaded_metadata
 
     # -- attributes -------------------------------------------------------------------------
     def _objmeta(self, inode: Inode, known: tuple[str, ObjMeta] | None | bool = False) -> ObjMeta:
@@ -226,6 +227,14 @@ class CachefsOperations(pyfuse3.Operations):
         if len(self._uploaded_meta) > _UPLOADED_META_KEPT:
             self._uploaded_meta.popitem(last=False)
         return wanted
+
+    def _record_uploaded_metadata(self, ino: int, etag: str) -> None:
+        """S3 holds this file's version `etag` with the metadata its upload carried: recorded, so
+        that after a remount the attributes are those (fsrand found an empty file's upload showing
+        an older empty version's mtime: both have the same ETag)."""
+        wanted = self._uploaded_meta.get(ino)
+        if wanted:
+            self.ns.meta.put_objmeta(ino, etag, posixmeta.parse(wanted))
 
     def _in_s3_already(self, node: Inode, wanted: dict[str, str]) -> bool:
         """S3's version of the file (node.etag) carries `wanted` already: no copy needed (`cp -a`

@@ -157,6 +157,10 @@ class Writeback:
         # The object user metadata (x-amz-meta-*) an upload of this inode carries (posixmeta.py);
         # set by whoever shows the attributes (fs.py).
         self.metadata_for: Callable[[int], dict[str, str]] = lambda ino: {}
+        # Called (in a worker thread) once S3 holds the file's current version under `etag`: what
+        # shows the attributes records the metadata that version carries (an equal ETag, say of an
+        # empty file, must not bring back an older version's metadata).
+        self.on_uploaded: Callable[[int, str], None] = lambda ino, etag: None
 
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -765,6 +769,7 @@ class Writeback:
         if gen == st.generation:
             st.etag = etag
             await self.run_blocking(self.meta.set_file, st.ino, size, etag, st.mtime_ns)
+            await self.run_blocking(self.on_uploaded, st.ino, etag)
         if st.dirty:
             await self.run_blocking(self.meta.put_pending, st.ino, st.record())
         else:

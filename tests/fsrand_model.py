@@ -99,14 +99,14 @@ DIFFERENCES: list[Difference] = [
                "SEMANTICS.md, Operations: '| link, mknod | `EPERM`, what POSIX gives where a filesystem cannot hold "
                "them: S3 cannot make two names one object (hard links) ...'"),
     Difference("fallocate modes other than 0", "fallocate", "ENOTSUP",     # = EOPNOTSUPP on Linux
-               "UNDOCUMENTED: SEMANTICS.md says nothing about fallocate(2); the mount answers EOPNOTSUPP to "
-               "FALLOC_FL_KEEP_SIZE / PUNCH_HOLE / ZERO_RANGE (mode 0 works through glibc's emulation)",
+               "SEMANTICS.md, Operations: '| fallocate | not supported: pyfuse3 has no FALLOCATE handler, so the "
+               "kernel answers `EOPNOTSUPP` for every mode ...' (found by this test)",
                when=lambda a: a["mode"] != "default",
                regression="test_fsrand.py::test_regression_fallocate_modes_documented_or_supported"),
     Difference("posix_fallocate on an O_APPEND handle", "fallocate", "EBADF",
-               "UNDOCUMENTED: the mount has no fallocate at all, so glibc's posix_fallocate emulates mode 0 by "
-               "writing, which it refuses on an O_APPEND descriptor (EBADF) where a local file system does it "
-               "(found by fuzz seed 822279060)",
+               "SEMANTICS.md, Operations: '... glibc's `posix_fallocate` then writes the range itself, which "
+               "works, except on a descriptor opened `O_APPEND` (`EBADF`, glibc's rule)' (found by fuzz seed "
+               "822279060)",
                when=lambda a: a["mode"] == "default",
                regression="test_fsrand.py::test_regression_fallocate_modes_documented_or_supported"),
 ]

@@ -485,8 +485,6 @@ def _both(workers: fm.Workers, op: str, args: dict, w: int = 0) -> dict:
     return workers.run(w, op, args)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: fallocate(2) modes KEEP_SIZE/PUNCH_HOLE/ZERO_RANGE give "
-                                       "EOPNOTSUPP on the mount and SEMANTICS.md does not say so")
 def test_regression_fallocate_modes_documented_or_supported(mounter, make_bucket, tmp_path):
     """fsrand: create('a'); fallocate(h, mode='keep-size', offset=0, length=1) -> mount EOPNOTSUPP,
     local disk 0 (the same for PUNCH_HOLE and ZERO_RANGE); and posix_fallocate(h, 4096, 1) on a handle
@@ -520,8 +518,6 @@ def test_regression_fallocate_modes_documented_or_supported(mounter, make_bucket
 
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: after kill -9 and a remount, an O_TRUNC open of a file is not "
-                                       "kept as its mtime: the next clean remount shows the write before the kill")
 def test_regression_mtime_of_a_truncation_after_kill9_survives_a_remount(fsrand_env):
     """fsrand, fuzz seed 1541564093 (on main 387c15c; no upload faults), shrunk by Hypothesis to 58
     steps and by hand to these 10 (+ a 5 s pause so the mtime error is far beyond the 2 s slack).
