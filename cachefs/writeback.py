@@ -479,7 +479,9 @@ class Writeback:
                 st.path = new + st.path[len(old):]
             if st.remote is not None and st.remote.startswith(old + "/"):
                 st.remote = new + st.remote[len(old):]
-            if st.path.startswith(new + "/"):
+            if st.path.startswith(new + "/") and st.dirty:
+                # Only what is still to be uploaded has a record: an unlinked file kept for its open
+                # handles must not get one back (a restart would upload it: bench/stress.py found it).
                 self.meta.put_pending(st.ino, st.record())
 
     async def claim(self, path: str, below: bool = False, wait: bool = True, timeout: float = CLAIM_WAIT_S) -> None:

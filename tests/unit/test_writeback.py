@@ -10,7 +10,7 @@ import trio
 
 from cachefs import writeback as wbmod
 from cachefs.errors import StoreUnavailable
-from cachefs.meta.schema import KIND_FILE, ROOT_INO
+from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
@@ -413,3 +413,20 @@ def test_reopening_a_large_file_for_writing_without_a_change_leaves_no_multipart
     assert run_scheduler(wb, write_close_reopen) == []
     assert store.multipart_uploads() == []
     assert store.get_range("ckpt", 0, len(data)) == data
+
+
+def test_a_directory_rename_gives_no_pending_record_back_to_an_unlinked_file(tmp_path):
+    """Found by bench/stress.py: a file unlinked while still held (open) got its pending record back
+    when its directory was renamed, and the next daemon after a kill -9 uploaded it."""
+    store = MemoryStore("bkt")
+    meta, wb = make(tmp_path, store)
+    root = meta.get_inode(ROOT_INO)
+    d = meta.put_entry(root, Entry("d", KIND_DIR))
+    inode = meta.put_entry(d, Entry("f", KIND_FILE, 0, 0, ""))
+    st = wb.stage_new(inode)
+    wb.opened(st, True)
+    wb.write(st, 0, b"x")
+    wb.unlinked(inode.ino)                   # still open: kept in staging for its handle
+    wb.renamed_dir("d", "e")
+    assert inode.ino not in meta.pending()
+    wb.closed(st, True)
