@@ -443,12 +443,18 @@ class Writeback:
         """`replaced`: it took the name of a file whose object S3 may hold until this one's upload."""
         st = self.get(ino)
         if st is not None:
-            st.replaced = replaced and st.remote != new_path
             self._retained.pop(ino, None)       # it has a copy to make now
             if not st.dirty:
                 st.first_dirty = time.monotonic()
+            old = st.path
+            if (st.replaced and old != new_path and st.remote != old and old not in self._inflight
+                    and old not in self.moving_out()):
+                # It took that name from a file whose object still sits there (its own upload never
+                # came): that object goes, as the name now has no file (bench/stress.py found it).
+                self.stray(self.prefix + old)
+            st.replaced = replaced and st.remote != new_path
             st.path = new_path
-            self.meta.put_pending(ino, st.record())
+            self._record(st)
 
     async def hold_below(self, directory: str) -> None:
         """Before a directory's objects are copied: no upload below it may start, and those in
@@ -475,14 +481,23 @@ class Writeback:
         """Staged files below a renamed directory: their paths, and where S3 holds them (the
         directory's objects were copied there)."""
         for st in self.files.values():
+            moved = False
             if st.path.startswith(old + "/"):
-                st.path = new + st.path[len(old):]
+                st.path, moved = new + st.path[len(old):], True
             if st.remote is not None and st.remote.startswith(old + "/"):
-                st.remote = new + st.remote[len(old):]
-            if st.path.startswith(new + "/") and st.dirty:
-                # Only what is still to be uploaded has a record: an unlinked file kept for its open
-                # handles must not get one back (a restart would upload it: bench/stress.py found it).
-                self.meta.put_pending(st.ino, st.record())
+                st.remote, moved = new + st.remote[len(old):], True
+            if moved:
+                self._record(st)
+
+    def _record(self, st: Staged) -> None:
+        """The pending record says what a restart must upload: only a file with changes S3 lacks
+        has one, at its current path. A record left at an old path (a clean file moved with its
+        directory) made a restart upload it there again, and an unlinked file kept for its open
+        handles must not get one back (bench/stress.py found both)."""
+        if st.dirty:
+            self.meta.put_pending(st.ino, st.record())
+        else:
+            self.meta.delete_pending(st.ino)
 
     async def claim(self, path: str, below: bool = False, wait: bool = True, timeout: float = CLAIM_WAIT_S) -> None:
         """Before a rename copies objects to `path` (`below`: to the keys below directory `path`):
@@ -493,8 +508,10 @@ class Writeback:
         `wait=False`: no copy is made now (a staged file's upload goes there later, in turn)."""
         def covered(p: str) -> bool:
             return p == path or (below and p.startswith(path + "/"))
-        self._to_delete = [k for k in self._to_delete if not covered(k[len(self.prefix):])]
-        self._vacating = {p for p in self._vacating if not covered(p)} | (self._vacating & self._deleting)
+        if wait and not below and self.prefix + path in self._to_delete and path not in self._deleting:
+            # One copy to exactly this name, now: it overwrites the object the delete was for.
+            self._to_delete = [k for k in self._to_delete if k != self.prefix + path]
+            self._vacating.discard(path)
         self._claimed.append((path, below))
         deadline = time.monotonic() + timeout
         while wait and any(covered(p) for p in self._inflight | self._vacating):
