@@ -95,7 +95,8 @@ async def supervised_forever(task: str, fn: Callable[[], Awaitable[Any]]) -> Non
 def start(nursery: trio.Nursery, task: str, fn: Callable[..., Awaitable[Any]], *args: Any, what: str = "",
           on_failure: Callable[[BaseException], None] | None = None) -> None:
     """`nursery.start_soon` under the supervisor."""
-    nursery.start_soon(_run, task, fn, args, what, on_failure, name=f"{task} {what}".strip())
+    # The task's name is `task` alone: read-ahead starts one per block, no string built per start.
+    nursery.start_soon(_run, task, fn, args, what, on_failure, name=task)
 
 
 async def _run(task, fn, args, what, on_failure) -> None:
