@@ -106,13 +106,20 @@ class Staged:
     eager: bool = False            # an eager part task runs for this file
     replaced: bool = False         # it replaced a file at `path` whose object S3 may still hold there
     maybe_at: set[str] = field(default_factory=set)   # names a failed upload may have reached all the same
+    sending: str | None = None     # the name an upload (or copy) in flight is writing to
 
     @property
     def dirty(self) -> bool:
         return not self.deleted and (self.generation != self.synced or self.path != self.remote)
 
     def record(self) -> dict:
-        return {"path": self.path, "remote": self.remote, "upload": list(self.upload_id) if self.upload_id else None}
+        rec = {"path": None if self.deleted else self.path, "remote": self.remote,
+               "upload": list(self.upload_id) if self.upload_id else None}
+        if self.sending is not None and self.sending != rec["path"]:
+            # Renamed or unlinked while a request to the old name was in flight: if this daemon
+            # dies, that request may still land, and the next one deletes what it made.
+            rec["sending"] = self.sending
+        return rec
 
 
 class Writeback:
@@ -171,6 +178,14 @@ class Writeback:
         os.chmod(self.staging_dir, 0o700)
         for ino, rec in self.meta.pending().items():
             upload = tuple(rec["upload"]) if rec.get("upload") else None
+            if rec.get("sending"):
+                self.stray(self.prefix + rec["sending"])
+            if rec["path"] is None:
+                # Unlinked while its upload was in flight: only that trace was kept.
+                if upload:
+                    self._orphan_uploads.append(upload)
+                self.meta.delete_pending(ino)
+                continue
             try:
                 fd = os.open(self._staging_path(ino), os.O_RDWR)
             except FileNotFoundError:
@@ -570,9 +585,12 @@ class Writeback:
             gone.append(st.path)
         gone += [p for p in self._stray_names(st) if p not in gone]
         st.maybe_at.clear()
-        # Nothing of it is to be uploaded any more. (If the daemon dies while an upload started
-        # before the unlink is in flight, that object may reappear: SEMANTICS.md.)
-        self.meta.delete_pending(ino)
+        # Nothing of it is to be uploaded any more; while an upload to its name is in flight the
+        # record keeps just that name, so that a restart deletes what it may leave.
+        if st.sending is not None:
+            self.meta.put_pending(ino, st.record())
+        else:
+            self.meta.delete_pending(ino)
         self._maybe_drop(st)
         return gone
 
@@ -713,6 +731,7 @@ class Writeback:
         st.forced = st.closed_dirty = False
         key = self.prefix + path
         self._inflight.add(path)
+        st.sending = path
         try:
             try:
                 etag = await self._transfer(st, key, size, gen)
@@ -727,6 +746,7 @@ class Writeback:
                 await self._uploaded(st, key, path, size, gen, etag, started)
         finally:
             st.uploading = False
+            st.sending = None
             self._inflight.discard(path)
             self._maybe_drop(st)
             self._notify()
@@ -760,6 +780,7 @@ class Writeback:
     async def _uploaded(self, st: Staged, key: str, path: str, size: int, gen: int, etag: str,
                         started: float) -> None:
         st.failures = 0
+        st.sending = None             # answered: a record written from here on needs no trace of it
         if st.generation != gen:
             # Changed during the upload: those changes are at most as old as the upload, so a
             # growing log goes up once per interval, not back to back.

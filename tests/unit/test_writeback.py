@@ -3,6 +3,7 @@ part sizes, and replay of pending files after a restart."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -430,3 +431,53 @@ def test_a_directory_rename_gives_no_pending_record_back_to_an_unlinked_file(tmp
     wb.renamed_dir("d", "e")
     assert inode.ino not in meta.pending()
     wb.closed(st, True)
+
+
+class SlowPutStore(MemoryStore):
+    def put_object(self, key, data, *meta):
+        time.sleep(0.5)            # still in flight when the file is renamed and the daemon dies
+        return super().put_object(key, data, *meta)
+
+
+@pytest.mark.parametrize("then", ["rename", "unlink"])
+def test_a_restart_deletes_what_a_dead_daemons_upload_left_under_a_name_since_left(tmp_path, then):
+    """Found by bench/stress.py with kill -9: the file was renamed (or unlinked) while its PUT to the
+    old name was in flight, the daemon died, the PUT landed after the next daemon's replay, and
+    nothing deleted it. The record keeps the name the upload was sending to."""
+    store = SlowPutStore("bkt")
+    meta, wb = make(tmp_path, store, answer_grace=0.2)
+    st = new_file(meta, wb, "a")
+    wb.opened(st, True)
+    wb.write(st, 0, b"payload")
+
+    async def close_then_move_and_die():
+        wb.closed(st, True)
+        while not st.uploading:
+            await trio.sleep(0.01)
+        root = meta.get_inode(ROOT_INO)
+        if then == "rename":
+            meta.move(ROOT_INO, b"a", root, b"b")
+            wb.renamed(st.ino, "b")
+        else:
+            meta.remove_entry(ROOT_INO, b"a")
+            wb.unlinked(st.ino)
+        meta.sync()                            # kill -9 here: what the disk holds is all there is
+        shutil.copytree(tmp_path / "meta", crashed / "meta")
+        shutil.copytree(tmp_path / "staging", crashed / "staging")
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    assert run_scheduler(wb, close_then_move_and_die) == []
+    meta.close()
+    assert store.head("a") is None            # this daemon lived on and cleaned up; a dead one
+    store.put_object("a", b"payload")          # could not: its PUT lands after the next one started
+    meta = MetaStore(str(crashed / "meta"), "test|bkt|")
+    record = meta.pending()[st.ino]
+    assert record["sending"] == "a" and record["path"] == ("b" if then == "rename" else None)
+    meta.close()
+    meta, wb = make(crashed, store, answer_grace=0.2)
+    assert run_scheduler(wb) == []
+    assert store.head("a") is None
+    if then == "rename":
+        assert store.get_range("b", 0, 7) == b"payload"
+    assert meta.pending() == {}
