@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup-debian.sh
 
 demo: setup
-	$(PY) -m cachefs.demo
+	$(PY) -m cachefs.devtools.demo
 
 test: setup
 	$(PY) -m pytest -q

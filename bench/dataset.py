@@ -5,7 +5,7 @@ of its own so that directory prefetch does not warm another job's files: "cold" 
   fio/seq-1job/*.bin, fio/seq-4jobs/*.bin, fio/rand/*.bin  one large file per fio job
   fio/ttfb-large/*.bin, fio/ttfb-tiny/*.bin            time-to-first-byte sets
   probe/probe.bin                                       the endpoint's own throughput probe
-  tfrecord/train-*.tfrecord, images/train/class_*/*.jpg  the loader's two shapes (cachefs.sample)
+  tfrecord/train-*.tfrecord, images/train/class_*/*.jpg  the loader's two shapes (cachefs.devtools.sample)
   meta<N>/dDDD/fFFFFFF                                 N tiny files for the metadata walk
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-from cachefs import sample
+from cachefs.devtools import sample
 
 MiB = 1 << 20
 FIO_CHUNK = 4 * MiB

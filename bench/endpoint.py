@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from bench import util
-from cachefs.devserver import MotoServer, free_port
+from cachefs.devtools.devserver import MotoServer, free_port
 
 CEPH_SCRIPT = os.path.join(os.path.dirname(__file__), "ceph.sh")
 CEPH_START_TIMEOUT_S = 300  # bring-up ~18 s, plus ~50 s of apt-get the first time on a fresh machine

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from cachefs.devserver import MotoServer
+from cachefs.devtools.devserver import MotoServer
 from cachefs.devtools.faultproxy import Fault, FaultProxy
 
 CASES = [

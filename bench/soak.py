@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from mount_helpers import cachefs_env, force_unmount, mount_args, populate, run_cachefs, s3_client, stop_pid
 
-    from cachefs.devserver import MotoServer
+    from cachefs.devtools.devserver import MotoServer
     from cachefs.devtools.faultproxy import FaultProxy
 
     objects = dataset(a.files)

@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from mount_helpers import cachefs_env, force_unmount, log_problems, mount_args, run_cachefs, s3_client, stop_pid
 
-    from cachefs.devserver import MotoServer
+    from cachefs.devtools.devserver import MotoServer
 
     work = Path(tempfile.mkdtemp(prefix="cachefs-stress-"))
     loops, started, ok = [], time.monotonic(), True

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import xxhash
 
-from .cache.spec import EVICTION_POLICIES, TierSpec, parse_promotion, parse_tiers
-from .errors import ConfigError
+from cachefs.cache.spec import EVICTION_POLICIES, TierSpec, parse_promotion, parse_tiers
+from cachefs.errors import ConfigError
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
@@ -111,7 +111,7 @@ def _size_min(minimum: int) -> Callable[[Any], int]:
 
 
 def _metrics_addr(text: Any) -> str:
-    from .metrics import parse_addr   # validates; the daemon parses it again to listen
+    from cachefs.metrics import parse_addr   # validates; the daemon parses it again to listen
     parse_addr(text)
     return str(text).strip()
 

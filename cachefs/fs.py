@@ -19,17 +19,19 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from . import metrics, posixmeta, supervise
-from .config import Config
-from .errors import CachefsError, FsError, ObjectChanged, ObjectNotFound, errno_for
-from .links import make_symlink
-from .meta.schema import Inode
-from .namespace import NAME_MAX, Namespace
-from .posixmeta import NO_META, S3_MAX_OBJECT_SIZE, ObjMeta
-from .reader import BlockReader, ReadState
-from .stats import Stats
-from .tree import Tree
-from .writeback import Staged, StagingFull, Writeback
+from cachefs import metrics, supervise
+
+from cachefs.namespace import attrs as posixmeta
+from cachefs.config import Config
+from cachefs.errors import CachefsError, FsError, ObjectChanged, ObjectNotFound, errno_for
+from cachefs.namespace.links import make_symlink
+from cachefs.meta.schema import Inode
+from cachefs.namespace.core import NAME_MAX, Namespace
+from cachefs.namespace.attrs import NO_META, S3_MAX_OBJECT_SIZE, ObjMeta
+from cachefs.reader.core import BlockReader, ReadState
+from cachefs.stats import Stats
+from cachefs.namespace.changes import Tree
+from cachefs.writeback.core import Staged, StagingFull, Writeback
 
 log = logging.getLogger(__name__)
 

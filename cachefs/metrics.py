@@ -19,8 +19,8 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import supervise
-from .errors import UserError
+from cachefs import supervise
+from cachefs.errors import UserError
 
 log = logging.getLogger(__name__)
 

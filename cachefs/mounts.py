@@ -11,7 +11,7 @@ import time
 
 import xxhash
 
-from .errors import UserError
+from cachefs.errors import UserError
 
 FSTYPE = "fuse.cachefs"
 

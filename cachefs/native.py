@@ -72,7 +72,7 @@ def _load_native():
     if os.environ.get("CACHEFS_NO_NATIVE", "") not in ("", "0"):
         return None
     try:
-        from . import _native
+        from cachefs import _native
     except ImportError:      # not built (no compiler or no xxhash.h at install time)
         return None
     return _native

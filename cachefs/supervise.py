@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from .errors import StoreError
+from cachefs.errors import StoreError
 
 log = logging.getLogger(__name__)
 

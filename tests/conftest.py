@@ -19,7 +19,7 @@ from mount_helpers import (ACCESS_KEY_ID, BLOCK_SIZE_ARG, SECRET_ACCESS_KEY, Mou
                            force_unmount, is_mounted, log_problems, mount_args, pid_alive, populate, run_cachefs,
                            s3_client, stop_pid, wait_until, DAEMON_EXIT_TIMEOUT_S)
 
-from cachefs.devserver import MotoServer
+from cachefs.devtools.devserver import MotoServer
 
 
 def pytest_configure(config):

@@ -115,7 +115,7 @@ def test_every_image_is_read_exactly_once_per_epoch():
 
 
 def test_delaying_proxy_adds_latency():
-    from cachefs.devserver import free_port
+    from cachefs.devtools.devserver import free_port
     target = socket.socket()
     target.bind(("127.0.0.1", 0))
     target.listen()

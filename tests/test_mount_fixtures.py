@@ -86,7 +86,7 @@ def test_pids_mentioning_finds_a_process_by_unique_path(tmp_path):
 
 
 def test_log_problems_finds_errors_and_tracebacks_but_honours_allowed():
-    text = ("2026-11-22 INFO cachefs.daemon: mounted\n"
+    text = ("2026-11-22 INFO cachefs.daemon.core: mounted\n"
             "2026-11-22 ERROR cachefs.fs: read failed\n"
             "Traceback (most recent call last):\n"
             "2026-11-22 WARNING cachefs.cache: tier miss\n")

@@ -10,7 +10,7 @@ import pytest
 
 from mount_helpers import MiB, object_bytes, one_line_error, read_all, run_cachefs
 
-from cachefs import control
+from cachefs.daemon import control
 
 OBJECTS = {"d/one.bin": object_bytes("one", MiB), "d/two.bin": object_bytes("two", MiB // 2),
            "top.txt": b"hello\n"}

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from cachefs import logsetup
+from cachefs.daemon import logsetup
 from cachefs.errors import UserError
 
 

@@ -11,7 +11,7 @@ from mount_helpers import (ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, is_mounted,
                            run_cachefs, wait_until, pid_alive)
 
 from cachefs.errors import UserError
-from cachefs.mounthelper import HELPER_PATH, parse_argv, translate
+from cachefs.cli.mounthelper import HELPER_PATH, parse_argv, translate
 
 
 def test_translate_options():

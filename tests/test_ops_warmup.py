@@ -90,7 +90,7 @@ def test_in_daemon_warmup_over_the_control_socket(mounter, make_bucket):
 
 def test_progress_bar_on_a_terminal():
     import io
-    from cachefs.warmup import Progress
+    from cachefs.cli.warmup import Progress
 
     class Tty(io.StringIO):
         def isatty(self):

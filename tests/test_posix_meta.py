@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cachefs.posixmeta import parse_time
+from cachefs.namespace.attrs import parse_time
 from mount_helpers import errno_of, read_all, run_cachefs, wait_until
 
 pytestmark = pytest.mark.timeout(240)

@@ -1,10 +1,10 @@
-"""cachefs.sample: deterministic datasets, the real TFRecord framing and its CRC checks."""
+"""cachefs.devtools.sample: deterministic datasets, the real TFRecord framing and its CRC checks."""
 import io
 import struct
 
 import pytest
 
-from cachefs import sample
+from cachefs.devtools import sample
 
 SPEC = sample.DatasetSpec(num_images=40, num_classes=4, seed=7, shard_bytes=1_000_000)
 
@@ -100,7 +100,7 @@ def test_upload_reraises_a_failed_put():
 
 def test_upload_to_moto_server():
     boto3 = pytest.importorskip("boto3")
-    from cachefs.devserver import MotoServer
+    from cachefs.devtools.devserver import MotoServer
     with MotoServer() as server:
         s3 = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")

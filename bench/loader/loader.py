@@ -2,7 +2,7 @@
 every N-th batch of a per-epoch shuffle, push finished batches into a bounded queue (prefetch factor
 2 per worker) that the trainer, here the parent process, drains.
 
-Two dataset shapes (cachefs.sample): "images" (one ~110 KB file per image: shuffled file order) and
+Two dataset shapes (cachefs.devtools.sample): "images" (one ~110 KB file per image: shuffled file order) and
 "tfrecord" (~128 MB shards: shuffled shard order, records read in order with CRCs verified, as
 tf.data's interleave does; a shuffle buffer would not change the I/O). "synthetic" reads nothing:
 samples come from memory, so it is the loader's own ceiling and the denominator of "ratio to synthetic".
@@ -20,7 +20,7 @@ import random
 import time
 import traceback
 
-from cachefs import sample
+from cachefs.devtools import sample
 
 BATCH = 32             # per-GPU batches are 32-256; 32 keeps queue messages frequent on small runs
 PREFETCH_PER_WORKER = 2  # PyTorch DataLoader's default prefetch_factor

@@ -1,5 +1,5 @@
 """Block caches: the BlockCache seam and the tiered MEM/SSD/HDD cache behind it."""
-from .base import BlockCache
-from .tiered import TieredCache
+from cachefs.cache.base import BlockCache
+from cachefs.cache.tiered import TieredCache
 
 __all__ = ["BlockCache", "TieredCache"]

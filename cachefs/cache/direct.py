@@ -23,7 +23,7 @@ import mmap
 import os
 import queue
 
-from .. import native
+from cachefs import native
 
 ALIGN = 4096
 POOL = 4          # buffers: a write takes ~1-3 ms, so 4 keep up with 16 fetching threads

@@ -27,12 +27,12 @@ from typing import Callable
 
 import xxhash
 
-from .. import native
-from ..errors import UserError
-from ..stats import Stats
-from .direct import AlignedBuffers, DirectUnsupported
-from .spec import TierSpec
-from .tier import Slot, Tier
+from cachefs import native
+from cachefs.errors import UserError
+from cachefs.stats import Stats
+from cachefs.cache.direct import AlignedBuffers, DirectUnsupported
+from cachefs.cache.spec import TierSpec
+from cachefs.cache.tier import Slot, Tier
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def _fraction(key: str, text: str) -> float:
 
 
 def parse_tier(text: str) -> TierSpec:
-    from ..config import parse_size   # config imports this module; parse_size lives there
+    from cachefs.config import parse_size   # config imports this module; parse_size lives there
     parts = str(text).split(":")
     kind = parts[0].strip().lower()
     if kind not in KINDS:

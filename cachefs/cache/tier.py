@@ -13,8 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..stats import Stats
-from .spec import TierSpec
+from cachefs.stats import Stats
+from cachefs.cache.spec import TierSpec
 
 
 @dataclass

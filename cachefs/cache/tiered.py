@@ -21,13 +21,13 @@ import logging
 import threading
 import time
 
-from .. import supervise
-from ..meta.store import MetaStore
-from ..stats import Stats
-from .base import BlockCache
-from .disk import DiskTier
-from .memtier import MemoryTier
-from .tier import Slot, Tier
+from cachefs import supervise
+from cachefs.meta.store import MetaStore
+from cachefs.stats import Stats
+from cachefs.cache.base import BlockCache
+from cachefs.cache.disk import DiskTier
+from cachefs.cache.memtier import MemoryTier
+from cachefs.cache.tier import Slot, Tier
 
 log = logging.getLogger(__name__)
 

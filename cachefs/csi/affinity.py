@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from .labels import label_key
+from cachefs.csi.labels import label_key
 
 WEIGHT_STEPS = 4     # thresholds; 100 / 4 = 25 weight each, the scheduler's maximum being 100
 

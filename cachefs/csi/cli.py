@@ -9,8 +9,8 @@ import socket
 import sys
 import threading
 
-from ..config import parse_size
-from ..errors import UserError
+from cachefs.config import parse_size
+from cachefs.errors import UserError
 
 
 def add_subcommands(sub) -> None:
@@ -70,13 +70,13 @@ def cmd_csi(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.csi_command == "mounter":
-        from . import mounterd
+        from cachefs.csi import mounterd
         return mounterd.run(args.socket, args.stop_flush_timeout, unmount_timeout=args.mounter_unmount_timeout)
     if args.supervise:
-        from .supervise import supervise
+        from cachefs.csi.supervise import supervise
         return supervise([sys.executable, "-m", "cachefs", *[a for a in sys.argv[1:] if a != "--supervise"]])
-    from .server import build, run_until_signalled
-    from .identity import IdentityService
+    from cachefs.csi.server import build, run_until_signalled
+    from cachefs.csi.identity import IdentityService
     node = controller = None
     stop = threading.Event()
     if args.mode in ("node", "all"):
@@ -88,7 +88,7 @@ def cmd_csi(args: argparse.Namespace) -> int:
         if args.warm_labels:
             _start_reporter(args, node, stop)
     if args.mode in ("controller", "all"):
-        from .controller import ControllerConfig, ControllerService
+        from cachefs.csi.controller import ControllerConfig, ControllerService
         controller = ControllerService(ControllerConfig(args.endpoint_url, args.region, args.addressing_style))
     server = build(args.endpoint, IdentityService(controller is not None), node, controller)
     run_until_signalled(server, stop)
@@ -96,7 +96,7 @@ def cmd_csi(args: argparse.Namespace) -> int:
 
 
 def _node_service(args):
-    from .node import NodeConfig, NodeService
+    from cachefs.csi.node import NodeConfig, NodeService
     _size(args.cache_size, "--cache-size")
     cfg = NodeConfig(
         node_id=args.node_id, state_dir=args.state_dir, cache_root=args.cache_root,
@@ -109,10 +109,10 @@ def _node_service(args):
         raise UserError(f"--cache: {e}") from None
     mounter = None
     if args.mounter:
-        from .mounterd import RemoteMounter
+        from cachefs.csi.mounterd import RemoteMounter
         mounter = RemoteMounter(args.mounter, unmount_timeout=args.unmount_timeout)
     else:
-        from .mounter import Mounter
+        from cachefs.csi.mounter import Mounter
         mounter = Mounter(unmount_timeout=args.unmount_timeout)
     return NodeService(cfg, mounter)
 
@@ -121,7 +121,7 @@ def _watch_mounter(node, stop: threading.Event) -> None:
     """Adopt once the mounter answers, and again whenever it is a new one. In a thread from the
     start: remounting many volumes takes minutes, and the server must answer its liveness probe
     meanwhile (an operation on a target being adopted answers ABORTED, and kubelet retries)."""
-    from .mounterd import MounterWatch
+    from cachefs.csi.mounterd import MounterWatch
     watch = MounterWatch(node.mounter, node.adopt)
     threading.Thread(target=watch.run, args=(stop,), name="mounter-watch", daemon=True).start()
 
@@ -134,9 +134,9 @@ def _size(text: str, flag: str) -> int:
 
 
 def _start_reporter(args, node, stop: threading.Event) -> None:
-    from .kube import KubeClient
-    from .labels import WarmReporter
-    from .warm import warm_bytes
+    from cachefs.csi.kube import KubeClient
+    from cachefs.csi.labels import WarmReporter
+    from cachefs.csi.warm import warm_bytes
     reporter = WarmReporter(KubeClient.in_cluster(), args.node_id,
                             lambda: warm_bytes(node.state, node.slots, node.tier_dirs),
                             min_bytes=_size(args.warm_min, "--warm-min"), max_labels=args.warm_max_labels,
@@ -145,9 +145,9 @@ def _start_reporter(args, node, stop: threading.Event) -> None:
 
 
 def cmd_affinity(args: argparse.Namespace) -> int:
-    from .affinity import node_affinity, to_yaml
-    from .volumes import Dataset
-    from .status import CsiError
+    from cachefs.csi.affinity import node_affinity, to_yaml
+    from cachefs.csi.volumes import Dataset
+    from cachefs.csi.status import CsiError
     try:
         dataset = Dataset.parse(args.dataset).volume_id
     except CsiError as e:
@@ -168,7 +168,7 @@ def _load_nodes(source: str | None, dataset: str) -> list[dict]:
             raise UserError(f"--nodes {source}: {e}") from None
         return doc.get("items", [doc]) if isinstance(doc, dict) else doc
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        from .kube import KubeClient
-        from .labels import label_key
+        from cachefs.csi.kube import KubeClient
+        from cachefs.csi.labels import label_key
         return KubeClient.in_cluster().list_nodes(label_key(dataset))
     return []

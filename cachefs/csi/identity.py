@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
-from .. import __version__
-from . import DRIVER_NAME
-from .proto import pb, rpc
-from .status import rpc_method
+from cachefs import __version__
+from cachefs.csi import DRIVER_NAME
+from cachefs.csi.proto import pb, rpc
+from cachefs.csi.status import rpc_method
 
 Service = pb.PluginCapability.Service
 

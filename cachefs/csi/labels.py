@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from .. import supervise
-from .volumes import Dataset
+from cachefs import supervise
+from cachefs.csi.volumes import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import threading
 
-from .. import mounts
-from ..errors import UserError
+from cachefs import mounts
+from cachefs.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ import uuid
 
 import grpc
 
-from .. import __version__, mounts
-from ..errors import UserError
-from .mounter import MOUNT_TIMEOUT_S, STATES, UNMOUNT_TIMEOUT_S, ChildRunner, Mounter
-from .status import CsiError
+from cachefs import __version__, mounts
+from cachefs.errors import UserError
+from cachefs.csi.mounter import MOUNT_TIMEOUT_S, STATES, UNMOUNT_TIMEOUT_S, ChildRunner, Mounter
+from cachefs.csi.status import CsiError
 
 log = logging.getLogger(__name__)
 

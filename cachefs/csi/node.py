@@ -8,17 +8,17 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..cache.spec import parse_tier
-from ..errors import UserError
-from ..mounts import canonical
-from . import TOPOLOGY_NODE_KEY
-from .mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter
-from .mounterd import MounterUnavailable
-from .proto import pb, rpc
-from .records import CacheSlots, Publication, StateDir
-from .status import (aborted, already_exists, failed_precondition, internal, invalid, not_found, require,
+from cachefs.cache.spec import parse_tier
+from cachefs.errors import UserError
+from cachefs.mounts import canonical
+from cachefs.csi import TOPOLOGY_NODE_KEY
+from cachefs.csi.mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter
+from cachefs.csi.mounterd import MounterUnavailable
+from cachefs.csi.proto import pb, rpc
+from cachefs.csi.records import CacheSlots, Publication, StateDir
+from cachefs.csi.status import (aborted, already_exists, failed_precondition, internal, invalid, not_found, require,
                      rpc_method)
-from .volumes import check_capability, dataset_of, is_read_only, mount_options
+from cachefs.csi.volumes import check_capability, dataset_of, is_read_only, mount_options
 
 log = logging.getLogger(__name__)
 

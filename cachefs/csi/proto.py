@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from . import protogen
+from cachefs.csi import protogen
 
 if protogen.is_stale():   # a source tree never built, or csi.proto edited since: compile in place
     try:
@@ -14,7 +14,7 @@ if protogen.is_stale():   # a source tree never built, or csi.proto edited since
             raise ImportError("cachefs.csi needs its generated protobuf modules: reinstall the package "
                               "(pip install -e .), which compiles csi.proto with grpcio-tools") from e
 
-from . import csi_pb2 as pb  # noqa: E402
-from . import csi_pb2_grpc as rpc  # noqa: E402
+from cachefs.csi import csi_pb2 as pb  # noqa: E402
+from cachefs.csi import csi_pb2_grpc as rpc  # noqa: E402
 
 __all__ = ["pb", "rpc"]

@@ -9,7 +9,7 @@ from concurrent import futures
 
 import grpc
 
-from .proto import rpc
+from cachefs.csi.proto import rpc
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import xxhash
 
-from ..config import OPTIONS, build_config
-from ..errors import UserError
-from .proto import pb
-from .status import invalid
+from cachefs.config import OPTIONS, build_config
+from cachefs.errors import UserError
+from cachefs.csi.proto import pb
+from cachefs.csi.status import invalid
 
 Mode = pb.VolumeCapability.AccessMode.Mode
 # Reader modes mount with --read-only (every write answers EROFS).

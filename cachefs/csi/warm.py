@@ -9,7 +9,7 @@ import json
 import logging
 import os
 
-from .records import CacheSlots, StateDir
+from cachefs.csi.records import CacheSlots, StateDir
 
 log = logging.getLogger(__name__)
 STATS_XATTR = "user.cachefs.stats"

@@ -14,10 +14,10 @@ from typing import Iterable
 
 import lmdb
 
-from ..errors import UserError
-from . import verify
-from ..posixmeta import ObjMeta
-from .schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, OWNER, ROOT_INO, Inode,
+from cachefs.errors import UserError
+from cachefs.meta import verify
+from cachefs.namespace.attrs import ObjMeta
+from cachefs.meta.schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, OWNER, ROOT_INO, Inode,
                      dentry_key, pack_f64, pack_inode, pack_objmeta, pack_u64, unpack_f64, unpack_inode,
                      unpack_objmeta, unpack_u64)
 

@@ -20,7 +20,7 @@ import time
 
 import lmdb
 
-from .schema import ATTRS, BLOCK, DATABASES, F64, OWNER, U64, unpack_inode, unpack_objmeta, unpack_u64
+from cachefs.meta.schema import ATTRS, BLOCK, DATABASES, F64, OWNER, U64, unpack_inode, unpack_objmeta, unpack_u64
 
 CHECK_TIMEOUT_S = 300.0     # ~1.5 s per million records here; far beyond any sane store
 

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import ObjectChanged, ObjectNotFound
+from cachefs.errors import ObjectChanged, ObjectNotFound
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
 
-from .. import __version__, metrics, native
+from cachefs import __version__, metrics, native
 
 _SENTINEL = "cachefs-sentinel-key"
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")

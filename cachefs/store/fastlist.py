@@ -16,8 +16,8 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-from .base import ListPage, ObjectInfo
-from .fastget import FallBack, SignedRequests, bucket_url
+from cachefs.store.base import ListPage, ObjectInfo
+from cachefs.store.fastget import FallBack, SignedRequests, bucket_url
 
 
 def _mtime_ns(text: str) -> int:

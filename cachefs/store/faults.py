@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Callable
 
-from .base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
+from cachefs.store.base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
 # rule(operation, key, call_number) -> seconds to delay, or an exception to raise, or None
 Rule = Callable[[str, str, int], "float | BaseException | None"]

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import StoreUnavailable
+from cachefs.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

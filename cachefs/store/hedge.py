@@ -16,8 +16,8 @@ import threading
 import time
 from collections import deque
 
-from ..stats import Stats
-from .base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
+from cachefs.stats import Stats
+from cachefs.store.base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
 MIN_SAMPLES = 20        # no hedging until a size class has this many latencies to judge by
 WINDOW = 200            # latencies remembered per size class: about the last few seconds of traffic

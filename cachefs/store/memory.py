@@ -6,9 +6,9 @@ import time
 
 import xxhash
 
-from ..errors import ObjectChanged, ObjectNotFound, UserError
-from ..stats import Stats
-from .base import ListPage, ObjectInfo, ObjectStore
+from cachefs.errors import ObjectChanged, ObjectNotFound, UserError
+from cachefs.stats import Stats
+from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
 
 
 class MemoryStore(ObjectStore):

@@ -17,14 +17,14 @@ import botocore.config
 import botocore.exceptions as bce
 import urllib3.exceptions
 
-from ..errors import (AccessDenied, ConfigError, ObjectChanged, ObjectNotFound, StoreError,
+from cachefs.errors import (AccessDenied, ConfigError, ObjectChanged, ObjectNotFound, StoreError,
                       StoreUnavailable, UserError)
-from ..stats import Stats
-from .base import ListPage, ObjectInfo, ObjectStore
-from .fastget import FallBack, FastGetter
-from .fastlist import FastLister
-from .health import OutageBreaker
-from .watchdog import Watchdog
+from cachefs.stats import Stats
+from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
+from cachefs.store.fastget import FallBack, FastGetter
+from cachefs.store.fastlist import FastLister
+from cachefs.store.health import OutageBreaker
+from cachefs.store.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class S3Store(ObjectStore):
         # outage cannot pile up threads: a full pool makes new attempts wait, and time out, in the queue.
         self._attempts = cf.ThreadPoolExecutor(max_connections, thread_name_prefix="cachefs-s3") \
             if read_deadline else None
-        from .. import metrics     # the read client's requests are counted like the others
+        from cachefs import metrics     # the read client's requests are counted like the others
         metrics.instrument_boto_client(self.read_client)
         self._fast: FastGetter | None = None
         self._fast_list: FastLister | None = None

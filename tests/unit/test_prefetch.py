@@ -8,8 +8,8 @@ import trio.testing
 
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import ROOT_INO
-from cachefs.namespace import MAX_BACKGROUND_LISTINGS
-from cachefs.reader import DIR_PREFETCH_DIRS, ReadState
+from cachefs.namespace.core import MAX_BACKGROUND_LISTINGS
+from cachefs.reader.core import DIR_PREFETCH_DIRS, ReadState
 
 from .test_read_path import BS, make_world
 
@@ -193,8 +193,8 @@ def test_lookups_during_the_listing_wait_for_it(world):
 
 
 def test_a_slow_listing_does_not_hold_lookups_back(world, monkeypatch):
-    import cachefs.namespace
-    monkeypatch.setattr(cachefs.namespace, "LISTING_WAIT_S", 0.05)
+    import cachefs.namespace.core
+    monkeypatch.setattr(cachefs.namespace.core, "LISTING_WAIT_S", 0.05)
     store, ns, _, stats = world
     _populate(store, dirs=1)
     gate = trio.Event()
@@ -468,7 +468,7 @@ def test_dataset_walk_stops_when_s3_is_unavailable(world, caplog):
         refused.append(key)
         raise StoreUnavailable("S3 endpoint unreachable")
     store.get_range = down_but_for_the_opened
-    with caplog.at_level(logging.INFO, logger="cachefs.reader"):
+    with caplog.at_level(logging.INFO, logger="cachefs.reader.core"):
         trio.run(_open_one_per_class, ns, reader, (4, 0, 2))
     assert stats.get("dataset_walks") == 1
     slots = reader.max_fetches // 2

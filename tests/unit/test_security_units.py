@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from cachefs.control import private_dir
+from cachefs.daemon.control import private_dir
 from cachefs.devtools.faultproxy import Fault, classify
 from cachefs.errors import UserError
 from cachefs.metrics import _is_loopback

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .config import format_size
+from cachefs.config import format_size
 
 
 def ratio(part: int, whole: int) -> str:

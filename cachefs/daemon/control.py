@@ -21,11 +21,11 @@ import time
 import trio
 import xxhash
 
-from . import mounts
-from .blocks import block_count, block_key
-from .config import OPTION_BY_NAME
-from .errors import CachefsError, UserError
-from .reader import ReadState
+from cachefs import mounts
+from cachefs.blocks import block_count, block_key
+from cachefs.config import OPTION_BY_NAME
+from cachefs.errors import CachefsError, UserError
+from cachefs.reader.core import ReadState
 
 log = logging.getLogger(__name__)
 

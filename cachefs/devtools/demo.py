@@ -23,8 +23,8 @@ import time
 
 import xxhash
 
-from .devserver import MotoServer
-from .sample import DatasetSpec, iter_image_files, iter_tfrecord_shards, upload
+from cachefs.devtools.devserver import MotoServer
+from cachefs.devtools.sample import DatasetSpec, iter_image_files, iter_tfrecord_shards, upload
 
 BUCKET = "cachefs-demo"
 READ_CHUNK = 4 << 20        # what a TFRecord reader asks for at a time
@@ -197,7 +197,7 @@ def _print_table(rows) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cachefs.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cachefs.devtools.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--shard-images", type=int, default=3400, help="images packed into TFRecord shards")
     p.add_argument("--shard-mb", type=float, default=128.0, help="target shard size in MB")
     p.add_argument("--files", type=int, default=3000, help="number of ~110 KB image files")

@@ -214,7 +214,7 @@ def upload(client, bucket: str, prefix: str, items: Iterable[Item], workers: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m cachefs.sample DIR --images N [--shape tfrecord|images|both]`: write a dataset locally."""
+    """`python -m cachefs.devtools.sample DIR --images N [--shape tfrecord|images|both]`: write a dataset locally."""
     import argparse
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("directory")

@@ -17,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import control
-from .config import format_size
-from .errors import UserError
+from cachefs.daemon import control
+from cachefs.config import format_size
+from cachefs.errors import UserError
 
 CHUNK = 1 << 20              # read size: large requests, few syscalls; the kernel splits them anyway
 QUERY_BATCH = 2000           # paths per status request (well under control.MAX_REQUEST)

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 
-from . import __version__, opscli
-from .config import OPTIONS, Config, build_config
-from .errors import UserError
-from .mounts import canonical
-from .csi import cli as csi_cli
+from cachefs import __version__
+
+from cachefs.cli import ops as opscli
+from cachefs.config import OPTIONS, Config, build_config
+from cachefs.errors import UserError
+from cachefs.mounts import canonical
+from cachefs.csi import cli as csi_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +73,7 @@ def _mount_flags(args: argparse.Namespace) -> dict:
 def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = build_config(args.source, canonical(args.mountpoint), _mount_flags(args), args.config)
     if cfg.foreground or args.ready_fd is not None:
-        from . import daemon
+        from cachefs.daemon import core as daemon
         return daemon.run(cfg, args.ready_fd)
     return _spawn_daemon(cfg, argv)
 
@@ -119,7 +121,7 @@ def _last_line(proc: subprocess.Popen) -> str:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     """Upload what is pending first (the mount stays usable meanwhile), then unmount."""
-    from .mounts import unmount
+    from cachefs.mounts import unmount
     deadline = time.monotonic() + args.timeout
     try:
         pending = opscli.flush_uploads(args.mountpoint, args.timeout)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
         if args.version:
-            from .native import ACTIVE   # here, not at the top: only --version needs it
+            from cachefs.native import ACTIVE   # here, not at the top: only --version needs it
             print(f"cachefs {__version__} (native block reader: {ACTIVE})")
             return 0
         if args.command == "mount":

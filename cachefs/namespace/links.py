@@ -9,11 +9,11 @@ import errno
 import stat
 import time
 
-from .errors import FsError
-from .meta.schema import KIND_FILE, Inode
-from .meta.store import Entry
-from .namespace import NAME_MAX, Namespace, valid_name
-from .posixmeta import SYMLINK_MAX, ObjMeta, encode
+from cachefs.errors import FsError
+from cachefs.meta.schema import KIND_FILE, Inode
+from cachefs.meta.store import Entry
+from cachefs.namespace.core import NAME_MAX, Namespace, valid_name
+from cachefs.namespace.attrs import SYMLINK_MAX, ObjMeta, encode
 
 LINK_MODE = stat.S_IFLNK | 0o777     # what Linux and s3fs give every link
 

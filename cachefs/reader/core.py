@@ -16,13 +16,13 @@ from typing import Awaitable, Callable
 
 import trio
 
-from . import metrics, supervise
-from .blocks import block_count, block_key, block_range, blocks_for
-from .cache.base import BlockCache
-from .errors import StoreUnavailable
-from .meta.schema import Inode
-from .stats import Stats
-from .store.base import ObjectStore
+from cachefs import metrics, supervise
+from cachefs.blocks import block_count, block_key, block_range, blocks_for
+from cachefs.cache.base import BlockCache
+from cachefs.errors import StoreUnavailable
+from cachefs.meta.schema import Inode
+from cachefs.stats import Stats
+from cachefs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 

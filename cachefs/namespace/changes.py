@@ -20,11 +20,11 @@ import time
 
 import trio
 
-from .errors import FsError, ObjectNotFound, StoreError
-from .meta.schema import KIND_DIR, KIND_FILE, Inode
-from .meta.store import Entry
-from .namespace import Namespace, valid_name
-from .writeback import Staged, Writeback
+from cachefs.errors import FsError, ObjectNotFound, StoreError
+from cachefs.meta.schema import KIND_DIR, KIND_FILE, Inode
+from cachefs.meta.store import Entry
+from cachefs.namespace.core import Namespace, valid_name
+from cachefs.writeback.core import Staged, Writeback
 
 log = logging.getLogger(__name__)
 

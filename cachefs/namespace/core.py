@@ -14,13 +14,13 @@ from typing import Awaitable, Callable
 
 import trio
 
-from . import supervise
-from .config import Config
-from .errors import ObjectNotFound
-from .meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
-from .meta.store import Entry, MetaStore
-from .posixmeta import parse as parse_object_meta
-from .store.base import ObjectInfo, ObjectStore
+from cachefs import supervise
+from cachefs.config import Config
+from cachefs.errors import ObjectNotFound
+from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
+from cachefs.meta.store import Entry, MetaStore
+from cachefs.namespace.attrs import parse as parse_object_meta
+from cachefs.store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 

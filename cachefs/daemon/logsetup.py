@@ -11,7 +11,7 @@ import socket
 import stat
 import sys
 
-from .errors import UserError
+from cachefs.errors import UserError
 
 SYSLOG_SOCKET = "/dev/log"   # journald's syslog socket on systemd hosts, rsyslog's elsewhere
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -17,19 +17,23 @@ import time
 import pyfuse3
 import trio
 
-from . import __version__, kernel, logsetup, metrics, mounts, native, supervise
-from .cache import TieredCache
-from .cache.direct import ALIGN
-from .config import Config
-from .control import ControlServer
-from .errors import UserError
-from .fs import CachefsOperations
-from .meta.store import MetaStore
-from .namespace import Namespace
-from .reader import BlockReader
-from .stats import Stats
-from .store import from_config
-from .writeback import Writeback
+from cachefs import __version__, metrics, mounts, native, supervise
+
+from cachefs.daemon import kernel
+
+from cachefs.daemon import logsetup
+from cachefs.cache import TieredCache
+from cachefs.cache.direct import ALIGN
+from cachefs.config import Config
+from cachefs.daemon.control import ControlServer
+from cachefs.errors import UserError
+from cachefs.fs import CachefsOperations
+from cachefs.meta.store import MetaStore
+from cachefs.namespace.core import Namespace
+from cachefs.reader.core import BlockReader
+from cachefs.stats import Stats
+from cachefs.store import from_config
+from cachefs.writeback.core import Writeback
 
 log = logging.getLogger(__name__)
 

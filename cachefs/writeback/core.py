@@ -32,13 +32,13 @@ from typing import Awaitable, Callable
 
 import trio
 
-from . import supervise
-from .errors import FsError, ObjectNotFound, StoreError, StoreUnavailable
-from .meta.schema import ROOT_INO, Inode
-from .meta.store import MetaStore
-from .parts import PartSession
-from .stats import Stats
-from .store.base import ObjectStore
+from cachefs import supervise
+from cachefs.errors import FsError, ObjectNotFound, StoreError, StoreUnavailable
+from cachefs.meta.schema import ROOT_INO, Inode
+from cachefs.meta.store import MetaStore
+from cachefs.writeback.parts import PartSession
+from cachefs.stats import Stats
+from cachefs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ def add_commands(sub) -> None:
 
 def flush_uploads(mountpoint: str, timeout: float) -> list[str]:
     """Ask the daemon to upload everything now; the paths still pending after `timeout` s."""
-    from . import control
+    from cachefs.daemon import control
     return control.request(mountpoint, "flush", timeout=timeout + 10, wait=timeout)["pending"]
 
 
@@ -54,14 +54,14 @@ def pending_message(pending: list[str], timeout: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import control
-    from .errors import UserError
+    from cachefs.daemon import control
+    from cachefs.errors import UserError
     cmd = args.command
     if cmd == "stats":
-        from .statscmd import show
+        from cachefs.cli.statscmd import show
         print(show(control.request(args.mountpoint, "stats")["stats"], args.json))
     elif cmd == "warmup":
-        from . import warmup
+        from cachefs.cli import warmup
         return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
                            args.in_daemon)
     elif cmd == "flush":
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(pending_message(pending, args.timeout))
         print(f"flushed {args.mountpoint}: every written file is in S3")
     elif cmd == "drop":
-        from .warmup import relative
+        from cachefs.cli.warmup import relative
         mp = os.path.abspath(args.mountpoint)
         a = control.request(mp, "drop", path=relative(mp, args.path))
         print(f"dropped {a['blocks']} blocks ({a['bytes']} bytes) of {a['files']} files")
@@ -81,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
         a = control.request(args.mountpoint, "reload", settings=settings)
         print("applied: " + ", ".join(f"{k}={v}" for k, v in a["applied"].items()))
     elif cmd == "install-mount-helper":
-        from .mounthelper import HELPER_PATH, install
+        from cachefs.cli.mounthelper import HELPER_PATH, install
         print(f"installed {install(args.dest or HELPER_PATH)}")
     return 0
