@@ -31,7 +31,7 @@ from cachefs.namespace.attrs import NO_META, S3_MAX_OBJECT_SIZE, ObjMeta
 from cachefs.reader.core import BlockReader, ReadState
 from cachefs.stats import Stats
 from cachefs.namespace.changes import Tree
-from cachefs.writeback.core import Staged, StagingFull, Writeback
+from cachefs.writeback import Staged, StagingFull, Writeback
 
 log = logging.getLogger(__name__)
 

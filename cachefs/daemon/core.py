@@ -33,7 +33,7 @@ from cachefs.namespace.core import Namespace
 from cachefs.reader.core import BlockReader
 from cachefs.stats import Stats
 from cachefs.store import from_config
-from cachefs.writeback.core import Writeback
+from cachefs.writeback import Writeback
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from cachefs.errors import FsError, ObjectNotFound, StoreError
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, Inode
 from cachefs.meta.store import Entry
 from cachefs.namespace.core import Namespace, valid_name
-from cachefs.writeback.core import Staged, Writeback
+from cachefs.writeback import Staged, Writeback
 
 log = logging.getLogger(__name__)
 

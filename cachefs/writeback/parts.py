@@ -18,6 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_PARTS = 10_000            # S3's limit on parts per multipart upload
+
+
+def part_size(size: int, configured: int) -> int:
+    """`configured`, or larger when the file would need more than S3's 10,000 parts."""
+    need = -(-size // MAX_PARTS)
+    return max(configured, -(-need // (1 << 20)) << 20)
+
 
 @dataclass
 class PartSession:

@@ -9,13 +9,13 @@ import time
 import pytest
 import trio
 
-from cachefs.writeback import core as wbmod
+from cachefs.writeback import upload as wbmod
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
-from cachefs.writeback.core import StagingFull, Writeback, part_size
+from cachefs.writeback import StagingFull, Writeback, part_size
 
 MiB = 1 << 20
 
@@ -90,7 +90,7 @@ def test_failed_uploads_are_retried_with_backoff_and_nothing_is_dropped(tmp_path
     assert store.attempts == 4 and wb.stats.get("upload_failures") == 3
     assert time.monotonic() - started >= 0.05 + 0.1 + 0.2     # 3 backoffs: 50, 100, 200 ms
     assert meta.pending() == {}
-    assert list(wb._retained) == [st.ino]            # uploaded and closed: its copy stays for reads
+    assert list(wb.staging.retained) == [st.ino]            # uploaded and closed: its copy stays for reads
     assert wb.get(st.ino).etag == meta.get_inode(st.ino).etag
 
 
@@ -374,14 +374,14 @@ def test_the_scheduler_loop_restarts_after_a_bug(tmp_path, monkeypatch):
     store = MemoryStore("bkt")
     meta, wb = make(tmp_path, store)
     calls = {"n": 0}
-    real_due = wb.due
+    real_due = wb.scheduler.due
 
     def due_with_bug(st, now, moving_out=None):
         calls["n"] += 1
         if calls["n"] == 1:
             raise KeyError("a bug in the scheduler (injected)")
         return real_due(st, now, moving_out)
-    monkeypatch.setattr(wb, "due", due_with_bug)
+    monkeypatch.setattr(wb.scheduler, "due", due_with_bug)
     st = new_file(meta, wb, "log")
 
     async def write():
