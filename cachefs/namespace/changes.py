@@ -79,8 +79,7 @@ class Tree:
         inode = await self.run_blocking(self.meta.put_entry, parent, Entry(text, KIND_FILE, 0, now, ""))
         # mtime 0: the file's follows its content (a utimens sets one; see fs.attrs)
         await self.run_blocking(self.meta.put_attrs, inode.ino, mode & 0o7777, now, 0)
-        st = self.wb.stage_new(inode)
-        st.replaced = existing is not None
+        st = self.wb.stage_new(inode, replaced=existing is not None)
         return inode, st
 
     async def mkdir(self, parent_ino: int, name: bytes, mode: int, listing_ttl: float) -> Inode:
@@ -204,12 +203,11 @@ class Tree:
         elif not st.uploading and st.remote is not None:
             if st.dirty:          # S3's copy is outdated anyway: the upload goes to the new name
                 await self._delete_or_later(prefix + st.remote)
-                st.remote = None
+                self.wb.remote_dropped(st)
             else:
                 etag = await self._copy_or_undo(prefix + st.remote, prefix + new_path, new_parent, target)
                 await self._delete_or_later(prefix + st.remote)
-                st.remote = new_path
-                st.etag = etag
+                self.wb.remote_moved(st, new_path, etag)
         await self.run_blocking(self.meta.move, old_parent.ino, old_name, new_parent, new_name)
         if etag is not None:        # a copy is a new object (a multipart one gets a new ETag)
             await self.run_blocking(self._record_etags, None, {node.ino: etag})

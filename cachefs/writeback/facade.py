@@ -135,8 +135,25 @@ class Writeback:
         return sorted(st.path for st in list(self.files.values()) if st.dirty or st.uploading)
 
     # -- staging and file handles -----------------------------------------------------------
-    def stage_new(self, inode: Inode) -> Staged:
-        return self.staging.stage_new(inode)
+    def stage_new(self, inode: Inode, replaced: bool = False) -> Staged:
+        """`replaced`: it took the name of a file whose object S3 holds until this one's upload."""
+        st = self.staging.stage_new(inode)
+        st.replaced = replaced
+        return st
+
+    def remote_dropped(self, st: Staged) -> None:
+        """A rename deleted S3's outdated copy of a changed file: its upload goes to the new name."""
+        st.remote = None
+
+    def remote_moved(self, st: Staged, new_path: str, etag: str) -> None:
+        """A rename copied the clean file's object to `new_path` (a copy is a new ETag)."""
+        st.remote, st.etag = new_path, etag
+
+    def remote_replaced(self, ino: int, etag: str) -> None:
+        """S3's object of this file was replaced by a copy of itself (new metadata, same bytes)."""
+        st = self.get(ino)
+        if st is not None:
+            st.etag = etag
 
     async def stage_existing(self, inode: Inode, read_range: Callable[[int, int], Awaitable[bytes]],
                              truncate: bool) -> Staged:
