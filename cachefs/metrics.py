@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -23,16 +23,16 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import xxhash
 
 from cachefs import native
-from cachefs.errors import UserError
-from cachefs.stats import Stats
 from cachefs.cache.direct import AlignedBuffers, DirectUnsupported
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
+from cachefs.errors import UserError
+from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class DiskDir:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
             self._make_subdirs()
-            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o600)  # RDONLY: lets the fs be remounted ro
+            # O_RDONLY: the lock does not keep the file system from being remounted read-only
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o600)
         except OSError as e:
             raise UserError(f"cache directory {self.path} is not usable: {e.strerror}") from None
         try:

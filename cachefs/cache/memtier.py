@@ -1,9 +1,9 @@
 """The memory tier: verified blocks held in memory (bytes or whole buffers), within a byte budget."""
 from __future__ import annotations
 
-from cachefs.stats import Stats
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
+from cachefs.stats import Stats
 
 # Per-block bookkeeping beyond the payload (bytes object header, dict and OrderedDict entries,
 # Slot): charged to the quota so that the budget is what the process really holds.

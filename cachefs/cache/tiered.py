@@ -22,12 +22,12 @@ import threading
 import time
 
 from cachefs import supervise
-from cachefs.meta.store import MetaStore
-from cachefs.stats import Stats
 from cachefs.cache.base import BlockCache
 from cachefs.cache.disk import DiskTier
 from cachefs.cache.memtier import MemoryTier
 from cachefs.cache.tier import Slot, Tier
+from cachefs.meta.store import MetaStore
+from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class TieredCache(BlockCache):
                            for where, d in enumerate(t.dirs)}
 
     @classmethod
-    def build(cls, specs, meta: MetaStore | None, stats: Stats, **kwargs) -> "TieredCache":
+    def build(cls, specs, meta: MetaStore | None, stats: Stats, **kwargs) -> TieredCache:
         """Tiers from their specs, named by kind (ssd, ssd2, ... when a kind repeats)."""
         tiers: list[Tier] = []
         for spec in specs:

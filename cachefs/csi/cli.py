@@ -75,8 +75,8 @@ def cmd_csi(args: argparse.Namespace) -> int:
     if args.supervise:
         from cachefs.csi.supervise import supervise
         return supervise([sys.executable, "-m", "cachefs", *[a for a in sys.argv[1:] if a != "--supervise"]])
-    from cachefs.csi.server import build, run_until_signalled
     from cachefs.csi.identity import IdentityService
+    from cachefs.csi.server import build, run_until_signalled
     node = controller = None
     stop = threading.Event()
     if args.mode in ("node", "all"):
@@ -146,8 +146,8 @@ def _start_reporter(args, node, stop: threading.Event) -> None:
 
 def cmd_affinity(args: argparse.Namespace) -> int:
     from cachefs.csi.affinity import node_affinity, to_yaml
-    from cachefs.csi.volumes import Dataset
     from cachefs.csi.status import CsiError
+    from cachefs.csi.volumes import Dataset
     try:
         dataset = Dataset.parse(args.dataset).volume_id
     except CsiError as e:

@@ -38,7 +38,7 @@ class MotoServer:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         env = dict(os.environ, **self.extra_env)
         env.pop("AWS_CA_BUNDLE", None)  # plain HTTP on loopback
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -69,7 +69,7 @@ class MotoServer:
             self._log.close()
         self._log = None
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

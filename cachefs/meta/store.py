@@ -9,17 +9,34 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import lmdb
 
 from cachefs.errors import UserError
 from cachefs.meta import verify
+from cachefs.meta.schema import (
+    ATTRS,
+    BLOCK,
+    DATABASES,
+    FIRST_FREE_INO,
+    KIND_DIR,
+    LAYOUT_VERSION,
+    OWNER,
+    ROOT_INO,
+    Inode,
+    dentry_key,
+    pack_f64,
+    pack_inode,
+    pack_objmeta,
+    pack_u64,
+    unpack_f64,
+    unpack_inode,
+    unpack_objmeta,
+    unpack_u64,
+)
 from cachefs.namespace.attrs import ObjMeta
-from cachefs.meta.schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, OWNER, ROOT_INO, Inode,
-                     dentry_key, pack_f64, pack_inode, pack_objmeta, pack_u64, unpack_f64, unpack_inode,
-                     unpack_objmeta, unpack_u64)
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ class ObjMeta:
     def perm(self) -> int | None:
         return stat.S_IMODE(self.mode) if self.mode else None
 
-    def with_target(self, target: bytes) -> "ObjMeta":
+    def with_target(self, target: bytes) -> ObjMeta:
         return replace(self, target=target)
 
 
@@ -78,7 +78,7 @@ def parse_time(text: str) -> int:
         pass
     t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
+        t = t.replace(tzinfo=datetime.UTC)
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cachefs.errors import ObjectChanged, ObjectNotFound
 
@@ -101,9 +101,9 @@ class ObjectStore(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
-    metadata_seen: "Callable[[str, str, dict[str, str]], None] | None" = None
+    metadata_seen: Callable[[str, str, dict[str, str]], None] | None = None
 
-    def watch_metadata(self, fn: "Callable[[str, str, dict[str, str]], None]") -> None:
+    def watch_metadata(self, fn: Callable[[str, str, dict[str, str]], None]) -> None:
         """Have `fn(key, etag, metadata)` told (from any thread) the user metadata (x-amz-meta-*,
         names lower-case without the prefix) that GET answers carry: what a read learns for free."""
         self.metadata_seen = fn
