@@ -22,11 +22,10 @@ import threading
 import time
 
 from cachefs import supervise
-from cachefs.cache.base import BlockCache
+from cachefs.cache.base import BlockCache, BlockIndex
 from cachefs.cache.disk import DiskTier
 from cachefs.cache.memtier import MemoryTier
 from cachefs.cache.tier import Slot, Tier
-from cachefs.meta.store import MetaStore
 from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ INDEX_BATCH = 256            # block index entries buffered before a forced LMDB
 
 
 class TieredCache(BlockCache):
-    def __init__(self, tiers: list[Tier], meta: MetaStore | None, stats: Stats, *, policy: str = "scan-resistant",
+    def __init__(self, tiers: list[Tier], meta: BlockIndex | None, stats: Stats, *, policy: str = "scan-resistant",
                  promote_after: int = 0, stale_after: float = 3600.0, max_block: int = 4 << 20) -> None:
         if policy not in ("lru", "scan-resistant"):
             raise ValueError(f"unknown eviction policy {policy!r}")
@@ -56,7 +55,7 @@ class TieredCache(BlockCache):
                            for where, d in enumerate(t.dirs)}
 
     @classmethod
-    def build(cls, specs, meta: MetaStore | None, stats: Stats, **kwargs) -> TieredCache:
+    def build(cls, specs, meta: BlockIndex | None, stats: Stats, **kwargs) -> TieredCache:
         """Tiers from their specs, named by kind (ssd, ssd2, ... when a kind repeats)."""
         tiers: list[Tier] = []
         for spec in specs:
