@@ -26,7 +26,7 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 |              |                                  | i64 uid, i64 gid, i64 mtime_ns (-1: none), u8 whether a |
 |              |                                  | symlink target follows, then the target (rest): what the|
 |              |                                  | object's x-amz-meta-* said, valid while the inode's etag|
-|              |                                  | is this one (posixmeta.py)                              |
+|              |                                  | is this one (namespace/attrs.py)                        |
 | subdirs      | u64 dir ino                      | u64 how many subdirectories it has (st_nlink - 2), kept |
 |              |                                  | by every change of `dentries`                           |
 
@@ -39,8 +39,9 @@ directories, "" for the root. Its S3 key is prefix + path (+ "/" for a directory
 """
 from __future__ import annotations
 
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LAYOUT_VERSION = b"2"
 DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs",
@@ -60,6 +61,27 @@ BLOCK = struct.Struct(">IdI")    # size, stored_at, directory id
 ATTRS = struct.Struct(">Iqq")    # mode bits, atime_ns, mtime_ns
 OWNER = struct.Struct(">qqq")    # uid, gid, ctime_ns
 OBJMETA = struct.Struct(">IqqqB")   # st_mode, uid, gid, mtime_ns, has target
+
+
+@dataclass(frozen=True)
+class ObjMeta:
+    """What an object's x-amz-meta-* says; each field unknown when absent or unreadable."""
+    mode: int = 0              # full st_mode with the file type; 0: unknown
+    uid: int = -1
+    gid: int = -1
+    mtime_ns: int = -1
+    target: bytes | None = None   # a symbolic link's target, once read (the object's body)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def perm(self) -> int | None:
+        return stat.S_IMODE(self.mode) if self.mode else None
+
+    def with_target(self, target: bytes) -> ObjMeta:
+        return replace(self, target=target)
 
 
 @dataclass(frozen=True)

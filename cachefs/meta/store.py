@@ -26,6 +26,7 @@ from cachefs.meta.schema import (
     OWNER,
     ROOT_INO,
     Inode,
+    ObjMeta,
     dentry_key,
     pack_f64,
     pack_inode,
@@ -36,7 +37,6 @@ from cachefs.meta.schema import (
     unpack_objmeta,
     unpack_u64,
 )
-from cachefs.namespace.attrs import ObjMeta
 
 log = logging.getLogger(__name__)
 
