@@ -257,7 +257,7 @@ class DiskTier(Tier):
                 pass
             return False
 
-    def _write_file(self, d: DiskDir, path: str, parts: list, size: int) -> int:
+    def _write_file(self, d: DiskDir, path: str, parts: list[bytes | memoryview], size: int) -> int:
         """O_DIRECT where the directory's filesystem takes it (see cache/direct.py), else buffered."""
         if d.direct:
             buffers = self._buffers
@@ -324,7 +324,7 @@ class DiskTier(Tier):
                         continue
                     path = os.path.join(sub, name)
                     size = _intact_size(path) if key is not None else None
-                    if size is not None and self.adopt(key, Slot(size, where, 0.0), oldest=True):
+                    if key is not None and size is not None and self.adopt(key, Slot(size, where, 0.0), oldest=True):
                         self._stored(key, self._slots[key])
                         adopted += 1
                         continue

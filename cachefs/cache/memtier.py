@@ -1,6 +1,9 @@
 """The memory tier: verified blocks held in memory (bytes or whole buffers), within a byte budget."""
 from __future__ import annotations
 
+from collections.abc import Sized
+from typing import cast
+
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
 from cachefs.stats import Stats
@@ -25,7 +28,7 @@ def _owns_all(data: bytes | memoryview) -> bool:
     if not isinstance(data, memoryview) or not data.contiguous:
         return False
     try:
-        whole = len(data.obj) == data.nbytes
+        whole = len(cast(Sized, data.obj)) == data.nbytes    # TypeError: an exporter without a length
     except TypeError:
         return False
     return whole and getattr(data.obj, "capacity", data.nbytes) <= data.nbytes + SLACK

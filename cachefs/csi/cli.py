@@ -107,14 +107,11 @@ def _node_service(args):
         cfg.check()
     except ValueError as e:
         raise UserError(f"--cache: {e}") from None
-    mounter = None
     if args.mounter:
         from cachefs.csi.mounterd import RemoteMounter
-        mounter = RemoteMounter(args.mounter, unmount_timeout=args.unmount_timeout)
-    else:
-        from cachefs.csi.mounter import Mounter
-        mounter = Mounter(unmount_timeout=args.unmount_timeout)
-    return NodeService(cfg, mounter)
+        return NodeService(cfg, RemoteMounter(args.mounter, unmount_timeout=args.unmount_timeout))
+    from cachefs.csi.mounter import Mounter
+    return NodeService(cfg, Mounter(unmount_timeout=args.unmount_timeout))
 
 
 def _watch_mounter(node, stop: threading.Event) -> None:

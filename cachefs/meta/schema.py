@@ -104,7 +104,8 @@ def pack_u64(n: int) -> bytes:
 
 
 def unpack_u64(b: bytes) -> int:
-    return U64.unpack(b)[0]
+    n: int = U64.unpack(b)[0]
+    return n
 
 
 def pack_f64(x: float) -> bytes:
@@ -112,7 +113,8 @@ def pack_f64(x: float) -> bytes:
 
 
 def unpack_f64(b: bytes) -> float:
-    return F64.unpack(b)[0]
+    x: float = F64.unpack(b)[0]
+    return x
 
 
 def dentry_key(parent: int, name: bytes) -> bytes:

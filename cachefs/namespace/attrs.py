@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from cachefs.meta.schema import ObjMeta  # the record of what is parsed and encoded here (objmeta database)
 
@@ -72,7 +73,7 @@ def parse(meta: dict[str, str] | None) -> ObjMeta:
     A value that cannot be read is ignored, as if absent."""
     if not meta:
         return NO_META
-    fields = {}
+    fields: dict[str, Any] = {}
     for name, key, fn in (("mode", MODE, _mode), ("uid", UID, _id), ("gid", GID, _id),
                           ("mtime_ns", MTIME, parse_time)):
         if key in meta:
