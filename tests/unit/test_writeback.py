@@ -9,12 +9,12 @@ import time
 import pytest
 import trio
 
+from cachefs.writeback import core as wbmod
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
-from cachefs.writeback import core as wbmod
 from cachefs.writeback.core import StagingFull, Writeback, part_size
 
 MiB = 1 << 20
