@@ -1,7 +1,8 @@
 # The two commands: `make demo` and `make test`. Both set the machine up first (Debian 12, root).
-PY := .venv/bin/python
+VENV := .venv
+PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench bench-full bench-writes clean fuzz
+.PHONY: setup demo lint test bench bench-full bench-writes clean fuzz
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -9,7 +10,17 @@ setup:
 demo: setup
 	$(PY) -m cachefs.devtools.demo
 
-test: setup
+# ruff (lint and import order), mypy (types) and import-linter (the layer contracts), all configured
+# in pyproject.toml. `make test` runs it first: a broken contract or a type error fails the build.
+# All three run (to report everything at once); any failure fails the target.
+lint: setup
+	@rc=0; \
+	$(VENV)/bin/ruff check . || rc=1; \
+	$(VENV)/bin/mypy || rc=1; \
+	$(VENV)/bin/lint-imports --no-logo || rc=1; \
+	exit $$rc
+
+test: setup lint
 	$(PY) -m pytest -q
 
 # The model-based random test (tests/test_fsrand.py) for FUZZ_MINUTES (new seeds each round, printed;

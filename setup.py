@@ -1,3 +1,9 @@
+"""Only what pyproject.toml cannot say; every piece of metadata lives there.
+
+Two build steps need code: the C extension (a list of sources, libraries and compiler flags) and
+compiling cachefs/csi/csi.proto into Python before the package is collected. setuptools has no
+declarative form for either, so they stay here, and nothing else does.
+"""
 import os
 import sys
 
@@ -20,9 +26,10 @@ class BuildPyWithProto(build_py):
         super().run()
 
 
-# Metadata lives in pyproject.toml. The one C extension reads cached block files into a buffer
-# pyfuse3 can pass on without a copy (native/blockread.c). optional=True: without a compiler or
-# xxhash.h (Debian: libxxhash-dev) the build warns and cachefs uses its pure-Python fallback.
+# The one C extension reads cached block files into a buffer pyfuse3 can pass on without a copy
+# (native/blockread.c). optional=True: without a compiler or xxhash.h (Debian: libxxhash-dev) the
+# build warns and cachefs uses its pure-Python fallback. Every warning is an error: the code is
+# small enough to keep clean, and a warning in memory-handling C is usually a bug.
 setup(
     cmdclass={"build_py": BuildPyWithProto},
     ext_modules=[
@@ -30,7 +37,8 @@ setup(
             "cachefs._native",
             sources=["native/blockread.c"],
             libraries=["xxhash"],
+            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
         )
-    ]
+    ],
 )

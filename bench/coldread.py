@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     size = args.object_mib * MiB
     rows = []
-    with tempfile.TemporaryDirectory(prefix="cachefs-coldread-") as scratch, open_endpoint(scratch, args.endpoint) as ep:
+    with (tempfile.TemporaryDirectory(prefix="cachefs-coldread-") as scratch,
+          open_endpoint(scratch, args.endpoint) as ep):
         client = ep.client(max_pool=PARALLEL)
         client.create_bucket(Bucket=BUCKET)
         per_run = 3 if args.baseline else 2

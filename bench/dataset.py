@@ -11,8 +11,8 @@ of its own so that directory prefetch does not warm another job's files: "cold" 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 from cachefs.devtools import sample
 

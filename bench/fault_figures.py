@@ -7,6 +7,7 @@ line per case: attempts the proxy saw, the gaps between them, and when the read 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -30,6 +31,7 @@ def main() -> None:
                       AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
                       AWS_EC2_METADATA_DISABLED="true")
     import boto3
+
     from cachefs.store.s3 import S3Store
     with MotoServer() as moto, FaultProxy(moto.endpoint_url) as proxy:
         s3 = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1")
@@ -52,7 +54,7 @@ def main() -> None:
             time.sleep(0.5)          # let a dripping request finish being recorded
             seen = proxy.seen("get")
             print(json.dumps({"case": name, "result": outcome, "attempts": len(seen),
-                              "gaps_s": [round(b.t - a.t, 2) for a, b in zip(seen, seen[1:])],
+                              "gaps_s": [round(b.t - a.t, 2) for a, b in itertools.pairwise(seen)],
                               "total_s": round(elapsed, 2)}), flush=True)
 
 

@@ -17,7 +17,7 @@ import time
 
 from bench import util
 from bench.endpoint import open_endpoint
-from bench.tiers import MiB, REPO, Mount, dataset, read_all
+from bench.tiers import REPO, MiB, Mount, dataset, read_all
 
 SETTINGS = {"untuned": ["--kernel-read-ahead", "0", "--max-background", "0"],
             "tuned": ["--kernel-read-ahead", "4MiB", "--max-background", "64"]}
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     summary = {k: util.summarize(v) for k, v in speeds.items()}
-    ratios = [t / d for t, d in zip(speeds["tuned"], speeds["untuned"])]
+    ratios = [t / d for t, d in zip(speeds["tuned"], speeds["untuned"], strict=True)]
     summary["tuned / untuned"] = util.summarize([round(r, 3) for r in ratios])
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = a.out or os.path.join(REPO, "bench", "results", f"kernel-tuning-{stamp}.json")

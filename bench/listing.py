@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     summary = {w: {name: {m: util.summarize([c[m] for c in cells]) for m in ("cpu_ms", "wall_ms")}
                    for name, cells in by_name.items()} for w, by_name in raw.items()}
     for w, by_name in summary.items():
-        ratios = [b["cpu_ms"] / f["cpu_ms"] for f, b in zip(raw[w]["fast"], raw[w]["boto3"])]
+        ratios = [b["cpu_ms"] / f["cpu_ms"] for f, b in zip(raw[w]["fast"], raw[w]["boto3"], strict=True)]
         by_name["boto3_over_fast_cpu"] = util.summarize(ratios)
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    time.strftime("listing-%Y%m%dT%H%M%SZ.json", time.gmtime()))
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         per = round(len(keys) / raw[w]["fast"][0]["requests"])
         for name in ("fast", "boto3"):
             c, wall = summary[w][name]["cpu_ms"], summary[w][name]["wall_ms"]
-            print(f"| {w} | {per} | {name} | {c['min']:.2f} / {c['median']:.2f} / {c['max']:.2f} | {wall['median']:.2f} |")
+            print(f"| {w} | {per} | {name} | {c['min']:.2f} / {c['median']:.2f} / {c['max']:.2f} "
+                  f"| {wall['median']:.2f} |")
         r = summary[w]["boto3_over_fast_cpu"]
         print(f"| {w} | | boto3 / fast CPU | {r['min']:.1f} / {r['median']:.1f} / {r['max']:.1f} | |")
     print(f"wrote {out}")

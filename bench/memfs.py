@@ -56,7 +56,7 @@ class MemoryFS(pyfuse3.Operations):
         try:
             return self.attrs[self.children[parent_inode][name]]
         except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
 
     async def opendir(self, inode, ctx):
         if inode not in self.children:

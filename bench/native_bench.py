@@ -107,7 +107,7 @@ def main() -> None:
         impls = {"native": native._native,
                  "python": types.SimpleNamespace(read_block=native.py_read_block, read_ranges=native.py_read_ranges)}
         runs = {(w, t, name): [] for w in items for t in (1, args.threads) for name in impls}
-        for name, impl in impls.items():       # warm the page cache and both code paths once
+        for impl in impls.values():       # warm the page cache and both code paths once
             for w, work in workloads(impl).items():
                 run_once(work, items[w], 1)
         for _ in range(args.repeat):

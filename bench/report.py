@@ -68,7 +68,8 @@ def markdown(results: dict) -> str:
         f"Python {m['python']}, {m['fio']}, {m['s3fs']}, {m['rclone']}. Load average (1/5/15 min) "
         f"{_load(m.get('loadavg_at_start'))} at the start, {_load(m.get('loadavg_at_end'))} at the end "
         f"(other work shares this machine).",
-        f"Endpoint: **{ep.get('kind', '?')}** - {ep.get('note', '')}. Latency proxy: **{results.get('proxy', 'off')}**.",
+        f"Endpoint: **{ep.get('kind', '?')}** - {ep.get('note', '')}. "
+        f"Latency proxy: **{results.get('proxy', 'off')}**.",
         f"Loader: decode+crop {'on' if results['decode'] else 'off'}, consume rate "
         f"{results['consume_rate'] or 'unpaced'}.",
     ]
@@ -175,7 +176,7 @@ def _panel_figure(plt, panels: list, draw, width: float, path: str) -> str | Non
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.5), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes[0], panels, strict=True):
         draw(ax, panel)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

@@ -45,8 +45,8 @@ class Recorder:
         figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
                    if k not in ("run", "workload", "system", "job", "state", "error")}
         status = f"ERROR {row['error'].splitlines()[0][:160]}" if row.get("error") else figures
-        print(f"{time.monotonic() - self.started:6.1f}s [run {row['run']}] {row['workload']:8} {row['system']:10} {row['job']:10} {row['state']:9} {status}",
-              flush=True)
+        print(f"{time.monotonic() - self.started:6.1f}s [run {row['run']}] {row['workload']:8} {row['system']:10} "
+              f"{row['job']:10} {row['state']:9} {status}", flush=True)
 
     def measure(self, fn, system, endpoint_pids, **key) -> dict | None:
         """Run one step with the daemon's and the endpoint's CPU/RSS metered; a failure becomes a row."""
@@ -133,7 +133,8 @@ def metadata_matrix(system, scale, rec, run_i, ep_pids) -> None:
 def machine() -> dict:
     mem = next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg_at_start": os.getloadavg(), "ram_gib": round(int(mem) / (1 << 20), 1),
+    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg_at_start": os.getloadavg(),
+            "ram_gib": round(int(mem) / (1 << 20), 1),
             "kernel": platform.release(), "python": platform.python_version(),
             "fio": _version(["fio", "--version"]), "s3fs": _version(["s3fs", "--version"]),
             "rclone": _version(["rclone", "version"])}
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     unknown = set(names) - set(systems.ALL)
     if unknown:
         sys.exit(f"unknown system(s): {', '.join(sorted(unknown))}; choose from {', '.join(systems.ALL)}")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or os.path.join(RESULTS_DIR, stamp)
     os.makedirs(out, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="cachefs-bench-", dir="/tmp")

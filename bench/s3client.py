@@ -98,6 +98,7 @@ def boto3_fetcher(endpoint: dict, bucket: str, inflight: int):
 # -- cachefs's fast GET in the same threads (what cachefs does by default) ---------------------------
 def fastget_fetcher(endpoint: dict, bucket: str, inflight: int):
     import boto3
+
     from cachefs.store.fastget import FastGetter
     client = boto3.session.Session().client("s3", config=client_config(inflight), **endpoint)
     getter = FastGetter(client, bucket)

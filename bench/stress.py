@@ -94,7 +94,8 @@ class Pair:
             self.out.fatal = f"{self.tag} {what} {rel}: ENOTCONN (the daemon died)"
             raise SystemExit(2)
         if gerr != werr or got != want:
-            self.out.mismatches.append(f"{self.tag} {what} {rel}{args[:1] if args and not isinstance(args[0], bytes) else ''}: "
+            shown = args[:1] if args and not isinstance(args[0], bytes) else ''
+            self.out.mismatches.append(f"{self.tag} {what} {rel}{shown}: "
                                        f"mount {errno.errorcode.get(gerr, gerr) if gerr else _short(got)} "
                                        f"reference {errno.errorcode.get(werr, werr) if werr else _short(want)}")
         return want
@@ -168,7 +169,7 @@ def tree_worker(mnt: str, ref: str, n: int, seed: int, ops: int, q) -> None:
         if not (root / base).exists():
             (root / base).mkdir()
     # what exists already (an earlier loop left it)
-    for d, subdirs, names in os.walk(Path(ref) / base):
+    for d, _subdirs, names in os.walk(Path(ref) / base):
         rel = os.path.relpath(d, ref)
         if rel != base:
             dirs.append(rel)
@@ -179,7 +180,8 @@ def tree_worker(mnt: str, ref: str, n: int, seed: int, ops: int, q) -> None:
             counter += 1
             op = rng.choices(["create", "write", "truncate", "rewrite", "rename", "rename_dir", "unlink", "mkdir",
                               "rmdir", "copy", "read"], [10, 10, 5, 3, 6, 2, 5, 3, 2, 3, 8])[0]
-            if op == "create" or (not files and op in ("write", "truncate", "rewrite", "rename", "unlink", "copy", "read")):
+            needs_file = ("write", "truncate", "rewrite", "rename", "unlink", "copy", "read")
+            if op == "create" or (not files and op in needs_file):
                 rel = f"{rng.choice(dirs)}/f{counter}"
                 size = rng.choice([0, 100, 5000, 300_000, 2 * MiB, rng.randrange(TREE_MAX)])
                 pair.do("create", _write_new, rel, rng.randbytes(size))
@@ -458,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         run_cachefs(["umount", str(fresh_mnt)], cachefs_env(), timeout_s=120)
                         shutil.rmtree(fresh_cache, ignore_errors=True)
-                log_text = (cache / "cachefs.log").read_text(errors="replace") if (cache / "cachefs.log").exists() else ""
+                log_path = cache / "cachefs.log"
+                log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
                 errors = log_problems(log_text)
                 entry = {"loop": loop, "seconds": round(time.monotonic() - t0, 1),
                          "ops": sum(r["ops"] for r in results), "problems": problems[:50],
@@ -473,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             force_unmount(mnt)
             stop_pid(pid)
-    summary = {"multipart": a.multipart, "procs": a.procs, "kill_every": a.kill_every, "minutes": round((time.monotonic() - started) / 60, 1),
+    summary = {"multipart": a.multipart, "procs": a.procs, "kill_every": a.kill_every,
+               "minutes": round((time.monotonic() - started) / 60, 1),
                "loops": len(loops), "ops": sum(x["ops"] for x in loops), "passed": ok}
     print(json.dumps(summary))
     if a.json:

@@ -87,7 +87,7 @@ class System:
             rc = proc.wait(MOUNT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             util.kill_group(proc)
-            raise util.StepTimeout(f"{self.name}: mount command did not return in {MOUNT_TIMEOUT_S} s")
+            raise util.StepTimeout(f"{self.name}: mount command did not return in {MOUNT_TIMEOUT_S} s") from None
         if rc != 0:
             raise RuntimeError(f"{self.name}: mount exited {rc}; last log lines:\n{self.log_tail()}")
 
@@ -160,7 +160,7 @@ class Cachefs(System):
     extra_args: tuple[str, ...] = ()     # options a variant adds to the defaults
 
     @classmethod
-    def from_tree(cls, tree: str, name: str, *args) -> "Cachefs":
+    def from_tree(cls, tree: str, name: str, *args) -> Cachefs:
         """cachefs as built in another checkout (its `python -m cachefs` runs there, with its own
         native build): for before/after comparisons in one run (bench/coldread.py --baseline)."""
         variant = type(f"Cachefs_{name}", (cls,), {"name": name, "tree": os.path.abspath(tree)})

@@ -52,7 +52,7 @@ class Mount:
                      "--addressing-style", "path", "--cache-dir", self.cache_dir, "--prefetch-small-files", "0",
                      *flags]
 
-    def __enter__(self) -> "Mount":
+    def __enter__(self) -> Mount:
         cachefs(self.args, self.env)
         return self
 

@@ -6,7 +6,7 @@ import os
 import statistics
 import subprocess
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 class StepTimeout(RuntimeError):
@@ -23,7 +23,7 @@ def run(cmd: Sequence[str], timeout: float, env: dict | None = None, check: bool
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc)
-        raise StepTimeout(f"{cmd[0]} did not finish within {timeout:.0f} s: {' '.join(cmd)}")
+        raise StepTimeout(f"{cmd[0]} did not finish within {timeout:.0f} s: {' '.join(cmd)}") from None
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {(err or '').strip()[-2000:]}")

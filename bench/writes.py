@@ -371,7 +371,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = a.out or os.path.join(RESULTS_DIR, f"writes-{stamp}")
     os.makedirs(out, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="cachefs-bench-writes-", dir="/tmp")

@@ -14,13 +14,17 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cachefs import supervise
 from cachefs.errors import UserError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +260,7 @@ class Exporter:
     def __init__(self, addr: tuple[str, int], collector: DaemonCollector) -> None:
         self.addr = addr
         self.collector = collector
-        self.httpd = None
+        self.httpd: WSGIServer | None = None
 
     def start(self, required: bool) -> None:
         """`required`: the address was configured, so not getting it is a start-up error; the default
@@ -273,7 +277,7 @@ class Exporter:
             log.warning("metrics exporter off: cannot listen on %s (%s); give each mount its own "
                         "--metrics-addr", where, e.strerror or e)
             return
-        self.addr = self.httpd.server_address[:2]
+        self.addr = cast(tuple[str, int], self.httpd.server_address[:2])   # an IP server: (host, port, ...)
         log.info("Prometheus metrics on http://%s:%d/metrics", *self.addr)
         if not _is_loopback(self.addr[0]):
             log.warning("metrics on %s, not loopback: whoever reaches it reads bucket, tier and directory "

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 

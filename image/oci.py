@@ -113,8 +113,8 @@ def pack(rootfs: str, layout: str, tag: str, runtime_config: dict, name: str = "
     with open(tmp, "wb") as f:
         diff_id, digest, size = write_layer(rootfs, f, int(epoch) if epoch else None)
     os.replace(tmp, os.path.join(blobs, digest.split(":", 1)[1]))
-    created = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
-               else datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = (datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch
+               else datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = {
         "created": created, "architecture": ARCH, "os": "linux",
         "config": {**runtime_config, "Labels": {**runtime_config.get("Labels", {}), **(labels or {})}},

@@ -142,7 +142,7 @@ static Py_ssize_t buffer_length(Buffer *self)
 
 /* The memory this buffer holds: a recycled chunk's whole size (more than its length when the block
  * is short), so that a keeper charging by size (the memory tier) can tell. */
-static PyObject *buffer_capacity(Buffer *self, void *closure)
+static PyObject *buffer_capacity(Buffer *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSize_t(self->cap ? self->cap : (size_t)self->len);
 }
@@ -382,7 +382,7 @@ static PyObject *set_errno(int err, PyObject *path)
     return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
 }
 
-static PyObject *read_block(PyObject *module, PyObject *args, PyObject *kwargs)
+static PyObject *read_block(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "verify", NULL};
     PyObject *path, *fspath;
@@ -430,7 +430,7 @@ static int parse_range(PyObject *item, struct range *r, PyObject **fspath)
     return 0;
 }
 
-static PyObject *read_ranges(PyObject *module, PyObject *arg)
+static PyObject *read_ranges(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     /* A tuple copy: another thread may change a caller's list while the GIL is released, and
      * the error path still needs the original path objects. */
@@ -487,7 +487,7 @@ done:
     return result;
 }
 
-static PyObject *buffer(PyObject *module, PyObject *args)
+static PyObject *buffer(PyObject *Py_UNUSED(module), PyObject *args)
 {
     Py_ssize_t len, headroom = 0;
     size_t cap = 0;
@@ -525,7 +525,7 @@ static ssize_t write_full(int fd, const char *p, size_t len)
  * headroom, right before the payload, and header + payload (padded with zeros to ALIGN, inside the
  * chunk) are written in one write(2) from the chunk's page-aligned start, as O_DIRECT requires.
  * This spares the copy into cache/direct.py's aligned buffer. */
-static PyObject *write_framed(PyObject *module, PyObject *args)
+static PyObject *write_framed(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int fd;
     PyObject *obj;
@@ -564,7 +564,7 @@ out:
     return result;
 }
 
-static PyObject *set_pool(PyObject *module, PyObject *args)
+static PyObject *set_pool(PyObject *Py_UNUSED(module), PyObject *args)
 {
     Py_ssize_t chunk;
     int keep;
@@ -591,7 +591,7 @@ static PyObject *set_pool(PyObject *module, PyObject *args)
 
 /* Map and touch free chunks up to `keep` now (MAP_POPULATE), so that the first blocks read after
  * the mount do not pay a page fault per 4 KiB either. */
-static PyObject *fill_pool(PyObject *module, PyObject *unused)
+static PyObject *fill_pool(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
     for (;;) {
         pthread_mutex_lock(&pool_lock);
@@ -614,7 +614,7 @@ static PyObject *fill_pool(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *pool_stats(PyObject *module, PyObject *unused)
+static PyObject *pool_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
     pthread_mutex_lock(&pool_lock);
     PyObject *r = Py_BuildValue("{s:n,s:i,s:i,s:K,s:K}", "chunk", (Py_ssize_t)pool_chunk, "keep", pool_keep,
@@ -651,7 +651,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "cachefs._native", "Zero-copy block file reads (see cachefs/native.py).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cachefs._native",
+    .m_doc = "Zero-copy block file reads (see cachefs/native.py).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

@@ -36,7 +36,8 @@ SIDES = (MOUNT, REF)
 # A small fixed namespace: any name can become a file or a directory, so that EEXIST, ENOENT,
 # ENOTDIR, EISDIR, ENOTEMPTY and rename over files and directories all come up often.
 PATHS = ["a", "b", "d1", "d2", "d1/a", "d1/b", "d1/d3", "d1/d3/a", "d2/a"]
-PATH_CHOICES = ["a", "b", "d1", "a", "d1/a", "b", "d2", "d1/b", "d1/d3", "d1/d3/a", "d2/a"]   # top-level files more often
+# top-level files more often
+PATH_CHOICES = ["a", "b", "d1", "a", "d1/a", "b", "d2", "d1/b", "d1/d3", "d1/d3/a", "d2/a"]
 # Offsets and sizes around the mount's block size (256 KiB in the tests), 1 MiB (the small-file
 # threshold the test mounts with) and 5 MiB (the multipart part size), so that files cross into
 # multipart uploads; sparse holes are cheap on both sides.
@@ -133,7 +134,8 @@ ATTRIBUTES: dict[str, tuple[dict[str, str], str]] = {
     "type": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
              "SEMANTICS.md, Mapping (and a symlink: 'an object whose body is the target and whose "
              "`x-amz-meta-mode` has `S_IFLNK`')"),
-    "size": ({"step": "ref", "kill9": "ref", "fresh": "ref"}, "SEMANTICS.md, Mapping: 'File size is the object's size'"),
+    "size": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
+             "SEMANTICS.md, Mapping: 'File size is the object's size'"),
     "bytes": ({"step": "ref", "kill9": "ref", "fresh": "ref"},
               "SEMANTICS.md, Writes (read-your-writes) and Crash safety ('A write acknowledged but not fsynced "
               "survives a daemon crash too')"),

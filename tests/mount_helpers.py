@@ -421,7 +421,7 @@ def first_difference(a: bytes, b: bytes) -> str:
     """A short description of where two byte strings differ, for assertion messages."""
     if a == b:
         return "equal"
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return f"lengths {len(a)} vs {len(b)}, first difference at byte {n}"
 
 

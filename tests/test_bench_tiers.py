@@ -44,7 +44,8 @@ def test_coldread_benchmark_compares_a_baseline_tree_side_by_side(tmp_path):
     tree as its own baseline: both mounts read their own object each run, and memfs (the FUSE floor)
 its own; every figure is written."""
     out = tmp_path / "coldread.json"
-    r = subprocess.run([sys.executable, "-m", "bench.coldread", "--runs", "2", "--object-mib", "8", "--endpoint", "moto",
+    r = subprocess.run([sys.executable, "-m", "bench.coldread", "--runs", "2", "--object-mib", "8",
+                        "--endpoint", "moto",
                         "--baseline", str(REPO), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=280)
     assert r.returncode == 0, r.stderr[-3000:]

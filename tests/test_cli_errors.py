@@ -7,9 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from mount_helpers import (ERROR_EXIT_BOUND_S, cachefs_env, free_closed_port_url, is_mounted, mount_args,
-                           mount_entries, one_line_error, pids_mentioning, run_cachefs, stop_pid)
+from mount_helpers import (
+    ERROR_EXIT_BOUND_S,
+    cachefs_env,
+    free_closed_port_url,
+    is_mounted,
+    mount_args,
+    mount_entries,
+    one_line_error,
+    pids_mentioning,
+    run_cachefs,
+    stop_pid,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -350,9 +350,9 @@ def make_machine(env: Env):
             if problems:          # say whether it lasts: an upload still landing, or S3 left wrong
                 t0 = time.monotonic()
                 settled = wait_until(lambda: not fm.compare_s3(s3_objects(env.s3, self.bucket), ref), 15, 0.5)
-                later = ("S3 agreed %.1f s later: flush returned before S3 held what the mount showed"
-                         % (time.monotonic() - t0)) if settled else "still so 15 s later"
-                pytest.fail("after flush, S3 and the reference differ (%s):\n  " % later + "\n  ".join(problems[:30])
+                later = (f"S3 agreed {time.monotonic() - t0:.1f} s later: flush returned before S3 held what the "
+                         "mount showed") if settled else "still so 15 s later"
+                pytest.fail(f"after flush, S3 and the reference differ ({later}):\n  " + "\n  ".join(problems[:30])
                             + self.key_history(problems))
             env.mounter.umount(self.m)
             log = log_problems(self.m.log_text())

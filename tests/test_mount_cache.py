@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from mount_helpers import MiB, first_difference, object_bytes, read_all
 
 pytestmark = pytest.mark.timeout(240)

@@ -5,9 +5,19 @@ import os
 from pathlib import Path
 
 import pytest
-
-from mount_helpers import (ACCESS_KEY_ID, SECRET_ACCESS_KEY, MiB, Mount, cachefs_env, free_closed_port_url,
-                           is_mounted, mount_args, object_bytes, read_all, run_cachefs)
+from mount_helpers import (
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    MiB,
+    Mount,
+    cachefs_env,
+    free_closed_port_url,
+    is_mounted,
+    mount_args,
+    object_bytes,
+    read_all,
+    run_cachefs,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,6 @@ import os
 import time
 
 import pytest
-
 from mount_helpers import BLOCK_SIZE, first_difference, inode_map, object_bytes, pread_exact, read_all, wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,10 +11,23 @@ import subprocess
 import threading
 
 import pytest
-
-from mount_helpers import (PYTHON, Request, first_difference, force_unmount, is_mounted, list_all_keys, log_problems,
-                           mount_entries, object_bytes, one_line_error, parse_request_line, pids_mentioning,
-                           pid_alive, s3_client, wait_until)
+from mount_helpers import (
+    PYTHON,
+    Request,
+    first_difference,
+    force_unmount,
+    is_mounted,
+    list_all_keys,
+    log_problems,
+    mount_entries,
+    object_bytes,
+    one_line_error,
+    parse_request_line,
+    pid_alive,
+    pids_mentioning,
+    s3_client,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

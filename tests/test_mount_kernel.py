@@ -2,7 +2,6 @@
 import os
 
 import pytest
-
 from mount_helpers import wait_until
 
 

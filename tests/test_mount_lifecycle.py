@@ -10,10 +10,25 @@ import threading
 import time
 
 import pytest
-
-from mount_helpers import (BLOCK_SIZE, CACHEFS_SRC, DAEMON_EXIT_TIMEOUT_S, MOUNT_TIMEOUT_S, PYTHON, force_unmount,
-                           is_mounted, log_problems, mount_args, mount_entries, object_bytes, one_line_error,
-                           pid_alive, read_all, run_cachefs, stop_pid, wait_until)
+from mount_helpers import (
+    BLOCK_SIZE,
+    CACHEFS_SRC,
+    DAEMON_EXIT_TIMEOUT_S,
+    MOUNT_TIMEOUT_S,
+    PYTHON,
+    force_unmount,
+    is_mounted,
+    log_problems,
+    mount_args,
+    mount_entries,
+    object_bytes,
+    one_line_error,
+    pid_alive,
+    read_all,
+    run_cachefs,
+    stop_pid,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,6 @@ import subprocess
 import unicodedata
 
 import pytest
-
 from mount_helpers import list_all_keys, object_bytes, walk_tree
 
 pytestmark = pytest.mark.timeout(180)

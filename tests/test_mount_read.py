@@ -12,9 +12,18 @@ import subprocess
 import threading
 
 import pytest
-
-from mount_helpers import (BLOCK_SIZE, PYTHON, MiB, first_difference, object_bytes, pread_exact, read_all,
-                           run_threads, stats_delta, summarize)
+from mount_helpers import (
+    BLOCK_SIZE,
+    PYTHON,
+    MiB,
+    first_difference,
+    object_bytes,
+    pread_exact,
+    read_all,
+    run_threads,
+    stats_delta,
+    summarize,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 import pytest
-
 from mount_helpers import MiB, object_bytes, read_all, summarize, wait_until
 
 pytestmark = pytest.mark.timeout(240)

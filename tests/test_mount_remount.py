@@ -5,9 +5,21 @@ import os
 import time
 
 import pytest
-
-from mount_helpers import (BLOCK_SIZE, Mount, first_difference, inode_map, is_mounted, mount_args, object_bytes,
-                           one_line_error, read_all, run_cachefs, stats_delta, summarize, walk_tree)
+from mount_helpers import (
+    BLOCK_SIZE,
+    Mount,
+    first_difference,
+    inode_map,
+    is_mounted,
+    mount_args,
+    object_bytes,
+    one_line_error,
+    read_all,
+    run_cachefs,
+    stats_delta,
+    summarize,
+    walk_tree,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 
 import pytest
-
 from mount_helpers import MiB, first_difference, object_bytes, pid_alive, read_all, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -133,7 +132,7 @@ def test_memory_tier_is_a_real_byte_budget(mounter, make_bucket, tmp_path):
     for _ in range(2):
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
         with concurrent.futures.ThreadPoolExecutor(readers) as pool:
-            for k, got in zip(sorted(data), pool.map(lambda k: read_all(m / k), sorted(data))):
+            for k, got in zip(sorted(data), pool.map(lambda k: read_all(m / k), sorted(data)), strict=True):
                 assert got == data[k]
                 peak = max(peak, _rss_mib(pid))
     allowed = quota_mib + (2 * threads + 2 * fetches + 2 * readers) * 1 + 24   # + 24 MiB: the interpreter's churn

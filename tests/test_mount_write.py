@@ -5,7 +5,6 @@ import errno
 import os
 
 import pytest
-
 from mount_helpers import wait_until
 
 FAST = ("--small-sync-interval", "0.5", "--large-sync-interval", "600")

@@ -6,7 +6,6 @@ import os
 import random
 
 import pytest
-
 from mount_helpers import first_difference, run_cachefs
 
 STEPS = int(os.environ.get("CACHEFS_MODEL_STEPS", "250"))
@@ -52,7 +51,8 @@ def test_random_operations_match_model(mounter, make_bucket, s3, seed):
                 off = rng.randrange(0, len(model) + 10)
                 size = rng.choice([1, 4096, 131072, 1 << 20])
                 got = os.pread(f.fileno(), size, off)
-                assert got == bytes(model[off:off + size]), f"{where}: {first_difference(got, bytes(model[off:off + size]))}"
+                want = bytes(model[off:off + size])
+                assert got == want, f"{where}: {first_difference(got, want)}"
             elif op == "truncate":
                 size = rng.randrange(0, MAX_SIZE)
                 os.ftruncate(f.fileno(), size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from mount_helpers import object_bytes, run_cachefs, wait_until
 
 pytestmark = pytest.mark.daemon_errors_ok()

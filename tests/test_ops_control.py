@@ -7,7 +7,6 @@ import socket
 import stat
 
 import pytest
-
 from mount_helpers import MiB, object_bytes, one_line_error, read_all, run_cachefs
 
 from cachefs.daemon import control

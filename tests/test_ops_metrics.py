@@ -8,8 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from mount_helpers import object_bytes, one_line_error, read_all, run_cachefs, mount_args, MiB
+from mount_helpers import MiB, mount_args, object_bytes, one_line_error, read_all, run_cachefs
 
 from cachefs import metrics
 

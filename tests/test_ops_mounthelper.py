@@ -6,12 +6,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from mount_helpers import (
+    ACCESS_KEY_ID,
+    REGION,
+    SECRET_ACCESS_KEY,
+    is_mounted,
+    object_bytes,
+    pid_alive,
+    read_all,
+    run_cachefs,
+    wait_until,
+)
 
-from mount_helpers import (ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, is_mounted, object_bytes, read_all,
-                           run_cachefs, wait_until, pid_alive)
-
-from cachefs.errors import UserError
 from cachefs.cli.mounthelper import HELPER_PATH, parse_argv, translate
+from cachefs.errors import UserError
 
 
 def test_translate_options():

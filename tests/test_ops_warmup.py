@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-
 from mount_helpers import KiB, MiB, object_bytes, one_line_error, read_all, run_cachefs
 
 OBJECTS = {f"train/shard-{i:02d}.bin": object_bytes(f"s{i}", 300 * KiB + i) for i in range(6)}
@@ -90,6 +89,7 @@ def test_in_daemon_warmup_over_the_control_socket(mounter, make_bucket):
 
 def test_progress_bar_on_a_terminal():
     import io
+
     from cachefs.cli.warmup import Progress
 
     class Tty(io.StringIO):

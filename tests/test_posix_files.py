@@ -11,7 +11,6 @@ import os
 import time
 
 import pytest
-
 from mount_helpers import object_bytes, wait_until
 from posix_helpers import mount_writable, own_dir
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mount_helpers import errno_of, read_all, run_cachefs, wait_until
 
 from cachefs.namespace.attrs import parse_time
-from mount_helpers import errno_of, read_all, run_cachefs, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

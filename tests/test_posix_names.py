@@ -12,7 +12,6 @@ import re
 import stat
 
 import pytest
-
 from mount_helpers import errno_of, list_all_keys, wait_until
 
 NAMES = ["with space", "ünïcødé ✓", "per%cent+plus", "q?mark#hash", "back\\slash", "x" * 255, "-dash", ".hidden"]

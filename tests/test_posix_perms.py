@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mount_helpers import errno_of
 
 NOBODY = 65534

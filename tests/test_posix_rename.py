@@ -11,7 +11,6 @@ import errno
 import os
 
 import pytest
-
 from mount_helpers import errno_of, list_all_keys, object_bytes, wait_until
 from posix_helpers import keys, mount_writable, own_dir, s3_bytes
 

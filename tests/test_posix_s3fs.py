@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-
 from mount_helpers import ACCESS_KEY_ID, SECRET_ACCESS_KEY, is_mounted, run_cachefs, wait_until
 
 pytestmark = [pytest.mark.timeout(240),

@@ -10,7 +10,6 @@ import errno
 import os
 
 import pytest
-
 from mount_helpers import errno_of, object_bytes, wait_until
 from posix_helpers import keys, mount_writable, own_dir, s3_bytes
 

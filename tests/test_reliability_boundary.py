@@ -8,9 +8,7 @@ import errno
 import os
 
 import pytest
-
 from mount_helpers import BLOCK_SIZE, MiB, errno_of, object_bytes, pid_alive, pread_exact, read_all
-
 from reliability_helpers import read_past_page_cache
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,10 +10,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from mount_helpers import (BLOCK_SIZE, first_difference, object_bytes, one_line_error, read_all, run_cachefs,
-                           stats_delta, wait_until)
-
+from mount_helpers import (
+    BLOCK_SIZE,
+    first_difference,
+    object_bytes,
+    one_line_error,
+    read_all,
+    run_cachefs,
+    stats_delta,
+    wait_until,
+)
 from reliability_helpers import read_past_page_cache
 
 pytestmark = pytest.mark.timeout(180)

@@ -25,12 +25,17 @@ import threading
 import time
 
 import pytest
+from mount_helpers import BLOCK_SIZE, force_unmount, object_bytes, run_cachefs, wait_until
+from reliability_helpers import (
+    cache_state,
+    crash_writer_bytes,
+    crash_writer_synced,
+    read_past_page_cache,
+    start_crash_writer,
+)
 
 from cachefs.blocks import block_count, block_key
 from cachefs.devtools.faultproxy import Fault
-from mount_helpers import BLOCK_SIZE, force_unmount, object_bytes, run_cachefs, wait_until
-from reliability_helpers import (cache_state, crash_writer_bytes, crash_writer_synced, read_past_page_cache,
-                                 start_crash_writer)
 
 ROUNDS = int(os.environ.get("CACHEFS_CRASH_LOOP_ROUNDS", "5"))
 pytestmark = pytest.mark.timeout(60 + 30 * ROUNDS)

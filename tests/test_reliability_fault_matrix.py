@@ -40,9 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from mount_helpers import (KiB, MiB, first_difference, force_unmount, is_mounted, log_problems, object_bytes,
-                           pid_alive, run_cachefs, wait_until)
+from mount_helpers import (
+    KiB,
+    MiB,
+    first_difference,
+    force_unmount,
+    is_mounted,
+    log_problems,
+    object_bytes,
+    pid_alive,
+    run_cachefs,
+    wait_until,
+)
 
 from cachefs.devtools.faultproxy import Fault, FaultProxy
 
@@ -373,7 +382,8 @@ def _len(v) -> int:
 def diff(want: dict[str, bytes], got: dict[str, bytes]) -> list[str]:
     out = [f"missing {k}" for k in sorted(want.keys() - got.keys())]
     out += [f"unexpected {k} ({_len(got[k])} bytes)" for k in sorted(got.keys() - want.keys())]
-    out += [f"{k}: " + (f"{_len(got[k])} bytes, not {_len(want[k])}" if isinstance(got[k], Size) or isinstance(want[k], Size)
+    out += [f"{k}: " + (f"{_len(got[k])} bytes, not {_len(want[k])}"
+                        if isinstance(got[k], Size) or isinstance(want[k], Size)
                         else first_difference(got[k], want[k]))
             for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
     return out
@@ -506,8 +516,9 @@ def test_fault_matrix(matrix, rtype, fault_name):
     want = expected_objects(cell)
     problems += [f"S3: {d}" for d in converge(lambda: diff(comparable(want), comparable(mx.s3_objects(cell + "/"))),
                                                 report)]
+    through_mount = after_recovery(lambda: tree_through_mount(root))
     problems += [f"mount: {d}" for d in diff(comparable(want),
-                                              comparable({f"{cell}/{k}": v for k, v in after_recovery(lambda: tree_through_mount(root)).items()}))]
+                                              comparable({f"{cell}/{k}": v for k, v in through_mount.items()}))]
     if not wait_until(lambda: not mx.unfinished_uploads(cell + "/"), 5.0):
         left = mx.unfinished_uploads(cell + "/")
         problems.append(f"{len(left)} unfinished multipart upload(s) left in S3: {left[:3]}")
@@ -584,7 +595,8 @@ def test_proxy_classifies_what_botocore_sends(make_bucket, moto_server):
             assert proxy.seen()[-1].op == rtype, (rtype, [r.op for r in proxy.seen()])
         proxy.requests.clear()
         uid = c.create_multipart_upload(Bucket=bucket, Key="mp2")["UploadId"]
-        c.upload_part_copy(Bucket=bucket, Key="mp2", UploadId=uid, PartNumber=1, CopySource={"Bucket": bucket, "Key": "obj"})
+        c.upload_part_copy(Bucket=bucket, Key="mp2", UploadId=uid, PartNumber=1,
+                           CopySource={"Bucket": bucket, "Key": "obj"})
         c.list_parts(Bucket=bucket, Key="mp2", UploadId=uid)
         c.list_multipart_uploads(Bucket=bucket)
         c.abort_multipart_upload(Bucket=bucket, Key="mp2", UploadId=uid)

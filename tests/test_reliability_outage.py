@@ -12,9 +12,7 @@ import os
 import time
 
 import pytest
-
 from mount_helpers import BLOCK_SIZE, KiB, MiB, force_unmount, object_bytes, pid_alive, read_all, stop_pid
-
 from reliability_helpers import read_past_page_cache, start_reader, watch_states
 
 pytestmark = pytest.mark.timeout(150)

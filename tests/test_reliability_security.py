@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from mount_helpers import free_closed_port_url, mount_entries, object_bytes, read_all, run_cachefs
 
 from cachefs.devtools.faultproxy import Fault

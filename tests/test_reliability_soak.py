@@ -13,9 +13,9 @@ import os
 import time
 
 import pytest
+from mount_helpers import list_all_keys, run_cachefs
 
 from bench.soak import FAULTS, MOUNT_OPTIONS, check_written, curve_table, dataset, soak
-from mount_helpers import list_all_keys, run_cachefs
 
 SECONDS = float(os.environ.get("CACHEFS_SOAK_SECONDS", "40"))
 

@@ -13,9 +13,10 @@ import os
 import signal
 
 import pytest
+from mount_helpers import force_unmount, run_cachefs
 
 from bench.stress import compare_s3, compare_tree, mount_options, run_loop
-from mount_helpers import force_unmount, run_cachefs
+
 
 def story(problems: list[str], tmp_path, log_text: str) -> str:
     """What the workers and the daemon did with each name a problem mentions (a failure's story)."""

@@ -4,7 +4,6 @@ boto3, and a switch to boto3 for good on an answer it does not handle."""
 from __future__ import annotations
 
 import pytest
-
 from mount_helpers import REGION, fast_path_store, object_bytes, signed_store
 
 from cachefs.devtools.faultproxy import Fault

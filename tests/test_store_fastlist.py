@@ -4,7 +4,6 @@ signed right, the same errors, and a switch to boto3 for good on an answer it do
 from __future__ import annotations
 
 import pytest
-
 from mount_helpers import REGION, fast_path_store, signed_store
 
 from cachefs.devtools.faultproxy import Fault
@@ -38,8 +37,8 @@ def all_pages(store, prefix, max_keys, delimiter):
 @pytest.mark.parametrize("prefix,max_keys,delimiter", [("dir/", 1000, "/"), ("dir/", 7, "/"), ("", 1000, ""),
                                                        ("", 4, "/"), ("nothing-here/", 1000, "/")])
 def test_pages_are_the_same_as_through_boto3(aws_env, moto_server, list_bucket, prefix, max_keys, delimiter):
-    fast, slow = fast_path_store(moto_server.endpoint_url, list_bucket), fast_path_store(moto_server.endpoint_url, list_bucket,
-                                                                            fast_get=False)
+    fast = fast_path_store(moto_server.endpoint_url, list_bucket)
+    slow = fast_path_store(moto_server.endpoint_url, list_bucket, fast_get=False)
     try:
         assert fast._fast_list is not None and slow._fast_list is None
         got, want = all_pages(fast, prefix, max_keys, delimiter), all_pages(slow, prefix, max_keys, delimiter)

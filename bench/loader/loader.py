@@ -123,7 +123,7 @@ def run_epoch(shape: str, root: str, items: list, spec: sample.DatasetSpec, work
                 kind, wid, n, b, nbad = out.get(timeout=max(0.01, remaining))
             except queue.Empty:
                 raise TimeoutError(f"{shape} epoch {epoch} did not finish within {timeout_s:.0f} s "
-                                   f"({images} images read)")
+                                   f"({images} images read)") from None
             if kind == "error":
                 raise RuntimeError(f"loader worker {wid} failed:\n{n}")
             if kind == "done":

@@ -2,6 +2,20 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
+from typing import Protocol
+
+# One indexed block: (key, size, time stored, disk directory id).
+IndexEntry = tuple[bytes, int, float, int]
+
+
+class BlockIndex(Protocol):
+    """Where the disk tiers' block index persists across restarts (meta.MetaStore, which the cache
+    does not import: the daemon hands it in)."""
+
+    def block_index(self) -> list[IndexEntry]: ...
+
+    def update_block_index(self, added: Iterable[IndexEntry], removed: Iterable[bytes]) -> None: ...
 
 
 class BlockCache(abc.ABC):

@@ -24,6 +24,7 @@ import os
 import queue
 
 from cachefs import native
+from cachefs.stats import Stats
 
 ALIGN = 4096
 POOL = 4          # buffers: a write takes ~1-3 ms, so 4 keep up with 16 fetching threads
@@ -37,7 +38,7 @@ class AlignedBuffers:
     """A few page-aligned buffers of `capacity` bytes, lent out one per write (anonymous mmaps are
     page-aligned; they are touched, so count in RSS, only once used)."""
 
-    def __init__(self, capacity: int, count: int = POOL, stats=None) -> None:
+    def __init__(self, capacity: int, count: int = POOL, stats: Stats | None = None) -> None:
         self.capacity = -(-capacity // ALIGN) * ALIGN
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self.stats = stats       # counts cache_writes_in_place (files written from their receive buffer)

@@ -23,16 +23,16 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import xxhash
 
 from cachefs import native
-from cachefs.errors import UserError
-from cachefs.stats import Stats
 from cachefs.cache.direct import AlignedBuffers, DirectUnsupported
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
+from cachefs.errors import UserError
+from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class DiskDir:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
             self._make_subdirs()
-            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o600)  # RDONLY: lets the fs be remounted ro
+            # O_RDONLY: the lock does not keep the file system from being remounted read-only
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o600)
         except OSError as e:
             raise UserError(f"cache directory {self.path} is not usable: {e.strerror}") from None
         try:
@@ -256,7 +257,7 @@ class DiskTier(Tier):
                 pass
             return False
 
-    def _write_file(self, d: DiskDir, path: str, parts: list, size: int) -> int:
+    def _write_file(self, d: DiskDir, path: str, parts: list[bytes | memoryview], size: int) -> int:
         """O_DIRECT where the directory's filesystem takes it (see cache/direct.py), else buffered."""
         if d.direct:
             buffers = self._buffers
@@ -323,7 +324,7 @@ class DiskTier(Tier):
                         continue
                     path = os.path.join(sub, name)
                     size = _intact_size(path) if key is not None else None
-                    if size is not None and self.adopt(key, Slot(size, where, 0.0), oldest=True):
+                    if key is not None and size is not None and self.adopt(key, Slot(size, where, 0.0), oldest=True):
                         self._stored(key, self._slots[key])
                         adopted += 1
                         continue

@@ -1,9 +1,12 @@
 """The memory tier: verified blocks held in memory (bytes or whole buffers), within a byte budget."""
 from __future__ import annotations
 
-from cachefs.stats import Stats
+from collections.abc import Sized
+from typing import cast
+
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
+from cachefs.stats import Stats
 
 # Per-block bookkeeping beyond the payload (bytes object header, dict and OrderedDict entries,
 # Slot): charged to the quota so that the budget is what the process really holds.
@@ -25,7 +28,7 @@ def _owns_all(data: bytes | memoryview) -> bool:
     if not isinstance(data, memoryview) or not data.contiguous:
         return False
     try:
-        whole = len(data.obj) == data.nbytes
+        whole = len(cast(Sized, data.obj)) == data.nbytes    # TypeError: an exporter without a length
     except TypeError:
         return False
     return whole and getattr(data.obj, "capacity", data.nbytes) <= data.nbytes + SLACK

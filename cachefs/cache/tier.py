@@ -10,11 +10,11 @@ import abc
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-from cachefs.stats import Stats
 from cachefs.cache.spec import TierSpec
+from cachefs.stats import Stats
 
 
 @dataclass

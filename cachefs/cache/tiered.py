@@ -20,14 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from cachefs import supervise
-from cachefs.meta.store import MetaStore
-from cachefs.stats import Stats
-from cachefs.cache.base import BlockCache
+from cachefs.cache.base import BlockCache, BlockIndex
 from cachefs.cache.disk import DiskTier
 from cachefs.cache.memtier import MemoryTier
+from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
+from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ INDEX_BATCH = 256            # block index entries buffered before a forced LMDB
 
 
 class TieredCache(BlockCache):
-    def __init__(self, tiers: list[Tier], meta: MetaStore | None, stats: Stats, *, policy: str = "scan-resistant",
+    def __init__(self, tiers: list[Tier], meta: BlockIndex | None, stats: Stats, *, policy: str = "scan-resistant",
                  promote_after: int = 0, stale_after: float = 3600.0, max_block: int = 4 << 20) -> None:
         if policy not in ("lru", "scan-resistant"):
             raise ValueError(f"unknown eviction policy {policy!r}")
@@ -56,7 +58,7 @@ class TieredCache(BlockCache):
                            for where, d in enumerate(t.dirs)}
 
     @classmethod
-    def build(cls, specs, meta: MetaStore | None, stats: Stats, **kwargs) -> "TieredCache":
+    def build(cls, specs: Iterable[TierSpec], meta: BlockIndex | None, stats: Stats, **kwargs: Any) -> TieredCache:
         """Tiers from their specs, named by kind (ssd, ssd2, ... when a kind repeats)."""
         tiers: list[Tier] = []
         for spec in specs:
@@ -168,7 +170,7 @@ class TieredCache(BlockCache):
         self.stats.add("cache_puts")
         return True
 
-    def _place(self, key: bytes, data: bytes | memoryview, tiers: list[Tier]) -> bool:
+    def _place(self, key: bytes, data: bytes | memoryview, tiers: Sequence[Tier]) -> bool:
         for tier in tiers:
             # LRU fills a tier up to its quota and lets the evictor make room from the high
             # watermark on; scan-resistant stops admitting at the high watermark.
@@ -270,10 +272,10 @@ class TieredCache(BlockCache):
         if added or removed:
             self.meta.update_block_index(added, removed)
 
-    def tier_stats(self) -> dict[str, dict]:
+    def tier_stats(self) -> dict[str, dict[str, Any]]:
         out = {}
         for t in self.tiers:
-            info = {"kind": t.spec.kind, "used": t.used, "quota": t.quota, "blocks": t.count,
+            info: dict[str, Any] = {"kind": t.spec.kind, "used": t.used, "quota": t.quota, "blocks": t.count,
                     "high": t.high_bytes, "low": t.low_bytes, "peak_ratio": round(self.peak_ratio[t.name], 4)}
             if isinstance(t, DiskTier):
                 info["dirs"] = {d.path: ("up" if d.healthy else "down") for d in t.dirs}

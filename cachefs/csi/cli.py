@@ -75,8 +75,8 @@ def cmd_csi(args: argparse.Namespace) -> int:
     if args.supervise:
         from cachefs.csi.supervise import supervise
         return supervise([sys.executable, "-m", "cachefs", *[a for a in sys.argv[1:] if a != "--supervise"]])
-    from cachefs.csi.server import build, run_until_signalled
     from cachefs.csi.identity import IdentityService
+    from cachefs.csi.server import build, run_until_signalled
     node = controller = None
     stop = threading.Event()
     if args.mode in ("node", "all"):
@@ -107,14 +107,11 @@ def _node_service(args):
         cfg.check()
     except ValueError as e:
         raise UserError(f"--cache: {e}") from None
-    mounter = None
     if args.mounter:
         from cachefs.csi.mounterd import RemoteMounter
-        mounter = RemoteMounter(args.mounter, unmount_timeout=args.unmount_timeout)
-    else:
-        from cachefs.csi.mounter import Mounter
-        mounter = Mounter(unmount_timeout=args.unmount_timeout)
-    return NodeService(cfg, mounter)
+        return NodeService(cfg, RemoteMounter(args.mounter, unmount_timeout=args.unmount_timeout))
+    from cachefs.csi.mounter import Mounter
+    return NodeService(cfg, Mounter(unmount_timeout=args.unmount_timeout))
 
 
 def _watch_mounter(node, stop: threading.Event) -> None:
@@ -146,8 +143,8 @@ def _start_reporter(args, node, stop: threading.Event) -> None:
 
 def cmd_affinity(args: argparse.Namespace) -> int:
     from cachefs.csi.affinity import node_affinity, to_yaml
-    from cachefs.csi.volumes import Dataset
     from cachefs.csi.status import CsiError
+    from cachefs.csi.volumes import Dataset
     try:
         dataset = Dataset.parse(args.dataset).volume_id
     except CsiError as e:

@@ -17,8 +17,7 @@ import botocore.exceptions
 import grpc
 
 from cachefs.csi.proto import pb, rpc
-from cachefs.csi.status import (CsiError, already_exists, internal, invalid, not_found, out_of_range, require,
-                     rpc_method)
+from cachefs.csi.status import CsiError, already_exists, internal, invalid, not_found, out_of_range, require, rpc_method
 from cachefs.csi.volumes import CONTROLLER_KEYS, Dataset, check_capabilities, check_capability, mount_options
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ class KubeClient:
         self.timeout = timeout
 
     @classmethod
-    def in_cluster(cls) -> "KubeClient":
+    def in_cluster(cls) -> KubeClient:
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
         if not host or not port:
             raise RuntimeError("not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST unset)")

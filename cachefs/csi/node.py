@@ -9,16 +9,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cachefs.cache.spec import parse_tier
-from cachefs.errors import UserError
-from cachefs.mounts import canonical
 from cachefs.csi import TOPOLOGY_NODE_KEY
 from cachefs.csi.mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter
 from cachefs.csi.mounterd import MounterUnavailable
 from cachefs.csi.proto import pb, rpc
 from cachefs.csi.records import CacheSlots, Publication, StateDir
-from cachefs.csi.status import (aborted, already_exists, failed_precondition, internal, invalid, not_found, require,
-                     rpc_method)
+from cachefs.csi.status import (
+    aborted,
+    already_exists,
+    failed_precondition,
+    internal,
+    invalid,
+    not_found,
+    require,
+    rpc_method,
+)
 from cachefs.csi.volumes import check_capability, dataset_of, is_read_only, mount_options
+from cachefs.errors import UserError
+from cachefs.mounts import canonical
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from cachefs.csi import protogen
 
@@ -14,7 +15,10 @@ if protogen.is_stale():   # a source tree never built, or csi.proto edited since
             raise ImportError("cachefs.csi needs its generated protobuf modules: reinstall the package "
                               "(pip install -e .), which compiles csi.proto with grpcio-tools") from e
 
-from cachefs.csi import csi_pb2 as pb  # noqa: E402
-from cachefs.csi import csi_pb2_grpc as rpc  # noqa: E402
+from cachefs.csi import csi_pb2, csi_pb2_grpc  # noqa: E402
+
+# protoc's modules make their classes at import time, out of a type checker's sight: Any to mypy.
+pb: Any = csi_pb2
+rpc: Any = csi_pb2_grpc
 
 __all__ = ["pb", "rpc"]

@@ -28,8 +28,9 @@ def compile_proto(out_root: str | None = None) -> None:
     """Generate into `out_root`/cachefs/csi (default: this source tree). The proto is compiled under its
     package path so that the generated gRPC module imports `cachefs.csi.csi_pb2`, not a top-level
     `csi_pb2` that would only work with this directory on sys.path."""
-    from grpc_tools import protoc
     import importlib.resources
+
+    from grpc_tools import protoc
 
     src_root = os.path.dirname(os.path.dirname(HERE))
     out_root = out_root or src_root

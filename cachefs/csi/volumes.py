@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import xxhash
 
 from cachefs.config import OPTIONS, build_config
-from cachefs.errors import UserError
 from cachefs.csi.proto import pb
 from cachefs.csi.status import invalid
+from cachefs.errors import UserError
 
 Mode = pb.VolumeCapability.AccessMode.Mode
 # Reader modes mount with --read-only (every write answers EROFS).
@@ -42,7 +42,7 @@ VOLUME_OPTIONS = frozenset({
     # Staging space and the exit upload timeout stay the node's (its disks, its unpublish timeout),
     # and read_only is the access mode's.
     "small_file_threshold", "small_sync_interval", "large_sync_interval", "multipart_part_size",
-    "upload_concurrency", "fsync_upload", "s3_read_deadline",
+    "upload_concurrency", "fsync_upload",
 }) & frozenset(o.name for o in OPTIONS)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -53,7 +53,7 @@ class Dataset:
     prefix: str   # no leading or trailing '/'; "" for the whole bucket
 
     @classmethod
-    def parse(cls, text: str) -> "Dataset":
+    def parse(cls, text: str) -> Dataset:
         """`bucket[/prefix]` or `s3://bucket[/prefix]` (a volume id is the former)."""
         text = text.removeprefix("s3://")
         bucket, _, prefix = text.partition("/")

@@ -18,13 +18,10 @@ import pyfuse3
 import trio
 
 from cachefs import __version__, metrics, mounts, native, supervise
-
-from cachefs.daemon import kernel
-
-from cachefs.daemon import logsetup
 from cachefs.cache import TieredCache
 from cachefs.cache.direct import ALIGN
 from cachefs.config import Config
+from cachefs.daemon import kernel, logsetup
 from cachefs.daemon.control import ControlServer
 from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations

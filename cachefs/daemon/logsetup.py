@@ -59,6 +59,7 @@ def setup(level_name: str, background: bool, target: str = "file", log_file: str
     else:
         # 0600 wherever it is (--log-file may point outside the 0700 cache directory): a log names
         # the bucket's keys and the node's paths, which are not for every local user.
+        assert log_file is not None, "logging to a file needs its path"
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             st = os.fstat(fd)
@@ -81,7 +82,7 @@ def _gone_request_is_no_error(record: logging.LogRecord) -> bool:
     """pyfuse3 logs ERROR when the kernel no longer wants a reply (ENOENT: the request was
     interrupted, or the mount went away as the file was closed). Nothing failed: a WARNING."""
     if record.levelno >= logging.ERROR and "fuse_reply_* failed with" in str(record.msg) and \
-            record.args and "No such file" in str(record.args[0]):
+            isinstance(record.args, tuple) and record.args and "No such file" in str(record.args[0]):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
     return True
 

@@ -70,7 +70,7 @@ def read_pass(mnt: str, keys: list[str], workers: int) -> tuple[float, int, dict
     digests: dict[str, str] = {}
     total = 0
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for key, (n, digest) in zip(keys, pool.map(_read_file, [os.path.join(mnt, k) for k in keys])):
+        for key, (n, digest) in zip(keys, pool.map(_read_file, [os.path.join(mnt, k) for k in keys]), strict=True):
             digests[key] = digest
             total += n
     return time.perf_counter() - t0, total, digests

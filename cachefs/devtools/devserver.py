@@ -7,6 +7,7 @@ which is how tests count what the daemon asked S3 for.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import socket
 import subprocess
@@ -31,14 +32,14 @@ class MotoServer:
         self.port = port or free_port()
         self.log_path = log_path
         self.extra_env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: io.BufferedWriter | int | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         env = dict(os.environ, **self.extra_env)
         env.pop("AWS_CA_BUNDLE", None)  # plain HTTP on loopback
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -65,11 +66,11 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._log not in (None, subprocess.DEVNULL):
+        if isinstance(self._log, io.BufferedWriter):
             self._log.close()
         self._log = None
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -83,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with MotoServer(args.port, args.log) as server:
         print(server.endpoint_url, flush=True)
+        assert server.proc is not None
         try:
             server.proc.wait()
         except KeyboardInterrupt:

@@ -27,8 +27,9 @@ import os
 import random
 import struct
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 import crc32c
 
@@ -155,7 +156,7 @@ def shard_keys(spec: DatasetSpec, prefix: str = "tfrecord/") -> list[str]:
 
 def iter_tfrecord_shards(spec: DatasetSpec, prefix: str = "tfrecord/") -> Iterator[Item]:
     """The TFRecord shards (see shard_keys), one in memory at a time."""
-    for key, indices in zip(shard_keys(spec, prefix), shard_plan(spec)):
+    for key, indices in zip(shard_keys(spec, prefix), shard_plan(spec), strict=True):
         yield key, b"".join(frame_record(make_record(spec, i)) for i in indices)
 
 
@@ -226,9 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     spec = DatasetSpec(a.images, a.classes, a.seed, shard_bytes=int(a.shard_mb * 1e6))
     if a.shape in ("tfrecord", "both"):
-        print("tfrecord: %d files, %d bytes" % write_local(a.directory, iter_tfrecord_shards(spec)))
+        files, size = write_local(a.directory, iter_tfrecord_shards(spec))
+        print(f"tfrecord: {files} files, {size} bytes")
     if a.shape in ("images", "both"):
-        print("images: %d files, %d bytes" % write_local(a.directory, iter_image_files(spec)))
+        files, size = write_local(a.directory, iter_image_files(spec))
+        print(f"images: {files} files, {size} bytes")
 
 
 # A 160x120 baseline JPEG (a gradient with noise, quality 80, made once with Pillow). Kept as bytes so

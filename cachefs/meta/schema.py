@@ -26,7 +26,7 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 |              |                                  | i64 uid, i64 gid, i64 mtime_ns (-1: none), u8 whether a |
 |              |                                  | symlink target follows, then the target (rest): what the|
 |              |                                  | object's x-amz-meta-* said, valid while the inode's etag|
-|              |                                  | is this one (posixmeta.py)                              |
+|              |                                  | is this one (namespace/attrs.py)                        |
 | subdirs      | u64 dir ino                      | u64 how many subdirectories it has (st_nlink - 2), kept |
 |              |                                  | by every change of `dentries`                           |
 
@@ -39,8 +39,9 @@ directories, "" for the root. Its S3 key is prefix + path (+ "/" for a directory
 """
 from __future__ import annotations
 
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LAYOUT_VERSION = b"2"
 DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs",
@@ -63,6 +64,27 @@ OBJMETA = struct.Struct(">IqqqB")   # st_mode, uid, gid, mtime_ns, has target
 
 
 @dataclass(frozen=True)
+class ObjMeta:
+    """What an object's x-amz-meta-* says; each field unknown when absent or unreadable."""
+    mode: int = 0              # full st_mode with the file type; 0: unknown
+    uid: int = -1
+    gid: int = -1
+    mtime_ns: int = -1
+    target: bytes | None = None   # a symbolic link's target, once read (the object's body)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def perm(self) -> int | None:
+        return stat.S_IMODE(self.mode) if self.mode else None
+
+    def with_target(self, target: bytes) -> ObjMeta:
+        return replace(self, target=target)
+
+
+@dataclass(frozen=True)
 class Inode:
     ino: int
     kind: int
@@ -82,7 +104,8 @@ def pack_u64(n: int) -> bytes:
 
 
 def unpack_u64(b: bytes) -> int:
-    return U64.unpack(b)[0]
+    n: int = U64.unpack(b)[0]
+    return n
 
 
 def pack_f64(x: float) -> bytes:
@@ -90,7 +113,8 @@ def pack_f64(x: float) -> bytes:
 
 
 def unpack_f64(b: bytes) -> float:
-    return F64.unpack(b)[0]
+    x: float = F64.unpack(b)[0]
+    return x
 
 
 def dentry_key(parent: int, name: bytes) -> bytes:

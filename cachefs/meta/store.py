@@ -9,17 +9,36 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 import lmdb
 
 from cachefs.errors import UserError
 from cachefs.meta import verify
-from cachefs.namespace.attrs import ObjMeta
-from cachefs.meta.schema import (ATTRS, BLOCK, DATABASES, FIRST_FREE_INO, KIND_DIR, LAYOUT_VERSION, OWNER, ROOT_INO, Inode,
-                     dentry_key, pack_f64, pack_inode, pack_objmeta, pack_u64, unpack_f64, unpack_inode,
-                     unpack_objmeta, unpack_u64)
+from cachefs.meta.schema import (
+    ATTRS,
+    BLOCK,
+    DATABASES,
+    FIRST_FREE_INO,
+    KIND_DIR,
+    LAYOUT_VERSION,
+    OWNER,
+    ROOT_INO,
+    Inode,
+    ObjMeta,
+    dentry_key,
+    pack_f64,
+    pack_inode,
+    pack_objmeta,
+    pack_u64,
+    unpack_f64,
+    unpack_inode,
+    unpack_objmeta,
+    unpack_u64,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +92,8 @@ class MetaStore:
             raise UserError(f"metadata store {path} has layout version {version.decode(errors='replace')}, "
                             f"this cachefs uses {LAYOUT_VERSION.decode()}; use another --cache-dir")
         if owner != identity.encode():
-            raise UserError(f"cache directory belongs to {owner.decode(errors='replace')!r}, not "
-                            f"{identity!r}; use another --cache-dir")
+            recorded = owner.decode(errors="replace") if owner is not None else "no mount"
+            raise UserError(f"cache directory belongs to {recorded!r}, not {identity!r}; use another --cache-dir")
 
     def close(self) -> None:
         self.env.close()
@@ -121,7 +140,7 @@ class MetaStore:
 
     # -- writes -----------------------------------------------------------------------------
     def replace_listing(self, parent: Inode, entries: Iterable[Entry], expiry: float,
-                        keep: set[bytes] = frozenset()) -> list[tuple[bytes, Inode]]:
+                        keep: AbstractSet[bytes] = frozenset()) -> list[tuple[bytes, Inode]]:
         """Make `parent`'s entries exactly `entries` (keeping inode numbers of unchanged names), plus
         the names in `keep` (files written here and not yet uploaded), which S3 does not list yet."""
         wanted = {e.name.encode(): e for e in entries}
@@ -175,13 +194,14 @@ class MetaStore:
         if ino is not None:
             raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
             old = unpack_inode(ino, raw) if raw is not None else None
-        if old is not None and old.kind != entry.kind:
+        if old is not None and ino is not None and old.kind != entry.kind:
             # A file became a directory (or back): the kernel caches an inode's type, so the new
             # thing gets a new number rather than changing under the old one.
             self._remove(txn, parent.ino, name, ino)
             old = ino = None
         if ino is None:
             counter = txn.get(b"next_ino", db=self.dbs["meta"])
+            assert counter is not None            # written when the store was created
             ino = unpack_u64(counter)
             txn.put(b"next_ino", pack_u64(ino + 1), db=self.dbs["meta"])
             txn.put(dentry_key(parent.ino, name), pack_u64(ino), db=self.dbs["dentries"])
@@ -207,7 +227,7 @@ class MetaStore:
             prefix = pack_u64(current)
             cur = txn.cursor(db=self.dbs["dentries"])
             if cur.set_range(prefix):
-                while cur.key().startswith(prefix):
+                while bytes(cur.key()).startswith(prefix):
                     stack.append(unpack_u64(cur.value()))
                     if not cur.delete():
                         break
@@ -272,7 +292,9 @@ class MetaStore:
             txn.put(dentry_key(new_parent.ino, new_name), child, db=self.dbs["dentries"])
             txn.delete(dentry_key(new_parent.ino, new_name), db=self.dbs["negative"])
             inodes = self.dbs["inodes"]
-            node = unpack_inode(ino, txn.get(child, db=inodes))
+            raw = txn.get(child, db=inodes)
+            assert raw is not None                # a dentry always has its inode
+            node = unpack_inode(ino, raw)
             name = new_name.decode()
             moved = Inode(ino, node.kind, node.size, node.mtime_ns, new_parent.ino, node.etag,
                           f"{new_parent.path}/{name}" if new_parent.path else name)
@@ -312,11 +334,11 @@ class MetaStore:
             txn.put(pack_u64(ino), pack_inode(new))
         return new
 
-    def pending(self) -> dict[int, dict]:
+    def pending(self) -> dict[int, dict[str, Any]]:
         with self.env.begin(db=self.dbs["pending"]) as txn:
             return {unpack_u64(k): json.loads(bytes(v)) for k, v in txn.cursor()}
 
-    def put_pending(self, ino: int, record: dict) -> None:
+    def put_pending(self, ino: int, record: dict[str, Any]) -> None:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["pending"]) as txn:
             txn.put(pack_u64(ino), json.dumps(record).encode())
 

@@ -117,5 +117,5 @@ def check(path: str, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         return f"reading it crashed the checker ({signal.Signals(os.WTERMSIG(status)).name})"
-    answer = b"".join(chunks).decode(errors="replace")
-    return answer or None
+    said = b"".join(chunks).decode(errors="replace")
+    return said or None

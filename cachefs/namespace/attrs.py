@@ -16,9 +16,10 @@ too large to be a decimal st_mode (rclone's "100664"), is octal; an mtime may be
 from __future__ import annotations
 
 import datetime
-import stat
-from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from cachefs.meta.schema import ObjMeta  # the record of what is parsed and encoded here (objmeta database)
 
 MODE, UID, GID, MTIME = "mode", "uid", "gid", "mtime"
 # S3's largest object (5 TiB): a file cannot grow past it (EFBIG, as for a filesystem's own limit).
@@ -26,27 +27,6 @@ S3_MAX_OBJECT_SIZE = 5 << 40
 # The longest symbolic link target Linux makes (PATH_MAX less the terminating NUL).
 SYMLINK_MAX = 4095
 _ID_MAX = 2**32 - 2          # (uid_t)-1 means "no change" to chown; never an owner
-
-
-@dataclass(frozen=True)
-class ObjMeta:
-    """What an object's x-amz-meta-* says; each field unknown when absent or unreadable."""
-    mode: int = 0              # full st_mode with the file type; 0: unknown
-    uid: int = -1
-    gid: int = -1
-    mtime_ns: int = -1
-    target: bytes | None = None   # a symbolic link's target, once read (the object's body)
-
-    @property
-    def is_link(self) -> bool:
-        return stat.S_ISLNK(self.mode)
-
-    @property
-    def perm(self) -> int | None:
-        return stat.S_IMODE(self.mode) if self.mode else None
-
-    def with_target(self, target: bytes) -> "ObjMeta":
-        return replace(self, target=target)
 
 
 NO_META = ObjMeta()
@@ -78,7 +58,7 @@ def parse_time(text: str) -> int:
         pass
     t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
+        t = t.replace(tzinfo=datetime.UTC)
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
@@ -93,7 +73,7 @@ def parse(meta: dict[str, str] | None) -> ObjMeta:
     A value that cannot be read is ignored, as if absent."""
     if not meta:
         return NO_META
-    fields = {}
+    fields: dict[str, Any] = {}
     for name, key, fn in (("mode", MODE, _mode), ("uid", UID, _id), ("gid", GID, _id),
                           ("mtime_ns", MTIME, parse_time)):
         if key in meta:

@@ -12,8 +12,8 @@ import time
 from cachefs.errors import FsError
 from cachefs.meta.schema import KIND_FILE, Inode
 from cachefs.meta.store import Entry
-from cachefs.namespace.core import NAME_MAX, Namespace, valid_name
 from cachefs.namespace.attrs import SYMLINK_MAX, ObjMeta, encode
+from cachefs.namespace.core import NAME_MAX, Namespace, valid_name
 
 LINK_MODE = stat.S_IFLNK | 0o777     # what Linux and s3fs give every link
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cachefs.errors import ObjectChanged, ObjectNotFound
 
@@ -35,8 +35,9 @@ class ObjectStore(abc.ABC):
     bucket: str
 
     @abc.abstractmethod
-    def check_bucket(self) -> None:
-        """Raise a UserError naming the cause if the bucket is not usable (missing, denied, unreachable)."""
+    def check_bucket(self, prefix: str = "") -> None:
+        """Raise a UserError naming the cause if the bucket is not usable (missing, denied, unreachable)
+        for listing under `prefix` (a policy may allow only the mount's prefix)."""
 
     @abc.abstractmethod
     def get_range(self, key: str, start: int, end: int, etag: str | None = None,
@@ -101,9 +102,9 @@ class ObjectStore(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
-    metadata_seen: "Callable[[str, str, dict[str, str]], None] | None" = None
+    metadata_seen: Callable[[str, str, dict[str, str]], None] | None = None
 
-    def watch_metadata(self, fn: "Callable[[str, str, dict[str, str]], None]") -> None:
+    def watch_metadata(self, fn: Callable[[str, str, dict[str, str]], None]) -> None:
         """Have `fn(key, etag, metadata)` told (from any thread) the user metadata (x-amz-meta-*,
         names lower-case without the prefix) that GET answers carry: what a read learns for free."""
         self.metadata_seen = fn
@@ -114,32 +115,32 @@ class DelegatingWrites:
     `self.inner` unchanged."""
     inner: ObjectStore
 
-    def put_object(self, key, data, metadata=None):
+    def put_object(self, key: str, data: bytes | memoryview, metadata: dict[str, str] | None = None) -> str:
         return self.inner.put_object(key, data, metadata)
 
-    def create_multipart(self, key, metadata=None):
+    def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         return self.inner.create_multipart(key, metadata)
 
-    def upload_part(self, key, upload_id, number, data):
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
         return self.inner.upload_part(key, upload_id, number, data)
 
-    def complete_multipart(self, key, upload_id, parts):
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
         return self.inner.complete_multipart(key, upload_id, parts)
 
-    def abort_multipart(self, key, upload_id):
+    def abort_multipart(self, key: str, upload_id: str) -> None:
         return self.inner.abort_multipart(key, upload_id)
 
-    def list_multipart(self, prefix):
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
         return self.inner.list_multipart(prefix)
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         return self.inner.delete(key)
 
-    def copy(self, src, dst, metadata=None):
+    def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None) -> str:
         return self.inner.copy(src, dst, metadata)
 
-    def replace_metadata(self, key, metadata, size, etag=None):
+    def replace_metadata(self, key: str, metadata: dict[str, str], size: int, etag: str | None = None) -> str:
         return self.inner.replace_metadata(key, metadata, size, etag)
 
-    def watch_metadata(self, fn):
+    def watch_metadata(self, fn: Callable[[str, str, dict[str, str]], None]) -> None:
         self.inner.watch_metadata(fn)

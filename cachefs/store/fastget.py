@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 import botocore.exceptions as bce
 from botocore.auth import S3SigV4Auth
@@ -38,16 +40,17 @@ _HANDLED_ERRORS = {403, 404, 408, 412, 416, 429, 500, 502, 503, 504}
 _WRONG_REGION = {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
 
 
-def _read_body(raw, expected: int) -> bytes | memoryview:
+def _read_body(raw: Any, expected: int) -> bytes | memoryview:
     """The body of a 200/206 answer. One of the expected length is received straight into a buffer
     of its own (native.buffer: recycled block memory, so a 4 MiB body costs no page faults and no
     copy), through the http.client response urllib3 wraps; anything else (no or another length, or
     a urllib3 without that attribute) is read by urllib3. A body cut short gives fewer bytes: the
     caller checks the length."""
-    fp = getattr(raw, "_fp", None)
+    fp: Any = getattr(raw, "_fp", None)
     if (expected <= 0 or not hasattr(fp, "readinto")
             or raw.headers.get("Content-Length") != str(expected) or raw.headers.get("Transfer-Encoding")):
-        return raw.read()
+        body: bytes = raw.read()
+        return body
     view = memoryview(native.buffer(expected, headroom=native.HEADER.size))   # header room: write_framed
     got = 0
     while got < expected:
@@ -71,14 +74,15 @@ class SignedRequests:
     credentials and region, sent through the client's own HTTP session, timed and counted like
     boto3's, and S3's error answers turned into botocore's ClientError (or FallBack)."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: Any) -> None:
         self.region = client.meta.region_name
         self._credentials = client._request_signer._credentials   # refreshable: frozen per request
         self._http = client._endpoint.http_session
         self.read_timeout = client.meta.config.read_timeout
         self._agent = f"cachefs/{__version__} botocore-signed"
 
-    def _send(self, operation: str, url: str, headers: dict, deadline: float | None, params=None):
+    def _send(self, operation: str, url: str, headers: dict[str, str], deadline: float | None,
+              params: dict[str, str] | None = None) -> Any:
         """The response (its body not read yet), or botocore's connection errors, or DeadlinePassed."""
         headers["User-Agent"] = self._agent
         request = AWSRequest("GET", url, headers=headers, params=params)
@@ -101,7 +105,7 @@ class SignedRequests:
         return response
 
     @staticmethod
-    def _error(operation: str, status: int, raw) -> Exception:
+    def _error(operation: str, status: int, raw: Any) -> Exception:
         """The exception for an answer other than success (its connection released)."""
         body = raw.read(64 * 1024) if status != 304 else b""
         raw.release_conn()
@@ -109,24 +113,27 @@ class SignedRequests:
         if status not in _HANDLED_ERRORS or code in _WRONG_REGION:
             return FallBack(f"HTTP {status} {code}".strip())
         message = (_MESSAGE.search(body) or [b"", b""])[1].decode(errors="replace")
-        return bce.ClientError({"Error": {"Code": code or str(status), "Message": message},
-                                "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+        error: Exception = bce.ClientError({"Error": {"Code": code or str(status), "Message": message},
+                                            "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+        return error
 
 
-def bucket_url(client, operation: str, params: dict) -> str:
+def bucket_url(client: Any, operation: str, params: dict[str, str]) -> str:
     """The URL botocore builds for this operation (endpoint and addressing style), without its query."""
-    return client.generate_presigned_url(operation, Params=params).split("?", 1)[0]
+    url: str = client.generate_presigned_url(operation, Params=params)
+    return url.split("?", 1)[0]
 
 
 class FastGetter(SignedRequests):
-    def __init__(self, client, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str) -> None:
         super().__init__(client)
         base = bucket_url(client, "get_object", {"Bucket": bucket, "Key": _SENTINEL})
         if not base.endswith("/" + _SENTINEL):
             raise FallBack(f"unexpected object URL {base}")
         self.prefix = base[:-len(_SENTINEL)]          # ".../bucket/" or "https://bucket.host/"
 
-    def get(self, key: str, start: int, end: int, etag: str | None, on_body, deadline: float | None = None) -> bytes:
+    def get(self, key: str, start: int, end: int, etag: str | None, on_body: Callable[[Any], object],
+            deadline: float | None = None) -> bytes | memoryview:
         """Bytes [start, end) of `key`. `on_body(response)` is told the raw urllib3 response before its
         body is read (so a caller past its deadline can shut the socket: a body trickling in trips
         no socket timeout). With a `deadline` (time.monotonic()), waiting for the answer does not

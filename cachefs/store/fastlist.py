@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from datetime import datetime
+from typing import Any
 from urllib.parse import unquote_plus
 
 from cachefs.store.base import ListPage, ObjectInfo
@@ -24,8 +25,15 @@ def _mtime_ns(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1e9)
 
 
+def _field(item: ET.Element, tag: str) -> str:
+    text = item.findtext(tag)
+    if text is None:
+        raise TypeError(f"no {tag}")
+    return text
+
+
 class FastLister(SignedRequests):
-    def __init__(self, client, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str) -> None:
         super().__init__(client)
         self.url = bucket_url(client, "list_objects_v2", {"Bucket": bucket})
 
@@ -64,10 +72,10 @@ def parse_page(body: bytes) -> ListPage:
     key_tag, size_tag, etag_tag, mtime_tag = (ns + t for t in ("Key", "Size", "ETag", "LastModified"))
     try:
         for item in root.iterfind(ns + "Contents"):
-            objects.append(ObjectInfo(decode(item.findtext(key_tag)), int(item.findtext(size_tag)),
-                                      item.findtext(etag_tag) or "", _mtime_ns(item.findtext(mtime_tag))))
+            objects.append(ObjectInfo(decode(_field(item, key_tag)), int(_field(item, size_tag)),
+                                      item.findtext(etag_tag) or "", _mtime_ns(_field(item, mtime_tag))))
         for item in root.iterfind(ns + "CommonPrefixes"):
-            prefixes.append(decode(item.findtext(ns + "Prefix")))
+            prefixes.append(decode(_field(item, ns + "Prefix")))
     except (TypeError, ValueError) as e:       # a field missing or malformed: boto3 says what is wrong
         raise FallBack(f"a listing entry this parser does not understand ({e})") from None
     truncated = (root.findtext(ns + "IsTruncated") or "").lower() == "true"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from cachefs.store.base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 

@@ -137,6 +137,7 @@ class HedgedStore(DelegatingWrites, ObjectStore):
                         other.cancel()        # abandoned: a running request finishes unseen
                     return fut.result()
                 error = fut.exception()
+        assert error is not None        # both requests failed
         raise error
 
     def head(self, key: str) -> ObjectInfo | None:

@@ -10,18 +10,22 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
+
+# An armed deadline: [when, seq, fn or None (disarmed)], a list so that disarm() can change it in place.
+Entry = list[Any]
 
 
 class Watchdog:
     def __init__(self) -> None:
-        self._heap: list[list] = []            # [when, seq, fn or None (disarmed)]
+        self._heap: list[Entry] = []
         self._cv = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def arm(self, when: float, fn: Callable[[], None]) -> list:
+    def arm(self, when: float, fn: Callable[[], None]) -> Entry:
         """Call `fn()` at time.monotonic() `when`; returns the handle for disarm()."""
         entry = [when, next(self._seq), fn]
         with self._cv:
@@ -34,7 +38,7 @@ class Watchdog:
         return entry
 
     @staticmethod
-    def disarm(entry: list) -> None:
+    def disarm(entry: Entry) -> None:
         entry[2] = None                        # dropped lazily when it reaches the top
 
     def close(self) -> None:

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from mount_helpers import (PYTHON, REGION, CACHEFS_SRC, cachefs_env, force_unmount, is_mounted, pid_alive,
-                           stop_pid, wait_until)
+from mount_helpers import (
+    CACHEFS_SRC,
+    PYTHON,
+    REGION,
+    cachefs_env,
+    force_unmount,
+    is_mounted,
+    pid_alive,
+    stop_pid,
+    wait_until,
+)
 
 from cachefs.csi.proto import pb, rpc
 
@@ -70,7 +78,7 @@ class CsiServer:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=START_TIMEOUT_S)
         except grpc.FutureTimeoutError:
-            raise AssertionError(f"csi server did not listen within {START_TIMEOUT_S} s:\n{self.log()}")
+            raise AssertionError(f"csi server did not listen within {START_TIMEOUT_S} s:\n{self.log()}") from None
         self.identity = rpc.IdentityStub(self.channel)
         self.node = rpc.NodeStub(self.channel)
         self.controller = rpc.ControllerStub(self.channel)

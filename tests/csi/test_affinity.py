@@ -8,7 +8,6 @@ import subprocess
 
 import kubernetes_validate
 import pytest
-
 from mount_helpers import CACHEFS_SRC, PYTHON
 
 from cachefs.csi.affinity import node_affinity, to_yaml

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from mount_helpers import ACCESS_KEY_ID, SECRET_ACCESS_KEY, list_all_keys
 
 from cachefs.csi.proto import pb

@@ -25,7 +25,6 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-
 from mount_helpers import force_unmount, is_mounted, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,6 +238,7 @@ def test_image_mounts_a_bucket(image_root, moto_server, make_bucket):
 @needs_image
 def test_image_csi_mounter_and_node_server(image_root, auth_moto):
     from cachefs.csi.proto import pb, rpc
+
     from .conftest import mount_capability
     root, _ = image_root
     logs = root / "var" / "log"
@@ -246,7 +246,8 @@ def test_image_csi_mounter_and_node_server(image_root, auth_moto):
     target.parent.mkdir(parents=True, exist_ok=True)
     sock = root / "csi" / "csi.sock"
     # The node server as the chart runs it: root with every capability dropped.
-    server_argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "cachefs", "csi", "--mode", "node", "--endpoint", "unix:///csi/csi.sock", "--node-id", "n1",
+    server_argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs",
+                   "cachefs", "csi", "--mode", "node", "--endpoint", "unix:///csi/csi.sock", "--node-id", "n1",
                    "--mounter", "unix:///run/cachefs-csi/mounter.sock", "--state-dir", "/var/lib/cachefs-csi",
                    "--cache-root", "/var/lib/cachefs-csi/cache", "--cache-size", "64MiB",
                    "--endpoint-url", auth_moto.endpoint_url, "--region", "us-east-1", "--addressing-style", "path"]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from mount_helpers import PYTHON, CACHEFS_SRC, cachefs_env, is_mounted, pid_alive, stop_pid, wait_until
+from mount_helpers import CACHEFS_SRC, PYTHON, cachefs_env, is_mounted, pid_alive, stop_pid, wait_until
 
 from cachefs.csi.mounterd import MounterUnavailable, RemoteMounter
 

@@ -12,7 +12,6 @@ import urllib.request
 
 import grpc
 import pytest
-
 from mount_helpers import is_mounted, log_problems, pid_alive, s3_client, wait_until
 
 from cachefs.csi.proto import pb

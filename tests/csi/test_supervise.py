@@ -9,9 +9,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
-
 from mount_helpers import is_mounted, pid_alive, wait_until
-
 
 from .conftest import CsiServer, _unmount_leftovers
 from .test_node import daemon_pid, publish_request, unpublish

@@ -1,6 +1,6 @@
 import pytest
 
-from cachefs.config import MiB, Config, build_config, parse_size
+from cachefs.config import Config, MiB, build_config, parse_size
 from cachefs.errors import ConfigError
 
 

@@ -8,8 +8,8 @@ import trio
 from cachefs.config import build_config
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO
 from cachefs.meta.store import Entry, MetaStore
-from cachefs.namespace.core import SMALL_HEADS_MAX, Namespace
 from cachefs.namespace.attrs import NO_META, ObjMeta, encode, format_time, parse, parse_time
+from cachefs.namespace.core import SMALL_HEADS_MAX, Namespace
 from cachefs.store.memory import MemoryStore
 
 

@@ -6,9 +6,9 @@ import threading
 import pytest
 
 from cachefs.cache.disk import HEADER, DiskTier
+from cachefs.cache.memtier import ENTRY_OVERHEAD
 from cachefs.cache.spec import TierSpec, parse_promotion, parse_tier, parse_tiers
 from cachefs.cache.tiered import TieredCache
-from cachefs.cache.memtier import ENTRY_OVERHEAD
 from cachefs.errors import UserError
 from cachefs.meta.store import MetaStore
 from cachefs.stats import Stats
