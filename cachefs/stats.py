@@ -1,19 +1,75 @@
-"""Daemon counters: one thread-safe bag of named integers, read by `stats` and the metrics exporter."""
+"""Daemon counters: one thread-safe bag of named integers, read by `stats` and the metrics exporter.
+
+Every counter is declared once in COUNTERS with what it counts; docs/METRICS.md lists them all, and
+tests/unit/test_docs_drift.py checks that the code adds no counter missing here or there.
+"""
 from __future__ import annotations
 
 import threading
 from collections import Counter
 
+COUNTERS: dict[str, str] = {
+    # -- S3, counted by the store (requests sent, not attempts: retries are `s3_retries`) --
+    "s3_get": "ranged GETs of blocks",
+    "s3_get_bytes": "body bytes received by GETs",
+    "s3_get_errors": "GETs that failed for good (retries spent, 404 and changed ETag included)",
+    "s3_head": "HEAD requests",
+    "s3_list": "ListObjectsV2 pages",
+    "s3_retries": "read attempts beyond the first (GET, HEAD, LIST; writes retry inside botocore)",
+    "s3_read_deadline_exceeded": "reads that ran out of --s3-read-deadline",
+    "s3_errors": "S3 requests that failed for good: reads (a 404 aside) and writes",
+    "s3_put": "single PUTs",
+    "s3_put_bytes": "body bytes sent by PUTs and part uploads",
+    "s3_put_part": "multipart part uploads",
+    "s3_multipart_create": "multipart uploads started",
+    "s3_multipart_complete": "multipart uploads completed",
+    "s3_multipart_abort": "multipart uploads aborted",
+    "s3_copy": "server-side copies (renames, metadata replacement)",
+    "s3_delete": "DELETE requests",
+    "s3_write_errors": "write requests (PUT, part, multipart, copy, delete) that failed",
+    "s3_hedged": "duplicate GETs sent for a straggler",
+    "s3_hedge_wins": "hedged GETs where the duplicate answered first",
+    "s3_hedge_skipped_answered": "GETs past the hedging deadline not hedged: their body was arriving",
+    "s3_hedge_skipped_budget": "GETs past the hedging deadline not hedged: 5% of recent GETs were duplicated",
+    # -- the block cache --
+    "cache_hits": "block reads served by a tier (all tiers; per tier: cache_hits_<tier>)",
+    "cache_misses": "block reads no tier could serve (fetched from S3)",
+    "cache_puts": "blocks stored in a tier",
+    "cache_evictions": "blocks dropped from a tier (the last tier, or a memory copy)",
+    "cache_demotions": "blocks moved to a slower tier by eviction",
+    "cache_promotions": "blocks moved or copied to a faster tier on a hit",
+    "cache_not_admitted": "fetched blocks no tier admitted (every tier at its high watermark)",
+    "cache_corrupt": "cached blocks that failed their checksum, dropped and fetched again",
+    "cache_errors": "tier I/O errors (each served as a miss)",
+    "cache_writes_in_place": "block files written with O_DIRECT straight from their receive buffer",
+    # -- the read path --
+    "fuse_reads": "FUSE read requests",
+    "fuse_read_bytes": "bytes returned to FUSE reads",
+    "readahead_blocks": "blocks fetched from S3 ahead of the reader (window, small files, directory prefetch)",
+    "readahead_disk_blocks": "blocks read ahead from a disk tier into the read-ahead buffer",
+    "fetch_shared": "block reads that joined a fetch already in flight (single-flight)",
+    "dir_prefetches": "directories whose small files were prefetched after two of them were opened",
+    "dataset_walks": "directories whose subdirectories were all queued for prefetch (the dataset walk)",
+    # -- the write path --
+    "fuse_writes": "FUSE write requests",
+    "write_bytes": "bytes written into staging",
+    "staging_full": "writes refused with ENOSPC: staging quota or staging disk full",
+    "uploads": "files uploaded (PUT, multipart or copy)",
+    "upload_bytes": "bytes of files uploaded",
+    "upload_parts": "parts sent by uploads and eager part uploads",
+    "upload_copies": "uploads done as a server-side copy (a renamed file unchanged since its upload)",
+    "upload_failures": "uploads that failed (retried with backoff)",
+    "metadata_copies": "copies of an object onto itself that replaced its metadata (chmod, chown, utimens)",
+}
+
+# Counters kept per tier, named by pattern (`cache_hits_ssd`): no zero until the tier exists.
+PER_TIER: dict[str, str] = {
+    "cache_hits_<tier>": "block reads served by that tier",
+    "cache_hit_bytes_<tier>": "bytes of blocks served by that tier",
+}
+
 # Every counter the daemon keeps, so a reader sees zeros rather than missing keys.
-NAMES = (
-    "s3_get", "s3_get_bytes", "s3_get_errors", "s3_list", "s3_head", "s3_errors", "s3_hedged", "s3_hedge_wins",
-    "s3_hedge_skipped_answered", "s3_hedge_skipped_budget",
-    "cache_hits", "cache_misses", "cache_puts", "cache_evictions", "cache_demotions", "cache_promotions",
-    "cache_not_admitted", "cache_corrupt", "cache_errors", "cache_writes_in_place",
-    "fuse_reads", "fuse_read_bytes", "readahead_blocks", "readahead_disk_blocks", "fetch_shared",
-    "fuse_writes", "write_bytes", "uploads", "upload_bytes", "upload_parts", "upload_copies", "upload_failures", "staging_full",
-    "metadata_copies",
-)
+NAMES: tuple[str, ...] = tuple(COUNTERS)
 
 
 class Stats:
