@@ -10,48 +10,15 @@ import functools
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import xxhash
 
 from cachefs.cache.spec import EVICTION_POLICIES, TierSpec, parse_promotion, parse_tiers
 from cachefs.errors import ConfigError
-
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
-_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
-          "g": GiB, "gb": 1000**3, "gib": GiB, "t": TiB, "tb": 1000**4, "tib": TiB}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: str | int) -> int:
-    """'4MiB' -> 4194304. Binary for K/M/G/T and KiB.., decimal for KB/MB/.. ."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError("must not be negative")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"invalid size {text!r} (use e.g. 4MiB, 512KiB, 10GiB or plain bytes)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def format_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _seconds(text: Any) -> float:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"invalid number of seconds {text!r}") from None
-    if v < 0 or v != v:
-        raise ValueError(f"must be >= 0 seconds, got {text!r}")
-    return v
+from cachefs.units import GiB, KiB, MiB, format_size, parse_seconds, parse_size
 
 
 def _count(minimum: int, maximum: int) -> Callable[[Any], int]:
@@ -111,7 +78,7 @@ def _size_min(minimum: int) -> Callable[[Any], int]:
 
 
 def _metrics_addr(text: Any) -> str:
-    from cachefs.metrics import parse_addr   # validates; the daemon parses it again to listen
+    from cachefs.metrics import parse_addr  # validates; the daemon parses it again to listen
     parse_addr(text)
     return str(text).strip()
 
@@ -139,17 +106,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_size", _size_min(16 * MiB), "size of the default disk tier in CACHE_DIR (without --cache)"),
     Option("eviction_policy", _choice(*EVICTION_POLICIES), "lru, or scan-resistant for cyclic epochs"),
     Option("promotion", parse_promotion, "move a block hit in a slower tier up: never, on-hit, after:N"),
-    Option("stale_after", _seconds, "scan-resistant policy: seconds unused before a block may be evicted"),
+    Option("stale_after", parse_seconds, "scan-resistant policy: seconds unused before a block may be evicted"),
     Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
     Option("read_ahead", _size_min(0), "largest read-ahead window of a sequential reader (0: off)"),
     Option("prefetch_small_files", _size_min(0), "on open, fetch a file this small whole in the background (0: off)"),
     Option("max_fetches", _count(1, 256), "read-ahead GETs in flight per mount"),
     Option("kernel_read_ahead", _size_min(0), "as root: the kernel's read-ahead for this mount (0: leave it)"),
     Option("max_background", _count(0, 65535), "as root: FUSE async requests in flight (0: leave it)"),
-    Option("entry_timeout", _seconds, "seconds the kernel caches a name lookup"),
-    Option("attr_timeout", _seconds, "seconds the kernel caches file attributes"),
-    Option("listing_ttl", _seconds, "seconds a directory listing from S3 is trusted"),
-    Option("negative_ttl", _seconds, "seconds a 'no such file' answer is trusted"),
+    Option("entry_timeout", parse_seconds, "seconds the kernel caches a name lookup"),
+    Option("attr_timeout", parse_seconds, "seconds the kernel caches file attributes"),
+    Option("listing_ttl", parse_seconds, "seconds a directory listing from S3 is trusted"),
+    Option("negative_ttl", parse_seconds, "seconds a 'no such file' answer is trusted"),
     Option("uid", _count(0, 2**32 - 2), "owner of every file (default: the mounting user)"),
     Option("gid", _count(0, 2**32 - 2), "group of every file (default: the mounting user's)"),
     Option("file_mode", _mode, "permission bits of files (octal)"),
@@ -164,13 +131,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_idle_threads", _count(1, 1024),
            "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
     Option("hedging", _bool, "send a duplicate GET when one runs past the p95 of recent latencies"),
-    Option("hedge_min_delay", _seconds, "never hedge a GET sooner than this many seconds"),
+    Option("hedge_min_delay", parse_seconds, "never hedge a GET sooner than this many seconds"),
     Option("s3_fast_get", _bool, "ranged GETs and listings signed by botocore but sent without its per-call "
            "pipeline (~1.3 ms less CPU a GET, 4x less a listing page); false: plain boto3 calls"),
     Option("s3_max_attempts", _count(1, 20), "attempts per S3 request (retries + 1)"),
-    Option("s3_connect_timeout", _seconds, "seconds to connect to the endpoint"),
-    Option("s3_read_timeout", _seconds, "seconds to wait for data from the endpoint"),
-    Option("mount_timeout", _seconds, "seconds `mount` waits for the daemon to be ready"),
+    Option("s3_connect_timeout", parse_seconds, "seconds to connect to the endpoint"),
+    Option("s3_read_timeout", parse_seconds, "seconds to wait for data from the endpoint"),
+    Option("mount_timeout", parse_seconds, "seconds `mount` waits for the daemon to be ready"),
     Option("foreground", _bool, "stay attached; log to stderr", False),
     Option("log_level", _choice("debug", "info", "warning", "error"), "log level"),
     Option("log_file", _text, "log file in the background (default: CACHE_DIR/cachefs.log)"),
@@ -180,16 +147,19 @@ OPTIONS: tuple[Option, ...] = (
     # -- writes (docs/SEMANTICS.md "Writes") --
     Option("read_only", _bool, "mount read-only: every write answers EROFS", False),
     Option("staging_dir", _text, "where written files wait for upload (default: STAGING on the fastest disk tier)"),
-    Option("staging_size", _size_min(16 * MiB), "the most staged (not yet uploaded) bytes; beyond it writes get ENOSPC"),
+    Option("staging_size", _size_min(16 * MiB),
+           "the most staged (not yet uploaded) bytes; beyond it writes get ENOSPC"),
     Option("small_file_threshold", _size_min(0), "files up to this size follow the small-file upload schedule"),
-    Option("small_sync_interval", _seconds, "seconds of quiet (or of growth while open) before a small file is uploaded"),
-    Option("large_sync_interval", _seconds, "seconds of quiet before a large open file is uploaded (always on close)"),
+    Option("small_sync_interval", parse_seconds,
+           "seconds of quiet (or of growth while open) before a small file is uploaded"),
+    Option("large_sync_interval", parse_seconds,
+           "seconds of quiet before a large open file is uploaded (always on close)"),
     Option("multipart_part_size", _size_min(5 * MiB), "part size of multipart uploads (S3's minimum is 5 MiB)"),
     Option("upload_concurrency", _count(1, 256), "parts and small files uploaded in parallel per mount"),
     Option("eager_upload", _bool, "send the finished parts of a large file while it is written sequentially"),
     Option("fsync_upload", _bool, "fsync waits until the file is in S3 (default: durable on the node)", False),
-    Option("exit_upload_timeout", _seconds, "seconds the daemon keeps uploading after an unmount before it exits"),
-    Option("s3_read_deadline", _seconds, "seconds one S3 read (GET/HEAD/LIST), retries included, may take before "
+    Option("exit_upload_timeout", parse_seconds, "seconds the daemon keeps uploading after an unmount before it exits"),
+    Option("s3_read_deadline", parse_seconds, "seconds one S3 read (GET/HEAD/LIST), retries included, may take before "
            "the reader gets EIO (0: no bound but the attempts and timeouts)"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

@@ -9,7 +9,7 @@ import stat
 import pytest
 from mount_helpers import MiB, object_bytes, one_line_error, read_all, run_cachefs
 
-from cachefs.daemon import control
+from cachefs import ipc
 
 OBJECTS = {"d/one.bin": object_bytes("one", MiB), "d/two.bin": object_bytes("two", MiB // 2),
            "top.txt": b"hello\n"}
@@ -33,13 +33,13 @@ def test_stats_table_and_json(mnt):
     js = cachefs(mnt, "stats", str(mnt.path), "--json")
     data = json.loads(js.stdout)
     assert data["s3_get"] >= 1 and set(data["tiers"]) == {"mem", "ssd"}
-    assert data["control_socket"] == control.find_socket(str(mnt.path))
+    assert data["control_socket"] == ipc.find_socket(str(mnt.path))
     # The xattr keeps working and says the same thing.
     assert mnt.stats()["control_socket"] == data["control_socket"]
 
 
 def test_socket_is_owner_only(mnt):
-    path = control.find_socket(str(mnt.path))
+    path = ipc.find_socket(str(mnt.path))
     st = os.stat(path)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
@@ -47,7 +47,7 @@ def test_socket_is_owner_only(mnt):
 
 def test_other_uid_is_refused_by_peer_credentials(mnt):
     """Even with the file permissions opened up, the daemon checks who is on the other end."""
-    path = control.find_socket(str(mnt.path))
+    path = ipc.find_socket(str(mnt.path))
     parent = os.path.dirname(path)
     old_dir, old_sock = os.stat(parent).st_mode, os.stat(path).st_mode
     os.chmod(parent, 0o711)

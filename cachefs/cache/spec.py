@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cachefs.units import parse_size
+
 KINDS = ("mem", "ssd", "hdd")
 
 # Watermarks as fractions of a tier's quota. Eviction starts above `high` and stops at `low`: a gap
@@ -53,7 +55,6 @@ def _fraction(key: str, text: str) -> float:
 
 
 def parse_tier(text: str) -> TierSpec:
-    from cachefs.config import parse_size   # config imports this module; parse_size lives there
     parts = str(text).split(":")
     kind = parts[0].strip().lower()
     if kind not in KINDS:

@@ -1,23 +1,18 @@
-"""`cachefs` command line: mount, umount.
+"""`cachefs` command line: the parser and the dispatch to each group of subcommands (mount.py,
+ops.py, csi/cli.py).
 
 Every failure the user can fix ends as one line `cachefs: error: ...` and exit code 1 (2 for usage).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import select
-import subprocess
 import sys
-import time
 
 from cachefs import __version__
-
+from cachefs.cli import mount as mountcli
 from cachefs.cli import ops as opscli
-from cachefs.config import OPTIONS, Config, build_config
-from cachefs.errors import UserError
-from cachefs.mounts import canonical
 from cachefs.csi import cli as csi_cli
+from cachefs.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,110 +26,14 @@ class _UsageError(UserError):
     pass
 
 
-def _add_mount_options(p: argparse.ArgumentParser) -> None:
-    for opt in OPTIONS:
-        flag = "--" + opt.name.replace("_", "-")
-        if opt.repeatable:
-            p.add_argument(flag, dest=opt.name, action="append", default=argparse.SUPPRESS, metavar="VALUE",
-                           help=opt.help)
-        elif opt.flag_takes_value:
-            p.add_argument(flag, dest=opt.name, default=argparse.SUPPRESS, metavar="VALUE", help=opt.help)
-        else:
-            p.add_argument(flag, dest=opt.name, action="store_const", const=True,
-                           default=argparse.SUPPRESS, help=opt.help)
-    p.add_argument("--config", metavar="FILE", help="TOML file with options (keys as the flags, '_' for '-')")
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)   # internal: daemon -> parent
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cachefs", description="FUSE caching filesystem for S3-compatible object storage")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    m = sub.add_parser("mount", help="mount s3://BUCKET[/PREFIX] on MOUNTPOINT")
-    m.add_argument("source", help="s3://BUCKET[/PREFIX]")
-    m.add_argument("mountpoint")
-    _add_mount_options(m)
-    for name in ("umount", "unmount"):
-        u = sub.add_parser(name, help="unmount and wait for the daemon to exit")
-        u.add_argument("mountpoint")
-        u.add_argument("--timeout", type=float, default=600.0,
-                       help="seconds to wait for pending uploads and for the daemon to exit (default 600)")
-        u.add_argument("--force", action="store_true",
-                       help="unmount even if uploads are still pending (they stay staged for the next mount)")
+    mountcli.add_commands(sub)
     csi_cli.add_subcommands(sub)
     opscli.add_commands(sub)
     return parser
-
-
-def _mount_flags(args: argparse.Namespace) -> dict:
-    return {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
-
-
-def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
-    cfg = build_config(args.source, canonical(args.mountpoint), _mount_flags(args), args.config)
-    if cfg.foreground or args.ready_fd is not None:
-        from cachefs.daemon import core as daemon
-        return daemon.run(cfg, args.ready_fd)
-    return _spawn_daemon(cfg, argv)
-
-
-def _spawn_daemon(cfg: Config, argv: list[str]) -> int:
-    """Start the daemon as a detached process and wait for its one-line start-up report."""
-    read_fd, write_fd = os.pipe()
-    child_argv = [sys.executable, "-m", "cachefs", *argv, "--ready-fd", str(write_fd)]
-    # stderr is a pipe until the daemon has its log (it then points fd 2 at the log file): whatever
-    # kills it before that (an import error, a crash in start-up) is still shown to the user.
-    proc = subprocess.Popen(child_argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    os.close(write_fd)
-    deadline = time.monotonic() + cfg.mount_timeout
-    buf = b""
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while not buf.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([pipe], [], [], left)[0]:
-                proc.kill()
-                proc.wait()
-                raise UserError(f"daemon did not report ready within {cfg.mount_timeout:.0f} s "
-                                f"(see {cfg.log_file}){_last_line(proc)}")
-            chunk = pipe.read(4096)
-            if not chunk:
-                code = proc.wait()
-                raise UserError(f"daemon exited during start-up with code {code} "
-                                f"(see {cfg.log_file}){_last_line(proc)}")
-            buf += chunk
-    line = buf.decode(errors="replace").strip()
-    if line == "OK":
-        proc.stderr.close()
-        return 0
-    proc.wait()
-    proc.stderr.close()
-    raise UserError(line.removeprefix("ERR ").strip())
-
-
-def _last_line(proc: subprocess.Popen) -> str:
-    """': <the last line the dead daemon wrote to stderr>', or nothing."""
-    lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
-    proc.stderr.close()
-    return f": {lines[-1].strip()}" if lines else ""
-
-
-def cmd_umount(args: argparse.Namespace) -> int:
-    """Upload what is pending first (the mount stays usable meanwhile), then unmount."""
-    from cachefs.mounts import unmount
-    deadline = time.monotonic() + args.timeout
-    try:
-        pending = opscli.flush_uploads(args.mountpoint, args.timeout)
-    except UserError as e:
-        if "not a cachefs mount" in str(e):
-            raise
-        pending = []                 # no control socket (an older daemon): its own exit drains
-        print(f"cachefs: warning: could not ask the daemon to upload first: {e}", file=sys.stderr)
-    if pending and not args.force:
-        raise UserError(opscli.pending_message(pending, args.timeout) +
-                        "; not unmounted (retry, or --force to leave them staged for the next mount)")
-    unmount(args.mountpoint, max(5.0, deadline - time.monotonic()))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,13 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
         if args.version:
-            from cachefs.native import ACTIVE   # here, not at the top: only --version needs it
+            from cachefs.native import ACTIVE  # here, not at the top: only --version needs it
             print(f"cachefs {__version__} (native block reader: {ACTIVE})")
             return 0
-        if args.command == "mount":
-            return cmd_mount(args, argv)
-        if args.command in ("umount", "unmount"):
-            return cmd_umount(args)
+        if args.command in mountcli.COMMANDS:
+            return mountcli.run(args, argv)
         elif args.command in opscli.COMMANDS:
             return opscli.run(args)
         elif args.command == "csi":

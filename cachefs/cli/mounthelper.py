@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 def install(dest: str = HELPER_PATH) -> str:
     """Write the helper script: this interpreter and this copy of cachefs, with absolute paths, since
     mount(8) and systemd run helpers with a minimal environment."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = ("#!/bin/sh\n"
               "# mount -t fuse.cachefs SOURCE DIR -o OPTIONS (written by `cachefs install-mount-helper`)\n"
               f"PYTHONPATH='{package_parent}' exec '{sys.executable}' -m cachefs.mounthelper \"$@\"\n")

@@ -1,12 +1,19 @@
 """Operator subcommands: stats, warmup, flush, drop, reload, install-mount-helper.
 
-cli.make_parser() adds them with one call, cli.main() dispatches them with one branch; each talks
-to the running daemon through its control socket (cachefs/control.py).
+cli.main.make_parser() adds them with one call, cli.main.main() dispatches them with one branch; each
+talks to the running daemon through its control socket (ipc.control_request; the server side is
+daemon/control.py). `cachefs stats` renders the daemon's counters as a table for people, or JSON for
+scripts.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+
+from cachefs.errors import UserError
+from cachefs.ipc import control_request
+from cachefs.units import format_size
 
 COMMANDS = ("stats", "warmup", "flush", "drop", "reload", "install-mount-helper")
 
@@ -44,8 +51,7 @@ def add_commands(sub) -> None:
 
 def flush_uploads(mountpoint: str, timeout: float) -> list[str]:
     """Ask the daemon to upload everything now; the paths still pending after `timeout` s."""
-    from cachefs.daemon import control
-    return control.request(mountpoint, "flush", timeout=timeout + 10, wait=timeout)["pending"]
+    return control_request(mountpoint, "flush", timeout=timeout + 10, wait=timeout)["pending"]
 
 
 def pending_message(pending: list[str], timeout: float) -> str:
@@ -54,12 +60,9 @@ def pending_message(pending: list[str], timeout: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cachefs.daemon import control
-    from cachefs.errors import UserError
     cmd = args.command
     if cmd == "stats":
-        from cachefs.cli.statscmd import show
-        print(show(control.request(args.mountpoint, "stats")["stats"], args.json))
+        print(show_stats(control_request(args.mountpoint, "stats")["stats"], args.json))
     elif cmd == "warmup":
         from cachefs.cli import warmup
         return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
@@ -72,15 +75,57 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "drop":
         from cachefs.cli.warmup import relative
         mp = os.path.abspath(args.mountpoint)
-        a = control.request(mp, "drop", path=relative(mp, args.path))
+        a = control_request(mp, "drop", path=relative(mp, args.path))
         print(f"dropped {a['blocks']} blocks ({a['bytes']} bytes) of {a['files']} files")
     elif cmd == "reload":
         settings = dict(s.partition("=")[::2] for s in args.settings)
         if any(not k for k in settings):
             raise UserError("settings are NAME=VALUE, e.g. log_level=debug")
-        a = control.request(args.mountpoint, "reload", settings=settings)
+        a = control_request(args.mountpoint, "reload", settings=settings)
         print("applied: " + ", ".join(f"{k}={v}" for k, v in a["applied"].items()))
     elif cmd == "install-mount-helper":
         from cachefs.cli.mounthelper import HELPER_PATH, install
         print(f"installed {install(args.dest or HELPER_PATH)}")
     return 0
+
+
+# -- cachefs stats ---------------------------------------------------------------------------------
+def ratio(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def render(s: dict) -> str:
+    """A few short tables: what an operator checks first (are the tiers full, do reads hit, is S3 slow)."""
+    lines = [f"cachefs {s.get('version', '?')}  {s.get('source', '')}",
+             f"metrics: {s.get('metrics_url') or 'off'}", ""]
+    hits, misses = s.get("cache_hits", 0), s.get("cache_misses", 0)
+    rows = [("tier", "used", "quota", "use", "high", "blocks", "hits", "health")]
+    for name, t in s.get("tiers", {}).items():
+        dirs = t.get("dirs")
+        health = "ok" if dirs is None or all(v == "up" for v in dirs.values()) else \
+            ", ".join(f"{d} {v}" for d, v in dirs.items() if v != "up")
+        rows.append((name, format_size(t["used"]), format_size(t["quota"]), ratio(t["used"], t["quota"]),
+                     format_size(t["high"]), str(t["blocks"]), str(s.get(f"cache_hits_{name}", 0)), health))
+    lines += _table(rows)
+    lines += ["", f"block reads: {hits + misses}  hits {hits}  misses {misses}  hit ratio {ratio(hits, hits + misses)}",
+              f"not admitted (cache full): {s.get('cache_not_admitted', 0)}  evictions {s.get('cache_evictions', 0)}"
+              f"  demotions {s.get('cache_demotions', 0)}"
+              f"  refetched after checksum failure {s.get('cache_corrupt', 0)}",
+              "",
+              f"S3: GET {s.get('s3_get', 0)} ({format_size(s.get('s3_get_bytes', 0))})  HEAD {s.get('s3_head', 0)}"
+              f"  LIST {s.get('s3_list', 0)}  errors {s.get('s3_errors', 0)}",
+              f"FUSE reads: {s.get('fuse_reads', 0)} ({format_size(s.get('fuse_read_bytes', 0))})"
+              f"  read-ahead blocks {s.get('readahead_blocks', 0)}  shared fetches {s.get('fetch_shared', 0)}",
+              f"pending uploads: {s.get('uploads_pending', 0)} ({format_size(s.get('uploads_pending_bytes', 0))})"
+              f"  failures {s.get('upload_failures', 0)}"]
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i in (0, len(r) - 1) else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip() for r in rows]
+
+
+def show_stats(stats: dict, as_json: bool) -> str:
+    return json.dumps(stats, indent=2, sort_keys=True) if as_json else render(stats)

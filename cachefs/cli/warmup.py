@@ -17,12 +17,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cachefs.daemon import control
-from cachefs.config import format_size
 from cachefs.errors import UserError
+from cachefs.ipc import control_request, find_socket
+from cachefs.units import format_size
 
 CHUNK = 1 << 20              # read size: large requests, few syscalls; the kernel splits them anyway
-QUERY_BATCH = 2000           # paths per status request (well under control.MAX_REQUEST)
+QUERY_BATCH = 2000           # paths per status request (well under the control socket's MAX_REQUEST)
 PLAIN_INTERVAL_S = 5.0       # progress line period when stderr is not a terminal
 BAR_INTERVAL_S = 0.2
 DAEMON_BATCH_TIMEOUT_S = 3600.0   # one batch of files loaded by the daemon: large files over slow S3
@@ -85,7 +85,7 @@ def cached_state(mountpoint: str, files: list[tuple[str, int]]) -> tuple[dict[st
     cached: dict[str, int] = {}
     capacity: dict = {}
     for i in range(0, len(files), QUERY_BATCH):
-        answer = control.request(mountpoint, "cached", paths=[p for p, _ in files[i:i + QUERY_BATCH]])
+        answer = control_request(mountpoint, "cached", paths=[p for p, _ in files[i:i + QUERY_BATCH]])
         capacity = answer["capacity"]
         cached.update({p: (info or {}).get("cached", 0) for p, info in answer["files"].items()})
     return cached, capacity
@@ -165,7 +165,7 @@ def load_in_daemon(mountpoint: str, todo: list[tuple[str, int]], jobs: int, prog
     failures: list[str] = []
     batch = max(4 * jobs, 16)
     for i in range(0, len(todo), batch):
-        answer = control.request(mountpoint, "warmup", timeout=DAEMON_BATCH_TIMEOUT_S, jobs=jobs,
+        answer = control_request(mountpoint, "warmup", timeout=DAEMON_BATCH_TIMEOUT_S, jobs=jobs,
                                  paths=[p for p, _ in todo[i:i + batch]])
         failures += answer["failed"] + [f"{p}: no longer exists" for p in answer["missing"]]
         progress.add(answer["bytes"])
@@ -178,7 +178,7 @@ def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only:
         force: bool, in_daemon: bool = False, out=None) -> int:
     out = out or sys.stdout
     mountpoint = os.path.abspath(mountpoint)
-    control.find_socket(mountpoint)          # fail early, in one line, if this is not a cachefs mount
+    find_socket(mountpoint)          # fail early, in one line, if this is not a cachefs mount
     paths = list(paths) + (read_file_list(file_list) if file_list else [])
     started = time.monotonic()
     plan = walk(mountpoint, paths or [""])
@@ -206,7 +206,7 @@ def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only:
     progress = Progress(len(todo), need)
     failures = (load_in_daemon if in_daemon else load_through_mount)(mountpoint, todo, jobs, progress)
     progress.finish()
-    control.request(mountpoint, "flush")      # the block index on disk: the warm cache survives a remount
+    control_request(mountpoint, "flush")      # the block index on disk: the warm cache survives a remount
     elapsed = time.monotonic() - started
     print(f"loaded {len(todo) - len(failures)} files ({format_size(progress.bytes)}) in {elapsed:.1f} s",
           file=out)

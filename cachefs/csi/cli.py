@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 
-from cachefs.config import parse_size
+from cachefs.units import parse_size
 from cachefs.errors import UserError
 
 

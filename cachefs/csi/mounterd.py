@@ -27,22 +27,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import json
 import logging
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 import uuid
 
 import grpc
 
-from cachefs import __version__, mounts
-from cachefs.errors import UserError
+from cachefs import __version__, ipc, mounts
 from cachefs.csi.mounter import MOUNT_TIMEOUT_S, STATES, UNMOUNT_TIMEOUT_S, ChildRunner, Mounter
 from cachefs.csi.status import CsiError
+from cachefs.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +56,10 @@ STOP_FLUSH_S = 20.0
 
 def socket_path(endpoint: str) -> str:
     return endpoint[len("unix://"):] if endpoint.startswith("unix://") else endpoint.removeprefix("unix:")
+
+
+def _recv(conn: socket.socket) -> dict:
+    return ipc.decode_complete(ipc.recv_line(conn, MAX_REQUEST))
 
 
 class MounterUnavailable(CsiError):
@@ -107,7 +109,7 @@ class MounterServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as e:
                 if self._stop.is_set():
@@ -150,8 +152,8 @@ class MounterServer:
         with conn:
             try:
                 conn.settimeout(30)
-                if not _peer_allowed(conn):
-                    _send(conn, {"ok": False, "error": "permission denied"})
+                if not ipc.peer_allowed(conn):
+                    ipc.send(conn, {"ok": False, "error": "permission denied"})
                     return
                 request = _recv(conn)
                 conn.settimeout(None)
@@ -159,7 +161,7 @@ class MounterServer:
             except (OSError, ValueError) as e:
                 answer = {"ok": False, "error": f"bad request: {e}"}
             try:
-                _send(conn, answer)
+                ipc.send(conn, answer)
             except OSError as e:
                 log.warning("could not answer %s: %s", request.get("op") if isinstance(request, dict) else "?", e)
 
@@ -203,12 +205,6 @@ def _path(request: dict) -> str:
     return mounts.canonical(target)
 
 
-def _peer_allowed(conn: socket.socket) -> bool:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid in (0, os.getuid())
-
-
 def _become_subreaper() -> None:
     """Detached daemons (`cachefs mount` double-forks them) become our children instead of init's,
     so we reap them; as PID 1 of a container this is already so."""
@@ -250,22 +246,6 @@ def run(endpoint: str, stop_flush_s: float = STOP_FLUSH_S, mount_timeout: float 
 
 # ---------------------------------------------------------------- client
 
-def _send(conn: socket.socket, obj: dict) -> None:
-    conn.sendall(json.dumps(obj).encode() + b"\n")
-
-
-def _recv(conn: socket.socket) -> dict:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ValueError("connection closed before a full line")
-        buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise ValueError("request too large")
-    return json.loads(buf)
-
-
 class RemoteMounter:
     """The Mounter interface, carried out by the mounter process at `endpoint`."""
 
@@ -276,23 +256,18 @@ class RemoteMounter:
         self.unmount_timeout = unmount_timeout
 
     def call(self, request: dict, timeout: float) -> dict:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
+            sock = ipc.connect(self.path, timeout)
+        except OSError as e:
+            raise MounterUnavailable(f"the mounter does not answer on {self.path}: {e.strerror or e}") from None
+        with sock:
             try:
-                sock.connect(self.path)
-            except OSError as e:
-                raise MounterUnavailable(f"the mounter does not answer on {self.path}: {e.strerror or e}") \
-                    from None
-            try:
-                _send(sock, {"v": PROTOCOL, **request})
+                ipc.send(sock, {"v": PROTOCOL, **request})
                 answer = _recv(sock)
             except (OSError, ValueError) as e:
                 # It took the request and died (or restarted) before answering: whether the
                 # operation happened is unknown, so the CO must retry, and a retry finds out.
                 raise MounterUnavailable(f"the mounter did not answer {request['op']}: {e}") from None
-        finally:
-            sock.close()
         if not answer.get("ok"):
             raise UserError(answer.get("error") or "the mounter refused")
         return answer

@@ -2,7 +2,8 @@
 
 Where: RUNTIME_DIR/<hash of the mount point>.sock (/run/cachefs for root), a short path (Unix socket
 paths are limited to 108 bytes, cache directories can be long) in a 0700 directory; the socket itself
-is 0600. Clients find it in the mount registry, or in the mount's `user.cachefs.stats` xattr.
+is 0600. Clients (ipc.control_request) find it in the mount registry, or in the mount's
+`user.cachefs.stats` xattr.
 Who: the peer's uid (SO_PEERCRED) must be root or the daemon's own user; anyone else gets an error.
 
 Requests run on the daemon's trio thread, blocking parts in its worker threads, like FUSE requests.
@@ -14,14 +15,10 @@ import json
 import logging
 import os
 import socket
-import stat
-import struct
-import time
 
 import trio
-import xxhash
 
-from cachefs import mounts
+from cachefs import ipc
 from cachefs.blocks import block_count, block_key
 from cachefs.config import OPTION_BY_NAME
 from cachefs.errors import CachefsError, UserError
@@ -31,36 +28,9 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20          # a warmup status request lists paths; 1 MiB is ~10k of them
 ACCEPT_RETRY_S = 0.5
-CLIENT_TIMEOUT_S = 60.0        # a status query over a large tree asks S3 for unlisted directories
 # Settings that only change timing or logging, never which bytes a reader gets: safe to change live.
 RELOADABLE = ("log_level", "read_ahead", "stale_after", "listing_ttl", "negative_ttl",
               "entry_timeout", "attr_timeout")
-
-
-def socket_path(mountpoint: str) -> str:
-    return os.path.join(mounts.runtime_dir(), xxhash.xxh64_hexdigest(mountpoint.encode()) + ".sock")
-
-
-def private_dir(path: str) -> None:
-    """The socket's directory (and, under a shared /tmp, its parent) must be ours alone: another user
-    who created it first could otherwise replace the socket or read the mount registry. Ours but too
-    open (an old umask): made 0700. Not ours, or a symlink: refused."""
-    uid = os.getuid()
-    for d in (path, os.path.dirname(path)):
-        st = os.lstat(d)
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-            raise UserError(f"runtime directory {d} is not a directory owned by uid {uid} (owner {st.st_uid}); "
-                            "remove it, or set XDG_RUNTIME_DIR to a private directory")
-        if d == path and st.st_mode & 0o077:
-            os.chmod(d, 0o700)
-        if uid == 0 or os.environ.get("XDG_RUNTIME_DIR"):
-            return      # /run and XDG_RUNTIME_DIR are private already; /tmp/cachefs-UID is checked too
-
-
-def peer_uid(sock: socket.socket) -> int:
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                          struct.calcsize("3i")))
-    return uid
 
 
 class ControlError(Exception):
@@ -70,27 +40,18 @@ class ControlError(Exception):
 class ControlServer:
     def __init__(self, daemon) -> None:
         self.daemon = daemon
-        self.path = socket_path(daemon.cfg.mountpoint)
+        self.path = ipc.control_socket_path(daemon.cfg.mountpoint)
         self.sock: socket.socket | None = None
 
     def bind(self) -> None:
         """At start-up, before the mount. We hold the mount point lock, so a socket file left at
         this path is a dead daemon's."""
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        private_dir(os.path.dirname(self.path))
+        ipc.private_dir(os.path.dirname(self.path))
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(self.path)
-            os.chmod(self.path, 0o600)
-            sock.listen(16)
+            self.sock = ipc.listen(self.path, 16)
         except OSError as e:
-            sock.close()
             raise UserError(f"cannot create the control socket {self.path}: {e.strerror or e}") from None
-        self.sock = sock
 
     async def serve(self) -> None:
         listener = trio.socket.from_stdlib_socket(self.sock)
@@ -107,8 +68,9 @@ class ControlServer:
     async def _connection(self, conn) -> None:
         with conn:
             try:
-                line = await _read_line(conn)   # read before refusing: the client gets the answer, not EPIPE
-                uid = peer_uid(conn)
+                # Read before refusing: the client gets the answer, not EPIPE.
+                line = await ipc.recv_line_async(conn, MAX_REQUEST)
+                uid = ipc.peer_uid(conn)
                 if uid not in (0, os.getuid()):
                     log.warning("control request from uid %d refused (only root and uid %d)", uid, os.getuid())
                     raise ControlError("permission denied: only root or the mount's owner may control it")
@@ -116,6 +78,8 @@ class ControlServer:
                 answer = {"ok": True, **await self.dispatch(request)}
             except ControlError as e:
                 answer = {"ok": False, "error": str(e)}
+            except ipc.LineTooLong:
+                answer = {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"}
             except (ValueError, KeyError, TypeError) as e:
                 answer = {"ok": False, "error": f"bad request: {e}"}
             except OSError:
@@ -124,7 +88,7 @@ class ControlServer:
                 log.exception("control request failed")
                 answer = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
             try:
-                await _send_all(conn, json.dumps(answer).encode() + b"\n")
+                await ipc.send_async(conn, answer)
             except OSError:
                 pass
 
@@ -284,66 +248,3 @@ class ControlServer:
                 os.unlink(self.path)
             except OSError:
                 pass
-
-
-async def _send_all(conn, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[await conn.send(view):]
-
-
-async def _read_line(conn) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = await conn.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise ControlError(f"request larger than {MAX_REQUEST} bytes")
-    return buf
-
-
-# -- client ----------------------------------------------------------------------------------------
-def find_socket(mountpoint: str) -> str:
-    """The control socket of the daemon serving MOUNTPOINT."""
-    mp = mounts.canonical(mountpoint)
-    if mounts.mounted_fstype(mp, resolved=True) != mounts.FSTYPE:
-        raise UserError(f"{mountpoint} is not a cachefs mount")
-    info = mounts.lookup(mp) or {}
-    path = info.get("control")
-    if not path:
-        try:
-            path = json.loads(os.getxattr(mp, "user.cachefs.stats")).get("control_socket")
-        except OSError as e:
-            raise UserError(f"cannot find the control socket of {mountpoint}: {e.strerror}") from None
-    if not path:
-        raise UserError(f"the daemon of {mountpoint} has no control socket (an older cachefs?)")
-    return path
-
-
-def request(mountpoint: str, op: str, timeout: float = CLIENT_TIMEOUT_S, **args) -> dict:
-    """One request; raises UserError with the daemon's message when it refuses."""
-    path = find_socket(mountpoint)
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        buf = b""
-        try:
-            s.connect(path)
-            s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-            while not buf.endswith(b"\n") and time.monotonic() < deadline:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        except PermissionError:
-            raise UserError(f"permission denied on {path}: only root or the mount's owner may use it") from None
-        except (OSError, socket.timeout) as e:
-            raise UserError(f"control socket {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not buf:
-        raise UserError(f"the daemon of {mountpoint} closed the control connection without answering")
-    answer = json.loads(buf)
-    if not answer.get("ok"):
-        raise UserError(answer.get("error", "request failed"))
-    return answer

@@ -23,13 +23,13 @@ from cachefs.cache.direct import ALIGN
 from cachefs.config import Config
 from cachefs.daemon import kernel, logsetup
 from cachefs.daemon.control import ControlServer
+from cachefs.daemon.stores import from_config
 from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
 from cachefs.reader.core import BlockReader
 from cachefs.stats import Stats
-from cachefs.store import from_config
 from cachefs.writeback import Writeback
 
 log = logging.getLogger(__name__)

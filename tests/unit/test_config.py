@@ -1,7 +1,8 @@
 import pytest
 
-from cachefs.config import Config, MiB, build_config, parse_size
+from cachefs.config import Config, build_config
 from cachefs.errors import ConfigError
+from cachefs.units import MiB, parse_size
 
 
 @pytest.mark.parametrize("text,expected", [

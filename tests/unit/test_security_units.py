@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from cachefs.daemon.control import private_dir
 from cachefs.devtools.faultproxy import Fault, classify
 from cachefs.errors import UserError
+from cachefs.ipc import private_dir
 from cachefs.metrics import _is_loopback
 
 
