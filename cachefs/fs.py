@@ -28,7 +28,7 @@ from cachefs.namespace.links import make_symlink
 from cachefs.meta.schema import Inode
 from cachefs.namespace.core import NAME_MAX, Namespace
 from cachefs.namespace.attrs import NO_META, S3_MAX_OBJECT_SIZE, ObjMeta
-from cachefs.reader.core import BlockReader, ReadState
+from cachefs.reader import BlockReader, ReadState
 from cachefs.stats import Stats
 from cachefs.namespace.changes import Tree
 from cachefs.writeback import Staged, StagingFull, Writeback

@@ -22,7 +22,7 @@ from cachefs import ipc
 from cachefs.blocks import block_count, block_key
 from cachefs.config import OPTION_BY_NAME
 from cachefs.errors import CachefsError, UserError
-from cachefs.reader.core import ReadState
+from cachefs.reader import ReadState
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
-from cachefs.reader.core import BlockReader
+from cachefs.reader import BlockReader
 from cachefs.stats import Stats
 from cachefs.writeback import Writeback
 

@@ -17,6 +17,7 @@ import trio
 from cachefs import supervise
 from cachefs.config import Config
 from cachefs.errors import ObjectNotFound
+from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.namespace.attrs import parse as parse_object_meta
@@ -73,7 +74,7 @@ class Namespace:
         self.store = store
         self.cfg = cfg
         self.run_blocking = run_blocking
-        self._listing: dict[int, trio.Event] = {}   # single-flight per directory
+        self._listing: Flights[int] = Flights()      # one listing per directory at a time
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
         self._markers: dict[int, ObjectInfo] = {}    # directory -> its marker object, as a listing saw it
         self._seen_lock = threading.Lock()
@@ -110,16 +111,12 @@ class Namespace:
             if pending is None:
                 break
             await pending.wait()     # another request is listing it; use its result
-        done = self._listing[ino] = trio.Event()
-        try:
+        with self._listing.flying(ino):
             entries = await self.run_blocking(self._relist, directory)
             await self._head_marker(directory)
             if await self._head_small(entries):
                 entries = await self.run_blocking(self.meta.children, ino)
             return entries
-        finally:
-            del self._listing[ino]
-            done.set()
 
     def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
         prefix = self.dir_prefix(directory)
@@ -267,19 +264,19 @@ class Namespace:
         self._remote_lookups[parent_ino] = count
         return await self._lookup_remote(parent, name.decode())
 
-    def _list_in_background(self, directory: Inode) -> trio.Event:
-        """Start listing a directory; the returned event is set when the listing is done. Registered
+    def _list_in_background(self, directory: Inode) -> Flight:
+        """Start listing a directory; the returned flight lands when the listing is done. Registered
         as this directory's listing at once, so that the lookups after this one wait for it instead
         of starting their own. A system task: the namespace has no nursery, and a listing that
         outlasts LISTING_WAIT_S must outlive the lookup that started it."""
-        done = self._listing[directory.ino] = trio.Event()
+        flight = self._listing.start(directory.ino)
         self._background += 1
         # A system task's exception would end trio.run itself: supervised, like all background work.
-        trio.lowlevel.spawn_system_task(supervise.supervised, "listing", self._background_listing, directory, done,
+        trio.lowlevel.spawn_system_task(supervise.supervised, "listing", self._background_listing, directory,
                                         name=f"cachefs listing of directory {directory.ino}")
-        return done
+        return flight
 
-    async def _background_listing(self, directory: Inode, done: trio.Event) -> None:
+    async def _background_listing(self, directory: Inode) -> None:
         try:
             entries = await self.run_blocking(self._relist, directory)
             await self._head_marker(directory)
@@ -290,8 +287,7 @@ class Namespace:
         except Exception as e:  # lookups go on one by one; the next first lookup tries again
             log.warning("background listing of %r failed: %s", self.dir_prefix(directory), e)
         finally:
-            del self._listing[directory.ino]
-            done.set()
+            self._listing.land(directory.ino)
             self._background -= 1
 
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode | None:

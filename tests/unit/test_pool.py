@@ -197,7 +197,7 @@ def test_a_sequential_reader_s_blocks_stay_out_of_the_memory_tier(tmp_path):
     from cachefs.meta.schema import ROOT_INO
     from cachefs.meta.store import MetaStore
     from cachefs.namespace.core import Namespace
-    from cachefs.reader.core import BlockReader, ReadState
+    from cachefs.reader import BlockReader, ReadState
     from cachefs.store.memory import MemoryStore
 
     from .test_read_path import BS, run_blocking

@@ -9,7 +9,8 @@ import trio.testing
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import ROOT_INO
 from cachefs.namespace.core import MAX_BACKGROUND_LISTINGS
-from cachefs.reader.core import DIR_PREFETCH_DIRS, ReadState
+from cachefs.reader import ReadState
+from cachefs.reader.prefetch import DIR_PREFETCH_DIRS
 
 from .test_read_path import BS, make_world
 
@@ -468,7 +469,7 @@ def test_dataset_walk_stops_when_s3_is_unavailable(world, caplog):
         refused.append(key)
         raise StoreUnavailable("S3 endpoint unreachable")
     store.get_range = down_but_for_the_opened
-    with caplog.at_level(logging.INFO, logger="cachefs.reader.core"):
+    with caplog.at_level(logging.INFO, logger="cachefs.reader.prefetch"):
         trio.run(_open_one_per_class, ns, reader, (4, 0, 2))
     assert stats.get("dataset_walks") == 1
     slots = reader.max_fetches // 2

@@ -11,7 +11,7 @@ from cachefs.errors import ObjectChanged
 from cachefs.meta.schema import ROOT_INO
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace, valid_name
-from cachefs.reader.core import BlockReader, ReadState
+from cachefs.reader import BlockReader, ReadState
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
 
@@ -212,7 +212,7 @@ def test_many_lookups_in_one_directory_turn_into_one_listing(world):
 
 def test_a_stream_reaches_the_full_window_within_its_first_block(world, tmp_path):
     """After RAMP_BYTES in one sequential run the window doubles per read, not only per block entered."""
-    from cachefs.reader.core import RAMP_BYTES
+    from cachefs.reader.blockreader import RAMP_BYTES
     store, ns, _, stats = world
     big = 4 << 20                                       # the default block size: 4 x RAMP_BYTES
     cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "big"),), 16 * big)], None, stats, max_block=big)
@@ -231,7 +231,7 @@ def test_a_stream_reaches_the_full_window_within_its_first_block(world, tmp_path
 def test_a_file_streamed_from_its_start_begins_with_a_wider_window(world, tmp_path, request_size, window):
     """The first request at offset 0 of RAMP_BYTES or more (a streaming reader's kernel read-ahead)
     starts START_WINDOW_BLOCKS ahead; a smaller one (a header) starts one block ahead."""
-    from cachefs.reader.core import START_WINDOW_BLOCKS
+    from cachefs.reader.blockreader import START_WINDOW_BLOCKS
     store, ns, _, stats = world
     big = 4 << 20
     cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "w"),), 16 * big)], None, stats, max_block=big)

@@ -1,0 +1,195 @@
+"""Directory prefetch and the dataset walk: the small files of a directory (and of a dataset's
+directories) fetched in the background once a loader is seen opening them (see DIR_PREFETCH_* and
+DATASET_AFTER). A part of BlockReader (reader/blockreader.py), kept apart because it is a hint
+layered on the read path: it fetches through the reader's single-flight map and cache, never past
+its budgets.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+
+import trio
+
+from cachefs import supervise
+from cachefs.blocks import block_count, block_key
+from cachefs.errors import StoreUnavailable
+from cachefs.meta.schema import Inode
+
+log = logging.getLogger(__name__)
+
+# Directory prefetch, for the image-folder loader (one small file per sample, opened in shuffled
+# order from a path list): once DIR_PREFETCH_AFTER distinct small files of a directory have been
+# opened, its other small files (from its LMDB listing, no S3 request) are fetched in the background,
+# at most DIR_PREFETCH_BYTES of them, never more than half the free room of the disk tiers (so a
+# dataset larger than the cache is not fetched ahead only to be evicted), with at most half of
+# max_fetches GETs (demand reads and read-ahead keep the other half) and DIR_PREFETCH_DIRS
+# directories at a time, mount-wide. Two opens, not one: a single file read out of a directory
+# (a config, a label map) does not drag its neighbours in.
+DIR_PREFETCH_AFTER = 2
+DIR_PREFETCH_BYTES = 64 << 20     # ~600 images of 110 KB: a class directory or a good part of it
+DIR_PREFETCH_DIRS = 2
+DIR_PREFETCH_TRACKED = 4096       # directories whose opens are remembered (oldest forgotten first)
+# Dataset walk: a loader drawing images in shuffled order from many class directories opens only a
+# few files of each before the epoch is half over, so the two-opens rule comes late. Once small
+# files have been opened in DATASET_AFTER distinct subdirectories of one directory (the dataset's
+# root), every subdirectory of it is listed and prefetched the same way, DIR_PREFETCH_DIRS at a time,
+# each within the same bounds (DIR_PREFETCH_BYTES, half the free cache room, half of max_fetches).
+# Three, not one or two: a job reading a config from one directory and labels from another must not
+# pull in the whole tree.
+DATASET_AFTER = 3
+_WALKED = frozenset()             # a directory whose neighbours were asked for already
+
+
+class DirectoryPrefetch:
+    """BlockReader's directory prefetch (a mixin: it uses the reader's `_inflight`, `_prefetched`,
+    `_fetch`, `cache`, `stats`, `nursery` and budgets)."""
+
+    def _init_directory_prefetch(self, max_fetches: int) -> None:
+        self._dir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> small files opened
+        self._subdir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> subdirs with opens
+        self._dir_queue: deque[tuple[int, frozenset]] = deque()   # directories waiting for a prefetch
+        self._dir_walks = 0                                        # prefetch tasks running
+        self._dir_workers = 0                                      # ... of which directory workers
+        self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
+
+    def _note_open(self, inode: Inode, namespace) -> None:
+        opened = self._dir_opens.get(inode.parent)
+        if opened is None:
+            opened = self._dir_opens[inode.parent] = set()
+            _forget_oldest(self._dir_opens)
+            self._note_subdir(inode.parent, namespace)
+        elif opened is _WALKED:
+            return
+        opened.add(inode.ino)
+        if len(opened) >= DIR_PREFETCH_AFTER:
+            self._enqueue_directory(inode.parent, namespace, frozenset(opened))
+
+    def _note_subdir(self, directory: int, namespace) -> None:
+        """A first small-file open in `directory`: count it for the dataset walk of its parent."""
+        try:
+            parent = namespace.get(directory).parent
+        except Exception:  # noqa: BLE001 - gone meanwhile: a hint only
+            return
+        if parent == directory:           # the root is its own parent
+            return
+        seen = self._subdir_opens.get(parent)
+        if seen is None:
+            seen = self._subdir_opens[parent] = set()
+            _forget_oldest(self._subdir_opens)
+        elif seen is _WALKED:
+            return
+        seen.add(directory)
+        if len(seen) >= DATASET_AFTER:
+            self._subdir_opens[parent] = _WALKED
+            self.stats.add("dataset_walks")
+            self._dir_walks += 1
+            supervise.start(self.nursery, "dataset_walk", self._walk_dataset, parent, namespace)
+
+    async def _walk_dataset(self, root: int, namespace) -> None:
+        """Queue every subdirectory of `root` for a directory prefetch (listing it first)."""
+        try:
+            for _, child in await namespace.entries(root):
+                if child.is_dir and self._dir_opens.get(child.ino) is not _WALKED:
+                    self._enqueue_directory(child.ino, namespace, frozenset(), front=False)
+            self._start_walkers(namespace)
+        except Exception as e:  # a hint only: the reads fetch what they need themselves
+            log.debug("dataset walk of directory %d failed: %s", root, e)
+        finally:
+            self._dir_walks -= 1
+
+    def _enqueue_directory(self, directory: int, namespace, opened: frozenset, front: bool = True) -> None:
+        """Queue a directory's prefetch: one whose files are being opened goes first (`front`), a
+        dataset walk's go last and are started by the walk once all are queued."""
+        self._dir_opens[directory] = _WALKED
+        _forget_oldest(self._dir_opens)
+        if front:
+            self._dir_queue.appendleft((directory, opened))
+            self._start_walkers(namespace)
+        else:
+            self._dir_queue.append((directory, opened))
+
+    def _start_walkers(self, namespace) -> None:
+        while self._dir_queue and self._dir_workers < DIR_PREFETCH_DIRS:
+            self._dir_workers += 1
+            self._dir_walks += 1
+            supervise.start(self.nursery, "dir_prefetch", self._directory_worker, namespace)
+
+    async def _directory_worker(self, namespace) -> None:
+        try:
+            while self._dir_queue:
+                directory, opened = self._dir_queue.popleft()
+                if not await self._prefetch_directory(directory, namespace, opened):
+                    log.info("directory prefetch stopped: S3 is unavailable (%d directories dropped)",
+                             len(self._dir_queue))
+                    self._dir_queue.clear()      # hints only; opens queue them again
+        finally:
+            self._dir_workers -= 1
+            self._dir_walks -= 1
+
+    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset) -> bool:
+        """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*); a
+        directory queued by a dataset walk is listed first if its listing is not fresh. Stops at the
+        first block S3 could not serve (an outage: every other block would fail too) and returns
+        False then."""
+        unavailable = trio.Event()
+        try:
+            files = await namespace.listed_files(parent)
+            if files is None and not opened:
+                files = [inode for _, inode in await namespace.entries(parent) if not inode.is_dir]
+            budget = min(DIR_PREFETCH_BYTES, self._cache_room() // 2)
+            wanted = []
+            for inode in files or ():
+                if inode.ino in opened or not 0 < inode.size <= self.prefetch_small_files or not inode.etag:
+                    continue
+                if inode.size > budget:
+                    break
+                budget -= inode.size
+                wanted.append(inode)
+            if wanted:
+                self.stats.add("dir_prefetches")
+            async with trio.open_nursery() as nursery:
+                for inode in wanted:
+                    key = namespace.key_of(inode)
+                    for i in range(block_count(inode.size, self.block_size)):
+                        bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
+                        if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
+                            continue
+                        await self._dir_slots.acquire()
+                        if unavailable.is_set():
+                            self._dir_slots.release()
+                            return False
+                        if bkey in self._inflight:          # a reader got there while we waited
+                            self._dir_slots.release()
+                            continue
+                        self.stats.add("readahead_blocks")
+                        self._prefetching += 1
+                        self._inflight.start(bkey)
+                        nursery.start_soon(self._prefetch_neighbour, inode, key, i, bkey, unavailable)
+        except Exception as e:  # a hint only: the reads fetch what they need themselves
+            log.debug("prefetch of directory %d failed: %s", parent, e)
+        return not unavailable.is_set()
+
+    async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes,
+                                  unavailable: trio.Event) -> None:
+        """One block of a directory prefetch: into the cache tiers only (not the read-ahead buffer,
+        which it would flush); a reader that waited for it gets it directly."""
+        try:
+            await self._fetch(self._inflight[bkey], bkey, inode, key, index)
+        except StoreUnavailable as e:
+            unavailable.set()
+            log.debug("directory prefetch of %s failed: %s", key, e)
+        except Exception as e:
+            log.debug("directory prefetch of %s failed: %s", key, e)
+        finally:
+            self._prefetching -= 1
+            self._dir_slots.release()
+
+    def _cache_room(self) -> int:
+        """Bytes the disk tiers take before reaching their high watermarks (0 if unknown)."""
+        return sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
+
+
+def _forget_oldest(tracked: OrderedDict) -> None:
+    while len(tracked) > DIR_PREFETCH_TRACKED:
+        tracked.popitem(last=False)
