@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from cachefs.devtools.faultproxy import Fault, classify
+from cachefs.devtools.faultrules import Fault, classify
 from cachefs.errors import UserError
 from cachefs.ipc import private_dir
 from cachefs.metrics import _is_loopback
