@@ -13,7 +13,8 @@ from mount_helpers import BLOCK_SIZE, REGION, first_difference, object_bytes, re
 
 from cachefs.devtools.faultproxy import Fault
 from cachefs.errors import StoreUnavailable
-from cachefs.store.s3 import RETRY_BASE_S, THROTTLE_BASE_S, S3Store
+from cachefs.store.retry import RETRY_BASE_S, THROTTLE_BASE_S
+from cachefs.store.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,49 +1,38 @@
-"""ObjectStore over any S3-compatible endpoint, with boto3 (thread-safe client, called from threads)."""
+"""ObjectStore over any S3-compatible endpoint, with boto3 (thread-safe client, called from threads).
+The clients and credentials: store/credentials.py; what a read retries and how long it waits: store/retry.py."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import configparser
-import http.client
 import logging
-import os
-import random
-import socket
-import stat
 import threading
 import time
 
-import boto3
-import botocore.config
 import botocore.exceptions as bce
-import urllib3.exceptions
 
-from cachefs.errors import (AccessDenied, ConfigError, ObjectChanged, ObjectNotFound, StoreError,
-                      StoreUnavailable, UserError)
+from cachefs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreError, StoreUnavailable, UserError
 from cachefs.stats import Stats
 from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
+from cachefs.store.credentials import s3_clients
 from cachefs.store.fastget import FallBack, FastGetter
 from cachefs.store.fastlist import FastLister
 from cachefs.store.health import OutageBreaker
+from cachefs.store.retry import (
+    BODY_ERRORS,
+    NETWORK_ERRORS,
+    THROTTLE_CODES,
+    Attempt,
+    DeadlineExceeded,
+    ShortRead,
+    backoff,
+    describe,
+    error_code,
+    http_status,
+    retryable,
+)
 from cachefs.store.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
-_NETWORK_ERRORS = (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
-                   bce.ConnectionClosedError, bce.ResponseStreamingError,
-                   urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
-# What a read retries: the network failing (before or during the response body), or S3 answering
-# that it failed or is overloaded. Anything else (404, 403, 412, 400 ...) is a definite answer.
-_BODY_ERRORS = (bce.IncompleteReadError, http.client.HTTPException)
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-                   "ServiceUnavailable", "503", "429"}
-# Backoff before retry n (1-based) is BASE * 2**(n-1), times a random factor in [0.5, 1) ("equal
-# jitter": spread out, but never less than half, so a retry storm cannot form), capped at RETRY_CAP_S.
-# 100 ms first: a 500 or a reset is usually one bad server or connection, and the next try lands
-# elsewhere. 500 ms first after 503 SlowDown / 429: the endpoint asked us to slow down.
-RETRY_BASE_S = 0.1
-THROTTLE_BASE_S = 0.5
-RETRY_CAP_S = 5.0
 # S3's own limit: a key is at most 1024 bytes of UTF-8. No such object can exist.
 MAX_KEY_BYTES = 1024
 # S3's limit for one CopyObject request; larger objects are copied part by part.
@@ -52,112 +41,6 @@ _META = "x-amz-meta-"
 
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                     "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
-
-
-def load_credentials_file(path: str, profile: str | None) -> dict[str, str]:
-    """Keys from an AWS-style INI credentials file, refusing one that others can read."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(f"credentials file {path}: {e.strerror}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ConfigError(f"credentials file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                          "it must not be readable by group or others (chmod 600)")
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(path)
-    except configparser.Error as e:
-        raise ConfigError(f"credentials file {path} is not a valid INI file: {e.message}") from None
-    section = profile or "default"
-    if not parser.has_section(section):
-        raise ConfigError(f"credentials file {path} has no [{section}] section")
-    sec = parser[section]
-    if "aws_access_key_id" not in sec or "aws_secret_access_key" not in sec:
-        raise ConfigError(f"credentials file {path} [{section}] lacks aws_access_key_id/aws_secret_access_key")
-    creds = {"aws_access_key_id": sec["aws_access_key_id"], "aws_secret_access_key": sec["aws_secret_access_key"]}
-    if "aws_session_token" in sec:
-        creds["aws_session_token"] = sec["aws_session_token"]
-    return creds
-
-
-def _code(e: bce.ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _status(e: bce.ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-class _ShortRead(Exception):
-    """A response body shorter than the range asked for (a connection cut mid-body)."""
-
-
-class _DeadlineExceeded(Exception):
-    """The read's deadline passed while an attempt was still waiting for S3."""
-
-
-class _Attempt:
-    """One attempt's response body, so that a caller that stops waiting can close it: the worker
-    thread reading it then fails at once instead of holding a connection for as long as S3 trickles."""
-
-    def __init__(self, deadline: float | None = None) -> None:
-        self._lock = threading.Lock()
-        self._body = None
-        self.abandoned = False
-        self.deadline = deadline
-
-    def hold(self, body) -> None:
-        """The response whose body is about to be read (a botocore StreamingBody or urllib3 response)."""
-        with self._lock:
-            if self.abandoned:
-                body.close()
-                raise _ShortRead("abandoned at the deadline")
-            self._body = body
-
-    def abandon(self) -> None:
-        with self._lock:
-            self.abandoned = True
-            body = self._body
-        if body is None:
-            return
-        # Not body.close(): that waits for the reading thread's buffer lock, i.e. for the trickle to
-        # end. Shutting the socket down makes that thread's read fail now; it then closes everything.
-        sock = _socket_of(body)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def _socket_of(body) -> socket.socket | None:
-    """The socket under a botocore StreamingBody or urllib3 (2.x) response, or None if its layout is
-    unknown."""
-    raw = getattr(body, "_raw_stream", body)       # a StreamingBody, or the urllib3 response itself
-    conn = getattr(raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None:       # released to the pool already, or another urllib3: through the http.client response
-        fp = getattr(getattr(raw, "_fp", None), "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _retryable(e: bce.ClientError) -> bool:
-    return _status(e) in _RETRY_STATUS or _code(e) in _THROTTLE_CODES or _code(e) in ("InternalError",
-                                                                                     "RequestTimeout")
-
-
-def _backoff(retry: int, throttled: bool) -> float:
-    base = THROTTLE_BASE_S if throttled else RETRY_BASE_S
-    return min(RETRY_CAP_S, base * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, bce.ClientError):
-        return f"{_code(e) or 'HTTP'} {_status(e) or ''}".strip()
-    if isinstance(e, (_DeadlineExceeded, _ShortRead)):
-        return str(e)
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 class S3Store(ObjectStore):
@@ -169,29 +52,12 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.stats = stats or Stats()
-        creds = load_credentials_file(credentials_file, profile) if credentials_file else {}
-        try:
-            session = boto3.Session(profile_name=None if credentials_file else profile, **creds)
-        except bce.ProfileNotFound:
-            raise ConfigError(f"AWS profile {profile!r} not found") from None
-        if session.get_credentials() is None:
-            raise UserError("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                            "--profile or --credentials-file)")
-        config = botocore.config.Config(
-            region_name=region or session.region_name or "us-east-1",
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=connect_timeout, read_timeout=read_timeout,
-            max_pool_connections=max_connections,
-            s3={"addressing_style": addressing_style},
-        )
-        try:
-            self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
-            # Reads retry in _read (bounded by attempts and one deadline, with a breaker for outages),
-            # so their client makes one attempt per call. Writes keep botocore's retries.
-            self.read_client = session.client("s3", endpoint_url=endpoint_url, config=config.merge(
-                botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"})))
-        except ValueError as e:  # botocore rejects a malformed endpoint URL this way
-            raise ConfigError(f"--endpoint-url: {e}") from None
+        # Reads retry in _read (bounded by attempts and one deadline, with a breaker for outages),
+        # so their client makes one attempt per call. Writes keep botocore's retries.
+        self.client, self.read_client = s3_clients(
+            endpoint_url=endpoint_url, region=region, addressing_style=addressing_style, profile=profile,
+            credentials_file=credentials_file, max_attempts=max_attempts, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, max_connections=max_connections)
         self.max_attempts = max_attempts
         self.read_deadline = read_deadline
         self.breaker = OutageBreaker(self.where)
@@ -200,7 +66,7 @@ class S3Store(ObjectStore):
         # outage cannot pile up threads: a full pool makes new attempts wait, and time out, in the queue.
         self._attempts = cf.ThreadPoolExecutor(max_connections, thread_name_prefix="cachefs-s3") \
             if read_deadline else None
-        from cachefs import metrics     # the read client's requests are counted like the others
+        from cachefs import metrics  # the read client's requests are counted like the others
         metrics.instrument_boto_client(self.read_client)
         self._fast: FastGetter | None = None
         self._fast_list: FastLister | None = None
@@ -224,10 +90,10 @@ class S3Store(ObjectStore):
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
         except bce.NoCredentialsError:
             raise UserError("no AWS credentials found") from None
-        except _NETWORK_ERRORS as e:
+        except NETWORK_ERRORS as e:
             raise UserError(f"cannot reach S3 endpoint {self.where}: {e}") from None
         except bce.ClientError as e:
-            code, status = _code(e), _status(e)
+            code, status = error_code(e), http_status(e)
             if code == "NoSuchBucket" or (status == 404 and not code.startswith("NoSuchKey")):
                 raise UserError(f"bucket {self.bucket!r} does not exist at {self.where}") from None
             if code in _BAD_CREDENTIALS:
@@ -241,7 +107,7 @@ class S3Store(ObjectStore):
     def _translate(self, e: Exception, key: str) -> StoreError:
         self.stats.add("s3_errors")
         if isinstance(e, bce.ClientError):
-            code, status = _code(e), _status(e)
+            code, status = error_code(e), http_status(e)
             if code in ("NoSuchKey", "404") or status == 404:
                 return ObjectNotFound(f"s3://{self.bucket}/{key} no longer exists")
             if code == "PreconditionFailed" or status == 412:
@@ -259,7 +125,7 @@ class S3Store(ObjectStore):
         if etag:
             args["IfMatch"] = etag
 
-        def attempt(call: _Attempt) -> bytes:
+        def attempt(call: Attempt) -> bytes:
             def body_follows(body) -> None:
                 call.hold(body)
                 if answered is not None:
@@ -294,7 +160,7 @@ class S3Store(ObjectStore):
                 body_follows(body)
                 data = body.read()
             if len(data) != end - start:
-                raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
+                raise ShortRead(f"short read: {len(data)} of {end - start} bytes")
             return data
         try:
             # The fast path bounds its own waits by the deadline, so it runs in this thread.
@@ -334,7 +200,7 @@ class S3Store(ObjectStore):
         if token:
             args["ContinuationToken"] = token
 
-        def attempt(call: _Attempt) -> ListPage:
+        def attempt(call: Attempt) -> ListPage:
             fast = self._fast_list
             if fast is not None:
                 try:
@@ -367,42 +233,42 @@ class S3Store(ObjectStore):
             try:
                 result = self._attempt(attempt_fn, deadline, inline)
             except bce.ClientError as e:
-                if not _retryable(e):
+                if not retryable(e):
                     self.breaker.succeeded()           # S3 answered; the answer is "no"
-                    if _status(e) == 404 and _code(e) != "NoSuchBucket":
+                    if http_status(e) == 404 and error_code(e) != "NoSuchBucket":
                         raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist") from e
                     raise self._translate(e, key) from e
                 error: Exception = e
-                throttled = _code(e) in _THROTTLE_CODES or _status(e) in (429, 503)
-            except _DeadlineExceeded as e:
+                throttled = error_code(e) in THROTTLE_CODES or http_status(e) in (429, 503)
+            except DeadlineExceeded as e:
                 error, throttled = e, False
-            except (*_NETWORK_ERRORS, *_BODY_ERRORS, _ShortRead) as e:
+            except (*NETWORK_ERRORS, *BODY_ERRORS, ShortRead) as e:
                 error, throttled = e, False
             else:
                 self.breaker.succeeded()
                 return result
-            delay = _backoff(attempts, throttled)
+            delay = backoff(attempts, throttled)
             now = time.monotonic()
-            if (attempts >= self.max_attempts or isinstance(error, _DeadlineExceeded)
+            if (attempts >= self.max_attempts or isinstance(error, DeadlineExceeded)
                     or (deadline is not None and now + delay >= deadline)):
                 self.stats.add("s3_errors")
-                if isinstance(error, _DeadlineExceeded) or (deadline is not None and now + delay >= deadline):
+                if isinstance(error, DeadlineExceeded) or (deadline is not None and now + delay >= deadline):
                     self.stats.add("s3_read_deadline_exceeded")
-                summary = _describe(error)
+                summary = describe(error)
                 self.breaker.failed(summary, ident)
                 raise StoreUnavailable(f"S3 {operation} of s3://{self.bucket}/{key} failed after {attempts} "
                                        f"attempt{'s' if attempts > 1 else ''} in {now - started:.1f} s: "
                                        f"{summary}") from error
             self.stats.add("s3_retries")
             self._retries_metric.labels(operation).inc()
-            log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, _describe(error), attempts, delay)
+            log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, describe(error), attempts, delay)
             time.sleep(delay)
 
-    def _deadline_exceeded(self) -> _DeadlineExceeded:
-        return _DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
+    def _deadline_exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
 
     def _attempt(self, attempt_fn, deadline: float | None, inline: bool = False):
-        call = _Attempt(deadline)
+        call = Attempt(deadline)
         if deadline is None or self._attempts is None or inline:
             return attempt_fn(call)
         future = self._attempts.submit(attempt_fn, call)
@@ -418,7 +284,7 @@ class S3Store(ObjectStore):
         self.stats.add(counter)
         try:
             return fn(Bucket=self.bucket, Key=key, **args)
-        except (bce.ClientError, *_NETWORK_ERRORS) as e:
+        except (bce.ClientError, *NETWORK_ERRORS) as e:
             self.stats.add("s3_write_errors")
             raise self._translate(e, key) from e
 
@@ -454,7 +320,7 @@ class S3Store(ObjectStore):
         while True:
             try:
                 r = self.client.list_multipart_uploads(**args)
-            except (bce.ClientError, *_NETWORK_ERRORS) as e:
+            except (bce.ClientError, *NETWORK_ERRORS) as e:
                 raise self._translate(e, prefix) from e
             out += [(u["Key"], u["UploadId"]) for u in r.get("Uploads", ())]
             if not r.get("IsTruncated"):
@@ -480,7 +346,7 @@ class S3Store(ObjectStore):
                     raise
             self.client.copy(source, self.bucket, dst, ExtraArgs=extra or None)
             return self.client.head_object(Bucket=self.bucket, Key=dst)["ETag"]
-        except (bce.ClientError, *_NETWORK_ERRORS) as e:
+        except (bce.ClientError, *NETWORK_ERRORS) as e:
             self.stats.add("s3_write_errors")
             raise self._translate(e, src) from e
 
