@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -15,6 +16,11 @@ from cachefs import supervise
 from cachefs.blocks import block_count, block_key
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import Inode
+
+if TYPE_CHECKING:
+    from cachefs.cache.base import BlockCache
+    from cachefs.flight import Flight, Flights
+    from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,20 @@ _WALKED = frozenset()             # a directory whose neighbours were asked for 
 class DirectoryPrefetch:
     """BlockReader's directory prefetch (a mixin: it uses the reader's `_inflight`, `_prefetched`,
     `_fetch`, `cache`, `stats`, `nursery` and budgets)."""
+
+    if TYPE_CHECKING:   # BlockReader's, used here
+        stats: Stats
+        cache: BlockCache
+        nursery: trio.Nursery | None
+        bucket: str
+        block_size: int
+        prefetch_small_files: int
+        _prefetching: int
+        _prefetched: OrderedDict[bytes, memoryview]
+        _inflight: Flights[bytes]
+
+        async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
+                         stream: bool = False) -> memoryview: ...
 
     def _init_directory_prefetch(self, max_fetches: int) -> None:
         self._dir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> small files opened
