@@ -12,8 +12,9 @@ from cachefs.cli import main
 for argv in (["stats", "/mnt"], ["warmup", "/mnt"], ["flush", "/mnt"], ["umount", "/mnt"]):
     main.make_parser().parse_args(argv)
 import cachefs.cli.warmup, cachefs.cli.mounthelper
-heavy = ("cachefs.daemon", "cachefs.reader", "cachefs.fs", "cachefs.writeback", "pyfuse3")
-print(sorted(m for m in sys.modules if m.split(".")[0] == "pyfuse3" or m.startswith(heavy)))
+heavy = ("cachefs.daemon", "cachefs.reader", "cachefs.fs", "cachefs.writeback", "cachefs.namespace", "cachefs.meta",
+         "cachefs.cache.tiered", "pyfuse3", "boto3")
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("pyfuse3", "boto3") or m.startswith(heavy)))
 """
 
 
