@@ -18,7 +18,8 @@ from mount_helpers import (
     wait_until,
 )
 
-from cachefs.cli.mounthelper import HELPER_PATH, parse_argv, translate
+from cachefs.cli.mounthelper import parse_argv, translate
+from cachefs.cli.ops import HELPER_PATH
 from cachefs.errors import UserError
 
 

@@ -4,7 +4,7 @@ Imported on first use (PEP 562): the command line reads tier declarations (cache
 the configuration and must not pay for the tiers, LMDB and the native reader it never runs."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cachefs.cache.base import BlockCache
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["BlockCache", "TieredCache"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "BlockCache":
         from cachefs.cache.base import BlockCache
         return BlockCache

@@ -5,14 +5,11 @@ user in /proc/self/mountinfo and in fstab): use credentials_file=... or profile=
 """
 from __future__ import annotations
 
-import os
-import stat
 import sys
 
 from cachefs.config import OPTION_BY_NAME
 from cachefs.errors import UserError
 
-HELPER_PATH = "/sbin/mount.fuse.cachefs"
 # Generic options mount(8) or fstab pass along that mean nothing to cachefs (nosuid/nodev by FUSE's
 # defaults): accepted and ignored, like other FUSE helpers do. `ro` means --read-only.
 IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
@@ -86,24 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cachefs: error: {e}", file=sys.stderr)
         return 1
     return cli_main(["mount", source, mountpoint, *flags])
-
-
-def install(dest: str = HELPER_PATH) -> str:
-    """Write the helper script: this interpreter and this copy of cachefs, with absolute paths, since
-    mount(8) and systemd run helpers with a minimal environment."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = ("#!/bin/sh\n"
-              "# mount -t fuse.cachefs SOURCE DIR -o OPTIONS (written by `cachefs install-mount-helper`)\n"
-              f"PYTHONPATH='{package_parent}' exec '{sys.executable}' -m cachefs.mounthelper \"$@\"\n")
-    tmp = dest + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(script)
-        os.chmod(tmp, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise UserError(f"cannot write {dest}: {e.strerror} (run as root)") from None
-    return dest
 
 
 if __name__ == "__main__":

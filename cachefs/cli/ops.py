@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
+import sys
 
 from cachefs.errors import UserError
 from cachefs.ipc import control_request
 from cachefs.units import format_size
 
 COMMANDS = ("stats", "warmup", "flush", "drop", "reload", "install-mount-helper")
+HELPER_PATH = "/sbin/mount.fuse.cachefs"    # mount(8) runs /sbin/mount.fuse.TYPE for `-t fuse.TYPE`
 
 
 def add_commands(sub) -> None:
@@ -84,9 +87,26 @@ def run(args: argparse.Namespace) -> int:
         a = control_request(args.mountpoint, "reload", settings=settings)
         print("applied: " + ", ".join(f"{k}={v}" for k, v in a["applied"].items()))
     elif cmd == "install-mount-helper":
-        from cachefs.cli.mounthelper import HELPER_PATH, install
-        print(f"installed {install(args.dest or HELPER_PATH)}")
+        print(f"installed {install_mount_helper(args.dest or HELPER_PATH)}")
     return 0
+
+
+def install_mount_helper(dest: str = HELPER_PATH) -> str:
+    """Write the mount helper script (it runs cli/mounthelper.py): this interpreter and this copy of
+    cachefs, with absolute paths, since mount(8) and systemd run helpers with a minimal environment."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = ("#!/bin/sh\n"
+              "# mount -t fuse.cachefs SOURCE DIR -o OPTIONS (written by `cachefs install-mount-helper`)\n"
+              f"PYTHONPATH='{package_parent}' exec '{sys.executable}' -m cachefs.mounthelper \"$@\"\n")
+    tmp = dest + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(script)
+        os.chmod(tmp, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise UserError(f"cannot write {dest}: {e.strerror} (run as root)") from None
+    return dest
 
 
 # -- cachefs stats ---------------------------------------------------------------------------------

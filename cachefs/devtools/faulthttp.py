@@ -10,12 +10,9 @@ import socket
 import struct
 import time
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import Any
 
 from cachefs.devtools.faultrules import BLACKHOLE_DEFAULT_S, Fault, Seen, classify
-
-if TYPE_CHECKING:
-    from cachefs.devtools.faultproxy import FaultProxy
 
 CONTROL_PREFIX = "/__faultproxy__/"   # no S3 bucket can have this name (underscores)
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
@@ -55,7 +52,7 @@ def _error_body(code: str, key: str) -> bytes:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    proxy: FaultProxy           # set by FaultProxy.start on a subclass
+    proxy: Any           # the FaultProxy serving (set by FaultProxy.start on a subclass; not imported: a cycle)
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:

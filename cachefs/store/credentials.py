@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import os
 import stat
+from typing import Any
 
 import boto3
 import botocore.config
@@ -42,7 +43,7 @@ def load_credentials_file(path: str, profile: str | None) -> dict[str, str]:
 
 def s3_clients(*, endpoint_url: str | None, region: str | None, addressing_style: str, profile: str | None,
                credentials_file: str | None, max_attempts: int, connect_timeout: float, read_timeout: float,
-               max_connections: int):
+               max_connections: int) -> tuple[Any, Any]:
     """(client, read_client): the same endpoint and credentials; the read client makes one attempt
     per call (S3Store._read retries reads itself, bounded by attempts and one deadline, with a
     breaker for outages), the other keeps botocore's standard retries (writes)."""

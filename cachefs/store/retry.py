@@ -7,6 +7,7 @@ import http.client
 import random
 import socket
 import threading
+from typing import Any
 
 import botocore.exceptions as bce
 import urllib3.exceptions
@@ -55,7 +56,7 @@ class Attempt:
         self.abandoned = False
         self.deadline = deadline
 
-    def hold(self, body) -> None:
+    def hold(self, body: Any) -> None:
         """The response whose body is about to be read (a botocore StreamingBody or urllib3 response)."""
         with self._lock:
             if self.abandoned:
@@ -79,7 +80,7 @@ class Attempt:
                 pass
 
 
-def socket_of(body) -> socket.socket | None:
+def socket_of(body: Any) -> socket.socket | None:
     """The socket under a botocore StreamingBody or urllib3 (2.x) response, or None if its layout is
     unknown."""
     raw = getattr(body, "_raw_stream", body)       # a StreamingBody, or the urllib3 response itself
@@ -98,7 +99,7 @@ def retryable(e: bce.ClientError) -> bool:
 
 def backoff(retry: int, throttled: bool) -> float:
     base = THROTTLE_BASE_S if throttled else RETRY_BASE_S
-    return min(RETRY_CAP_S, base * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+    return float(min(RETRY_CAP_S, base * 2 ** (retry - 1)) * random.uniform(0.5, 1.0))
 
 
 def describe(e: BaseException) -> str:
