@@ -9,8 +9,8 @@ import socket
 import sys
 import threading
 
-from cachefs.units import parse_size
 from cachefs.errors import UserError
+from cachefs.units import parse_size
 
 
 def add_subcommands(sub) -> None:
