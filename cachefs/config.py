@@ -10,7 +10,7 @@ import functools
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -334,7 +334,7 @@ def load_toml(path: str) -> dict[str, Any]:
     return data
 
 
-def env_values(environ: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def env_values(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     """The CACHEFS_* variables that name options, and the names of those that do not.
 
     Unknown ones are ignored (and logged by the daemon), not refused: Kubernetes injects
@@ -353,14 +353,14 @@ def env_values(environ: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 
 def build_config(source: str, mountpoint: str, flags: dict[str, Any],
-                 config_file: str | None = None, environ: dict[str, str] | None = None) -> Config:
+                 config_file: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Merge the layers and validate. `flags` holds only options given on the command line."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
-    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
     if config_file:
         _apply(load_toml(config_file), merged, f"config file {config_file}", lambda n: n)
-    from_env, ignored_env = env_values(environ)
+    from_env, ignored_env = env_values(env)
     _apply(from_env, merged, "environment", lambda n: ENV_PREFIX + n.upper())
     _apply(flags, merged, "", lambda n: "--" + n.replace("_", "-"))
     cfg = Config(source=source, mountpoint=mountpoint, **merged)

@@ -76,6 +76,7 @@ def _spawn_daemon(cfg: Config, argv: list[str]) -> int:
     # kills it before that (an import error, a crash in start-up) is still shown to the user.
     proc = subprocess.Popen(child_argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stderr is not None      # stderr=PIPE
     os.close(write_fd)
     deadline = time.monotonic() + cfg.mount_timeout
     buf = b""
@@ -104,6 +105,7 @@ def _spawn_daemon(cfg: Config, argv: list[str]) -> int:
 
 def _last_line(proc: subprocess.Popen) -> str:
     """': <the last line the dead daemon wrote to stderr>', or nothing."""
+    assert proc.stderr is not None      # _spawn_daemon's stderr=PIPE
     lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
     proc.stderr.close()
     return f": {lines[-1].strip()}" if lines else ""

@@ -67,13 +67,13 @@ def walk(mountpoint: str, paths: list[str]) -> Plan:
             plan.dirs += 1
             with os.scandir(full) as it:
                 entries = sorted(it, key=lambda e: e.name, reverse=True)
-            for e in entries:
-                child = os.path.join(rel, e.name)
-                if e.is_dir(follow_symlinks=False):
+            for entry in entries:
+                child = os.path.join(rel, entry.name)
+                if entry.is_dir(follow_symlinks=False):
                     pending.append(child)
                 elif child not in seen:
                     seen.add(child)
-                    plan.files.append((child, e.stat(follow_symlinks=False).st_size))
+                    plan.files.append((child, entry.stat(follow_symlinks=False).st_size))
         elif rel not in seen:
             seen.add(rel)
             plan.files.append((rel, st.st_size))

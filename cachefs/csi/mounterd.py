@@ -102,13 +102,15 @@ class MounterServer:
 
     def serve(self) -> None:
         """Accept until stop(); each connection is handled on the worker pool."""
+        sock = self._sock
+        assert sock is not None, "listen() comes first"
         _become_subreaper()
         reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
         reaper.start()
         log.info("mounter %s ready on %s (pid %d)", self.instance, self.path, os.getpid())
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except TimeoutError:
                 continue
             except OSError as e:
@@ -118,7 +120,7 @@ class MounterServer:
                 time.sleep(0.1)
                 continue
             self._pool.submit(self._handle, conn)
-        self._sock.close()
+        sock.close()
 
     def stop(self) -> None:
         self._stop.set()

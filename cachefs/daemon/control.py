@@ -54,6 +54,7 @@ class ControlServer:
             raise UserError(f"cannot create the control socket {self.path}: {e.strerror or e}") from None
 
     async def serve(self) -> None:
+        assert self.sock is not None, "bind() comes first"
         listener = trio.socket.from_stdlib_socket(self.sock)
         async with trio.open_nursery() as nursery:
             while True:
@@ -114,7 +115,7 @@ class ControlServer:
     async def op_cached(self, request: dict) -> dict:
         """For each path (a file under the mount): its size and how many of its bytes are cached.
         What `cachefs warmup` asks to skip files already loaded and to size what is left."""
-        out = {}
+        out: dict[str, dict[str, int] | None] = {}
         for path in request["paths"]:
             inode = await self._resolve(path)
             if inode is None or inode.is_dir:
@@ -128,26 +129,28 @@ class ControlServer:
         """Load files into the cache in the daemon itself: through the same read path as FUSE reads
         (single-flight, read-ahead, admission), without the page cache or FUSE round trips."""
         jobs = trio.CapacityLimiter(max(1, int(request.get("jobs", 4))))
-        done = {"files": 0, "bytes": 0, "missing": [], "failed": []}
+        counts = {"files": 0, "bytes": 0}
+        missing: list[str] = []
+        failed: list[str] = []
 
         async def load(path: str, inode) -> None:
             async with jobs:
                 state, key, bs = ReadState(), self.daemon.namespace.key_of(inode), self.daemon.cfg.block_size
                 try:
                     for offset in range(0, inode.size, bs):
-                        done["bytes"] += len(await self.daemon.reader.read(inode, key, offset, bs, state))
-                    done["files"] += 1
+                        counts["bytes"] += len(await self.daemon.reader.read(inode, key, offset, bs, state))
+                    counts["files"] += 1
                 except CachefsError as e:
-                    done["failed"].append(f"{path}: {e}")
+                    failed.append(f"{path}: {e}")
 
         async with trio.open_nursery() as nursery:
             for path in request["paths"]:
                 inode = await self._resolve(path)
                 if inode is None or inode.is_dir:
-                    done["missing"].append(path)
+                    missing.append(path)
                 else:
                     nursery.start_soon(load, path, inode)
-        return done
+        return {**counts, "missing": missing, "failed": failed}
 
     async def op_drop(self, request: dict) -> dict:
         """Drop the cached blocks of a file, or of every file below a directory."""

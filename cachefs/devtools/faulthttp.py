@@ -54,6 +54,7 @@ def _error_body(code: str, key: str) -> bytes:
 class _Handler(http.server.BaseHTTPRequestHandler):
     proxy: Any           # the FaultProxy serving (set by FaultProxy.start on a subclass; not imported: a cycle)
     protocol_version = "HTTP/1.1"
+    _headers_buffer: list[bytes]    # BaseHTTPRequestHandler's header lines not yet sent (not in typeshed)
 
     def setup(self) -> None:
         super().setup()
@@ -90,7 +91,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -205,7 +206,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["Content-Length"] = str(len(body))
         for attempt in (1, 2):    # a kept-alive upstream connection may have been closed by the server
             if self._upstream is None:
-                self._upstream = http.client.HTTPConnection(*self.proxy.target, timeout=120)
+                host, port = self.proxy.target
+                self._upstream = http.client.HTTPConnection(host, port, timeout=120)
             try:
                 self._upstream.request(self.command, target, body=body, headers=headers)
                 resp = self._upstream.getresponse()

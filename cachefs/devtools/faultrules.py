@@ -89,12 +89,13 @@ class Fault:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown fault action {self.action!r}; one of {', '.join(ACTIONS)}")
-        self.ops = _ops(self.ops)
+        self._op_set = _ops(self.ops)
+        self.ops = self._op_set         # repr and describe() show the normalised set
         self._key_re = re.compile(self.key) if self.key else None
         self._released = threading.Event()    # set when removed: releases blackholed requests
 
     def matches(self, op: str, key: str) -> bool:
-        return op in self.ops and (self._key_re is None or bool(self._key_re.search(key)))
+        return op in self._op_set and (self._key_re is None or bool(self._key_re.search(key)))
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
@@ -120,7 +121,7 @@ class Fault:
 
     def describe(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["ops"] = sorted(self.ops)
+        d["ops"] = sorted(self._op_set)
         return d
 
 

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -21,7 +21,7 @@ from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.namespace.attrs import parse as parse_object_meta
-from cachefs.store.base import ObjectInfo, ObjectStore
+from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -293,15 +293,21 @@ class Namespace:
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode | None:
         """Is `name` a directory (any key below it) or a file (a HEAD answers)? Asked in parallel."""
         key = self.dir_prefix(parent) + name
-        answers: dict[str, object] = {}
+        listing: ListPage | None = None
+        head: ObjectInfo | None = None
 
-        async def ask(what: str, fn, *args) -> None:
-            answers[what] = await self.run_blocking(fn, *args)
+        async def ask_list() -> None:
+            nonlocal listing
+            listing = await self.run_blocking(self.store.list_page, key + "/", None, 1)
+
+        async def ask_head() -> None:
+            nonlocal head
+            head = await self.run_blocking(self.store.head, key)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask, "list", self.store.list_page, key + "/", None, 1)
-            nursery.start_soon(ask, "head", self.store.head, key)
-        listing, head = answers["list"], answers["head"]
+            nursery.start_soon(ask_list)
+            nursery.start_soon(ask_head)
+        assert listing is not None      # the nursery ends when both have answered (or raises)
         if listing.objects or listing.prefixes:
             entry = Entry(name, KIND_DIR)
         elif head is not None:
@@ -311,7 +317,7 @@ class Namespace:
                                     time.time() + self.cfg.negative_ttl)
             return None
         inode = await self.run_blocking(self.meta.put_entry, parent, entry)
-        if entry.kind == KIND_FILE:
+        if head is not None and entry.kind == KIND_FILE:
             await self.learn(inode, head)
         return inode
 

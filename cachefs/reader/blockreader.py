@@ -190,6 +190,7 @@ class BlockReader(DirectoryPrefetch):
             self.stats.add("readahead_disk_blocks" if self.cache.contains(bkey) else "readahead_blocks")
             self._prefetching += 1
             self._inflight.start(bkey)
+            assert self.nursery is not None, "prefetches start only once the daemon has set the nursery"
             supervise.start(self.nursery, "readahead", self._prefetch, inode, key, index, bkey, stream)
         return True
 
@@ -247,7 +248,7 @@ class BlockReader(DirectoryPrefetch):
         finally:
             self._inflight.land(bkey)
 
-    def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
+    def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> bytes | memoryview:
         """In a worker thread: the cache tiers (they count their hits), else a ranged GET (a
         sequential stream's block is cached on disk only: TieredCache.put)."""
         data = self.cache.get(bkey)

@@ -44,7 +44,7 @@ DIR_PREFETCH_TRACKED = 4096       # directories whose opens are remembered (olde
 # Three, not one or two: a job reading a config from one directory and labels from another must not
 # pull in the whole tree.
 DATASET_AFTER = 3
-_WALKED = frozenset()             # a directory whose neighbours were asked for already
+_WALKED: frozenset[int] = frozenset()   # a directory whose neighbours were asked for already
 
 
 class DirectoryPrefetch:
@@ -66,9 +66,10 @@ class DirectoryPrefetch:
                          stream: bool = False) -> memoryview: ...
 
     def _init_directory_prefetch(self, max_fetches: int) -> None:
-        self._dir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> small files opened
-        self._subdir_opens: OrderedDict[int, set[int] | frozenset] = OrderedDict()  # dir -> subdirs with opens
-        self._dir_queue: deque[tuple[int, frozenset]] = deque()   # directories waiting for a prefetch
+        # dir -> small files opened (subdirs with opens), or _WALKED
+        self._dir_opens: OrderedDict[int, set[int] | frozenset[int]] = OrderedDict()
+        self._subdir_opens: OrderedDict[int, set[int] | frozenset[int]] = OrderedDict()
+        self._dir_queue: deque[tuple[int, frozenset[int]]] = deque()   # directories waiting for a prefetch
         self._dir_walks = 0                                        # prefetch tasks running
         self._dir_workers = 0                                      # ... of which directory workers
         self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
@@ -79,7 +80,7 @@ class DirectoryPrefetch:
             opened = self._dir_opens[inode.parent] = set()
             _forget_oldest(self._dir_opens)
             self._note_subdir(inode.parent, namespace)
-        elif opened is _WALKED:
+        elif isinstance(opened, frozenset):     # _WALKED, the only frozenset kept
             return
         opened.add(inode.ino)
         if len(opened) >= DIR_PREFETCH_AFTER:
@@ -97,13 +98,14 @@ class DirectoryPrefetch:
         if seen is None:
             seen = self._subdir_opens[parent] = set()
             _forget_oldest(self._subdir_opens)
-        elif seen is _WALKED:
+        elif isinstance(seen, frozenset):       # _WALKED
             return
         seen.add(directory)
         if len(seen) >= DATASET_AFTER:
             self._subdir_opens[parent] = _WALKED
             self.stats.add("dataset_walks")
             self._dir_walks += 1
+            assert self.nursery is not None, "opens are noted only once the daemon has set the nursery"
             supervise.start(self.nursery, "dataset_walk", self._walk_dataset, parent, namespace)
 
     async def _walk_dataset(self, root: int, namespace) -> None:
@@ -118,7 +120,7 @@ class DirectoryPrefetch:
         finally:
             self._dir_walks -= 1
 
-    def _enqueue_directory(self, directory: int, namespace, opened: frozenset, front: bool = True) -> None:
+    def _enqueue_directory(self, directory: int, namespace, opened: frozenset[int], front: bool = True) -> None:
         """Queue a directory's prefetch: one whose files are being opened goes first (`front`), a
         dataset walk's go last and are started by the walk once all are queued."""
         self._dir_opens[directory] = _WALKED
@@ -133,6 +135,7 @@ class DirectoryPrefetch:
         while self._dir_queue and self._dir_workers < DIR_PREFETCH_DIRS:
             self._dir_workers += 1
             self._dir_walks += 1
+            assert self.nursery is not None, "opens are noted only once the daemon has set the nursery"
             supervise.start(self.nursery, "dir_prefetch", self._directory_worker, namespace)
 
     async def _directory_worker(self, namespace) -> None:
@@ -147,7 +150,7 @@ class DirectoryPrefetch:
             self._dir_workers -= 1
             self._dir_walks -= 1
 
-    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset) -> bool:
+    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset[int]) -> bool:
         """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*); a
         directory queued by a dataset walk is listed first if its listing is not fresh. Stops at the
         first block S3 could not serve (an outage: every other block would fail too) and returns

@@ -6,6 +6,8 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import botocore.exceptions as bce
 
@@ -32,6 +34,8 @@ from cachefs.store.retry import (
 from cachefs.store.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # S3's own limit: a key is at most 1024 bytes of UTF-8. No such object can exist.
 MAX_KEY_BYTES = 1024
@@ -121,21 +125,21 @@ class S3Store(ObjectStore):
                   answered: threading.Event | None = None) -> bytes:
         if len(key.encode()) > MAX_KEY_BYTES:
             raise ObjectNotFound(f"s3://{self.bucket}/{key[:64]}...: a key longer than S3 allows")
-        args = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+        args: dict[str, str] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
         if etag:
             args["IfMatch"] = etag
 
         def attempt(call: Attempt) -> bytes:
-            def body_follows(body) -> None:
+            def body_follows(body: Any) -> None:
                 call.hold(body)
                 if answered is not None:
                     answered.set()
 
             fast = self._fast
-            data = None
+            data: bytes | memoryview | None = None
             if fast is not None:
                 armed = self._watchdog.arm(call.deadline, call.abandon) if call.deadline is not None else None
-                def fast_body(raw) -> None:
+                def fast_body(raw: Any) -> None:
                     self._tell_metadata(key, raw.headers)
                     body_follows(raw)
                 try:
@@ -153,7 +157,7 @@ class S3Store(ObjectStore):
                 if call.abandoned:              # the body was cut at the deadline
                     raise self._deadline_exceeded()
             if data is None:
-                r = self.read_client.get_object(**args)
+                r: dict[str, Any] = self.read_client.get_object(**args)
                 body = r["Body"]
                 if self.metadata_seen is not None:
                     self.metadata_seen(key, r.get("ETag", ""), {k.lower(): v for k, v in r.get("Metadata", {}).items()})
@@ -172,7 +176,7 @@ class S3Store(ObjectStore):
         self.stats.add("s3_get_bytes", len(data))
         return data
 
-    def _tell_metadata(self, key: str, headers) -> None:
+    def _tell_metadata(self, key: str, headers: Any) -> None:
         if self.metadata_seen is None:
             return
         meta = {name[len(_META):].lower(): value for name, value in headers.items()
@@ -194,7 +198,7 @@ class S3Store(ObjectStore):
                   delimiter: str = "/") -> ListPage:
         if len(prefix.encode()) > MAX_KEY_BYTES:
             return ListPage([], [], None)
-        args = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        args: dict[str, str | int] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:                 # none: every key below the prefix (a directory rename)
             args["Delimiter"] = delimiter
         if token:
@@ -208,7 +212,7 @@ class S3Store(ObjectStore):
                 except FallBack as e:
                     log.info("S3 listings go through boto3 from now on (%s)", e)
                     self._fast_list = None
-            r = self.read_client.list_objects_v2(**args)
+            r: dict[str, Any] = self.read_client.list_objects_v2(**args)
             objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
                        for o in r.get("Contents", ())]
             prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
@@ -216,8 +220,8 @@ class S3Store(ObjectStore):
         return self._read("ListObjectsV2", prefix, attempt, (token, delimiter, max_keys), counter="s3_list")
 
     # -- the read path's retries -----------------------------------------------------------
-    def _read(self, operation: str, key: str, attempt_fn, ident: object = None, inline: bool = False,
-              counter: str = "") -> object:
+    def _read(self, operation: str, key: str, attempt_fn: Callable[[Attempt], T], ident: object = None,
+              inline: bool = False, counter: str = "") -> T:
         """Run `attempt_fn` until it succeeds, fails definitely, has made `max_attempts` attempts or
         the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError.
         `counter` counts requests sent: not those the outage breaker refuses."""
@@ -267,7 +271,7 @@ class S3Store(ObjectStore):
     def _deadline_exceeded(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
 
-    def _attempt(self, attempt_fn, deadline: float | None, inline: bool = False):
+    def _attempt(self, attempt_fn: Callable[[Attempt], T], deadline: float | None, inline: bool = False) -> T:
         call = Attempt(deadline)
         if deadline is None or self._attempts is None or inline:
             return attempt_fn(call)
@@ -280,7 +284,8 @@ class S3Store(ObjectStore):
             raise self._deadline_exceeded() from None
 
     # -- writes --------------------------------------------------------------------------
-    def _call(self, counter: str, key: str, fn, **args):
+    def _call(self, counter: str, key: str, fn: Callable[..., dict[str, Any]], **args: Any) -> dict[str, Any]:
+        """One write request; botocore answers with a dict."""
         self.stats.add(counter)
         try:
             return fn(Bucket=self.bucket, Key=key, **args)
@@ -292,22 +297,24 @@ class S3Store(ObjectStore):
         extra = {"Metadata": metadata} if metadata else {}
         r = self._call("s3_put", key, self.client.put_object, Body=bytes(data), **extra)
         self.stats.add("s3_put_bytes", len(data))
-        return r["ETag"]
+        return str(r["ETag"])
 
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         extra = {"Metadata": metadata} if metadata else {}
-        return self._call("s3_multipart_create", key, self.client.create_multipart_upload, **extra)["UploadId"]
+        r = self._call("s3_multipart_create", key, self.client.create_multipart_upload, **extra)
+        return str(r["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
         r = self._call("s3_put_part", key, self.client.upload_part, UploadId=upload_id, PartNumber=number,
                        Body=bytes(data))
         self.stats.add("s3_put_bytes", len(data))
-        return r["ETag"]
+        return str(r["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
         body = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]}
-        return self._call("s3_multipart_complete", key, self.client.complete_multipart_upload,
-                          UploadId=upload_id, MultipartUpload=body)["ETag"]
+        r = self._call("s3_multipart_complete", key, self.client.complete_multipart_upload,
+                       UploadId=upload_id, MultipartUpload=body)
+        return str(r["ETag"])
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
@@ -340,12 +347,12 @@ class S3Store(ObjectStore):
         try:
             try:
                 r = self.client.copy_object(Bucket=self.bucket, Key=dst, CopySource=source, **extra)
-                return r["CopyObjectResult"]["ETag"]
+                return str(r["CopyObjectResult"]["ETag"])
             except bce.ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "InvalidRequest":
                     raise
             self.client.copy(source, self.bucket, dst, ExtraArgs=extra or None)
-            return self.client.head_object(Bucket=self.bucket, Key=dst)["ETag"]
+            return str(self.client.head_object(Bucket=self.bucket, Key=dst)["ETag"])
         except (bce.ClientError, *NETWORK_ERRORS) as e:
             self.stats.add("s3_write_errors")
             raise self._translate(e, src) from e
@@ -358,7 +365,7 @@ class S3Store(ObjectStore):
         extra = {"CopySourceIfMatch": etag} if etag else {}
         r = self._call("s3_copy", key, self.client.copy_object, CopySource={"Bucket": self.bucket, "Key": key},
                        Metadata=metadata, MetadataDirective="REPLACE", **extra)
-        return r["CopyObjectResult"]["ETag"]
+        return str(r["CopyObjectResult"]["ETag"])
 
     def close(self) -> None:
         self._watchdog.close()

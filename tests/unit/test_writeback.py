@@ -9,13 +9,13 @@ import time
 import pytest
 import trio
 
-from cachefs.writeback import upload as wbmod
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
 from cachefs.writeback import StagingFull, Writeback, part_size
+from cachefs.writeback import upload as wbmod
 
 MiB = 1 << 20
 
