@@ -177,7 +177,7 @@ def _default_gid() -> int:
 
 @dataclass
 class Config:
-    source: str = ""          # s3://bucket[/prefix]
+    source: str = ""          # s3://bucket[/prefix], or mem://bucket[/prefix] (in-memory store)
     mountpoint: str = ""
     endpoint_url: str | None = None
     region: str | None = None
@@ -276,31 +276,39 @@ class Config:
         return self.read_ahead // self.block_size
 
     @property
-    def bucket(self) -> str:
+    def scheme(self) -> str:
+        """'s3', or 'mem' for the in-memory store (store/memory.py)."""
         return _split_source(self.source)[0]
+
+    @property
+    def bucket(self) -> str:
+        return _split_source(self.source)[1]
 
     @property
     def prefix(self) -> str:
         """The key prefix under the bucket, '' or ending in '/'."""
-        return _split_source(self.source)[1]
+        return _split_source(self.source)[2]
 
     def identity(self) -> str:
         """What a cache directory belongs to: metadata is only valid for the same bucket view."""
-        return f"{self.endpoint_url or 'aws'}|{self.bucket}|{self.prefix}"
+        where = "mem" if self.scheme == "mem" else self.endpoint_url or "aws"
+        return f"{where}|{self.bucket}|{self.prefix}"
 
 
 @functools.lru_cache(maxsize=16)      # bucket and prefix are asked for on every open
-def _split_source(source: str) -> tuple[str, str]:
-    if not source.startswith("s3://"):
+def _split_source(source: str) -> tuple[str, str, str]:
+    """(scheme, bucket, prefix) of s3://BUCKET[/PREFIX] or mem://BUCKET[/PREFIX]. A mem:// bucket is
+    the in-memory store: empty at start, gone when the daemon exits (tests, benchmarks)."""
+    scheme, sep, rest = source.partition("://")
+    if not sep or scheme not in ("s3", "mem"):
         raise ConfigError(f"source {source!r} must look like s3://BUCKET[/PREFIX]")
-    rest = source[len("s3://"):]
     bucket, _, prefix = rest.partition("/")
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}", bucket):
         raise ConfigError(f"invalid bucket name {bucket!r} in {source!r}")
     prefix = prefix.strip("/")
     if "//" in prefix:
         raise ConfigError(f"prefix in {source!r} has an empty path segment")
-    return bucket, (prefix + "/" if prefix else "")
+    return scheme, bucket, (prefix + "/" if prefix else "")
 
 
 def default_cache_dir(cfg: Config) -> str:

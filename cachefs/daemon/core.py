@@ -23,7 +23,7 @@ from cachefs.cache.direct import ALIGN
 from cachefs.config import Config
 from cachefs.daemon import kernel, logsetup
 from cachefs.daemon.control import ControlServer
-from cachefs.daemon.stores import from_config
+from cachefs.daemon.stores import StoreFactory, from_config
 from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations
 from cachefs.meta.store import MetaStore
@@ -134,8 +134,10 @@ def fuse_options(cfg: Config) -> set[str]:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, store_factory: StoreFactory = from_config) -> None:
+        """`store_factory`: builds the object store (default: from the source URL, s3:// or mem://)."""
         self.cfg = cfg
+        self.store_factory = store_factory
         self.stats = Stats()
         self.terminated_by_signal = False
 
@@ -150,7 +152,7 @@ class Daemon:
         unclean = os.path.exists(os.path.join(cfg.cache_dir, "cachefs.pid"))
         self.mountpoint_lock = mounts.lock_mountpoint(cfg.mountpoint)
         mounts.check_mountpoint(cfg.mountpoint)
-        self.store = from_config(cfg, self.stats)
+        self.store = self.store_factory(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
         self.meta = MetaStore(os.path.join(cfg.cache_dir, "meta"), cfg.identity(),
                               max_readers=2 * cfg.max_idle_threads + 64)
@@ -313,8 +315,9 @@ async def _run_in_thread(limiter: trio.CapacityLimiter, fn, *args):
     return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
-def run(cfg: Config, ready_fd: int | None) -> int:
-    """Run the daemon in this process until unmounted. `ready_fd`: report start-up to the parent."""
+def run(cfg: Config, ready_fd: int | None, store_factory: StoreFactory = from_config) -> int:
+    """Run the daemon in this process until unmounted. `ready_fd`: report start-up to the parent;
+    `store_factory`: the object store the layers run over (default: the source URL's)."""
     background = ready_fd is not None
     ready = ReadyPipe(ready_fd)
     try:
@@ -325,7 +328,7 @@ def run(cfg: Config, ready_fd: int | None) -> int:
         else:
             setup_logging(cfg, background=False)
         bound_malloc()
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, store_factory)
         daemon.start()
     except UserError as e:
         log.error("%s", e)

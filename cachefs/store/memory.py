@@ -1,4 +1,7 @@
-"""An in-memory ObjectStore: the fake for unit tests of the layers above the store, and `mem://`."""
+"""An in-memory ObjectStore: the fake for unit tests of the layers above the store, and the store of a
+`mem://BUCKET[/PREFIX]` source (store.from_config): empty at start, gone with the process. A cache
+directory kept across two mem:// daemons remembers listings of objects the new store does not hold.
+"""
 from __future__ import annotations
 
 import threading
