@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo lint test bench bench-full bench-writes clean fuzz
+.PHONY: setup demo lint test test-fast bench bench-full bench-writes clean fuzz
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -22,6 +22,11 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# The two cheapest tiers (pytest markers, tests/conftest.py): units and the in-process fs tests.
+# No mount, no S3 server; under a minute.
+test-fast: setup
+	$(PY) -m pytest -q -m "unit or inproc"
 
 # The model-based random test (tests/test_fsrand.py) for FUZZ_MINUTES (new seeds each round, printed;
 # failures kept in tests/.fsrand-db and replayed first by the next run). `make test` runs a short version.
