@@ -54,10 +54,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(tier)
 
 
-@pytest.fixture(autouse=True)
-def _fast_tiers_start_no_server(request):
-    if request.node.get_closest_marker("unit") or request.node.get_closest_marker("inproc"):
-        servers = _SERVER_FIXTURES & set(request.fixturenames)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture starts: a fast-tier test that would start an S3 server fails instead."""
+    if any(item.get_closest_marker(t) for t in FAST_TIERS):
+        servers = _SERVER_FIXTURES & set(item.fixturenames)
         if servers:
             pytest.fail(f"a {'/'.join(FAST_TIERS)} test must not use {', '.join(sorted(servers))} "
                         f"(move it to the mount tier)", pytrace=False)
