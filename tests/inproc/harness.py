@@ -27,11 +27,11 @@ from cachefs.daemon.core import staging_dir
 from cachefs.fs import CachefsOperations
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
-from cachefs.reader.core import BlockReader
+from cachefs.reader import BlockReader
 from cachefs.stats import Stats
 from cachefs.store import from_config
 from cachefs.store.memory import MemoryStore
-from cachefs.writeback.core import Writeback
+from cachefs.writeback import Writeback
 
 ROOT = pyfuse3.ROOT_INODE
 BLOCK = 64 * 1024        # small blocks: a few hundred KiB already spans several
