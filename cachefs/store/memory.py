@@ -31,6 +31,17 @@ class MemoryStore(ObjectStore):
             self._objects[key] = (bytes(data), info)
         return info
 
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key under `prefix`, sorted (for tests: not counted as a request)."""
+        with self._lock:
+            return sorted(k for k in self._objects if k.startswith(prefix))
+
+    def body(self, key: str) -> bytes | None:
+        """The object's bytes, None if there is none (for tests: not counted as a request)."""
+        with self._lock:
+            entry = self._objects.get(key)
+        return None if entry is None else entry[0]
+
     def delete(self, key: str) -> None:
         self.stats.add("s3_delete")
         with self._lock:

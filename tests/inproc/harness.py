@@ -29,7 +29,7 @@ from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
 from cachefs.reader import BlockReader
 from cachefs.stats import Stats
-from cachefs.store import from_config
+from cachefs.daemon.stores import from_config
 from cachefs.store.memory import MemoryStore
 from cachefs.writeback import Writeback
 
@@ -263,14 +263,15 @@ class FsHarness:
 
     def s3_keys(self) -> list[str]:
         """Every key in the bucket, the prefix included (so a test sees what lands outside it too)."""
-        return sorted(self.store._objects)
+        return self.store.keys()
 
     def s3_body(self, path: str) -> bytes | None:
-        entry = self.store._objects.get(self.key(path))
-        return None if entry is None else entry[0]
+        return self.store.body(self.key(path))
 
     def s3_meta(self, path: str) -> dict[str, str]:
-        return dict(self.store._objects[self.key(path)][1].meta or {})
+        info = self.store.head(self.key(path))
+        assert info is not None, f"no object {self.key(path)}"
+        return dict(info.meta or {})
 
     def put(self, path: str, data: bytes, **meta: str) -> None:
         """An object put by another S3 client."""

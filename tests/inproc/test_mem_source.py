@@ -10,7 +10,7 @@ from cachefs.config import build_config
 from cachefs.daemon.core import Daemon
 from cachefs.errors import ConfigError, UserError
 from cachefs.stats import Stats
-from cachefs.store import from_config
+from cachefs.daemon.stores import from_config
 from cachefs.store.memory import MemoryStore
 
 
