@@ -1,7 +1,7 @@
 """pyfuse3 Operations: translation only, and the one place domain errors become errno.
 
 Each request is handed to the layer that knows its rules: namespace/changes.py (create, mkdir, rmdir,
-unlink, rename), namespace/attrview.py (the attributes shown; chmod, chown, utimens), handles.py
+unlink, rename), namespace/attrview.py (the attributes shown; chmod, chown, utimens), namespace/handles.py
 (open files: reads, writes, truncate), namespace/links.py (symlinks). What comes back is turned into
 pyfuse3's objects; what is raised becomes an errno through errors.errno_for, in `fuse_errors`, and
 only there. The checks left here are POSIX rules of the FUSE interface itself.
@@ -36,12 +36,12 @@ from cachefs.errors import (
     ReadOnly,
     errno_for,
 )
-from cachefs.handles import Handles
 from cachefs.meta.schema import Inode
 from cachefs.namespace.attrs import S3_MAX_OBJECT_SIZE
 from cachefs.namespace.attrview import AttributeView
 from cachefs.namespace.changes import Tree
 from cachefs.namespace.core import NAME_MAX, Namespace
+from cachefs.namespace.handles import Handles
 from cachefs.namespace.links import make_symlink
 from cachefs.reader import BlockReader, ReadState
 from cachefs.stats import Stats

@@ -24,12 +24,12 @@ import trio
 from cachefs.cache.tiered import TieredCache
 from cachefs.config import Config, build_config
 from cachefs.daemon.core import staging_dir
+from cachefs.daemon.stores import from_config
 from cachefs.fs import CachefsOperations
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
 from cachefs.reader import BlockReader
 from cachefs.stats import Stats
-from cachefs.daemon.stores import from_config
 from cachefs.store.memory import MemoryStore
 from cachefs.writeback import Writeback
 

@@ -8,9 +8,9 @@ import pytest
 from cachefs import mounts
 from cachefs.config import build_config
 from cachefs.daemon.core import Daemon
+from cachefs.daemon.stores import from_config
 from cachefs.errors import ConfigError, UserError
 from cachefs.stats import Stats
-from cachefs.daemon.stores import from_config
 from cachefs.store.memory import MemoryStore
 
 
