@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 
 import pyfuse3
 
@@ -114,7 +115,7 @@ class CachefsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, namespace: Namespace, reader: BlockReader, cfg: Config, stats: Stats,
-                 stats_extra=None, writeback: Writeback | None = None) -> None:
+                 stats_extra: Callable[[], dict] | None = None, writeback: Writeback | None = None) -> None:
         super().__init__()
         self.ns = namespace
         self.reader = reader
@@ -122,7 +123,7 @@ class CachefsOperations(pyfuse3.Operations):
         self.tree = Tree(namespace, writeback) if writeback is not None else None
         self.cfg = cfg
         self.stats = stats
-        self.stats_extra = stats_extra or (lambda: {})
+        self.stats_extra: Callable[[], dict] = stats_extra or (lambda: {})
         self.view = AttributeView(namespace, writeback, cfg, stats)
         self.handles = Handles(namespace, reader, writeback, self.view, stats)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
@@ -179,7 +180,7 @@ class CachefsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
-        self._writable()
+        tree = self._writable()
         if self.cfg.single_owner and ((fields.update_uid and attr.st_uid != self.cfg.uid)
                                       or (fields.update_gid and attr.st_gid != self.cfg.gid)):
             raise NotPermitted("--single-owner: one owner for the whole mount")
@@ -187,11 +188,13 @@ class CachefsOperations(pyfuse3.Operations):
             raise FileTooLarge(f"truncate to {attr.st_size} bytes: S3 holds at most 5 TiB an object")
         gone = self.handles.unlinked_open(inode)
         if gone is not None:      # only its staging copy is left: size and mtime live there
+            staged = gone.staged
+            assert staged is not None            # what makes it an unlinked open file
             if fields.update_size:
-                self.wb.truncate(gone.staged, attr.st_size)
+                tree.wb.truncate(staged, attr.st_size)
             if fields.update_mtime:
-                gone.staged.mtime_ns = attr.st_mtime_ns
-            return self.attrs(gone.inode, gone.staged)
+                staged.mtime_ns = attr.st_mtime_ns
+            return self.attrs(gone.inode, staged)
         node = self.ns.get(inode)
         if fields.update_size:
             if node.is_dir:
@@ -284,8 +287,8 @@ class CachefsOperations(pyfuse3.Operations):
         await self.view.owned_by(node.ino, parent_inode, ctx.uid, ctx.gid)
         await self.view.dir_changed(parent_inode)
         self.handles.written.add(node.ino)
-        self.wb.opened(staged, True)
-        self.wb.closed(staged, True)          # the last writer's close: due for upload now
+        tree.wb.opened(staged, True)
+        tree.wb.closed(staged, True)          # the last writer's close: due for upload now
         return self.attrs(node)
 
     @fuse_errors

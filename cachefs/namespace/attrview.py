@@ -15,6 +15,7 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Literal
 
 import trio
 
@@ -44,6 +45,19 @@ class Attrs:
     """The st_* fields `fill` sets, for uses inside cachefs (the kernel gets EntryAttributes)."""
     __slots__ = ("st_ino", "st_mode", "st_nlink", "st_size", "st_blocks", "st_blksize", "st_uid", "st_gid",
                  "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "entry_timeout", "attr_timeout")
+    st_ino: int
+    st_mode: int
+    st_nlink: int
+    st_size: int
+    st_blocks: int
+    st_blksize: int
+    st_uid: int
+    st_gid: int
+    st_atime_ns: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    entry_timeout: float
+    attr_timeout: float
 
 
 class AttributeView:
@@ -63,8 +77,14 @@ class AttributeView:
             wb.metadata_for = self._upload_metadata
             wb.on_uploaded = self._record_uploaded_metadata
 
+    @property
+    def _writeback(self) -> Writeback:
+        """The write path: only reached where there is one (fs.py answers EROFS without it)."""
+        assert self.wb is not None
+        return self.wb
+
     # -- what is shown ----------------------------------------------------------------------
-    def objmeta(self, inode: Inode, known: tuple[str, ObjMeta] | None | bool = False) -> ObjMeta:
+    def objmeta(self, inode: Inode, known: tuple[str, ObjMeta] | None | Literal[False] = False) -> ObjMeta:
         """What the object's x-amz-meta-* said, if known for the version S3 holds now; for a
         directory, what its marker's said when it was last listed. `known`: the record, if read."""
         if not inode.is_dir and not inode.etag:
@@ -122,6 +142,7 @@ class AttributeView:
             ctime = max(ctime, owner[2])
         if unlinked is not None:
             a.st_nlink = 0
+        assert perm is not None               # build_config resolves --file-mode and --dir-mode
         a.st_mode = ftype | perm
         a.st_size = inode.size
         a.st_blocks = -(-inode.size // 512)
@@ -185,7 +206,7 @@ class AttributeView:
             else:                           # a file keeps following its content (0), or its utimens
                 kept = self.ns.meta.get_attrs(inode)
                 mtime = kept[2] if kept is not None else 0
-            staged = self.wb.get(inode)
+            staged = self._writeback.get(inode)
             if staged is not None and fields.update_mtime:
                 staged.mtime_ns = mtime
             elif fields.update_mtime and not node.is_dir:
@@ -213,7 +234,7 @@ class AttributeView:
 
     def _upload_metadata(self, ino: int) -> dict[str, str]:
         wanted = self.object_metadata(ino)
-        st = self.wb.files.get(ino)
+        st = self._writeback.files.get(ino)
         if st is not None and not st.uploading:
             # A multipart session opened early, while the file is still being written: its final
             # mtime is not known yet, and S3's LastModified (the completion) is closer than now.
@@ -235,7 +256,7 @@ class AttributeView:
     def _in_s3_already(self, node: Inode, wanted: dict[str, str]) -> bool:
         """S3's version of the file (node.etag) carries `wanted` already: no copy needed (`cp -a`
         and `rsync -a` set owner and mode a file already has)."""
-        st = self.wb.get(node.ino)
+        st = self._writeback.get(node.ino)
         if st is not None and st.etag == node.etag and self._uploaded_meta.get(node.ino) == wanted:
             return True              # uploaded from here with these attributes
         om = self.objmeta(node)
@@ -250,11 +271,11 @@ class AttributeView:
         lock = self._meta_locks.setdefault(ino, trio.Lock())
         try:
             async with lock:
-                st = self.wb.get(ino)
+                st = self._writeback.get(ino)
                 if st is not None and st.uploading:
                     # Its metadata was taken when the upload started: wait for it, then see.
-                    await self.wb.wait_uploaded(st, time.monotonic() + _UPLOAD_WAIT_S)
-                    st = self.wb.get(ino)
+                    await self._writeback.wait_uploaded(st, time.monotonic() + _UPLOAD_WAIT_S)
+                    st = self._writeback.get(ino)
                 if st is not None and (st.dirty or st.uploading):
                     if st.session is not None:
                         # A multipart session opened early carries the attributes of its start:
@@ -276,7 +297,7 @@ class AttributeView:
                 self.ns.meta.put_objmeta(ino, etag, om.with_target(target) if target is not None else om)
                 # Both at once (no await between): a staging copy kept after its upload is only good
                 # while its ETag is the inode's, and it still holds the bytes S3 has.
-                st = self.wb.get(ino)
+                st = self._writeback.get(ino)
                 self.ns.meta.set_file(ino, node.size, etag, node.mtime_ns)
                 if st is not None:
                     st.etag = etag
@@ -293,6 +314,7 @@ class AttributeView:
         wanted = posixmeta.encode(a.st_mode, a.st_uid, a.st_gid, 0)
         del wanted[posixmeta.MTIME]
         known = self.ns.meta.get_objmeta(node.ino)
+        held: tuple[int | None, int, int] | None
         if known is not None:
             om = known[1]
             held = (stat.S_IMODE(om.mode), om.uid, om.gid) if om.mode else None
@@ -323,7 +345,7 @@ class AttributeView:
         try:
             while True:
                 await trio.sleep(_AFTER_UPLOAD_POLL_S)
-                st = self.wb.files.get(ino)
+                st = self._writeback.files.get(ino)
                 if st is None or st.deleted:
                     return
                 if not st.dirty and not st.uploading:

@@ -50,6 +50,12 @@ class Handles:
         self.utimed: set[int] = set()           # files whose kept mtime the next change clears
         view.on_copied = self._object_copied
 
+    @property
+    def _writeback(self) -> Writeback:
+        """The write path: only reached where there is one (fs.py answers EROFS without it)."""
+        assert self.wb is not None
+        return self.wb
+
     def next_fh(self) -> int:
         return next(self._fh)
 
@@ -81,25 +87,25 @@ class Handles:
         if writable:
             trunc = bool(flags & os.O_TRUNC)
             shown = await self.view.pin(node)
-            f.staged = await self.wb.stage_existing(node, self.reader_of(node), truncate=trunc)
+            f.staged = await self._writeback.stage_existing(node, self.reader_of(node), truncate=trunc)
             if not f.staged.dirty:
                 f.staged.mtime_ns = shown.st_mtime_ns    # the object's mtime metadata, not LastModified
-            self.wb.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
+            self._writeback.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
             kept = self.ns.meta.get_attrs(inode)
             if kept is not None and kept[2]:
                 self.utimed.add(inode)
             if trunc and (f.staged.size or node.size):
                 # Emptied, even if staged empty from the start: S3 still holds the old bytes.
                 try:
-                    self.wb.truncate(f.staged, 0)
+                    self._writeback.truncate(f.staged, 0)
                     await self.changed(inode)
                 except BaseException:
-                    self.wb.closed(f.staged, writable)
+                    self._writeback.closed(f.staged, writable)
                     raise
         else:
             f.staged = self.wb.get(inode) if self.wb is not None else None
             if f.staged is not None:
-                self.wb.opened(f.staged, writable)
+                self._writeback.opened(f.staged, writable)
         if f.staged is not None:
             self.opened_etag.pop(inode, None)
             self.files[fh] = f
@@ -120,13 +126,13 @@ class Handles:
         self.written.add(node.ino)
         fh = self.next_fh()
         self.files[fh] = OpenFile(node, self.ns.key_of(node), ReadState(), staged, writable)
-        self.wb.opened(staged, writable)
+        self._writeback.opened(staged, writable)
         return fh
 
     def release(self, fh: int) -> None:
         f = self.files.pop(fh, None)
         if f is not None and f.staged is not None:
-            self.wb.closed(f.staged, f.writable)
+            self._writeback.closed(f.staged, f.writable)
 
     # -- reading and writing ----------------------------------------------------------------
     def reader_of(self, node: Inode):
@@ -134,12 +140,12 @@ class Handles:
             return await self.reader.read(node, self.ns.key_of(node), offset, size, ReadState())
         return read_range
 
-    async def read(self, fh: int, off: int, size: int):
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         f = self.files[fh]
         self.stats.add("fuse_reads")
         staged = f.staged or (self.wb.get(f.inode.ino) if self.wb is not None else None)
         if staged is not None:
-            data = self.wb.read(staged, off, size)
+            data = self._writeback.read(staged, off, size)
         else:
             if f.inode.ino in self.written:        # uploaded since it was opened: its new version
                 f.inode = self.ns.get(f.inode.ino)
@@ -160,7 +166,7 @@ class Handles:
             raise FileTooLarge(f"a write to {off + len(buf)} bytes: S3 holds at most 5 TiB an object")
         self.written.add(f.inode.ino)
         self.stats.add("fuse_writes")
-        n = self.wb.write(f.staged, off, buf)
+        n = self._writeback.write(f.staged, off, buf)
         if f.inode.ino in self.utimed:
             await self.changed(f.inode.ino)
         return n
@@ -176,19 +182,19 @@ class Handles:
         """False: asked to wait for S3 (`upload`), the file could not be brought there."""
         f = self.files.get(fh)
         if f is not None and f.staged is not None:
-            return await self.wb.fsync(f.staged, upload)
+            return await self._writeback.fsync(f.staged, upload)
         return True
 
     async def truncate(self, node: Inode, size: int) -> None:
         """setattr's size change of a file (not unlinked): staged, then cut or extended."""
         inode = node.ino
         await self.view.pin(node)
-        before = self.wb.get(inode)
-        staged = await self.wb.stage_existing(node, self.reader_of(node), truncate=size == 0)
+        before = self._writeback.get(inode)
+        staged = await self._writeback.stage_existing(node, self.reader_of(node), truncate=size == 0)
         self.written.add(inode)
         # A copy staged empty (truncate to 0) still differs from S3's if the object was not empty.
         if staged.size != size or (before is None and node.size != size):
-            self.wb.truncate(staged, size)
+            self._writeback.truncate(staged, size)
             await self.changed(inode)
 
     async def stage_open_readers(self, parent_inode: int, name: bytes) -> None:
@@ -202,10 +208,10 @@ class Handles:
         if not readers:
             return
         try:       # staged already (by a writer opened after them), or copied now
-            staged = await self.wb.stage_existing(node, self.reader_of(node), truncate=False)
+            staged = await self._writeback.stage_existing(node, self.reader_of(node), truncate=False)
         except StagingFull as e:
             log.warning("unlink of %s while open: %s; its readers keep only what is cached", node.path, e)
             return
         for f in readers:
             f.staged = staged
-            self.wb.opened(staged, False)
+            self._writeback.opened(staged, False)
