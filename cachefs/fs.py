@@ -193,7 +193,7 @@ class CachefsOperations(pyfuse3.Operations):
             if fields.update_size:
                 tree.wb.truncate(staged, attr.st_size)
             if fields.update_mtime:
-                staged.mtime_ns = attr.st_mtime_ns
+                tree.wb.set_mtime(staged, attr.st_mtime_ns)
             return self.attrs(gone.inode, staged)
         node = self.ns.get(inode)
         if fields.update_size:

@@ -102,12 +102,18 @@ def bound_malloc() -> None:
         log.debug("mallopt not available; memory tier RSS may exceed its budget")
 
 
+def cache_dir_of(cfg: Config) -> str:
+    """--cache-dir: build_config resolves it (and the log file in it) for every Config a daemon gets."""
+    assert cfg.cache_dir is not None and cfg.log_file is not None, "a Config not made by build_config"
+    return cfg.cache_dir
+
+
 def staging_dir(cfg: Config) -> str:
     """--staging-dir, else STAGING on the fastest disk tier (writes should land on the fastest disk)."""
     if cfg.staging_dir:
         return os.path.abspath(cfg.staging_dir)
     disks = [t for t in cfg.cache if t.kind != "mem"]
-    return os.path.join(disks[0].dirs[0] if disks else cfg.cache_dir, "staging")
+    return os.path.join(disks[0].dirs[0] if disks else cache_dir_of(cfg), "staging")
 
 
 def setup_logging(cfg: Config, background: bool) -> None:
@@ -146,15 +152,15 @@ class Daemon:
         cfg = self.cfg
         if cfg.ignored_env:
             log.warning("ignoring environment variables that name no option: %s", ", ".join(cfg.ignored_env))
-        prepare_cache_dir(cfg.cache_dir)
-        self.lock_fd = lock_cache_dir(cfg.cache_dir)
+        prepare_cache_dir(cache_dir_of(cfg))
+        self.lock_fd = lock_cache_dir(cache_dir_of(cfg))
         # A pid file under our lock was left by a daemon that did not stop cleanly (kill -9, OOM).
-        unclean = os.path.exists(os.path.join(cfg.cache_dir, "cachefs.pid"))
+        unclean = os.path.exists(os.path.join(cache_dir_of(cfg), "cachefs.pid"))
         self.mountpoint_lock = mounts.lock_mountpoint(cfg.mountpoint)
         mounts.check_mountpoint(cfg.mountpoint)
         self.store = self.store_factory(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
-        self.meta = MetaStore(os.path.join(cfg.cache_dir, "meta"), cfg.identity(),
+        self.meta = MetaStore(os.path.join(cache_dir_of(cfg), "meta"), cfg.identity(),
                               max_readers=2 * cfg.max_idle_threads + 64)
         if unclean:
             # It may have died between a change in S3 and its record here (a directory rename
@@ -242,7 +248,7 @@ class Daemon:
             self.cache.stale_after = settings["stale_after"]
 
     def _write_pid(self) -> None:
-        with open(os.path.join(self.cfg.cache_dir, "cachefs.pid"), "w") as f:
+        with open(os.path.join(cache_dir_of(self.cfg), "cachefs.pid"), "w") as f:
             f.write(str(os.getpid()))
         mounts.register(self.cfg.mountpoint, {"pid": os.getpid(), "cache_dir": self.cfg.cache_dir,
                                               "source": self.cfg.source, "control": self.control.path})
@@ -305,7 +311,7 @@ class Daemon:
             self.store.close()
             mounts.unregister(self.cfg.mountpoint)
             try:
-                os.unlink(os.path.join(self.cfg.cache_dir, "cachefs.pid"))
+                os.unlink(os.path.join(cache_dir_of(self.cfg), "cachefs.pid"))
             except OSError:
                 pass
             log.info("unmounted %s", self.cfg.mountpoint)
@@ -322,8 +328,9 @@ def run(cfg: Config, ready_fd: int | None, store_factory: StoreFactory = from_co
     ready = ReadyPipe(ready_fd)
     try:
         if background:
-            prepare_cache_dir(cfg.cache_dir)
+            prepare_cache_dir(cache_dir_of(cfg))
             setup_logging(cfg, background=True)
+            assert cfg.log_file is not None, "a Config not made by build_config"
             redirect_stdio(cfg.log_file)
         else:
             setup_logging(cfg, background=False)

@@ -208,7 +208,7 @@ class AttributeView:
                 mtime = kept[2] if kept is not None else 0
             staged = self._writeback.get(inode)
             if staged is not None and fields.update_mtime:
-                staged.mtime_ns = mtime
+                self._writeback.set_mtime(staged, mtime)
             elif fields.update_mtime and not node.is_dir:
                 await self.ns.run_blocking(self.ns.meta.set_file, inode, node.size, node.etag, mtime)
             await self.ns.run_blocking(self.ns.meta.put_attrs, inode, mode, atime, mtime)
@@ -297,10 +297,8 @@ class AttributeView:
                 self.ns.meta.put_objmeta(ino, etag, om.with_target(target) if target is not None else om)
                 # Both at once (no await between): a staging copy kept after its upload is only good
                 # while its ETag is the inode's, and it still holds the bytes S3 has.
-                st = self._writeback.get(ino)
                 self.ns.meta.set_file(ino, node.size, etag, node.mtime_ns)
-                if st is not None:
-                    st.etag = etag
+                self._writeback.remote_replaced(ino, etag)
                 self.on_copied(ino, old_etag, etag)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:

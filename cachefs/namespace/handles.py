@@ -89,7 +89,8 @@ class Handles:
             shown = await self.view.pin(node)
             f.staged = await self._writeback.stage_existing(node, self.reader_of(node), truncate=trunc)
             if not f.staged.dirty:
-                f.staged.mtime_ns = shown.st_mtime_ns    # the object's mtime metadata, not LastModified
+                # the object's mtime metadata, not LastModified
+                self._writeback.set_mtime(f.staged, shown.st_mtime_ns)
             self._writeback.opened(f.staged, writable)      # first: a truncate by a writer is not "closed"
             kept = self.ns.meta.get_attrs(inode)
             if kept is not None and kept[2]:

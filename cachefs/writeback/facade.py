@@ -141,6 +141,10 @@ class Writeback:
         st.replaced = replaced
         return st
 
+    def set_mtime(self, st: Staged, mtime_ns: int) -> None:
+        """The mtime its upload carries (utimens, or the object's own when opened unchanged)."""
+        st.mtime_ns = mtime_ns
+
     def remote_dropped(self, st: Staged) -> None:
         """A rename deleted S3's outdated copy of a changed file: its upload goes to the new name."""
         st.remote = None
