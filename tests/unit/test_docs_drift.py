@@ -161,7 +161,19 @@ def _is_stats(expr: ast.expr) -> bool:
         (isinstance(expr, ast.Attribute) and expr.attr == "stats")
 
 
-class _CounterFinder(ast.NodeVisitor):
+class _InFunction(ast.NodeVisitor):
+    """Keeps `_func`: the functions the visit is inside, innermost last."""
+    _func: list
+
+    def visit_FunctionDef(self, node):
+        self._func.append(node)
+        self.generic_visit(node)
+        self._func.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+
+class _CounterFinder(_InFunction):
     """Counter names given to `<...>stats.add(...)` / `.get(...)`: string constants, both arms of a
     conditional, f-strings (kept as patterns, `{}` for each field), and a parameter of the enclosing
     function (followed to the calls of that function in the same module)."""
@@ -170,13 +182,6 @@ class _CounterFinder(ast.NodeVisitor):
         self.tree, self.where = tree, where
         self.names: dict[str, str] = {}        # name or pattern -> first place seen
         self._func: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
-
-    def visit_FunctionDef(self, node):
-        self._func.append(node)
-        self.generic_visit(node)
-        self._func.pop()
-
-    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Call(self, node: ast.Call):
         f = node.func
@@ -213,16 +218,9 @@ class _CounterFinder(ast.NodeVisitor):
                 self._names_in(arg, caller, call.lineno)
 
 
-class _CallsOf(ast.NodeVisitor):
+class _CallsOf(_InFunction):
     def __init__(self, name: str) -> None:
         self.name, self.calls, self._func = name, [], []
-
-    def visit_FunctionDef(self, node):
-        self._func.append(node)
-        self.generic_visit(node)
-        self._func.pop()
-
-    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Call(self, node: ast.Call):
         f = node.func
