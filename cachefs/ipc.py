@@ -112,6 +112,11 @@ def listen(path: str, backlog: int) -> socket.socket:
     return sock
 
 
+def endpoint_path(endpoint: str) -> str:
+    """The socket path of a gRPC-style endpoint: `unix:///csi/csi.sock`, `unix:/csi/csi.sock` or a plain path."""
+    return endpoint[len("unix://"):] if endpoint.startswith("unix://") else endpoint.removeprefix("unix:")
+
+
 def connect(path: str, timeout: float) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)

@@ -54,10 +54,6 @@ REAP_INTERVAL_S = 0.5
 STOP_FLUSH_S = 20.0
 
 
-def socket_path(endpoint: str) -> str:
-    return endpoint[len("unix://"):] if endpoint.startswith("unix://") else endpoint.removeprefix("unix:")
-
-
 def _recv(conn: socket.socket) -> dict:
     return ipc.decode_complete(ipc.recv_line(conn, MAX_REQUEST))
 
@@ -73,7 +69,7 @@ class MounterUnavailable(CsiError):
 
 class MounterServer:
     def __init__(self, endpoint: str, mounter: Mounter | None = None, stop_flush_s: float = STOP_FLUSH_S):
-        self.path = socket_path(endpoint)
+        self.path = ipc.endpoint_path(endpoint)
         self.runner = ChildRunner()
         self.mounter = mounter or Mounter(runner=self.runner)
         self.mounter.runner = self.runner
@@ -253,7 +249,7 @@ class RemoteMounter:
 
     def __init__(self, endpoint: str, timeout: float = MOUNT_TIMEOUT_S,
                  unmount_timeout: float = UNMOUNT_TIMEOUT_S):
-        self.path = socket_path(endpoint)
+        self.path = ipc.endpoint_path(endpoint)
         self.timeout = timeout
         self.unmount_timeout = unmount_timeout
 

@@ -9,6 +9,7 @@ from concurrent import futures
 
 import grpc
 
+from cachefs import ipc
 from cachefs.csi.proto import rpc
 
 log = logging.getLogger(__name__)
@@ -18,15 +19,8 @@ log = logging.getLogger(__name__)
 WORKERS = 8
 
 
-def socket_path(endpoint: str) -> str:
-    """`unix:///csi/csi.sock`, `unix:/csi/csi.sock` or a plain path."""
-    if endpoint.startswith("unix://"):
-        return endpoint[len("unix://"):]
-    return endpoint.removeprefix("unix:")
-
-
 def build(endpoint: str, identity, node=None, controller=None) -> grpc.Server:
-    path = socket_path(endpoint)
+    path = ipc.endpoint_path(endpoint)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
         os.unlink(path)          # a socket left by a previous run: nothing listens on it any more
