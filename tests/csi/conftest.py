@@ -1,6 +1,7 @@
 """A real `cachefs csi` server in a subprocess on a Unix socket, and gRPC stubs to talk to it."""
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -28,12 +29,14 @@ START_TIMEOUT_S = 30.0
 
 
 def free_port_block(n: int = 4) -> int:
-    """The first of `n` consecutive loopback ports that are free now (for the daemons' exporters)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65536 and all(_port_free(base + i) for i in range(1, n)):
+    """The first of `n` consecutive loopback ports that are free now (for the daemons' exporters).
+    Below the kernel's ephemeral range: a port picked there can be taken by any outgoing
+    connection's source port before the daemon binds it (a CI run failed so: EADDRINUSE)."""
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(max(1024, low - 12000), low - n)
+        if all(_port_free(base + i) for i in range(n)):
             return base
     raise RuntimeError("no block of free ports")
 
