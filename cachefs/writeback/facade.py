@@ -45,6 +45,8 @@ class Writeback:
         self.prefix = prefix
         self.signals = Signals()
         self.staging = Staging(meta, stats, self.signals, staging_dir=staging_dir, staging_size=staging_size)
+        # Asked on every read, lookup and getattr: the staging's own method, without a facade frame.
+        self.get: Callable[[int], Staged | None] = self.staging.get
         self.files = self.staging.files     # by inode; other layers read it, never change it
         # A request whose answer was lost may still be acted on by S3 later (its client gave up at
         # the read timeout, the server had not): what it may have made is checked again after this.
@@ -97,9 +99,6 @@ class Writeback:
     @property
     def staged_bytes(self) -> int:
         return self.staging.staged_bytes
-
-    def get(self, ino: int) -> Staged | None:
-        return self.staging.get(ino)
 
     def is_local(self, ino: int) -> bool:
         """Written here and not yet in S3 at its current path: S3's listings do not show it."""
