@@ -408,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="every Nth loop: kill -9 the daemon after the writers stop, remount with the same "
                          "cache directory (pending uploads replayed), then check")
     ap.add_argument("--json", help="write the loops' results here")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the scratch directory (mount, reference tree, cache, logs) after a run that passed")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from mount_helpers import cachefs_env, force_unmount, log_problems, mount_args, run_cachefs, s3_client, stop_pid
@@ -482,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     if a.json:
         Path(a.json).write_text(json.dumps({"summary": summary, "loops": loops}, indent=1))
+    if ok and not a.keep:
+        shutil.rmtree(work, ignore_errors=True)      # gigabytes after 30 minutes; a failure keeps its traces
+    else:
+        print(f"scratch directory kept: {work}")
     return 0 if ok else 1
 
 
