@@ -308,7 +308,8 @@ def main(argv=None) -> int:
                     meter = util.ProcessMeter(ep.pids)
                     with meter:
                         fig = measure(ep, client)
-                    fig.update(run=r + 1, case=name, client=client_name, endpoint_cpu_s=meter.cpu_s)
+                    fig.update(run=r + 1, case=name, client=client_name, endpoint_cpu_s=meter.cpu_s,
+                               loadavg_1m=os.getloadavg()[0])
                     rows.append(fig)
                     shown = {k: round(fig[k], 3) for k in HEADLINES[name.split("_")[0]] if fig.get(k) is not None}
                     print(f"run {r + 1} {name:12} {client_name:6} {shown} errors {fig['errors']}"
