@@ -55,6 +55,24 @@ def systems_in(results: dict) -> list[str]:
     return list(results.get("systems", {}))
 
 
+def _ceiling_table(s: dict) -> list[str]:
+    """The cheapest client's ceilings (bench/curlprobe.py) beside boto3's, when the probe measured them."""
+    rows = []
+    for label in ("backend", "through-proxy"):
+        key = ("endpoint", label, "-", "synthetic")
+        if "curl_image16_gets_s" in s["figures"].get(key, {}):
+            rows.append([label] + [cell(s, key, metric, d) for metric, d in (
+                ("curl_image16_gets_s", 0), ("boto3_image_gets_s", 0), ("curl_image64_gets_s", 0),
+                ("curl_image16_cpu_ms_per_get", 2), ("curl_range8_mib_s", 0), ("boto3_parallel8_mib_s", 0),
+                ("curl_range16_mib_s", 0), ("curl_range8_cpu_s_per_gib", 2), ("curl_list_pages_s", 1))])
+    if not rows:
+        return []
+    return ["", "Ceilings with the cheapest client (pycurl, bench/curlprobe.py) beside boto3's:",
+            table(["", "110 KB GETs/s, 16 parallel", "boto3", "pycurl, 64 parallel", "client CPU ms/GET",
+                   "4 MiB, 8 parallel MiB/s", "boto3", "pycurl, 16 parallel", "client CPU-s/GiB",
+                   "LIST pages/s (1,000 keys)"], rows)]
+
+
 def markdown(results: dict) -> str:
     s = summaries(results["rows"])
     names = systems_in(results)
@@ -85,12 +103,15 @@ def markdown(results: dict) -> str:
                                           ("get_1k_ms_p50", 1), ("get_1k_ms_p99", 1), ("endpoint_cpu_s_per_gib", 1),
                                           ("image_gets_s", 0), ("disk_direct_mib_s", 0),
                                           ("disk_direct64_mib_s", 0))])
+    ceiling_client = next((r["ceiling_client"] for r in results.get("rows", []) if r.get("ceiling_client")), "boto3")
     if probe_rows:
-        parts += ["", "## The endpoint itself (ranged GETs with boto3)",
+        parts += ["", f"## The endpoint itself (ranged GETs; 8 parallel and 110 KB ceilings with {ceiling_client}, "
+                      "the rest with boto3)",
                   table(["", "4 MiB, 1 stream MiB/s", "4 MiB, 8 parallel MiB/s", "1 KiB GET p50 ms", "p99 ms",
                          "endpoint CPU-s/GiB", "110 KB GETs/s, 16 parallel",
                          "cache disk: 4 MiB O_DIRECT reads, 16 parallel, MiB/s", "... 64 parallel, MiB/s"],
                   probe_rows)]
+        parts += _ceiling_table(s)
 
     fio_rows, cpu_rows = [], []
     for job, (metric, unit) in HEADLINE.items():
@@ -113,7 +134,8 @@ def markdown(results: dict) -> str:
                 seq = s["figures"].get(("fio", "seq-4jobs", "cold", n), {}).get("mib_s")
                 no_s3 = n in ("local", "memfs")
                 ratio.append("n/a (no S3)" if no_s3 else f"{seq['median'] / backend['median']:.0%}" if seq else "-")
-            parts += ["", "Cold seq-4jobs as a fraction of the endpoint's 8-parallel ranged-GET throughput:",
+            parts += ["", "Cold seq-4jobs as a fraction of the endpoint's 8-parallel ranged-GET throughput "
+                          f"(measured with {ceiling_client}):",
                       table(["", *names], [["cold / backend", *ratio]])]
         parts += ["", "Daemon CPU seconds / peak RSS during seq-1job:", table(["", *names], cpu_rows)]
 
