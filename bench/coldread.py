@@ -4,7 +4,7 @@ ranged-GET throughput measured by this same script, pair by pair.
     python -m bench.coldread [--runs 5] [--object-mib 256] [--jobs 1] [--baseline TREE] [-- extra cachefs options]
 
 Starts Ceph RGW (bench/ceph.sh), uploads runs x 2 objects, then for every run: the endpoint probe
-(4 MiB ranged GETs, 8 in flight, boto3; bench/probe.py's method) reads one object, and a fresh
+(4 MiB ranged GETs, 8 in flight, pycurl: the cheapest client, bench/curlprobe.py; boto3 without it) reads one object, and a fresh
 cachefs mount with an empty cache reads another with JOBS readers (1 MiB reads; JOBS > 1: each
 reader its own contiguous part, like fio's offset_increment) right after, page cache dropped. The
 two readings are side by side in time, so the machine's noise hits both; the ratio of each pair is
@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 
-from bench import util
+from bench import curlprobe, util
 from bench.endpoint import BUCKET, open_endpoint
 from bench.systems import Cachefs, MemoryFuse
 
@@ -52,15 +52,24 @@ def machine_busy_s() -> float:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def probe_once(client, key: str, size: int) -> dict:
-    def get(off: int) -> int:
-        body = client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={off}-{min(off + RANGE, size) - 1}")["Body"]
-        return len(body.read())
+def probe_once(client, endpoint, key: str, size: int) -> dict:
+    """The backend's own rate for this object: 4 MiB ranged GETs, PARALLEL in flight, with the cheapest
+    client there is (pycurl, bench/curlprobe.py; boto3 if pycurl is missing), and the machine's CPU."""
     busy, t = machine_busy_s(), time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
-        n = sum(pool.map(get, range(0, size, RANGE)))
+    if curlprobe.unavailable() is None:
+        ranges = [(key, off) for off in range(0, size, RANGE)]
+        got = curlprobe.get_rate(endpoint, BUCKET, ranges, RANGE, PARALLEL, count=len(ranges))
+        if got["errors"]:
+            raise RuntimeError(f"probe GETs failed: {got['first_error']}")
+        n, used = got["bytes"], "pycurl"
+    else:
+        def get(off: int) -> int:
+            body = client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={off}-{min(off + RANGE, size) - 1}")["Body"]
+            return len(body.read())
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+            n, used = sum(pool.map(get, range(0, size, RANGE))), "boto3"
     wall = time.monotonic() - t
-    return {"mib_s": n / MiB / wall, "machine_cpu_s": machine_busy_s() - busy}
+    return {"mib_s": n / MiB / wall, "machine_cpu_s": machine_busy_s() - busy, "client": used}
 
 
 def read_part(path: str, start: int, length: int) -> int:
@@ -146,7 +155,7 @@ def main(argv=None) -> int:
                 system.extra_args = tuple(args.cachefs_args)
                 system.mount()
             for r in range(args.runs):
-                row = {"run": r + 1, "probe": probe_once(client, keys[per_run * r], size),
+                row = {"run": r + 1, "probe": probe_once(client, ep, keys[per_run * r], size),
                        "fuse": read_once(memfs, FLOOR_KEY, size, args.jobs)}
                 row["bound"] = fuse_bound(row["probe"]["machine_cpu_s"], row["fuse"]["machine_cpu_s"])
                 order = list(systems) if r % 2 == 0 else list(reversed(systems))
