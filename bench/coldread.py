@@ -4,8 +4,8 @@ ranged-GET throughput measured by this same script, pair by pair.
     python -m bench.coldread [--runs 5] [--object-mib 256] [--jobs 1] [--baseline TREE] [-- extra cachefs options]
 
 Starts Ceph RGW (bench/ceph.sh), uploads runs x 2 objects, then for every run: the endpoint probe
-(4 MiB ranged GETs, 8 in flight, pycurl: the cheapest client, bench/curlprobe.py; boto3 without it) reads one object, and a fresh
-cachefs mount with an empty cache reads another with JOBS readers (1 MiB reads; JOBS > 1: each
+(4 MiB ranged GETs, 8 in flight, with pycurl, the cheapest client: bench/curlprobe.py; boto3
+without it) reads one object, and a fresh cachefs mount with an empty cache reads another with JOBS readers (1 MiB reads; JOBS > 1: each
 reader its own contiguous part, like fio's offset_increment) right after, page cache dropped. The
 two readings are side by side in time, so the machine's noise hits both; the ratio of each pair is
 reported, with min/median/max over runs, and the CPU seconds of the daemon and of the whole machine
