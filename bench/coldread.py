@@ -5,8 +5,8 @@ ranged-GET throughput measured by this same script, pair by pair.
 
 Starts Ceph RGW (bench/ceph.sh), uploads runs x 2 objects, then for every run: the endpoint probe
 (4 MiB ranged GETs, 8 in flight, with pycurl, the cheapest client: bench/curlprobe.py; boto3
-without it) reads one object, and a fresh cachefs mount with an empty cache reads another with JOBS readers (1 MiB reads; JOBS > 1: each
-reader its own contiguous part, like fio's offset_increment) right after, page cache dropped. The
+without it) reads one object, and a fresh cachefs mount with an empty cache reads another with
+JOBS readers (1 MiB reads; JOBS > 1: each reader its own contiguous part, like fio's offset_increment) right after, page cache dropped. The
 two readings are side by side in time, so the machine's noise hits both; the ratio of each pair is
 reported, with min/median/max over runs, and the CPU seconds of the daemon and of the whole machine
 (this machine has 2 cores and runs the endpoint too: a cold read here is CPU-bound).
