@@ -3,13 +3,14 @@ ranged-GET throughput measured by this same script, pair by pair.
 
     python -m bench.coldread [--runs 5] [--object-mib 256] [--jobs 1] [--baseline TREE] [-- extra cachefs options]
 
-Starts Ceph RGW (bench/ceph.sh), uploads runs x 2 objects, then for every run: the endpoint probe
-(4 MiB ranged GETs, 8 in flight, with pycurl, the cheapest client: bench/curlprobe.py; boto3
-without it) reads one object, and a fresh cachefs mount with an empty cache reads another with
-JOBS readers (1 MiB reads; JOBS > 1: each reader its own contiguous part, like fio's offset_increment) right after, page cache dropped. The
-two readings are side by side in time, so the machine's noise hits both; the ratio of each pair is
-reported, with min/median/max over runs, and the CPU seconds of the daemon and of the whole machine
-(this machine has 2 cores and runs the endpoint too: a cold read here is CPU-bound).
+Starts Ceph RGW (bench/ceph.sh), uploads runs x 2 objects, then for every run: the endpoint probe (4
+MiB ranged GETs, 8 in flight, with pycurl, the cheapest client: bench/curlprobe.py; boto3 without
+it) reads one object, and a fresh cachefs mount with an empty cache reads another with JOBS readers
+(1 MiB reads; JOBS > 1: each reader its own contiguous part, like fio's offset_increment) right
+after, page cache dropped. The two readings are side by side in time, so the machine's noise hits
+both; the ratio of each pair is reported, with min/median/max over runs, and the CPU seconds of the
+daemon and of the whole machine (this machine has 2 cores and runs the endpoint too: a cold read
+here is CPU-bound).
 
 Beside them, in every run, bench/memfs.py (the pyfuse3 ceiling: no S3, the bytes in RAM) serves an
 object of the same size, page cache dropped, read the same way: what FUSE alone costs to fill the
