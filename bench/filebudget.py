@@ -141,7 +141,28 @@ def classify(func: tuple) -> str | None:
     return None
 
 
-def attribute(stats: dict) -> tuple[dict, dict]:
+def classify_fetch(func: tuple) -> str | None:
+    """classify(), with the S3 fetch split by library: what the CPU of a GET is spent on."""
+    file = func[0].replace("\\", "/")
+    if "/botocore/auth.py" in file or "/botocore/signers.py" in file or "/cachefs/store/credentials.py" in file:
+        return "fetch: signing"
+    if any(part in file for part in ("/http/client.py", "/email/", "/urllib3/", "/socket.py", "/ssl.py")):
+        return "fetch: http (http.client, email headers, urllib3, socket)"
+    if "/botocore/" in file:
+        return "fetch: botocore, other"
+    if file.endswith("cachefs/store/fastlist.py"):
+        return "list"
+    if "/cachefs/store/" in file:
+        return "fetch: cachefs/store"
+    return classify(func)
+
+
+FETCH_PARTS = ("fetch: signing", "fetch: http (http.client, email headers, urllib3, socket)",
+               "fetch: botocore, other", "fetch: cachefs/store")
+ALL_PHASES = (*PHASES, *FETCH_PARTS)
+
+
+def attribute(stats: dict, classify=classify) -> tuple[dict, dict]:
     """CPU seconds and calls per phase (each function's own time and calls spread over its callers' phases)."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
     memo: dict = {}
@@ -170,7 +191,8 @@ def attribute(stats: dict) -> tuple[dict, dict]:
         memo[func] = result
         return result
 
-    phases, calls = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0)
+    names = [*PHASES, *(p for p in FETCH_PARTS if classify is classify_fetch)]
+    phases, calls = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     for func, (_, nc, tt, _, _) in stats.items():
         if tt <= 0 and nc <= 0:
             continue
@@ -185,7 +207,9 @@ def corrected(prof: dict, plain_cpu_s: float) -> dict:
     event): c = (profiled sum - the un-instrumented daemon's CPU) / calls; phase - calls x c."""
     total, calls = sum(prof["phases_s"].values()), sum(prof["calls"].values())
     c = (total - plain_cpu_s) / calls if calls else 0.0
-    return {p: max(prof["phases_s"][p] - prof["calls"][p] * c, 0.0) for p in PHASES}
+    out = {p: max(prof["phases_s"][p] - prof["calls"][p] * c, 0.0) for p in PHASES}
+    out.update({p: max(prof["fetch_parts_s"][p] - prof["fetch_parts_calls"][p] * c, 0.0) for p in FETCH_PARTS})
+    return out
 
 
 def top_functions(stats: dict, n: int = 15) -> list:
@@ -266,6 +290,9 @@ def one_mount(ep, scratch: str, tag: str, dirs: list[str], readers: int, profile
             _add(stats, pickle.load(f), sign=-1)
         phases, calls = attribute(stats)
         row.update(phases_s=phases, calls=calls, profiled_cpu_s=sum(phases.values()), top=top_functions(stats))
+        parts, part_calls = attribute(stats, classify_fetch)
+        row.update(fetch_parts_s={k: parts[k] for k in FETCH_PARTS}, fetch_parts_calls={k: part_calls[k]
+                                                                                          for k in FETCH_PARTS})
     return row
 
 
@@ -283,11 +310,13 @@ def upload(ep, files: int) -> list[str]:
 def summarize_rows(rows: list[dict], readers: int) -> dict:
     prof = [r for r in rows if r["profiled"] and r["readers"] == readers]
     plain = [r for r in rows if not r["profiled"] and r["readers"] == readers]
-    ms = {p: util.summarize([1e3 * r["phases_s"][p] / r["files"] for r in prof]) for p in PHASES}
+    ms = {p: util.summarize([1e3 * {**r["phases_s"], **r["fetch_parts_s"]}[p] / r["files"] for r in prof])
+          for p in ALL_PHASES}
     fixed = [corrected(pr, pl["read_cpu_s"]) for pr in prof for pl in plain if pl["run"] == pr["run"]]
     return {"phases_ms": ms,
-            "corrected_ms": {p: util.summarize([1e3 * f[p] / prof[0]["files"] for f in fixed]) for p in PHASES},
-            "calls_per_file": {p: util.summarize([r["calls"][p] / r["files"] for r in prof]) for p in PHASES},
+            "corrected_ms": {p: util.summarize([1e3 * f[p] / prof[0]["files"] for f in fixed]) for p in ALL_PHASES},
+            "calls_per_file": {p: util.summarize([{**r["calls"], **r["fetch_parts_calls"]}[p] / r["files"]
+                                                  for r in prof]) for p in ALL_PHASES},
             "profiled_sum_ms": util.summarize([1e3 * r["profiled_cpu_s"] / r["files"] for r in prof]),
             "profiled_proc_ms": util.summarize([1e3 * r["read_cpu_s"] / r["files"] for r in prof]),
             "plain_proc_ms": util.summarize([1e3 * r["read_cpu_s"] / r["files"] for r in plain]),
@@ -298,10 +327,10 @@ def summarize_rows(rows: list[dict], readers: int) -> dict:
 def print_summary(readers: int, s: dict) -> None:
     print(f"\n== {readers} reader(s): ms of CPU per file, profiled | less the profiler's per-call cost "
           "(min / median / max over runs) | calls per file")
-    for p in PHASES:
+    for p in ALL_PHASES:
         v, c, n = s["phases_ms"][p], s["corrected_ms"][p], s["calls_per_file"][p]
         if v and v["max"] >= 0.005:
-            print(f"  {p:14s} {v['min']:6.3f} {v['median']:6.3f} {v['max']:6.3f} | " +
+            print(f"  {p[:30]:30s} {v['min']:6.3f} {v['median']:6.3f} {v['max']:6.3f} | " +
                   (f"{c['min']:6.3f} {c['median']:6.3f} {c['max']:6.3f}" if c else "-") + f" | {n['median']:7.0f}")
     for k in ("profiled_sum_ms", "profiled_proc_ms", "plain_proc_ms", "plain_total_cpu_s", "plain_files_s"):
         v = s[k]
