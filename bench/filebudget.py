@@ -22,7 +22,11 @@ approximation). FUSE handlers of cachefs/fs.py by name; fetch = cachefs/store/* 
 botocore/urllib3 under it), list = its fastlist; store = cachefs/cache/*; index = cachefs/meta/*
 (LMDB block index); thread hops = trio/_threads.py, trio's thread cache, concurrent.futures,
 threading, queue; cachefs code with no handler above it (background fetches, prefetch) is
-"background"; the rest is trio's loop, pyfuse3's dispatch and everything else.
+"background"; the rest is trio's loop, pyfuse3's dispatch and everything else. The fetch is also
+split by library (signing, http.client/email/urllib3/socket, other botocore, cachefs/store).
+
+The profiler costs ~4x the daemon's CPU, per call event: "less profiler cost" takes the same cost per
+call out of every phase (see corrected()), so those figures add up to the plain daemon's CPU.
 
 Writes bench/results/filebudget-<UTC timestamp>.json and prints ms of CPU per file per phase.
 """
