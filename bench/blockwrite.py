@@ -74,8 +74,7 @@ def main(argv=None) -> int:
     for mode, s in summary.items():
         print(f"{mode:9s} ({mib} MiB): " + ", ".join(
             f"{m} {v['min']:.2f}/{v['median']:.2f}/{v['max']:.2f}" for m, v in s.items()))
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   time.strftime("blockwrite-%Y%m%dT%H%M%SZ.json", time.gmtime()))
+    out = util.results_path("blockwrite", args.out)
     util.write_json(out, {"args": vars(args), "rows": rows, "summary": summary})
     print(f"wrote {out}")
     return 0

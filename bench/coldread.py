@@ -189,11 +189,7 @@ def main(argv=None) -> int:
     summary = {name: util.summarize([get(r) for r in rows]) for name, get in figures}
     for name, s in summary.items():
         print(f"{name:24s} min {s['min']:8.2f}  median {s['median']:8.2f}  max {s['max']:8.2f}")
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   time.strftime("coldread-%Y%m%dT%H%M%SZ.json", time.gmtime()))
-    util.write_json(out, {"args": vars(args), "endpoint": ep.kind, "rows": rows, "summary": summary,
-                          "cpus": os.cpu_count(), "loadavg": os.getloadavg()})
-    print(f"wrote {out}")
+    util.write_runs(util.results_path("coldread", args.out), args, ep, rows, summary)
     return 0
 
 

@@ -325,8 +325,7 @@ def main(argv=None) -> int:
         for metric, s in metrics.items():
             if s:
                 print(f"{key:22} {metric:16} {s['min']:10.2f} {s['median']:10.2f} {s['max']:10.2f}")
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   time.strftime("curlprobe-%Y%m%dT%H%M%SZ.json", time.gmtime()))
+    out = util.results_path("curlprobe", args.out)
     util.write_json(out, {"args": vars(args), "endpoint": ep.kind, "pycurl": pycurl.version, "rows": rows,
                           "summary": summary, "cpus": os.cpu_count(), "loadavg_start": load0,
                           "loadavg_end": os.getloadavg()})

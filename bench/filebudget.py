@@ -372,11 +372,7 @@ def main(argv=None) -> int:
     summary = {readers: summarize_rows(rows, readers) for readers in args.readers}
     for readers, s in summary.items():
         print_summary(readers, s)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   time.strftime("filebudget-%Y%m%dT%H%M%SZ.json", time.gmtime()))
-    util.write_json(out, {"args": vars(args), "endpoint": ep.kind, "rows": rows, "summary": summary,
-                          "cpus": os.cpu_count(), "loadavg": os.getloadavg()})
-    print(f"wrote {out}")
+    util.write_runs(util.results_path("filebudget", args.out), args, ep, rows, summary)
     return 0
 
 

@@ -94,8 +94,7 @@ def main(argv=None) -> int:
     for w, by_name in summary.items():
         ratios = [b["cpu_ms"] / f["cpu_ms"] for f, b in zip(raw[w]["fast"], raw[w]["boto3"], strict=True)]
         by_name["boto3_over_fast_cpu"] = util.summarize(ratios)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   time.strftime("listing-%Y%m%dT%H%M%SZ.json", time.gmtime()))
+    out = util.results_path("listing", args.out)
     util.write_json(out, {"args": vars(args), "endpoint": ep.kind, "objects": len(keys), "raw": raw,
                           "summary": summary, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print("| listing | objects per request | path | CPU ms per request min / median / max | wall ms median |")

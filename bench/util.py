@@ -161,6 +161,19 @@ class ProcessMeter:
         return {f"{prefix}_cpu_s": self.cpu_s, f"{prefix}_peak_rss_mib": self.peak_rss_mib}
 
 
+def results_path(name: str, given: str | None = None) -> str:
+    """`given`, or bench/results/<name>-<UTC timestamp>.json."""
+    return given or os.path.join(os.path.dirname(__file__), "results",
+                                 time.strftime(f"{name}-%Y%m%dT%H%M%SZ.json", time.gmtime()))
+
+
+def write_runs(path: str, args, endpoint, rows: list, summary: dict) -> None:
+    """A side-by-side benchmark's results: its arguments, endpoint, every run and the summary."""
+    write_json(path, {"args": vars(args), "endpoint": endpoint.kind, "rows": rows, "summary": summary,
+                      "cpus": os.cpu_count(), "loadavg": os.getloadavg()})
+    print(f"wrote {path}")
+
+
 def write_json(path: str, result: dict) -> None:
     """A benchmark's results file (its directory made if needed)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
