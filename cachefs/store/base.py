@@ -1,6 +1,9 @@
 """The ObjectStore seam: what cachefs needs from S3, and nothing about FUSE.
 
-Methods are synchronous and thread-safe; the daemon calls them from its bounded thread pool.
+The plain methods are synchronous and thread-safe (writes, the control plane, callers outside trio).
+The read path calls the `a`-prefixed coroutines from the trio thread: a store with an engine of its
+own (S3Store on libcurl) answers them in trio without a thread; the defaults here run the
+synchronous method in a worker thread, so every store serves both.
 Errors are the domain errors of cachefs.errors (ObjectNotFound, ObjectChanged, StoreUnavailable ...).
 """
 from __future__ import annotations
@@ -9,6 +12,8 @@ import abc
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import trio
 
 from cachefs.errors import ObjectChanged, ObjectNotFound
 
@@ -54,6 +59,26 @@ class ObjectStore(abc.ABC):
     def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
                   delimiter: str = "/") -> ListPage:
         """One page of a delimited listing under `prefix`."""
+
+    # -- the read path from trio ---------------------------------------------------------------
+    async def aget_range(self, key: str, start: int, end: int, etag: str | None = None,
+                         answered: trio.Event | None = None) -> bytes | memoryview:
+        """get_range from the trio thread; `answered` is set once the response's body follows."""
+        data: bytes | memoryview = await trio.to_thread.run_sync(self.get_range, key, start, end, etag)
+        if answered is not None:
+            answered.set()
+        return data
+
+    async def ahead(self, key: str) -> ObjectInfo | None:
+        """head from the trio thread."""
+        info: ObjectInfo | None = await trio.to_thread.run_sync(self.head, key)
+        return info
+
+    async def alist_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
+                         delimiter: str = "/") -> ListPage:
+        """list_page from the trio thread."""
+        page: ListPage = await trio.to_thread.run_sync(self.list_page, prefix, token, max_keys, delimiter)
+        return page
 
     # -- writes (idempotent: a retried request leaves the same state) ------------------------
     @abc.abstractmethod
