@@ -30,3 +30,10 @@ def block_count(file_size: int, block_size: int) -> int:
 def block_key(bucket: str, key: str, etag: str, block_size: int, index: int) -> bytes:
     """16-byte identity of one block of one version of one object."""
     return xxhash.xxh3_128_digest(f"{bucket}\0{key}\0{etag}\0{block_size}\0{index}".encode())
+
+
+def piece_key(block: bytes, piece_size: int, index: int) -> bytes:
+    """16-byte identity of piece `index` (bytes [index*piece_size, ...) of the block) of the block
+    whose key is `block`: a random read caches the part of a block it fetched under its own key,
+    checksummed by the tiers like a block, and never mistaken for the block or another piece size."""
+    return xxhash.xxh3_128_digest(b"piece\0%b\0%d\0%d" % (block, piece_size, index))

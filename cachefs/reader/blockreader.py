@@ -1,6 +1,8 @@
 """The read path: bytes of a file range from the open file's own block buffer, the cache tiers, or
 S3 — with single-flight fetches and an adaptive sequential read-ahead (directory prefetch and the
-dataset walk: reader/prefetch.py).
+dataset walk: reader/prefetch.py; the partial blocks of random reads: reader/pieces.py). It runs on
+the trio thread: S3 through the store's coroutines, memory hits and small cache puts inline, disk
+reads and block-sized puts in a worker thread.
 
 The kernel asks for 128 KiB-1 MiB at a time while a block is 4 MiB, so each open file keeps the last
 HANDLE_BLOCKS blocks it read, verified once, and slices them: without that every request would
@@ -22,6 +24,7 @@ from cachefs.blocks import block_count, block_key, block_range, blocks_for
 from cachefs.cache.base import BlockCache
 from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import Inode
+from cachefs.reader.pieces import PIECE_SIZE, BlockPieces
 from cachefs.reader.prefetch import DirectoryPrefetch
 from cachefs.stats import Stats
 from cachefs.store.base import ObjectStore
@@ -65,15 +68,19 @@ class ReadState:
     window: int = 0
     ahead_until: int = 0        # blocks below this index were already asked for
     run: int = 0                # bytes read sequentially since the last random read
+    # Random pattern: set by a non-sequential read, cleared once RAMP_BYTES were read sequentially
+    # after it. Meanwhile a block not at hand is read in pieces (reader/pieces.py), not fetched whole.
+    random: bool = False
+    last_index: int = -1        # the block the previous read ended in
 
 
-class BlockReader(DirectoryPrefetch):
+class BlockReader(DirectoryPrefetch, BlockPieces):
     """Bytes of a file range: the open file's own blocks, the read-ahead buffer, the cache tiers or S3."""
 
     def __init__(self, store: ObjectStore, cache: BlockCache, run_blocking: RunBlocking, stats: Stats, *,
                  bucket: str, block_size: int, read_ahead: int, prefetch_small_files: int = 0,
                  max_fetches: int = 16, prefetch_buffer_blocks: int = 32,
-                 handle_budget_blocks: int = HANDLE_BUDGET_BLOCKS) -> None:
+                 handle_budget_blocks: int = HANDLE_BUDGET_BLOCKS, piece_size: int = PIECE_SIZE) -> None:
         self.store = store
         self.cache = cache
         self.run_blocking = run_blocking
@@ -93,6 +100,7 @@ class BlockReader(DirectoryPrefetch):
         self.handle_budget_blocks = handle_budget_blocks
         self._held: OrderedDict[tuple[int, int], weakref.ref[ReadState]] = OrderedDict()
         self._init_directory_prefetch(max_fetches)
+        self._init_pieces(piece_size)
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
     @property
@@ -109,32 +117,49 @@ class BlockReader(DirectoryPrefetch):
         state.next_offset = end
         if not sequential:
             state.window = state.run = 0     # random access: no read amplification
-        elif self.nursery is not None and self.read_ahead_blocks:
+            state.random = True
+        else:
             state.run += end - offset
-            entered = indexes[-1] not in state.blocks
+            if state.run >= RAMP_BYTES:
+                state.random = False         # turned sequential: whole blocks again
+        if sequential and not state.random and self.nursery is not None and self.read_ahead_blocks:
+            entered = indexes[-1] not in state.blocks and indexes[-1] != state.last_index
             if entered or (state.run >= RAMP_BYTES and state.window < self.read_ahead_blocks):
                 start = START_WINDOW_BLOCKS if offset == 0 and size >= RAMP_BYTES else 1
                 state.window = min(max(start, 2 * state.window), self.read_ahead_blocks)
                 metrics.READAHEAD_WINDOW.observe(state.window)
                 self._read_ahead(state, inode, key, indexes[-1] + 1)
+        state.last_index = indexes[-1]
         if len(indexes) == 1:
-            block = await self._handle_block(state, inode, key, indexes[0])
-            base = indexes[0] * self.block_size
-            return block[offset - base:end - base]
-        blocks: dict[int, memoryview] = {}
+            return await self._range(state, inode, key, indexes[0], offset, end)
+        parts: dict[int, memoryview] = {}
+        errors: list[Exception] = []
 
         async def load(i: int) -> None:
-            blocks[i] = await self._handle_block(state, inode, key, i)
+            start, stop = block_range(i, self.block_size, inode.size)
+            try:
+                parts[i] = await self._range(state, inode, key, i, max(offset, start), min(end, stop))
+            except Exception as e:  # noqa: BLE001 - raised below as itself, not in an ExceptionGroup
+                errors.append(e)
 
         async with trio.open_nursery() as nursery:
             for i in indexes:
                 nursery.start_soon(load, i)
-        parts = []
-        for i in indexes:
-            start, stop = block_range(i, self.block_size, inode.size)
-            lo, hi = max(offset, start), min(end, stop)
-            parts.append(blocks[i][lo - start:hi - start])
-        return b"".join(parts)
+        if errors:
+            raise errors[0]
+        return b"".join(parts[i] for i in indexes)
+
+    async def _range(self, state: ReadState, inode: Inode, key: str, index: int, lo: int, hi: int) -> memoryview:
+        """Bytes [lo, hi) of the file, all within block `index`: from the whole block, or, for a random
+        reader whose block is nowhere at hand (not held, buffered, in memory, on disk or in flight),
+        from its pieces."""
+        start = index * self.block_size
+        if state.random and index not in state.blocks and self._pieces_of(inode, index):
+            bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
+            if not (bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey)):
+                return await self._piece_range(inode, key, index, bkey, lo, hi)
+        block = await self._handle_block(state, inode, key, index)
+        return block[lo - start:hi - start]
 
     def forget(self, keys) -> None:
         """Drop waiting read-ahead results of these blocks (their cached copies are being dropped)."""
@@ -236,26 +261,39 @@ class BlockReader(DirectoryPrefetch):
                      stream: bool = False) -> memoryview:
         """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome. A block
         fetched from S3 is in the cache tiers before anyone gets it: a read that returned has its
-        blocks cached (a kill -9 right after loses none of them)."""
+        blocks cached (a kill -9 right after loses none of them). Cancelled (an interrupted read, a
+        cancelled read-ahead: the GET is dropped), it lands with no outcome and a waiter fetches
+        the block itself (_block)."""
         try:
-            fetch.value = await self.run_blocking(self._load, bkey, inode, key, index, stream)
+            fetch.value = await self._load(bkey, inode, key, index, stream)
             return fetch.value
-        except trio.Cancelled:
-            raise
         except Exception as e:
             fetch.error = e
             raise
         finally:
             self._inflight.land(bkey)
 
-    def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> bytes | memoryview:
-        """In a worker thread: the cache tiers (they count their hits), else a ranged GET (a
-        sequential stream's block is cached on disk only: TieredCache.put)."""
-        data = self.cache.get(bkey)
+    async def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
+        """The cache tiers (they count their hits: memory on this thread, disk in a worker thread),
+        the block's cached pieces, else a ranged GET (a sequential stream's block is cached on disk
+        only: TieredCache.put)."""
+        data = self.cache.get_nowait(bkey)
         if data is not None:
             return data
+        if self.cache.contains(bkey):
+            found = await self.run_blocking(self.cache.get, bkey)
+            if found is not None:
+                return memoryview(found)
+        assembled = await self._block_from_pieces(inode, index, bkey) if self.piece_size else None
+        if assembled is not None:
+            await self._put(bkey, assembled, memory=not stream)
+            return assembled
         self.stats.add("cache_misses")
         start, end = block_range(index, self.block_size, inode.size)
-        fetched = self.store.get_range(key, start, end, inode.etag or None)
-        self.cache.put(bkey, fetched, memory=not stream)
+        fetched = await self._get(key, start, end, inode.etag or None)
+        await self._put(bkey, fetched, memory=not stream)
         return memoryview(fetched)
+
+    async def _get(self, key: str, start: int, end: int, etag: str | None) -> bytes | memoryview:
+        """A whole block's GET (a seam for tests counting fetches)."""
+        return await self.store.aget_range(key, start, end, etag)
