@@ -193,9 +193,12 @@ class BlockPieces:
 
     async def _block_from_pieces(self, inode: Inode, index: int, bkey: bytes) -> memoryview | None:
         """The whole block put together from its cached pieces, if all of them are cached."""
-        n = self._pieces_of(inode, index)
-        keys = [piece_key(bkey, self.piece_size, p) for p in range(n)]
-        if not n or not all(self.cache.contains(k) for k in keys):
+        keys = []
+        for p in range(self._pieces_of(inode, index)):
+            keys.append(piece_key(bkey, self.piece_size, p))
+            if not self.cache.contains(keys[-1]):
+                return None          # a cold block costs one hash here
+        if not keys:
             return None
         found = await self.run_blocking(_get_all, self.cache, keys)
         if any(data is None for data in found):
