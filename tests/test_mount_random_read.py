@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from mount_helpers import MiB, first_difference, object_bytes, stats_delta, wait_until
+from mount_helpers import MiB, first_difference, object_bytes, run_cachefs, stats_delta, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -79,6 +79,13 @@ def test_random_64k_reads_fetch_at_most_one_and_a_half_times_what_they_read(moun
     assert _random_preads(m / "rand.bin", reads) == got
     delta = stats_delta(before, m.stats(), "s3_get", "piece_reads")
     assert delta["s3_get"] == 0 and delta["piece_reads"] >= len(set(reads)), delta
+
+    # `cachefs drop` drops the pieces too: the same reads fetch them again
+    res = run_cachefs(["drop", str(m.path), "rand.bin"], m.env)
+    assert res.returncode == 0, res.describe()
+    before = m.stats()
+    assert _random_preads(m / "rand.bin", reads) == got
+    assert stats_delta(before, m.stats(), "s3_get_bytes")["s3_get_bytes"] >= len(set(reads)) * PIECE
 
 
 def test_a_corrupt_piece_is_fetched_again(mounter, rand_bucket, tmp_path):

@@ -166,6 +166,7 @@ class ControlServer:
                 continue
             files += 1
             keys = [k for k, present in self._block_keys(inode) if present]
+            keys += self.daemon.reader.cached_pieces(inode, self.daemon.namespace.key_of(inode), self.daemon.cfg.bucket)
             freed += await trio.to_thread.run_sync(self._remove_blocks, keys, limiter=self.daemon.limiter)
             dropped += len(keys)
             # Read-ahead results waiting for a reader would serve the dropped bytes again.

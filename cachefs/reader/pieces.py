@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from cachefs import supervise
-from cachefs.blocks import block_range, piece_key
+from cachefs.blocks import block_key, block_range, piece_key
 from cachefs.meta.schema import Inode
 
 if TYPE_CHECKING:
@@ -80,6 +80,17 @@ class BlockPieces:
             self.cache.put(key, data, memory)
         else:
             await self.run_blocking(self.cache.put, key, data, memory)
+
+    def cached_pieces(self, inode: Inode, key: str, bucket: str) -> list[bytes]:
+        """The keys of the pieces of this version of a file that some tier holds (`cachefs drop`)."""
+        out = []
+        for index in range(-(-inode.size // self.block_size)):
+            bkey = block_key(bucket, key, inode.etag, self.block_size, index)
+            for p in range(self._pieces_of(inode, index)):
+                pk = piece_key(bkey, self.piece_size, p)
+                if self.cache.contains(pk):
+                    out.append(pk)
+        return out
 
     async def _piece_range(self, inode: Inode, key: str, index: int, bkey: bytes, lo: int, hi: int) -> memoryview:
         """Bytes [lo, hi) (of the file, within block `index`) from the block's pieces."""

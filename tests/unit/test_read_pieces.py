@@ -259,3 +259,16 @@ def test_the_piece_key_differs_from_the_block_and_other_piece_sizes():
     b = os.urandom(16)
     keys = {b, piece_key(b, PS, 0), piece_key(b, PS, 1), piece_key(b, 2 * PS, 0)}
     assert len(keys) == 4 and all(len(k) == 16 for k in keys)
+
+
+def test_cached_pieces_lists_what_the_tiers_hold(world):
+    store, ns, reader, stats, data = world
+
+    async def main():
+        inode = await _inode(ns)
+        await _read_at(reader, inode, [(FIRST, 1), (5 * BS + 3 * PS, 2 * PS)])
+        return inode
+    inode = trio.run(main)
+    bkey5, bkey20 = (block_key("bkt", "pre/f", inode.etag, BS, i) for i in (5, 20))
+    assert set(reader.cached_pieces(inode, "pre/f", "bkt")) == {
+        piece_key(bkey20, PS, 0), piece_key(bkey5, PS, 3), piece_key(bkey5, PS, 4)}
