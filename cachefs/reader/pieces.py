@@ -27,11 +27,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# 64 KiB: the smallest range a random reader asks for in practice (fio's and most databases' record,
-# and the kernel's unit for a random read with POSIX_FADV_RANDOM); an aligned 64 KiB read then costs
-# exactly its bytes (amplification 1.0), while a GET of 64 KiB costs the endpoint about what a GET of
-# 256 KiB does (docs/BENCHMARKS.md, "Cold random reads"), so larger pieces buy nothing for reads
-# this size. A read of several pieces fetches them in one GET.
+# 64 KiB: what random readers ask for (fio's unit, most record formats'; the kernel passes a random
+# read through at its size, it does not read ahead on one), so an aligned 64 KiB read costs exactly
+# its bytes (amplification 1.0; 128 KiB pieces would make it 2.0). A larger piece buys no latency:
+# single GETs on Ceph took 1.76 ms for 64 KiB, 1.79 for 128 KiB, 1.97 for 256 KiB, 9.2 for 4 MiB
+# (docs/BENCHMARKS.md, "Cold random reads and the read path in trio"). A read of several pieces
+# fetches them in one GET.
 PIECE_SIZE = 64 << 10
 # Half the block's pieces (32 of a 4 MiB block): a random reader that has touched half of a block is
 # covering it, and the fill then fetches only the missing half, so a full random pass costs exactly the
