@@ -72,6 +72,7 @@ class ReadState:
     # after it. Meanwhile a block not at hand is read in pieces (reader/pieces.py), not fetched whole.
     random: bool = False
     last_index: int = -1        # the block the previous read ended in
+    prev_offset: int = 0        # where the previous read started
 
 
 class BlockReader(DirectoryPrefetch, BlockPieces):
@@ -113,9 +114,14 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         if not indexes:
             return b""
         sequential = 0 <= offset - state.next_offset <= SKIP_TOLERANCE
+        # Part of the previous request asked for again (the kernel asks for the page it needed right
+        # after a read-ahead request failed): no new pattern, and the same range to fetch, so that
+        # the store's memory of a range that just failed answers it at once.
+        again = state.prev_offset <= offset < state.next_offset
         end = min(offset + size, inode.size)
-        state.next_offset = end
-        if not sequential:
+        if not again:
+            state.prev_offset, state.next_offset = offset, end
+        if not (sequential or again):
             state.window = state.run = 0     # random access: no read amplification
             state.random = True
         else:
@@ -130,6 +136,16 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
                 metrics.READAHEAD_WINDOW.observe(state.window)
                 self._read_ahead(state, inode, key, indexes[-1] + 1)
         state.last_index = indexes[-1]
+        if again and state.random:
+            # read what the previous request asked for (its pieces, so the very range that failed)
+            lo, hi = state.prev_offset, max(end, state.next_offset)
+            span = await self._span(state, inode, key, lo, hi)
+            return memoryview(span)[offset - lo:end - lo]
+        return await self._span(state, inode, key, offset, end)
+
+    async def _span(self, state: ReadState, inode: Inode, key: str, offset: int, end: int) -> bytes | memoryview:
+        """Bytes [offset, end) of the file, its blocks read concurrently."""
+        indexes = blocks_for(offset, end - offset, self.block_size, inode.size)
         if len(indexes) == 1:
             return await self._range(state, inode, key, indexes[0], offset, end)
         parts: dict[int, memoryview] = {}

@@ -272,3 +272,34 @@ def test_cached_pieces_lists_what_the_tiers_hold(world):
     bkey5, bkey20 = (block_key("bkt", "pre/f", inode.etag, BS, i) for i in (5, 20))
     assert set(reader.cached_pieces(inode, "pre/f", "bkt")) == {
         piece_key(bkey20, PS, 0), piece_key(bkey5, PS, 3), piece_key(bkey5, PS, 4)}
+
+
+@pytest.mark.parametrize("offset", [0, 9 * BS], ids=["stream", "random"])
+def test_a_failed_request_asked_again_asks_the_store_for_the_same_range(world, offset):
+    """The kernel asks again for the page it needed right after a read failed: the reader asks the
+    store for the very range that failed (its breaker answers that at once during an outage), rather
+    than taking the re-read for a random seek and asking for a piece."""
+    store, ns, reader, stats, data = world
+    ranges = []
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        async def aget_range(self, key, start, end, etag=None, answered=None):
+            ranges.append((start, end))
+            raise OSError("down")
+    reader.store = Failing()
+
+    async def main():
+        inode = await _inode(ns)
+        state = ReadState()
+        if offset:
+            with pytest.raises(OSError):
+                await reader.read(inode, "pre/f", 20 * BS, 1, state)    # a random reader
+        for size in (128 * 1024, 4096):
+            with pytest.raises(OSError):
+                await reader.read(inode, "pre/f", offset, size, state)
+    trio.run(main)
+    assert ranges[-1] == ranges[-2]
+    assert ranges[-1] == ((0, BS) if offset == 0 else (9 * BS, 9 * BS + 128 * 1024))   # the pieces asked first
