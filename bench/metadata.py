@@ -3,14 +3,16 @@
 `walk` is the step bench/run.py measures for every system. Run as a module, it compares cachefs
 with another checkout of itself side by side (the idea of bench/coldread.py --baseline):
 
-    python -m bench.metadata [--files 10000] [--runs 3] [--baseline TREE] [--endpoint ceph|moto]
+    python -m bench.metadata [--files 10000] [--runs 3] [--baseline TREE] [--rclone] [--endpoint ceph|moto]
 
 Uploads the tree bench/dataset.py makes for the metadata walk (100 files a directory), then, in
 every run and for each cachefs in alternating order: a fresh mount with an empty cache (cold: every
 directory is listed from S3), `ls -lR` of the tree, then `ls -lR` twice more (warm: from LMDB and the
 kernel's caches). Besides the seconds, the FUSE requests that reached the daemon during the warm
 walks, per file, by operation (its Prometheus exporter's cachefs_fuse_op_seconds_count), and the
-daemon's CPU seconds. Writes bench/results/metadata-<UTC timestamp>.json and prints a table.
+daemon's CPU seconds. --rclone: rclone's mount (bench/systems.py, its defaults there) walks too, the
+goal's yardstick (issue 17: warm at most 2x rclone, cold at most rclone).
+Writes bench/results/metadata-<UTC timestamp>.json and prints a table.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from bench import util
 from bench.dataset import meta_tree
 from bench.endpoint import BUCKET, open_endpoint
-from bench.systems import Cachefs
+from bench.systems import Cachefs, Rclone, System
 
 OP_COUNT = re.compile(r'^cachefs_fuse_op_seconds_count\{op="([a-z_]+)"\} ([0-9.e+]+)$', re.M)
 
@@ -54,16 +56,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure(system: Cachefs, port: int, tree: str, files: int, timeout_s: float) -> dict:
+def measure(system: System, port: int | None, tree: str, files: int, timeout_s: float) -> dict:
     system.remount()                     # an empty cache and no kernel dentries: cold
     pids = system.pids()
     cpu0 = util.cpu_seconds(pids) or 0.0
     cold = walk(system.root, tree, files, timeout_s)
     cpu1 = util.cpu_seconds(pids) or 0.0
-    before = fuse_ops(port)
+    before = fuse_ops(port) if port else {}
     warm = [walk(system.root, tree, files, timeout_s) for _ in range(2)]
     cpu2 = util.cpu_seconds(pids) or 0.0
-    after = fuse_ops(port)
+    after = fuse_ops(port) if port else {}
     per_file = {op: (after[op] - before.get(op, 0.0)) / (2 * files) for op in after
                 if after[op] > before.get(op, 0.0)}
     return {"cold_s": cold["seconds"], "warm_s": min(w["seconds"] for w in warm),
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--files", type=int, default=10000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--baseline", metavar="TREE", help="also walk with the cachefs of this checkout")
+    p.add_argument("--rclone", action="store_true", help="also walk through rclone's mount")
     p.add_argument("--endpoint", choices=("ceph", "moto"), default="ceph")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one `ls -lR` may take")
     p.add_argument("--out", help="JSON path (default bench/results/metadata-<UTC timestamp>.json)")
@@ -89,12 +92,15 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda item: client.put_object(Bucket=BUCKET, Key=item[0], Body=item[1]),
                           meta_tree(args.files)))
-        systems = {"cachefs": Cachefs(scratch, ep, BUCKET, scratch)}
+        systems: dict[str, System] = {"cachefs": Cachefs(scratch, ep, BUCKET, scratch)}
         if args.baseline:
             systems["baseline"] = Cachefs.from_tree(args.baseline, "baseline", scratch, ep, BUCKET, scratch)
-        ports = {name: free_port() for name in systems}
+        ports: dict[str, int | None] = {name: free_port() for name in systems}
         for name, system in systems.items():
+            assert isinstance(system, Cachefs)
             system.extra_args = ("--metrics-addr", f"127.0.0.1:{ports[name]}", *args.cachefs_args)
+        if args.rclone:
+            systems["rclone"], ports["rclone"] = Rclone(scratch, ep, BUCKET, scratch), None
         try:
             for r in range(args.runs):
                 row: dict = {"run": r + 1}
