@@ -10,6 +10,7 @@ import pytest
 from mount_helpers import MiB, object_bytes, one_line_error, read_all, run_cachefs
 
 from cachefs import ipc
+from cachefs.errors import UserError
 
 OBJECTS = {"d/one.bin": object_bytes("one", MiB), "d/two.bin": object_bytes("two", MiB // 2),
            "top.txt": b"hello\n"}
@@ -49,6 +50,13 @@ def test_the_socket_is_found_from_the_mount_alone(mnt):
     finally:
         if saved is not None:
             mounts.register(str(mnt.path), saved)
+    owner = os.stat(path).st_uid
+    os.chown(path, owner + 12345, -1)
+    try:
+        with pytest.raises(UserError, match="cannot find the control socket"):
+            ipc.find_socket(str(mnt.path))
+    finally:
+        os.chown(path, owner, -1)
 
 
 def test_socket_is_owner_only(mnt):
