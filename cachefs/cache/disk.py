@@ -105,7 +105,7 @@ class DiskDir:
 
     def block_path(self, key: bytes) -> str:
         h = key.hex()
-        return os.path.join(self.root, h[:2], h)
+        return f"{self.root}/{h[:2]}/{h}"          # os.path.join's result, in one step (the put path)
 
     def space_ok(self) -> bool:
         now = time.monotonic()
@@ -185,7 +185,10 @@ class DiskTier(Tier):
 
     @property
     def usable(self) -> bool:
-        return any(d.healthy for d in self.dirs)
+        for d in self.dirs:                        # not any(generator): on every put
+            if d.healthy:
+                return True
+        return False
 
     def pressure(self) -> bool:
         return any(d.healthy and not d.space_ok() for d in self.dirs)

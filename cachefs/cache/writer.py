@@ -17,7 +17,7 @@ from cachefs import supervise
 
 # Bytes of blocks waiting for their disk copy, at most: what a kill -9 can lose of the disk copies
 # (they are fetched again, never served wrong) and what they may hold in memory beyond the tiers.
-QUEUE_BYTES = 32 << 20
+QUEUE_BYTES = 64 << 20
 
 
 class DiskWriter:
