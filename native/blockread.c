@@ -503,6 +503,9 @@ done:
     return result;
 }
 
+/* Buffers with headroom from this size on are page-aligned (at most 1/16 of padding). */
+#define ALIGNED_MIN (16 * ALIGN)
+
 static PyObject *buffer(PyObject *Py_UNUSED(module), PyObject *args)
 {
     Py_ssize_t len, headroom = 0;
@@ -516,9 +519,10 @@ static PyObject *buffer(PyObject *Py_UNUSED(module), PyObject *args)
     }
     size_t alloc = (size_t)(len + headroom);
     base = pool_take(alloc, &cap);
-    if (base == NULL && headroom > 0) {
+    if (base == NULL && headroom > 0 && alloc >= ALIGNED_MIN) {
         /* Page-aligned and padded to ALIGN: header + payload can be written with O_DIRECT from
-         * here (write_framed, write_block), small objects too. */
+         * here (write_framed, write_block), small objects too. Not for tiny ones: the padding would
+         * be most of their memory, and copying them costs little. */
         alloc = (alloc + ALIGN - 1) / ALIGN * ALIGN;
         void *p = NULL;
         if (posix_memalign(&p, ALIGN, alloc) != 0)

@@ -43,6 +43,14 @@ class MemoryTier(Tier):
     def charge(self, payload_len: int) -> int:
         return payload_len + ENTRY_OVERHEAD
 
+    @staticmethod
+    def held(data: bytes | memoryview) -> int:
+        """Memory a block kept as it is holds: a native buffer's capacity (page padding, a chunk's
+        spare room) counts, so that the budget is what the process really holds."""
+        if isinstance(data, memoryview):
+            return max(data.nbytes, getattr(data.obj, "capacity", 0))
+        return len(data)
+
     def _choose_place(self, key: bytes) -> int | None:
         return 0
 
@@ -57,8 +65,8 @@ class MemoryTier(Tier):
     def put(self, key: bytes, data: bytes | memoryview, limit: int) -> bool:
         """Tier.put in one lock section: storing is a dictionary insert, so the block needs no
         reservation while it is written (cheap on the trio thread)."""
-        size = len(data) + ENTRY_OVERHEAD
         kept = data if _owns_all(data) else None
+        size = (self.held(kept) if kept is not None else len(data)) + ENTRY_OVERHEAD
         with self._lock:
             if key in self._slots:
                 return True

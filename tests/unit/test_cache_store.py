@@ -233,3 +233,13 @@ def test_put_nowait_without_disk_tiers_is_a_memory_put(tmp_path):
     cache = TieredCache.build([TierSpec("mem", (), 1 << 20)], None, Stats())
     assert cache.put_nowait(key(1), b"x" * 100)
     assert cache._writer is None and bytes(cache.get_nowait(key(1))) == b"x" * 100
+
+
+@needs_c
+def test_the_memory_tier_charges_what_a_kept_buffer_holds(tmp_path):
+    cache = TieredCache.build([TierSpec("mem", (), 1 << 20)], None, Stats())
+    data = body(110_000)                        # page-aligned, padded to 4096: held as it is
+    assert cache.put(key(1), data)
+    tier = cache.mem_tiers[0]
+    assert tier.used == data.obj.capacity + 512 and data.obj.capacity > 110_000
+    assert cache.put(key(2), b"y" * 1000) and tier.used == data.obj.capacity + 512 + 1000 + 512
