@@ -33,7 +33,6 @@ from cachefs.devtools.devserver import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD_PROXY_REV = "6ad382a"  # the asyncio-streams proxy that copied every response byte through Python
-_CPU = re.compile(r"proxy: stopped;.* CPU ([0-9.]+) s")
 
 
 def kernel_config(option: str) -> str | None:
@@ -74,14 +73,22 @@ class Netem:
     def __init__(self, port: int, latency_ms: float):
         self.port, self.latency_ms = port, latency_ms
 
-    def setup(self) -> str | None:
-        """None when the delay is in place, else why not (and lo is left as it was)."""
+    @staticmethod
+    def precheck() -> str | None:
+        """Why netem cannot run, from what can be seen without touching lo; None: try it."""
         if os.geteuid() != 0:
             return "not root"
         if shutil.which("tc") is None:
             return "no tc (iproute2) on PATH"
         if kernel_config("CONFIG_NET_SCH_NETEM") == "n":
-            return "kernel built without CONFIG_NET_SCH_NETEM (/proc/config.gz), no modules to load"
+            return "kernel built without CONFIG_NET_SCH_NETEM (/proc/config.gz says not set)"
+        return None
+
+    def setup(self) -> str | None:
+        """None when the delay is in place, else why not (and lo is left as it was)."""
+        why = self.precheck()
+        if why:
+            return why
         root = _tc("qdisc", "show", "dev", "lo").stdout.split()
         if root[:2] not in (["qdisc", "noqueue"], ["qdisc", "pfifo_fast"], []):
             return f"lo already has a root qdisc ({' '.join(root[:3])}): not replacing someone else's"
@@ -120,12 +127,10 @@ def remote_store_model(ep, latency_ms: float, straggler_p: float, straggler_ms: 
     block, info['proxy_cpu_s'] is the proxy's own CPU seconds. undelayed() is a context in which the
     endpoint answers without the delay (netem paused), or None when the endpoint is reachable directly."""
     info: dict = {"latency_ms": latency_ms, "straggler_p": straggler_p, "straggler_ms": straggler_ms}
-    why = None
-    if model == "proxy":
-        why = "--latency-model proxy"
-    elif straggler_p > 0:
+    why = "--latency-model proxy" if model == "proxy" else Netem.precheck()
+    if why is None and straggler_p > 0:
         why = "netem delays packets, not requests: the straggler tail needs the proxy (--straggler-p 0 for netem)"
-    else:
+    if why is None:
         netem = Netem(int(ep.url.rsplit(":", 1)[1].split("/")[0]), latency_ms)
         why = netem.setup()
         if why is None:
@@ -139,30 +144,36 @@ def remote_store_model(ep, latency_ms: float, straggler_p: float, straggler_ms: 
     if model == "netem":
         raise RuntimeError(f"--latency-model netem: netem unavailable: {why}")
     info["model"] = f"proxy (netem unavailable: {why})"
-    with endpoints.delaying_proxy(ep, latency_ms, straggler_p, straggler_ms, log_path) as delayed:
-        yield replace(delayed, proxy=f"{delayed.proxy}; {info['model']}"), info, None
-    info["proxy_cpu_s"] = proxy_cpu_from_log(log_path)
+    target = ep.url.split("//", 1)[1].rstrip("/")
+    busy0 = machine_busy_s()
+    with running_proxy("-m bench.proxy", target, latency_ms, log_path,
+                       ["--straggler-p", str(straggler_p), "--straggler-ms", str(straggler_ms)]) as (port, pid):
+        note = (f"delaying proxy ON: +{latency_ms:g} ms per request, {straggler_p:.1%} stragglers of "
+                f"+{straggler_ms:g} ms; {info['model']}")
+        try:
+            yield replace(ep, url=f"http://127.0.0.1:{port}", proxy=note), info, None
+        finally:  # the proxy's share of everything the machine did while it ran
+            info["proxy_cpu_s"] = util.cpu_seconds([pid])
+            info["machine_cpu_s"] = machine_busy_s() - busy0
+            if info["proxy_cpu_s"] is not None and info["machine_cpu_s"] > 0:
+                info["proxy_cpu_share"] = info["proxy_cpu_s"] / info["machine_cpu_s"]
 
 
-def proxy_cpu_from_log(log_path: str) -> float | None:
-    """The CPU seconds the proxy reported when it stopped (its last 'proxy: stopped' line)."""
-    try:
-        with open(log_path, errors="replace") as f:
-            found = _CPU.findall(f.read())
-    except OSError:
-        return None
-    return float(found[-1]) if found else None
+def machine_busy_s() -> float:
+    """CPU seconds every core spent on anything but idle and iowait since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the old-vs-new CPU measurement ---
 
 @contextlib.contextmanager
-def running_proxy(script: str, target: str, latency_ms: float, log_path: str):
+def running_proxy(script: str, target: str, latency_ms: float, log_path: str, extra=("--straggler-p", "0")):
     """A proxy (a script path, or '-m bench.proxy') in front of `target`; yields (port, pid)."""
     port = free_port()
     cmd = [sys.executable, *(script.split() if script.startswith("-m ") else [script]),
-           "--listen", f"127.0.0.1:{port}", "--target", target, "--latency-ms", str(latency_ms),
-           "--straggler-p", "0"]
+           "--listen", f"127.0.0.1:{port}", "--target", target, "--latency-ms", str(latency_ms), *extra]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, start_new_session=True, cwd=REPO)
         try:
@@ -175,7 +186,7 @@ def running_proxy(script: str, target: str, latency_ms: float, log_path: str):
 def measure(ep, bucket: str, proxies: dict[str, str], keys: dict, runs: int, latency_ms: float,
             scratch: str) -> list[dict]:
     """Per run, per case, per proxy (order rotating): client and proxy CPU for a fixed number of GETs."""
-    cases = [("range4m_x8", keys["ranges"], curlprobe.RANGE, 8, 2 * len(keys["ranges"])),
+    cases = [("range4m_x8", keys["ranges"], curlprobe.RANGE, 8, 4 * len(keys["ranges"])),
              ("get110k_x16", keys["small"], curlprobe.SMALL, 16, 3000)]
     rows = []
     names = list(proxies)
@@ -186,24 +197,29 @@ def measure(ep, bucket: str, proxies: dict[str, str], keys: dict, runs: int, lat
             for name in order:
                 with running_proxy(proxies[name], target, latency_ms, os.path.join(scratch, f"{name}.log")) as (
                         port, pid):
-                    meter = util.ProcessMeter([pid])
-                    with meter:
+                    meter, backend = util.ProcessMeter([pid]), util.ProcessMeter(ep.pids)
+                    with meter, backend:
                         fig = curlprobe.get_rate(replace(ep, url=f"http://127.0.0.1:{port}"), bucket, case_keys,
                                                  size, in_flight, count=count)
+                # the other processes of this machine belong to other work: the share is of this exchange's
+                total = meter.cpu_s + backend.cpu_s + fig["client_cpu_s"]
                 gib = fig["bytes"] / curlprobe.GiB
-                fig.update(run=r + 1, case=case, proxy=name, proxy_cpu_s=meter.cpu_s,
+                fig.update(run=r + 1, case=case, proxy=name, proxy_cpu_s=meter.cpu_s, endpoint_cpu_s=backend.cpu_s,
+                           proxy_cpu_share=meter.cpu_s / total if total > 0 else None,
                            proxy_cpu_s_per_gib=meter.cpu_s / gib if gib else None,
                            proxy_cpu_ms_per_get=meter.cpu_s * 1e3 / fig["gets"] if fig["gets"] else None,
                            loadavg_1m=os.getloadavg()[0])
                 rows.append(fig)
                 print(f"run {r + 1} {case:12} {name:4} {fig['gets_s']:8.1f} GET/s {fig['mib_s']:7.1f} MiB/s "
                       f"proxy CPU {fig['proxy_cpu_s']:.2f} s = {fig['proxy_cpu_s_per_gib']:.3f} s/GiB, "
-                      f"{fig['proxy_cpu_ms_per_get']:.3f} ms/GET; client {fig['cpu_s_per_gib']:.3f} s/GiB; "
-                      f"errors {fig['errors']}", flush=True)
+                      f"{fig['proxy_cpu_ms_per_get']:.3f} ms/GET, {fig['proxy_cpu_share']:.0%} of "
+                      f"proxy+client+endpoint; client {fig['cpu_s_per_gib']:.3f} s/GiB; errors {fig['errors']}",
+                      flush=True)
     return rows
 
 
-FIGURES = ("gets_s", "mib_s", "proxy_cpu_s_per_gib", "proxy_cpu_ms_per_get", "cpu_s_per_gib", "errors")
+FIGURES = ("gets_s", "mib_s", "proxy_cpu_s_per_gib", "proxy_cpu_ms_per_get", "proxy_cpu_share", "cpu_s_per_gib",
+           "errors")
 
 
 def main(argv=None) -> int:

@@ -136,16 +136,16 @@ def test_forwards_bytes_exactly_both_ways_on_keep_alive(target):
 
 
 def test_delays_requests_not_responses(target):
-    proc, port = start_proxy(target.port, 150, "--straggler-p", "0")
+    proc, port = start_proxy(target.port, 300, "--straggler-p", "0")
     try:
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            for _ in range(3):
+            for reply_len in (100, 1000, 4 * MiB):
                 sent = time.monotonic()
-                exchange(sock, b"x" * 100, 8 * MiB)
+                exchange(sock, b"x" * 100, reply_len)
                 answered = time.monotonic()
                 arrived = target.arrivals[-1]
-                assert 0.14 <= arrived - sent < 0.4, arrived - sent
-                assert answered - arrived < 0.14, "the response was delayed too"
+                assert 0.29 <= arrived - sent < 0.6, arrived - sent
+                assert answered - arrived < 0.2, "the response was delayed too"
     finally:
         stop_proxy(proc)
 
@@ -229,7 +229,11 @@ def test_latency_model_says_why_netem_is_not_used(tmp_path):
     ep = Endpoint(f"http://127.0.0.1:{target.port}", "moto")
     try:
         with latency.remote_store_model(ep, 20, 0.01, 500, str(tmp_path / "proxy.log")) as (delayed, info, undelayed):
-            assert info["model"].startswith("proxy (netem unavailable: netem delays packets, not requests")
+            assert info["model"].startswith("proxy (netem unavailable: ")
+            if latency.Netem.precheck() is None:
+                assert "straggler tail needs the proxy" in info["model"]
+            else:  # this machine: the kernel has no netem, and that is the reason given
+                assert latency.Netem.precheck() in info["model"]
             assert undelayed is None and delayed.url != ep.url and "proxy (netem unavailable" in delayed.proxy
             with socket.create_connection(("127.0.0.1", int(delayed.url.rsplit(":", 1)[1]))) as sock:
                 exchange(sock, b"abc", MiB)
