@@ -97,7 +97,7 @@ class Netem:
             for args in netem_commands(self.port, self.latency_ms, kind):
                 done = _tc(*args)
                 if done.returncode != 0:
-                    errors.append(f"{kind}: tc {' '.join(args[:2])} ...: {done.stderr.strip()}")
+                    errors.append(f"{kind}: `tc {' '.join(args)}`: {done.stderr.strip()}")
                     _tc("qdisc", "del", "dev", "lo", "root")
                     break
             else:
@@ -148,6 +148,7 @@ def remote_store_model(ep, latency_ms: float, straggler_p: float, straggler_ms: 
     busy0 = machine_busy_s()
     with running_proxy("-m bench.proxy", target, latency_ms, log_path,
                        ["--straggler-p", str(straggler_p), "--straggler-ms", str(straggler_ms)]) as (port, pid):
+        info["pid"] = pid
         note = (f"delaying proxy ON: +{latency_ms:g} ms per request, {straggler_p:.1%} stragglers of "
                 f"+{straggler_ms:g} ms; {info['model']}")
         try:

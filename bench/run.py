@@ -42,6 +42,7 @@ class Recorder:
     def __init__(self):
         self.rows: list[dict] = []
         self.started = time.monotonic()
+        self.proxy_pids: list[int] = []  # the latency proxy, when it runs: its CPU in every row
 
     def add(self, **row) -> None:
         self.rows.append(row)
@@ -54,9 +55,10 @@ class Recorder:
     def measure(self, fn, system, endpoint_pids, **key) -> dict | None:
         """Run one step with the daemon's and the endpoint's CPU/RSS metered; a failure becomes a row."""
         daemon, backend = util.ProcessMeter(system.pids()), util.ProcessMeter(endpoint_pids)
+        proxy = util.ProcessMeter(self.proxy_pids)
         before = system.counters()
         try:
-            with daemon, backend:
+            with daemon, backend, proxy:
                 figures = fn()
         except Exception as exc:  # noqa: BLE001 - one failed step must not sink the matrix
             self.add(**key, system=system.name, error=f"{type(exc).__name__}: {exc}")
@@ -68,6 +70,8 @@ class Recorder:
                      ("s3_get", "s3_get_bytes", "cache_hits", "cache_misses")
                      if isinstance(after.get(k), (int, float))}
         # the step's own figures win (the endpoint probe meters the endpoint itself)
+        if self.proxy_pids:
+            extra["proxy_cpu_s"] = proxy.cpu_s
         self.add(**{**key, "system": system.name, **daemon.result("daemon"), **backend.result("endpoint"),
                     **extra, **figures})
         return figures
@@ -220,6 +224,7 @@ def main(argv=None) -> int:
                     ep, args.latency_ms, args.straggler_p, args.straggler_ms, os.path.join(scratch, "proxy.log"),
                     args.latency_model))
                 undelayed = paused or undelayed
+                rec.proxy_pids = [results["latency_model"]["pid"]] if "pid" in results["latency_model"] else []
                 targets["through-proxy"] = ep  # the report's label for the delayed endpoint, netem or proxy
                 print(f"latency model: {results['latency_model']['model']}", flush=True)
             results["proxy"] = ep.proxy
