@@ -245,3 +245,23 @@ def test_latency_model_says_why_netem_is_not_used(tmp_path):
             latency.Netem(target.port, 20).teardown()
     finally:
         target.close()
+
+
+def test_bench_run_records_the_latency_model_and_the_proxy_cpu(tmp_path):
+    """The wiring in bench.run: which model ran and why, the proxy's CPU per row, the proxy gone after."""
+    import json
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--endpoint", "moto", "--systems", "local",
+                           "--workloads", "fio", "--latency-ms", "5", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    model = res["latency_model"]
+    assert model["model"] == "netem" or model["model"].startswith("proxy (netem unavailable: ")
+    assert f"latency model: {model['model']}" in proc.stdout
+    if model["model"] != "netem":
+        assert model["proxy_cpu_s"] > 0 and all("proxy_cpu_s" in r for r in res["rows"] if not r.get("error"))
+        probe = [r for r in res["rows"] if r["workload"] == "endpoint" and r["job"] == "through-proxy"]
+        assert probe and probe[0]["proxy_cpu_s"] > 0
+        assert not os.path.exists(f"/proc/{model['pid']}"), "the proxy outlived the run"
+        assert "netem unavailable" in (out / "results.md").read_text()
