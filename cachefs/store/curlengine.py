@@ -2,9 +2,9 @@
 
 One attempt of a GET (ranged, If-Match), HEAD or ListObjectsV2 page: the URL botocore would build
 (endpoint and addressing style, taken from the boto3 client once), signed by libcurl itself
-(CURLOPT_AWS_SIGV4) with the client's credentials frozen per request (refreshable ones included);
-with a session token, botocore's S3SigV4Auth signs instead, since the token header must be signed
-too. A 200/206 body of the expected length lands straight in a recycled block buffer with header
+(CURLOPT_AWS_SIGV4) with the client's credentials frozen per request (refreshable ones included,
+a session token as a header that libcurl signs too); botocore's S3SigV4Auth signs only a key with
+"." or ".." segments, which libcurl will not send untouched with SigV4. A 200/206 body of the expected length lands straight in a recycled block buffer with header
 room for the cache's frame (native.buffer), anything else in bytes. TLS is verified against
 AWS_CA_BUNDLE or the system's CA bundle.
 
@@ -39,9 +39,9 @@ SIGV4_MIN_LIBCURL = 0x074B00   # 7.75.0: CURLOPT_AWS_SIGV4
 _SENTINEL = "cachefs-sentinel-key"
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
-# The answers S3Store knows what to do with; anything else (301, 307, 400 ...) goes to boto3,
-# which follows region redirects itself.
-_HANDLED_ERRORS = {403, 404, 408, 412, 416, 429, 500, 502, 503, 504}
+# The answers S3Store knows what to do with; anything else (301, 307 ...) goes to boto3, which
+# follows region redirects itself (and so does a 400 that names a wrong region, _WRONG_REGION).
+_HANDLED_ERRORS = {400, 403, 404, 408, 412, 416, 429, 500, 502, 503, 504}
 _WRONG_REGION = {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
 _META = "x-amz-meta-"
 ERROR_BODY_MAX = 64 * 1024
@@ -201,21 +201,24 @@ class CurlEngine:
         return c
 
     def _sign(self, c: pycurl.Curl, method: str, url: str, headers: list[str], as_is: bool) -> list[str]:
-        """The headers to send; libcurl signs unless the request needs botocore's signer: a session
-        token (libcurl would not sign its header), or a path libcurl would tidy (`as_is`: a key with
-        "." or ".." segments, which libcurl refuses to send untouched with SigV4)."""
+        """The headers to send, signed by libcurl, which also signs an x-amz-security-token header
+        (libcurl 8.x; checked against moto with session credentials). botocore signs instead for a
+        path libcurl would tidy (`as_is`: a key with "." or ".." segments, which libcurl refuses to
+        send untouched with SigV4)."""
         creds = self._credentials.get_frozen_credentials()
         c.setopt(pycurl.PATH_AS_IS, as_is)
-        if creds.token or as_is:
+        if as_is:
             request = AWSRequest(method, url, headers=dict(h.split(": ", 1) for h in headers))
             S3SigV4Auth(creds, "s3", self.region).add_auth(request)
             c.setopt(pycurl.HTTPAUTH, pycurl.HTTPAUTH_BASIC)   # and no user: libcurl adds no auth
             c.unsetopt(pycurl.USERPWD)
             return [f"{k}: {v}" for k, v in request.headers.items()]
-        if self._userpwd[0] is not creds:
+        if self._userpwd[0] != creds:
             self._userpwd = (creds, f"{creds.access_key}:{creds.secret_key}")
         c.setopt(pycurl.AWS_SIGV4, self._sigv4)
         c.setopt(pycurl.USERPWD, self._userpwd[1])
+        if creds.token:
+            return [*headers, f"x-amz-security-token: {creds.token}"]
         return headers
 
     async def _exchange(self, operation: str, method: str, url: str, headers: list[str], expected: int = 0,
