@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             order = list(engines)
             order = order[run % len(order):] + order[:run % len(order)]
             for name in order:
-                for kind, targets in (("small", _targets("small", small_gets)), ("range", _targets("range", RANGE_GETS))):
+                for kind, targets in (("small", _targets("small", small_gets)),
+                                      ("range", _targets("range", RANGE_GETS))):
                     wall, cpu, nbytes = trio.run(_drive, engines[name], targets, args.in_flight)
                     row = {"run": run, "engine": name, "kind": kind, "requests": len(targets), "wall_s": wall,
                            "cpu_s": cpu, "gets_per_s": len(targets) / wall,

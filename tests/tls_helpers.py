@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 def make_ca_and_cert(where: Path) -> tuple[Path, Path, Path]:
     """(CA certificate, server certificate, server key) as PEM files in `where`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cachefs test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

@@ -4,8 +4,9 @@ One attempt of a GET (ranged, If-Match), HEAD or ListObjectsV2 page: the URL bot
 (endpoint and addressing style, taken from the boto3 client once), signed by libcurl itself
 (CURLOPT_AWS_SIGV4) with the client's credentials frozen per request (refreshable ones included,
 a session token as a header that libcurl signs too); botocore's S3SigV4Auth signs only a key with
-"." or ".." segments, which libcurl will not send untouched with SigV4. A 200/206 body of the expected length lands straight in a recycled block buffer with header
-room for the cache's frame (native.buffer), anything else in bytes. TLS is verified against
+"." or ".." segments, which libcurl will not send untouched with SigV4. A 200/206 body of the
+expected length lands straight in a recycled block buffer with header room for the cache's frame
+(native.buffer), anything else in bytes. TLS is verified against
 AWS_CA_BUNDLE or the system's CA bundle.
 
 Failures come out as the exceptions S3Store's retry loop already classifies: botocore's ClientError
