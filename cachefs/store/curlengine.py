@@ -97,7 +97,7 @@ def quote_key(key: str) -> str:
 
 class _Exchange:
     """One request's answer as libcurl hands it over: status, headers, body."""
-    __slots__ = ("status", "headers", "expected", "view", "buf", "pos", "answered", "limit")
+    __slots__ = ("status", "headers", "expected", "view", "buf", "pos", "answered", "limit", "headers_at")
 
     def __init__(self, expected: int, answered: trio.Event | None) -> None:
         self.status = 0
@@ -108,6 +108,7 @@ class _Exchange:
         self.pos = 0
         self.answered = answered
         self.limit = 0
+        self.headers_at = 0.0           # time.perf_counter() when the answer's headers were complete
 
     def header(self, line: bytes) -> None:
         if line.startswith(b"HTTP/"):
@@ -118,9 +119,10 @@ class _Exchange:
         name, sep, value = line.partition(b":")
         if sep:
             self.headers[name.strip().decode("latin-1").lower()] = value.strip().decode("utf-8", "replace")
-        elif line in (b"\r\n", b"\n") and self.status >= 200 and self.answered is not None \
-                and self.status in (200, 206):
-            self.answered.set()
+        elif line in (b"\r\n", b"\n") and self.status >= 200:
+            self.headers_at = time.perf_counter()
+            if self.answered is not None and self.status in (200, 206):
+                self.answered.set()
 
     def write(self, chunk: bytes) -> int | None:
         n = len(chunk)
@@ -252,7 +254,7 @@ class CurlEngine:
             if code in _TIMEOUT_CODES:
                 raise CurlTimeout(f"curl error {code}: {message}")
             raise CurlNetworkError(f"curl error {code}: {message}")
-        metrics.S3_SECONDS.labels(operation).observe(time.perf_counter() - t0)
+        metrics.S3_SECONDS.labels(operation).observe((ex.headers_at or time.perf_counter()) - t0)
         metrics.S3_REQUESTS.labels(operation, str(ex.status)).inc()
         return ex
 

@@ -17,11 +17,14 @@ gets a fresh multi. Everything here runs in the trio thread; nothing is thread-s
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import pycurl
 import trio
+
+log = logging.getLogger(__name__)
 
 
 class _Transfer:
@@ -75,7 +78,7 @@ class TrioMulti:
             try:
                 await transfer.done.wait()
             finally:
-                if transfer.result < 0:         # cancelled mid-transfer: stop it for real
+                if transfer.result < 0 and not self.closed:     # cancelled mid-transfer: stop it for real
                     self.multi.remove_handle(handle)
         finally:
             del self._transfers[key]
@@ -87,7 +90,8 @@ class TrioMulti:
         return len({fd for fd, _ in self._watches})
 
     def close(self) -> None:
-        """Stop the tasks and drop the multi (from the trio thread, or after its run ended)."""
+        """Stop the tasks and drop the multi: from the trio thread, or after its trio run ended
+        (never from another thread while the run goes on)."""
         self.closed = True
         for watch in list(self._watches.values()):
             watch.scope.cancel()
@@ -103,6 +107,8 @@ class TrioMulti:
 
     # -- libcurl's callbacks (called inside socket_action, add_handle or remove_handle) ----------
     def _socket_cb(self, what: int, fd: int, multi: Any, socketp: Any) -> None:
+        if self.closed:          # closing: libcurl lets its sockets go, maybe outside trio
+            return
         if what == pycurl.POLL_REMOVE:
             stopped = [self._watches.pop((fd, d), None) for d in (pycurl.POLL_IN, pycurl.POLL_OUT)]
             if any(stopped):
@@ -124,6 +130,8 @@ class TrioMulti:
                     stopped_watch.scope.cancel()
 
     def _timer_cb(self, timeout_ms: int) -> None:
+        if self.closed:
+            return
         self._timer_at = math.inf if timeout_ms < 0 else trio.current_time() + timeout_ms / 1000
         if self._timer_scope is not None:
             self._timer_scope.deadline = self._timer_at
@@ -133,11 +141,11 @@ class TrioMulti:
         wait = trio.lowlevel.wait_readable if direction == pycurl.POLL_IN else trio.lowlevel.wait_writable
         event = pycurl.CSELECT_IN if direction == pycurl.POLL_IN else pycurl.CSELECT_OUT
         with watch.scope:
-            while not self.closed:
+            while not self.closed and not watch.scope.cancel_called:
                 try:
                     await wait(fd)
-                except (trio.ClosedResourceError, OSError):
-                    return        # libcurl let the socket go (notify_closing) or it is gone
+                except (trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                    return        # libcurl let the socket go (notify_closing), or it is gone
                 self._action(fd, event)
 
     async def _timer_task(self) -> None:
@@ -155,7 +163,11 @@ class TrioMulti:
     def _action(self, fd: int, event: int) -> None:
         if self.closed:
             return
-        self.multi.socket_action(fd, event)
+        try:
+            self.multi.socket_action(fd, event)
+        except pycurl.error as e:      # a system task must not raise: it would end the whole trio run
+            log.error("libcurl socket_action failed: %s", e)
+            return
         while True:
             queued, ok, failed = self.multi.info_read()
             for handle in ok:
