@@ -54,7 +54,7 @@ PROFILE_STEPS = ("start", "stop")   # trigger files the profiled daemon answers 
 
 HANDLERS = {"lookup": "lookup", "getattr": "getattr", "open": "open", "read": "read", "release": "release",
             "opendir": "readdir", "readdir": "readdir", "releasedir": "readdir", "flush": "flush",
-            "getxattr": "getxattr", "_getxattr": "getxattr", "listxattr": "getxattr", "statfs": "statfs",
+            "getxattr": "getxattr", "listxattr": "getxattr", "statfs": "statfs",
             "forget": "forget"}
 PHASES = ("lookup", "getattr", "open", "read", "release", "readdir", "flush", "getxattr", "statfs", "forget",
           "fuse wrapper", "fetch", "list", "store", "index", "thread hops", "background", "rest")

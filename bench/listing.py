@@ -1,12 +1,13 @@
-"""Listing CPU: boto3's list_objects_v2 against cachefs's fast listing (store/fastlist.py).
+"""Listing CPU: boto3's list_objects_v2 against cachefs's listing on the libcurl engine (S3Store.alist_page
+from trio: store/curlengine.py, parsed by store/s3list.py).
 
 Starts Ceph RGW (bench/ceph.sh), uploads a dataset of DIRS directories of PER_DIR empty objects, and
 then, in every run, lists through the daemon's own S3Store once with the fast path and once through
-boto3 (the order alternating between runs):
+boto3 (the order alternating between runs; "fast" is the libcurl engine):
   dir    every directory with "/" as delimiter (what a lookup or `ls` of a directory costs)
   flat   the whole dataset without a delimiter, in pages of up to 1000 (a recursive walk)
 Per cell: this process's CPU milliseconds per listing request, and wall milliseconds, min / median /
-max over the runs. Both paths return the same pages (tests/test_store_fastlist.py checks that).
+max over the runs. Both paths return the same pages (tests/test_store_curl.py checks that).
 
     .venv/bin/python -m bench.listing --runs 5
 """
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import trio
 
 from bench import util
 from bench.endpoint import BUCKET, open_endpoint
@@ -35,26 +38,29 @@ def store_for(ep, fast: bool):
     from cachefs.store.s3 import S3Store
     os.environ.update(AWS_ACCESS_KEY_ID=ep.access_key, AWS_SECRET_ACCESS_KEY=ep.secret_key)
     return S3Store(BUCKET, endpoint_url=ep.url, region="us-east-1", addressing_style="path",
-                   read_deadline=60.0, fast_get=fast)
+                   read_deadline=60.0, engine="curl" if fast else "boto3")
 
 
-def list_all(store, prefix: str, delimiter: str) -> int:
-    """Requests made to list everything below `prefix`."""
+async def list_all(store, prefix: str, delimiter: str) -> int:
+    """Requests made to list everything below `prefix` (the engine's coroutine, or boto3 in a thread)."""
     token, requests = None, 0
     while True:
-        page = store.list_page(prefix, token, 1000, delimiter)
+        page = await store.alist_page(prefix, token, 1000, delimiter)
         requests += 1
         if page.next_token is None:
             return requests
         token = page.next_token
 
 
+async def _requests(store, workload: str, dirs: int) -> int:
+    if workload == "dir":
+        return sum([await list_all(store, f"{PREFIX}d{d:04d}/", "/") for d in range(dirs)])
+    return await list_all(store, PREFIX, "")
+
+
 def measure(store, workload: str, dirs: int) -> dict:
     cpu0, t0 = cpu_seconds(), time.perf_counter()
-    if workload == "dir":
-        requests = sum(list_all(store, f"{PREFIX}d{d:04d}/", "/") for d in range(dirs))
-    else:
-        requests = list_all(store, PREFIX, "")
+    requests = trio.run(_requests, store, workload, dirs)
     cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - t0
     return {"requests": requests, "cpu_ms": 1000 * cpu / requests, "wall_ms": 1000 * wall / requests}
 
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
         stores = {"fast": store_for(ep, True), "boto3": store_for(ep, False)}
         try:
             for store in stores.values():
-                list_all(store, PREFIX, "/")                     # connections up, not measured
+                trio.run(list_all, store, PREFIX, "/")          # connections up, not measured
             for run in range(args.runs):
                 for workload in ("dir", "flat"):
                     for name in (("fast", "boto3") if run % 2 == 0 else ("boto3", "fast")):
@@ -85,7 +91,7 @@ def main(argv=None) -> int:
                         raw.setdefault(workload, {}).setdefault(name, []).append(cell)
                         print(f"run {run + 1} {workload:4} {name:5} {cell['requests']:4d} requests "
                               f"{cell['cpu_ms']:7.2f} CPU-ms {cell['wall_ms']:7.2f} wall-ms per request", flush=True)
-            assert stores["fast"]._fast_list is not None, "the fast listing fell back to boto3"
+            assert stores["fast"].engine is not None, "the engine's listing fell back to boto3"
         finally:
             for store in stores.values():
                 store.close()

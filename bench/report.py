@@ -6,6 +6,8 @@ from collections import defaultdict
 
 from bench import util
 
+MiB = 1 << 20
+
 # The headline figure of each workload (the rest stays in results.json).
 HEADLINE = {"ttfb-large": ("lat_ms_p50", "p50 ms"), "ttfb-tiny": ("lat_ms_p50", "p50 ms"),
             "seq-1job": ("mib_s", "MiB/s"), "seq-4jobs": ("mib_s", "MiB/s"), "rand": ("iops", "IOPS")}
@@ -71,6 +73,88 @@ def _ceiling_table(s: dict) -> list[str]:
             table(["", "110 KB GETs/s, 16 parallel", "boto3", "pycurl, 64 parallel", "client CPU ms/GET",
                    "4 MiB, 8 parallel MiB/s", "boto3", "pycurl, 16 parallel", "client CPU-s/GiB",
                    "LIST pages/s (1,000 keys)"], rows)]
+
+
+PEERS = ("s3fs", "rclone")
+
+
+def _median(s: dict, key, metric: str) -> float | None:
+    fig = s["figures"].get(key, {}).get(metric)
+    return fig["median"] if fig else None
+
+
+def _per_run(rows: list[dict], workload: str, job: str, state: str, system: str, fn) -> dict | None:
+    """min/median/max over runs of fn(row) for one cell (rows without an error and with fn's inputs)."""
+    values = []
+    for r in rows:
+        if (r.get("workload"), r.get("job"), r.get("state"), r.get("system")) == (workload, job, state, system) \
+                and not r.get("error"):
+            try:
+                values.append(fn(r))
+            except (KeyError, ZeroDivisionError, TypeError):
+                pass
+    return util.summarize(values) if values else None
+
+
+def _fmt(fig: dict | float | None, digits: int = 2) -> str:
+    if fig is None:
+        return "-"
+    if isinstance(fig, dict):
+        text = f"{fig['median']:,.{digits}f}"
+        return text + (f" ({fig['min']:,.{digits}f}-{fig['max']:,.{digits}f})" if fig.get("n", 1) > 1 else "")
+    return f"{fig:,.{digits}f}"
+
+
+def _verdict(value: float | None, target: float, at_most: bool) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if (value <= target if at_most else value >= target) else "missed"
+
+
+def goal_rows(results: dict, s: dict, system: str = "cachefs") -> list[list[str]]:
+    """Issue 17's goals, each as the figure of this run (median over runs, min-max), its target and
+    whether the median meets it. Ratios are of medians measured side by side in this run."""
+    rows_in, names = results["rows"], systems_in(results)
+    latency = bool(results.get("latency_ms")) or results.get("proxy", "off") not in ("off", None, "")
+    peers = [p for p in PEERS if p in names]
+    out: list[list[str]] = []
+
+    def goal(what: str, value, target: float, at_most: bool, digits: int = 2) -> None:
+        median = value["median"] if isinstance(value, dict) else value
+        bound = f"<= {target:g}" if at_most else f">= {target:g}"
+        out.append([what, _fmt(value, digits), bound, _verdict(median, target, at_most)])
+
+    goal("daemon CPU per cold 110 KB file, ms (image folder, epoch 1)",
+         _per_run(rows_in, "loader", "images", "epoch1", system,
+                  lambda r: 1000 * r["daemon_cpu_s"] / r["images"]), 1.2, True)
+    goal("daemon CPU per cold GiB sequential, s (fio seq-1job)",
+         _per_run(rows_in, "fio", "seq-1job", "cold", system,
+                  lambda r: r["daemon_cpu_s"] / (r["io_mib"] / 1024)), 0.5, True)
+    epoch = _median(s, ("loader", "images", "epoch1", system), "images_per_s")
+    ceiling = _median(s, ("endpoint", "backend", "-", "synthetic"), "curl_image64_gets_s")
+    goal("cold image epoch 1 / endpoint's 110 KB GETs/s at 64 in flight (pycurl)",
+         epoch / ceiling if epoch and ceiling else None, 0.7, False)
+    best = max((v for p in peers if (v := _median(s, ("loader", "images", "epoch1", p), "images_per_s"))),
+               default=None)
+    goal(f"cold image epoch 1 / best peer ({'/'.join(peers) or 'none run'})",
+         epoch / best if epoch and best else None, 5.0 if latency else 2.0, False)
+    backend = _median(s, ("endpoint", "backend", "-", "synthetic"), "parallel8_mib_s")
+    seq = {n: _median(s, ("fio", "seq-4jobs", "cold", n), "mib_s") for n in (system, "s3fs")}
+    if backend and seq[system] and seq["s3fs"]:
+        goal("cold seq-4jobs fraction of the endpoint, minus s3fs's", (seq[system] - seq["s3fs"]) / backend, 0.0,
+             False)
+    rand = {n: _median(s, ("fio", "rand", "cold", n), "iops") for n in (system, "s3fs")}
+    goal("cold random 64 KiB IOPS / s3fs's", rand[system] / rand["s3fs"] if rand[system] and rand["s3fs"] else None,
+         1.2, False)
+    goal("read amplification, cold random 64 KiB (S3 bytes / bytes read)",
+         _per_run(rows_in, "fio", "rand", "cold", system, lambda r: r["daemon_s3_get_bytes"] / (r["io_mib"] * MiB)),
+         1.5, True)
+    for key in sorted({k[1] for k in s["figures"] if k[0] == "metadata"}):
+        for state, bound in (("warm", 2.0), ("cold", 1.0)):
+            ours, theirs = (_median(s, ("metadata", key, state, n), "seconds") for n in (system, "rclone"))
+            goal(f"{state} ls -lR of {key}: seconds / rclone's", ours / theirs if ours and theirs else None,
+                 bound, True)
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -168,6 +252,10 @@ def markdown(results: dict) -> str:
                                                                for n in names])
     if meta_rows:
         parts += ["", "## Metadata", table(["tree, state"] + names, meta_rows)]
+
+    if "cachefs" in names:
+        parts += ["", "## Issue 17's goals (cachefs; ratios of medians measured side by side in this run)",
+                  table(["goal", "figure", "target", ""], goal_rows(results, s))]
 
     errors = [f"- run {r['run']} {r['workload']} {r['system']} {r['job']} {r['state']}: "
               f"{r['error'].strip().splitlines()[0][:300]}" for r in results["rows"] if r.get("error")]

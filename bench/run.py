@@ -5,6 +5,9 @@ side on one S3 endpoint; write bench/results/<timestamp>/{results.json,results.m
   python -m bench.run --full             # `make bench-full`: the whole matrix
   python -m bench.run --short --latency-ms 20 --straggler-p 0.01 --straggler-ms 500   # remote-store model
 
+The remote-store model (bench/latency.py) is `tc netem` where the kernel has it (as root, --straggler-p 0),
+else the delaying proxy; results.json's "latency_model" says which ran and why.
+
 Cache states: cold = fresh mount with an empty cache and the page cache dropped; warm-disk = after a
 cold pass, page cache dropped (the daemon's own cache tiers stay); warm-page = the next pass.
 Every step is bounded; whatever happens, every mount is unmounted and every daemon stopped.
@@ -25,7 +28,7 @@ import tempfile
 import time
 import traceback
 
-from bench import dataset, endpoint, fio_bench, metadata, probe, report, systems, util
+from bench import dataset, endpoint, fio_bench, latency, metadata, probe, report, systems, util
 from bench.loader import loader
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -39,6 +42,7 @@ class Recorder:
     def __init__(self):
         self.rows: list[dict] = []
         self.started = time.monotonic()
+        self.proxy_pids: list[int] = []  # the latency proxy, when it runs: its CPU in every row
 
     def add(self, **row) -> None:
         self.rows.append(row)
@@ -51,9 +55,10 @@ class Recorder:
     def measure(self, fn, system, endpoint_pids, **key) -> dict | None:
         """Run one step with the daemon's and the endpoint's CPU/RSS metered; a failure becomes a row."""
         daemon, backend = util.ProcessMeter(system.pids()), util.ProcessMeter(endpoint_pids)
+        proxy = util.ProcessMeter(self.proxy_pids)
         before = system.counters()
         try:
-            with daemon, backend:
+            with daemon, backend, proxy:
                 figures = fn()
         except Exception as exc:  # noqa: BLE001 - one failed step must not sink the matrix
             self.add(**key, system=system.name, error=f"{type(exc).__name__}: {exc}")
@@ -65,6 +70,8 @@ class Recorder:
                      ("s3_get", "s3_get_bytes", "cache_hits", "cache_misses")
                      if isinstance(after.get(k), (int, float))}
         # the step's own figures win (the endpoint probe meters the endpoint itself)
+        if self.proxy_pids:
+            extra["proxy_cpu_s"] = proxy.cpu_s
         self.add(**{**key, "system": system.name, **daemon.result("daemon"), **backend.result("endpoint"),
                     **extra, **figures})
         return figures
@@ -156,7 +163,9 @@ def parse_args(argv):
     p.add_argument("--workloads", default="fio,loader,metadata")
     p.add_argument("--runs", type=int, help="repetitions (default: the scale's, >= 3 except --tiny)")
     p.add_argument("--endpoint", choices=("ceph", "moto"), default="ceph")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="add a delaying proxy (0: off)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay requests to the endpoint (0: off)")
+    p.add_argument("--latency-model", choices=("auto", "netem", "proxy"), default="auto",
+                   help="auto: netem if the kernel has it and we are root and --straggler-p is 0, else the proxy")
     p.add_argument("--straggler-p", type=float, default=0.01)
     p.add_argument("--straggler-ms", type=float, default=500.0)
     p.add_argument("--consume-rate", type=float, help="images/s the trainer consumes (models the GPU step)")
@@ -208,10 +217,16 @@ def main(argv=None) -> int:
             results["dataset"]["seconds"] = time.monotonic() - t
             print(f"dataset: {results['dataset']}", flush=True)
             targets = {"backend": ep}
+            results["latency_model"] = {"model": "off"}
+            undelayed = contextlib.nullcontext  # netem delays the endpoint itself: paused for the backend probe
             if args.latency_ms > 0:
-                ep = stack.enter_context(endpoint.delaying_proxy(
-                    ep, args.latency_ms, args.straggler_p, args.straggler_ms, os.path.join(scratch, "proxy.log")))
-                targets["through-proxy"] = ep
+                ep, results["latency_model"], paused = stack.enter_context(latency.remote_store_model(
+                    ep, args.latency_ms, args.straggler_p, args.straggler_ms, os.path.join(scratch, "proxy.log"),
+                    args.latency_model))
+                undelayed = paused or undelayed
+                rec.proxy_pids = [results["latency_model"]["pid"]] if "pid" in results["latency_model"] else []
+                targets["through-proxy"] = ep  # the report's label for the delayed endpoint, netem or proxy
+                print(f"latency model: {results['latency_model']['model']}", flush=True)
             results["proxy"] = ep.proxy
             under_test = []
             for name in names:
@@ -222,9 +237,10 @@ def main(argv=None) -> int:
             workloads = set(args.workloads.split(","))
             for run_i in range(1, runs + 1):
                 for label, target in targets.items():
-                    rec.measure(lambda: probe.probe(target, endpoint.BUCKET, dataset.PROBE_KEY,
-                                                    scale.fio_file_mib * dataset.MiB, disk_dir=scratch),
-                                _NoSystem, [], run=run_i, workload="endpoint", job=label, state="-")
+                    with undelayed() if label == "backend" else contextlib.nullcontext():
+                        rec.measure(lambda: probe.probe(target, endpoint.BUCKET, dataset.PROBE_KEY,
+                                                        scale.fio_file_mib * dataset.MiB, disk_dir=scratch),
+                                    _NoSystem, [], run=run_i, workload="endpoint", job=label, state="-")
                 if "loader" in workloads:
                     synthetic_loader(scale, rec, run_i, args)
                 for system in under_test:

@@ -1,6 +1,7 @@
 """Which S3 client path for the read path: boto3 in threads, cachefs's fast GET (store/fastget.py:
 signed by botocore, sent through the boto3 client's own HTTP session, no per-call pipeline; what
-cachefs does by default, --s3-fast-get) in the same threads, or aiobotocore.
+cachefs did by default before the libcurl engine; its last version is loaded from git history) in
+the same threads, or aiobotocore. The libcurl engine itself: bench/engine.py.
 
 Against one endpoint (Ceph RGW, started here unless --endpoint-url is given), each client fetches
   ranged  one large object in 4 MiB ranged GETs (cachefs's block fetches), N in flight
@@ -99,7 +100,8 @@ def boto3_fetcher(endpoint: dict, bucket: str, inflight: int):
 def fastget_fetcher(endpoint: dict, bucket: str, inflight: int):
     import boto3
 
-    from cachefs.store.fastget import FastGetter
+    from bench.engine import _old_fastget  # store/fastget.py left the tree; its last version from git
+    FastGetter = _old_fastget().FastGetter
     client = boto3.session.Session().client("s3", config=client_config(inflight), **endpoint)
     getter = FastGetter(client, bucket)
 

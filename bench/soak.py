@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import util
+
 MiB = 1 << 20
 DEFAULT_FILES = 24
 DEFAULT_FILE_SIZE = 2 * MiB            # 48 MiB of data against 8 MiB memory + 16 MiB disk cache
@@ -110,7 +112,7 @@ class SoakResult:
 def sample(pid: int, t0: float, result: SoakResult, mountpoint: Path) -> Sample:
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f if ":" in line)
-    stats = json.loads(os.getxattr(mountpoint, "user.cachefs.stats"))
+    stats = util.daemon_stats(str(mountpoint))
     return Sample(round(time.monotonic() - t0, 1), round(int(fields["VmRSS"].split()[0]) / 1024, 1),
                   len(os.listdir(f"/proc/{pid}/fd")), int(fields["Threads"]), result.reads,
                   round(result.read_bytes / MiB, 1), round(result.written_bytes / MiB, 1),
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             if flushed.returncode != 0:
                 result.errors.append(f"cachefs flush: {flushed.describe()}")
             result.errors += check_written(s3, "soak-bucket", result.files)
-            stats = json.loads(os.getxattr(mnt, "user.cachefs.stats"))
+            stats = util.daemon_stats(str(mnt))
         finally:
             force_unmount(mnt)
             stop_pid(pid)

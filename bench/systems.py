@@ -10,7 +10,6 @@ which processes are its daemon (for CPU seconds and peak RSS).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -192,9 +191,10 @@ class Cachefs(System):
         return super().pids()
 
     def counters(self) -> dict | None:
+        from cachefs.errors import UserError
         try:
-            return json.loads(os.getxattr(self.mountpoint, "user.cachefs.stats"))
-        except (OSError, ValueError):
+            return util.daemon_stats(self.mountpoint)
+        except (UserError, OSError, ValueError):
             return None
 
     def describe(self) -> str:

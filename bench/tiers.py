@@ -61,7 +61,7 @@ class Mount:
         shutil.rmtree(self.base, ignore_errors=True)
 
     def stats(self) -> dict:
-        return json.loads(os.getxattr(self.path, "user.cachefs.stats"))
+        return util.daemon_stats(self.path)
 
     def pid(self) -> int:
         with open(os.path.join(self.cache_dir, "cachefs.pid")) as f:

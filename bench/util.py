@@ -161,6 +161,14 @@ class ProcessMeter:
         return {f"{prefix}_cpu_s": self.cpu_s, f"{prefix}_peak_rss_mib": self.peak_rss_mib}
 
 
+def daemon_stats(mountpoint: str) -> dict:
+    """Every counter of the cachefs daemon serving MOUNTPOINT, from its control socket (what
+    `cachefs stats MOUNTPOINT --json` prints). Raises cachefs.errors.UserError when it cannot ask."""
+    from cachefs.ipc import control_request
+    stats: dict = control_request(str(mountpoint), "stats", timeout=30)["stats"]
+    return stats
+
+
 def results_path(name: str, given: str | None = None) -> str:
     """`given`, or bench/results/<name>-<UTC timestamp>.json."""
     return given or os.path.join(os.path.dirname(__file__), "results",

@@ -132,8 +132,9 @@ OPTIONS: tuple[Option, ...] = (
            "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
     Option("hedging", _bool, "send a duplicate GET when one runs past the p95 of recent latencies"),
     Option("hedge_min_delay", parse_seconds, "never hedge a GET sooner than this many seconds"),
-    Option("s3_fast_get", _bool, "ranged GETs and listings signed by botocore but sent without its per-call "
-           "pipeline (~1.3 ms less CPU a GET, 4x less a listing page); false: plain boto3 calls"),
+    Option("s3_engine", _choice("curl", "boto3"), "the read path's S3 client: curl (libcurl driven by trio, "
+           "no thread per request) or boto3 (plain boto3 calls in worker threads)"),
+    Option("s3_fast_get", _bool, "deprecated: false is --s3-engine boto3"),
     Option("s3_max_attempts", _count(1, 20), "attempts per S3 request (retries + 1)"),
     Option("s3_connect_timeout", parse_seconds, "seconds to connect to the endpoint"),
     Option("s3_read_timeout", parse_seconds, "seconds to wait for data from the endpoint"),
@@ -233,8 +234,10 @@ class Config:
     # Below ~50 ms a duplicate mostly doubles load on a healthy endpoint (a LAN RGW answers a 4 MiB
     # GET in 15-40 ms); stragglers worth hedging take hundreds of milliseconds.
     hedge_min_delay: float = 0.05
-    # Measured: 0.6-0.75 ms of CPU per 110 KB GET against 2.0 ms through boto3 (BENCHMARKS.md).
-    s3_fast_get: bool = True
+    # Measured: ~0.1-0.3 ms of CPU per 110 KB GET against 0.7 (the former fast GET) and 2.0 through boto3
+    # (BENCHMARKS.md, "S3 engine"). boto3 stays for writes and the control plane either way.
+    s3_engine: str = "curl"
+    s3_fast_get: bool = True      # deprecated alias: false means s3_engine = "boto3"
     s3_max_attempts: int = 4
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 30.0

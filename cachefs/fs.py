@@ -12,12 +12,10 @@ bookkeeping here: forget() has nothing to free.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable
 
 import pyfuse3
 
@@ -29,7 +27,6 @@ from cachefs.errors import (
     FileTooLarge,
     IsADirectory,
     NameTooLong,
-    NoSuchAttribute,
     NotALink,
     NotDurable,
     NotNeeded,
@@ -50,12 +47,9 @@ from cachefs.writeback import Staged, Writeback
 
 log = logging.getLogger(__name__)
 
-STATS_XATTR = b"user.cachefs.stats"
-_UNCOUNTED_XATTR_NAMESPACES = (b"security.", b"system.")   # we keep none; the kernel and ls ask often
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until something lists it anew
-# The two answers given outside fuse_errors (no timing, no counting), from the table once.
-_NO_ATTR = errno_for(NoSuchAttribute())
+# The answer given outside fuse_errors (no timing, no counting), from the table once.
 _NO_FLUSH = errno_for(NotNeeded())
 
 
@@ -115,7 +109,7 @@ class CachefsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, namespace: Namespace, reader: BlockReader, cfg: Config, stats: Stats,
-                 stats_extra: Callable[[], dict] | None = None, writeback: Writeback | None = None) -> None:
+                 writeback: Writeback | None = None) -> None:
         super().__init__()
         self.ns = namespace
         self.reader = reader
@@ -123,7 +117,6 @@ class CachefsOperations(pyfuse3.Operations):
         self.tree = Tree(namespace, writeback) if writeback is not None else None
         self.cfg = cfg
         self.stats = stats
-        self.stats_extra: Callable[[], dict] = stats_extra or (lambda: {})
         self.view = AttributeView(namespace, writeback, cfg, stats)
         self.handles = Handles(namespace, reader, writeback, self.view, stats)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
@@ -341,21 +334,22 @@ class CachefsOperations(pyfuse3.Operations):
         await self.view.dir_changed(parent_inode_old, parent_inode_new)
 
     # -- extended attributes ----------------------------------------------------------------
+    # None are kept (docs/SEMANTICS.md). ENOSYS, once, makes the kernel stop sending the request
+    # (fc->no_getxattr etc.) and answer EOPNOTSUPP itself: `ls -l` asks every entry for
+    # security.selinux and system.posix_acl_access, and every write asks for security.capability,
+    # each a round trip through the daemon otherwise (docs/BENCHMARKS.md, Metadata).
+    @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        # `ls -l` asks every entry for security.selinux and system.posix_acl_access, and FUSE sends
-        # both here (answering ENOSYS would stop the kernel asking for any xattr, the stats one
-        # too). Such names go back at once, without the timing and error counting of fuse_errors:
-        # with it a warm `ls -lR` took a quarter longer (docs/BENCHMARKS.md).
-        if name.startswith(_UNCOUNTED_XATTR_NAMESPACES):
-            raise pyfuse3.FUSEError(_NO_ATTR)
-        return await self._getxattr(inode, name)
-
-    @fuse_errors(op="getxattr")
-    async def _getxattr(self, inode, name):
-        if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
-            return json.dumps({**self.stats.snapshot(), **self.stats_extra()}, sort_keys=True).encode()
-        raise NoSuchAttribute()
+        raise NotNeeded("extended attributes are not kept")
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
-        return [STATS_XATTR] if inode == pyfuse3.ROOT_INODE else []
+        raise NotNeeded("extended attributes are not kept")
+
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        raise NotNeeded("extended attributes are not kept")
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        raise NotNeeded("extended attributes are not kept")

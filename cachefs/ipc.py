@@ -145,27 +145,46 @@ def private_dir(path: str) -> None:
 
 
 # -- the control socket of a mount ---------------------------------------------------------------------
-def control_socket_path(mountpoint: str) -> str:
-    """RUNTIME_DIR/<hash of the mount point>.sock: short (Unix socket paths are limited to 108 bytes)."""
-    return os.path.join(mounts.runtime_dir(), xxhash.xxh64_hexdigest(mountpoint.encode()) + ".sock")
+def control_socket_path(mountpoint: str, runtime: str | None = None) -> str:
+    """RUNTIME/<hash of the canonical mount point>.sock (RUNTIME: this user's runtime directory by
+    default): short, since Unix socket paths are limited to 108 bytes."""
+    return os.path.join(runtime or mounts.runtime_dir(), xxhash.xxh64_hexdigest(mountpoint.encode()) + ".sock")
+
+
+def runtime_dirs_of(uid: int) -> list[str]:
+    """Where a daemon run by `uid` has its runtime directory, this process's own first: /run/cachefs
+    for root; else $XDG_RUNTIME_DIR/cachefs (when it is ours), /run/user/UID/cachefs (what systemd
+    sets it to) or /tmp/cachefs-UID/cachefs (unset)."""
+    dirs = [mounts.runtime_dir()] if uid == os.getuid() else []
+    dirs += ["/run/cachefs"] if uid == 0 else [f"/run/user/{uid}/cachefs", f"/tmp/cachefs-{uid}/cachefs"]
+    return list(dict.fromkeys(dirs))
 
 
 def find_socket(mountpoint: str) -> str:
-    """The control socket of the daemon serving MOUNTPOINT: from the mount registry, else from the
-    mount's `user.cachefs.stats` xattr."""
+    """The control socket of the daemon serving MOUNTPOINT: the daemon's runtime directory follows
+    from its uid (the mount's `user_id=` in /proc/self/mountinfo), the name from the canonical mount
+    point. Only a socket owned by that uid counts: nobody else can plant one for its daemon."""
     mp = mounts.canonical(mountpoint)
     if mounts.mounted_fstype(mp, resolved=True) != mounts.FSTYPE:
         raise UserError(f"{mountpoint} is not a cachefs mount")
-    info = mounts.lookup(mp) or {}
-    path = info.get("control")
-    if not path:
+    owner = mounts.mount_owner(mp)
+    if owner is None:
+        raise UserError(f"{mountpoint}: no user_id in its mount options (not a FUSE mount?)")
+    tried = []
+    for runtime in runtime_dirs_of(owner):
+        path = control_socket_path(mp, runtime)
+        tried.append(path)
         try:
-            path = json.loads(os.getxattr(mp, "user.cachefs.stats")).get("control_socket")
-        except OSError as e:
-            raise UserError(f"cannot find the control socket of {mountpoint}: {e.strerror}") from None
-    if not path:
-        raise UserError(f"the daemon of {mountpoint} has no control socket (an older cachefs?)")
-    return path
+            st = os.lstat(path)
+        except PermissionError:
+            raise UserError(f"cannot reach the control socket of {mountpoint}: only root or uid {owner} "
+                            "(the mount's owner) may use it") from None
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid == owner:
+            return path
+    raise UserError(f"cannot find the control socket of {mountpoint} (its daemon runs as uid {owner}; "
+                    f"looked at {', '.join(tried)})")
 
 
 def control_request(mountpoint: str, op: str, timeout: float = CONTROL_TIMEOUT_S, **args) -> dict:

@@ -43,15 +43,30 @@ def _unescape(field: str) -> str:
 
 def mounted_fstype(path: str, resolved: bool = False) -> str | None:
     """The filesystem type mounted exactly at `path`, or None."""
-    if not resolved:
-        path = canonical(path)
+    entry = _mountinfo_entry(path if resolved else canonical(path))
+    return entry[0] if entry else None
+
+
+def mount_owner(path: str) -> int | None:
+    """The uid of the process that mounted the FUSE filesystem at `path` (its `user_id=` option),
+    or None (nothing mounted there, or not FUSE). `path` is canonical."""
+    entry = _mountinfo_entry(path)
+    for opt in entry[1].split(",") if entry else ():
+        if opt.startswith("user_id="):
+            return int(opt[len("user_id="):])
+    return None
+
+
+def _mountinfo_entry(path: str) -> tuple[str, str] | None:
+    """(fstype, super options) of the mount exactly at `path`, or None."""
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields = left.split()
             if len(fields) > 4 and _unescape(fields[4]) == path:
-                found = right.split()[0]      # the last mount on a path is the visible one
+                tail = right.split()
+                found = (tail[0], tail[2] if len(tail) > 2 else "")   # the last mount on a path is the visible one
     return found
 
 

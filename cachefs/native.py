@@ -12,6 +12,9 @@ The single import point for the rest of cachefs:
                                  after `headroom` bytes of room for a block file header
     write_framed(fd, data, hdr)  header + such a buffer written to an O_DIRECT file from the buffer's
                                  own memory (C only; None: not possible, copy instead)
+    write_block(path, data, direct)  create a block file (O_EXCL) of data in one write, checksum
+                                 included, GIL released; (bytes written, in place); file removed
+                                 on failure. The fallback writes buffered whatever `direct` says
     set_pool(chunk, keep, fill)  recycle block-sized allocations (C only): at most `keep` free chunks,
                                  with `fill` mapped and touched now
     pool_stats()                 {chunk, keep, free, mapped, reused} of that recycling
@@ -31,9 +34,18 @@ import struct
 import xxhash
 
 # Block file layout v1 (the format cache/disk.py writes; native/blockread.c hard-codes the same):
-# magic, u64 payload length, u64 xxh3-64 of the payload (seed 0), u64 zero; then the payload.
+# magic, u64 payload length, u64 xxh3-64 of the payload (seed 0), u64 zero; then the payload, and
+# possibly zeros up to the next multiple of ALIGN (an O_DIRECT write is not truncated: whole_size).
 HEADER = struct.Struct(">8sQQQ")
 MAGIC = b"CFSBLK01"
+ALIGN = 4096
+
+
+def whole_size(size: int, length: int) -> bool:
+    """A file of `size` bytes whose header says `length` payload bytes is whole: header + payload
+    exactly, or that padded with zeros to the next ALIGN (native/blockread.c has the same rule)."""
+    exact = HEADER.size + length
+    return size == exact or size == -(-exact // ALIGN) * ALIGN
 
 
 def py_read_block(path: str, verify: bool = True) -> memoryview | None:
@@ -42,9 +54,9 @@ def py_read_block(path: str, verify: bool = True) -> memoryview | None:
     if len(raw) < HEADER.size:
         return None
     magic, length, checksum, _ = HEADER.unpack_from(raw)
-    payload = memoryview(raw)[HEADER.size:]
-    if magic != MAGIC or length != len(payload):
+    if magic != MAGIC or not whole_size(len(raw), length):
         return None
+    payload = memoryview(raw)[HEADER.size:HEADER.size + length]
     if verify and xxhash.xxh3_64_intdigest(payload) != checksum:
         return None
     return payload
@@ -68,6 +80,22 @@ def py_read_ranges(ranges: list[tuple[str, int, int]]) -> memoryview:
     return view.toreadonly()
 
 
+def py_write_block(path: str, data, direct: bool = False) -> tuple[int, bool]:
+    """write_block without the C extension: buffered (no aligned buffer to write from), exact size."""
+    header = HEADER.pack(MAGIC, len(data), xxhash.xxh3_64_intdigest(data), 0)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    written = -1
+    try:
+        written = os.writev(fd, [header, data])
+        if 0 < written < len(header) + len(data):      # short (a full disk?): one more try at the rest
+            written += os.write(fd, (header + bytes(data))[written:])
+    finally:
+        os.close(fd)
+        if written < len(header) + len(data):
+            os.unlink(path)
+    return written, False
+
+
 def _load_native():
     if os.environ.get("CACHEFS_NO_NATIVE", "") not in ("", "0"):
         return None
@@ -82,6 +110,7 @@ _native = _load_native()
 ACTIVE = "python" if _native is None else "native"
 read_block = py_read_block if _native is None else _native.read_block
 read_ranges = py_read_ranges if _native is None else _native.read_ranges
+write_block = py_write_block if _native is None else _native.write_block
 
 
 def buffer(n: int, headroom: int = 0):

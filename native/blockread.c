@@ -120,6 +120,7 @@ typedef struct {
     char *data;                          /* the bytes exported: base, or past a block file's header */
     Py_ssize_t len;
     size_t cap;                          /* recycled chunk size, 0 for malloc()ed memory */
+    size_t alloc;                        /* bytes allocated at base (a chunk: cap) */
     int writable;
 } Buffer;
 
@@ -144,7 +145,7 @@ static Py_ssize_t buffer_length(Buffer *self)
  * is short), so that a keeper charging by size (the memory tier) can tell. */
 static PyObject *buffer_capacity(Buffer *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromSize_t(self->cap ? self->cap : (size_t)self->len);
+    return PyLong_FromSize_t(self->alloc > (size_t)self->len ? self->alloc : (size_t)self->len);
 }
 
 static PyGetSetDef buffer_getset[] = {
@@ -167,8 +168,9 @@ static PyTypeObject BufferType = {
     .tp_getset = buffer_getset,
 };
 
-/* A new Buffer that takes ownership of `base` and exports `data` (released on failure). */
-static Buffer *new_buffer(char *base, char *data, Py_ssize_t len, size_t cap, int writable)
+/* A new Buffer that takes ownership of `base` (`alloc` bytes; a chunk: cap) and exports `data`
+ * (released on failure). */
+static Buffer *new_buffer(char *base, char *data, Py_ssize_t len, size_t cap, size_t alloc, int writable)
 {
     Buffer *buf = PyObject_New(Buffer, &BufferType);
     if (buf == NULL) {
@@ -179,14 +181,15 @@ static Buffer *new_buffer(char *base, char *data, Py_ssize_t len, size_t cap, in
     buf->data = data;
     buf->len = len;
     buf->cap = cap;
+    buf->alloc = cap ? cap : alloc;
     buf->writable = writable;
     return buf;
 }
 
 /* A read-only memoryview over a new Buffer owning `base` and exporting `data`. */
-static PyObject *wrap(char *base, char *data, Py_ssize_t len, size_t cap)
+static PyObject *wrap(char *base, char *data, Py_ssize_t len, size_t cap, size_t alloc)
 {
-    Buffer *buf = new_buffer(base, data, len, cap, 0);
+    Buffer *buf = new_buffer(base, data, len, cap, alloc, 0);
     if (buf == NULL)
         return NULL;
     PyObject *view = PyMemoryView_FromObject((PyObject *)buf);
@@ -272,12 +275,23 @@ static ssize_t read_whole(const char *path, int fd, char *chunk, size_t size)
     return pread_full(fd, chunk, size);  /* EINVAL: no O_DIRECT here; buffered */
 }
 
+/* A file of `size` bytes whose header says `len` payload bytes is whole: exactly header + payload,
+ * or that padded with zeros to the next ALIGN (an O_DIRECT write, not truncated: write_block). */
+static int whole_size(size_t size, uint64_t len)
+{
+    if (len > size - HEADER_SIZE)
+        return 0;
+    size_t exact = (size_t)len + HEADER_SIZE;
+    return size == exact || size == (exact + ALIGN - 1) / ALIGN * ALIGN;
+}
+
 /* Read a whole block file: header and payload, the payload into a fresh allocation sized from
  * fstat (never from the header, which may be corrupt), or, for a block-sized payload, the whole
  * file into a recycled chunk (read_whole). BLOCK_OK sets *out (the allocation), *data (the
- * payload in it), *outlen and *outcap; BLOCK_BAD means wrong magic, length or checksum;
- * BLOCK_ERRNO leaves errno set. */
-static int load_block(const char *path, int verify, char **out, char **data_out, size_t *outlen, size_t *outcap)
+ * payload in it), *outlen, *outcap and *outalloc; BLOCK_BAD means wrong magic, length or
+ * checksum; BLOCK_ERRNO leaves errno set. */
+static int load_block(const char *path, int verify, char **out, char **data_out, size_t *outlen, size_t *outcap,
+                      size_t *outalloc)
 {
     unsigned char head[HEADER_SIZE];
     struct stat st;
@@ -317,8 +331,10 @@ static int load_block(const char *path, int verify, char **out, char **data_out,
             goto out;
     }
     rc = BLOCK_BAD;                      /* a short read means the file shrank: torn, like disk.py */
-    if ((size_t)n != size || memcmp(head, MAGIC, sizeof MAGIC) != 0 || be64(head + 8) != len)
+    if ((size_t)n != size || memcmp(head, MAGIC, sizeof MAGIC) != 0 || !whole_size(size, be64(head + 8)))
         goto out;
+    *outalloc = cap ? cap : len;         /* the payload read, padding included */
+    len = (size_t)be64(head + 8);
     if (verify && XXH3_64bits(data, len) != be64(head + 16))
         goto out;
     rc = BLOCK_OK;
@@ -388,13 +404,13 @@ static PyObject *read_block(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     PyObject *path, *fspath;
     int verify = 1, rc, err;
     char *base = NULL, *data = NULL;
-    size_t len = 0, cap = 0;
+    size_t len = 0, cap = 0, alloc = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:read_block", kwlist, &path, &verify))
         return NULL;
     if (!PyUnicode_FSConverter(path, &fspath))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = load_block(PyBytes_AS_STRING(fspath), verify, &base, &data, &len, &cap);
+    rc = load_block(PyBytes_AS_STRING(fspath), verify, &base, &data, &len, &cap, &alloc);
     err = errno;
     Py_END_ALLOW_THREADS
     Py_DECREF(fspath);
@@ -402,7 +418,7 @@ static PyObject *read_block(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
         Py_RETURN_NONE;
     if (rc == BLOCK_ERRNO)
         return set_errno(err, path);
-    return wrap(base, data, (Py_ssize_t)len, cap);
+    return wrap(base, data, (Py_ssize_t)len, cap, alloc);
 }
 
 /* Parse one (path, payload offset, length) tuple into r (r->dst is set later); *fspath gets a new
@@ -468,7 +484,7 @@ static PyObject *read_ranges(PyObject *Py_UNUSED(module), PyObject *arg)
     err = errno;
     Py_END_ALLOW_THREADS
     if (failed < 0) {
-        result = wrap(data, data, total, cap);
+        result = wrap(data, data, total, cap, (size_t)total);
         data = NULL;
     } else if (err == 0) {
         set_short_read(PyTuple_GET_ITEM(items[failed], 0));
@@ -487,6 +503,9 @@ done:
     return result;
 }
 
+/* Buffers with headroom from this size on are page-aligned (at most 1/16 of padding). */
+#define ALIGNED_MIN (16 * ALIGN)
+
 static PyObject *buffer(PyObject *Py_UNUSED(module), PyObject *args)
 {
     Py_ssize_t len, headroom = 0;
@@ -498,9 +517,21 @@ static PyObject *buffer(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "buffer: length must be >= 0 and headroom 0-4096");
         return NULL;
     }
-    if ((base = mem_get((size_t)(len + headroom), &cap)) == NULL)
+    size_t alloc = (size_t)(len + headroom);
+    base = pool_take(alloc, &cap);
+    if (base == NULL && headroom > 0 && alloc >= ALIGNED_MIN) {
+        /* Page-aligned and padded to ALIGN: header + payload can be written with O_DIRECT from
+         * here (write_framed, write_block), small objects too. Not for tiny ones: the padding would
+         * be most of their memory, and copying them costs little. */
+        alloc = (alloc + ALIGN - 1) / ALIGN * ALIGN;
+        void *p = NULL;
+        if (posix_memalign(&p, ALIGN, alloc) != 0)
+            return PyErr_NoMemory();
+        base = p;
+    } else if (base == NULL && (base = malloc(alloc ? alloc : 1)) == NULL) {
         return PyErr_NoMemory();
-    return (PyObject *)new_buffer(base, base + headroom, len, cap, 1);
+    }
+    return (PyObject *)new_buffer(base, base + headroom, len, cap, alloc, 1);
 }
 
 /* write(2) until all of it is written or an error; returns the bytes written, or -1 (errno) when
@@ -540,8 +571,9 @@ static PyObject *write_framed(PyObject *Py_UNUSED(module), PyObject *args)
     Buffer *b = (Buffer *)obj;
     size_t hlen = (size_t)header.len, total = hlen + (size_t)b->len;
     size_t padded = (total + ALIGN - 1) / ALIGN * ALIGN;
-    /* Only a recycled chunk (page-aligned, capacity known) whose headroom is exactly the header. */
-    if (b->cap == 0 || (size_t)(b->data - b->base) != hlen || ((uintptr_t)b->base % ALIGN) != 0 || padded > b->cap) {
+    /* Only page-aligned memory (a recycled chunk, or buffer() with headroom) whose headroom is
+     * exactly the header and that has room for the padding. */
+    if ((size_t)(b->data - b->base) != hlen || ((uintptr_t)b->base % ALIGN) != 0 || padded > b->alloc) {
         result = Py_NewRef(Py_None);
         goto out;
     }
@@ -561,6 +593,124 @@ static PyObject *write_framed(PyObject *Py_UNUSED(module), PyObject *args)
     result = PyLong_FromSsize_t((size_t)n < total ? n : (ssize_t)total);
 out:
     PyBuffer_Release(&header);
+    return result;
+}
+
+/* writev(2) until all of it is written or an error; as write_full. */
+static ssize_t writev_full(int fd, struct iovec *iov, int iovcnt)
+{
+    ssize_t done = 0;
+    while (iovcnt > 0) {
+        ssize_t n = writev(fd, iov, iovcnt);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return done ? done : -1;
+        if (n == 0)
+            break;
+        done += n;
+        for (; iovcnt > 0 && (size_t)n >= iov->iov_len; iov++, iovcnt--)
+            n -= iov->iov_len;
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= n;
+        }
+    }
+    return done;
+}
+
+static void put_be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+/* The Buffer whose whole payload `view` is, with header room and padding for an in-place O_DIRECT
+ * write, or NULL. */
+static Buffer *framable(PyObject *obj, Py_buffer *view, size_t padded)
+{
+    PyObject *owner = PyMemoryView_Check(obj) ? PyMemoryView_GET_BUFFER(obj)->obj : obj;
+    if (owner == NULL || !PyObject_TypeCheck(owner, &BufferType))
+        return NULL;
+    Buffer *b = (Buffer *)owner;
+    if (view->buf != b->data || view->len != b->len || b->data - b->base != HEADER_SIZE
+            || ((uintptr_t)b->base % ALIGN) != 0 || padded > b->alloc)
+        return NULL;
+    return b;
+}
+
+/* Create `path` (O_EXCL) holding the block file of `data`, with the GIL released throughout: the
+ * payload's xxh3, the header, one write, close. With O_DIRECT the write is padded with zeros to
+ * ALIGN and the file keeps that length (readers accept it: whole_size), sparing an ftruncate; the
+ * header goes into the buffer's headroom when `data` is a buffer() with room, else header and
+ * payload are copied into an aligned allocation. On any failure the file is removed. Returns the
+ * (header + payload bytes written, whether it was written in place); fewer bytes: a short write
+ * (a full disk), and the file is removed. */
+static PyObject *write_block(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *path, *fspath, *obj;
+    int direct;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OOp:write_block", &path, &obj, &direct))
+        return NULL;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (!PyUnicode_FSConverter(path, &fspath)) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    size_t len = (size_t)view.len, total = len + HEADER_SIZE;
+    size_t padded = (total + ALIGN - 1) / ALIGN * ALIGN;
+    Buffer *inplace = direct ? framable(obj, &view, padded) : NULL;
+    const char *cpath = PyBytes_AS_STRING(fspath);
+    unsigned char head[HEADER_SIZE];
+    ssize_t n = -1;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(head, MAGIC, sizeof MAGIC);
+    put_be64(head + 8, len);
+    put_be64(head + 16, XXH3_64bits(view.buf, len));
+    put_be64(head + 24, 0);
+    int fd;
+    do
+        fd = open(cpath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0), 0600);
+    while (fd < 0 && errno == EINTR);
+    if (fd >= 0) {
+        if (!direct) {
+            struct iovec iov[2] = {{head, HEADER_SIZE}, {view.buf, len}};
+            n = writev_full(fd, iov, 2);
+        } else {
+            char *src = inplace != NULL ? inplace->base : NULL;
+            void *copy = NULL;
+            if (src == NULL && posix_memalign(&copy, ALIGN, padded) == 0) {
+                src = copy;
+                memcpy(src + HEADER_SIZE, view.buf, len);
+            }
+            if (src == NULL) {
+                errno = ENOMEM;
+            } else {
+                memcpy(src, head, HEADER_SIZE);
+                memset(src + total, 0, padded - total);
+                n = write_full(fd, src, padded);
+            }
+            free(copy);
+        }
+        err = n < 0 ? errno : 0;
+        close(fd);
+        if (n < 0 || (size_t)n < total)
+            unlink(cpath);
+    } else {
+        err = errno;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *result = NULL;
+    if (n < 0)
+        set_errno(err, path);
+    else
+        result = Py_BuildValue("nO", (Py_ssize_t)((size_t)n < total ? (size_t)n : total),
+                               inplace != NULL ? Py_True : Py_False);
+    Py_DECREF(fspath);
     return result;
 }
 
@@ -634,6 +784,12 @@ static PyMethodDef methods[] = {
      "header put in its headroom, zero padding to 4096 after it); the bytes of header + payload\n"
      "written. None, writing nothing, when the buffer is not a recycled chunk with exactly\n"
      "len(header) bytes of headroom. OSError on a write error."},
+    {"write_block", write_block, METH_VARARGS,
+     "write_block(path, data, direct) -> (int, bool)\n\n"
+     "Create path (O_EXCL) holding data's block file (header with xxh3, payload) in one write, with\n"
+     "the GIL released; direct: O_DIRECT, zero-padded to 4096 (the file keeps that length). Returns\n"
+     "(header + payload bytes written, written from the buffer's own headroom); on a short write\n"
+     "or an error the file is removed."},
     {"set_pool", set_pool, METH_VARARGS,
      "set_pool(chunk, keep) -> None\n\n"
      "Recycle allocations of more than chunk/2 and at most chunk bytes; keep at most `keep` free."},

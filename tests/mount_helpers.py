@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
 import random
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import boto3
 import botocore.config
+
+from cachefs.ipc import control_request
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where `python -m cachefs` is run from (its package is imported from there): another checkout, or a
@@ -352,7 +353,7 @@ class Mount:
         return pid
 
     def stats(self) -> dict:
-        return json.loads(os.getxattr(self.path, "user.cachefs.stats"))
+        return control_request(str(self.path), "stats")["stats"]
 
     def __truediv__(self, rel: str) -> Path:
         return self.path / rel

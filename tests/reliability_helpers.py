@@ -145,7 +145,7 @@ def cache_state(block_dir: Path, meta_dir: Path, staging_dir: Path) -> CacheStat
     import lmdb
 
     from cachefs import native
-    from cachefs.cache.disk import LAYOUT_DIR
+    from cachefs.cache.disk import HEADER, LAYOUT_DIR
     from cachefs.meta.schema import BLOCK, DATABASES, unpack_u64
 
     files, sizes, strays = {}, {}, []
@@ -160,8 +160,10 @@ def cache_state(block_dir: Path, meta_dir: Path, staging_dir: Path) -> CacheStat
                 strays.append(str(f.relative_to(root)))
                 continue
             try:
-                files[key] = native.read_block(str(f)) is not None
-                sizes[key] = f.stat().st_size
+                payload = native.read_block(str(f))
+                files[key] = payload is not None
+                # the block's charge (header + payload): an O_DIRECT file is padded to 4096 on disk
+                sizes[key] = HEADER.size + len(payload) if payload is not None else f.stat().st_size
             except FileNotFoundError:     # evicted meanwhile
                 pass
     env = lmdb.open(str(meta_dir), readonly=True, max_dbs=len(DATABASES), subdir=True)

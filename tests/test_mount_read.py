@@ -235,7 +235,7 @@ def test_readers_in_separate_processes(cold):
     assert digests == [hashlib.sha256(READ_OBJECTS[LARGE]).hexdigest()] * 4
 
 
-def test_stats_xattr_has_the_counters(mnt):
+def test_stats_have_the_counters(mnt):
     s = mnt.stats()
     missing = [k for k in STATS_KEYS if k not in s]
     assert missing == [], f"stats JSON lacks {missing}: {s}"

@@ -10,6 +10,7 @@ import pytest
 from mount_helpers import MiB, object_bytes, one_line_error, read_all, run_cachefs
 
 from cachefs import ipc
+from cachefs.errors import UserError
 
 OBJECTS = {"d/one.bin": object_bytes("one", MiB), "d/two.bin": object_bytes("two", MiB // 2),
            "top.txt": b"hello\n"}
@@ -34,8 +35,28 @@ def test_stats_table_and_json(mnt):
     data = json.loads(js.stdout)
     assert data["s3_get"] >= 1 and set(data["tiers"]) == {"mem", "ssd"}
     assert data["control_socket"] == ipc.find_socket(str(mnt.path))
-    # The xattr keeps working and says the same thing.
-    assert mnt.stats()["control_socket"] == data["control_socket"]
+
+
+def test_the_socket_is_found_from_the_mount_alone(mnt):
+    """No registry entry (another XDG_RUNTIME_DIR, the CSI mounter's container): the path follows
+    from the mount's user_id= and the mount point. A socket someone else owns is not taken."""
+    from cachefs import mounts
+    path = ipc.find_socket(str(mnt.path))
+    saved = mounts.lookup(str(mnt.path))
+    mounts.unregister(str(mnt.path))
+    try:
+        assert ipc.find_socket(str(mnt.path)) == path
+        assert cachefs(mnt, "stats", str(mnt.path), "--json").returncode == 0
+    finally:
+        if saved is not None:
+            mounts.register(str(mnt.path), saved)
+    owner = os.stat(path).st_uid
+    os.chown(path, owner + 12345, -1)
+    try:
+        with pytest.raises(UserError, match="cannot find the control socket"):
+            ipc.find_socket(str(mnt.path))
+    finally:
+        os.chown(path, owner, -1)
 
 
 def test_socket_is_owner_only(mnt):

@@ -1,9 +1,11 @@
 """The Prometheus exporter of a real mount: scraped over HTTP while files are read through FUSE."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -85,12 +87,26 @@ def test_s3_status_and_fuse_errors_by_operation(metrics_mount):
     after = scrape(port)
     assert total(after, "cachefs_s3_requests_total", operation="HeadObject", status="404") > \
         total(before, "cachefs_s3_requests_total", operation="HeadObject", status="404")
-    try:
+
+
+def test_the_kernel_stops_asking_for_xattrs_after_the_first_enosys(metrics_mount):
+    """getxattr answers ENOSYS once; from then on the kernel answers EOPNOTSUPP itself, so `ls -l`
+    (security.selinux, system.posix_acl_access of every entry) sends the daemon no getxattr."""
+    m, port, _ = metrics_mount
+    with pytest.raises(OSError) as err:
         os.getxattr(m / "data/a.bin", "user.nothing")
-    except OSError:
-        pass
-    errors = scrape(port)
-    assert total(errors, "cachefs_fuse_errors_total", op="getxattr", errno="ENODATA") >= 1
+    assert err.value.errno == errno.EOPNOTSUPP
+    first = scrape(port)
+    asked = total(first, "cachefs_fuse_op_seconds_count", op="getxattr")
+    assert asked == 1 and total(first, "cachefs_fuse_errors_total", op="getxattr", errno="ENOSYS") == 1
+    for _ in range(3):
+        listing = subprocess.run(["ls", "-laR", str(m.path)], capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0 and "a.bin" in listing.stdout, listing.stderr
+        for name in ("data/a.bin", "data/b.bin", "data", "."):
+            with pytest.raises(OSError):
+                os.getxattr(m / name, "security.selinux")
+    after = scrape(port)
+    assert total(after, "cachefs_fuse_op_seconds_count", op="getxattr") == asked
 
 
 def test_every_exported_name_is_defined_and_documented(metrics_mount):

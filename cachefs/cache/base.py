@@ -1,4 +1,14 @@
-"""The BlockCache seam: blocks by 16-byte key. A failed read is a miss, never an error."""
+"""The BlockCache seam: blocks by 16-byte key. A failed read is a miss, never an error.
+
+From the trio thread (no worker-thread hop), these never wait for a disk:
+    get_nowait(key)                   a memory hit (or a block queued for its disk copy), else None
+    in_memory(key), contains(key)     lookups, no I/O
+    put_nowait(key, data, memory)     store a fetched block: memory now, disk by the cache's own
+                                      writer thread; False (nothing done): store it with put() in a
+                                      worker thread instead
+Everything else (get: a disk hit reads a file; put: writes one; flush; drain) may wait for a disk
+and belongs in a worker thread. docs/CACHING.md ("The store per object") has the costs measured.
+"""
 from __future__ import annotations
 
 import abc
@@ -27,6 +37,20 @@ class BlockCache(abc.ABC):
         """A hit that costs no I/O (memory), or None; safe to call on the trio thread."""
         return None
 
+    def put_nowait(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> bool:
+        """Store a fetched block without waiting for a disk (safe on the trio thread): the memory copy
+        now, the disk copy soon after by a writer thread; readable at once (get_nowait, contains).
+        False, having done nothing, when this cache cannot take it that way now (its writer's queue is
+        full, or no such path): the caller then calls put() in a worker thread. Weaker than put() on one
+        point: a kill -9 may lose disk copies still queued (fetched again later, never served wrong);
+        drain() waits for them."""
+        return False
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every block taken by put_nowait is on disk (or declined); False on timeout.
+        Blocks: a worker thread's call."""
+        return True
+
     @abc.abstractmethod
     def put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> bool:
         """Store a block if the cache admits it; never raises for I/O. memory=False: not in the
@@ -34,7 +58,7 @@ class BlockCache(abc.ABC):
 
     @abc.abstractmethod
     def contains(self, key: bytes) -> bool:
-        ...
+        """Whether a get would find it (no I/O: safe on the trio thread)."""
 
     def in_memory(self, key: bytes) -> bool:
         """True if a hit would cost no I/O (get_nowait would answer)."""

@@ -2,10 +2,14 @@
 
 Block file format (layout v1, under DIR/blocks/v1/XX/<32 hex>), shared with native/blockread.c:
     32-byte header: magic b"CFSBLK01", u64 payload length, u64 xxh3-64 of the payload, u64 zero
-    payload
-A block is written to a temp file and renamed, so a reader sees a whole file or none; a file torn
-by a crash fails its length or checksum check, is deleted, and the block is fetched again. Files
-are written with O_DIRECT where the filesystem allows (cache/direct.py: no page-cache copy).
+    payload, then zeros up to the next multiple of 4096 (O_DIRECT writes) or nothing (buffered)
+A block is written straight to its final name by one native.write_block call (create with O_EXCL,
+one write, close; no temp file, rename or ftruncate: docs/CACHING.md "The store per object"). That is
+safe because nothing trusts a file for being there: its slot appears (Tier.put) only once the write
+returned, so this process never reads a file being written; a file torn by a crash fails the size
+check of the start-up scan or the checksum that every read verifies, is deleted, and the block is
+fetched again. Files are written with O_DIRECT where the filesystem allows (no page-cache copy;
+cache/direct.py says why).
 
 The index (key -> size, time stored, directory id) lives in LMDB; writes to it are batched
 (TieredCache.flush) because one fsynced commit per block would cap small-file throughput. Block
@@ -28,7 +32,6 @@ from collections.abc import Callable
 import xxhash
 
 from cachefs import native
-from cachefs.cache.direct import AlignedBuffers, DirectUnsupported
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
 from cachefs.errors import UserError
@@ -102,7 +105,7 @@ class DiskDir:
 
     def block_path(self, key: bytes) -> str:
         h = key.hex()
-        return os.path.join(self.root, h[:2], h)
+        return f"{self.root}/{h[:2]}/{h}"          # os.path.join's result, in one step (the put path)
 
     def space_ok(self) -> bool:
         now = time.monotonic()
@@ -168,7 +171,6 @@ class DiskTier(Tier):
         self._pending_add: dict[bytes, tuple[int, float, int]] = {}
         self._pending_del: set[bytes] = set()
         self._index_lock = threading.Lock()
-        self._buffers: AlignedBuffers | None = None    # made at the first write, sized for it
 
     def open(self) -> None:
         for d in self.dirs:
@@ -183,7 +185,10 @@ class DiskTier(Tier):
 
     @property
     def usable(self) -> bool:
-        return any(d.healthy for d in self.dirs)
+        for d in self.dirs:                        # not any(generator): on every put
+            if d.healthy:
+                return True
+        return False
 
     def pressure(self) -> bool:
         return any(d.healthy and not d.space_ok() for d in self.dirs)
@@ -235,15 +240,12 @@ class DiskTier(Tier):
 
     def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
         d = self.dirs[slot.where]
-        final = d.block_path(key)
-        tmp = f"{final}.tmp.{threading.get_ident()}"
+        path = d.block_path(key)
+        expected = HEADER.size + len(data)
         try:
-            header = encode_header(data)
-            expected = len(header) + len(data)
-            written = self._write_file(d, tmp, [header, data], expected)
-            if written != expected:   # a full filesystem may write short, no error
+            written = self._write_file(d, path, data)
+            if written != expected:   # a full filesystem may write short, no error (the file is gone)
                 raise OSError(errno.ENOSPC, f"short write ({written} of {expected} bytes)")
-            os.rename(tmp, final)
             return True
         except OSError as e:
             self.stats.add("cache_errors")
@@ -251,29 +253,30 @@ class DiskTier(Tier):
                 d.mark_full(e)
             else:
                 d.mark_down(e)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             return False
 
-    def _write_file(self, d: DiskDir, path: str, parts: list[bytes | memoryview], size: int) -> int:
-        """O_DIRECT where the directory's filesystem takes it (see cache/direct.py), else buffered."""
-        if d.direct:
-            buffers = self._buffers
-            if buffers is None or buffers.capacity < size:
-                buffers = self._buffers = AlignedBuffers(max(size, 4 << 20), stats=self.stats)
+    def _write_file(self, d: DiskDir, path: str, data: bytes | memoryview) -> int:
+        """native.write_block, O_DIRECT where the directory's filesystem takes it (EINVAL once: buffered
+        from then on). A file already at the name belongs to no slot (a removal whose unlink is still to
+        come or failed, or a start-up leftover): it is replaced."""
+        for _ in range(2):
             try:
-                return buffers.write_file(path, parts)
-            except DirectUnsupported as e:
+                written, in_place = native.write_block(path, data, d.direct)
+            except FileExistsError:
+                os.unlink(path)
+                continue
+            except OSError as e:
+                if e.errno != errno.EINVAL or not d.direct:
+                    raise
                 log.info("cache directory %s does not take O_DIRECT writes (%s): writing through the page "
                          "cache", d.path, e)
                 d.direct = False
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            return os.writev(fd, parts)
-        finally:
-            os.close(fd)
+                continue
+            if in_place:
+                self.stats.add("cache_writes_in_place")
+            return int(written)
+        written, _ = native.write_block(path, data, d.direct)
+        return int(written)
 
     def _delete(self, key: bytes, slot: Slot) -> None:
         d = self.dirs[slot.where]
@@ -337,7 +340,8 @@ class DiskTier(Tier):
 
 
 def _intact_size(path: str) -> int | None:
-    """The file's size if its header is well-formed and matches it (the checksum waits for a read)."""
+    """The block's charge (header + payload) if the header is well-formed and the file's size matches
+    it, padding allowed (the checksum waits for a read)."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER.size)
@@ -347,7 +351,7 @@ def _intact_size(path: str) -> int | None:
     if len(head) < HEADER.size:
         return None
     magic, length, _, _ = HEADER.unpack(head)
-    return size if magic == MAGIC and length + HEADER.size == size else None
+    return HEADER.size + length if magic == MAGIC and native.whole_size(size, length) else None
 
 
 def _key_from_name(name: str) -> bytes | None:

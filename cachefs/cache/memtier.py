@@ -1,6 +1,7 @@
 """The memory tier: verified blocks held in memory (bytes or whole buffers), within a byte budget."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sized
 from typing import cast
 
@@ -42,6 +43,14 @@ class MemoryTier(Tier):
     def charge(self, payload_len: int) -> int:
         return payload_len + ENTRY_OVERHEAD
 
+    @staticmethod
+    def held(data: bytes | memoryview) -> int:
+        """Memory a block kept as it is holds: a native buffer's capacity (page padding, a chunk's
+        spare room) counts, so that the budget is what the process really holds."""
+        if isinstance(data, memoryview):
+            return max(data.nbytes, getattr(data.obj, "capacity", 0))
+        return len(data)
+
     def _choose_place(self, key: bytes) -> int | None:
         return 0
 
@@ -51,6 +60,23 @@ class MemoryTier(Tier):
 
     def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
         self._data[key] = data if _owns_all(data) else bytes(data)
+        return True
+
+    def put(self, key: bytes, data: bytes | memoryview, limit: int) -> bool:
+        """Tier.put in one lock section: storing is a dictionary insert, so the block needs no
+        reservation while it is written (cheap on the trio thread)."""
+        kept = data if _owns_all(data) else None
+        size = (self.held(kept) if kept is not None else len(data)) + ENTRY_OVERHEAD
+        with self._lock:
+            if key in self._slots:
+                return True
+            if self._used + size > min(limit, self.quota):
+                return False
+            if kept is None:
+                kept = bytes(data)     # a copy made only once admitted (under the lock: rare)
+            self._data[key] = kept
+            self._slots[key] = Slot(size, 0, time.time())
+            self._used += size
         return True
 
     def _delete(self, key: bytes, slot: Slot) -> None:

@@ -2,7 +2,8 @@
 
 Subclasses say where bytes live (memory, or files in directories); this class does the accounting
 that must never go wrong: space is reserved under the lock before bytes are written, so usage never
-exceeds the limit asked for, and every block is counted exactly once.
+exceeds the limit asked for, and every block is counted exactly once. A block being written has its
+space reserved but no slot yet: nobody reads, moves or evicts it before its bytes are all there.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Tier(abc.ABC):
         self.stats = stats
         self._lock = threading.Lock()
         self._slots: OrderedDict[bytes, Slot] = OrderedDict()   # oldest access first
+        self._writing: set[bytes] = set()    # space reserved, bytes being written, no slot yet
         self._used = 0
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -100,28 +102,35 @@ class Tier(abc.ABC):
         return data
 
     def put(self, key: bytes, data: bytes | memoryview, limit: int) -> bool:
-        """Store a block if it fits under `limit` (<= quota) bytes of usage. Never raises for I/O."""
+        """Store a block if it fits under `limit` (<= quota) bytes of usage. Never raises for I/O.
+        True also when the block is stored already or being stored by another thread."""
         size = self.charge(len(data))
         with self._lock:
-            if key in self._slots:
+            if key in self._slots or key in self._writing:
                 return True
             if self._used + size > min(limit, self.quota):
                 return False
             where = self._choose_place(key)
             if where is None:
                 return False
-            slot = self._slots[key] = Slot(size, where, time.time())
+            self._writing.add(key)
             self._used += size
-        if not self._write(key, data, slot):
-            self._forget(key)
-            return False
-        self._stored(key, slot)
-        return True
+        slot = Slot(size, where, time.time())
+        ok = self._write(key, data, slot)
+        with self._lock:
+            self._writing.discard(key)
+            if ok:
+                self._slots[key] = slot
+            else:
+                self._used -= size
+        if ok:
+            self._stored(key, slot)
+        return ok
 
     def adopt(self, key: bytes, slot: Slot, oldest: bool = False) -> bool:
         """Take over a block already stored (index load, start-up scan), within the quota."""
         with self._lock:
-            if key in self._slots:
+            if key in self._slots or key in self._writing:
                 return True
             if self._used + slot.size > self.quota:
                 return False

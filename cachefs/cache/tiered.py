@@ -29,6 +29,7 @@ from cachefs.cache.disk import DiskTier
 from cachefs.cache.memtier import MemoryTier
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
+from cachefs.cache.writer import DiskWriter
 from cachefs.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class TieredCache(BlockCache):
         self._thread: threading.Thread | None = None
         self._disk_dirs = {d.id: (t, where) for t in tiers if isinstance(t, DiskTier)
                            for where, d in enumerate(t.dirs)}
+        # The tier list is fixed: the put path uses these instead of filtering it each time.
+        self._disk = [t for t in tiers if isinstance(t, DiskTier)]
+        self._mem = [t for t in tiers if isinstance(t, MemoryTier)]
+        self._writer: DiskWriter | None = None          # made at the first put_nowait
 
     @classmethod
     def build(cls, specs: Iterable[TierSpec], meta: BlockIndex | None, stats: Stats, **kwargs: Any) -> TieredCache:
@@ -75,11 +80,11 @@ class TieredCache(BlockCache):
 
     @property
     def disk_tiers(self) -> list[DiskTier]:
-        return [t for t in self.tiers if isinstance(t, DiskTier)]
+        return self._disk
 
     @property
     def mem_tiers(self) -> list[MemoryTier]:
-        return [t for t in self.tiers if isinstance(t, MemoryTier)]
+        return self._mem
 
     # -- start-up ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -105,10 +110,10 @@ class TieredCache(BlockCache):
 
     # -- BlockCache -------------------------------------------------------------------------
     def contains(self, key: bytes) -> bool:
-        return any(t.contains(key) for t in self.tiers)
+        return any(t.contains(key) for t in self.tiers) or (self._writer is not None and key in self._writer)
 
     def in_memory(self, key: bytes) -> bool:
-        return any(t.contains(key) for t in self.mem_tiers)
+        return any(t.contains(key) for t in self._mem) or (self._writer is not None and key in self._writer)
 
     @property
     def used_bytes(self) -> int:
@@ -124,16 +129,25 @@ class TieredCache(BlockCache):
         return any(t.contains(key) for t in self.disk_tiers)
 
     def get_nowait(self, key: bytes) -> memoryview | None:
-        """Memory tiers only: cheap enough to try on the trio thread before a worker-thread hop."""
-        for tier in self.tiers:
-            if isinstance(tier, MemoryTier) and tier.contains(key):
+        """Memory tiers (and blocks queued for the disk writer) only: cheap enough to try on the trio
+        thread before a worker-thread hop."""
+        for tier in self._mem:
+            if tier.contains(key):
                 data = tier.get(key)
                 if data is not None:
                     self.stats.add(f"cache_hits_{tier.name}")
                     self.stats.add(f"cache_hit_bytes_{tier.name}", len(data))
                     self.stats.add("cache_hits")
                     return data
-        return None
+        return self._queued(key)
+
+    def _queued(self, key: bytes) -> memoryview | None:
+        """A block waiting for its disk copy (put_nowait; memory=False, or memory did not keep it)."""
+        data = self._writer.get(key) if self._writer is not None else None
+        if data is None:
+            return None
+        self.stats.add("cache_hits")
+        return memoryview(data)
 
     def get(self, key: bytes) -> memoryview | None:
         for i, tier in enumerate(self.tiers):
@@ -148,7 +162,7 @@ class TieredCache(BlockCache):
             if i > 0 and self.promote_after:
                 self._maybe_promote(i, key, data)
             return data
-        return None
+        return self._queued(key)
 
     def put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> bool:
         """Place a fetched block: in the fastest disk tier that admits it, and in memory too.
@@ -162,32 +176,61 @@ class TieredCache(BlockCache):
         otherwise fill the memory tier, and under the scan-resistant policy keep it for an hour,
         away from the small files and random reads it is for (docs/CACHING.md).
         """
-        on_disk = self._place(key, data, self.disk_tiers)
-        in_mem = (memory or not on_disk) and self._place(key, data, self.mem_tiers)
+        on_disk = self._place(key, data, self._disk)
+        in_mem = (memory or not on_disk) and self._place(key, data, self._mem)
         if not (on_disk or in_mem):
             self.stats.add("cache_not_admitted")
             return False
         self.stats.add("cache_puts")
         return True
 
+    def put_nowait(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> bool:
+        """put() for the trio thread: never waits for a disk. The memory copy is made now (unless
+        memory=False), the disk copy by the disk writer thread (cache/writer.py) shortly after; the
+        block is readable (get_nowait, get, contains) from now on. False, having done nothing, when
+        the writer's queue is full (a slow disk): the caller then stores it with put() in a worker
+        thread. A kill -9 may lose the disk copies still queued (at most writer.QUEUE_BYTES): they are
+        fetched again, never served wrong. flush() and drain() wait for the queue."""
+        if not self._disk:
+            return self.put(key, data, memory)           # memory only: a dict insert
+        if self._writer is None:
+            self._writer = DiskWriter(self._store_queued)
+        if not self._writer.offer(key, data):
+            return False
+        if memory:
+            self._place(key, data, self._mem)
+        return True
+
+    def _store_queued(self, key: bytes, data: bytes | memoryview) -> None:
+        """The disk writer's half of put_nowait (its memory half is done already)."""
+        if self._place(key, data, self._disk) or self._place(key, data, self._mem):
+            self.stats.add("cache_puts")
+        else:
+            self.stats.add("cache_not_admitted")
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every block taken by put_nowait has its disk copy (or was declined by the
+        tiers); False on timeout. Blocks: not for the trio thread."""
+        return self._writer.drain(timeout) if self._writer is not None else True
+
     def _place(self, key: bytes, data: bytes | memoryview, tiers: Sequence[Tier]) -> bool:
+        lru = self.policy == "lru"
         for tier in tiers:
             # LRU fills a tier up to its quota and lets the evictor make room from the high
             # watermark on; scan-resistant stops admitting at the high watermark.
-            limit = tier.quota if self.policy == "lru" else tier.high_bytes
-            if tier.usable and tier.put(key, data, limit):
+            if tier.usable and tier.put(key, data, tier.quota if lru else tier.high_bytes):
                 self._after_put(tier)
                 return True
         return False
 
     def _after_put(self, tier: Tier) -> None:
-        ratio = tier.used / tier.quota if tier.quota else 0.0
-        if ratio > self.peak_ratio[tier.name]:
-            self.peak_ratio[tier.name] = ratio
-        if tier.used > tier.high_bytes - self.max_block:
+        used = tier.used
+        if tier.quota and used / tier.quota > self.peak_ratio[tier.name]:
+            self.peak_ratio[tier.name] = used / tier.quota
+        if used > tier.high_bytes - self.max_block:
             self._wake.set()
         if isinstance(tier, DiskTier) and tier.pending_index_changes() >= INDEX_BATCH:
-            self.flush()
+            self._flush_index()
 
     def _maybe_promote(self, i: int, key: bytes, data: memoryview) -> None:
         slot = self.tiers[i]._slots.get(key)
@@ -262,6 +305,11 @@ class TieredCache(BlockCache):
 
     # -- persistence ------------------------------------------------------------------------
     def flush(self) -> None:
+        """The queued disk copies written (drain), then the block index persisted."""
+        self.drain()
+        self._flush_index()
+
+    def _flush_index(self) -> None:
         if self.meta is None:
             return
         added, removed = [], []
@@ -287,6 +335,8 @@ class TieredCache(BlockCache):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._writer is not None:
+            self._writer.close()
         self.flush()
         for tier in self.tiers:
             tier.close()

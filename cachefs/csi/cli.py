@@ -135,7 +135,7 @@ def _start_reporter(args, node, stop: threading.Event) -> None:
     from cachefs.csi.labels import WarmReporter
     from cachefs.csi.warm import warm_bytes
     reporter = WarmReporter(KubeClient.in_cluster(), args.node_id,
-                            lambda: warm_bytes(node.state, node.slots, node.tier_dirs),
+                            lambda: warm_bytes(node.state, node.slots, node.tier_dirs, node.mounter.stats),
                             min_bytes=_size(args.warm_min, "--warm-min"), max_labels=args.warm_max_labels,
                             min_interval=args.warm_interval)
     threading.Thread(target=reporter.run, args=(stop,), name="warm-labels", daemon=True).start()

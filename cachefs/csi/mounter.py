@@ -1,7 +1,8 @@
 """Mounting and unmounting through the `cachefs` command, so that every FUSE daemon is its own
 detached process: the node server can restart (or crash) without taking the mounts with it.
 
-Two implementations of one small interface (`mount(argv)`, `unmount(target)`, `state(target)`):
+Two implementations of one small interface (`mount(argv)`, `unmount(target)`, `state(target)`,
+`stats(target)`):
 `Mounter` runs the commands itself (the node server holds the daemons; tests, `--mode all`), and
 `mounterd.RemoteMounter` asks the long-lived `cachefs csi mounter` process over a Unix socket, so
 that the daemons live in another container than the gRPC server (docs/KUBERNETES.md).
@@ -121,6 +122,12 @@ class Mounter:
 
     def state(self, target: str) -> str:
         return state(target)
+
+    def stats(self, target: str) -> dict:
+        """The counters of the daemon serving `target` (its control socket, ipc.find_socket)."""
+        from cachefs.ipc import control_request
+        stats: dict = control_request(target, "stats", timeout=10)["stats"]
+        return stats
 
     def unmount(self, target: str) -> None:
         """`cachefs umount`, which waits for the daemon to exit (and so, with writes, for the pending

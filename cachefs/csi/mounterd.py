@@ -17,6 +17,7 @@ socket (0600, in a 0700 directory; peers are checked with SO_PEERCRED: root or o
     {"v": 1, "op": "state", "target": PATH}        -> {"ok": true, "state": "alive"|"dead"|"absent"|"foreign"}
     {"v": 1, "op": "mount", "argv": [ARG, ...]}    -> {"ok": true}      (`cachefs mount ARG ...`)
     {"v": 1, "op": "unmount", "target": PATH}      -> {"ok": true}      (`cachefs umount`, or clear a dead mount)
+    {"v": 1, "op": "stats", "target": PATH}        -> {"ok": true, "stats": {...}}  (the daemon's `stats`)
     any failure                                    -> {"ok": false, "error": "one line"}
 
 `instance` is new at every start: a node server that sees it change knows that the daemons of the
@@ -172,6 +173,8 @@ class MounterServer:
                 return {"ok": True, "instance": self.instance, "pid": os.getpid(), "version": __version__}
             if op == "state":
                 return {"ok": True, "state": self.mounter.state(_path(request))}
+            if op == "stats":     # the daemons' control sockets are in this container's /run
+                return {"ok": True, "stats": self.mounter.stats(_path(request))}
             if op == "mount":
                 argv = request.get("argv")
                 if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
@@ -281,6 +284,10 @@ class RemoteMounter:
 
     def mount(self, argv: list[str]) -> None:
         self.call({"op": "mount", "argv": argv}, self.timeout + 30)
+
+    def stats(self, target: str) -> dict:
+        stats: dict = self.call({"op": "stats", "target": target}, 30)["stats"]
+        return stats
 
     def unmount(self, target: str) -> None:
         self.call({"op": "unmount", "target": target}, self.unmount_timeout + 60)

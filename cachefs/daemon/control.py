@@ -2,8 +2,8 @@
 
 Where: RUNTIME_DIR/<hash of the mount point>.sock (/run/cachefs for root), a short path (Unix socket
 paths are limited to 108 bytes, cache directories can be long) in a 0700 directory; the socket itself
-is 0600. Clients (ipc.control_request) find it in the mount registry, or in the mount's
-`user.cachefs.stats` xattr.
+is 0600. Clients (ipc.control_request) find it from the mount alone: the directory from the
+daemon's uid (the mount's `user_id=` option), the name from the mount point (ipc.find_socket).
 Who: the peer's uid (SO_PEERCRED) must be root or the daemon's own user; anyone else gets an error.
 
 Requests run on the daemon's trio thread, blocking parts in its worker threads, like FUSE requests.

@@ -198,8 +198,7 @@ class Daemon:
         self.namespace.local_names = lambda ino: self.writeback.local_names(self.namespace.get(ino))
         self.namespace.is_local = self.writeback.is_local
         self.stats.add_gauges(self.writeback.summary)
-        self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self._extra_stats,
-                                     self.writeback)
+        self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self.writeback)
         self._start_operations_interfaces()
         try:
             pyfuse3.init(self.ops, cfg.mountpoint, fuse_options(cfg))

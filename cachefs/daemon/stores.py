@@ -22,7 +22,8 @@ def from_config(cfg: Config, stats: Stats) -> ObjectStore:
                                  credentials_file=cfg.credentials_file, max_attempts=cfg.s3_max_attempts,
                                  connect_timeout=cfg.s3_connect_timeout, read_timeout=cfg.s3_read_timeout,
                                  max_connections=4 * cfg.max_idle_threads + cfg.max_fetches, stats=stats,
-                                 read_deadline=cfg.s3_read_deadline, fast_get=cfg.s3_fast_get)
+                                 read_deadline=cfg.s3_read_deadline,
+                                 engine=cfg.s3_engine if cfg.s3_fast_get else "boto3")
     if cfg.hedging:
         from cachefs.store.hedge import HedgedStore
         store = HedgedStore(store, stats, min_delay=cfg.hedge_min_delay, max_workers=2 * cfg.max_idle_threads)

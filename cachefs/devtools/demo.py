@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import xxhash
 
 from cachefs.devtools.devserver import MotoServer
 from cachefs.devtools.sample import DatasetSpec, iter_image_files, iter_tfrecord_shards, upload
+from cachefs.ipc import control_request
 
 BUCKET = "cachefs-demo"
 READ_CHUNK = 4 << 20        # what a TFRecord reader asks for at a time
@@ -51,7 +51,8 @@ def drop_page_cache() -> bool:
 
 
 def stats(mnt: str) -> dict[str, int]:
-    return json.loads(os.getxattr(mnt, "user.cachefs.stats"))
+    stats: dict[str, int] = control_request(mnt, "stats")["stats"]
+    return stats
 
 
 def _read_file(path: str) -> tuple[int, str]:

@@ -241,7 +241,7 @@ class Tree:
         is skipped. Returns {path below the directory: new ETag}."""
         prefix = self.ns.cfg.prefix
         src_prefix, dst_prefix = prefix + old + "/", prefix + new + "/"
-        keys = await self.run_blocking(self._all_keys, src_prefix)
+        keys = await self._all_keys(src_prefix)
         copied: dict[str, str] = {}
         rel = ""
         try:
@@ -286,10 +286,10 @@ class Tree:
             node = self.meta.lookup(node.ino, part.encode())
         return node
 
-    def _all_keys(self, prefix: str) -> list[str]:
+    async def _all_keys(self, prefix: str) -> list[str]:
         keys, token = [], None
         while True:
-            page = self.store.list_page(prefix, token, delimiter="")
+            page = await self.store.alist_page(prefix, token, delimiter="")
             keys += [o.key for o in page.objects]
             token = page.next_token
             if token is None:

@@ -112,29 +112,34 @@ class Namespace:
                 break
             await pending.wait()     # another request is listing it; use its result
         with self._listing.flying(ino):
-            entries = await self.run_blocking(self._relist, directory)
+            entries = await self._relist(directory)
             await self._head_marker(directory)
             if await self._head_small(entries):
                 entries = await self.run_blocking(self.meta.children, ino)
             return entries
 
-    def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
+    async def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
+        """List the directory from S3 (the store's coroutine, on this trio thread) and make LMDB's
+        entries exactly what it holds (one write transaction, in a worker thread)."""
         prefix = self.dir_prefix(directory)
+        cut = len(prefix)
         found: dict[str, Entry] = {}
         token = None
         while True:
-            page = self.store.list_page(prefix, token)
+            page = await self.store.alist_page(prefix, token)
             for obj in page.objects:
-                name = obj.key[len(prefix):]
-                if name == "":
+                name = obj.key[cut:]
+                if name in found:
+                    continue
+                if not name:
                     self._markers[directory.ino] = obj    # this directory's own marker object
                     continue
                 if not valid_name(name.encode()):
                     log.debug("not shown: key %r is not a valid file name", obj.key)
                     continue
-                found.setdefault(name, Entry(name, KIND_FILE, obj.size, obj.mtime_ns, obj.etag))
+                found[name] = Entry(name, KIND_FILE, obj.size, obj.mtime_ns, obj.etag)
             for p in page.prefixes:
-                name = p[len(prefix):-1]
+                name = p[cut:-1]
                 if not valid_name(name.encode()):
                     log.debug("not shown: prefix %r is not a valid directory name", p)
                     continue
@@ -142,8 +147,8 @@ class Namespace:
             token = page.next_token
             if token is None:
                 break
-        return self.meta.replace_listing(directory, found.values(), time.time() + self.cfg.listing_ttl,
-                                         keep=self.local_names(directory.ino))
+        return await self.run_blocking(self.meta.replace_listing, directory, found.values(),
+                                       time.time() + self.cfg.listing_ttl, self.local_names(directory.ino))
 
     async def _head_small(self, entries: list[tuple[bytes, Inode]]) -> int:
         """HEAD listed files whose metadata is not known for their current version (a LIST does not
@@ -162,7 +167,7 @@ class Namespace:
         async def head(node: Inode) -> None:
             async with lanes:
                 try:
-                    info = await self.run_blocking(self.store.head, self.key_of(node))
+                    info = await self.store.ahead(self.key_of(node))
                 except Exception as e:        # the file shows the mount's defaults until next time
                     log.debug("HEAD of %r for its metadata failed: %s", self.key_of(node), e)
                     return
@@ -184,7 +189,7 @@ class Namespace:
         if known is not None and known[0] == marker.etag:
             return
         try:
-            info = await self.run_blocking(self.store.head, marker.key)
+            info = await self.store.ahead(marker.key)
         except Exception as e:        # the directory shows this node's or the mount's attributes
             log.debug("HEAD of marker %r failed: %s", marker.key, e)
             return
@@ -278,7 +283,7 @@ class Namespace:
 
     async def _background_listing(self, directory: Inode) -> None:
         try:
-            entries = await self.run_blocking(self._relist, directory)
+            entries = await self._relist(directory)
             await self._head_marker(directory)
             await self._head_small(entries)
             self._remote_lookups.pop(directory.ino, None)
@@ -298,11 +303,11 @@ class Namespace:
 
         async def ask_list() -> None:
             nonlocal listing
-            listing = await self.run_blocking(self.store.list_page, key + "/", None, 1)
+            listing = await self.store.alist_page(key + "/", None, 1)
 
         async def ask_head() -> None:
             nonlocal head
-            head = await self.run_blocking(self.store.head, key)
+            head = await self.store.ahead(key)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask_list)

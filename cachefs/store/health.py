@@ -40,6 +40,8 @@ FAILED_RANGE_ENTRIES = 4096
 PROBE_INTERVAL_S = 1.0
 # A healthy S3 answers a block's GET well within this; a dead one costs a request at most this wait.
 PROBE_WAIT_S = 1.0
+# How often a trio task waiting for the probe looks at its state (at most PROBE_WAIT_S, during outages only).
+PROBE_POLL_S = 0.01
 
 
 class OutageBreaker:
@@ -72,27 +74,50 @@ class OutageBreaker:
         waited = False
         with self._lock:
             while True:
-                now = self.clock()
-                recent = self._recent.get(ident) if ident is not None else None
-                if recent is not None:
-                    if now - recent[0] < FAILED_RANGE_MEMORY_S:
-                        raise StoreUnavailable(f"failed {now - recent[0]:.1f} s ago ({recent[1]}); "
-                                               "not asking again yet")
-                    del self._recent[ident]
-                if self._down_since is None:
-                    return False
-                if self._probing and not waited:
-                    waited = True
-                    self._lock.wait(max(0.0, self._probe_started + self.probe_wait - now))
-                    continue
-                if self._probing or now < self._next_probe:
-                    self.failed_fast += 1
-                    raise StoreUnavailable(f"S3 endpoint {self.where} unreachable for {now - self._down_since:.0f} s "
-                                           f"(last error: {self._last_error}); not waiting for it")
-                self._probing = True
-                self._probe_started = now
-                self._next_probe = now + self.probe_interval
-                return True
+                verdict = self._admit_locked(ident, waited)
+                if isinstance(verdict, bool):
+                    return verdict
+                waited = True
+                self._lock.wait(verdict)
+
+    async def aadmit(self, ident: object = None) -> bool:
+        """admit() for the trio thread: the wait for the probe's answer is awaited (a short poll of
+        the probe's state; only while a probe is out), never blocking the thread."""
+        import trio
+        waited = False
+        while True:
+            with self._lock:
+                verdict = self._admit_locked(ident, waited)
+                probe_started = self._probe_started
+            if isinstance(verdict, bool):
+                return verdict
+            waited = True
+            until = self.clock() + verdict
+            while self.clock() < until and self._probing and self._probe_started == probe_started:
+                await trio.sleep(PROBE_POLL_S)
+
+    def _admit_locked(self, ident: object, waited: bool) -> bool | float:
+        """admit's decision under the lock: whether the request is the probe, or how long to wait
+        for the probe's answer before deciding again (`waited`: it has waited once already)."""
+        now = self.clock()
+        recent = self._recent.get(ident) if ident is not None else None
+        if recent is not None:
+            if now - recent[0] < FAILED_RANGE_MEMORY_S:
+                raise StoreUnavailable(f"failed {now - recent[0]:.1f} s ago ({recent[1]}); "
+                                       "not asking again yet")
+            del self._recent[ident]
+        if self._down_since is None:
+            return False
+        if self._probing and not waited:
+            return max(0.0, self._probe_started + self.probe_wait - now)
+        if self._probing or now < self._next_probe:
+            self.failed_fast += 1
+            raise StoreUnavailable(f"S3 endpoint {self.where} unreachable for {now - self._down_since:.0f} s "
+                                   f"(last error: {self._last_error}); not waiting for it")
+        self._probing = True
+        self._probe_started = now
+        self._next_probe = now + self.probe_interval
+        return True
 
     def succeeded(self) -> None:
         """S3 answered (with data or a definite error such as 404)."""

@@ -5,8 +5,9 @@ Object stores have slow outliers (a request lands on a busy disk or a slow gatew
 many parallel block fetches a few stragglers set the pace of a whole epoch. The deadline is a high
 percentile of recent GET latencies for requests of the same size class, so it adapts to the
 endpoint and to block versus small-file sizes, and it never goes below `min_delay`, so that a fast,
-steady endpoint is not sent duplicates for noise. A hedge costs one extra GET; the abandoned request
-is not interrupted (boto3 has no cancel) but its result is dropped. At most HEDGE_BUDGET of recent
+steady endpoint is not sent duplicates for noise. A hedge costs one extra GET. From trio
+(aget_range) the loser is cancelled, and on the libcurl engine its transfer stops; through the
+synchronous get_range (boto3 has no cancel) it runs to its end unseen. At most HEDGE_BUDGET of recent
 GETs are duplicated.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ import concurrent.futures as cf
 import threading
 import time
 from collections import deque
+
+import trio
 
 from cachefs.stats import Stats
 from cachefs.store.base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
@@ -140,8 +143,68 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         assert error is not None        # both requests failed
         raise error
 
+    async def _atimed_get(self, key: str, start: int, end: int, etag: str | None,
+                          answered: trio.Event | None = None) -> bytes | memoryview:
+        t0 = time.monotonic()
+        data = await self.inner.aget_range(key, start, end, etag, answered)
+        self.latency.add(size_class(end - start), time.monotonic() - t0)
+        return data
+
+    async def aget_range(self, key: str, start: int, end: int, etag: str | None = None,
+                         answered: trio.Event | None = None) -> bytes | memoryview:
+        """get_range's hedging in trio: the duplicate is a second task, and the loser is cancelled
+        (with the libcurl engine its transfer really stops)."""
+        deadline = self.deadline(end - start)
+        self.budget.started()
+        if deadline is None:
+            return await self._atimed_get(key, start, end, etag, answered)
+        first_answered, first_done = trio.Event(), trio.Event()
+        won: list[tuple[int, bytes | memoryview]] = []
+        errors: list[Exception] = []
+
+        async def run(which: int, told: trio.Event | None, nursery: trio.Nursery) -> None:
+            try:
+                data = await self._atimed_get(key, start, end, etag, told)
+            except Exception as e:  # noqa: BLE001 - the other request may still succeed
+                errors.append(e)
+            else:
+                if not won:
+                    won.append((which, data))
+                    nursery.cancel_scope.cancel()      # the other request stops
+            finally:
+                if which == 0:
+                    first_done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0, first_answered, nursery)
+            with trio.move_on_after(deadline):
+                await first_done.wait()
+            if not first_done.is_set():
+                if first_answered.is_set():
+                    self.stats.add("s3_hedge_skipped_answered")    # progress, not a straggler
+                elif not self.budget.take():
+                    self.stats.add("s3_hedge_skipped_budget")
+                else:
+                    self.stats.add("s3_hedged")
+                    nursery.start_soon(run, 1, None, nursery)
+        if won:
+            which, data = won[0]
+            if which == 1:
+                self.stats.add("s3_hedge_wins")
+            if answered is not None:
+                answered.set()
+            return data
+        raise errors[-1]
+
     def head(self, key: str) -> ObjectInfo | None:
         return self.inner.head(key)
+
+    async def ahead(self, key: str) -> ObjectInfo | None:
+        return await self.inner.ahead(key)
+
+    async def alist_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
+                         delimiter: str = "/") -> ListPage:
+        return await self.inner.alist_page(prefix, token, max_keys, delimiter)
 
     def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000,
                   delimiter: str = "/") -> ListPage:

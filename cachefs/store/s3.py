@@ -1,4 +1,10 @@
-"""ObjectStore over any S3-compatible endpoint, with boto3 (thread-safe client, called from threads).
+"""ObjectStore over any S3-compatible endpoint.
+
+Two ways to S3: the read path's coroutines (aget_range, ahead, alist_page, called from the trio
+thread) use the libcurl engine (store/curlengine.py, its retry loop in store/s3trio.py) when
+`engine="curl"`; everything else goes through boto3 in the caller's thread: the control plane
+(check_bucket), the writes, and the synchronous get_range/head/list_page for callers outside trio
+(and all reads with `engine="boto3"`, or when libcurl is unusable).
 The clients and credentials: store/credentials.py; what a read retries and how long it waits: store/retry.py."""
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions as bce
 
@@ -15,8 +21,6 @@ from cachefs.errors import AccessDenied, ObjectChanged, ObjectNotFound, StoreErr
 from cachefs.stats import Stats
 from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
 from cachefs.store.credentials import s3_clients
-from cachefs.store.fastget import FallBack, FastGetter
-from cachefs.store.fastlist import FastLister
 from cachefs.store.health import OutageBreaker
 from cachefs.store.retry import (
     BODY_ERRORS,
@@ -31,7 +35,11 @@ from cachefs.store.retry import (
     http_status,
     retryable,
 )
-from cachefs.store.watchdog import Watchdog
+from cachefs.store.s3list import FallBack
+from cachefs.store.s3trio import TrioReads
+
+if TYPE_CHECKING:
+    from cachefs.store.curlengine import CurlEngine
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +55,28 @@ _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken
                     "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 
 
-class S3Store(ObjectStore):
+def _curl_engine(client: Any, bucket: str, **kw: Any) -> CurlEngine | None:
+    """The libcurl engine, or None (logged once) if pycurl is missing or its libcurl cannot sign."""
+    try:
+        import pycurl
+
+        from cachefs.store.curlengine import CurlEngine
+    except ImportError as e:
+        log.info("S3 reads go through boto3: the libcurl engine is unusable (%s)", e)
+        return None
+    try:
+        return CurlEngine(client, bucket, **kw)
+    except (FallBack, pycurl.error) as e:
+        log.info("S3 reads go through boto3: the libcurl engine is unusable (%s)", e)
+        return None
+
+
+class S3Store(TrioReads, ObjectStore):
     def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
                  addressing_style: str = "auto", profile: str | None = None,
                  credentials_file: str | None = None, max_attempts: int = 4,
                  connect_timeout: float = 5.0, read_timeout: float = 30.0, max_connections: int = 32,
-                 stats: Stats | None = None, read_deadline: float = 0.0, fast_get: bool = True) -> None:
+                 stats: Stats | None = None, read_deadline: float = 0.0, engine: str = "curl") -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.stats = stats or Stats()
@@ -72,15 +96,12 @@ class S3Store(ObjectStore):
             if read_deadline else None
         from cachefs import metrics  # the read client's requests are counted like the others
         metrics.instrument_boto_client(self.read_client)
-        self._fast: FastGetter | None = None
-        self._fast_list: FastLister | None = None
-        self._watchdog = Watchdog()     # ends a fast GET's body at its deadline
-        if fast_get:     # optimisations only: what cannot be built is done by boto3
-            for attr, cls, what in (("_fast", FastGetter, "GETs"), ("_fast_list", FastLister, "listings")):
-                try:
-                    setattr(self, attr, cls(self.read_client, bucket))
-                except Exception as e:  # noqa: BLE001
-                    log.info("S3 %s go through boto3 (%s)", what, e)
+        self.engine: CurlEngine | None = None
+        if engine == "curl":     # what cannot be built is done by boto3
+            self.engine = _curl_engine(self.read_client, bucket, connect_timeout=connect_timeout,
+                                       read_timeout=read_timeout, max_connections=max_connections)
+        elif engine != "boto3":
+            raise ValueError(f"unknown S3 engine {engine!r}")
         self._retries_metric = metrics.S3_RETRIES
 
     @property
@@ -130,58 +151,24 @@ class S3Store(ObjectStore):
             args["IfMatch"] = etag
 
         def attempt(call: Attempt) -> bytes:
-            def body_follows(body: Any) -> None:
-                call.hold(body)
-                if answered is not None:
-                    answered.set()
-
-            fast = self._fast
-            data: bytes | memoryview | None = None
-            if fast is not None:
-                armed = self._watchdog.arm(call.deadline, call.abandon) if call.deadline is not None else None
-                def fast_body(raw: Any) -> None:
-                    self._tell_metadata(key, raw.headers)
-                    body_follows(raw)
-                try:
-                    data = fast.get(key, start, end, etag, fast_body, call.deadline)
-                except FallBack as e:
-                    log.info("S3 GETs go through boto3 from now on (%s)", e)
-                    self._fast = None
-                except Exception as e:
-                    if call.abandoned or (call.deadline is not None and time.monotonic() >= call.deadline - 0.01):
-                        raise self._deadline_exceeded() from e
-                    raise
-                finally:
-                    if armed is not None:
-                        self._watchdog.disarm(armed)
-                if call.abandoned:              # the body was cut at the deadline
-                    raise self._deadline_exceeded()
-            if data is None:
-                r: dict[str, Any] = self.read_client.get_object(**args)
-                body = r["Body"]
-                if self.metadata_seen is not None:
-                    self.metadata_seen(key, r.get("ETag", ""), {k.lower(): v for k, v in r.get("Metadata", {}).items()})
-                body_follows(body)
-                data = body.read()
+            r: dict[str, Any] = self.read_client.get_object(**args)
+            body = r["Body"]
+            if self.metadata_seen is not None:
+                self.metadata_seen(key, r.get("ETag", ""), {k.lower(): v for k, v in r.get("Metadata", {}).items()})
+            call.hold(body)
+            if answered is not None:
+                answered.set()
+            data: bytes = body.read()
             if len(data) != end - start:
                 raise ShortRead(f"short read: {len(data)} of {end - start} bytes")
             return data
         try:
-            # The fast path bounds its own waits by the deadline, so it runs in this thread.
-            data = self._read("GetObject", key, attempt, (start, end), inline=self._fast is not None,
-                              counter="s3_get")
+            data = self._read("GetObject", key, attempt, (start, end), counter="s3_get")
         except StoreError:
             self.stats.add("s3_get_errors")
             raise
         self.stats.add("s3_get_bytes", len(data))
         return data
-
-    def _tell_metadata(self, key: str, headers: Any) -> None:
-        if self.metadata_seen is None:
-            return
-        meta = {name[len(_META):].lower(): value for name, value in headers.items()
-                if name.lower().startswith(_META)}
-        self.metadata_seen(key, headers.get("ETag", ""), meta)
 
     def head(self, key: str) -> ObjectInfo | None:
         if len(key.encode()) > MAX_KEY_BYTES:
@@ -205,13 +192,6 @@ class S3Store(ObjectStore):
             args["ContinuationToken"] = token
 
         def attempt(call: Attempt) -> ListPage:
-            fast = self._fast_list
-            if fast is not None:
-                try:
-                    return fast.list_page(prefix, token, max_keys, delimiter, call.deadline)
-                except FallBack as e:
-                    log.info("S3 listings go through boto3 from now on (%s)", e)
-                    self._fast_list = None
             r: dict[str, Any] = self.read_client.list_objects_v2(**args)
             objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", ""), int(o["LastModified"].timestamp() * 1e9))
                        for o in r.get("Contents", ())]
@@ -221,7 +201,7 @@ class S3Store(ObjectStore):
 
     # -- the read path's retries -----------------------------------------------------------
     def _read(self, operation: str, key: str, attempt_fn: Callable[[Attempt], T], ident: object = None,
-              inline: bool = False, counter: str = "") -> T:
+              counter: str = "") -> T:
         """Run `attempt_fn` until it succeeds, fails definitely, has made `max_attempts` attempts or
         the deadline (`read_deadline`) has passed; back off between attempts. Raises StoreError.
         `counter` counts requests sent: not those the outage breaker refuses."""
@@ -235,7 +215,7 @@ class S3Store(ObjectStore):
         while True:
             attempts += 1
             try:
-                result = self._attempt(attempt_fn, deadline, inline)
+                result = self._attempt(attempt_fn, deadline)
             except bce.ClientError as e:
                 if not retryable(e):
                     self.breaker.succeeded()           # S3 answered; the answer is "no"
@@ -271,9 +251,9 @@ class S3Store(ObjectStore):
     def _deadline_exceeded(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")
 
-    def _attempt(self, attempt_fn: Callable[[Attempt], T], deadline: float | None, inline: bool = False) -> T:
+    def _attempt(self, attempt_fn: Callable[[Attempt], T], deadline: float | None) -> T:
         call = Attempt(deadline)
-        if deadline is None or self._attempts is None or inline:
+        if deadline is None or self._attempts is None:
             return attempt_fn(call)
         future = self._attempts.submit(attempt_fn, call)
         try:
@@ -368,7 +348,8 @@ class S3Store(ObjectStore):
         return str(r["CopyObjectResult"]["ETag"])
 
     def close(self) -> None:
-        self._watchdog.close()
+        if self.engine is not None:
+            self.engine.close()
         if self._attempts is not None:
             self._attempts.shutdown(wait=False, cancel_futures=True)
         self.read_client.close()

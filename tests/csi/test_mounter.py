@@ -93,6 +93,9 @@ def test_node_server_killed_mounts_survive_and_are_adopted(pair, auth_moto):
     assert ppid_of(daemon) == mounter.proc.pid
     assert cap_eff(server.proc.pid) == 0 and cap_eff(mounter.proc.pid) != 0
     assert (target / "hello.txt").read_bytes() == b"hello\n"
+    # The daemon's counters reach the node server through the mounter (the warm labels' source).
+    stats = RemoteMounter(mounter.endpoint).stats(str(target))
+    assert stats["fuse_reads"] >= 1 and "cache_bytes" in stats
 
     for n in (1, 2):                                    # kill -9 the node server, start a new one
         server.restart()

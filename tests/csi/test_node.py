@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
-import json
 import os
 import signal
 import stat
@@ -17,6 +16,7 @@ from mount_helpers import is_mounted, log_problems, pid_alive, s3_client, wait_u
 from cachefs.csi.proto import pb
 from cachefs.csi.records import CacheSlots, StateDir
 from cachefs.csi.warm import warm_bytes
+from cachefs.ipc import control_request
 
 from .conftest import block_capability, mount_capability, status_of
 
@@ -84,7 +84,7 @@ def test_publish_mounts_unpublish_unmounts(csi_server, dataset, target):
     # The node reports the dataset warm: the daemon's own account of its disk tiers.
     st = StateDir(str(csi_server.state_dir))
     warm = warm_bytes(st, CacheSlots(str(csi_server.cache_root)), lambda slot: [])
-    assert warm == {dataset.bucket: json.loads(os.getxattr(target, "user.cachefs.stats"))["cache_bytes"]}
+    assert warm == {dataset.bucket: control_request(str(target), "stats")["stats"]["cache_bytes"]}
     assert warm[dataset.bucket] > 0
 
     # Its exporter listens on the port the node server gave it (the metrics Service's ports).

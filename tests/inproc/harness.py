@@ -119,7 +119,7 @@ class FsHarness:
         self.wb.open()
         self.ns.local_names = lambda ino: self.wb.local_names(self.ns.get(ino))
         self.ns.is_local = self.wb.is_local
-        self.ops = CachefsOperations(self.ns, self.reader, self.cfg, self.stats, lambda: {"extra": 1}, self.wb)
+        self.ops = CachefsOperations(self.ns, self.reader, self.cfg, self.stats, self.wb)
         self._saved_reply = pyfuse3.readdir_reply
         pyfuse3.readdir_reply = _readdir_reply
         self._others: list[FsHarness] = []

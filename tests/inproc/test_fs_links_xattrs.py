@@ -1,14 +1,11 @@
-"""symlink/readlink (stored as s3fs stores them) and extended attributes."""
+"""symlink/readlink (stored as s3fs stores them) and extended attributes (none)."""
 from __future__ import annotations
 
 import errno
-import json
 import stat
 
-import pyfuse3
 import pytest
 
-from cachefs.fs import STATS_XATTR
 from inproc.harness import ROOT
 
 LINK_MODE = str(stat.S_IFLNK | 0o777)
@@ -59,19 +56,13 @@ async def test_a_link_s3fs_made_is_a_link_here_and_survives_a_rename(fs):
     assert await fs.ops.readlink(moved.st_ino, fs.ctx()) == b"../elsewhere"
 
 
-async def test_the_stats_xattr_of_the_root_is_json_of_the_counters(fs):
-    await fs.write_file("f", b"x")
-    assert await fs.ops.listxattr(ROOT, fs.ctx()) == [STATS_XATTR]
-    stats = json.loads(await fs.ops.getxattr(ROOT, STATS_XATTR, fs.ctx()))
-    assert stats["fuse_writes"] == 1 and stats["extra"] == 1       # counters and the daemon's extras
-
-
-async def test_other_xattrs_are_enoattr_and_cannot_be_set(fs):
+async def test_every_xattr_request_is_enosys_so_the_kernel_stops_sending_them(fs):
+    """None are kept: ENOSYS sets the kernel's no_getxattr/no_listxattr/... and it answers
+    EOPNOTSUPP itself from then on, without a request (tests/test_ops_metrics.py sees that)."""
     ino = await fs.write_file("f", b"x")
-    assert await fs.ops.listxattr(ino, fs.ctx()) == []
-    for inode, name in ((ino, STATS_XATTR), (ROOT, b"user.other"), (ROOT, b"security.selinux"),
-                        (ino, b"system.posix_acl_access")):
-        assert await fs.errno_of(fs.ops.getxattr(inode, name, fs.ctx())) == pyfuse3.ENOATTR
-    # Not implemented (pyfuse3's answer): the kernel tells the caller EOPNOTSUPP.
-    assert await fs.errno_of(fs.ops.setxattr(ino, b"user.x", b"v", fs.ctx())) == errno.ENOSYS
-    assert await fs.errno_of(fs.ops.removexattr(ino, b"user.x", fs.ctx())) == errno.ENOSYS
+    for inode in (ROOT, ino):
+        for name in (b"user.cachefs.stats", b"user.other", b"security.selinux", b"system.posix_acl_access"):
+            assert await fs.errno_of(fs.ops.getxattr(inode, name, fs.ctx())) == errno.ENOSYS
+        assert await fs.errno_of(fs.ops.listxattr(inode, fs.ctx())) == errno.ENOSYS
+        assert await fs.errno_of(fs.ops.setxattr(inode, b"user.x", b"v", fs.ctx())) == errno.ENOSYS
+        assert await fs.errno_of(fs.ops.removexattr(inode, b"user.x", fs.ctx())) == errno.ENOSYS

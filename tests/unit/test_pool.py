@@ -249,9 +249,10 @@ def _received(n: int, headroom: int = HEADER.size) -> memoryview:
 
 
 @needs_c
-@pytest.mark.parametrize("n", [CHUNK - 4096, CHUNK - 4096 - 1, CHUNK // 2 + 1])
+@pytest.mark.parametrize("n", [CHUNK - 4096, CHUNK - 4096 - 1, CHUNK // 2 + 1, 16 * 4096, 110_000])
 def test_a_received_block_is_written_from_its_own_chunk(pool, tmp_path, monkeypatch, n):
-    """header + payload, exact length, from the chunk itself: the copying path is never taken."""
+    """header + payload, exact length, from the chunk itself (or, small, the page-aligned memory
+    buffer() gives a body with headroom): the copying path is never taken."""
     from cachefs.cache.direct import AlignedBuffers
     monkeypatch.setattr(AlignedBuffers, "_write_copied", lambda *a: pytest.fail("copied"))
     if not direct_capable(tmp_path):
@@ -267,13 +268,15 @@ def test_a_received_block_is_written_from_its_own_chunk(pool, tmp_path, monkeypa
 
 @needs_c
 def test_buffers_that_cannot_be_written_in_place_are_copied(pool, tmp_path):
-    """No headroom, a malloc()ed (small) buffer, or part of a buffer: copied, same bytes on disk."""
+    """No headroom, a tiny buffer (malloc()ed: padding would be most of it), or part of a buffer:
+    copied, same bytes on disk."""
     from cachefs.cache.direct import AlignedBuffers
     if not direct_capable(tmp_path):
         pytest.skip("no O_DIRECT under the test's temporary directory")
     stats = Stats()
     bufs = AlignedBuffers(CHUNK, stats=stats)
-    for i, data in enumerate([_received(CHUNK - 4096, headroom=0), _received(1000), _received(CHUNK - 4096)[:-1]]):
+    for i, data in enumerate([_received(CHUNK - 4096, headroom=0), _received(1000),
+                                  _received(CHUNK - 4096)[:-1]]):
         header = encode_header(data)
         with open(os.devnull, "wb") as null:
             assert native.write_framed(null.fileno(), data, header) is None

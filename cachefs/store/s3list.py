@@ -1,24 +1,24 @@
-"""ListObjectsV2 without botocore's response parser.
+"""ListObjectsV2 answers parsed without botocore's response parser.
 
 botocore parses a listing's XML in Python, shape by shape: about 100 us of CPU per listed object
 against about 14 us here, and 5.5 against 1.7 ms for a directory of 30 (`python -m bench.listing`,
 docs/BENCHMARKS.md). A cold pass over a dataset lists every directory once, and a bucket of a
 million objects would cost the daemon minutes of CPU in parsing alone. Here the page is parsed by
-ElementTree's C parser. Signing, the HTTP session, errors and FallBack are those of the fast GET
-(fastget.SignedRequests); the result is the same ListPage that the boto3 path builds.
-
-Like boto3, the request asks for `encoding-type=url` (so that keys XML cannot carry survive) and
-decodes what the answer says was encoded.
+ElementTree's C parser into the same ListPage the boto3 path builds. The request (store/curlengine.py)
+asks for `encoding-type=url`, like boto3, so that keys XML cannot carry survive; what the answer says
+was encoded is decoded here.
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from datetime import datetime
-from typing import Any
 from urllib.parse import unquote_plus
 
 from cachefs.store.base import ListPage, ObjectInfo
-from cachefs.store.fastget import FallBack, SignedRequests, bucket_url
+
+
+class FallBack(Exception):
+    """An answer the libcurl engine does not handle: this request (and every later one) goes through boto3."""
 
 
 def _mtime_ns(text: str) -> int:
@@ -30,31 +30,6 @@ def _field(item: ET.Element, tag: str) -> str:
     if text is None:
         raise TypeError(f"no {tag}")
     return text
-
-
-class FastLister(SignedRequests):
-    def __init__(self, client: Any, bucket: str) -> None:
-        super().__init__(client)
-        self.url = bucket_url(client, "list_objects_v2", {"Bucket": bucket})
-
-    def list_page(self, prefix: str, token: str | None, max_keys: int, delimiter: str,
-                  deadline: float | None = None) -> ListPage:
-        """One page of the listing below `prefix` (with `delimiter`: its common prefixes too).
-        Raises botocore's exceptions, DeadlinePassed or FallBack, like FastGetter.get."""
-        params = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
-        if delimiter:
-            params["delimiter"] = delimiter
-        if token:
-            params["continuation-token"] = token
-        response = self._send("ListObjectsV2", self.url, {}, deadline, params)
-        raw = response.raw
-        if response.status_code != 200:
-            raise self._error("ListObjectsV2", response.status_code, raw)
-        try:
-            body = raw.read()
-        finally:
-            raw.release_conn()
-        return parse_page(body)
 
 
 def parse_page(body: bytes) -> ListPage:
