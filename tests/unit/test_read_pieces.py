@@ -127,7 +127,7 @@ def test_a_corrupt_piece_is_never_served(world):
         bkey = block_key("bkt", "pre/f", inode.etag, BS, 5)
         path = reader.cache.disk_tiers[0].path_of(piece_key(bkey, PS, 3))
         raw = bytearray(open(path, "rb").read())
-        raw[-100] ^= 0xFF                                   # a flipped byte in the payload
+        raw[32 + 1000] ^= 0xFF                              # a flipped byte in the payload (after the header)
         with open(path, "wb") as f:
             f.write(raw)
         gets = stats.get("s3_get")
