@@ -81,6 +81,10 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_dataset_walks_total": ("dataset_walks", "directories whose subdirectories were all prefetched "
                                     "(small files opened in 3 of them)"),
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
+    "cachefs_piece_reads_total": ("piece_reads", "block ranges a random reader read from 64 KiB pieces"),
+    "cachefs_piece_fetches_total": ("piece_fetches", "GETs of pieces (each a run of missing pieces of one block)"),
+    "cachefs_piece_fills_total": ("piece_fills", "hot blocks whose missing pieces were fetched in the background"),
+    "cachefs_blocks_from_pieces_total": ("blocks_from_pieces", "whole-block reads put together from cached pieces"),
     "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate GETs sent for a straggler (hedging)"),
     "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),
     "cachefs_s3_hedge_skipped_answered_total": ("s3_hedge_skipped_answered",
