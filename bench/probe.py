@@ -33,6 +33,11 @@ CURL_IMAGE_GETS = 1000
 CURL_RANGE_PARALLEL = (8, 16)
 CURL_RANGE_PASSES = 4
 CURL_LIST_S = 2.0
+# The bound for fio's cold random cell (64 KiB reads, one at a time) at a read amplification of 1: one
+# 64 KiB GET per read, one after another. A filesystem beating it serves reads it did not fetch for
+# them, i.e. fetched more than was read (the endpoint's sent bytes in that cell say how much more).
+CURL_RAND_BYTES = 64 * 1024
+CURL_RAND_GETS = 300
 # The cache disk's own rate for what a warm read of the disk tier does: whole 4 MiB blocks read with
 # O_DIRECT, 16 at a time (max_fetches), page cache dropped. A warm disk-tier read cannot beat it. Also
 # with 64 in flight (256 MiB: a whole shard asked for at once), what no sane read-ahead exceeds: the
@@ -144,6 +149,10 @@ def curl_ceilings(endpoint, bucket: str, key: str, size: int, rng: random.Random
         fig = _checked(curlprobe.get_rate(endpoint, bucket, ranges, RANGE, n, count=CURL_RANGE_PASSES * len(ranges)))
         out[f"curl_range{n}_mib_s"] = fig["mib_s"]
         out[f"curl_range{n}_cpu_s_per_gib"] = fig["cpu_s_per_gib"]
+    gets = CURL_RAND_GETS if endpoint.kind != "moto" else CURL_RAND_GETS // 10
+    targets = [(key, rng.randrange(0, size // CURL_RAND_BYTES) * CURL_RAND_BYTES) for _ in range(gets)]
+    fig = _checked(curlprobe.get_rate(endpoint, bucket, targets, CURL_RAND_BYTES, 1, count=gets))
+    out["curl_rand64k_1_gets_s"] = fig["gets_s"]
     fig = _checked(curlprobe.list_rate(endpoint, bucket, "", 1, seconds=CURL_LIST_S))
     out["curl_list_pages_s"] = fig["pages_s"]
     out["curl_list_keys_s"] = fig["keys_s"]

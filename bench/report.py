@@ -146,6 +146,14 @@ def goal_rows(results: dict, s: dict, system: str = "cachefs") -> list[list[str]
     rand = {n: _median(s, ("fio", "rand", "cold", n), "iops") for n in (system, "s3fs")}
     goal("cold random 64 KiB IOPS / s3fs's", rand[system] / rand["s3fs"] if rand[system] and rand["s3fs"] else None,
          1.2, False)
+    bound = _median(s, ("endpoint", "backend", "-", "synthetic"), "curl_rand64k_1_gets_s")
+    if bound and rand[system]:
+        out.append(["  cold random IOPS / one-at-a-time 64 KiB GETs/s (pycurl; the bound at amplification 1)",
+                    _fmt(rand[system] / bound), "-", "context"])
+    for n in [system, *peers]:
+        sent = _per_run(rows_in, "fio", "rand", "cold", n, lambda r: r["endpoint_sent_mib"] / r["io_mib"])
+        if sent:
+            out.append([f"  endpoint bytes sent / bytes read, cold random, {n}", _fmt(sent), "-", "context"])
     goal("read amplification, cold random 64 KiB (S3 bytes / bytes read)",
          _per_run(rows_in, "fio", "rand", "cold", system, lambda r: r["daemon_s3_get_bytes"] / (r["io_mib"] * MiB)),
          1.5, True)

@@ -85,6 +85,29 @@ def cpu_seconds(pids: Sequence[int]) -> float | None:
     return total if seen else None
 
 
+def sent_bytes(pids: Sequence[int]) -> int | None:
+    """Bytes written so far (write/send calls: /proc/PID/io wchar) by the S3 front of `pids`: the
+    radosgw process if there is one (its OSD traffic is the OSDs', not counted), else all of them.
+    For an endpoint that is about the bytes its answers carried: what any client, peers included,
+    made it serve (read amplification without the client's own counters)."""
+    def comm(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+    front = [p for p in pids if comm(p) == "radosgw"] or list(pids)
+    total, seen = 0, False
+    for pid in front:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+            seen = True
+        except (OSError, StopIteration):
+            continue
+    return total if seen else None
+
+
 def reset_peak_rss(pids: Sequence[int]) -> None:
     """Writing 5 to clear_refs resets VmHWM, so each phase reports its own peak."""
     for pid in pids:
@@ -143,22 +166,26 @@ class ProcessMeter:
 
     def __init__(self, pids: Sequence[int]):
         self.pids = list(pids)
-        self._cpu0 = None
-        self.cpu_s = self.peak_rss_mib = None
+        self._cpu0 = self._sent0 = None
+        self.cpu_s = self.peak_rss_mib = self.sent_mib = None
 
     def __enter__(self):
         reset_peak_rss(self.pids)
         self._cpu0 = cpu_seconds(self.pids)
+        self._sent0 = sent_bytes(self.pids)
         return self
 
     def __exit__(self, *exc):
-        cpu1 = cpu_seconds(self.pids)
+        cpu1, sent1 = cpu_seconds(self.pids), sent_bytes(self.pids)
         if self._cpu0 is not None and cpu1 is not None:
             self.cpu_s = round(cpu1 - self._cpu0, 3)
+        if self._sent0 is not None and sent1 is not None:
+            self.sent_mib = round((sent1 - self._sent0) / (1 << 20), 3)
         self.peak_rss_mib = peak_rss_mib(self.pids)
 
     def result(self, prefix: str) -> dict:
-        return {f"{prefix}_cpu_s": self.cpu_s, f"{prefix}_peak_rss_mib": self.peak_rss_mib}
+        return {f"{prefix}_cpu_s": self.cpu_s, f"{prefix}_peak_rss_mib": self.peak_rss_mib,
+                f"{prefix}_sent_mib": self.sent_mib}
 
 
 def daemon_stats(mountpoint: str) -> dict:
