@@ -85,27 +85,42 @@ def cpu_seconds(pids: Sequence[int]) -> float | None:
     return total if seen else None
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _admin_socket(pid: int) -> str | None:
+    """The Ceph admin socket (*.asok) a process listens on: its socket fds' inodes in /proc/net/unix."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
+        with open("/proc/net/unix") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[6] in inodes and fields[7].endswith(".asok"):
+                    return fields[7]
+    except OSError:
+        pass
+    return None
+
+
 def sent_bytes(pids: Sequence[int]) -> int | None:
-    """Bytes written so far (write/send calls: /proc/PID/io wchar) by the S3 front of `pids`: the
-    radosgw process if there is one (its OSD traffic is the OSDs', not counted), else all of them.
-    For an endpoint that is about the bytes its answers carried: what any client, peers included,
-    made it serve (read amplification without the client's own counters)."""
-    def comm(pid: int) -> str:
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                return f.read().strip()
-        except OSError:
-            return ""
-    front = [p for p in pids if comm(p) == "radosgw"] or list(pids)
-    total, seen = 0, False
-    for pid in front:
-        try:
-            with open(f"/proc/{pid}/io") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
-            seen = True
-        except (OSError, StopIteration):
+    """Bytes of object data the endpoint among `pids` has served so far: radosgw's own counter of GET
+    bytes (`perf dump` on its admin socket: rgw get_b), so any client's read amplification can be
+    measured, peers' too. None for other endpoints (moto keeps no such count)."""
+    for pid in pids:
+        if _comm(pid) != "radosgw" or (asok := _admin_socket(pid)) is None:
             continue
-    return total if seen else None
+        try:
+            out = subprocess.run(["ceph", "--admin-daemon", asok, "perf", "dump"], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout
+            return int(json.loads(out)["rgw"]["get_b"])
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+            return None
+    return None
 
 
 def reset_peak_rss(pids: Sequence[int]) -> None:
