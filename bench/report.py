@@ -157,6 +157,14 @@ def goal_rows(results: dict, s: dict, system: str = "cachefs") -> list[list[str]
     goal("read amplification, cold random 64 KiB (S3 bytes / bytes read)",
          _per_run(rows_in, "fio", "rand", "cold", system, lambda r: r["daemon_s3_get_bytes"] / (r["io_mib"] * MiB)),
          1.5, True)
+    if "cachefs-base" in names:     # bench.run --baseline: nothing warm gets slower
+        cells = [("fio", job, state, "mib_s" if job != "rand" else "iops") for job in ("seq-1job", "seq-4jobs", "rand")
+                 for state in ("warm-disk", "warm-page")]
+        cells += [("loader", shape, "epoch2", "images_per_s") for shape in ("tfrecord", "images")]
+        for workload, job, state, metric in cells:
+            ours, base = (_median(s, (workload, job, state, n), metric) for n in (system, "cachefs-base"))
+            out.append([f"  {workload} {job} {state}: cachefs / cachefs-base (before)",
+                        _fmt(ours / base if ours and base else None), "~1 (noise)", "context"])
     for key in sorted({k[1] for k in s["figures"] if k[0] == "metadata"}):
         for state, bound in (("warm", 2.0), ("cold", 1.0)):
             ours, theirs = (_median(s, ("metadata", key, state, n), "seconds") for n in (system, "rclone"))

@@ -33,6 +33,7 @@ from bench.loader import loader
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STATES = ("cold", "warm-disk", "warm-page")
+BASELINE_NAME = "cachefs-base"
 DEFAULT_SYSTEMS = ("local", "memfs", "cachefs", "s3fs", "s3fs-cache", "rclone")
 
 
@@ -159,6 +160,8 @@ def parse_args(argv):
     size = p.add_mutually_exclusive_group()
     for name in dataset.SCALES:
         size.add_argument(f"--{name}", dest="scale", action="store_const", const=name)
+    p.add_argument("--baseline", metavar="TREE",
+                   help=f"also run the cachefs of this checkout, as system {BASELINE_NAME!r} (before/after pairs)")
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help="comma-separated subset of %(default)s")
     p.add_argument("--workloads", default="fio,loader,metadata")
     p.add_argument("--runs", type=int, help="repetitions (default: the scale's, >= 3 except --tiny)")
@@ -234,6 +237,12 @@ def main(argv=None) -> int:
                 stack.callback(_quiet_umount, system)
                 under_test.append(system)
                 results["systems"][name] = system.describe()
+            if args.baseline:      # the same cells with another checkout's cachefs, side by side
+                system = systems.Cachefs.from_tree(args.baseline, BASELINE_NAME, scratch, ep, endpoint.BUCKET,
+                                                   os.path.join(scratch, "local"))
+                stack.callback(_quiet_umount, system)
+                under_test.append(system)
+                results["systems"][BASELINE_NAME] = f"{system.describe()} (from {args.baseline})"
             workloads = set(args.workloads.split(","))
             for run_i in range(1, runs + 1):
                 for label, target in targets.items():
