@@ -121,9 +121,17 @@ class TieredCache(BlockCache):
 
     @property
     def block_count(self) -> int:
-        """Distinct blocks cached (a memory copy of a disk block counts once)."""
+        """Distinct blocks cached (a memory copy of a disk block counts once; a block waiting for its
+        disk copy counts too)."""
         disk = sum(t.count for t in self.disk_tiers)
-        return disk + sum(1 for t in self.mem_tiers for k in t.keys() if not self._on_disk(k))
+        mem = {k for t in self.mem_tiers for k in t.keys() if not self._on_disk(k)}
+        queued = {k for k in self._writer.keys() if not self._on_disk(k)} if self._writer is not None else set()
+        return disk + len(mem | queued)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes put_nowait took whose disk copies are not written yet (they will take disk room)."""
+        return self._writer.queued_bytes if self._writer is not None else 0
 
     def _on_disk(self, key: bytes) -> bool:
         return any(t.contains(key) for t in self.disk_tiers)

@@ -54,6 +54,15 @@ class DiskWriter:
     def __len__(self) -> int:
         return len(self._queued)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes taken and not yet written: space the disk tiers are about to fill."""
+        return self._bytes
+
+    def keys(self) -> list[bytes]:
+        with self._cond:
+            return list(self._queued)
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued block has been written (or declined by the tiers); False on timeout."""
         with self._cond:

@@ -276,8 +276,10 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
     async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
                      stream: bool = False) -> memoryview:
         """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome. A block
-        fetched from S3 is in the cache tiers before anyone gets it: a read that returned has its
-        blocks cached (a kill -9 right after loses none of them). Cancelled (an interrupted read, a
+        fetched from S3 is in the cache before anyone gets it: in memory (or queued for its disk
+        copy) at once, on disk within the cache's writer queue (TieredCache.put_nowait; `cachefs
+        flush` waits for it): a kill -9 right after a read may lose those disk copies, which are then
+        fetched again, never served wrong. Cancelled (an interrupted read, a
         cancelled read-ahead: the GET is dropped), it lands with no outcome and a waiter fetches
         the block itself (_block)."""
         try:

@@ -41,10 +41,8 @@ PIECE_SIZE = 64 << 10
 # 15% of each block fetched 5x what it read).
 HOT_FRACTION = 2
 PIECES_TRACKED = 4096          # blocks whose pieces read are remembered for the hot rule (oldest go first)
-# A fetched object this small is put in the cache tiers on the trio thread: measured, a put of 110 KB
-# costs less CPU inline (~0.2 ms) than through a worker thread (~0.3 ms); a 4 MiB block's put goes
-# through a worker thread (docs/BENCHMARKS.md, "Cold random reads and the read path in trio").
-INLINE_PUT_BYTES = 256 << 10
+# Objects up to this size (small files, pieces) are stored through the cache's writer thread.
+SMALL_PUT_BYTES = 256 << 10
 _FILLED: frozenset[int] = frozenset()   # a block whose missing pieces were asked for already
 
 
@@ -77,9 +75,13 @@ class BlockPieces:
         return -(-(stop - start) // self.piece_size) if stop - start >= 4 * self.piece_size else 0
 
     async def _put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> None:
-        if len(data) <= INLINE_PUT_BYTES:
-            self.cache.put(key, data, memory)
-        else:
+        """Into the cache without a disk write on the trio thread. A small object (a file, a piece)
+        goes through put_nowait: its disk copy is written by the cache's writer thread (~5 us here
+        for the hand-off); an inline put() would stall every FUSE request for a disk write (5-50 ms
+        under load, docs/CACHING.md). A block, or a small object the writer has no room for (its
+        queue full: the back-pressure), is put in a worker thread: a block's disk copy is then on
+        disk when the read returns, which the read-ahead and the tiers' room accounting count on."""
+        if len(data) > SMALL_PUT_BYTES or not self.cache.put_nowait(key, data, memory):
             await self.run_blocking(self.cache.put, key, data, memory)
 
     def cached_pieces(self, inode: Inode, key: str, bucket: str) -> list[bytes]:

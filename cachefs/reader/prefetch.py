@@ -209,8 +209,10 @@ class DirectoryPrefetch:
             self._dir_slots.release()
 
     def _cache_room(self) -> int:
-        """Bytes the disk tiers take before reaching their high watermarks (0 if unknown)."""
-        return sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
+        """Bytes the disk tiers take before reaching their high watermarks (0 if unknown), less what
+        the cache's writer is about to write there."""
+        room = sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
+        return max(0, room - getattr(self.cache, "queued_bytes", 0))
 
 
 def _forget_oldest(tracked: OrderedDict) -> None:
