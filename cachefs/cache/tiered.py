@@ -201,6 +201,11 @@ class TieredCache(BlockCache):
             self._place(key, data, self._mem)
         return True
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes taken by put_nowait still waiting for their disk copy (not in any disk tier's `used` yet)."""
+        return self._writer.queued_bytes if self._writer is not None else 0
+
     def _store_queued(self, key: bytes, data: bytes | memoryview) -> None:
         """The disk writer's half of put_nowait (its memory half is done already)."""
         if self._place(key, data, self._disk) or self._place(key, data, self._mem):

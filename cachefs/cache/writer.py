@@ -54,6 +54,10 @@ class DiskWriter:
     def __len__(self) -> int:
         return len(self._queued)
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued block has been written (or declined by the tiers); False on timeout."""
         with self._cond:

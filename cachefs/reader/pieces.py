@@ -41,10 +41,6 @@ PIECE_SIZE = 64 << 10
 # 15% of each block fetched 5x what it read).
 HOT_FRACTION = 2
 PIECES_TRACKED = 4096          # blocks whose pieces read are remembered for the hot rule (oldest go first)
-# A fetched object this small is put in the cache tiers on the trio thread: measured, a put of 110 KB
-# costs less CPU inline (~0.2 ms) than through a worker thread (~0.3 ms); a 4 MiB block's put goes
-# through a worker thread (docs/BENCHMARKS.md, "Cold random reads and the read path in trio").
-INLINE_PUT_BYTES = 256 << 10
 _FILLED: frozenset[int] = frozenset()   # a block whose missing pieces were asked for already
 
 
@@ -77,9 +73,11 @@ class BlockPieces:
         return -(-(stop - start) // self.piece_size) if stop - start >= 4 * self.piece_size else 0
 
     async def _put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> None:
-        if len(data) <= INLINE_PUT_BYTES:
-            self.cache.put(key, data, memory)
-        else:
+        """Store a fetched block or piece: put_nowait (memory now, the disk copy by the cache's writer
+        thread: ~5 us here, where an inline put() held the trio thread for a disk write, 0.2-0.7 ms
+        and at times 5-50 ms: docs/CACHING.md), else, the writer's queue being full, put() in a
+        worker thread (the back-pressure of a slow disk)."""
+        if not self.cache.put_nowait(key, data, memory):
             await self.run_blocking(self.cache.put, key, data, memory)
 
     def cached_pieces(self, inode: Inode, key: str, bucket: str) -> list[bytes]:
