@@ -128,11 +128,6 @@ class TieredCache(BlockCache):
         queued = {k for k in self._writer.keys() if not self._on_disk(k)} if self._writer is not None else set()
         return disk + len(mem | queued)
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes put_nowait took whose disk copies are not written yet (they will take disk room)."""
-        return self._writer.queued_bytes if self._writer is not None else 0
-
     def _on_disk(self, key: bytes) -> bool:
         return any(t.contains(key) for t in self.disk_tiers)
 
@@ -208,6 +203,11 @@ class TieredCache(BlockCache):
         if memory:
             self._place(key, data, self._mem)
         return True
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes taken by put_nowait still waiting for their disk copy (not in any disk tier's `used` yet)."""
+        return self._writer.queued_bytes if self._writer is not None else 0
 
     def _store_queued(self, key: bytes, data: bytes | memoryview) -> None:
         """The disk writer's half of put_nowait (its memory half is done already)."""

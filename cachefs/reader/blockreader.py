@@ -1,8 +1,8 @@
 """The read path: bytes of a file range from the open file's own block buffer, the cache tiers, or
 S3 — with single-flight fetches and an adaptive sequential read-ahead (directory prefetch and the
 dataset walk: reader/prefetch.py; the partial blocks of random reads: reader/pieces.py). It runs on
-the trio thread: S3 through the store's coroutines, memory hits and small cache puts inline, disk
-reads and block-sized puts in a worker thread.
+the trio thread: S3 through the store's coroutines, memory hits inline, puts through the cache's
+disk writer thread (put_nowait), disk reads in a worker thread.
 
 The kernel asks for 128 KiB-1 MiB at a time while a block is 4 MiB, so each open file keeps the last
 HANDLE_BLOCKS blocks it read, verified once, and slices them: without that every request would
@@ -276,10 +276,9 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
     async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
                      stream: bool = False) -> memoryview:
         """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome. A block
-        fetched from S3 is in the cache before anyone gets it: in memory (or queued for its disk
-        copy) at once, on disk within the cache's writer queue (TieredCache.put_nowait; `cachefs
-        flush` waits for it): a kill -9 right after a read may lose those disk copies, which are then
-        fetched again, never served wrong. Cancelled (an interrupted read, a
+        fetched from S3 is in the cache before anyone gets it: in memory (or the disk writer's queue)
+        at once, on disk shortly after (a kill -9 in between loses only disk copies: fetched again,
+        never served wrong; docs/CACHING.md, put_nowait). Cancelled (an interrupted read, a
         cancelled read-ahead: the GET is dropped), it lands with no outcome and a waiter fetches
         the block itself (_block)."""
         try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from cachefs import supervise
-from cachefs.blocks import block_count, block_key
+from cachefs.blocks import block_count, block_key, block_range
 from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import Inode
 
@@ -73,6 +73,8 @@ class DirectoryPrefetch:
         self._dir_walks = 0                                        # prefetch tasks running
         self._dir_workers = 0                                      # ... of which directory workers
         self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
+        self._dir_pending = 0                                      # bytes of prefetch GETs in flight
+        self._dir_unavailable = trio.Event()                       # set: S3 failed a prefetch GET
 
     def _note_open(self, inode: Inode, namespace) -> None:
         opened = self._dir_opens.get(inode.parent)
@@ -132,35 +134,45 @@ class DirectoryPrefetch:
             self._dir_queue.append((directory, opened))
 
     def _start_walkers(self, namespace) -> None:
+        if not self._dir_workers:
+            self._dir_unavailable = trio.Event()      # an outage seen by one worker stops them all
         while self._dir_queue and self._dir_workers < DIR_PREFETCH_DIRS:
             self._dir_workers += 1
             self._dir_walks += 1
             assert self.nursery is not None, "opens are noted only once the daemon has set the nursery"
-            supervise.start(self.nursery, "dir_prefetch", self._directory_worker, namespace)
+            supervise.start(self.nursery, "dir_prefetch", self._directory_worker, namespace, self._dir_unavailable)
 
-    async def _directory_worker(self, namespace) -> None:
+    async def _directory_worker(self, namespace, unavailable: trio.Event) -> None:
+        """Prefetch queued directories one after another, each directory's GETs left running while
+        the next one is listed (a dataset walk's directories hold a few files each: waiting for them
+        before listing the next would leave the fetch slots idle for a listing's round trip per
+        directory). The GETs stay bounded by _dir_slots, listings by DIR_PREFETCH_DIRS."""
         try:
-            while self._dir_queue:
-                directory, opened = self._dir_queue.popleft()
-                if not await self._prefetch_directory(directory, namespace, opened):
-                    log.info("directory prefetch stopped: S3 is unavailable (%d directories dropped)",
-                             len(self._dir_queue))
-                    self._dir_queue.clear()      # hints only; opens queue them again
+            async with trio.open_nursery() as fetches:
+                while self._dir_queue:
+                    directory, opened = self._dir_queue.popleft()
+                    if not await self._prefetch_directory(directory, namespace, opened, fetches, unavailable):
+                        log.info("directory prefetch stopped: S3 is unavailable (%d directories dropped)",
+                                 len(self._dir_queue))
+                        self._dir_queue.clear()      # hints only; opens queue them again
         finally:
             self._dir_workers -= 1
             self._dir_walks -= 1
+        if self._dir_queue:     # queued while this worker waited for its last GETs: nobody took it
+            self._start_walkers(namespace)
 
-    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset[int]) -> bool:
-        """Fetch the small files of a directory that were not opened yet (see DIR_PREFETCH_*); a
-        directory queued by a dataset walk is listed first if its listing is not fresh. Stops at the
-        first block S3 could not serve (an outage: every other block would fail too) and returns
-        False then."""
-        unavailable = trio.Event()
+    async def _prefetch_directory(self, parent: int, namespace, opened: frozenset[int], fetches: trio.Nursery,
+                                  unavailable: trio.Event) -> bool:
+        """Start fetching the small files of a directory that were not opened yet (see DIR_PREFETCH_*)
+        in `fetches`; a directory queued by a dataset walk is listed first if its listing is not
+        fresh. Returns False once a block S3 could not serve was seen (an outage: every other block
+        would fail too)."""
         try:
             files = await namespace.listed_files(parent)
             if files is None and not opened:
                 files = [inode for _, inode in await namespace.entries(parent) if not inode.is_dir]
-            budget = min(DIR_PREFETCH_BYTES, self._cache_room() // 2)
+            # bytes still on their way count as taken: the next directory is listed before they land
+            budget = min(DIR_PREFETCH_BYTES, max(0, self._cache_room() - self._dir_pending) // 2)
             wanted = []
             for inode in files or ():
                 if inode.ino in opened or not 0 < inode.size <= self.prefetch_small_files or not inode.etag:
@@ -171,29 +183,30 @@ class DirectoryPrefetch:
                 wanted.append(inode)
             if wanted:
                 self.stats.add("dir_prefetches")
-            async with trio.open_nursery() as nursery:
-                for inode in wanted:
-                    key = namespace.key_of(inode)
-                    for i in range(block_count(inode.size, self.block_size)):
-                        bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
-                        if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
-                            continue
-                        await self._dir_slots.acquire()
-                        if unavailable.is_set():
-                            self._dir_slots.release()
-                            return False
-                        if bkey in self._inflight:          # a reader got there while we waited
-                            self._dir_slots.release()
-                            continue
-                        self.stats.add("readahead_blocks")
-                        self._prefetching += 1
-                        self._inflight.start(bkey)
-                        nursery.start_soon(self._prefetch_neighbour, inode, key, i, bkey, unavailable)
+            for inode in wanted:
+                key = namespace.key_of(inode)
+                for i in range(block_count(inode.size, self.block_size)):
+                    bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
+                    if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
+                        continue
+                    await self._dir_slots.acquire()
+                    if unavailable.is_set():
+                        self._dir_slots.release()
+                        return False
+                    if bkey in self._inflight:          # a reader got there while we waited
+                        self._dir_slots.release()
+                        continue
+                    self.stats.add("readahead_blocks")
+                    self._prefetching += 1
+                    size = len(range(*block_range(i, self.block_size, inode.size)))
+                    self._dir_pending += size
+                    self._inflight.start(bkey)
+                    fetches.start_soon(self._prefetch_neighbour, inode, key, i, bkey, size, unavailable)
         except Exception as e:  # a hint only: the reads fetch what they need themselves
             log.debug("prefetch of directory %d failed: %s", parent, e)
         return not unavailable.is_set()
 
-    async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes,
+    async def _prefetch_neighbour(self, inode: Inode, key: str, index: int, bkey: bytes, size: int,
                                   unavailable: trio.Event) -> None:
         """One block of a directory prefetch: into the cache tiers only (not the read-ahead buffer,
         which it would flush); a reader that waited for it gets it directly."""
@@ -206,11 +219,12 @@ class DirectoryPrefetch:
             log.debug("directory prefetch of %s failed: %s", key, e)
         finally:
             self._prefetching -= 1
+            self._dir_pending -= size
             self._dir_slots.release()
 
     def _cache_room(self) -> int:
         """Bytes the disk tiers take before reaching their high watermarks (0 if unknown), less what
-        the cache's writer is about to write there."""
+        waits in the disk writer's queue for them."""
         room = sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
         return max(0, room - getattr(self.cache, "queued_bytes", 0))
 

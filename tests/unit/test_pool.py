@@ -233,6 +233,7 @@ def test_a_sequential_reader_s_blocks_stay_out_of_the_memory_tier(tmp_path):
         reader.nursery = None
     try:
         trio.run(main)
+        cache.drain()                      # the disk writer has written them (the reader's put_nowait)
         assert stats.get("readahead_blocks") >= 8
         in_memory = len(list(mem.keys()))
         assert in_memory == 2              # small's two blocks; none of the shard (read from its start: a stream)

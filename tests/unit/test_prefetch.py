@@ -473,5 +473,52 @@ def test_dataset_walk_stops_when_s3_is_unavailable(world, caplog):
         trio.run(_open_one_per_class, ns, reader, (4, 0, 2))
     assert stats.get("dataset_walks") == 1
     slots = reader.max_fetches // 2
-    assert 1 <= len(refused) <= DIR_PREFETCH_DIRS * slots < 54, len(refused)     # what was in flight
+    assert 1 <= len(refused) <= slots < 54, len(refused)     # what was in flight (slots are mount-wide)
     assert "directory prefetch stopped: S3 is unavailable" in caplog.text
+
+
+def test_dataset_walk_takes_the_next_directory_while_gets_are_in_flight(world):
+    """A walk worker goes on to the next directory (its listing) once it has started the GETs of the
+    previous one, not when they have landed: GETs stay bounded by the slots, not by a listing's
+    round trip per directory of a few files."""
+    import threading
+    store, ns, reader, stats = world
+    _dataset(store, classes=8, n=5)
+    gate = threading.Event()
+    get_range = store.get_range
+
+    lock, waiting, most = threading.Lock(), [0], [0]
+
+    def held(key, *args, **kw):
+        if not key.endswith("/000.jpg"):
+            with lock:
+                waiting[0] += 1
+                most[0] = max(most[0], waiting[0])
+            gate.wait(10)
+            with lock:
+                waiting[0] -= 1
+        return get_range(key, *args, **kw)
+    store.get_range = held
+    taken = []
+
+    async def main():
+        train = await ns.lookup(ROOT_INO, b"train")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for c in (4, 0, 2):
+                cls = await ns.lookup(train.ino, f"c{c}".encode())
+                await _open(ns, reader, cls, "000.jpg")
+            with trio.fail_after(5):
+                while reader._dir_slots.value:           # every GET slot taken by a held GET
+                    await trio.sleep(0.001)
+            with trio.move_on_after(1):
+                while 8 - len(reader._dir_queue) <= DIR_PREFETCH_DIRS:
+                    await trio.sleep(0.001)
+            taken.append(8 - len(reader._dir_queue))
+            gate.set()
+            await settle(ns, reader)
+        reader.nursery = None
+    trio.run(main)
+    assert taken[0] > DIR_PREFETCH_DIRS
+    assert 1 <= most[0] <= reader.max_fetches // 2        # no more GETs at once than the slots
+    assert stats.get("s3_get") == 8 * 5                 # every image once, none lost to the gate

@@ -1,0 +1,160 @@
+"""Cold image-folder epoch 1 alone, through cachefs over Ceph RGW, in seconds per try (issue 17).
+
+    python -m bench.imgepoch [--runs 3] [--images 512] [--baseline TREE] [--timeline] [--probe] [--latency-ms MS]
+                             [-- extra cachefs options]
+
+Starts Ceph RGW (bench/ceph.sh), uploads the "short" scale's image folder (bench/dataset.py: 512
+~110 KB images over 100 class directories), then per run mounts cachefs with an empty cache (as
+bench/systems.py does) and runs bench/loader/loader.py's images epoch 1 (4 workers, shuffled order).
+--baseline TREE: another checkout mounted in the same run, in alternating order (before/after side
+by side). --timeline: the daemon's s3_get / fetch_shared / cache_hits counters every 50 ms during
+the epoch (GETs/s over time: when prefetch starts, how far it runs). --probe: the endpoint's pycurl
+110 KB GET rate at 16 and 64 in flight and its CPU per GET first. --latency-ms: bench/proxy.py in
+front of the endpoint (a remote store). IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon.
+Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from bench import dataset, util
+from bench.coldread import machine_busy_s
+from bench.endpoint import BUCKET, delaying_proxy, open_endpoint
+from bench.loader import loader
+from bench.systems import Cachefs
+from cachefs.devtools import sample
+
+TIMELINE_S = 0.05
+PYSPY_OUT = os.environ.get("IMGEPOCH_PYSPY")  # py-spy raw profiles of the daemon, one per mount
+
+
+def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:
+    t0 = time.monotonic()
+    while not stop.is_set():
+        try:
+            s = util.daemon_stats(mountpoint)
+        except Exception:  # noqa: BLE001 - a timeline sample only
+            continue
+        out.append((time.monotonic() - t0, s.get("s3_get", 0), s.get("fetch_shared", 0), s.get("cache_hits", 0),
+                    s.get("fuse_reads", 0)))
+        stop.wait(TIMELINE_S)
+
+
+def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, ep_pids: list) -> dict:
+    system.mount()
+    try:
+        pids = system.pids()
+        cpu0, ep0, busy0 = util.cpu_seconds(pids), util.cpu_seconds(ep_pids), machine_busy_s()
+        samples: list = []
+        stop = threading.Event()
+        th = threading.Thread(target=sample_counters, args=(system.mountpoint, stop, samples), daemon=True)
+        if timeline:
+            th.start()
+        spy = (subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p",
+                                 str(pids[0]), "-r", "250", "--format", "raw", "-o", f"{PYSPY_OUT}.{pids[0]}",
+                                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               if PYSPY_OUT else None)
+        if spy:
+            time.sleep(0.5)     # py-spy attaches
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res = loader.run_epoch("images", system.root, files, spec, workers, 0, 180)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stop.set()
+        if spy:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        if timeline:
+            th.join()
+        cpu, ep_cpu, busy = util.cpu_seconds(pids) - cpu0, util.cpu_seconds(ep_pids) - ep0, machine_busy_s() - busy0
+        stats = util.daemon_stats(system.mountpoint)
+    finally:
+        system.umount()
+    res.update(cpu_ms_per_image=1000 * cpu / res["images"], load=os.getloadavg()[0],
+               endpoint_ms_per_image=1000 * ep_cpu / res["images"], machine_cores=busy / res["seconds"],
+               loader_ms_per_image=1000 * (kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime)
+               / res["images"],
+               stats={k: v for k, v in stats.items() if isinstance(v, int | float) and v and not k.startswith("tier")},
+               timeline=samples)
+    return res
+
+
+def probe(ep, files: list) -> None:
+    """The endpoint's 110 KB GETs/s at 64 in flight with pycurl (bench/curlprobe.py, as bench/probe.py
+    measures the ceiling) and what they cost the endpoint's processes and the whole machine."""
+    from bench import curlprobe
+    for in_flight in (16, 64):
+        e0, busy0 = util.cpu_seconds(ep.pids), machine_busy_s()
+        r = curlprobe.get_rate(ep, BUCKET, files, 110_000, in_flight, count=4 * len(files))
+        e, busy = util.cpu_seconds(ep.pids) - e0, machine_busy_s() - busy0
+        gets = r.get("gets") or 1
+        print(f"probe {in_flight} in flight: {r.get('gets_s', 0):.0f} GETs/s, endpoint {1000 * e / gets:.2f} ms CPU "
+              f"per GET, machine {1000 * busy / gets:.2f} ms per GET, load {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--images", type=int, default=dataset.SCALES["short"].images)
+    p.add_argument("--workers", type=int, default=dataset.SCALES["short"].loader_workers)
+    p.add_argument("--baseline", help="another cachefs checkout, mounted in the same runs")
+    p.add_argument("--timeline", action="store_true")
+    p.add_argument("--latency-ms", type=float, default=0, help="a delaying proxy in front (bench/proxy.py)")
+    p.add_argument("--probe", action="store_true", help="the endpoint's pycurl GET rate and CPU first")
+    p.add_argument("--scratch")
+    p.add_argument("extra", nargs="*", help="extra cachefs mount options (after --)")
+    args = p.parse_args()
+    scale = dataset.SCALES["short"]
+    spec = sample.DatasetSpec(num_images=args.images, num_classes=100, shard_bytes=int(scale.shard_mb * 1e6))
+    files = [sample.image_key(spec, i) for i in range(spec.num_images)]
+    scratch = args.scratch or tempfile.mkdtemp(prefix="imgepoch-")
+    local = os.path.join(scratch, "local")
+    os.makedirs(local, exist_ok=True)
+    with open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
+        client = ep.client()
+        client.create_bucket(Bucket=BUCKET)
+        sample.upload(client, BUCKET, "", sample.iter_image_files(spec), 16)
+        if args.probe:
+            probe(ep, files)
+        if args.latency_ms:
+            ep = stack.enter_context(delaying_proxy(ep, args.latency_ms, 0.0, 0.0, os.path.join(scratch, "proxy.log")))
+            print(ep.proxy, flush=True)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        systems = [Cachefs.from_tree(here, "new", scratch, ep, BUCKET, local)]
+        systems[0].extra_args = tuple(args.extra)
+        if args.baseline:
+            systems.append(Cachefs.from_tree(args.baseline, "base", scratch, ep, BUCKET, local))
+        rates: dict[str, list] = {s.name: [] for s in systems}
+        for run in range(args.runs):
+            order = systems if run % 2 == 0 else systems[::-1]
+            for s in order:
+                r = one_epoch(s, files, spec, args.workers, args.timeline, ep.pids)
+                rates[s.name].append(r["images_per_s"])
+                print(f"run {run} {s.name}: {r['images_per_s']:.0f} img/s, {r['cpu_ms_per_image']:.2f} ms "
+                      f"CPU/img (endpoint {r['endpoint_ms_per_image']:.2f}, loader {r['loader_ms_per_image']:.2f}), "
+                      f"machine {r['machine_cores']:.2f} cores busy, "
+                      f"load {r['load']:.2f}; {r['stats']}", flush=True)
+                if args.timeline:
+                    prev = (0, 0, 0, 0, 0)
+                    for row in r["timeline"][::4]:
+                        dt = row[0] - prev[0] or 1
+                        print(f"  t={row[0]:5.2f} GET/s {(row[1]-prev[1])/dt:6.0f} shared {row[2]:4d} "
+                              f"hits {row[3]:4d} reads {row[4]:5d} gets {row[1]}")
+                        prev = row
+        for name, v in rates.items():
+            print(f"{name}: img/s min {min(v):.0f} median {statistics.median(v):.0f} max {max(v):.0f} "
+                  f"({len(v)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
