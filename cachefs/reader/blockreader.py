@@ -276,9 +276,10 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
     async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
                      stream: bool = False) -> memoryview:
         """Load a block registered in _inflight; whoever waits on `fetch` gets the outcome. A block
-        fetched from S3 is in the cache before anyone gets it: in memory (or the disk writer's queue)
-        at once, on disk shortly after (a kill -9 in between loses only disk copies: fetched again,
-        never served wrong; docs/CACHING.md, put_nowait). Cancelled (an interrupted read, a
+        fetched from S3 is in the cache before anyone gets it: a block on disk, a small object in
+        memory (or the disk writer's queue) at once and on disk shortly after (a kill -9 in between
+        loses only those disk copies: fetched again, never served wrong; docs/CACHING.md,
+        put_nowait). Cancelled (an interrupted read, a
         cancelled read-ahead: the GET is dropped), it lands with no outcome and a waiter fetches
         the block itself (_block)."""
         try:

@@ -41,6 +41,8 @@ PIECE_SIZE = 64 << 10
 # 15% of each block fetched 5x what it read).
 HOT_FRACTION = 2
 PIECES_TRACKED = 4096          # blocks whose pieces read are remembered for the hot rule (oldest go first)
+# Objects up to this size (small files, pieces) are stored through the cache's writer thread.
+SMALL_PUT_BYTES = 256 << 10
 _FILLED: frozenset[int] = frozenset()   # a block whose missing pieces were asked for already
 
 
@@ -73,11 +75,13 @@ class BlockPieces:
         return -(-(stop - start) // self.piece_size) if stop - start >= 4 * self.piece_size else 0
 
     async def _put(self, key: bytes, data: bytes | memoryview, memory: bool = True) -> None:
-        """Store a fetched block or piece: put_nowait (memory now, the disk copy by the cache's writer
-        thread: ~5 us here, where an inline put() held the trio thread for a disk write, 0.2-0.7 ms
-        and at times 5-50 ms: docs/CACHING.md), else, the writer's queue being full, put() in a
-        worker thread (the back-pressure of a slow disk)."""
-        if not self.cache.put_nowait(key, data, memory):
+        """Store a fetched object without a disk write on the trio thread. A small one (a file, a
+        piece) goes through put_nowait: memory now, the disk copy by the cache's writer thread (~5 us
+        here, where an inline put() held the trio thread for a disk write, 0.2-0.7 ms and at times
+        5-50 ms: docs/CACHING.md). A block, or a small object the writer has no room for (its queue
+        full: the back-pressure of a slow disk), is put() in a worker thread: a block's disk copy
+        then exists when the read returns (a kill -9 right after keeps it), one hop per 4 MiB."""
+        if len(data) > SMALL_PUT_BYTES or not self.cache.put_nowait(key, data, memory):
             await self.run_blocking(self.cache.put, key, data, memory)
 
     def cached_pieces(self, inode: Inode, key: str, bucket: str) -> list[bytes]:
