@@ -167,8 +167,11 @@ def test_mount_reads_are_exact_while_a_quarter_of_gets_fail(mounter, make_bucket
     failed = [g for g in gets if g.outcome != "forwarded"]
     stats = m.stats()
     assert len(failed) >= 3, f"the faults did not fire: {fault_proxy.counts()}"
-    assert stats["s3_retries"] == len(failed), (stats["s3_retries"], fault_proxy.counts())
-    assert stats["s3_get"] + stats["s3_retries"] == len(gets)
+    # libcurl resends a request once by itself when a reused connection dies before any answer (a
+    # reset the proxy injects on a kept-alive connection): that attempt is the engine's, not a retry.
+    resets = sum(1 for g in failed if g.outcome == "reset")
+    assert len(failed) - resets <= stats["s3_retries"] <= len(failed), (stats["s3_retries"], fault_proxy.counts())
+    assert len(gets) - resets <= stats["s3_get"] + stats["s3_retries"] <= len(gets)
     assert stats["s3_get_errors"] == 0
     per_range: dict[tuple[str, str], int] = {}
     for g in gets:
