@@ -231,22 +231,28 @@ class S3Store(TrioReads, ObjectStore):
             else:
                 self.breaker.succeeded()
                 return result
-            delay = backoff(attempts, throttled)
-            now = time.monotonic()
-            if (attempts >= self.max_attempts or isinstance(error, DeadlineExceeded)
-                    or (deadline is not None and now + delay >= deadline)):
-                self.stats.add("s3_errors")
-                if isinstance(error, DeadlineExceeded) or (deadline is not None and now + delay >= deadline):
-                    self.stats.add("s3_read_deadline_exceeded")
-                summary = describe(error)
-                self.breaker.failed(summary, ident)
-                raise StoreUnavailable(f"S3 {operation} of s3://{self.bucket}/{key} failed after {attempts} "
-                                       f"attempt{'s' if attempts > 1 else ''} in {now - started:.1f} s: "
-                                       f"{summary}") from error
-            self.stats.add("s3_retries")
-            self._retries_metric.labels(operation).inc()
-            log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, describe(error), attempts, delay)
-            time.sleep(delay)
+            time.sleep(self._retry_delay(operation, key, error, throttled, attempts, started, time.monotonic(),
+                                         deadline, ident))
+
+    def _retry_delay(self, operation: str, key: str, error: Exception, throttled: bool, attempts: int,
+                     started: float, now: float, deadline: float | None, ident: object) -> float:
+        """After a failed attempt (both read loops, sync and trio): the backoff before the next one,
+        or StoreUnavailable when attempts or the deadline are spent (counted, told to the breaker)."""
+        delay = backoff(attempts, throttled)
+        late = isinstance(error, DeadlineExceeded) or (deadline is not None and now + delay >= deadline)
+        if attempts >= self.max_attempts or late:
+            self.stats.add("s3_errors")
+            if late:
+                self.stats.add("s3_read_deadline_exceeded")
+            summary = describe(error)
+            self.breaker.failed(summary, ident)
+            raise StoreUnavailable(f"S3 {operation} of s3://{self.bucket}/{key} failed after {attempts} "
+                                   f"attempt{'s' if attempts > 1 else ''} in {now - started:.1f} s: "
+                                   f"{summary}") from error
+        self.stats.add("s3_retries")
+        self._retries_metric.labels(operation).inc()
+        log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, describe(error), attempts, delay)
+        return delay
 
     def _deadline_exceeded(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"no answer within the {self.read_deadline:g} s read deadline")

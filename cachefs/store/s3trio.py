@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import botocore.exceptions as bce
 import trio
 
-from cachefs.errors import ObjectNotFound, StoreError, StoreUnavailable
+from cachefs.errors import ObjectNotFound, StoreError
 from cachefs.stats import Stats
 from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
 from cachefs.store.health import OutageBreaker
@@ -28,8 +28,6 @@ from cachefs.store.retry import (
     THROTTLE_CODES,
     DeadlineExceeded,
     ShortRead,
-    backoff,
-    describe,
     error_code,
     http_status,
     retryable,
@@ -58,6 +56,9 @@ class TrioReads(ObjectStore):
         def _translate(self, e: Exception, key: str) -> StoreError: ...
 
         def _deadline_exceeded(self) -> DeadlineExceeded: ...
+
+        def _retry_delay(self, operation: str, key: str, error: Exception, throttled: bool, attempts: int,
+                         started: float, now: float, deadline: float | None, ident: object) -> float: ...
 
     def _fall_back(self, e: FallBack) -> None:
         if self.engine is not None:
@@ -156,18 +157,5 @@ class TrioReads(ObjectStore):
                 error, throttled = e, False
             except (*NETWORK_ERRORS, *BODY_ERRORS, ShortRead) as e:
                 error, throttled = e, False
-            delay = backoff(attempts, throttled)
-            now = trio.current_time()
-            if attempts >= self.max_attempts or isinstance(error, DeadlineExceeded) or now + delay >= deadline:
-                self.stats.add("s3_errors")
-                if isinstance(error, DeadlineExceeded) or now + delay >= deadline:
-                    self.stats.add("s3_read_deadline_exceeded")
-                summary = describe(error)
-                self.breaker.failed(summary, ident)
-                raise StoreUnavailable(f"S3 {operation} of s3://{self.bucket}/{key} failed after {attempts} "
-                                       f"attempt{'s' if attempts > 1 else ''} in {now - started:.1f} s: "
-                                       f"{summary}") from error
-            self.stats.add("s3_retries")
-            self._retries_metric.labels(operation).inc()
-            log.debug("S3 %s of %s: %s; retry %d in %.2f s", operation, key, describe(error), attempts, delay)
-            await trio.sleep(delay)
+            await trio.sleep(self._retry_delay(operation, key, error, throttled, attempts, started,
+                                               trio.current_time(), deadline, ident))
