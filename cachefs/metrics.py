@@ -100,6 +100,8 @@ STATS_GAUGES: dict[str, tuple[str, str]] = {
     "cachefs_uploads_pending": ("uploads_pending", "files written locally and not yet uploaded"),
     "cachefs_uploads_pending_bytes": ("uploads_pending_bytes", "bytes waiting for upload"),
     "cachefs_uploads_oldest_age_seconds": ("uploads_oldest_age_s", "age of the oldest pending upload"),
+    "cachefs_cache_queued_bytes": ("cache_queued_bytes", "fetched small objects and pieces served from memory, "
+                                   "their disk copy still queued for the cache's writer thread"),
 }
 # Per tier, from TieredCache.tier_stats(): metric name -> (tier_stats field, help)
 TIER_GAUGES: dict[str, tuple[str, str]] = {

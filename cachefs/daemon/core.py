@@ -198,6 +198,7 @@ class Daemon:
         self.namespace.local_names = lambda ino: self.writeback.local_names(self.namespace.get(ino))
         self.namespace.is_local = self.writeback.is_local
         self.stats.add_gauges(self.writeback.summary)
+        self.stats.add_gauges(lambda: {"cache_queued_bytes": self.cache.queued_bytes})
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self.writeback)
         self._start_operations_interfaces()
         try:
