@@ -171,3 +171,25 @@ def test_manifest_build_errors_are_one_line(make_bucket, moto_server, tmp_path):
         line = one_line_error(res.stderr)
         assert res.returncode == 1 and line is not None and culprit in line, res.describe()
         assert "Traceback" not in res.stderr
+
+
+def test_warmup_with_a_manifest_loads_its_files_without_listing(mounter, make_bucket, request_log, moto_server,
+                                                                tmp_path):
+    name = dataset_bucket(make_bucket, "manifest-warmup")
+    manifest = build(moto_server.endpoint_url, name, tmp_path / "ds.manifest")
+    m = mounter.mount(name, "--manifest", str(manifest), "--metrics-addr", "none", prefix=PREFIX)
+    mark = request_log.mark()
+    res = run_cachefs(["warmup", str(m.path), "train/c1", "--manifest", str(manifest), "--in-daemon"], m.env)
+    assert res.returncode == 0 and "8 files" in res.stdout and "loaded 8 files" in res.stdout, res.describe()
+    seen = request_log.since(mark, name)
+    assert not [r for r in seen if r.is_list or r.method == "HEAD"], summarize(seen)
+    gets = m.stats()["s3_get"]
+    assert gets >= 8
+    for i in range(8):
+        assert read_all(m / f"train/c1/{i:02d}.jpg") == DATASET[f"train/c1/{i:02d}.jpg"]
+    assert m.stats()["s3_get"] == gets, "a read after warmup went to S3"
+    other = tmp_path / "other.manifest"
+    other.write_bytes(dumps(Manifest.from_entries(name, "elsewhere/", [])))
+    res = run_cachefs(["warmup", str(m.path), "--manifest", str(other)], m.env)
+    line = one_line_error(res.stderr)
+    assert res.returncode == 1 and line is not None and "elsewhere/" in line, res.describe()

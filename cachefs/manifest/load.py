@@ -104,7 +104,10 @@ def load(meta: MetaStore, cfg: Config, store_for: Callable[[str], ObjectStore]) 
     """Fetch, check and load --manifest into `meta` (one write transaction)."""
     assert cfg.manifest is not None
     started = time.monotonic()
-    where = cfg.manifest if cfg.manifest.startswith("s3://") else os.path.abspath(cfg.manifest)
+    if cfg.manifest.startswith("s3://"):
+        where = "s3://{}/{}".format(*split_url(cfg.manifest))      # what s3://BUCKET/PREFIX/ names
+    else:
+        where = os.path.abspath(cfg.manifest)
     m = fetch(where, store_for)
     until = check(m, where, cfg.bucket, cfg.prefix, cfg.manifest_max_age)
     fetched = time.monotonic()
