@@ -84,7 +84,7 @@ def manifest_plan(mountpoint: str, manifest: str, paths: list[str]) -> Plan:
     """The files a manifest lists (docs/MANIFESTS.md), those under `paths` if any are given: no
     directory is listed and no file stat-ed, the manifest has their sizes. It must be the mount's
     dataset (bucket and prefix)."""
-    from cachefs.manifest.format import read_file    # zstandard: only when a manifest is named
+    from cachefs.manifest.format import read_file  # zstandard: only when a manifest is named
     m = read_file(manifest)
     source = control_request(mountpoint, "stats")["stats"].get("source", "")
     bucket, _, prefix = source.partition("://")[2].partition("/")

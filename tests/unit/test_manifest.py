@@ -26,7 +26,7 @@ def entries(n: int, seed: int = 1) -> list[mf.ManifestEntry]:
     for i in range(n):
         key = f"train/n{i % 100:08d}/n{i % 100:08d}_{i:07d}.JPEG"
         out.append(mf.ManifestEntry(key, rnd.randint(20_000, 200_000),
-                                    '"%s"' % hashlib.md5(key.encode()).hexdigest(),
+                                    f'"{hashlib.md5(key.encode()).hexdigest()}"',
                                     1_700_000_000_000_000_000 + rnd.randint(0, 10**15)))
     return out
 
