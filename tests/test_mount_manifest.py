@@ -134,7 +134,7 @@ def test_stale_foreign_and_damaged_manifests_are_refused(make_bucket, moto_serve
     assert "no such file" in refused(moto_server, name, tmp_path, "--manifest", str(tmp_path / "none")).lower()
 
 
-def test_build_upload_then_mount_from_s3(mounter, make_bucket, request_log, moto_server):
+def test_build_upload_then_mount_from_s3(mounter, make_bucket, request_log, moto_server, s3):
     name = dataset_bucket(make_bucket, "manifest-upload")
     res = manifest_cli(moto_server.endpoint_url, "build", f"s3://{name}/{PREFIX}", "--upload")
     assert res.returncode == 0 and f"s3://{name}/{PREFIX}/.cachefs-manifest" in res.stderr, res.describe()
@@ -147,6 +147,12 @@ def test_build_upload_then_mount_from_s3(mounter, make_bucket, request_log, moto
     # a second build lists the dataset without the uploaded manifest
     res = manifest_cli(moto_server.endpoint_url, "build", f"s3://{name}/{PREFIX}", "--upload")
     assert f"{len(DATASET)} keys" in res.stderr, res.describe()
+
+    # The same cache directory mounted without --manifest trusts none of its listings any more.
+    mounter.umount(m)
+    s3.put_object(Bucket=name, Key=f"{PREFIX}/train/c2/later.jpg", Body=b"later")
+    again = mounter.mount(name, prefix=PREFIX, mountpoint=m.path, cache_dir=m.cache_dir)
+    assert "later.jpg" in os.listdir(again / "train/c2")
 
 
 def test_manifest_diff_reports_added_removed_and_changed_keys(make_bucket, moto_server, tmp_path, s3):

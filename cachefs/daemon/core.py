@@ -171,6 +171,9 @@ class Daemon:
                      "refreshed on first use", cfg.cache_dir, dropped)
         if cfg.manifest:
             self._load_manifest()
+        elif dropped_manifest := self.meta.forget_manifest():
+            log.info("mounted without --manifest: %d directory listing(s) a manifest made will be listed anew",
+                     dropped_manifest)
         self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,
                                        promote_after=cfg.promotion, stale_after=cfg.stale_after,
                                        max_block=cfg.block_size)

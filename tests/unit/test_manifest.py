@@ -136,6 +136,8 @@ def test_load_tree_in_one_transaction_keeps_numbers_and_pending_files(tmp_path):
         assert again == 6 and meta.lookup(c.ino, b"d").ino == d.ino
         meta.replace_listing(c, [Entry("d", KIND_FILE)], expiry)       # a real LIST: no manifest's any more
         assert meta.manifest_expiry(c.ino) == 0.0
+        assert meta.forget_manifest() == 3 and meta.listing_expiry(ROOT_INO) == 0.0   # a mount without it
+        assert meta.listing_expiry(c.ino) == expiry                                     # listed for real
     finally:
         meta.close()
 
