@@ -27,6 +27,7 @@ from cachefs.daemon.control import ControlServer
 from cachefs.daemon.stores import StoreFactory, from_config
 from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations
+from cachefs.meta.bulk import forget_manifest
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
 from cachefs.reader import BlockReader
@@ -171,7 +172,7 @@ class Daemon:
                      "refreshed on first use", cfg.cache_dir, dropped)
         if cfg.manifest:
             self._load_manifest()
-        elif dropped_manifest := self.meta.forget_manifest():
+        elif dropped_manifest := forget_manifest(self.meta):
             log.info("mounted without --manifest: %d directory listing(s) a manifest made will be listed anew",
                      dropped_manifest)
         self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,

@@ -86,5 +86,16 @@ def load_tree(meta: MetaStore, dirs: Mapping[str, Mapping[bytes, Row]], expiry: 
     return written
 
 
+def forget_manifest(meta: MetaStore) -> int:
+    """A mount without --manifest trusts no listing a manifest made: those directories are listed
+    anew on their next use. Returns how many there were."""
+    with meta._write_lock, meta.env.begin(write=True) as txn:
+        keys = [bytes(k) for k, _ in txn.cursor(db=meta.dbs["manifested"])]
+        for k in keys:
+            txn.delete(k, db=meta.dbs["manifested"])
+            txn.delete(k, db=meta.dbs["listings"])
+    return len(keys)
+
+
 def _kept(path: str, keep: AbstractSet[str]) -> bool:
     return path in keep or any(k.startswith(path + "/") for k in keep)

@@ -278,16 +278,6 @@ class MetaStore:
                 txn.delete(k)
         return len(keys)
 
-    def forget_manifest(self) -> int:
-        """A mount without --manifest trusts no listing a manifest made: those directories are
-        listed anew on their next use. Returns how many there were."""
-        with self._write_lock, self.env.begin(write=True) as txn:
-            keys = [bytes(k) for k, _ in txn.cursor(db=self.dbs["manifested"])]
-            for k in keys:
-                txn.delete(k, db=self.dbs["manifested"])
-                txn.delete(k, db=self.dbs["listings"])
-        return len(keys)
-
     def remove_entry(self, parent: int, name: bytes) -> None:
         with self._write_lock, self.env.begin(write=True) as txn:
             child = txn.get(dentry_key(parent, name), db=self.dbs["dentries"])
