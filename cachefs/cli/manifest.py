@@ -86,8 +86,9 @@ def _list(args: argparse.Namespace, source: str):
     from cachefs.manifest import build as manifest_build
     cfg, store = _store(args, source)
     bar = _bar(f"listing {source}")
+    progress = bar.update if bar is not None else None     # a tqdm without a total has no truth value
     try:
-        m = manifest_build.build(store, cfg.bucket, cfg.prefix, max(1, args.jobs), bar.update if bar else None)
+        m = manifest_build.build(store, cfg.bucket, cfg.prefix, max(1, args.jobs), progress)
     except StoreError as e:
         raise UserError(f"listing {source} failed: {e}") from None
     finally:

@@ -176,3 +176,23 @@ def test_build_lists_every_prefix_in_parallel_and_diff_finds_changes():
     assert [e.key for e in changes.added] == ["new"] and [e.key for e in changes.removed] == ["top"]
     assert [(a.key, a.size, b.size) for a, b in changes.changed] == [("0/0/0.bin", 12, 7)]
     assert not diff(m, m.entries())
+
+
+def test_build_draws_a_progress_bar_on_a_terminal(monkeypatch):
+    import argparse
+    import io
+
+    from cachefs.cli import manifest as cli
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    store = MemoryStore("bkt")
+    for i in range(30):
+        store.put_object(f"ds/{i % 3}/{i}", b"x")
+    cfg = build_config("s3://bkt/ds", "", {}, environ={})
+    monkeypatch.setattr(cli, "_store", lambda args, source: (cfg, store))
+    monkeypatch.setattr(cli.sys, "stderr", terminal := Terminal())
+    _, _, m = cli._list(argparse.Namespace(jobs=2), "s3://bkt/ds")
+    assert len(m) == 30 and "keys" in terminal.getvalue()
