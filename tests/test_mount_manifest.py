@@ -148,6 +148,11 @@ def test_build_upload_then_mount_from_s3(mounter, make_bucket, request_log, moto
     res = manifest_cli(moto_server.endpoint_url, "build", f"s3://{name}/{PREFIX}", "--upload")
     assert f"{len(DATASET)} keys" in res.stderr, res.describe()
 
+    res = manifest_cli(moto_server.endpoint_url, "diff", f"s3://{name}/{PREFIX}/")     # the uploaded one
+    assert res.returncode == 0 and "0 added, 0 removed, 0 changed" in res.stdout, res.describe()
+    res = manifest_cli(moto_server.endpoint_url, "show", f"s3://{name}/{PREFIX}/")
+    assert res.returncode == 0 and f"entries  {len(DATASET)}" in res.stdout, res.describe()
+
     # The same cache directory mounted without --manifest trusts none of its listings any more.
     mounter.umount(m)
     s3.put_object(Bucket=name, Key=f"{PREFIX}/train/c2/later.jpg", Body=b"later")
