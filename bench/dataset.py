@@ -6,6 +6,7 @@ of its own so that directory prefetch does not warm another job's files: "cold" 
   fio/ttfb-large/*.bin, fio/ttfb-tiny/*.bin            time-to-first-byte sets
   probe/probe.bin                                       the endpoint's own throughput probe
   tfrecord/train-*.tfrecord, images/train/class_*/*.jpg  the loader's two shapes (cachefs.devtools.sample)
+  imagenet/train/class_*/*.jpg                          the image folder in ImageNet's shape: 1,000 classes
   meta<N>/dDDD/fFFFFFF                                 N tiny files for the metadata walk
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Scale:
     ttfb_large: tuple[int, int]  # (files, MiB each)
     ttfb_tiny: int             # 1 KiB files
     images: int                # loader images per shape
+    imagenet_images: int       # images of the 1,000-class folder (ImageNet's layout; issue 18)
     shard_mb: float            # TFRecord shard size
     meta_trees: tuple[int, ...]
     runs: int
@@ -43,16 +45,27 @@ class Scale:
 
 SCALES = {
     # `make bench`: under 10 minutes on 2 cores; 16 MB shards so that each of 4 workers gets one
-    "short": Scale("short", 64, 256, (4, 32), 32, 512, 16, (10_000,), 3, 2, 4, 16384, 180),
+    "short": Scale("short", 64, 256, (4, 32), 32, 512, 3000, 16, (10_000,), 3, 2, 4, 16384, 180),
     # `make bench-full`: the field report's ~128 MB shards, a 10k and a 100k tree
-    "full": Scale("full", 1024, 2048, (4, 256), 64, 12_000, 128, (10_000, 100_000), 3, 3, 8, 65536, 900),
+    "full": Scale("full", 1024, 2048, (4, 256), 64, 12_000, 20_000, 128, (10_000, 100_000), 3, 3, 8, 65536, 900),
     # tests/test_bench_harness.py: seconds
-    "tiny": Scale("tiny", 4, 16, (2, 4), 4, 24, 0.5, (200,), 1, 2, 2, 24, 60),
+    "tiny": Scale("tiny", 4, 16, (2, 4), 4, 24, 40, 0.5, (200,), 1, 2, 2, 24, 60),
 }
 
 
 def loader_spec(scale: Scale) -> sample.DatasetSpec:
     return sample.DatasetSpec(num_images=scale.images, num_classes=100, shard_bytes=int(scale.shard_mb * 1e6))
+
+
+IMAGENET_CLASSES = 1000
+IMAGENET_PREFIX = "imagenet/"
+
+
+def imagenet_spec(scale: Scale) -> sample.DatasetSpec:
+    """ImageNet's layout: 1,000 class directories (a shuffled epoch touches all of them at once, which
+    is what defeats per-directory prefetch heuristics); the same ~110 KB JPEG-like files."""
+    return sample.DatasetSpec(num_images=scale.imagenet_images, num_classes=IMAGENET_CLASSES,
+                              shard_bytes=int(scale.shard_mb * 1e6))
 
 
 def random_file(size: int, seed: str) -> bytes:
@@ -86,6 +99,7 @@ def all_items(scale: Scale) -> Iterator[sample.Item]:
     yield from fio_files(scale)
     yield from sample.iter_tfrecord_shards(spec)
     yield from sample.iter_image_files(spec)
+    yield from sample.iter_image_files(imagenet_spec(scale), IMAGENET_PREFIX)
     for n in scale.meta_trees:
         yield from meta_tree(n)
 
@@ -114,5 +128,6 @@ def paths(scale: Scale) -> dict:
         "ttfb_tiny": [f"fio/ttfb-tiny/ttfb-tiny-{i}.bin" for i in range(scale.ttfb_tiny)],
         "tfrecord": sample.shard_keys(spec),
         "images": [sample.image_key(spec, i) for i in range(spec.num_images)],
+        "imagenet": [sample.image_key(imagenet_spec(scale), i, IMAGENET_PREFIX) for i in range(scale.imagenet_images)],
     }
 

@@ -175,6 +175,43 @@ def goal_rows(results: dict, s: dict, system: str = "cachefs") -> list[list[str]
     return out
 
 
+def goal_rows_18(results: dict, s: dict, system: str = "cachefs") -> list[list[str]]:
+    """Issue 18's goals: epoch 1 of the image folders with the order sent first (+hint), with a
+    manifest, against the endpoint's own 110 KB GET rate at 64 in flight and against the peers."""
+    latency = bool(results.get("latency_ms")) or results.get("proxy", "off") not in ("off", None, "")
+    peers = [p for p in PEERS if p in systems_in(results)]
+    seen = ("endpoint", "through-proxy" if latency else "backend", "-", "synthetic")
+    ceiling = _median(s, seen, "curl_image64_gets_s")
+    out: list[list[str]] = []
+
+    def epoch1(job: str, name: str = system) -> float | None:
+        return _median(s, ("loader", job, "epoch1", name), "images_per_s")
+
+    for shape in ("imagenet", "images"):
+        dirs = "1,000" if shape == "imagenet" else "100"
+        hinted, plain = epoch1(f"{shape}+hint"), epoch1(shape)
+        best = max((v for p in peers if (v := epoch1(shape, p))), default=None)
+        for variant in ("", "+hint", "+manifest", "+manifest+hint"):
+            v = epoch1(shape + variant)
+            if v is not None:
+                out.append([f"{shape} ({dirs} directories) epoch 1{variant or ' (no hints)'}, img/s",
+                            _fmt(s["figures"][("loader", shape + variant, "epoch1", system)]["images_per_s"], 0),
+                            "-", "context"])
+        if hinted and ceiling:
+            out.append([f"{shape} epoch 1 with hints / endpoint's 110 KB GETs/s at 64 in flight ({seen[1]})",
+                        _fmt(hinted / ceiling), ">= 0.8", _verdict(hinted / ceiling, 0.8, False)])
+        if hinted and best:
+            target = 10.0 if latency else None
+            out.append([f"{shape} epoch 1 with hints / best peer ({'/'.join(peers)})", _fmt(hinted / best),
+                        f">= {target:g}" if target else "-", _verdict(hinted / best, target, False) if target
+                        else "context"])
+        if hinted and plain:
+            out.append([f"{shape} epoch 1 with hints / without", _fmt(hinted / plain), ">= 1 (never slower)",
+                        _verdict(hinted / plain, 0.95, False) + " (within 5%)" if hinted / plain >= 0.95
+                        else "missed"])
+    return out
+
+
 def markdown(results: dict) -> str:
     s = summaries(results["rows"])
     names = systems_in(results)
@@ -243,7 +280,9 @@ def markdown(results: dict) -> str:
 
     loader_names = ["synthetic"] + names
     rows = []
-    for shape in ("tfrecord", "images"):
+    jobs = {k[1] for k in s["figures"] if k[0] == "loader"}
+    for shape in [j for j in ("tfrecord", "images", "imagenet") if j in jobs] + sorted(jobs - {"tfrecord", "images",
+                                                                                                "imagenet"}):
         epochs = sorted({k[2] for k in s["figures"] if k[0] == "loader" and k[1] == shape})
         for epoch in epochs:
             key = lambda name: ("loader", shape, epoch, name)  # noqa: E731
@@ -274,6 +313,10 @@ def markdown(results: dict) -> str:
     if "cachefs" in names:
         parts += ["", "## Issue 17's goals (cachefs; ratios of medians measured side by side in this run)",
                   table(["goal", "figure", "target", ""], goal_rows(results, s))]
+        rows18 = goal_rows_18(results, s)
+        if rows18:
+            parts += ["", "## Issue 18's goals (cachefs's image folders, epoch 1; ratios of medians in this run)",
+                      table(["goal", "figure", "target", ""], rows18)]
 
     errors = [f"- run {r['run']} {r['workload']} {r['system']} {r['job']} {r['state']}: "
               f"{r['error'].strip().splitlines()[0][:300]}" for r in results["rows"] if r.get("error")]

@@ -97,14 +97,52 @@ def fio_matrix(system, scale, rec, run_i, ep_pids) -> None:
                         run=run_i, workload="fio", job=job, state=state)
 
 
-def loader_matrix(system, scale, rec, run_i, ep_pids, args) -> None:
-    spec, files = dataset.loader_spec(scale), dataset.paths(scale)
-    for shape in ("tfrecord", "images"):
-        cold_start(system)
-        for epoch in range(scale.epochs):
-            rec.measure(lambda: loader.run_epoch(shape, system.root, files[shape], spec, scale.loader_workers,
-                                                 epoch, scale.step_timeout_s, args.decode, args.consume_rate),
-                        system, ep_pids, run=run_i, workload="loader", job=shape, state=f"epoch{epoch + 1}")
+LOADER_SHAPES = ("tfrecord", "images", "imagenet")
+
+
+def loader_variants(system, shape: str, args, manifest: str | None) -> list[str]:
+    """The plain epoch for every system; for this tree's cachefs and an image shape also the issue-18
+    variants asked for (--variants): "+hint" (the epoch's order sent to the daemon first, as
+    cachefs.torch does), "+manifest" (mounted with the dataset's manifest), "+manifest+hint"."""
+    if shape not in loader.IMAGE_SHAPES or system.name != "cachefs":
+        return [""]
+    wanted = [v for v in args.variants.split(",") if v]
+    return [""] + [f"+{v}" for v in wanted if manifest or "manifest" not in v]
+
+
+@contextlib.contextmanager
+def mount_options(system, extra: tuple[str, ...]):
+    """The system's mount options plus `extra` for what runs inside (a Cachefs variant's options)."""
+    if not extra:
+        yield
+        return
+    system.extra_args = (*type(system).extra_args, *extra)
+    try:
+        yield
+    finally:
+        del system.extra_args
+
+
+def send_hint(system):
+    from cachefs import hints  # the bench's own tree: the daemon under test speaks its protocol
+    return lambda order: hints.send_order(system.mountpoint, order)
+
+
+def loader_matrix(system, scale, rec, run_i, ep_pids, args, manifest: str | None = None) -> None:
+    files = dataset.paths(scale)
+    for shape in LOADER_SHAPES:
+        spec = dataset.imagenet_spec(scale) if shape == "imagenet" else dataset.loader_spec(scale)
+        for variant in loader_variants(system, shape, args, manifest):
+            hint = send_hint(system) if "hint" in variant else None
+            with mount_options(system, ("--manifest", manifest) if "manifest" in variant and manifest else ()):
+                cold_start(system)
+                # a variant's epoch 2 would be the plain warm epoch again: epoch 1 is what it is about
+                for epoch in range(scale.epochs if not variant else 1):
+                    rec.measure(lambda: loader.run_epoch(shape, system.root, files[shape], spec,
+                                                         scale.loader_workers, epoch, scale.step_timeout_s,
+                                                         args.decode, args.consume_rate, hint=hint),
+                                system, ep_pids, run=run_i, workload="loader", job=shape + variant,
+                                state=f"epoch{epoch + 1}")
 
 
 def synthetic_loader(scale, rec, run_i, args) -> None:
@@ -175,6 +213,10 @@ def parse_args(argv):
     p.add_argument("--decode", action="store_true",
                    help="JPEG decode + random crop + resize in the loader workers (needs Pillow); off by "
                         "default so that the loader measures the filesystem, not this machine's 2 cores")
+    p.add_argument("--variants", default="hint,manifest,manifest+hint",
+                   help="issue 18's loader variants for cachefs's image folders, comma-separated (empty: none): "
+                        "hint (the epoch's order sent to the daemon first), manifest (mounted with the "
+                        "dataset's manifest), manifest+hint")
     p.add_argument("--out", help="results directory (default bench/results/<UTC timestamp>)")
     args = p.parse_args(argv)
     args.scale = args.scale or "short"
@@ -219,6 +261,10 @@ def main(argv=None) -> int:
             results["dataset"] = dataset.populate(ep, endpoint.BUCKET, scale, os.path.join(scratch, "local"))
             results["dataset"]["seconds"] = time.monotonic() - t
             print(f"dataset: {results['dataset']}", flush=True)
+            manifest = None
+            if "loader" in args.workloads and "manifest" in args.variants:
+                manifest, results["manifest"] = build_manifest(ep, scratch)
+                print(f"manifest: {results['manifest']}", flush=True)
             targets = {"backend": ep}
             results["latency_model"] = {"model": "off"}
             undelayed = contextlib.nullcontext  # netem delays the endpoint itself: paused for the backend probe
@@ -257,7 +303,7 @@ def main(argv=None) -> int:
                         if "fio" in workloads:
                             fio_matrix(system, scale, rec, run_i, ep.pids)
                         if "loader" in workloads:
-                            loader_matrix(system, scale, rec, run_i, ep.pids, args)
+                            loader_matrix(system, scale, rec, run_i, ep.pids, args, manifest)
                         if "metadata" in workloads:
                             metadata_matrix(system, scale, rec, run_i, ep.pids)
                     except Exception as exc:  # noqa: BLE001 - mount failures: record, move on
@@ -278,6 +324,17 @@ def main(argv=None) -> int:
         report.write(results, out)
         print(f"\nresults: {out}/results.json, results.md, *.png ({results['seconds']:.0f} s)", flush=True)
     return 0
+
+
+def build_manifest(ep, scratch: str) -> tuple[str, dict]:
+    """The bucket's manifest (`cachefs manifest build`), against the endpoint itself: a dataset's
+    manifest is built once, wherever; what the loader variants measure is mounting with it."""
+    path = os.path.join(scratch, "dataset.manifest")
+    t0 = time.monotonic()
+    util.run([sys.executable, "-m", "cachefs", "manifest", "build", f"s3://{endpoint.BUCKET}", "-o", path,
+              "--endpoint-url", ep.url, "--region", "us-east-1", "--addressing-style", "path"],
+             timeout=600, env=ep.env())
+    return path, {"seconds": time.monotonic() - t0, "bytes": os.path.getsize(path)}
 
 
 def keep_logs(scratch: str, dest: str) -> None:

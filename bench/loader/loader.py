@@ -22,6 +22,7 @@ import traceback
 
 from cachefs.devtools import sample
 
+IMAGE_SHAPES = ("images", "imagenet")   # one file per image: 100 and 1,000 class directories
 BATCH = 32             # per-GPU batches are 32-256; 32 keeps queue messages frequent on small runs
 PREFETCH_PER_WORKER = 2  # PyTorch DataLoader's default prefetch_factor
 READ_BUFFER = 1 << 20  # TFRecord readers use 1 MiB+ buffered reads
@@ -46,7 +47,7 @@ def decode_and_crop(data: bytes, rng: random.Random) -> int:
 
 def _samples(shape: str, root: str, work: list, spec: sample.DatasetSpec):
     """Yield the bytes of every sample in this worker's share of the epoch."""
-    if shape == "images":
+    if shape in IMAGE_SHAPES:
         for rel in work:
             with open(os.path.join(root, rel), "rb") as f:
                 yield f.read()
@@ -89,12 +90,18 @@ def _worker(wid: int, shape: str, root: str, work: list, spec, decode: bool, see
         out.put(("error", wid, traceback.format_exc(), 0, 0))
 
 
-def plan_epoch(shape: str, items: list, workers: int, seed, epoch: int) -> list[list]:
-    """Each worker's share: every N-th batch of a per-epoch shuffle (every N-th shard for TFRecord).
-    items: relative paths (images), shard paths (tfrecord) or sample numbers (synthetic)."""
+def epoch_order(items: list, seed, epoch: int) -> list:
+    """The epoch's shuffle: the order in which the trainer consumes the items (batch after batch)."""
     rng = random.Random(f"{seed}:epoch:{epoch}")
     order = list(items)
     rng.shuffle(order)
+    return order
+
+
+def plan_epoch(shape: str, items: list, workers: int, seed, epoch: int) -> list[list]:
+    """Each worker's share: every N-th batch of a per-epoch shuffle (every N-th shard for TFRecord).
+    items: relative paths (images), shard paths (tfrecord) or sample numbers (synthetic)."""
+    order = epoch_order(items, seed, epoch)
     if shape == "tfrecord":
         return [order[w::workers] for w in range(workers)]
     batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
@@ -102,14 +109,20 @@ def plan_epoch(shape: str, items: list, workers: int, seed, epoch: int) -> list[
 
 
 def run_epoch(shape: str, root: str, items: list, spec: sample.DatasetSpec, workers: int, epoch: int,
-              timeout_s: float, decode: bool = False, consume_rate: float | None = None, seed=0) -> dict:
-    """One epoch; returns images, bytes, seconds and images/s. Raises on a worker error or timeout."""
+              timeout_s: float, decode: bool = False, consume_rate: float | None = None, seed=0,
+              hint=None) -> dict:
+    """One epoch; returns images, bytes, seconds and images/s. Raises on a worker error or timeout.
+    hint(order): called first, inside the timed epoch, with the epoch's consumption order (what
+    cachefs.torch's sampler wrapper sends the daemon before the DataLoader asks)."""
     ctx = mp.get_context("fork")  # like DataLoader on Linux; workers start in milliseconds
     out = ctx.Queue(maxsize=PREFETCH_PER_WORKER * workers)
     shares = plan_epoch(shape, items, workers, seed, epoch)
     if shape == "synthetic":
         _synthetic_pool(spec)
     start = time.monotonic()
+    if hint is not None:
+        hint(epoch_order(items, seed, epoch))
+    hint_s = time.monotonic() - start
     procs = [ctx.Process(target=_worker, args=(w, shape, root, shares[w], spec, decode, f"{seed}:{epoch}", out),
                          daemon=True) for w in range(workers)]
     for p in procs:
@@ -143,6 +156,7 @@ def run_epoch(shape: str, root: str, items: list, spec: sample.DatasetSpec, work
     if bad:
         raise RuntimeError(f"{bad} samples did not start with a JPEG marker: the filesystem returned wrong bytes")
     rate = images / seconds
-    return {"images": images, "mib": nbytes / (1 << 20), "seconds": seconds, "images_per_s": rate,
+    return {**({"hint_s": hint_s} if hint is not None else {}),
+            "images": images, "mib": nbytes / (1 << 20), "seconds": seconds, "images_per_s": rate,
             "mib_s": nbytes / (1 << 20) / seconds, "pct_of_8gpu_node": 100 * rate / EIGHT_GPU_NODE_IMG_S,
             **({"pct_of_consume_rate": 100 * rate / consume_rate} if consume_rate else {})}
