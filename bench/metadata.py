@@ -3,7 +3,8 @@
 `walk` is the step bench/run.py measures for every system. Run as a module, it compares cachefs
 with another checkout of itself side by side (the idea of bench/coldread.py --baseline):
 
-    python -m bench.metadata [--files 10000] [--runs 3] [--baseline TREE] [--rclone] [--endpoint ceph|moto]
+    python -m bench.metadata [--files 10000] [--runs 3] [--baseline TREE] [--rclone] [--manifest]
+                             [--endpoint ceph|moto]
 
 Uploads the tree bench/dataset.py makes for the metadata walk (100 files a directory), then, in
 every run and for each cachefs in alternating order: a fresh mount with an empty cache (cold: every
@@ -11,7 +12,10 @@ directory is listed from S3), `ls -lR` of the tree, then `ls -lR` twice more (wa
 kernel's caches). Besides the seconds, the FUSE requests that reached the daemon during the warm
 walks, per file, by operation (its Prometheus exporter's cachefs_fuse_op_seconds_count), and the
 daemon's CPU seconds. --rclone: rclone's mount (bench/systems.py, its defaults there) walks too, the
-goal's yardstick (issue 17: warm at most 2x rclone, cold at most rclone).
+goal's yardstick (issue 17: warm at most 2x rclone, cold at most rclone). --manifest: the bucket's
+manifest is built once (`cachefs manifest build`), and "cachefs+manifest" (cachefs mounted with it)
+walks too; its LIST and HEAD requests during the cold walk are counted (issue 18: none, and the cold
+walk at most 2x the warm one).
 Writes bench/results/metadata-<UTC timestamp>.json and prints a table.
 """
 from __future__ import annotations
@@ -60,8 +64,11 @@ def measure(system: System, port: int | None, tree: str, files: int, timeout_s: 
     system.remount()                     # an empty cache and no kernel dentries: cold
     pids = system.pids()
     cpu0 = util.cpu_seconds(pids) or 0.0
+    counters0 = system.counters() or {}
     cold = walk(system.root, tree, files, timeout_s)
     cpu1 = util.cpu_seconds(pids) or 0.0
+    counters1 = system.counters() or {}
+    requests = {k: counters1[k] - counters0.get(k, 0) for k in ("s3_list", "s3_head") if k in counters1}
     before = fuse_ops(port) if port else {}
     warm = [walk(system.root, tree, files, timeout_s) for _ in range(2)]
     cpu2 = util.cpu_seconds(pids) or 0.0
@@ -69,7 +76,8 @@ def measure(system: System, port: int | None, tree: str, files: int, timeout_s: 
     per_file = {op: (after[op] - before.get(op, 0.0)) / (2 * files) for op in after
                 if after[op] > before.get(op, 0.0)}
     return {"cold_s": cold["seconds"], "warm_s": min(w["seconds"] for w in warm),
-            "cold_daemon_cpu_s": cpu1 - cpu0, "warm_daemon_cpu_s": (cpu2 - cpu1) / 2, "warm_ops_per_file": per_file}
+            "cold_daemon_cpu_s": cpu1 - cpu0, "warm_daemon_cpu_s": (cpu2 - cpu1) / 2, "warm_ops_per_file": per_file,
+            **{f"cold_{k}": v for k, v in requests.items()}}
 
 
 def main(argv=None) -> int:
@@ -78,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--baseline", metavar="TREE", help="also walk with the cachefs of this checkout")
     p.add_argument("--rclone", action="store_true", help="also walk through rclone's mount")
+    p.add_argument("--manifest", action="store_true", help="also walk cachefs mounted with the bucket's manifest")
     p.add_argument("--endpoint", choices=("ceph", "moto"), default="ceph")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one `ls -lR` may take")
     p.add_argument("--out", help="JSON path (default bench/results/metadata-<UTC timestamp>.json)")
@@ -95,10 +104,19 @@ def main(argv=None) -> int:
         systems: dict[str, System] = {"cachefs": Cachefs(scratch, ep, BUCKET, scratch)}
         if args.baseline:
             systems["baseline"] = Cachefs.from_tree(args.baseline, "baseline", scratch, ep, BUCKET, scratch)
+        if args.manifest:
+            systems["cachefs+manifest"] = type("CachefsManifest", (Cachefs,), {"name": "cachefs-manifest"})(
+                scratch, ep, BUCKET, scratch)
         ports: dict[str, int | None] = {name: free_port() for name in systems}
         for name, system in systems.items():
             assert isinstance(system, Cachefs)
             system.extra_args = ("--metrics-addr", f"127.0.0.1:{ports[name]}", *args.cachefs_args)
+        if args.manifest:
+            path = os.path.join(scratch, "dataset.manifest")
+            util.run([sys.executable, "-m", "cachefs", "manifest", "build", f"s3://{BUCKET}", "-o", path,
+                      "--endpoint-url", ep.url, "--region", "us-east-1", "--addressing-style", "path"],
+                     timeout=600, env=ep.env())
+            systems["cachefs+manifest"].extra_args += ("--manifest", path)
         if args.rclone:
             systems["rclone"], ports["rclone"] = Rclone(scratch, ep, BUCKET, scratch), None
         try:
@@ -109,7 +127,8 @@ def main(argv=None) -> int:
                     c = row[name]
                     ops = ", ".join(f"{op} {n:.3f}" for op, n in sorted(c["warm_ops_per_file"].items()))
                     print(f"run {r + 1} {name:8}: cold {c['cold_s']:.2f} s (daemon {c['cold_daemon_cpu_s']:.2f} "
-                          f"CPU-s), warm {c['warm_s']:.2f} s (daemon {c['warm_daemon_cpu_s']:.2f} CPU-s); "
+                          f"CPU-s, {c.get('cold_s3_list', '-')} LISTs, {c.get('cold_s3_head', '-')} HEADs), warm "
+                          f"{c['warm_s']:.2f} s (daemon {c['warm_daemon_cpu_s']:.2f} CPU-s); "
                           f"warm FUSE requests per file: {ops}", flush=True)
                 rows.append(row)
         finally:
