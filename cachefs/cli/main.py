@@ -11,6 +11,7 @@ import sys
 from cachefs import __version__
 from cachefs.cli import mount as mountcli
 from cachefs.cli import ops as opscli
+from cachefs.cli import prefetch as prefetchcli
 from cachefs.csi import cli as csi_cli
 from cachefs.errors import UserError
 
@@ -33,6 +34,7 @@ def make_parser() -> argparse.ArgumentParser:
     mountcli.add_commands(sub)
     csi_cli.add_subcommands(sub)
     opscli.add_commands(sub)
+    prefetchcli.add_commands(sub)
     return parser
 
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             return mountcli.run(args, argv)
         elif args.command in opscli.COMMANDS:
             return opscli.run(args)
+        elif args.command in prefetchcli.COMMANDS:
+            return prefetchcli.run(args)
         elif args.command == "csi":
             return csi_cli.cmd_csi(args)
         elif args.command == "affinity":

@@ -1,0 +1,178 @@
+"""Order-aware prefetch on a real mount (reader/order.py): the daemon fetches in the order it was given,
+within its window, skips what is cached, replaces an order with the next, cancels what the reader
+overtook, shares a fetch with a read of the same file, and a wrong or empty order changes nothing
+a reader sees. Requests are counted in moto's log (request_log) and through the fault proxy."""
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+
+from mount_helpers import CACHEFS_SRC, PYTHON, object_bytes, read_all, wait_until
+
+from cachefs.devtools.faultrules import Fault
+from cachefs.hints import send_order
+
+DIRS = ("n01", "n02", "n03", "n04")
+FILES = [f"train/{d}/img-{i:02d}.jpg" for d in DIRS for i in range(10)]     # 40 small files, 4 directories
+OBJECTS = {key: object_bytes(key, 2000 + i) for i, key in enumerate(FILES)}
+# No whole-file or directory prefetch on open: what is fetched is the order's doing alone.
+QUIET = ("--metrics-addr", "none", "--prefetch-small-files", "0")
+
+
+def shuffled(seed: int) -> list[str]:
+    order = list(FILES)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def object_gets(request_log, mark, bucket) -> list[str]:
+    return [r.key for r in request_log.since(mark, bucket) if r.is_object_get]
+
+
+def settled(m, name: str, timeout_s: float = 20.0, quiet_s: float = 0.5) -> int:
+    """The counter once it stopped moving for quiet_s."""
+    last, since = m.stats()[name], time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = m.stats()[name]
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
+def test_gets_start_in_the_order_given(mounter, make_bucket, request_log):
+    bucket = make_bucket("order-honoured", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, "--prefetch-concurrency", "1")
+    order = shuffled(1)
+    mark = request_log.mark()
+    answer = send_order(str(m.path), [str(m.path / p) for p in order[:20]] + order[20:], epoch=1)
+    assert answer["received"] == 40 and answer["stream"] == "default", answer
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 40, 30), m.stats()
+    assert object_gets(request_log, mark, bucket) == order       # one GET each, in the order given
+    s = m.stats()
+    assert s["order_paths_received"] == 40 and s["orders_received"] == 1
+    assert s["order_prefetched_bytes"] == sum(len(OBJECTS[k]) for k in order)
+    mark = request_log.mark()
+    for key in order:                                             # the reads: all from the cache
+        assert read_all(m / key) == OBJECTS[key]
+    assert object_gets(request_log, mark, bucket) == []
+    assert m.stats()["order_opens_matched"] == 40
+
+
+def test_files_beyond_the_window_wait_for_the_reader(mounter, make_bucket, request_log):
+    bucket = make_bucket("order-window", OBJECTS)
+    # 2000-2039 bytes a file: five fit in 10 KiB, six do not.
+    m = mounter.mount(bucket, *QUIET, "--prefetch-window", "10KiB", "--prefetch-concurrency", "4")
+    order = shuffled(2)
+    mark = request_log.mark()
+    send_order(str(m.path), order)
+    assert settled(m, "order_prefetched_files") == 5
+    assert object_gets(request_log, mark, bucket) == order[:5] or sorted(
+        object_gets(request_log, mark, bucket)) == sorted(order[:5])
+    assert m.stats()["order_ahead_bytes"] == sum(len(OBJECTS[k]) for k in order[:5])
+    # The reader takes two: the window moves on by two files, no further.
+    for key in order[:2]:
+        assert read_all(m / key) == OBJECTS[key]
+    assert settled(m, "order_prefetched_files") == 7
+    assert sorted(object_gets(request_log, mark, bucket)) == sorted(order[:7])
+
+
+def test_cached_files_are_skipped(mounter, make_bucket, request_log):
+    bucket = make_bucket("order-cached", OBJECTS)
+    m = mounter.mount(bucket, *QUIET)
+    order = shuffled(3)
+    for key in order[10:20]:
+        assert read_all(m / key) == OBJECTS[key]
+    mark = request_log.mark()
+    send_order(str(m.path), order)
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 30, 30), m.stats()
+    assert settled(m, "order_skipped_cached") == 10
+    got = object_gets(request_log, mark, bucket)
+    assert sorted(got) == sorted(order[:10] + order[20:]), got
+
+
+def test_a_second_order_replaces_the_first(mounter, make_bucket, request_log, fault_proxy):
+    bucket = make_bucket("order-replace", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, "--prefetch-concurrency", "1", endpoint_url=fault_proxy.url)
+    first, second = FILES[:20], FILES[20:30]
+    fault_proxy.add(Fault("delay", ops="get", key=r"img-", seconds=0.5))
+    mark = request_log.mark()
+    send_order(str(m.path), first, epoch=1)
+    assert wait_until(lambda: fault_proxy.seen("get"), 10)
+    send_order(str(m.path), second, epoch=2)
+    assert send_order(str(m.path), first, epoch=1).get("ignored"), "a late order of an older epoch replaced it"
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] >= 10, 30), m.stats()
+    fault_proxy.clear()
+    time.sleep(1.0)
+    got = object_gets(request_log, mark, bucket)
+    assert set(second) <= set(got)
+    assert len(set(got) & set(first)) <= 2, got               # the first order's fetch in flight, at most
+    assert m.stats()["orders_received"] == 2
+
+
+def test_a_read_joins_the_prefetch_of_its_file(mounter, make_bucket, request_log, fault_proxy):
+    bucket = make_bucket("order-join", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, endpoint_url=fault_proxy.url)
+    key = FILES[7]
+    m.stats()                                   # the root listed: only the file's GET is slow
+    fault_proxy.add(Fault("delay", ops="get", key=r"img-07", seconds=1.5))
+    mark = request_log.mark()
+    send_order(str(m.path), [key])
+    assert wait_until(lambda: fault_proxy.seen("get", key), 10)
+    before = m.stats()["fetch_shared"]
+    assert read_all(m / key) == OBJECTS[key]                 # while its prefetch is in flight
+    assert m.stats()["fetch_shared"] > before
+    gets = object_gets(request_log, mark, bucket)
+    assert gets.count(key) == 1, gets
+
+
+def test_prefetch_the_reader_overtook_is_cancelled(mounter, make_bucket, fault_proxy):
+    bucket = make_bucket("order-overtaken", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, "--prefetch-concurrency", "2", endpoint_url=fault_proxy.url)
+    fault_proxy.add(Fault("delay", ops="get", key=r"img-", seconds=3.0))
+    send_order(str(m.path), FILES)
+    assert wait_until(lambda: len(fault_proxy.seen("get")) >= 2, 10)
+    fault_proxy.clear()
+    # The reader starts at the end: the first files are behind it, their GETs are dropped.
+    assert read_all(m / FILES[-1]) == OBJECTS[FILES[-1]]
+    assert wait_until(lambda: m.stats()["order_cancelled_overtaken"] == 2, 10), m.stats()
+    for key in FILES[:2]:                                     # and a later read still gets them
+        assert read_all(m / key) == OBJECTS[key]
+
+
+def test_wrong_and_empty_orders_leave_reads_as_they_were(mounter, make_bucket, request_log):
+    bucket = make_bucket("order-wrong", OBJECTS)
+    m = mounter.mount(bucket, "--metrics-addr", "none")       # directory prefetch on, as by default
+    answer = send_order(str(m.path), [f"nowhere/{i}.jpg" for i in range(30)] + ["../escape"])
+    assert answer["received"] == 31
+    assert wait_until(lambda: m.stats()["order_not_found"] == 31, 20), m.stats()
+    send_order(str(m.path), [], stream="other")
+    # Two opens in a directory: its other files come by the directory prefetch, as without an order.
+    for key in FILES[:2]:
+        assert read_all(m / key) == OBJECTS[key]
+    assert wait_until(lambda: m.stats()["dir_prefetches"] >= 1, 10), m.stats()
+    for key in FILES:
+        assert read_all(m / key) == OBJECTS[key]
+    assert m.stats()["order_prefetched_files"] == 0
+
+
+def test_cli_prefetch_order_from_stdin(mounter, make_bucket, request_log):
+    bucket = make_bucket("order-cli", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, "--prefetch-concurrency", "1")
+    order = shuffled(4)[:12]
+    mark = request_log.mark()
+    proc = subprocess.run([PYTHON, "-m", "cachefs", "prefetch", str(m.path), "--order", "-", "--epoch", "3"],
+                          input="\n".join(order) + "\n", cwd=CACHEFS_SRC, env=m.env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "order of 12 paths" in proc.stdout, proc.stdout
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 12, 30), m.stats()
+    assert object_gets(request_log, mark, bucket) == order
+    bad = subprocess.run([PYTHON, "-m", "cachefs", "prefetch", str(m.cache_dir), "--order", "-"], input="x\n",
+                         cwd=CACHEFS_SRC, env=m.env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "not a cachefs mount" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
