@@ -99,6 +99,8 @@ class OrderPrefetcher:
         return order
 
     def add(self, order: Order, paths: list[str]) -> None:
+        if self.orders.get(order.stream) is not order:
+            return                         # replaced while it streamed in: the rest is of no use
         for raw in paths:
             path = normalize(raw)
             if path is None:

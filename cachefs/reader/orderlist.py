@@ -4,12 +4,14 @@ the byte window arithmetic — what is "passed", what is "ahead", whether one mo
 
 Positions run 0..len-1 in the order the job will read. Each is in one of four states: untouched,
 started (a prefetch took it: its bytes count against the window), done (skipped: cached, not found,
-too large), passed (the reader opened it, or went more than `slack` positions beyond it).
+too large), passed (the reader opened it, or overtook it: see Progress).
 """
 from __future__ import annotations
 
+import time
 from array import array
 from bisect import bisect_left
+from collections import deque
 
 # Positions indexed per sorted chunk: sorting 64k hashes takes a few tens of ms on the trio thread,
 # and a lookup bisects one chunk per 64k paths (20 for ImageNet: ~30 us an open).
@@ -19,10 +21,12 @@ INDEX_CHUNK = 1 << 16
 # two together must fit below the watermark for the oldest prefetched block to survive; half
 # guarantees that, and under scan-resistant it leaves the other half to the reader's own misses.
 WINDOW_FRACTION = 0.5
-# A file the reader has not opened is "passed" once it opened a file this many positions further
-# on; at least MIN_SLACK (a single reader), else twice the furthest behind the frontier an open was
-# seen: a DataLoader's workers each read their own batch, so opens arrive out of order by up to
-# workers x prefetch_factor x batch_size positions, and those files are not skipped, only late.
+# Overtaken: a file the reader has not opened while, for TRAIL_S seconds, every file it opened was
+# more than MIN_SLACK positions further on. Not "behind the furthest open": a DataLoader's workers
+# each read their own batch, so opens arrive out of order by up to workers x prefetch_factor x
+# batch_size positions, and the files of the slowest worker's batch are late, not skipped. A worker
+# stalled longer than TRAIL_S has its files fetched on demand, as without an order.
+TRAIL_S = 2.0
 MIN_SLACK = 8
 
 UNTOUCHED, STARTED, DONE, PASSED = 0, 1, 2, 3
@@ -99,26 +103,24 @@ class OrderList:
 class Progress:
     """Where the reader is in an order, and the prefetch's bytes ahead of it.
 
-    `frontier`: the furthest position opened. `low`: every position below it is passed or done.
-    `ahead`: bytes of started positions not yet passed, at most `window` (a file larger than the
-    whole window is never started)."""
+    `low`: every position below it is passed or done. `edge`: positions below it are overtaken (the
+    lowest position opened in the last TRAIL_S seconds, less MIN_SLACK; none before the reader has
+    been seen for TRAIL_S). `ahead`: bytes of started positions not yet passed, at most `window` (a
+    file larger than the whole window is never started)."""
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.state = bytearray()
         self.sizes: dict[int, int] = {}       # started positions -> their bytes
         self.ahead = 0
-        self.frontier = -1
         self.low = 0
-        self.lag = 0                          # furthest behind the frontier an open was seen
+        self.edge = 0
+        self._first_open: float | None = None
+        self._trail: deque[tuple[float, int]] = deque()   # (time, position) opens, positions increasing
 
     def grow(self, n: int) -> None:
         """The order now has n positions."""
         self.state.extend(bytes(n - len(self.state)))
-
-    @property
-    def slack(self) -> int:
-        return max(MIN_SLACK, 2 * self.lag)
 
     def fits(self, size: int) -> bool:
         return size <= self.window and self.ahead + size <= self.window
@@ -140,19 +142,24 @@ class Progress:
         if size is not None:
             self.ahead -= size
 
-    def opened(self, pos: int) -> list[int]:
-        """The reader opened position `pos`: returns the started positions it passed (their fetches,
-        unless a reader waits for them, are cancelled; their bytes leave the window)."""
-        passed = []
+    def opened(self, pos: int, now: float | None = None) -> list[int]:
+        """The reader opened position `pos`: returns the started positions it overtook (their
+        fetches, unless a reader waits for them, are cancelled; their bytes leave the window)."""
+        now = time.monotonic() if now is None else now
         if self.state[pos] == STARTED:
             self.release(pos)
         self.state[pos] = PASSED
-        if pos < self.frontier:
-            self.lag = max(self.lag, self.frontier - pos)
-        else:
-            self.frontier = pos
-        passed += self._advance()
-        return passed
+        if self._first_open is None:
+            self._first_open = now
+        # the sliding minimum of the positions opened in the last TRAIL_S seconds
+        while self._trail and self._trail[-1][1] >= pos:
+            self._trail.pop()
+        self._trail.append((now, pos))
+        while now - self._trail[0][0] > TRAIL_S and len(self._trail) > 1:
+            self._trail.popleft()
+        if now - self._first_open >= TRAIL_S:
+            self.edge = max(self.edge, self._trail[0][1] - MIN_SLACK)
+        return self._advance()
 
     def _advance(self) -> list[int]:
         passed = []
@@ -162,7 +169,7 @@ class Progress:
             if s in (PASSED, DONE):
                 self.low += 1
                 continue
-            if self.low >= self.frontier - self.slack:
+            if self.low >= self.edge:
                 break
             if s == STARTED:                  # overtaken: the reader skipped it
                 passed.append(self.low)
