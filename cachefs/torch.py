@@ -18,6 +18,7 @@ PyTorch stays optional: this module imports without it and the wrapper takes any
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -28,17 +29,19 @@ from cachefs.hints import HintError, send_order
 
 log = logging.getLogger(__name__)
 
+# torch through importlib: optional, and the type checker need not have it.
+_Base: type
 try:                                   # the base class only, so `isinstance(s, Sampler)` holds with torch
-    from torch.utils.data import Sampler as _Base
+    _Base = importlib.import_module("torch.utils.data").Sampler
 except ImportError:                    # torch is optional: duck typing without it
-    _Base = object                     # type: ignore[assignment,misc]
+    _Base = object
 
 __all__ = ["HintedSampler", "hinted_loader", "paths_of"]
 
 
 def _require_torch():
     try:
-        import torch
+        torch = importlib.import_module("torch")
     except ImportError:
         raise ImportError("cachefs.torch.hinted_loader needs PyTorch (pip install torch); "
                           "HintedSampler and cachefs.hints.send_order work without it") from None
@@ -61,7 +64,7 @@ def _default_stream(sampler: Any) -> str:
     rank = getattr(sampler, "rank", None)        # DistributedSampler's
     if rank is None:
         try:
-            import torch.distributed as dist
+            dist = importlib.import_module("torch.distributed")
             if dist.is_available() and dist.is_initialized():
                 rank = dist.get_rank()
         except ImportError:
@@ -69,7 +72,7 @@ def _default_stream(sampler: Any) -> str:
     return f"rank{rank}" if rank is not None else "default"
 
 
-class HintedSampler(_Base):                      # type: ignore[misc,valid-type]
+class HintedSampler(_Base):
     """Wraps a sampler (or batch sampler) and sends each epoch's order of paths to a cachefs mount."""
 
     def __init__(self, sampler: Iterable, mountpoint: str, *, dataset: Any = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import Any
 
 import trio
 
@@ -24,9 +24,6 @@ from cachefs.blocks import block_count, block_key
 from cachefs.errors import StoreError, StoreUnavailable
 from cachefs.meta.schema import Inode
 from cachefs.reader.orderlist import UNTOUCHED, OrderList, Progress, default_window, normalize
-
-if TYPE_CHECKING:
-    from cachefs.reader.blockreader import BlockReader
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +66,13 @@ class Order:
 
 
 class OrderPrefetcher:
-    def __init__(self, reader: BlockReader, window: int = 0, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+    def __init__(self, reader: Any, window: int = 0, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.reader = reader
         self.stats = reader.stats
         self.window_option = window        # 0: WINDOW_FRACTION of the cache (default_window)
         self.slots = trio.Semaphore(concurrency)
         self.orders: OrderedDict[str, Order] = OrderedDict()
-        self.namespace = None              # set by the first order
+        self.namespace: Any = None         # set by the first order
         self._claimed: OrderedDict[int, None] = OrderedDict()
         self._inflight_bytes = 0
 
@@ -129,17 +126,17 @@ class OrderPrefetcher:
     def _capacity(self) -> int:
         """What the cache holds below its high watermarks: the disk tiers (memory holds copies of
         their blocks), or the memory tiers of a mount without disk."""
-        cache = self.reader.cache
-        tiers = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
+        cache: Any = self.reader.cache
+        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
         return sum(t.high_bytes for t in tiers)
 
     def _admits(self, size: int) -> bool:
         """Under scan-resistant a tier at its high watermark admits nothing: fetching then would only
         lose the bytes. LRU makes room by evicting (the window keeps it off what is ahead)."""
-        cache = self.reader.cache
+        cache: Any = self.reader.cache
         if getattr(cache, "policy", "lru") != "scan-resistant":
             return True
-        tiers = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
+        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
         room = sum(max(0, t.high_bytes - t.used) for t in tiers) - getattr(cache, "queued_bytes", 0)
         return room - self._inflight_bytes >= size
 

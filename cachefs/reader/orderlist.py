@@ -70,7 +70,7 @@ class OrderList:
         """The filled chunk becomes two sorted arrays; the dict that held it goes."""
         pairs = sorted((h, p) for h, ps in self._tail.items() for p in ps)
         if pairs:
-            positions = array("Q", [p for _, p in pairs])
+            positions = array("I", [p for _, p in pairs])
             self._chunks.append((min(positions), max(positions), array("q", [h for h, _ in pairs]), positions))
         self._tail = {}
 
