@@ -181,3 +181,29 @@ def test_cli_prefetch_order_from_stdin(mounter, make_bucket, request_log):
                          cwd=CACHEFS_SRC, env=m.env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "not a cachefs mount" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
+
+
+def test_an_order_larger_than_a_request_line_streams_in(mounter, make_bucket):
+    """2 MiB of paths (the request-line limit is 1 MiB): taken as they stream, the missing ones counted."""
+    bucket = make_bucket("order-large", OBJECTS)
+    m = mounter.mount(bucket, *QUIET)
+    missing = [f"train/n01/missing-{i:06d}-{'x' * 40}.jpg" for i in range(30_000)]
+    answer = send_order(str(m.path), missing + FILES)
+    assert answer["received"] == 30_040, answer
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 40, 60), m.stats()
+    assert m.stats()["order_not_found"] == 30_000
+
+
+def test_directory_prefetch_stands_down_for_files_of_the_order(mounter, make_bucket, request_log):
+    bucket = make_bucket("order-standdown", OBJECTS)
+    m = mounter.mount(bucket, "--metrics-addr", "none", "--prefetch-window", "10KiB")   # dir prefetch on
+    order = shuffled(5)
+    send_order(str(m.path), order)
+    assert settled(m, "order_prefetched_files") == 5
+    n01 = [k for k in order if "/n01/" in k]
+    for key in n01[:3]:                        # would start n01's directory prefetch without an order
+        assert read_all(m / key) == OBJECTS[key]
+    time.sleep(1.0)
+    s = m.stats()
+    assert s["dir_prefetches"] == 0 and s["dataset_walks"] == 0, s
+    assert s["order_opens_matched"] == 3

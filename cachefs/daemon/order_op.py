@@ -38,27 +38,30 @@ async def receive(daemon, request: dict, lines) -> dict:
     order = orders.begin(stream, epoch, daemon.namespace)
     received = bad = 0
     ended = False
-    async for batch in lines.batches(MAX_PATH_LINE):
-        paths = []
-        for line in batch:
-            if not line:
-                ended = True
+    try:
+        async for batch in lines.batches(MAX_PATH_LINE):
+            paths = []
+            for line in batch:
+                if not line:
+                    ended = True
+                    break
+                path = decode_path(line)
+                if path is None:
+                    bad += 1
+                else:
+                    paths.append(path)
+            received += len(paths)
+            if order is not None and paths:
+                orders.add(order, paths)
+            if ended:
                 break
-            path = decode_path(line)
-            if path is None:
-                bad += 1
-            else:
-                paths.append(path)
-        received += len(paths)
-        if order is not None and paths:
-            orders.add(order, paths)
-        if ended:
-            break
-        await trio.lowlevel.checkpoint()     # FUSE requests go on while a long order streams in
+            await trio.lowlevel.checkpoint()     # FUSE requests go on while a long order streams in
+    finally:
+        if order is not None:
+            orders.end(order)                    # a client gone half-way: what came is the order
     if order is None:
         log.info("control: order of stream %s epoch %s ignored: a later epoch is active", stream, epoch)
         return {"stream": stream, "epoch": epoch, "received": received, "ignored": "a later epoch is active"}
-    orders.end(order)
     if bad:
         daemon.stats.add("order_not_found", bad)
     log.info("control: order of stream %s epoch %s: %d paths", stream, epoch, received)
