@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import threading
 import time
 
 from mount_helpers import CACHEFS_SRC, PYTHON, object_bytes, read_all, wait_until
@@ -207,3 +208,23 @@ def test_directory_prefetch_stands_down_for_files_of_the_order(mounter, make_buc
     s = m.stats()
     assert s["dir_prefetches"] == 0 and s["dataset_walks"] == 0, s
     assert s["order_opens_matched"] == 3
+
+
+def test_the_next_order_does_not_cancel_a_fetch_a_reader_waits_for(mounter, make_bucket, request_log, fault_proxy):
+    bucket = make_bucket("order-join-replace", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, endpoint_url=fault_proxy.url)
+    key = FILES[3]
+    m.stats()
+    fault_proxy.add(Fault("delay", ops="get", key=r"n01/img-03", seconds=2.0))
+    mark = request_log.mark()
+    send_order(str(m.path), [key], epoch=1)
+    assert wait_until(lambda: fault_proxy.seen("get", key), 10)
+    before = m.stats()["fetch_shared"]
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_all(m / key)))
+    reader.start()
+    assert wait_until(lambda: m.stats()["fetch_shared"] > before, 10)
+    send_order(str(m.path), FILES[30:32], epoch=2)            # replaces the order whose fetch it waits for
+    reader.join(20)
+    assert got == [OBJECTS[key]]
+    assert object_gets(request_log, mark, bucket).count(key) == 1

@@ -114,7 +114,10 @@ class OrderPrefetcher:
 
     def _drop(self, stream: str) -> None:
         order = self.orders.pop(stream)
-        order.scope.cancel()               # its fetches: a reader waiting for one fetches it itself
+        for scope, flights in order.fetching.values():
+            if any(f.shared for f in flights):
+                scope.shield = True        # a reader waits for it: that GET goes on
+        order.scope.cancel()
         order.complete = True
 
     def _share_window(self) -> None:
