@@ -1,7 +1,8 @@
 """Cold random 64 KiB reads through cachefs: fio's IOPS and the read amplification the daemon's counters
 show, optionally beside another checkout's cachefs (before/after, side by side).
 
-    python -m bench.randread [--runs 3] [--object-mib 256] [--ios 1000] [--baseline TREE] [-- cachefs options]
+    python -m bench.randread [--runs 3] [--object-mib 256] [--ios 1000] [--baseline TREE] [--warm N]
+                             [-- cachefs options]
 
 Starts Ceph RGW (bench/ceph.sh; --endpoint moto for a smoke test), uploads one object per system and
 run, then for every run and system (alternating the order): a fresh mount with an empty cache, page
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 
@@ -26,9 +28,12 @@ COUNTERS = ("s3_get", "s3_get_bytes", "fuse_reads", "fuse_read_bytes", "piece_fe
             "cache_misses")
 
 
-def fio_once(system: Cachefs, key: str, ios: int) -> dict:
-    system.remount()
-    os.listdir(os.path.join(system.root, os.path.dirname(key)))     # metadata is not what is measured
+def fio_once(system: Cachefs, key: str, ios: int, warm: bool = False) -> dict:
+    """fio on a fresh mount (cold), or again on the same mount with the page cache dropped (warm:
+    make bench's warm-disk state, the daemon's memory and disk tiers hold what the cold pass read)."""
+    if not warm:
+        system.remount()
+        os.listdir(os.path.join(system.root, os.path.dirname(key)))     # metadata is not what is measured
     util.drop_page_cache()
     before, pids = system.counters() or {}, system.pids()
     cpu0 = util.cpu_seconds(pids) or 0.0
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--ios", type=int, default=1000)
     p.add_argument("--baseline", metavar="TREE", help="also read with the cachefs of this checkout")
     p.add_argument("--endpoint", choices=("ceph", "moto"), default="ceph")
+    p.add_argument("--warm", type=int, default=0, metavar="N",
+                   help="after each cold pass, N warm passes on the same mount (page cache dropped first)")
     p.add_argument("--out", help="JSON path (default bench/results/randread-<UTC timestamp>.json)")
     p.add_argument("cachefs_args", nargs="*", help="extra cachefs mount options (after --)")
     args = p.parse_args(argv)
@@ -79,6 +86,12 @@ def main(argv=None) -> int:
                           f" (daemon) {res['amplification_fio']:.2f} (fio), kernel requests "
                           f"{res['kernel_request_kib']:.0f} KiB, {res['s3_get']} GETs, daemon CPU "
                           f"{res['daemon_cpu_s']:.2f} s", flush=True)
+                    warm = [fio_once(systems[name], keys[(name, r)], args.ios, warm=True) for _ in range(args.warm)]
+                    if warm:
+                        res["warm_iops"] = statistics.median(w["iops"] for w in warm)
+                        res["warm_daemon_cpu_s"] = statistics.median(w["daemon_cpu_s"] for w in warm)
+                        print(f"run {r + 1} {name} warm: {[round(w['iops']) for w in warm]} IOPS, daemon CPU "
+                              f"{res['warm_daemon_cpu_s']:.3f} s", flush=True)
                 rows.append(row)
         finally:
             for system in systems.values():
@@ -86,6 +99,9 @@ def main(argv=None) -> int:
     summary = {f"{name}_{fig}": util.summarize([row[name][fig] for row in rows])
                for name in systems for fig in ("iops", "amplification_daemon", "amplification_fio",
                                                 "kernel_request_kib", "daemon_cpu_s", "lat_ms_mean")}
+    if args.warm:
+        summary.update({f"{name}_{fig}": util.summarize([row[name][fig] for row in rows])
+                        for name in systems for fig in ("warm_iops", "warm_daemon_cpu_s")})
     for name, s in summary.items():
         print(f"{name:34s} min {s['min']:8.2f}  median {s['median']:8.2f}  max {s['max']:8.2f}")
     util.write_runs(util.results_path("randread", args.out), args, ep, rows, summary)

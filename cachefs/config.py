@@ -77,6 +77,27 @@ def _size_min(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: Any) -> float:
+    """Seconds, or a number with s, m, h or d ('7d', '12h')."""
+    raw = str(text).strip().lower()
+    if raw[-1:] in _DURATION_UNITS:
+        try:
+            return parse_seconds(raw[:-1]) * _DURATION_UNITS[raw[-1]]
+        except ValueError:
+            raise ValueError(f"invalid duration {text!r} (use seconds or e.g. 12h, 7d)") from None
+    return parse_seconds(text)
+
+
+def _positive_duration(text: Any) -> float:
+    v = _duration(text)
+    if v <= 0:
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return v
+
+
 def _metrics_addr(text: Any) -> str:
     from cachefs.metrics import parse_addr  # validates; the daemon parses it again to listen
     parse_addr(text)
@@ -163,6 +184,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("eager_upload", _bool, "send the finished parts of a large file while it is written sequentially"),
     Option("fsync_upload", _bool, "fsync waits until the file is in S3 (default: durable on the node)", False),
     Option("exit_upload_timeout", parse_seconds, "seconds the daemon keeps uploading after an unmount before it exits"),
+    # -- manifests (docs/MANIFESTS.md) --
+    Option("manifest", _text, "a manifest (FILE or s3://BUCKET/KEY, from `cachefs manifest build`) loaded at start: "
+           "the dataset's names and sizes without LIST or HEAD"),
+    Option("manifest_max_age", _positive_duration, "refuse a manifest older than this (seconds, or e.g. 12h, 7d); "
+           "its listings are trusted until it is this old"),
     Option("s3_read_deadline", parse_seconds, "seconds one S3 read (GET/HEAD/LIST), retries included, may take before "
            "the reader gets EIO (0: no bound but the attempts and timeouts)"),
 )
@@ -279,6 +305,10 @@ class Config:
     # A reader blocked on S3 sits in uninterruptible sleep: 60 s is two read timeouts' worth of a stalled
     # endpoint, then EIO; once three reads in a row have failed, later ones fail at once (docs/RELIABILITY.md).
     s3_read_deadline: float = 60.0
+    manifest: str | None = None
+    # A week: a dataset is rebuilt between training runs, not during one, and a manifest made for
+    # it should not quietly outlive it by more. The listings it fills are trusted until then.
+    manifest_max_age: float = 7 * 86400.0
     ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------

@@ -91,6 +91,7 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_order_opens_matched_total": ("order_opens_matched", "opens of a file an order holds"),
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
     "cachefs_piece_reads_total": ("piece_reads", "block ranges a random reader read from 64 KiB pieces"),
+    "cachefs_piece_held_reads_total": ("piece_held_reads", "piece reads served by the pieces the open file holds"),
     "cachefs_piece_fetches_total": ("piece_fetches", "GETs of pieces (each a run of missing pieces of one block)"),
     "cachefs_piece_fills_total": ("piece_fills", "hot blocks whose missing pieces were fetched in the background"),
     "cachefs_blocks_from_pieces_total": ("blocks_from_pieces", "whole-block reads put together from cached pieces"),

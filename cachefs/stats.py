@@ -49,6 +49,7 @@ COUNTERS: dict[str, str] = {
     "readahead_disk_blocks": "blocks read ahead from a disk tier into the read-ahead buffer",
     "fetch_shared": "block reads that joined a fetch already in flight (single-flight)",
     "piece_reads": "block ranges read from pieces (a random reader's partial blocks) rather than whole blocks",
+    "piece_held_reads": "piece reads served by the pieces the open file holds (no cache lookup, no disk read)",
     "piece_fetches": "GETs of pieces (each a run of missing pieces of one block)",
     "piece_fills": "blocks whose missing pieces were fetched in the background (hot: half their pieces read)",
     "blocks_from_pieces": "whole-block reads put together from the block's cached pieces (no GET)",

@@ -88,6 +88,27 @@ def test_random_64k_reads_fetch_at_most_one_and_a_half_times_what_they_read(moun
     assert stats_delta(before, m.stats(), "s3_get_bytes")["s3_get_bytes"] >= len(set(reads)) * PIECE
 
 
+def test_warm_pieces_of_a_block_come_from_disk_in_one_hop(mounter, rand_bucket, tmp_path):
+    """A disk-only cache: the first warm read of a block loads the block's other cached pieces with the
+    wanted one, and the open file serves the rest of its reads in that block from them."""
+    m = mounter.mount(rand_bucket, "--cache", f"ssd:{tmp_path / 'ssd'}:256MiB", block_size="4MiB")
+    data = DATA["rand.bin"]
+    reads = _aligned_reads(120, seed=5)
+    assert _random_preads(m / "rand.bin", reads) == [data[o:o + s] for o, s in reads]
+    # pieces still queued for the disk writer are served from its queue, not counted as disk hits
+    assert wait_until(lambda: m.stats()["cache_queued_bytes"] == 0, 10), m.stats()
+    _drop_pages(m / "rand.bin")
+    before = m.stats()
+    assert _random_preads(m / "rand.bin", reads) == [data[o:o + s] for o, s in reads]
+    delta = stats_delta(before, m.stats(), "s3_get", "piece_reads", "piece_held_reads", "cache_hits")
+    blocks = {o // (4 * MiB) for o, _ in reads}
+    assert delta["s3_get"] == 0, delta
+    # the kernel's page cache answers a repeated offset once it was read: piece_reads are the others
+    assert delta["piece_reads"] >= len(set(reads)) - 20, delta
+    assert delta["piece_held_reads"] >= delta["piece_reads"] - len(blocks), (delta, len(blocks))
+    assert delta["cache_hits"] == len(set(reads)), delta        # each piece read from disk once
+
+
 def test_a_corrupt_piece_is_fetched_again(mounter, rand_bucket, tmp_path):
     ssd = tmp_path / "ssd"
     m = mounter.mount(rand_bucket, "--cache", f"ssd:{ssd}:256MiB", "--hedging", "false", block_size="4MiB")

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from cachefs import __version__
+from cachefs.cli import manifest as manifestcli
 from cachefs.cli import mount as mountcli
 from cachefs.cli import ops as opscli
 from cachefs.cli import prefetch as prefetchcli
@@ -34,6 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
     mountcli.add_commands(sub)
     csi_cli.add_subcommands(sub)
     opscli.add_commands(sub)
+    manifestcli.add_commands(sub)
     prefetchcli.add_commands(sub)
     return parser
 
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             return mountcli.run(args, argv)
         elif args.command in opscli.COMMANDS:
             return opscli.run(args)
+        elif args.command in manifestcli.COMMANDS:
+            return manifestcli.run(args)
         elif args.command in prefetchcli.COMMANDS:
             return prefetchcli.run(args)
         elif args.command == "csi":

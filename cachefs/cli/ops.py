@@ -31,6 +31,8 @@ def add_commands(sub) -> None:
     w.add_argument("mountpoint")
     w.add_argument("paths", nargs="*", metavar="PATH", help="files or directories in the mount (default: all)")
     w.add_argument("--file-list", metavar="FILE", help="more paths, one per line ('#' comments)")
+    w.add_argument("--manifest", metavar="FILE", help="load the files this manifest lists (those under PATHs, if "
+                   "given) without listing directories (docs/MANIFESTS.md)")
     w.add_argument("--metadata-only", action="store_true", help="list directories and stat files; no data")
     w.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="files read in parallel (default 8)")
     w.add_argument("--force", action="store_true", help="load even if it does not fit in the cache")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "warmup":
         from cachefs.cli import warmup
         return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
-                           args.in_daemon)
+                           args.in_daemon, manifest=args.manifest)
     elif cmd == "flush":
         pending = flush_uploads(args.mountpoint, args.timeout)
         if pending:

@@ -80,6 +80,28 @@ def walk(mountpoint: str, paths: list[str]) -> Plan:
     return plan
 
 
+def manifest_plan(mountpoint: str, manifest: str, paths: list[str]) -> Plan:
+    """The files a manifest lists (docs/MANIFESTS.md), those under `paths` if any are given: no
+    directory is listed and no file stat-ed, the manifest has their sizes. It must be the mount's
+    dataset (bucket and prefix)."""
+    from cachefs.manifest.format import read_file  # zstandard: only when a manifest is named
+    m = read_file(manifest)
+    source = control_request(mountpoint, "stats")["stats"].get("source", "")
+    bucket, _, prefix = source.partition("://")[2].partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    if (bucket, prefix) != (m.bucket, m.prefix):
+        raise UserError(f"manifest {manifest} lists {m.source}, but {mountpoint} mounts {source}")
+    under = [relative(mountpoint, p) for p in paths]
+    plan = Plan()
+    for key, size in zip(m.keys, m.sizes, strict=True):
+        if key.endswith("/") or not key or any(part in ("", ".", "..") for part in key.split("/")):
+            continue                  # directory markers; keys the mount cannot show
+        if not under or any(u == "" or key == u or key.startswith(u + "/") for u in under):
+            plan.files.append((key, size))
+    plan.dirs = len({key.rpartition("/")[0] for key, _ in plan.files})
+    return plan
+
+
 def cached_state(mountpoint: str, files: list[tuple[str, int]]) -> tuple[dict[str, int], dict]:
     """{path: bytes cached} and the tiers' room, from the daemon."""
     cached: dict[str, int] = {}
@@ -175,17 +197,17 @@ def load_in_daemon(mountpoint: str, todo: list[tuple[str, int]], jobs: int, prog
 
 
 def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only: bool, jobs: int,
-        force: bool, in_daemon: bool = False, out=None) -> int:
+        force: bool, in_daemon: bool = False, out=None, manifest: str | None = None) -> int:
     out = out or sys.stdout
     mountpoint = os.path.abspath(mountpoint)
     find_socket(mountpoint)          # fail early, in one line, if this is not a cachefs mount
     paths = list(paths) + (read_file_list(file_list) if file_list else [])
     started = time.monotonic()
-    plan = walk(mountpoint, paths or [""])
+    plan = manifest_plan(mountpoint, manifest, paths) if manifest else walk(mountpoint, paths or [""])
     total = sum(size for _, size in plan.files)
     if metadata_only:
         print(f"metadata: {plan.dirs} directories, {len(plan.files)} files ({format_size(total)}) "
-              f"listed in {time.monotonic() - started:.1f} s", file=out)
+              f"{'read from the manifest' if manifest else 'listed'} in {time.monotonic() - started:.1f} s", file=out)
         return 0
     cached, capacity = cached_state(mountpoint, plan.files)
     todo = [(p, s) for p, s in plan.files if cached.get(p, 0) < s]

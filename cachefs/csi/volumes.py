@@ -43,6 +43,8 @@ VOLUME_OPTIONS = frozenset({
     # and read_only is the access mode's.
     "small_file_threshold", "small_sync_interval", "large_sync_interval", "multipart_part_size",
     "upload_concurrency", "fsync_upload",
+    # A dataset's manifest (docs/MANIFESTS.md): s3:// only, a volume names no file on the node.
+    "manifest", "manifest_max_age",
 }) & frozenset(o.name for o in OPTIONS)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -97,6 +99,9 @@ def mount_options(params: dict[str, str], extra_allowed: frozenset[str] = frozen
             allowed = ", ".join(sorted(VOLUME_OPTIONS))
             raise invalid(f"unknown or node-owned cachefs option {key!r} (a volume may set: {allowed})")
         opts[key] = value
+    if "manifest" in opts and not opts["manifest"].startswith("s3://"):
+        raise invalid(f"manifest {opts['manifest']!r}: a volume names its manifest as s3://BUCKET/KEY, "
+                      "not a file on the node")
     try:
         build_config("s3://validation", "/validation", dict(opts), environ={})
     except UserError as e:

@@ -6,6 +6,7 @@ pyfuse3.init, so a failed start leaves neither a mount nor a half-written cache 
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import logging
@@ -26,6 +27,7 @@ from cachefs.daemon.control import ControlServer
 from cachefs.daemon.stores import StoreFactory, from_config
 from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations
+from cachefs.meta.bulk import forget_manifest
 from cachefs.meta.store import MetaStore
 from cachefs.namespace.core import Namespace
 from cachefs.reader import BlockReader
@@ -168,6 +170,11 @@ class Daemon:
             dropped = self.meta.expire_listings()
             log.info("the last daemon on %s did not stop cleanly: %d cached listing(s) will be "
                      "refreshed on first use", cfg.cache_dir, dropped)
+        if cfg.manifest:
+            self._load_manifest()
+        elif dropped_manifest := forget_manifest(self.meta):
+            log.info("mounted without --manifest: %d directory listing(s) a manifest made will be listed anew",
+                     dropped_manifest)
         self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,
                                        promote_after=cfg.promotion, stale_after=cfg.stale_after,
                                        max_block=cfg.block_size)
@@ -211,6 +218,18 @@ class Daemon:
         self._write_pid()
         self.cache.start()
         log.info("cachefs %s mounted %s on %s (cache %s)", __version__, cfg.source, cfg.mountpoint, cfg.cache_dir)
+
+    def _load_manifest(self) -> None:
+        """--manifest into LMDB before anything is served (docs/MANIFESTS.md); a manifest in another
+        bucket is read with the mount's endpoint and credentials."""
+        from cachefs.manifest import load as manifest_load
+
+        def store_for(bucket: str):
+            if bucket == self.cfg.bucket:
+                return self.store
+            return self.store_factory(dataclasses.replace(self.cfg, source=f"s3://{bucket}", hedging=False),
+                                      self.stats)
+        manifest_load.load(self.meta, self.cfg, store_for)
 
     def _extra_stats(self) -> dict:
         disk = self.cache.disk_tiers

@@ -29,8 +29,12 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 |              |                                  | is this one (namespace/attrs.py)                        |
 | subdirs      | u64 dir ino                      | u64 how many subdirectories it has (st_nlink - 2), kept |
 |              |                                  | by every change of `dentries`                           |
+| manifested   | u64 dir ino                      | f64 wall-clock time until which the directory's listing |
+|              |                                  | is a manifest's (docs/MANIFESTS.md): a name it lacks is |
+|              |                                  | asked of S3, not answered "no such entry"; dropped by   |
+|              |                                  | a real listing of the directory                          |
 
-`pending`, `attrs`, `owners`, `objmeta` and `subdirs` were added to layout 2 without a version
+`pending`, `attrs`, `owners`, `objmeta`, `subdirs` and `manifested` were added to layout 2 without a version
 change: a cachefs that does not know them never opens them. A directory without a `subdirs` record
 (one recorded by an older cachefs) counts none until it is listed again.
 
@@ -45,7 +49,7 @@ from dataclasses import dataclass, replace
 
 LAYOUT_VERSION = b"2"
 DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs",
-             b"owners", b"objmeta", b"subdirs")
+             b"owners", b"objmeta", b"subdirs", b"manifested")
 
 ROOT_INO = 1            # FUSE's root inode number
 FIRST_FREE_INO = 2

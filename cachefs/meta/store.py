@@ -117,6 +117,12 @@ class MetaStore:
             raw = txn.get(pack_u64(ino))
         return unpack_f64(raw) if raw else 0.0
 
+    def manifest_expiry(self, ino: int) -> float:
+        """Until when a directory's listing is a manifest's (0.0: it is not): docs/MANIFESTS.md."""
+        with self.env.begin(db=self.dbs["manifested"]) as txn:
+            raw = txn.get(pack_u64(ino))
+        return unpack_f64(raw) if raw else 0.0
+
     def negative_expiry(self, parent: int, name: bytes) -> float:
         with self.env.begin(db=self.dbs["negative"]) as txn:
             raw = txn.get(dentry_key(parent, name))
@@ -167,6 +173,7 @@ class MetaStore:
             txn.put(pack_u64(parent.ino), pack_u64(sum(1 for _, node in result if node.is_dir)),
                     db=self.dbs["subdirs"])
             txn.put(pack_u64(parent.ino), pack_f64(expiry), db=self.dbs["listings"])
+            txn.delete(pack_u64(parent.ino), db=self.dbs["manifested"])    # a real listing now
             neg = txn.cursor(db=self.dbs["negative"])
             if neg.set_range(prefix):
                 while neg.key().startswith(prefix) and neg.delete():
@@ -222,7 +229,7 @@ class MetaStore:
         stack = [ino]
         while stack:
             current = stack.pop()
-            for db in ("inodes", "listings", "attrs", "owners", "objmeta", "subdirs"):
+            for db in ("inodes", "listings", "attrs", "owners", "objmeta", "subdirs", "manifested"):
                 txn.delete(pack_u64(current), db=self.dbs[db])
             prefix = pack_u64(current)
             cur = txn.cursor(db=self.dbs["dentries"])

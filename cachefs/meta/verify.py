@@ -31,7 +31,7 @@ def _check_record(db: bytes, key: bytes, value: bytes) -> None:
     elif db == b"dentries":
         if len(key) <= U64.size or len(value) != U64.size:
             raise ValueError("malformed directory entry")
-    elif db in (b"listings", b"negative"):
+    elif db in (b"listings", b"negative", b"manifested"):
         if len(value) != F64.size:
             raise ValueError("malformed expiry")
     elif db == b"blocks":

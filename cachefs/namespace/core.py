@@ -247,7 +247,14 @@ class Namespace:
             return None
         now = time.time()
         if self.meta.listing_expiry(parent_ino) > now:
-            return self.meta.lookup(parent_ino, name)
+            found = self.meta.lookup(parent_ino, name)
+            if found is not None or self.meta.manifest_expiry(parent_ino) <= now:
+                return found
+            # A manifest's listing is a snapshot: a name it lacks may have been added since, and is
+            # asked of S3 (once per negative_ttl), never answered from the snapshot alone.
+            if self.meta.negative_expiry(parent_ino, name) > now:
+                return None
+            return await self._lookup_remote(parent, name.decode())
         known = self.meta.lookup(parent_ino, name)
         if known is not None and self.is_local(known.ino):
             return known

@@ -24,6 +24,7 @@ from cachefs.blocks import block_count, block_key, block_range, blocks_for
 from cachefs.cache.base import BlockCache
 from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import Inode
+from cachefs.reader import pieces
 from cachefs.reader.order import DEFAULT_CONCURRENCY, OrderPrefetcher
 from cachefs.reader.pieces import PIECE_SIZE, BlockPieces
 from cachefs.reader.prefetch import DirectoryPrefetch
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 RunBlocking = Callable[..., Awaitable]
 
 # Two blocks per open file: the one being read and the next (the kernel's read-ahead runs into it).
-HANDLE_BLOCKS = 2
+HANDLE_BLOCKS = pieces.HANDLE_BLOCKS
 # ... and at most this many across all open files, oldest dropped first (a dropped block is read
 # again from the cache tiers): with thousands of open files, memory stays bounded. 32 blocks (128 MiB
 # at 4 MiB) keep two each for 16 files read at once (max_idle_threads). Together with the read-ahead
@@ -72,6 +73,10 @@ class ReadState:
     # Random pattern: set by a non-sequential read, cleared once RAMP_BYTES were read sequentially
     # after it. Meanwhile a block not at hand is read in pieces (reader/pieces.py), not fetched whole.
     random: bool = False
+    # The pieces of a block this file read at random, and their cached siblings loaded with them
+    # (block index -> piece index -> memoryview): as `blocks`, so that a random reader re-reading a
+    # block's pieces slices memory instead of a worker-thread hop and a file read per read.
+    pieces: OrderedDict = field(default_factory=OrderedDict)
     last_index: int = -1        # the block the previous read ended in
     prev_offset: int = 0        # where the previous read started
 
@@ -177,7 +182,7 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         if state.random and index not in state.blocks and self._pieces_of(inode, index):
             bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
             if not (bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey)):
-                return await self._piece_range(inode, key, index, bkey, lo, hi)
+                return await self._piece_range(state, inode, key, index, bkey, lo, hi)
         block = await self._handle_block(state, inode, key, index)
         return block[lo - start:hi - start]
 
@@ -191,15 +196,21 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         if data is None:
             data = await self._block(inode, key, index, stream=state.window > 0)
             state.blocks[index] = data
-            while len(state.blocks) > HANDLE_BLOCKS:
-                self._held.pop((id(state), state.blocks.popitem(last=False)[0]), None)
-            self._held[(id(state), index)] = weakref.ref(state)
-            while len(self._held) > self.handle_budget_blocks:
-                (_, old), ref = self._held.popitem(last=False)
-                holder = ref()           # None: that file was closed and its blocks are gone
-                if holder is not None:
-                    holder.blocks.pop(old, None)
+            self._hold(state, state.blocks, index)
         return data
+
+    def _hold(self, state: ReadState, held: OrderedDict, index: int, keep: int = HANDLE_BLOCKS) -> None:
+        """`held` (state.blocks or state.pieces) just got block `index`: keep `keep` per open file and
+        handle_budget_blocks across all of them, the oldest dropped first."""
+        while len(held) > keep:
+            self._held.pop((id(state), held.popitem(last=False)[0]), None)
+        self._held[(id(state), index)] = weakref.ref(state)
+        while len(self._held) > self.handle_budget_blocks:
+            (_, old), ref = self._held.popitem(last=False)
+            holder = ref()           # None: that file was closed and its blocks are gone
+            if holder is not None:
+                holder.blocks.pop(old, None)
+                holder.pieces.pop(old, None)
 
     def prefetch_file(self, inode: Inode, key: str, namespace=None) -> None:
         """On open: a file no larger than --prefetch-small-files has all its blocks asked for now,
