@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from mount_helpers import CACHEFS_SRC, PYTHON, object_bytes, read_all, wait_until
+from mount_helpers import CACHEFS_SRC, PYTHON, REGION, cachefs_env, object_bytes, read_all, run_cachefs, wait_until
 
 from cachefs.devtools.faultrules import Fault
 from cachefs.hints import send_order
@@ -228,3 +228,20 @@ def test_the_next_order_does_not_cancel_a_fetch_a_reader_waits_for(mounter, make
     reader.join(20)
     assert got == [OBJECTS[key]]
     assert object_gets(request_log, mark, bucket).count(key) == 1
+
+
+def test_an_order_over_a_manifest_asks_no_list_or_head(mounter, make_bucket, request_log, moto_server, tmp_path):
+    """The companion: with a manifest, the order's lookups are answered locally; only the GETs go to S3."""
+    bucket = make_bucket("order-manifest", OBJECTS)
+    manifest = tmp_path / "ds.manifest"
+    res = run_cachefs(["manifest", "build", f"s3://{bucket}", "-o", str(manifest), "--endpoint-url",
+                       moto_server.endpoint_url, "--region", REGION, "--addressing-style", "path"], cachefs_env())
+    assert res.returncode == 0, res.describe()
+    m = mounter.mount(bucket, *QUIET, "--manifest", str(manifest), "--prefetch-concurrency", "1")
+    order = shuffled(6)
+    mark = request_log.mark()
+    send_order(str(m.path), order)
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 40, 30), m.stats()
+    seen = request_log.since(mark, bucket)
+    assert [r for r in seen if r.is_list or r.method == "HEAD"] == []
+    assert [r.key for r in seen if r.is_object_get] == order
