@@ -225,6 +225,7 @@ class CachefsOperations(pyfuse3.Operations):
         node = self.ns.get(inode)
         if node.is_dir:
             raise IsADirectory(node.path)
+        self.reader.note_open(node)          # the reader's place in an order (reader/order.py)
         fh, keep = await self.handles.open(node, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 

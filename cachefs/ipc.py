@@ -73,6 +73,47 @@ async def recv_line_async(conn, limit: int | None = None) -> bytes:
     return buf
 
 
+class LineReader:
+    """Lines from a trio socket: the request line, then, for a streamed request (the control socket's
+    `order`), the lines after it in batches as they arrive; never more than a line's `limit` and one
+    chunk buffered."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.rest = b""
+
+    async def line(self, limit: int | None = None) -> bytes:
+        """recv_line_async, keeping what came after the newline for `batches`."""
+        buf, seen = self.rest, 0
+        while b"\n" not in buf[seen:]:
+            seen = len(buf)
+            chunk = await self.conn.recv(RECV_CHUNK)
+            if not chunk:
+                self.rest = b""
+                return buf
+            buf = _grow(buf, chunk, limit)
+        cut = buf.index(b"\n") + 1
+        self.rest = buf[cut:]
+        return buf[:cut]
+
+    async def batches(self, limit: int):
+        """Lists of the following lines (without their newline) until the peer stops sending; a last
+        line without a newline is yielded too."""
+        pending, self.rest = self.rest, b""
+        while True:
+            *lines, pending = pending.split(b"\n")
+            if lines:
+                yield lines
+            if len(pending) > limit:
+                raise LineTooLong(limit)
+            chunk = await self.conn.recv(RECV_CHUNK)
+            if not chunk:
+                if pending:
+                    yield [pending]
+                return
+            pending += chunk
+
+
 def send(sock: socket.socket, obj: dict) -> None:
     sock.sendall(encode(obj))
 

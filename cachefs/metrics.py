@@ -80,6 +80,15 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_dir_prefetches_total": ("dir_prefetches", "directories whose small files were prefetched"),
     "cachefs_dataset_walks_total": ("dataset_walks", "directories whose subdirectories were all prefetched "
                                     "(small files opened in 3 of them)"),
+    "cachefs_orders_received_total": ("orders_received", "orders received (one per stream and epoch)"),
+    "cachefs_order_paths_received_total": ("order_paths_received", "paths received in orders"),
+    "cachefs_order_prefetched_files_total": ("order_prefetched_files", "files fetched ahead in an order"),
+    "cachefs_order_prefetched_bytes_total": ("order_prefetched_bytes", "bytes fetched ahead in an order"),
+    "cachefs_order_skipped_cached_total": ("order_skipped_cached", "files of an order already cached (no GET)"),
+    "cachefs_order_cancelled_overtaken_total": ("order_cancelled_overtaken", "order prefetches cancelled in "
+                                                "flight: the reader had gone past the file"),
+    "cachefs_order_not_found_total": ("order_not_found", "paths of an order that name no file"),
+    "cachefs_order_opens_matched_total": ("order_opens_matched", "opens of a file an order holds"),
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
     "cachefs_piece_reads_total": ("piece_reads", "block ranges a random reader read from 64 KiB pieces"),
     "cachefs_piece_held_reads_total": ("piece_held_reads", "piece reads served by the pieces the open file holds"),
@@ -101,6 +110,9 @@ STATS_GAUGES: dict[str, tuple[str, str]] = {
     "cachefs_uploads_pending": ("uploads_pending", "files written locally and not yet uploaded"),
     "cachefs_uploads_pending_bytes": ("uploads_pending_bytes", "bytes waiting for upload"),
     "cachefs_uploads_oldest_age_seconds": ("uploads_oldest_age_s", "age of the oldest pending upload"),
+    "cachefs_order_ahead_bytes": ("order_ahead_bytes", "bytes an order prefetch fetched that the reader "
+                                  "has not reached yet (the window in use)"),
+    "cachefs_order_streams": ("order_streams", "orders held (one per stream: a rank of a distributed job)"),
     "cachefs_cache_queued_bytes": ("cache_queued_bytes", "fetched small objects and pieces served from memory, "
                                    "their disk copy still queued for the cache's writer thread"),
 }

@@ -12,6 +12,7 @@ from cachefs import __version__
 from cachefs.cli import manifest as manifestcli
 from cachefs.cli import mount as mountcli
 from cachefs.cli import ops as opscli
+from cachefs.cli import prefetch as prefetchcli
 from cachefs.csi import cli as csi_cli
 from cachefs.errors import UserError
 
@@ -35,6 +36,7 @@ def make_parser() -> argparse.ArgumentParser:
     csi_cli.add_subcommands(sub)
     opscli.add_commands(sub)
     manifestcli.add_commands(sub)
+    prefetchcli.add_commands(sub)
     return parser
 
 
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return opscli.run(args)
         elif args.command in manifestcli.COMMANDS:
             return manifestcli.run(args)
+        elif args.command in prefetchcli.COMMANDS:
+            return prefetchcli.run(args)
         elif args.command == "csi":
             return csi_cli.cmd_csi(args)
         elif args.command == "affinity":

@@ -21,6 +21,7 @@ import trio
 from cachefs import ipc
 from cachefs.blocks import block_count, block_key
 from cachefs.config import OPTION_BY_NAME
+from cachefs.daemon import order_op
 from cachefs.errors import CachefsError, UserError
 from cachefs.reader import ReadState
 
@@ -70,13 +71,17 @@ class ControlServer:
         with conn:
             try:
                 # Read before refusing: the client gets the answer, not EPIPE.
-                line = await ipc.recv_line_async(conn, MAX_REQUEST)
+                lines = ipc.LineReader(conn)
+                line = await lines.line(MAX_REQUEST)
                 uid = ipc.peer_uid(conn)
                 if uid not in (0, os.getuid()):
                     log.warning("control request from uid %d refused (only root and uid %d)", uid, os.getuid())
                     raise ControlError("permission denied: only root or the mount's owner may control it")
                 request = json.loads(line)
-                answer = {"ok": True, **await self.dispatch(request)}
+                if request.get("op") == "order":     # streamed: paths follow the request line
+                    answer = {"ok": True, **await order_op.receive(self.daemon, request, lines)}
+                else:
+                    answer = {"ok": True, **await self.dispatch(request)}
             except ControlError as e:
                 answer = {"ok": False, "error": str(e)}
             except ipc.LineTooLong:

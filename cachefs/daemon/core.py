@@ -189,7 +189,9 @@ class Daemon:
         self.reader = BlockReader(self.store, self.cache, run_blocking, self.stats, bucket=cfg.bucket,
                                   block_size=cfg.block_size, read_ahead=cfg.read_ahead,
                                   prefetch_small_files=cfg.prefetch_small_files, max_fetches=cfg.max_fetches,
-                                  prefetch_buffer_blocks=cfg.max_fetches + cfg.max_idle_threads)
+                                  prefetch_buffer_blocks=cfg.max_fetches + cfg.max_idle_threads,
+                                  prefetch_window=cfg.prefetch_window,
+                                  prefetch_concurrency=cfg.prefetch_concurrency)
         self.writeback = Writeback(self.meta, self.store, run_blocking, self.stats, prefix=cfg.prefix,
                                    staging_dir=staging_dir(cfg), staging_size=cfg.staging_size,
                                    small_file_threshold=cfg.small_file_threshold,
@@ -206,6 +208,7 @@ class Daemon:
         self.namespace.is_local = self.writeback.is_local
         self.stats.add_gauges(self.writeback.summary)
         self.stats.add_gauges(lambda: {"cache_queued_bytes": self.cache.queued_bytes})
+        self.stats.add_gauges(self.reader.orders.summary)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self.writeback)
         self._start_operations_interfaces()
         try:

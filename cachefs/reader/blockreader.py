@@ -25,6 +25,7 @@ from cachefs.cache.base import BlockCache
 from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import Inode
 from cachefs.reader import pieces
+from cachefs.reader.order import DEFAULT_CONCURRENCY, OrderPrefetcher
 from cachefs.reader.pieces import PIECE_SIZE, BlockPieces
 from cachefs.reader.prefetch import DirectoryPrefetch
 from cachefs.stats import Stats
@@ -86,7 +87,8 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
     def __init__(self, store: ObjectStore, cache: BlockCache, run_blocking: RunBlocking, stats: Stats, *,
                  bucket: str, block_size: int, read_ahead: int, prefetch_small_files: int = 0,
                  max_fetches: int = 16, prefetch_buffer_blocks: int = 32,
-                 handle_budget_blocks: int = HANDLE_BUDGET_BLOCKS, piece_size: int = PIECE_SIZE) -> None:
+                 handle_budget_blocks: int = HANDLE_BUDGET_BLOCKS, piece_size: int = PIECE_SIZE,
+                 prefetch_window: int = 0, prefetch_concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.store = store
         self.cache = cache
         self.run_blocking = run_blocking
@@ -107,6 +109,8 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         self._held: OrderedDict[tuple[int, int], weakref.ref[ReadState]] = OrderedDict()
         self._init_directory_prefetch(max_fetches)
         self._init_pieces(piece_size)
+        # The order a job said it will read in (reader/order.py); 0 window: a share of the cache.
+        self.orders = OrderPrefetcher(self, prefetch_window, prefetch_concurrency)
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
 
     @property
@@ -215,12 +219,16 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         With the namespace, the open also counts towards prefetching its directory's small files."""
         if self.nursery is None or not 0 < inode.size <= self.prefetch_small_files or not inode.etag:
             return
-        if namespace is not None:
-            self._note_open(inode, namespace)
+        if namespace is not None and not self.orders.claims(inode):
+            self._note_open(inode, namespace)     # an order covering the file knows better
         for i in range(block_count(inode.size, self.block_size)):
             if not self._start_prefetch(inode, key, i, stream=False):
                 break
 
+
+    def note_open(self, inode: Inode) -> None:
+        """Every open of a file, the kernel's page cache kept or not: the reader's place in an order."""
+        self.orders.opened(inode)
 
     def _read_ahead(self, state: ReadState, inode: Inode, key: str, first: int) -> None:
         last = min(first + state.window, block_count(inode.size, self.block_size))
@@ -257,6 +265,9 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
             self._prefetching -= 1
         if fetch.shared:
             return                       # a reader waited for it and has it
+        self._keep_prefetched(bkey, data)
+
+    def _keep_prefetched(self, bkey: bytes, data: memoryview) -> None:
         self._prefetched[bkey] = data
         while len(self._prefetched) > self.prefetch_buffer_blocks:
             self._prefetched.popitem(last=False)

@@ -1,0 +1,316 @@
+"""Order-aware prefetch: a job says in which order it will read files (the control socket's `order`
+op, fed by `cachefs prefetch --order`, `cachefs.hints` or `cachefs.torch`), and the daemon fetches
+ahead in that order within a byte window. A part of BlockReader (composed, not a mixin): it fetches
+through the reader's single-flight map, so a read of a file being prefetched joins that GET.
+
+Decisions (docs/CACHING.md "Order-aware prefetch"): the window is WINDOW_FRACTION of what the cache
+holds (or --prefetch-window); a file is fetched only if its bytes fit the window and, under the
+scan-resistant policy, the cache still admits them; files the reader has overtaken (orderlist.Progress)
+are not fetched and their fetches in flight are cancelled unless a reader waits for them; an order
+whose files the reader does not open (MISS_LIMIT opens in a row) stands down until it opens one again.
+Each stream (one per rank of a distributed job) has its own order; a new order of a stream replaces
+its previous one (an older epoch arriving late is ignored).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import trio
+
+from cachefs import supervise
+from cachefs.blocks import block_count, block_key
+from cachefs.errors import StoreError, StoreUnavailable
+from cachefs.meta.schema import Inode
+from cachefs.reader.orderlist import UNTOUCHED, OrderList, Progress, default_window, normalize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 64        # GETs of small files in flight: the endpoint's rate keeps rising past 16
+MISS_LIMIT = 16                 # opens in a row not in any order: the order is wrong, stand down
+MAX_STREAMS = 64                # orders kept at once (ranks on one node); the oldest goes first
+ROOM_POLL_S = 0.5               # a fetch waiting for cache room looks again this often
+OUTAGE_PAUSE_S = 1.0            # S3 unavailable: the next file waits this long (the breaker probes)
+CLAIMED = 4096                  # recently opened inodes an order covers (directory prefetch skips them)
+
+
+class Order:
+    """One stream's order: its paths, the reader's progress through them, its fetches in flight."""
+
+    def __init__(self, stream: str, epoch: int | None, window: int) -> None:
+        self.stream = stream
+        self.epoch = epoch
+        self.paths = OrderList()
+        self.progress = Progress(window)
+        self.complete = False
+        self.cursor = 0                    # next position the runner looks at
+        self.scope = trio.CancelScope()    # the whole order: cancelled when replaced
+        self.fetching: dict[int, tuple[trio.CancelScope, list]] = {}   # position -> scope, its flights
+        self.misses = 0
+        self.waiting: set[int] = set()     # positions resolved, waiting for the window
+        self._changed = trio.Event()
+
+    @property
+    def on_track(self) -> bool:
+        return self.misses < MISS_LIMIT
+
+    def changed(self) -> None:
+        """Wake the runner and the fetches waiting for the window, paths or the reader."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self, timeout: float = ROOM_POLL_S) -> None:
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+
+
+class OrderPrefetcher:
+    def __init__(self, reader: Any, window: int = 0, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+        self.reader = reader
+        self.stats = reader.stats
+        self.window_option = window        # 0: WINDOW_FRACTION of the cache (default_window)
+        self.slots = trio.Semaphore(concurrency)
+        self.orders: OrderedDict[str, Order] = OrderedDict()
+        self.namespace: Any = None         # set by the first order
+        self._claimed: OrderedDict[int, None] = OrderedDict()
+        self._inflight_bytes = 0
+
+    # -- receiving an order ---------------------------------------------------------------------------
+    def begin(self, stream: str, epoch: int | None, namespace) -> Order | None:
+        """A new order for `stream`, replacing its previous one; None if that one is of a later epoch."""
+        old = self.orders.get(stream)
+        if old is not None and epoch is not None and old.epoch is not None and epoch < old.epoch:
+            return None
+        self.namespace = namespace
+        if old is not None:
+            self._drop(stream)
+        order = self.orders[stream] = Order(stream, epoch, 0)
+        while len(self.orders) > MAX_STREAMS:
+            self._drop(next(iter(self.orders)))
+        self._share_window()
+        self.reader._dir_queue.clear()     # heuristic directory prefetch waiting: the order knows better
+        self.stats.add("orders_received")
+        assert self.reader.nursery is not None, "orders arrive only once the daemon serves"
+        supervise.start(self.reader.nursery, "order_prefetch", self._run, order, what=stream)
+        return order
+
+    def add(self, order: Order, paths: list[str]) -> None:
+        if self.orders.get(order.stream) is not order:
+            return                         # replaced while it streamed in: the rest is of no use
+        for raw in paths:
+            path = normalize(raw)
+            if path is None:
+                self.stats.add("order_not_found")
+                continue
+            order.paths.append(path)
+        order.progress.grow(len(order.paths))
+        self.stats.add("order_paths_received", len(paths))
+        order.changed()
+
+    def end(self, order: Order) -> None:
+        order.complete = True
+        order.changed()
+
+    def _drop(self, stream: str) -> None:
+        order = self.orders.pop(stream)
+        for scope, flights in order.fetching.values():
+            if any(f.shared for f in flights):
+                scope.shield = True        # a reader waits for it: that GET goes on
+        order.scope.cancel()
+        order.complete = True
+
+    def _share_window(self) -> None:
+        total = self.window_option or default_window(self._capacity())
+        for order in self.orders.values():
+            order.progress.window = total // len(self.orders)
+            order.changed()
+
+    def _capacity(self) -> int:
+        """What the cache holds below its high watermarks: the disk tiers (memory holds copies of
+        their blocks), or the memory tiers of a mount without disk."""
+        cache: Any = self.reader.cache
+        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
+        return sum(t.high_bytes for t in tiers)
+
+    def _admits(self, size: int) -> bool:
+        """Under scan-resistant a tier at its high watermark admits nothing: fetching then would only
+        lose the bytes. LRU makes room by evicting (the window keeps it off what is ahead)."""
+        cache: Any = self.reader.cache
+        if getattr(cache, "policy", "lru") != "scan-resistant":
+            return True
+        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
+        room = sum(max(0, t.high_bytes - t.used) for t in tiers) - getattr(cache, "queued_bytes", 0)
+        return room - self._inflight_bytes >= size
+
+    # -- the reader's progress ------------------------------------------------------------------------
+    def opened(self, inode: Inode) -> None:
+        """Every open of a file (fs.open): moves the window of the orders holding it."""
+        if not self.orders or inode.is_dir:
+            return
+        hit = False
+        for order in self.orders.values():
+            progress = order.progress
+            pos = order.paths.find(inode.path, progress.low)
+            if pos is None:
+                if order.paths.find(inode.path) is not None:
+                    hit = True             # opened again: in the order, behind the reader
+                continue
+            hit = True
+            order.misses = 0
+            for overtaken in progress.opened(pos):
+                self._cancel(order, overtaken)
+            order.changed()
+        if hit:
+            self.stats.add("order_opens_matched")
+            self._claimed[inode.ino] = None
+            while len(self._claimed) > CLAIMED:
+                self._claimed.popitem(last=False)
+        else:
+            for order in self.orders.values():
+                order.misses += 1
+
+    def claims(self, inode: Inode) -> bool:
+        """An order on track covers this file: the directory heuristics stand down for it."""
+        return inode.ino in self._claimed and any(o.on_track for o in self.orders.values())
+
+    def _cancel(self, order: Order, pos: int) -> None:
+        entry = order.fetching.get(pos)
+        if entry is None:
+            return
+        scope, flights = entry
+        if any(f.shared for f in flights):
+            return                         # a reader waits for it: its GET goes on
+        scope.cancel()
+        self.stats.add("order_cancelled_overtaken")
+
+    # -- fetching ahead -------------------------------------------------------------------------------
+    async def _run(self, order: Order) -> None:
+        """Start a fetch per position, in order, at most the concurrency at once."""
+        with order.scope:
+            async with trio.open_nursery() as fetches:
+                while True:
+                    progress = order.progress
+                    order.cursor = max(order.cursor, progress.low)
+                    if order.cursor >= len(order.paths):
+                        if order.complete:
+                            break
+                        await order.wait_change(timeout=60.0)
+                        continue
+                    if not order.on_track:
+                        await order.wait_change()
+                        continue
+                    pos = order.cursor
+                    order.cursor += 1
+                    if progress.state[pos] != UNTOUCHED or progress.is_passed(pos):
+                        continue
+                    await self.slots.acquire()
+                    fetches.start_soon(self._file_supervised, order, pos)
+        log.debug("order of stream %s: every position looked at", order.stream)
+
+    async def _file_supervised(self, order: Order, pos: int) -> None:
+        try:
+            await supervise.supervised("order_prefetch", self._file, order, pos, what=order.stream)
+        finally:
+            self.slots.release()
+
+    async def _file(self, order: Order, pos: int) -> None:
+        progress = order.progress
+        if progress.is_passed(pos):
+            return
+        path = order.paths.path(pos)
+        try:
+            inode = await self._resolve(path)
+        except StoreError as e:
+            log.debug("order prefetch: cannot look up %s: %s", path, e)
+            progress.done(pos)
+            return
+        if inode is None or inode.is_dir:
+            self.stats.add("order_not_found")
+            progress.done(pos)
+            return
+        if progress.is_passed(pos):
+            return
+        key = self.namespace.key_of(inode)
+        wanted = self._missing_blocks(inode, key)
+        if not wanted:
+            self.stats.add("order_skipped_cached")
+            progress.done(pos)
+            return
+        if inode.size > progress.window:
+            progress.done(pos)             # never fits: the reader fetches it itself
+            return
+        # The window goes to the waiting positions in order: a later, smaller file does not go first.
+        order.waiting.add(pos)
+        try:
+            while not (pos == min(order.waiting) and progress.fits(inode.size) and self._admits(inode.size)):
+                await order.wait_change()
+                if progress.is_passed(pos):
+                    return
+        finally:
+            order.waiting.discard(pos)
+            order.changed()
+        progress.start(pos, inode.size)
+        order.changed()
+        await self._fetch_file(order, pos, inode, key, wanted)
+
+    async def _fetch_file(self, order: Order, pos: int, inode: Inode, key: str, wanted: list[tuple[int, bytes]]):
+        reader, progress = self.reader, order.progress
+        flights: list = []
+        fetched = 0
+        with trio.CancelScope() as scope:
+            order.fetching[pos] = (scope, flights)
+            self._inflight_bytes += inode.size
+            try:
+                for index, bkey in wanted:
+                    if bkey in reader._inflight or bkey in reader._prefetched or reader.cache.contains(bkey):
+                        continue           # a reader or another prefetch got there meanwhile
+                    flight = reader._inflight.start(bkey)
+                    flights.append(flight)
+                    data = await reader._fetch(flight, bkey, inode, key, index)
+                    fetched += len(data)
+                    if not flight.shared and not reader.cache.contains(bkey):
+                        reader._keep_prefetched(bkey, data)   # the cache declined it: hold it for the reader
+            except StoreUnavailable as e:
+                log.debug("order prefetch of %s: %s", key, e)
+                progress.release(pos)
+                await trio.sleep(OUTAGE_PAUSE_S)
+            except StoreError as e:
+                log.debug("order prefetch of %s failed: %s", key, e)
+                progress.release(pos)
+            finally:
+                self._inflight_bytes -= inode.size
+                order.fetching.pop(pos, None)
+        if scope.cancelled_caught:
+            progress.release(pos)
+        if fetched:
+            self.stats.add("order_prefetched_files")
+            self.stats.add("order_prefetched_bytes", fetched)
+
+    def _missing_blocks(self, inode: Inode, key: str) -> list[tuple[int, bytes]]:
+        """The blocks of the file neither cached, held for a reader nor being fetched."""
+        reader = self.reader
+        out = []
+        busy = False
+        for i in range(block_count(inode.size, reader.block_size)):
+            bkey = block_key(reader.bucket, key, inode.etag, reader.block_size, i)
+            if bkey in reader._inflight:
+                busy = True
+            elif not (bkey in reader._prefetched or reader.cache.contains(bkey)):
+                out.append((i, bkey))
+        return out if out or not busy else []
+
+    async def _resolve(self, path: str) -> Inode | None:
+        """The inode at a path relative to the mount root, looked up as FUSE would."""
+        ns = self.namespace
+        inode = ns.get(1)
+        for part in path.split("/"):
+            inode = await ns.lookup(inode.ino, part.encode())
+            if inode is None:
+                return None
+        return inode
+
+    def summary(self) -> dict:
+        """For `cachefs stats` and the control answer."""
+        return {"order_streams": len(self.orders),
+                "order_ahead_bytes": sum(o.progress.ahead for o in self.orders.values())}
