@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo lint test test-fast bench bench-full bench-writes clean fuzz
+.PHONY: setup demo lint test test-fast bench bench-full bench-writes clean fuzz torch
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -20,8 +20,13 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-logo || rc=1; \
 	exit $$rc
 
-test: setup lint
+test: setup lint torch
 	$(PY) -m pytest -q
+
+# torch for cachefs.torch's tests (the sampler wrapper with a real DataLoader): installed once into
+# the venv by `make test`, not by `make demo` (PyPI's wheel with its CUDA libraries is ~5 GB).
+torch: setup
+	@$(PY) -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[torch]"
 
 # The two cheapest tiers (pytest markers, tests/conftest.py): units and the in-process fs tests.
 # No mount, no S3 server; under a minute.
