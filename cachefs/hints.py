@@ -16,6 +16,8 @@ import socket
 import stat
 from collections.abc import Iterable
 
+from cachefs import mountinfo
+
 FSTYPE = "fuse.cachefs"
 TIMEOUT_S = 60.0
 BATCH_BYTES = 1 << 16
@@ -73,37 +75,12 @@ def xxh64_hexdigest(data: bytes, seed: int = 0) -> str:
 
 
 # -- the mount and its control socket (as cachefs.mounts and cachefs.ipc find them) -------------------
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _mount_entry(path: str) -> tuple[str, str] | None:
-    """(fstype, super options) of the mount exactly at `path` (the last one: the visible one)."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) > 4 and _unescape(fields[4]) == path:
-                tail = right.split()
-                found = (tail[0], tail[2] if len(tail) > 2 else "")
-    return found
-
-
 def _canonical(path: str) -> str:
     """Absolute, symlinks resolved, without stat-ing a mount point (its daemon would answer it)."""
     path = os.path.abspath(path)
     for _ in range(40):
         path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-        if _mount_entry(path) is not None or not os.path.islink(path):
+        if mountinfo.entry(path) is not None or not os.path.islink(path):
             return path
         path = os.path.join(os.path.dirname(path), os.readlink(path))
     raise HintError(f"too many levels of symbolic links in {path}")
@@ -124,7 +101,7 @@ def _runtime_dirs(uid: int) -> list[str]:
 def control_socket(mountpoint: str) -> str:
     """The control socket of the cachefs daemon serving `mountpoint`."""
     mp = _canonical(mountpoint)
-    entry = _mount_entry(mp)
+    entry = mountinfo.entry(mp)
     if entry is None or entry[0] != FSTYPE:
         raise HintError(f"{mountpoint} is not a cachefs mount")
     owner = next((int(o[len("user_id="):]) for o in entry[1].split(",") if o.startswith("user_id=")), None)

@@ -11,6 +11,7 @@ import time
 
 import xxhash
 
+from cachefs import mountinfo
 from cachefs.errors import UserError
 
 FSTYPE = "fuse.cachefs"
@@ -28,46 +29,20 @@ def canonical(path: str) -> str:
     raise UserError(f"too many levels of symbolic links in {path}")
 
 
-def _unescape(field: str) -> str:
-    """/proc/self/mountinfo escapes space, tab, newline and backslash as octal."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mounted_fstype(path: str, resolved: bool = False) -> str | None:
     """The filesystem type mounted exactly at `path`, or None."""
-    entry = _mountinfo_entry(path if resolved else canonical(path))
+    entry = mountinfo.entry(path if resolved else canonical(path))
     return entry[0] if entry else None
 
 
 def mount_owner(path: str) -> int | None:
     """The uid of the process that mounted the FUSE filesystem at `path` (its `user_id=` option),
     or None (nothing mounted there, or not FUSE). `path` is canonical."""
-    entry = _mountinfo_entry(path)
+    entry = mountinfo.entry(path)
     for opt in entry[1].split(",") if entry else ():
         if opt.startswith("user_id="):
             return int(opt[len("user_id="):])
     return None
-
-
-def _mountinfo_entry(path: str) -> tuple[str, str] | None:
-    """(fstype, super options) of the mount exactly at `path`, or None."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) > 4 and _unescape(fields[4]) == path:
-                tail = right.split()
-                found = (tail[0], tail[2] if len(tail) > 2 else "")   # the last mount on a path is the visible one
-    return found
 
 
 def check_mountpoint(path: str) -> None:

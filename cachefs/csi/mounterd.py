@@ -38,7 +38,7 @@ import uuid
 
 import grpc
 
-from cachefs import __version__, ipc, mounts
+from cachefs import __version__, ipc, mountinfo, mounts
 from cachefs.csi.mounter import MOUNT_TIMEOUT_S, STATES, UNMOUNT_TIMEOUT_S, ChildRunner, Mounter
 from cachefs.csi.status import CsiError
 from cachefs.errors import UserError
@@ -224,7 +224,7 @@ def cachefs_mounts() -> list[str]:
             left, _, right = line.partition(" - ")
             fields = left.split()
             if right.split()[:1] == [mounts.FSTYPE] and len(fields) > 4:
-                out.append(mounts._unescape(fields[4]))
+                out.append(mountinfo.unescape(fields[4]))
     return out
 
 
