@@ -5,7 +5,8 @@
 
 Standard library only: a training job imports this module, and it must not pull in the daemon, FUSE
 or any third-party package. It finds the mount's control socket the way `cachefs.ipc.find_socket`
-does (tests/unit/test_hints.py checks that the two agree), with its own XXH64, and streams the
+does (tests/unit/test_order.py checks that the two agree; `cachefs.mountinfo`, standard library too,
+reads /proc/self/mountinfo for both), with its own XXH64, and streams the
 paths (the control socket's `order` op: docs/OPERATIONS.md "Before the first epoch").
 """
 from __future__ import annotations
