@@ -7,15 +7,15 @@ each is then listed flat (no delimiter: every key below it) by one worker of a b
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
+
 from cachefs.manifest.format import Manifest, ManifestEntry
-from cachefs.store.base import ListPage, ObjectStore
+from cachefs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -33,46 +33,49 @@ DISCOVERY_DEPTH = 3
 Progress = Callable[[int], None]     # told the number of keys of each page listed
 
 
-def _pages(store: ObjectStore, prefix: str, delimiter: str) -> list[ListPage]:
-    pages, token = [], None
-    while True:
-        page = store.list_page(prefix, token, 1000, delimiter)
-        pages.append(page)
-        token = page.next_token
-        if token is None:
-            return pages
-
-
 def list_dataset(store: ObjectStore, prefix: str, workers: int = LIST_WORKERS,
                  progress: Progress | None = None) -> list[ManifestEntry]:
     """Every key below `prefix` ('' or ending in '/') as entries relative to it, in no order."""
-    found: dict[str, ManifestEntry] = {}
-    lock = threading.Lock()
-    skip = {prefix, prefix + MANIFEST_NAME}      # the prefix's own marker; an uploaded manifest
+    return trio.run(alist_dataset, store, prefix, workers, progress)
 
-    def take(pages: list[ListPage]) -> list[str]:
-        prefixes = []
-        with lock:
-            for page in pages:
+
+async def alist_dataset(store: ObjectStore, prefix: str, workers: int = LIST_WORKERS,
+                        progress: Progress | None = None) -> list[ManifestEntry]:
+    """list_dataset in trio: the pages come through the store's coroutine (the libcurl engine, parsed
+    without botocore, no thread per request: botocore's parsing cost ~85 us of CPU per key, which made
+    a million keys a 90 s, CPU-bound build here)."""
+    found: dict[str, ManifestEntry] = {}
+    skip = {prefix, prefix + MANIFEST_NAME}      # the prefix's own marker; an uploaded manifest
+    limiter = trio.CapacityLimiter(max(1, workers))
+
+    async def pages(p: str, delimiter: str, out: list[str]) -> None:
+        token = None
+        async with limiter:
+            while True:
+                page = await store.alist_page(p, token, 1000, delimiter)
                 for o in page.objects:
                     if o.key not in skip:
                         found[o.key] = ManifestEntry(o.key[len(prefix):], o.size, o.etag, o.mtime_ns)
-                prefixes += page.prefixes
+                out += page.prefixes
                 if progress is not None:
                     progress(len(page.objects))
-        return prefixes
+                token = page.next_token
+                if token is None:
+                    return
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="cachefs-list") as pool:
-        frontier = [prefix]
-        for _ in range(DISCOVERY_DEPTH):
-            expanded: list[str] = []
-            for prefixes in pool.map(lambda p: take(_pages(store, p, "/")), frontier):
-                expanded += prefixes
-            frontier = expanded
-            if not frontier or len(frontier) >= PREFIXES_PER_WORKER * workers:
-                break
-        for _ in pool.map(lambda p: take(_pages(store, p, "")), frontier):
-            pass
+    async def each(frontier: list[str], delimiter: str) -> list[str]:
+        out: list[str] = []
+        async with trio.open_nursery() as nursery:
+            for p in frontier:
+                nursery.start_soon(pages, p, delimiter, out)
+        return out
+
+    frontier = [prefix]
+    for _ in range(DISCOVERY_DEPTH):
+        frontier = await each(frontier, "/")
+        if not frontier or len(frontier) >= PREFIXES_PER_WORKER * workers:
+            break
+    await each(frontier, "")
     return list(found.values())
 
 
