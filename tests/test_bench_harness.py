@@ -53,10 +53,16 @@ def check_system(res, system):
     assert fio[("rand", "cold")]["ios"] == TINY.rand_ios
     assert fio[("ttfb-tiny", "cold")]["ios"] == TINY.ttfb_tiny  # one 1-byte read per file
     loads = {(r["job"], r["state"]): r for r in rows(res, system, "loader")}
-    assert set(loads) == {(shape, f"epoch{e}") for shape in ("tfrecord", "images") for e in (1, 2)}
+    expected = {(shape, f"epoch{e}") for shape in ("tfrecord", "images", "imagenet") for e in (1, 2)}
+    if system == "cachefs":      # issue 18's variants: the order sent first, a manifest, both
+        expected |= {(f"{shape}+{v}", "epoch1") for shape in ("images", "imagenet")
+                     for v in ("hint", "manifest", "manifest+hint")}
+    assert set(loads) == expected
     for key, r in loads.items():
         assert not r.get("error"), (system, key, r.get("error"))
-        assert r["images"] == TINY.images and r["images_per_s"] > 0
+        want = TINY.imagenet_images if key[0].startswith("imagenet") else TINY.images
+        assert r["images"] == want and r["images_per_s"] > 0, (system, key)
+        assert ("hint_s" in r) == ("hint" in key[0]), (system, key)
     meta = rows(res, system, "metadata")
     assert [r["state"] for r in meta] == ["cold", "warm"]
     assert all(r["files"] == TINY.meta_trees[0] and r["seconds"] > 0 for r in meta)
@@ -95,7 +101,7 @@ def test_report_has_tables_and_plots(results):
     out = results["_out"]
     text = (out / "results.md").read_text()
     for heading in ("## The endpoint itself", "## fio", "## ResNet-50-style loader", "## Metadata",
-                    "## Issue 17's goals"):
+                    "## Issue 17's goals", "## Issue 18's goals"):
         assert heading in text
     # the per-file CPU goal is computed from this run's cachefs rows, not left blank
     assert "| daemon CPU per cold 110 KB file, ms (image folder, epoch 1) | -" not in text
