@@ -118,6 +118,13 @@ class Namespace:
                 entries = await self.run_blocking(self.meta.children, ino)
             return entries
 
+    async def ensure_listed(self, ino: int) -> None:
+        """List a directory unless its listing is fresh (one LIST per directory, single-flight with
+        every other listing of it): for a caller about to resolve many names in it (the order
+        prefetch), where lookups one by one would ask S3 a HEAD and a LIST per name."""
+        if self.cfg.listing_ttl > 0 and self.meta.listing_expiry(ino) <= time.time():
+            await self.entries(ino)
+
     async def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
         """List the directory from S3 (the store's coroutine, on this trio thread) and make LMDB's
         entries exactly what it holds (one write transaction, in a worker thread)."""

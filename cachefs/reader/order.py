@@ -301,10 +301,14 @@ class OrderPrefetcher:
         return out if out or not busy else []
 
     async def _resolve(self, path: str) -> Inode | None:
-        """The inode at a path relative to the mount root, looked up as FUSE would."""
+        """The inode at a path relative to the mount root, looked up as FUSE would, each directory on
+        the way listed whole first (once: an order names many files of a directory, and a lookup of
+        a name in an unlisted directory costs a HEAD and a LIST; measured: epoch 1 with hints 0.64x
+        of without before this, docs/BENCHMARKS.md "Issue 18")."""
         ns = self.namespace
         inode = ns.get(1)
         for part in path.split("/"):
+            await ns.ensure_listed(inode.ino)
             inode = await ns.lookup(inode.ino, part.encode())
             if inode is None:
                 return None
