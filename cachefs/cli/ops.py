@@ -38,6 +38,9 @@ def add_commands(sub) -> None:
     w.add_argument("--force", action="store_true", help="load even if it does not fit in the cache")
     w.add_argument("--in-daemon", action="store_true",
                    help="let the daemon read the files itself (no FUSE round trips, no page cache)")
+    w.add_argument("--shared-only", action="store_true",
+                   help="fill the mount's shared cache tier (--shared-cache) for all nodes; this node's "
+                   "cache keeps nothing of it (the daemon reads the files itself)")
 
     f = sub.add_parser("flush", help="upload every pending file now and wait; write the cache index")
     f.add_argument("mountpoint")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "warmup":
         from cachefs.cli import warmup
         return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
-                           args.in_daemon, manifest=args.manifest)
+                           args.in_daemon, manifest=args.manifest, shared_only=args.shared_only)
     elif cmd == "flush":
         pending = flush_uploads(args.mountpoint, args.timeout)
         if pending:
