@@ -45,11 +45,12 @@ def run(args: argparse.Namespace, out=None) -> int:
     from cachefs.config import shared_cache_place
     _, prefix = shared_cache_place(cfg)
     store = shared_store(cfg, max_attempts=cfg.s3_max_attempts, read_deadline=cfg.s3_read_deadline)
+    import botocore.exceptions as bce
     try:
         store.check_bucket(prefix)
         deleted, freed, kept = collect(store, prefix + "v1/", max_size, args.dry_run)
-    except StoreError as e:
-        raise UserError(str(e)) from None
+    except (StoreError, bce.BotoCoreError, bce.ClientError) as e:
+        raise UserError(f"shared cache {args.url}: {e}") from None
     finally:
         store.close()
     verb = "would delete" if args.dry_run else "deleted"

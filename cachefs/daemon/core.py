@@ -291,7 +291,7 @@ class Daemon:
             nursery.start_soon(self.writeback.run)      # supervises its own units
             if self.shared is not None:
                 nursery.start_soon(supervise.supervised_forever, "shared_cache", self.shared.run)
-                nursery.start_soon(supervise.supervised, "shared_cache_check", self._check_shared)
+                nursery.start_soon(supervise.supervised, "shared_cache", self._check_shared)
             # min_tasks is how many idle workers pyfuse3 keeps: with 1, every burst of requests
             # started workers that exited right after, each allocating and freeing its request buffer
             # (253 mmap/munmap pairs per cold 256 MiB read, strace); all N stay once started.
