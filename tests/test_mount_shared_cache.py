@@ -90,6 +90,8 @@ def test_fill_once_read_everywhere(mounter, two_buckets, moto_server, request_lo
         assert (s["s3_get"], s["shared_cache_hits"], s["shared_cache_misses"]) == (0, NBLOCKS, 0), s
         assert s["shared_cache_bytes"] == sum(map(len, DATA.values()))
         assert s["shared_cache_writes"] == 0 and s["shared_cache_errors"] == 0
+    shown = run_cachefs(["stats", str(node2.path)], node2.env)
+    assert f"shared tier s3://{shared}/{PREFIX}: hits {NBLOCKS} " in shown.stdout, shown.describe()
     # the shared copies are in node 2's own tiers now: a second read asks neither store
     mark = request_log.mark()
     read_everything(node2)

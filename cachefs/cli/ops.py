@@ -140,6 +140,11 @@ def render(s: dict) -> str:
               "",
               f"S3: GET {s.get('s3_get', 0)} ({format_size(s.get('s3_get_bytes', 0))})  HEAD {s.get('s3_head', 0)}"
               f"  LIST {s.get('s3_list', 0)}  errors {s.get('s3_errors', 0)}",
+              *([f"shared tier {s['shared_cache']}: hits {s.get('shared_cache_hits', 0)} "
+                 f"({format_size(s.get('shared_cache_bytes', 0))})  misses {s.get('shared_cache_misses', 0)}"
+                 f"  errors {s.get('shared_cache_errors', 0)}  corrupt {s.get('shared_cache_corrupt', 0)}"
+                 f"  written {s.get('shared_cache_writes', 0)}  skipped {s.get('shared_cache_write_skipped', 0)}"
+                 f"{'  DOWN' if s.get('shared_cache_down') else ''}"] if s.get("shared_cache") else []),
               f"FUSE reads: {s.get('fuse_reads', 0)} ({format_size(s.get('fuse_read_bytes', 0))})"
               f"  read-ahead blocks {s.get('readahead_blocks', 0)}  shared fetches {s.get('fetch_shared', 0)}",
               f"pending uploads: {s.get('uploads_pending', 0)} ({format_size(s.get('uploads_pending_bytes', 0))})"

@@ -243,7 +243,7 @@ class Daemon:
                 "block_pool": native.pool_stats(),
                 "pending_paths": self.writeback.pending_paths()[:100],
                 "control_socket": self.control.path, "metrics_url": self.exporter and self.exporter.url,
-                "source": self.cfg.source, "version": __version__}
+                "source": self.cfg.source, "shared_cache": self.cfg.shared_cache, "version": __version__}
 
     def stats_dict(self) -> dict:
         return {**self.stats.snapshot(), **self._extra_stats()}
