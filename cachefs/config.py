@@ -192,6 +192,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("s3_read_deadline", parse_seconds, "seconds one S3 read (GET/HEAD/LIST), retries included, may take before "
            "the reader gets EIO (0: no bound but the attempts and timeouts)"),
 )
+OPTIONS += (
+    # -- the shared cache tier (docs/CACHING.md "Shared tier"); its own endpoint and credentials --
+    Option("shared_cache", lambda t: _shared_url(t), "a shared cache tier below the node's tiers: "
+           "s3://BUCKET[/PREFIX] on an S3-compatible store near the nodes (MinIO, Ceph RGW, S3 Express)"),
+    Option("shared_cache_endpoint_url", _text, "the shared tier's endpoint URL (default: AWS)"),
+    Option("shared_cache_region", _text, "the shared tier's region (default: from the AWS config, else us-east-1)"),
+    Option("shared_cache_addressing_style", _choice("auto", "path", "virtual"), "the shared tier's addressing style"),
+    Option("shared_cache_profile", _text, "AWS profile for the shared tier (default: the environment's credentials)"),
+    Option("shared_cache_credentials_file", _text, "AWS-style credentials file (INI, mode 0600) for the shared tier"),
+    Option("shared_cache_deadline", _positive_duration, "seconds a shared-tier read may take before the block "
+           "is fetched from the origin instead"),
+    Option("shared_cache_queue", _size_min(0), "bytes of blocks waiting for their shared copy; beyond it a block "
+           "is not written (0: the tier is read, never written)"),
+    Option("shared_cache_writers", _count(1, 64), "shared-tier PUTs in flight per mount"),
+)
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 ENV_PREFIX = "CACHEFS_"
 DEFAULT_MEM_TIER = 256 * MiB   # small: most of a node's RAM belongs to the training job
@@ -309,6 +324,18 @@ class Config:
     # A week: a dataset is rebuilt between training runs, not during one, and a manifest made for
     # it should not quietly outlive it by more. The listings it fills are trusted until then.
     manifest_max_age: float = 7 * 86400.0
+    shared_cache: str | None = None       # s3://BUCKET[/PREFIX]: the shared tier (cache/shared.py)
+    shared_cache_endpoint_url: str | None = None
+    shared_cache_region: str | None = None
+    shared_cache_addressing_style: str = "auto"
+    shared_cache_profile: str | None = None
+    shared_cache_credentials_file: str | None = None
+    # A block GET from a store near the nodes takes 10-50 ms: 1 s is far past it, and a miss that
+    # falls back to the origin costs a reader at most that much more.
+    shared_cache_deadline: float = 1.0
+    # 16 blocks of 4 MiB waiting for their shared copy at most; a full queue skips blocks, never waits.
+    shared_cache_queue: int = 64 * MiB
+    shared_cache_writers: int = 4
     ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------
@@ -351,6 +378,25 @@ def _split_source(source: str) -> tuple[str, str, str]:
     if "//" in prefix:
         raise ConfigError(f"prefix in {source!r} has an empty path segment")
     return scheme, bucket, (prefix + "/" if prefix else "")
+
+
+def _shared_url(text: Any) -> str:
+    """s3://BUCKET[/PREFIX], the shared tier's place."""
+    url = _text(text)
+    try:
+        scheme, _, _ = _split_source(url)
+    except ConfigError as e:
+        raise ValueError(str(e).replace("source", "URL")) from None
+    if scheme != "s3":
+        raise ValueError(f"must look like s3://BUCKET[/PREFIX], got {url!r}")
+    return url
+
+
+def shared_cache_place(cfg: Config) -> tuple[str, str]:
+    """(bucket, prefix) of --shared-cache; the prefix is '' or ends in '/'."""
+    assert cfg.shared_cache, "only with --shared-cache"
+    _, bucket, prefix = _split_source(cfg.shared_cache)
+    return bucket, prefix
 
 
 def default_cache_dir(cfg: Config) -> str:

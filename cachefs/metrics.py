@@ -102,6 +102,21 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_s3_hedge_skipped_budget_total": ("s3_hedge_skipped_budget",
                                               "GETs past the hedging deadline not hedged: 5% of recent GETs "
                                               "were duplicated already"),
+    "cachefs_shared_cache_hits_total": ("shared_cache_hits", "node misses served by the shared cache tier"),
+    "cachefs_shared_cache_misses_total": ("shared_cache_misses", "node misses the shared tier did not have"),
+    "cachefs_shared_cache_errors_total": ("shared_cache_errors", "shared-tier reads that failed, timed out or "
+                                          "were not sent (tier down): fetched from the origin"),
+    "cachefs_shared_cache_bytes_total": ("shared_cache_bytes", "bytes of blocks served by the shared tier"),
+    "cachefs_shared_cache_corrupt_total": ("shared_cache_corrupt", "shared objects found truncated, foreign "
+                                           "or failing their checksum (deleted)"),
+    "cachefs_shared_cache_writes_total": ("shared_cache_writes", "blocks written to the shared tier"),
+    "cachefs_shared_cache_write_bytes_total": ("shared_cache_write_bytes", "bytes written to the shared tier"),
+    "cachefs_shared_cache_write_conflicts_total": ("shared_cache_write_conflicts", "shared-tier writes another "
+                                                   "node had made (412)"),
+    "cachefs_shared_cache_write_skipped_total": ("shared_cache_write_skipped", "blocks not written to the "
+                                                 "shared tier: queue full or tier down"),
+    "cachefs_shared_cache_write_errors_total": ("shared_cache_write_errors", "shared-tier writes or deletes "
+                                                "that failed"),
     "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
     "cachefs_metadata_copies_total": ("metadata_copies", "server-side copies onto themselves that replaced an "
                                       "object's metadata (chmod, chown, utimens of an uploaded file)"),
@@ -113,6 +128,11 @@ STATS_GAUGES: dict[str, tuple[str, str]] = {
     "cachefs_order_ahead_bytes": ("order_ahead_bytes", "bytes an order prefetch fetched that the reader "
                                   "has not reached yet (the window in use)"),
     "cachefs_order_streams": ("order_streams", "orders held (one per stream: a rank of a distributed job)"),
+    "cachefs_shared_cache_fill_queue_depth": ("shared_cache_queue_depth", "blocks (and deletes) waiting for "
+                                              "the shared tier's writers"),
+    "cachefs_shared_cache_fill_queue_bytes": ("shared_cache_queue_bytes", "bytes of blocks waiting for the "
+                                              "shared tier's writers"),
+    "cachefs_shared_cache_down": ("shared_cache_down", "1 while the shared tier counts as down (its breaker)"),
     "cachefs_cache_queued_bytes": ("cache_queued_bytes", "fetched small objects and pieces served from memory, "
                                    "their disk copy still queued for the cache's writer thread"),
 }

@@ -42,6 +42,17 @@ COUNTERS: dict[str, str] = {
     "cache_corrupt": "cached blocks that failed their checksum, dropped and fetched again",
     "cache_errors": "tier I/O errors (each served as a miss)",
     "cache_writes_in_place": "block files written with O_DIRECT straight from their receive buffer",
+    # -- the shared cache tier (--shared-cache; its own requests are not in the s3_* counters) --
+    "shared_cache_hits": "node misses served by the shared tier (verified)",
+    "shared_cache_misses": "node misses the shared tier did not have (absent, or corrupt: fetched from the origin)",
+    "shared_cache_errors": "shared-tier reads that failed, timed out or were not sent (tier down): origin instead",
+    "shared_cache_bytes": "bytes of blocks served by the shared tier",
+    "shared_cache_corrupt": "shared objects found truncated, foreign or failing their checksum (deleted)",
+    "shared_cache_writes": "blocks written to the shared tier",
+    "shared_cache_write_bytes": "bytes of blocks written to the shared tier",
+    "shared_cache_write_conflicts": "shared-tier writes another node had made (412 to the conditional PUT)",
+    "shared_cache_write_skipped": "blocks not written to the shared tier: its queue was full or it was down",
+    "shared_cache_write_errors": "shared-tier writes or deletes that failed",
     # -- the read path --
     "fuse_reads": "FUSE read requests",
     "fuse_read_bytes": "bytes returned to FUSE reads",

@@ -29,7 +29,8 @@ EXPECTED = (StoreError, OSError)
 
 # The task names used (labels of the metric; docs/METRICS.md lists them).
 TASKS = ("upload", "part", "abort", "delete", "replay", "scheduler", "readahead", "dir_prefetch",
-         "dataset_walk", "order_prefetch", "listing", "index_flush", "kernel_tuning", "control", "eviction", "labels")
+         "dataset_walk", "order_prefetch", "listing", "index_flush", "kernel_tuning", "control", "eviction", "labels",
+         "shared_cache")
 
 _lock = threading.Lock()
 _failures: Counter[str] = Counter({t: 0 for t in TASKS})

@@ -13,6 +13,7 @@ from cachefs.cli import manifest as manifestcli
 from cachefs.cli import mount as mountcli
 from cachefs.cli import ops as opscli
 from cachefs.cli import prefetch as prefetchcli
+from cachefs.cli import sharedcache as sharedcli
 from cachefs.csi import cli as csi_cli
 from cachefs.errors import UserError
 
@@ -37,6 +38,7 @@ def make_parser() -> argparse.ArgumentParser:
     opscli.add_commands(sub)
     manifestcli.add_commands(sub)
     prefetchcli.add_commands(sub)
+    sharedcli.add_commands(sub)
     return parser
 
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return manifestcli.run(args)
         elif args.command in prefetchcli.COMMANDS:
             return prefetchcli.run(args)
+        elif args.command in sharedcli.COMMANDS:
+            return sharedcli.run(args)
         elif args.command == "csi":
             return csi_cli.cmd_csi(args)
         elif args.command == "affinity":

@@ -38,6 +38,9 @@ def add_commands(sub) -> None:
     w.add_argument("--force", action="store_true", help="load even if it does not fit in the cache")
     w.add_argument("--in-daemon", action="store_true",
                    help="let the daemon read the files itself (no FUSE round trips, no page cache)")
+    w.add_argument("--shared-only", action="store_true",
+                   help="fill the mount's shared cache tier (--shared-cache) for all nodes; this node's "
+                   "cache keeps nothing of it (the daemon reads the files itself)")
 
     f = sub.add_parser("flush", help="upload every pending file now and wait; write the cache index")
     f.add_argument("mountpoint")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "warmup":
         from cachefs.cli import warmup
         return warmup.run(args.mountpoint, args.paths, args.file_list, args.metadata_only, args.jobs, args.force,
-                           args.in_daemon, manifest=args.manifest)
+                           args.in_daemon, manifest=args.manifest, shared_only=args.shared_only)
     elif cmd == "flush":
         pending = flush_uploads(args.mountpoint, args.timeout)
         if pending:
@@ -137,6 +140,11 @@ def render(s: dict) -> str:
               "",
               f"S3: GET {s.get('s3_get', 0)} ({format_size(s.get('s3_get_bytes', 0))})  HEAD {s.get('s3_head', 0)}"
               f"  LIST {s.get('s3_list', 0)}  errors {s.get('s3_errors', 0)}",
+              *([f"shared tier {s['shared_cache']}: hits {s.get('shared_cache_hits', 0)} "
+                 f"({format_size(s.get('shared_cache_bytes', 0))})  misses {s.get('shared_cache_misses', 0)}"
+                 f"  errors {s.get('shared_cache_errors', 0)}  corrupt {s.get('shared_cache_corrupt', 0)}"
+                 f"  written {s.get('shared_cache_writes', 0)}  skipped {s.get('shared_cache_write_skipped', 0)}"
+                 f"{'  DOWN' if s.get('shared_cache_down') else ''}"] if s.get("shared_cache") else []),
               f"FUSE reads: {s.get('fuse_reads', 0)} ({format_size(s.get('fuse_read_bytes', 0))})"
               f"  read-ahead blocks {s.get('readahead_blocks', 0)}  shared fetches {s.get('fetch_shared', 0)}",
               f"pending uploads: {s.get('uploads_pending', 0)} ({format_size(s.get('uploads_pending_bytes', 0))})"

@@ -121,6 +121,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self.total_files, self.total_bytes = total_files, total_bytes
         self.files = self.bytes = 0
+        self.written = 0         # --shared-only: bytes the shared tier did not have
         self.start = self.last = time.monotonic()
         self.lock = threading.Lock()
 
@@ -196,8 +197,44 @@ def load_in_daemon(mountpoint: str, todo: list[tuple[str, int]], jobs: int, prog
     return failures
 
 
+def load_shared(mountpoint: str, todo: list[tuple[str, int]], jobs: int, progress: Progress) -> list[str]:
+    """--shared-only: the daemon puts the files' blocks in the shared tier (control op `warmup` with
+    `shared_only`): what the tier has is skipped (a HEAD each), the rest fetched from the origin once."""
+    failures: list[str] = []
+    batch = max(4 * jobs, 16)
+    written = 0
+    for i in range(0, len(todo), batch):
+        answer = control_request(mountpoint, "warmup", timeout=DAEMON_BATCH_TIMEOUT_S, jobs=jobs, shared_only=True,
+                                 paths=[p for p, _ in todo[i:i + batch]])
+        failures += answer["failed"] + [f"{p}: no longer exists" for p in answer["missing"]]
+        written += answer.get("written_bytes", 0)
+        progress.add(answer["bytes"])
+        for _ in range(answer["files"]):
+            progress.add(0, file_done=True)
+    progress.written = written
+    return failures
+
+
+def run_shared(mountpoint: str, plan: Plan, jobs: int, out) -> int:
+    started = time.monotonic()
+    total = sum(size for _, size in plan.files)
+    print(f"{len(plan.files)} files ({format_size(total)}): filling the shared cache tier", file=out)
+    progress = Progress(len(plan.files), total)
+    progress.written = 0
+    failures = load_shared(mountpoint, plan.files, jobs, progress)
+    progress.finish()
+    print(f"shared tier: {format_size(progress.written)} written, {format_size(progress.bytes - progress.written)} "
+          f"there already, in {time.monotonic() - started:.1f} s", file=out)
+    if failures:
+        for f in failures[:20]:
+            print(f"warmup: failed: {f}", file=sys.stderr)
+        raise UserError(f"{len(failures)} files could not be put in the shared tier (rerun to retry them)")
+    return 0
+
+
 def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only: bool, jobs: int,
-        force: bool, in_daemon: bool = False, out=None, manifest: str | None = None) -> int:
+        force: bool, in_daemon: bool = False, out=None, manifest: str | None = None,
+        shared_only: bool = False) -> int:
     out = out or sys.stdout
     mountpoint = os.path.abspath(mountpoint)
     find_socket(mountpoint)          # fail early, in one line, if this is not a cachefs mount
@@ -209,6 +246,8 @@ def run(mountpoint: str, paths: list[str], file_list: str | None, metadata_only:
         print(f"metadata: {plan.dirs} directories, {len(plan.files)} files ({format_size(total)}) "
               f"{'read from the manifest' if manifest else 'listed'} in {time.monotonic() - started:.1f} s", file=out)
         return 0
+    if shared_only:        # the node's own cache and its room do not matter
+        return run_shared(mountpoint, plan, jobs, out)
     cached, capacity = cached_state(mountpoint, plan.files)
     todo = [(p, s) for p, s in plan.files if cached.get(p, 0) < s]
     done_bytes = sum(min(cached.get(p, 0), s) for p, s in plan.files)

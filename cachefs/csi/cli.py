@@ -29,6 +29,8 @@ def add_subcommands(sub) -> None:
     c.add_argument("--endpoint-url", help="S3 endpoint for mounts and provisioning")
     c.add_argument("--region")
     c.add_argument("--addressing-style", choices=("auto", "path", "virtual"), default="auto")
+    c.add_argument("--shared-cache-option", action="append", default=[], metavar="NAME=VALUE", dest="shared_cache",
+                   help="node: a shared_cache* mount option given to every mount (the shared tier, docs/CACHING.md)")
     c.add_argument("--max-volumes", type=int, default=0, help="node: volumes per node announced (0: no limit)")
     c.add_argument("--metrics-port-base", type=int, default=0,
                    help="node: give the i-th mount's exporter port BASE+i (0: the daemons' default)")
@@ -102,7 +104,8 @@ def _node_service(args):
         node_id=args.node_id, state_dir=args.state_dir, cache_root=args.cache_root,
         cache_templates=args.cache, cache_size=args.cache_size, endpoint_url=args.endpoint_url,
         region=args.region, addressing_style=args.addressing_style, max_volumes=args.max_volumes,
-        metrics_port_base=args.metrics_port_base, metrics_ports=args.metrics_ports)
+        metrics_port_base=args.metrics_port_base, metrics_ports=args.metrics_ports,
+        shared_cache_options=args.shared_cache)
     try:
         cfg.check()
     except ValueError as e:

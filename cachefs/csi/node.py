@@ -49,12 +49,20 @@ class NodeConfig:
     metrics_port_base: int = 0
     metrics_ports: int = 8
     metrics_host: str = "0.0.0.0"
+    # NAME=VALUE shared_cache* options for every mount: the node's shared cache tier (its endpoint and
+    # credentials file are the node's, like the cache tiers: never a volume's to choose).
+    shared_cache_options: list[str] = field(default_factory=list)
 
     def tiers_for(self, slot: str) -> list[str]:
         return [t.replace("{slot}", slot) for t in self.cache_templates]
 
     def check(self) -> None:
-        """Tier templates must be valid tier specs and give each slot its own directories."""
+        """Tier templates must be valid tier specs and give each slot its own directories; shared-tier
+        options must be shared_cache* NAME=VALUE pairs."""
+        for o in self.shared_cache_options:
+            name, sep, _ = o.partition("=")
+            if not sep or not name.startswith("shared_cache"):
+                raise UserError(f"--shared-cache-option {o!r}: expected shared_cache...=VALUE")
         for t in self.cache_templates:
             spec = parse_tier(t.replace("{slot}", "slot"))
             if spec.dirs and "{slot}" not in t:
@@ -166,6 +174,9 @@ class NodeService(rpc.NodeServicer):
         if not tiers:
             argv += ["--cache-size", self.cfg.cache_size]
         for name, value in sorted(pub.options.items()):
+            argv += ["--" + name.replace("_", "-"), value]
+        for option in self.cfg.shared_cache_options:
+            name, _, value = option.partition("=")
             argv += ["--" + name.replace("_", "-"), value]
         if self.cfg.metrics_port_base:
             argv += ["--metrics-addr", self._metrics_addr(pub)]

@@ -19,7 +19,7 @@ import socket
 import trio
 
 from cachefs import ipc
-from cachefs.blocks import block_count, block_key
+from cachefs.blocks import block_count, block_key, block_range
 from cachefs.config import OPTION_BY_NAME
 from cachefs.daemon import order_op
 from cachefs.errors import CachefsError, UserError
@@ -132,18 +132,25 @@ class ControlServer:
 
     async def op_warmup(self, request: dict) -> dict:
         """Load files into the cache in the daemon itself: through the same read path as FUSE reads
-        (single-flight, read-ahead, admission), without the page cache or FUSE round trips."""
+        (single-flight, read-ahead, admission), without the page cache or FUSE round trips. With
+        `shared_only`, into the shared tier instead (_fill_shared)."""
         jobs = trio.CapacityLimiter(max(1, int(request.get("jobs", 4))))
-        counts = {"files": 0, "bytes": 0}
+        counts = {"files": 0, "bytes": 0, "written_bytes": 0}
         missing: list[str] = []
         failed: list[str] = []
+        shared_only = bool(request.get("shared_only"))
+        if shared_only and self.daemon.shared is None:
+            raise ControlError("this mount has no shared cache tier (--shared-cache)")
 
         async def load(path: str, inode) -> None:
             async with jobs:
                 state, key, bs = ReadState(), self.daemon.namespace.key_of(inode), self.daemon.cfg.block_size
                 try:
-                    for offset in range(0, inode.size, bs):
-                        counts["bytes"] += len(await self.daemon.reader.read(inode, key, offset, bs, state))
+                    if shared_only:
+                        await self._fill_shared(inode, key, counts)
+                    else:
+                        for offset in range(0, inode.size, bs):
+                            counts["bytes"] += len(await self.daemon.reader.read(inode, key, offset, bs, state))
                     counts["files"] += 1
                 except CachefsError as e:
                     failed.append(f"{path}: {e}")
@@ -156,6 +163,23 @@ class ControlServer:
                 else:
                     nursery.start_soon(load, path, inode)
         return {**counts, "missing": missing, "failed": failed}
+
+    async def _fill_shared(self, inode, key: str, counts: dict) -> None:
+        """warmup --shared-only: each block the shared tier lacks is fetched from the origin and
+        written there now (not queued: warmup waits for it); the node's own tiers keep nothing, so
+        that the node filling the tier for a cluster does not fill its own cache with the dataset."""
+        cfg, shared, store = self.daemon.cfg, self.daemon.shared, self.daemon.store
+        if not inode.etag:
+            raise ControlError(f"{key}: no ETag known, so no shared block identity")
+        for i in range(block_count(inode.size, cfg.block_size)):
+            start, end = block_range(i, cfg.block_size, inode.size)
+            block = shared.block_id(cfg.bucket, key, inode.etag, cfg.block_size, i)
+
+            async def fetch(start=start, end=end):
+                return await store.aget_range(key, start, end, inode.etag)
+            if await shared.fill(block, end - start, fetch):
+                counts["written_bytes"] += end - start
+            counts["bytes"] += end - start
 
     async def op_drop(self, request: dict) -> dict:
         """Drop the cached blocks of a file, or of every file below a directory."""

@@ -24,7 +24,7 @@ from cachefs.cache.direct import ALIGN
 from cachefs.config import Config
 from cachefs.daemon import kernel, logsetup
 from cachefs.daemon.control import ControlServer
-from cachefs.daemon.stores import StoreFactory, from_config
+from cachefs.daemon.stores import StoreFactory, from_config, shared_from_config
 from cachefs.errors import UserError
 from cachefs.fs import CachefsOperations
 from cachefs.meta.bulk import forget_manifest
@@ -162,6 +162,7 @@ class Daemon:
         mounts.check_mountpoint(cfg.mountpoint)
         self.store = self.store_factory(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
+        self.shared = shared_from_config(cfg, self.stats)     # checked in the background: best-effort
         self.meta = MetaStore(os.path.join(cache_dir_of(cfg), "meta"), cfg.identity(),
                               max_readers=2 * cfg.max_idle_threads + 64)
         if unclean:
@@ -209,6 +210,9 @@ class Daemon:
         self.stats.add_gauges(self.writeback.summary)
         self.stats.add_gauges(lambda: {"cache_queued_bytes": self.cache.queued_bytes})
         self.stats.add_gauges(self.reader.orders.summary)
+        if self.shared is not None:
+            self.reader.shared = self.shared
+            self.stats.add_gauges(self.shared.summary)
         self.ops = CachefsOperations(self.namespace, self.reader, cfg, self.stats, self.writeback)
         self._start_operations_interfaces()
         try:
@@ -239,7 +243,7 @@ class Daemon:
                 "block_pool": native.pool_stats(),
                 "pending_paths": self.writeback.pending_paths()[:100],
                 "control_socket": self.control.path, "metrics_url": self.exporter and self.exporter.url,
-                "source": self.cfg.source, "version": __version__}
+                "source": self.cfg.source, "shared_cache": self.cfg.shared_cache, "version": __version__}
 
     def stats_dict(self) -> dict:
         return {**self.stats.snapshot(), **self._extra_stats()}
@@ -248,12 +252,13 @@ class Daemon:
         """Metrics exporter and control socket: bound before the mount, so a taken address fails start-up."""
         client = metrics.boto_client(self.store)
         metrics.instrument_boto_client(client)
-        if client is not None:         # credentials from a file or profile: never in a log line
-            creds = client._request_signer._credentials
-            frozen = creds.get_frozen_credentials() if creds is not None else None
-            if frozen is not None:
-                logsetup.add_secret(frozen.secret_key)
-                logsetup.add_secret(frozen.token)
+        for c in (client, metrics.boto_client(self.shared.store) if self.shared is not None else None):
+            if c is not None:         # credentials from a file or profile: never in a log line
+                creds = c._request_signer._credentials
+                frozen = creds.get_frozen_credentials() if creds is not None else None
+                if frozen is not None:
+                    logsetup.add_secret(frozen.secret_key)
+                    logsetup.add_secret(frozen.token)
         self.control = ControlServer(self)
         self.control.bind()
         self.exporter = metrics.start_exporter(self.cfg, self.stats, self.cache, self.reader, __version__)
@@ -284,6 +289,9 @@ class Daemon:
             nursery.start_soon(supervise.supervised_forever, "control", self.control.serve)
             nursery.start_soon(supervise.supervised, "kernel_tuning", self._tune_kernel)
             nursery.start_soon(self.writeback.run)      # supervises its own units
+            if self.shared is not None:
+                nursery.start_soon(supervise.supervised_forever, "shared_cache", self.shared.run)
+                nursery.start_soon(supervise.supervised, "shared_cache", self._check_shared)
             # min_tasks is how many idle workers pyfuse3 keeps: with 1, every burst of requests
             # started workers that exited right after, each allocating and freeing its request buffer
             # (253 mmap/munmap pairs per cold 256 MiB read, strace); all N stay once started.
@@ -299,6 +307,14 @@ class Daemon:
         if left:
             log.warning("%d file(s) not yet uploaded stay staged for the next mount of %s: %s",
                         len(left), self.cfg.cache_dir, ", ".join(left[:10]))
+
+    async def _check_shared(self) -> None:
+        """The shared tier is best-effort: a bucket it cannot use is a warning, never a failed mount."""
+        assert self.shared is not None
+        try:
+            await trio.to_thread.run_sync(self.shared.store.check_bucket, self.shared.prefix)
+        except UserError as e:
+            log.warning("shared cache %s: %s (blocks come from the origin while it fails)", self.cfg.shared_cache, e)
 
     async def _tune_kernel(self) -> None:
         try:
@@ -331,6 +347,8 @@ class Daemon:
             self.writeback.close()
             self.meta.close()
             self.store.close()
+            if self.shared is not None:
+                self.shared.store.close()
             mounts.unregister(self.cfg.mountpoint)
             try:
                 os.unlink(os.path.join(cache_dir_of(self.cfg), "cachefs.pid"))

@@ -22,6 +22,7 @@ import trio
 from cachefs import metrics, supervise
 from cachefs.blocks import block_count, block_key, block_range, blocks_for
 from cachefs.cache.base import BlockCache
+from cachefs.cache.shared import SharedTier
 from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import Inode
 from cachefs.reader import pieces
@@ -112,6 +113,8 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         # The order a job said it will read in (reader/order.py); 0 window: a share of the cache.
         self.orders = OrderPrefetcher(self, prefetch_window, prefetch_concurrency)
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
+        # The shared tier below this node's tiers (--shared-cache; cache/shared.py), set by the daemon.
+        self.shared: SharedTier | None = None
 
     @property
     def read_ahead_blocks(self) -> int:
@@ -315,8 +318,8 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
 
     async def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
         """The cache tiers (they count their hits: memory on this thread, disk in a worker thread),
-        the block's cached pieces, else a ranged GET (a sequential stream's block is cached on disk
-        only: TieredCache.put)."""
+        the block's cached pieces, the shared tier, else a ranged GET (a sequential stream's block is
+        cached on disk only: TieredCache.put), which the shared tier is then offered in the background."""
         data = self.cache.get_nowait(bkey)
         if data is not None:
             return data
@@ -325,14 +328,29 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
             if found is not None:
                 return memoryview(found)
         assembled = await self._block_from_pieces(inode, index, bkey) if self.piece_size else None
+        shared = self.shared.block_id(self.bucket, key, inode.etag, self.block_size, index) \
+            if self.shared is not None and inode.etag else None
         if assembled is not None:
             await self._put(bkey, assembled, memory=not stream)
+            self._offer_shared(shared, assembled)
             return assembled
         self.stats.add("cache_misses")
         start, end = block_range(index, self.block_size, inode.size)
+        if shared is not None:
+            assert self.shared is not None
+            found = await self.shared.get(shared, end - start)     # None: a miss, or the tier failed
+            if found is not None:
+                await self._put(bkey, found, memory=not stream)
+                return found
         fetched = await self._get(key, start, end, inode.etag or None)
         await self._put(bkey, fetched, memory=not stream)
+        self._offer_shared(shared, fetched)
         return memoryview(fetched)
+
+    def _offer_shared(self, block, data: bytes | memoryview) -> None:
+        """A block this node got from the origin goes to the shared tier, queued (never waited for)."""
+        if block is not None and self.shared is not None:
+            self.shared.offer(block, data)
 
     async def _get(self, key: str, start: int, end: int, etag: str | None) -> bytes | memoryview:
         """A whole block's GET (a seam for tests counting fetches)."""

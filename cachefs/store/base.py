@@ -85,6 +85,15 @@ class ObjectStore(abc.ABC):
     def put_object(self, key: str, data: bytes | memoryview, metadata: dict[str, str] | None = None) -> str:
         """Store `data` under `key` in one request, with user `metadata` (x-amz-meta-*); returns the new ETag."""
 
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        """Store `data` under `key` unless the key exists: True if stored, False if it was there.
+        This default is a HEAD then a PUT (two writers may both store); S3Store sends one conditional
+        PUT (`If-None-Match: *`) where the store honours it, MemoryStore decides under its lock."""
+        if self.head(key) is not None:
+            return False
+        self.put_object(key, data)
+        return True
+
     @abc.abstractmethod
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         """Start a multipart upload (the object gets user `metadata`); returns its upload id."""

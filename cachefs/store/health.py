@@ -46,8 +46,10 @@ PROBE_POLL_S = 0.01
 
 class OutageBreaker:
     def __init__(self, where: str, threshold: int = FAIL_THRESHOLD, probe_interval: float = PROBE_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic, probe_wait: float = PROBE_WAIT_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, probe_wait: float = PROBE_WAIT_S,
+                 consequence: str = "reads of uncached data fail at once") -> None:
         self.where = where
+        self.consequence = consequence      # what an outage means, for its log line
         self.threshold = threshold
         self.probe_interval = probe_interval
         self.probe_wait = probe_wait
@@ -149,6 +151,6 @@ class OutageBreaker:
             self._down_since = self.clock()
             self._next_probe = self._down_since + self.probe_interval
             self.outages += 1
-        log.warning("S3 endpoint %s unreachable (%d requests in a row failed; last: %s): reads of "
-                    "uncached data fail at once until it answers again (probed every %.0f s)",
-                    self.where, self.threshold, error, self.probe_interval)
+        log.warning("S3 endpoint %s unreachable (%d requests in a row failed; last: %s): %s until it "
+                    "answers again (probed every %.0f s)",
+                    self.where, self.threshold, error, self.consequence, self.probe_interval)

@@ -51,6 +51,15 @@ class MemoryStore(ObjectStore):
         self.stats.add("s3_put")
         return self.put(key, bytes(data), metadata).etag
 
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        with self._lock:
+            if key in self._objects:
+                return False
+            self._objects[key] = (bytes(data), ObjectInfo(key, len(data), f'"{xxhash.xxh64_hexdigest(data)}"',
+                                                          time.time_ns(), {}))
+        self.stats.add("s3_put")
+        return True
+
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         with self._lock:
             self._uploads[upload_id := f"u{len(self._uploads) + 1}"] = (key, {})

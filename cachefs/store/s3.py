@@ -103,6 +103,7 @@ class S3Store(TrioReads, ObjectStore):
         elif engine != "boto3":
             raise ValueError(f"unknown S3 engine {engine!r}")
         self._retries_metric = metrics.S3_RETRIES
+        self._conditional_put = True       # put_if_absent's If-None-Match, until the store says 501
 
     @property
     def where(self) -> str:
@@ -284,6 +285,33 @@ class S3Store(TrioReads, ObjectStore):
         r = self._call("s3_put", key, self.client.put_object, Body=bytes(data), **extra)
         self.stats.add("s3_put_bytes", len(data))
         return str(r["ETag"])
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        """One PUT with `If-None-Match: *` (AWS S3, MinIO, Ceph RGW, moto honour it): False on a 412
+        (the key exists) or a 409 (a concurrent conditional PUT of the key won). A store that does not
+        implement the header (501) gets plain PUTs from then on: last writer wins, same bytes."""
+        if self._conditional_put:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*")
+            except bce.ClientError as e:
+                status, code = http_status(e), error_code(e)
+                if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                if status != 501 and code != "NotImplemented":
+                    self.stats.add("s3_write_errors")
+                    raise self._translate(e, key) from e
+                log.info("%s does not support conditional PUTs (If-None-Match): plain PUTs from now on",
+                         self.where)
+                self._conditional_put = False
+            except NETWORK_ERRORS as e:
+                self.stats.add("s3_write_errors")
+                raise self._translate(e, key) from e
+            else:
+                self.stats.add("s3_put")
+                self.stats.add("s3_put_bytes", len(data))
+                return True
+        self.put_object(key, data)
+        return True
 
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         extra = {"Metadata": metadata} if metadata else {}

@@ -1,0 +1,171 @@
+"""The shared cache tier (cache/shared.py) over the in-memory store: naming, framing and verification,
+the best-effort read (misses, corruption, errors, deadline, breaker), the bounded write queue and
+conditional writes. The real-mount tests with two daemons: tests/test_mount_shared_cache.py."""
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from cachefs.cache.shared import HEADER, BlockId, SharedTier, frame, framed_size, object_name, unframe
+from cachefs.errors import StoreUnavailable
+from cachefs.stats import Stats
+from cachefs.store.faults import FaultyStore
+from cachefs.store.memory import MemoryStore
+
+BLOCK = BlockId("http://origin:9000", "data", "train/shard-0", '"etag-1"', 4 << 20, 3)
+BODY = bytes(range(256)) * 1000
+
+
+def tier(store=None, **kw) -> tuple[SharedTier, MemoryStore, Stats]:
+    mem = MemoryStore("shared")
+    stats = Stats()
+    return SharedTier(store or mem, "cache/", "http://origin:9000", stats, **kw), mem, stats
+
+
+def name_of(block: BlockId) -> str:
+    return object_name("cache/", block.encode())
+
+
+def test_identity_names_and_frames():
+    ident = BLOCK.encode()
+    assert name_of(BLOCK).startswith("cache/v1/")
+    for field in ("origin", "bucket", "key", "etag", "block_size", "index"):
+        other = BlockId(**{**BLOCK.__dict__, field: getattr(BLOCK, field) * 2 if field != "index" else 4})
+        assert name_of(other) != name_of(BLOCK), field
+    raw = frame(ident, BODY)
+    assert len(raw) == framed_size(ident, len(BODY)) == HEADER.size + len(ident) + len(BODY)
+    assert bytes(unframe(ident, raw, len(BODY))) == BODY
+    assert unframe(ident, raw[:-1], len(BODY)) == "truncated (255999 of 256000 body bytes)"
+    assert unframe(ident, raw[:10], len(BODY)).startswith("truncated")
+    assert unframe(BlockId(**{**BLOCK.__dict__, "index": 4}).encode(), raw, len(BODY)) == "another block's identity"
+    flipped = bytearray(raw)
+    flipped[-1] ^= 1
+    assert unframe(ident, flipped, len(BODY)) == "checksum mismatch"
+    assert unframe(ident, b"x" * len(raw), len(BODY)) == "not a cachefs shared block"
+
+
+def test_miss_then_write_then_hit():
+    shared, mem, stats = tier()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(shared.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await shared.get(BLOCK, len(BODY)) is None
+            assert shared.offer(BLOCK, BODY)
+            while shared.queued:
+                await trio.sleep(0.01)
+            got = await shared.get(BLOCK, len(BODY))
+            assert got is not None and bytes(got) == BODY
+            n.cancel_scope.cancel()
+    trio.run(main)
+    s = stats.snapshot()
+    assert (s["shared_cache_misses"], s["shared_cache_hits"], s["shared_cache_bytes"]) == (1, 1, len(BODY))
+    assert s["shared_cache_writes"] == 1 and s["shared_cache_write_bytes"] == len(BODY)
+    assert mem.keys("cache/v1/") == [name_of(BLOCK)]
+
+
+def test_a_second_writer_of_the_same_block_writes_nothing():
+    shared, mem, stats = tier()
+    ident = BLOCK.encode()
+
+    async def main():
+        assert await shared.write(name_of(BLOCK), ident, BODY) is True
+        assert await shared.write(name_of(BLOCK), ident, b"other bytes" * 10) is False
+    trio.run(main)
+    assert stats.get("shared_cache_write_conflicts") == 1
+    assert bytes(unframe(ident, mem.body(name_of(BLOCK)), len(BODY))) == BODY
+
+
+def _bad_object_is_a_miss_and_deleted(raw: bytes, length: int = len(BODY)) -> None:
+    shared, mem, stats = tier()
+    mem.put(name_of(BLOCK), raw)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(shared.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await shared.get(BLOCK, length) is None
+            while shared.queued:
+                await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+    trio.run(main)
+    assert stats.get("shared_cache_corrupt") == 1 and stats.get("shared_cache_misses") == 1
+    assert stats.get("shared_cache_hits") == 0
+    assert mem.body(name_of(BLOCK)) is None, "the bad object is deleted"
+
+
+def test_corrupt_object_is_a_miss_and_deleted():
+    raw = bytearray(frame(BLOCK.encode(), BODY))
+    raw[len(raw) // 2] ^= 0xFF
+    _bad_object_is_a_miss_and_deleted(bytes(raw))
+
+
+def test_truncated_object_is_a_miss_and_deleted():
+    _bad_object_is_a_miss_and_deleted(frame(BLOCK.encode(), BODY)[:-1000])
+
+
+def test_foreign_block_under_the_name_is_a_miss_and_deleted():
+    other = BlockId(**{**BLOCK.__dict__, "etag": '"etag-2"'})
+    _bad_object_is_a_miss_and_deleted(frame(other.encode(), BODY))
+
+
+def test_errors_are_misses_and_three_in_a_row_make_the_tier_down():
+    sent = []
+
+    def rule(op, key, n):
+        sent.append(op)
+        return StoreUnavailable("boom") if op == "get" else None
+    failing = FaultyStore(MemoryStore("shared"), rule)
+    shared, _, stats = tier(failing)
+
+    async def main():
+        for i in range(5):      # other blocks: the same one is refused for a second after it failed
+            assert await shared.get(BlockId(**{**BLOCK.__dict__, "index": i}), len(BODY)) is None
+    trio.run(main)
+    assert stats.get("shared_cache_errors") == 5
+    assert sent.count("get") == 3, "down after three: the others are not sent"
+    assert shared.breaker.down and shared.summary()["shared_cache_down"] == 1
+
+
+def test_a_slow_tier_is_given_up_at_the_deadline():
+    slow = FaultyStore(MemoryStore("shared"), lambda op, key, n: 5.0 if op == "get" else None)
+    shared, _, stats = tier(slow, deadline=0.2)
+
+    async def main():
+        t0 = trio.current_time()
+        assert await shared.get(BLOCK, len(BODY)) is None
+        return trio.current_time() - t0
+    took = trio.run(main)
+    assert took < 1.0, took
+    assert stats.get("shared_cache_errors") == 1
+
+
+def test_a_full_queue_skips_and_counts():
+    shared, _, stats = tier(queue_bytes=len(BODY) * 2)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(shared.run)
+            await trio.testing.wait_all_tasks_blocked()
+            offered = [shared.offer(BlockId(**{**BLOCK.__dict__, "index": i}), BODY) for i in range(5)]
+            assert offered == [True, True, False, False, False]
+            assert shared.summary()["shared_cache_queue_depth"] == 2
+            n.cancel_scope.cancel()
+    trio.run(main)
+    assert stats.get("shared_cache_write_skipped") == 3
+
+
+def test_fill_writes_once():
+    shared, mem, stats = tier()
+    fetched = []
+
+    async def fetch():
+        fetched.append(1)
+        return BODY
+
+    async def main():
+        assert await shared.fill(BLOCK, len(BODY), fetch) is True
+        assert await shared.fill(BLOCK, len(BODY), fetch) is False
+    trio.run(main)
+    assert len(fetched) == 1 and stats.get("shared_cache_writes") == 1
