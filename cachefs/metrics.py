@@ -108,6 +108,7 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
 }
 STATS_GAUGES: dict[str, tuple[str, str]] = {
     "cachefs_uploads_pending": ("uploads_pending", "files written locally and not yet uploaded"),
+    "cachefs_s3_down": ("s3_down", "1 while the outage breaker holds the S3 endpoint for unreachable"),
     "cachefs_uploads_pending_bytes": ("uploads_pending_bytes", "bytes waiting for upload"),
     "cachefs_uploads_oldest_age_seconds": ("uploads_oldest_age_s", "age of the oldest pending upload"),
     "cachefs_order_ahead_bytes": ("order_ahead_bytes", "bytes an order prefetch fetched that the reader "
