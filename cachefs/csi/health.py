@@ -70,17 +70,17 @@ def probe(target: str, timeout: float = STATFS_TIMEOUT_S) -> tuple[str, Usage | 
         return ALIVE, None, f"statfs on the mount failed: {e.strerror or e}"
 
 
-def problems_in_stats(stats: dict, upload_stuck_s: float = UPLOAD_STUCK_S) -> list[str]:
+def problems_in_stats(snap: dict, upload_stuck_s: float = UPLOAD_STUCK_S) -> list[str]:
     """What the daemon's own counters say is wrong, one phrase each (empty: nothing)."""
     out = []
-    if stats.get("s3_down"):
-        out.append(f"S3 is unreachable ({stats.get('source', 'the endpoint')}: the outage breaker is open; "
+    if snap.get("s3_down"):
+        out.append(f"S3 is unreachable ({snap.get('source', 'the endpoint')}: the outage breaker is open; "
                    "cached data is served, uncached reads fail with EIO)")
-    age = float(stats.get("uploads_oldest_age_s") or 0)
-    if stats.get("uploads_pending") and stats.get("upload_failures") and age > upload_stuck_s:
-        out.append(f"uploads are failing: {stats['uploads_pending']} file(s) pending, the oldest for {age:.0f} s "
-                   f"({stats['upload_failures']} failed attempts)")
-    for tier, info in sorted((stats.get("tiers") or {}).items()):
+    age = float(snap.get("uploads_oldest_age_s") or 0)
+    if snap.get("uploads_pending") and snap.get("upload_failures") and age > upload_stuck_s:
+        out.append(f"uploads are failing: {snap['uploads_pending']} file(s) pending, the oldest for {age:.0f} s "
+                   f"({snap['upload_failures']} failed attempts)")
+    for tier, info in sorted((snap.get("tiers") or {}).items()):
         dirs = (info or {}).get("dirs") or {}
         down = sorted(d for d, state in dirs.items() if state != "up")
         if down and len(down) == len(dirs):
@@ -99,10 +99,10 @@ def condition(state: str, stats_of, upload_stuck_s: float = UPLOAD_STUCK_S) -> t
     if state != ALIVE:
         return True, f"the target is not a live cachefs mount ({state})"
     try:
-        stats = stats_of()
+        snap = stats_of()
     except Exception as e:           # noqa: BLE001 - any failure to ask is itself the finding
         return True, f"the cachefs daemon does not answer on its control socket: {getattr(e, 'message', e)}"
-    found = problems_in_stats(stats, upload_stuck_s)
+    found = problems_in_stats(snap, upload_stuck_s)
     if found:
         return True, "; ".join(found)
     return False, "mounted; S3 reachable; uploads and cache tiers healthy"
