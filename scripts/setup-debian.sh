@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv fio s3fs rclone libxxhash-dev)
+# prometheus: for its promtool, which checks and unit-tests the Helm chart's alert rules (tests/csi);
+# the server it also ships is not wanted and is stopped below.
+PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv fio s3fs rclone libxxhash-dev prometheus)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,6 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "cachefs setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true   # only promtool is used
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

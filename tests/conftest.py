@@ -27,7 +27,7 @@ SCENARIO_FILES = {"test_reliability_stress.py", "test_fsrand.py", "test_reliabil
 SCENARIO_PREFIXES = ("test_bench_",)
 # Chart rendering and schema checks, all in this process. The other tests/csi files start the CSI
 # server, the mounter, daemons or the CLI as processes (and most need moto).
-CSI_UNIT_FILES = {"test_helm.py"}
+CSI_UNIT_FILES = {"test_helm.py", "test_helm_monitoring.py"}
 # Fixtures that start an S3 server: no test of a fast tier may use one.
 _SERVER_FIXTURES = {"moto_server", "auth_moto"}
 

@@ -35,6 +35,8 @@ def add_subcommands(sub) -> None:
     c.add_argument("--metrics-port-base", type=int, default=0,
                    help="node: give the i-th mount's exporter port BASE+i (0: the daemons' default)")
     c.add_argument("--metrics-ports", type=int, default=8, help="node: how many such ports")
+    c.add_argument("--unhealthy-upload-age", type=float, default=900.0, metavar="SECONDS",
+                   help="node: pending uploads this old, with failed attempts, make a volume's condition abnormal")
     c.add_argument("--warm-labels", action="store_true", help="node: maintain warm.cachefs.io/* node labels")
     c.add_argument("--warm-min", default="1GiB", help="smallest warm size that gets a label")
     c.add_argument("--warm-max-labels", type=int, default=16, help="most warm labels on one node")
@@ -105,7 +107,8 @@ def _node_service(args):
         cache_templates=args.cache, cache_size=args.cache_size, endpoint_url=args.endpoint_url,
         region=args.region, addressing_style=args.addressing_style, max_volumes=args.max_volumes,
         metrics_port_base=args.metrics_port_base, metrics_ports=args.metrics_ports,
-        shared_cache_options=args.shared_cache)
+        shared_cache_options=args.shared_cache,
+        upload_stuck_s=args.unhealthy_upload_age)
     try:
         cfg.check()
     except ValueError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 import boto3
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 
 ON_DELETE = ("retain", "delete")
 _META = "cachefs-volume"     # x-amz-meta-cachefs-volume: JSON {name, capacity, on_delete, params}
-_NAME_MAX = 128              # the CSI spec's limit on names and ids a CO must accept
+_NAME_MAX = 128              # the CSI spec's limit on names and ids a CO must accept (bytes)
+# Control characters the spec bans in a CreateVolume name (every other string of <= 128 bytes is allowed).
+_BANNED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -63,8 +66,8 @@ class ControllerService(rpc.ControllerServicer):
     @rpc_method
     def CreateVolume(self, request, context):
         require(request, "name")
-        if len(request.name) > _NAME_MAX or "/" in request.name:
-            raise invalid(f"bad volume name {request.name!r} (at most {_NAME_MAX} characters, no '/')")
+        if len(request.name.encode()) > _NAME_MAX or _BANNED.search(request.name):
+            raise invalid(f"bad volume name {request.name!r} (at most {_NAME_MAX} bytes, no control characters)")
         check_capabilities(request.volume_capabilities)
         params = dict(request.parameters)
         if not params.get("bucket"):
@@ -74,7 +77,8 @@ class ControllerService(rpc.ControllerServicer):
             raise invalid(f"onDelete must be one of {', '.join(ON_DELETE)}, got {on_delete!r}")
         options = mount_options(params, extra_allowed=CONTROLLER_KEYS)
         base = params.get("prefixBase", "").strip("/")
-        ds = Dataset.parse(params["bucket"] + "/" + (f"{base}/{request.name}" if base else request.name))
+        leaf = prefix_name(request.name)
+        ds = Dataset.parse(params["bucket"] + "/" + (f"{base}/{leaf}" if base else leaf))
         capacity = _capacity(request.capacity_range)
         record = {"name": request.name, "capacity": capacity, "on_delete": on_delete,
                   "params": hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]}
@@ -124,10 +128,14 @@ class ControllerService(rpc.ControllerServicer):
     # ---- delete
     @rpc_method
     def DeleteVolume(self, request, context):
+        """Only what CreateVolume made is ever deleted: an id that is malformed, names a whole bucket
+        or a prefix without our marker is no volume of ours, and the spec's answer for a volume that
+        does not exist is OK (a provisioner retries anything else for ever). Nothing is touched."""
         require(request, "volume_id")
-        ds = Dataset.parse(request.volume_id)
-        if not ds.prefix:
-            raise invalid("a whole bucket is never a provisioned volume; refusing to delete it")
+        ds = _parse_or_none(request.volume_id)
+        if ds is None or not ds.prefix:
+            log.info("DeleteVolume %r: not a volume this driver provisioned; nothing deleted", request.volume_id)
+            return pb.DeleteVolumeResponse()
         s3 = _s3_client(self.cfg, dict(request.secrets))
         try:
             record = self._record(s3, ds)
@@ -158,9 +166,9 @@ class ControllerService(rpc.ControllerServicer):
     @rpc_method
     def ValidateVolumeCapabilities(self, request, context):
         require(request, "volume_id", "volume_capabilities")
-        ds = Dataset.parse(request.volume_id)
+        ds = _parse_or_none(request.volume_id)
         s3 = _s3_client(self.cfg, dict(request.secrets))
-        if not self._exists(s3, ds):
+        if ds is None or not self._exists(s3, ds):
             raise not_found(f"volume {request.volume_id} does not exist")
         try:
             for cap in request.volume_capabilities:
@@ -186,6 +194,22 @@ class ControllerService(rpc.ControllerServicer):
         RPC = pb.ControllerServiceCapability.RPC
         return pb.ControllerGetCapabilitiesResponse(capabilities=[
             pb.ControllerServiceCapability(rpc=RPC(type=RPC.CREATE_DELETE_VOLUME))])
+
+
+def prefix_name(name: str) -> str:
+    """The key component a volume's name becomes: itself, unless it cannot be one path segment of a
+    prefix ('/', '.', '..': names the spec allows), then a digest of it (the marker keeps the name)."""
+    if "/" in name or name in (".", ".."):
+        return "vol-" + hashlib.sha256(name.encode()).hexdigest()[:40]
+    return name
+
+
+def _parse_or_none(volume_id: str) -> Dataset | None:
+    """The dataset a volume id names, or None when it is not of the form this driver makes."""
+    try:
+        return Dataset.parse(volume_id)
+    except CsiError:
+        return None
 
 
 def _capacity(rng) -> int:

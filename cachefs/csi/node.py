@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cachefs.cache.spec import parse_tier
-from cachefs.csi import TOPOLOGY_NODE_KEY
+from cachefs.csi import TOPOLOGY_NODE_KEY, health
 from cachefs.csi.mounter import ABSENT, ALIVE, DEAD, FOREIGN, Mounter
 from cachefs.csi.mounterd import MounterUnavailable
 from cachefs.csi.proto import pb, rpc
@@ -29,6 +29,7 @@ from cachefs.errors import UserError
 from cachefs.mounts import canonical
 
 log = logging.getLogger(__name__)
+Mode = pb.VolumeCapability.AccessMode.Mode
 
 
 @dataclass
@@ -52,6 +53,8 @@ class NodeConfig:
     # NAME=VALUE shared_cache* options for every mount: the node's shared cache tier (its endpoint and
     # credentials file are the node's, like the cache tiers: never a volume's to choose).
     shared_cache_options: list[str] = field(default_factory=list)
+    # Pending uploads this old, with failed attempts, make NodeGetVolumeStats report the volume abnormal.
+    upload_stuck_s: float = health.UPLOAD_STUCK_S
 
     def tiers_for(self, slot: str) -> list[str]:
         return [t.replace("{slot}", slot) for t in self.cache_templates]
@@ -120,7 +123,8 @@ class NodeService(rpc.NodeServicer):
         target = canonical(request.target_path)
         read_only = is_read_only(request.volume_capability, request.readonly)
         pub = Publication(request.volume_id, target, ds.volume_id, slot="", readonly=read_only,
-                          options=options, has_secrets=bool(request.secrets))
+                          options=options, has_secrets=bool(request.secrets),
+                          access_mode=request.volume_capability.access_mode.mode)
         with self._exclusive(target):
             self._publish(pub, ds, dict(request.secrets))
         return pb.NodePublishVolumeResponse()
@@ -132,11 +136,14 @@ class NodeService(rpc.NodeServicer):
         if st == FOREIGN:
             raise already_exists(f"{target} already has another filesystem mounted")
         if st in (ALIVE, DEAD):
-            if old is None or old.fingerprint() != pub.fingerprint():
-                raise already_exists(f"{target} is already published with a different volume or options")
+            if old is None or old.fingerprint() != pub.fingerprint() or (
+                    old.access_mode and old.access_mode != pub.access_mode):
+                raise already_exists(f"{target} is already published with a different volume, access mode "
+                                     f"or options")
             if st == ALIVE:
                 return                          # the same request again: nothing to do
             self.mounter.unmount(target)        # dead: clear it and mount again below
+        self._check_single_writer(pub)
         pub.slot = old.slot if old and old.dataset == pub.dataset else self._claim_slot(ds)
         os.makedirs(target, exist_ok=True)
         pub.argv = self._mount_argv(pub, ds)
@@ -151,12 +158,25 @@ class NodeService(rpc.NodeServicer):
             raise invalid(str(e)) from None
         except UserError as e:
             self.state.remove(target)
+            if "does not exist" in str(e):       # `cachefs mount`: "bucket 'x' does not exist at ..."
+                raise not_found(f"volume {pub.volume_id}: {e}") from None
             raise internal(f"mounting {ds.url} on {target} failed: {e}") from None
         except MounterUnavailable:
             self.state.remove(target)
             raise
         log.info("published %s (%s) on %s, %s, cache slot %s", pub.volume_id, ds.url, target,
                  "read-only" if pub.readonly else "read-write", pub.slot)
+
+    def _check_single_writer(self, pub: Publication) -> None:
+        """SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) is published at one target at a time: a second
+        target is FAILED_PRECONDITION, as the spec asks. SINGLE_NODE_WRITER (ReadWriteOnce) is not held
+        to it: Kubernetes lets several pods of one node share such a volume (docs/KUBERNETES.md)."""
+        single = Mode.SINGLE_NODE_SINGLE_WRITER
+        for other in self.state.all():
+            if other.volume_id == pub.volume_id and other.target_path != pub.target_path and \
+                    single in (other.access_mode, pub.access_mode):
+                raise failed_precondition(f"volume {pub.volume_id} is SINGLE_NODE_SINGLE_WRITER and already "
+                                          f"published at {other.target_path}")
 
     def _claim_slot(self, ds) -> str:
         in_use = {p.slot for p in self.state.all()}
@@ -227,10 +247,40 @@ class NodeService(rpc.NodeServicer):
             log.warning("left %s in place: %s", target, e.strerror)
         log.info("unpublished %s from %s", volume_id, target)
 
+    # ---- health
+    @rpc_method
+    def NodeGetVolumeStats(self, request, context):
+        """statfs of the mount and its condition (cachefs.csi.health); NOT_FOUND unless this node
+        published `volume_id` at `volume_path`."""
+        require(request, "volume_id", "volume_path")
+        target = canonical(request.volume_path)
+        pub = self.state.load(target)
+        if pub is None or pub.volume_id != request.volume_id or not os.path.lexists(target):
+            raise not_found(f"volume {request.volume_id} is not published at {target}")
+        state, usage, problem = health.probe(target)
+        if problem:
+            abnormal, message = True, problem
+        else:
+            abnormal, message = health.condition(state, lambda: self.mounter.stats(target),
+                                                 self.cfg.upload_stuck_s)
+        if abnormal:
+            log.warning("volume %s at %s is abnormal: %s", request.volume_id, target, message)
+        Unit = pb.VolumeUsage.Unit
+        out = pb.NodeGetVolumeStatsResponse(volume_condition=pb.VolumeCondition(abnormal=abnormal, message=message))
+        if usage is not None:
+            out.usage.append(pb.VolumeUsage(unit=Unit.BYTES, total=usage.total_bytes,
+                                            available=usage.available_bytes, used=usage.used_bytes))
+            out.usage.append(pb.VolumeUsage(unit=Unit.INODES, total=usage.total_inodes,
+                                            available=usage.free_inodes, used=usage.used_inodes))
+        return out
+
     # ---- info
     @rpc_method
     def NodeGetCapabilities(self, request, context):
-        return pb.NodeGetCapabilitiesResponse()   # no staging, no stats: publish does it all
+        # No staging (publish does it all); stats and the volume's condition (NodeGetVolumeStats).
+        RPC = pb.NodeServiceCapability.RPC
+        return pb.NodeGetCapabilitiesResponse(capabilities=[
+            pb.NodeServiceCapability(rpc=RPC(type=t)) for t in (RPC.GET_VOLUME_STATS, RPC.VOLUME_CONDITION)])
 
     @rpc_method
     def NodeGetInfo(self, request, context):

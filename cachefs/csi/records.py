@@ -26,6 +26,7 @@ class Publication:
     argv: list[str] = field(default_factory=list)   # the `cachefs mount` arguments; no secrets
     has_secrets: bool = False
     metrics_port: int = 0
+    access_mode: int = 0    # VolumeCapability.AccessMode.Mode; 0 in records written before it was kept
 
     def fingerprint(self) -> tuple:
         """What must match for a repeated NodePublishVolume to be the same publication."""

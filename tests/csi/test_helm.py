@@ -2,6 +2,7 @@
 sets, linted, and every manifest validated against the Kubernetes schema (kubernetes-validate)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import helm_python as helm
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "cachefs"
 EXAMPLES = REPO / "helm" / "examples"
 K8S_VERSION = "1.30"
-CRD_KINDS = {"ServiceMonitor"}     # no schema in kubernetes-validate: checked by hand below
+# No schema in kubernetes-validate: checked by hand below (a PrometheusRule's groups also by
+# `promtool check rules`, test_helm_monitoring.py).
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 VALUE_SETS = {
     "default": None,
@@ -26,7 +29,10 @@ VALUE_SETS = {
                            {"name": "scratch", "kind": "hdd", "size": "2TiB", "emptyDir": {"sizeLimit": "2Ti"}}],
                  "nodeSelector": {"nvidia.com/gpu.present": "true"}, "maxVolumes": 4},
         "warmLabels": {"enabled": False},
-        "metrics": {"ports": 4, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {"ports": 4, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Storage"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "uploadBacklogMinutes": 45,
+                                       "kubeletSelector": 'namespace=~"ml-.*"'}},
         "storageClasses": [
             {"name": "datasets", "default": True, "bucket": "datasets", "prefixBase": "",
              "onDelete": "retain", "reclaimPolicy": "Retain", "secret": {"name": "s3-ro", "namespace": "ml"},
@@ -53,10 +59,28 @@ def render(values) -> list[dict]:
 
 
 def validate(doc: dict) -> None:
+    if doc["kind"] == "PrometheusRule":
+        validate_prometheus_rule(doc)
+        return
     if doc["kind"] in CRD_KINDS:
         assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]["endpoints"]
         return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def validate_prometheus_rule(doc: dict) -> None:
+    """The Prometheus Operator's CRD schema for what the chart uses: spec.groups[] of {name, rules[]},
+    each rule an alert (or record) with a string expr, a duration `for`, string labels/annotations."""
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(doc["spec"]) == {"groups"} and doc["spec"]["groups"]
+    for group in doc["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"} and group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}, rule
+            assert ("alert" in rule) != ("record" in rule) and isinstance(rule["expr"], str)
+            assert re.fullmatch(r"(\d+[smhdwy])+", rule.get("for", "0s")), rule
+            for key in ("labels", "annotations"):
+                assert all(isinstance(k, str) and isinstance(v, str) for k, v in rule.get(key, {}).items())
 
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))

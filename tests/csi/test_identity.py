@@ -32,7 +32,8 @@ def test_node_info_carries_the_node_name_as_topology(csi_server):
     assert info.node_id == "node-a"
     assert dict(info.accessible_topology.segments) == {TOPOLOGY_NODE_KEY: "node-a"}
     caps = csi_server.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest())
-    assert list(caps.capabilities) == []      # publish only: no staging, no stats
+    RPC = pb.NodeServiceCapability.RPC       # publish only (no staging); stats and volume condition
+    assert [c.rpc.type for c in caps.capabilities] == [RPC.GET_VOLUME_STATS, RPC.VOLUME_CONDITION]
 
 
 def test_controller_capabilities(csi_server):
