@@ -48,7 +48,10 @@ class Order:
         self.scope = trio.CancelScope()    # the whole order: cancelled when replaced
         self.fetching: dict[int, tuple[trio.CancelScope, list]] = {}   # position -> scope, its flights
         self.misses = 0
-        self.waiting: set[int] = set()     # positions resolved, waiting for the window
+        # Positions resolved and waiting for the window, each with its wake-up: only the first of them
+        # may go next, so a change wakes that one, not all (64 wake-ups per change cost more daemon
+        # CPU per file than the epoch could spare: docs/BENCHMARKS.md "Issue 18").
+        self.waiting: dict[int, trio.Event] = {}
         self._changed = trio.Event()
 
     @property
@@ -56,9 +59,11 @@ class Order:
         return self.misses < MISS_LIMIT
 
     def changed(self) -> None:
-        """Wake the runner and the fetches waiting for the window, paths or the reader."""
+        """Wake the runner and the first fetch waiting for the window, paths or the reader."""
         self._changed.set()
         self._changed = trio.Event()
+        if self.waiting:
+            self.waiting[min(self.waiting)].set()
 
     async def wait_change(self, timeout: float = ROOM_POLL_S) -> None:
         with trio.move_on_after(timeout):
@@ -241,14 +246,18 @@ class OrderPrefetcher:
             progress.done(pos)             # never fits: the reader fetches it itself
             return
         # The window goes to the waiting positions in order: a later, smaller file does not go first.
-        order.waiting.add(pos)
+        order.waiting[pos] = trio.Event()
         try:
             while not (pos == min(order.waiting) and progress.fits(inode.size) and self._admits(inode.size)):
-                await order.wait_change()
+                with trio.move_on_after(ROOM_POLL_S):
+                    await order.waiting[pos].wait()
+                order.waiting[pos] = trio.Event()
                 if progress.is_passed(pos):
                     return
+            if progress.is_passed(pos):        # passed while it was resolved: the reader has it
+                return
         finally:
-            order.waiting.discard(pos)
+            del order.waiting[pos]
             order.changed()
         progress.start(pos, inode.size)
         order.changed()
