@@ -126,6 +126,10 @@ STATS_GAUGES: dict[str, tuple[str, str]] = {
     "cachefs_s3_down": ("s3_down", "1 while the outage breaker holds the S3 endpoint for unreachable"),
     "cachefs_uploads_pending_bytes": ("uploads_pending_bytes", "bytes waiting for upload"),
     "cachefs_uploads_oldest_age_seconds": ("uploads_oldest_age_s", "age of the oldest pending upload"),
+    "cachefs_uploads_pending_small": ("uploads_pending_small", "small files (--small-file-threshold) not yet uploaded"),
+    "cachefs_uploads_pending_large": ("uploads_pending_large", "large files not yet uploaded"),
+    "cachefs_uploads_oldest_age_small_seconds": ("uploads_oldest_age_small_s", "age of the oldest pending small file"),
+    "cachefs_uploads_oldest_age_large_seconds": ("uploads_oldest_age_large_s", "age of the oldest pending large file"),
     "cachefs_order_ahead_bytes": ("order_ahead_bytes", "bytes an order prefetch fetched that the reader "
                                   "has not reached yet (the window in use)"),
     "cachefs_order_streams": ("order_streams", "orders held (one per stream: a rank of a distributed job)"),

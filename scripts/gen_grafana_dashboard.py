@@ -127,6 +127,15 @@ def build() -> dict:
     d.panel("Oldest pending upload", "Age of the oldest file waiting for its upload, per dataset "
             "(alert: CachefsUploadBacklog).",
             [(f"max by (source) (cachefs_uploads_oldest_age_seconds{MINE}{JOIN})", "{{source}}")], unit="s")
+    d.panel("Write-back queue by file class", "Files not yet uploaded, small (at most --small-file-threshold: "
+            "uploaded whole) and large (multipart), per dataset.",
+            [(f"sum by (source) (cachefs_uploads_pending_small{MINE}{JOIN})", "small {{source}}"),
+             (f"sum by (source) (cachefs_uploads_pending_large{MINE}{JOIN})", "large {{source}}")])
+    d.panel("Oldest pending upload by file class", "Age of the oldest small and large file waiting for its upload, "
+            "per dataset.",
+            [(f"max by (source) (cachefs_uploads_oldest_age_small_seconds{MINE}{JOIN})", "small {{source}}"),
+             (f"max by (source) (cachefs_uploads_oldest_age_large_seconds{MINE}{JOIN})", "large {{source}}")],
+            unit="s")
     d.panel("Background failures", "Background units of work that failed (logged; retried or abandoned; the mount "
             "goes on), by task, and failed upload attempts.",
             [(f"sum by (task) (increase(cachefs_background_failures_total{MINE}{RATE}))", "{{task}}"),

@@ -34,6 +34,9 @@ def test_writes_during_outage_stay_staged_and_upload_after(mounter, make_bucket,
         assert wait_until(lambda: m.stats()["upload_failures"] >= 2, 30), m.stats()
         stats = m.stats()
         assert stats["uploads_pending"] == 2 and stats["uploads_pending_bytes"] == len(big) + 26
+        # one of each upload class (--small-file-threshold 1MiB), both waiting since the outage began
+        assert stats["uploads_pending_small"] == 1 and stats["uploads_pending_large"] == 1, stats
+        assert 0 < stats["uploads_oldest_age_large_s"] <= stats["uploads_oldest_age_s"], stats
         res = run_cachefs(["umount", str(m.path), "--timeout", "2"], m.env)
         assert res.returncode == 1 and "still not uploaded" in res.stderr and "big.bin" in res.stderr, res.describe()
         assert (m.path / "big.bin").stat().st_size == len(big)        # still mounted and serving

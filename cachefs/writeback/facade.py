@@ -124,9 +124,17 @@ class Writeback:
         dict's values is one step under the GIL, so no iteration races with the trio thread)."""
         now = time.monotonic()
         dirty = [st for st in list(self.files.values()) if st.dirty]
+        limit = self.scheduler.small_file_threshold
+        by_class = {"small": [st for st in dirty if st.size <= limit], "large": [st for st in dirty if st.size > limit]}
+        per_class: dict[str, float] = {}
+        for name, files in by_class.items():    # the two upload classes (--small-file-threshold)
+            per_class[f"uploads_pending_{name}"] = len(files)
+            per_class[f"uploads_oldest_age_{name}_s"] = round(max((now - st.first_dirty for st in files),
+                                                                  default=0.0), 3)
         return {"uploads_pending": len(dirty),
                 "uploads_pending_bytes": sum(st.size for st in dirty),
                 "uploads_oldest_age_s": round(max((now - st.first_dirty for st in dirty), default=0.0), 3),
+                **per_class,
                 "staging_bytes": self.staging.staged_bytes,
                 "staging_retained_bytes": sum(st.size for st in list(self.staging.retained.values()))}
 
