@@ -228,31 +228,32 @@ def test_background_listings_are_bounded_mount_wide(world):
     _populate(store, dirs=n, files=3)
     started = []
     relist = ns._relist
+    gate: list[trio.Event] = []
 
-    def slow_relist(directory):
+    async def held_relist(directory):
         started.append(directory.path)
         assert ns._background <= MAX_BACKGROUND_LISTINGS
-        return relist(directory)
-    ns._relist = slow_relist
+        if gate:
+            await gate[0].wait()                        # hold every listing open
+        return await relist(directory)
+    ns._relist = held_relist
 
     async def main():
         dirs = [await ns.lookup(ROOT_INO, f"c{d}".encode()) for d in range(n)]
         await settle(ns)
         started.clear()
-        gate = trio.Event()
-        orig = ns.run_blocking
-
-        async def gated(fn, *args):
-            if fn is slow_relist:
-                await gate.wait()                       # hold every listing open
-            return await orig(fn, *args)
-        ns.run_blocking = gated
+        gate.append(trio.Event())
         async with trio.open_nursery() as nursery:
             for d in dirs:
                 nursery.start_soon(ns.lookup, d.ino, b"000.jpg")
-            await trio.testing.wait_all_tasks_blocked()
+            # a task waiting for a worker thread counts as blocked: wait until the held listings
+            # are all there, then for everything else to settle, and check none went past the bound
+            with trio.fail_after(10):
+                while len(started) < MAX_BACKGROUND_LISTINGS:
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
             assert ns._background == MAX_BACKGROUND_LISTINGS
-            gate.set()
+            gate[0].set()
         await settle(ns)
         assert ns._background == 0 and not ns._listing
     trio.run(main)
