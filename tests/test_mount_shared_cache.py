@@ -347,12 +347,12 @@ def test_the_claim_path_reads_correctly_when_the_shared_tier_fails(mounter, two_
     pair = [mounter.mount(origin, *args), mounter.mount(origin, *args)]
     assert read_at_once(pair) < 20
     stats = [n.stats() for n in pair]
-    print([{k: v for k, v in s.items() if k.startswith("shared")} for s in stats])
-    assert sum(s["shared_cache_claims_won"] for s in stats) >= 1, stats
+    assert sum(s["shared_cache_claims_won"] for s in stats) >= NBLOCKS // 2, stats     # most, under load
     assert sum(s["shared_cache_claim_waits_served"] for s in stats) == 0
-    t0 = time.monotonic()
-    assert wait_until(lambda: claims_left(s3, shared) == [], 60), "failed claims are released"
-    print("released after", time.monotonic() - t0, [n.stats()["shared_cache_queue_depth"] for n in pair])
+    assert sum(s["shared_cache_write_errors"] for s in stats) >= 1
+    assert wait_until(lambda: claims_left(s3, shared) == [], 15), "failed claims are released"
+    for n in pair:
+        mounter.umount(n)
 
     node = mounter.mount(origin, *args)
     with fault_proxy.outage("blackhole"):

@@ -147,6 +147,7 @@ class SharedTier(ClaimsMixin):
         self._limiter = trio.CapacityLimiter(max(1, writers))
         self.claim_wait = claim_wait              # 0: no claims (concurrent misses all go to the origin)
         self._claim_limiter = trio.CapacityLimiter(CLAIM_THREADS)
+        self._publish_limiter = trio.CapacityLimiter(CLAIM_THREADS)
         self._nursery: trio.Nursery | None = None   # run()'s: claimed blocks are written from there
 
     def block_id(self, bucket: str, key: str, etag: str, block_size: int, index: int) -> BlockId:

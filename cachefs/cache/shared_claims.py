@@ -34,8 +34,9 @@ from cachefs.store.retry import describe
 log = logging.getLogger(__name__)
 
 # A loser of a claim waits this long for the winner's block before fetching it itself. The winner
-# needs one origin GET and one shared PUT: ~0.1-0.5 s for a 4 MiB block behind 20 ms of latency with
-# 4 nodes x 16 fetches at once (bench/shared.py); 2 s leaves room for a loaded origin.
+# needs one origin GET and one shared PUT behind its other fetches: in bench/shared.py (4 nodes on
+# 2 cores, 16 fetches in flight each, 20 ms on the origin) a claimed 4 MiB block took up to about a
+# second to appear, and no wait of 2 s ran out; a wait that runs out costs the origin fetch claims save.
 DEFAULT_CLAIM_WAIT_S = 2.0
 CLAIM_SUFFIX = ".claim"
 CLAIM_BYTES = 128             # the claim's JSON body, padded: read back as one exact range
@@ -49,7 +50,10 @@ STALE_CLAIM_WAITS = 5
 # missed just before the write and whose claim PUT comes just after the delete would otherwise win a
 # claim on a block that exists, and fetch it from the origin again.
 CLAIM_LINGER_S = 1.0
-CLAIM_THREADS = 16            # claim PUTs/GETs/DELETEs in worker threads at once, apart from the writers
+# Worker threads for claim requests (tiny PUTs and DELETEs), and apart for the claimed blocks' writes:
+# a claim queued behind 4 MiB writes would run out of its deadline on a busy node, and a claim that
+# times out sends its block to the origin unclaimed (measured: 27 of 356 claims on the busiest node).
+CLAIM_THREADS = 16
 
 # What a shared-tier read found, besides the body: absent or bad, or the tier failed (counted).
 MISS, ERROR = "miss", "error"
@@ -98,6 +102,7 @@ class ClaimsMixin:
     queued_bytes: int
     _nursery: trio.Nursery | None
     _claim_limiter: trio.CapacityLimiter
+    _publish_limiter: trio.CapacityLimiter
 
     if TYPE_CHECKING:
         async def _read(self, name: str, ident: bytes, length: int) -> memoryview | str: ...
@@ -260,7 +265,7 @@ class ClaimsMixin:
     async def _publish(self, claim: Claim, body: bytes | memoryview) -> None:
         written = False
         try:
-            await self.write(claim.name, claim.ident, body, self._claim_limiter)
+            await self.write(claim.name, claim.ident, body, self._publish_limiter)
             written = True
         except Exception as e:  # noqa: BLE001 - the others find the claim gone, or wait it out
             self.stats.add("shared_cache_write_errors")
