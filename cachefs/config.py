@@ -206,6 +206,8 @@ OPTIONS += (
     Option("shared_cache_queue", _size_min(0), "bytes of blocks waiting for their shared copy; beyond it a block "
            "is not written (0: the tier is read, never written)"),
     Option("shared_cache_writers", _count(1, 64), "shared-tier PUTs in flight per mount"),
+    Option("shared_cache_claim_wait", _duration, "seconds a node waits for the block another node claimed "
+           "(is fetching from the origin for all) before fetching it itself (0: no claims)"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 ENV_PREFIX = "CACHEFS_"
@@ -336,6 +338,8 @@ class Config:
     # 16 blocks of 4 MiB waiting for their shared copy at most; a full queue skips blocks, never waits.
     shared_cache_queue: int = 64 * MiB
     shared_cache_writers: int = 4
+    # Nodes missing a block at once fetch it from the origin once: the others wait this long for it.
+    shared_cache_claim_wait: float = 2.0
     ignored_env: tuple[str, ...] = ()     # CACHEFS_* variables that name no option (not an option)
 
     # -- derived -----------------------------------------------------------------------

@@ -117,6 +117,16 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
                                                  "shared tier: queue full or tier down"),
     "cachefs_shared_cache_write_errors_total": ("shared_cache_write_errors", "shared-tier writes or deletes "
                                                 "that failed"),
+    "cachefs_shared_cache_claims_won_total": ("shared_cache_claims_won", "shared-tier misses this node "
+                                              "claimed and fetched from the origin for all nodes"),
+    "cachefs_shared_cache_claims_lost_total": ("shared_cache_claims_lost", "shared-tier misses another node "
+                                               "had claimed: waited for its block"),
+    "cachefs_shared_cache_claim_waits_served_total": ("shared_cache_claim_waits_served", "waits for another "
+                                                      "node's claimed block that it served"),
+    "cachefs_shared_cache_claim_timeouts_total": ("shared_cache_claim_timeouts", "waits for a claimed block "
+                                                  "that ran out of --shared-cache-claim-wait: origin"),
+    "cachefs_shared_cache_claims_stale_total": ("shared_cache_claims_stale", "stale claims (a dead or stuck "
+                                                "node's) taken over"),
     "cachefs_upload_failures_total": ("upload_failures", "uploads that failed (and will be retried)"),
     "cachefs_metadata_copies_total": ("metadata_copies", "server-side copies onto themselves that replaced an "
                                       "object's metadata (chmod, chown, utimens of an uploaded file)"),

@@ -53,6 +53,11 @@ COUNTERS: dict[str, str] = {
     "shared_cache_write_conflicts": "shared-tier writes another node had made (412 to the conditional PUT)",
     "shared_cache_write_skipped": "blocks not written to the shared tier: its queue was full or it was down",
     "shared_cache_write_errors": "shared-tier writes or deletes that failed",
+    "shared_cache_claims_won": "shared-tier misses this node claimed: it fetched the block from the origin for all",
+    "shared_cache_claims_lost": "shared-tier misses another node had claimed: this node waited for its block",
+    "shared_cache_claim_waits_served": "waits for another node's claimed block that it served (shared hits too)",
+    "shared_cache_claim_timeouts": "waits for a claimed block that ran out of --shared-cache-claim-wait: origin",
+    "shared_cache_claims_stale": "claims found older than 5 claim waits (a dead or stuck node's): taken over",
     # -- the read path --
     "fuse_reads": "FUSE read requests",
     "fuse_read_bytes": "bytes returned to FUSE reads",

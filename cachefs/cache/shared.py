@@ -14,6 +14,10 @@ RGW, S3 Express One Zone), below each node's own tiers and above the origin (doc
 - Writes never slow a reader: `offer` queues a block (bounded in bytes; when full the block is
   skipped and counted) and `run`'s writers PUT it in worker threads with `If-None-Match: *`, so N
   nodes filling the same block store it once (a 412 means another node did: fine).
+- Claims (`acquire`): nodes missing the same block at the same moment fetch it from the origin once.
+  The first to PUT `<block object>.claim` (conditional) fetches and `publish`es the block at once;
+  the others poll the block's object until it appears, within `claim_wait`, then go to the origin
+  themselves. A claim older than STALE_CLAIM_WAITS waits is a dead node's: taken over.
 """
 from __future__ import annotations
 
@@ -28,6 +32,16 @@ import botocore.exceptions as bce
 import trio
 import xxhash
 
+from cachefs.cache.shared_claims import (
+    CLAIM_THREADS,
+    DEFAULT_CLAIM_WAIT_S,
+    ERROR,
+    MISS,
+    Claim,
+    ClaimsMixin,
+    Missing,
+    Truncated,
+)
 from cachefs.errors import ObjectNotFound, StoreError
 from cachefs.stats import Stats
 from cachefs.store.base import ObjectStore
@@ -108,12 +122,13 @@ class _Write:
     body: bytes | memoryview
 
 
-class SharedTier:
+class SharedTier(ClaimsMixin):
     """The shared tier over an ObjectStore of its own (its bucket, endpoint and credentials)."""
 
     def __init__(self, store: ObjectStore, prefix: str, origin: str, stats: Stats, *,
                  deadline: float = DEFAULT_DEADLINE_S, queue_bytes: int = DEFAULT_QUEUE_BYTES,
-                 writers: int = DEFAULT_WRITERS, where: str = "") -> None:
+                 writers: int = DEFAULT_WRITERS, claim_wait: float = DEFAULT_CLAIM_WAIT_S,
+                 where: str = "") -> None:
         self.store = store
         self.prefix = prefix
         self.origin = origin
@@ -130,6 +145,10 @@ class SharedTier:
         self._corrupt: set[str] = set()       # names found bad, deleted before they are written again
         self._corrupt_logged = 0
         self._limiter = trio.CapacityLimiter(max(1, writers))
+        self.claim_wait = claim_wait              # 0: no claims (concurrent misses all go to the origin)
+        self._claim_limiter = trio.CapacityLimiter(CLAIM_THREADS)
+        self._publish_limiter = trio.CapacityLimiter(CLAIM_THREADS)
+        self._nursery: trio.Nursery | None = None   # run()'s: claimed blocks are written from there
 
     def block_id(self, bucket: str, key: str, etag: str, block_size: int, index: int) -> BlockId:
         return BlockId(self.origin, bucket, key, etag, block_size, index)
@@ -144,31 +163,44 @@ class SharedTier:
         """The block's bytes (`length` of them) from the shared tier, or None: a miss, or any error,
         timeout or outage of the tier (never raised). Called from the trio thread."""
         ident = block.encode()
-        name = object_name(self.prefix, ident)
+        found = await self._read(object_name(self.prefix, ident), ident, length)
+        if isinstance(found, str):
+            if found == MISS:
+                self.stats.add("shared_cache_misses")
+            return None
+        self._hit(length)
+        return found
+
+    def _hit(self, length: int) -> None:
+        self.stats.add("shared_cache_hits")
+        self.stats.add("shared_cache_bytes", length)
+
+    async def _read(self, name: str, ident: bytes, length: int) -> memoryview | str:
+        """One verified read of a block's object: its body, MISS (absent or bad: deleted) or ERROR
+        (counted: failed, timed out, or not sent while the tier is down)."""
         try:
             await self.breaker.aadmit(("get", name))
         except StoreError:
             self.stats.add("shared_cache_errors")      # down: not asked, the origin is
-            return None
+            return ERROR
         raw: bytes | memoryview | None = None
         try:
             with trio.move_on_after(self.deadline):
                 raw = await self._fetch(name, framed_size(ident, length))
             if raw is None:
                 raise TimeoutError(f"no answer within the {self.deadline:g} s shared-cache deadline")
-        except (ObjectNotFound, _Missing):
+        except (ObjectNotFound, Missing):
             self.breaker.succeeded()
-            self.stats.add("shared_cache_misses")
-            return None
-        except _Truncated as e:
+            return MISS
+        except Truncated as e:
             self.breaker.succeeded()
             self._bad(name, str(e))
-            return None
+            return MISS
         except Exception as e:  # noqa: BLE001 - best-effort tier: every failure is a miss
             self.breaker.failed(describe(e), ("get", name))
             self.stats.add("shared_cache_errors")
             log.debug("shared cache read of %s failed: %s", name, describe(e))
-            return None
+            return ERROR
         self.breaker.succeeded()
         if len(raw) > INLINE_HASH_BYTES:
             found = await trio.to_thread.run_sync(unframe, ident, raw, length)
@@ -176,9 +208,7 @@ class SharedTier:
             found = unframe(ident, raw, length)
         if isinstance(found, str):
             self._bad(name, found)
-            return None
-        self.stats.add("shared_cache_hits")
-        self.stats.add("shared_cache_bytes", length)
+            return MISS
         return found
 
     async def _fetch(self, name: str, n: int) -> bytes | memoryview:
@@ -193,24 +223,43 @@ class SharedTier:
         except bce.ClientError as e:
             status = http_status(e)
             if status == 404:
-                raise _Missing() from None
+                raise Missing() from None
             if status == 416:             # a range past an empty object's end
-                raise _Truncated("empty") from None
+                raise Truncated("empty") from None
             raise
         except StoreError as e:
             if "short read" in str(e):    # the boto3 path's ShortRead, wrapped
-                raise _Truncated(str(e)) from None
+                raise Truncated(str(e)) from None
             raise
         return data
 
     def _bad(self, name: str, why: str) -> None:
         self.stats.add("shared_cache_corrupt")
-        self.stats.add("shared_cache_misses")
         if self._corrupt_logged < CORRUPT_LOG_LIMIT:
             self._corrupt_logged += 1
             log.warning("shared cache object %s is not usable (%s): treated as a miss and deleted", name, why)
         self._corrupt.add(name)
         self._enqueue(name, 0)
+
+    # -- claims: concurrent misses of one block fetch it from the origin once ------------------
+    async def acquire(self, block: BlockId, length: int) -> memoryview | Claim | None:
+        """get(), and on a miss a claim: the block's bytes (from the tier, possibly after waiting
+        for the node that claimed it), a Claim (this node fetches the block from the origin and
+        must publish or release it), or None (fetch it from the origin and offer it as before:
+        claims off, the tier failing, its queue full, or the wait for a claimant ran out)."""
+        ident = block.encode()
+        name = object_name(self.prefix, ident)
+        found = await self._read(name, ident, length)
+        if not isinstance(found, str):
+            self._hit(length)
+            return found
+        if found == ERROR:
+            return None
+        # no claim when the block could not be written promptly: its losers would only wait
+        if self.claim_wait <= 0 or self._nursery is None or self.queued_bytes + length > self.queue_limit:
+            self.stats.add("shared_cache_misses")
+            return None
+        return await self._claim_or_wait(name, ident, length)
 
     # -- writes --------------------------------------------------------------------------------
     def offer(self, block: BlockId, body: bytes | memoryview) -> bool:
@@ -236,10 +285,11 @@ class SharedTier:
         self._send = send
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for _ in range(max(1, self.writers)):
                     nursery.start_soon(self._writer, receive)
         finally:
-            self._send = None
+            self._send = self._nursery = None
 
     async def _writer(self, receive: trio.MemoryReceiveChannel[_Write | str]) -> None:
         async for item in receive:
@@ -258,12 +308,15 @@ class SharedTier:
                 self.queued -= 1
                 self.queued_bytes -= nbytes
 
-    async def write(self, name: str, ident: bytes, body: bytes | memoryview) -> bool:
-        """Store one block now (a writer, or warmup): True if written, False if another node had
-        (a 412). A name found corrupt is deleted first. Raises StoreError."""
+    async def write(self, name: str, ident: bytes, body: bytes | memoryview,
+                    limiter: trio.CapacityLimiter | None = None) -> bool:
+        """Store one block now (a writer, warmup, or a claimed block's publish with its own threads):
+        True if written, False if another node had (a 412). A name found corrupt is deleted first.
+        Raises StoreError."""
         replace = name in self._corrupt
         self._corrupt.discard(name)
-        written = await trio.to_thread.run_sync(self._put, name, ident, body, replace, limiter=self._limiter)
+        written = await trio.to_thread.run_sync(self._put, name, ident, body, replace,
+                                                limiter=limiter or self._limiter)
         if written:
             self.stats.add("shared_cache_writes")
             self.stats.add("shared_cache_write_bytes", len(body))
@@ -287,10 +340,3 @@ class SharedTier:
             return False
         return await self.write(name, ident, await fetch())
 
-
-class _Missing(Exception):
-    """No such shared object (a 404): a plain miss."""
-
-
-class _Truncated(Exception):
-    """The object is shorter than its block: corrupt."""

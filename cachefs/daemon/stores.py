@@ -60,4 +60,5 @@ def shared_from_config(cfg: Config, stats: Stats) -> SharedTier | None:
     origin = (cfg.endpoint_url or "aws").rstrip("/")
     return SharedTier(shared_store(cfg), prefix, origin, stats, deadline=cfg.shared_cache_deadline,
                       queue_bytes=cfg.shared_cache_queue, writers=cfg.shared_cache_writers,
+                      claim_wait=cfg.shared_cache_claim_wait,
                       where=cfg.shared_cache)

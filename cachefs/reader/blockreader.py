@@ -23,6 +23,7 @@ from cachefs import metrics, supervise
 from cachefs.blocks import block_count, block_key, block_range, blocks_for
 from cachefs.cache.base import BlockCache
 from cachefs.cache.shared import SharedTier
+from cachefs.cache.shared_claims import Claim
 from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import Inode
 from cachefs.reader import pieces
@@ -319,7 +320,8 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
     async def _load(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
         """The cache tiers (they count their hits: memory on this thread, disk in a worker thread),
         the block's cached pieces, the shared tier, else a ranged GET (a sequential stream's block is
-        cached on disk only: TieredCache.put), which the shared tier is then offered in the background."""
+        cached on disk only: TieredCache.put), which the shared tier is then offered in the background,
+        or, when this node claimed the block (other nodes may be waiting for it), written at once."""
         data = self.cache.get_nowait(bkey)
         if data is not None:
             return data
@@ -336,15 +338,28 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
             return assembled
         self.stats.add("cache_misses")
         start, end = block_range(index, self.block_size, inode.size)
-        if shared is not None:
-            assert self.shared is not None
-            found = await self.shared.get(shared, end - start)     # None: a miss, or the tier failed
-            if found is not None:
+        claim: Claim | None = None
+        tier = self.shared
+        if shared is not None and tier is not None:
+            # the block, possibly after another node that claimed it fetched it; a Claim: this
+            # node fetches it for all; None: a miss, or the tier failed
+            found = await tier.acquire(shared, end - start)
+            if isinstance(found, Claim):
+                claim = found
+            elif found is not None:
                 await self._put(bkey, found, memory=not stream)
                 return found
-        fetched = await self._get(key, start, end, inode.etag or None)
+        try:
+            fetched = await self._get(key, start, end, inode.etag or None)
+        except BaseException:
+            if claim is not None and tier is not None:   # failed or cancelled: nobody should wait for it
+                tier.release(claim)
+            raise
+        if claim is not None and tier is not None:
+            tier.publish(claim, fetched)
         await self._put(bkey, fetched, memory=not stream)
-        self._offer_shared(shared, fetched)
+        if claim is None:
+            self._offer_shared(shared, fetched)
         return memoryview(fetched)
 
     def _offer_shared(self, block, data: bytes | memoryview) -> None:

@@ -3,10 +3,13 @@ the best-effort read (misses, corruption, errors, deadline, breaker), the bounde
 conditional writes. The real-mount tests with two daemons: tests/test_mount_shared_cache.py."""
 from __future__ import annotations
 
+import time
+
 import trio
 import trio.testing
 
 from cachefs.cache.shared import HEADER, BlockId, SharedTier, frame, framed_size, object_name, unframe
+from cachefs.cache.shared_claims import CLAIM_SUFFIX, Claim, claim_body, claim_time
 from cachefs.errors import StoreUnavailable
 from cachefs.stats import Stats
 from cachefs.store.faults import FaultyStore
@@ -169,3 +172,124 @@ def test_fill_writes_once():
         assert await shared.fill(BLOCK, len(BODY), fetch) is False
     trio.run(main)
     assert len(fetched) == 1 and stats.get("shared_cache_writes") == 1
+
+
+# -- claims: nodes missing a block at once fetch it from the origin once ----------------------------
+def two_nodes(store, **kw) -> list[tuple[SharedTier, Stats]]:
+    nodes = []
+    for _ in range(2):
+        stats = Stats()
+        nodes.append((SharedTier(store, "cache/", "http://origin:9000", stats, **kw), stats))
+    return nodes
+
+
+async def _running(nursery, *tiers: SharedTier) -> None:
+    for t in tiers:
+        nursery.start_soon(t.run)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def test_the_claim_winner_fetches_and_the_loser_is_served_its_block():
+    mem = MemoryStore("shared")
+    (a, sa), (b, sb) = two_nodes(mem, claim_wait=5.0)
+    a.claim_linger = 0.0
+    got = {}
+
+    async def loser():
+        got["b"] = await b.acquire(BLOCK, len(BODY))
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await _running(n, a, b)
+            claim = await a.acquire(BLOCK, len(BODY))
+            assert isinstance(claim, Claim)
+            assert mem.body(name_of(BLOCK) + CLAIM_SUFFIX) is not None
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(loser)
+                await trio.sleep(0.1)           # b lost the claim and polls
+                assert "b" not in got
+                a.publish(claim, BODY)           # "fetched from the origin"
+            with trio.move_on_after(5):
+                while mem.body(name_of(BLOCK) + CLAIM_SUFFIX) is not None:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+    trio.run(main)
+    assert isinstance(got["b"], memoryview) and bytes(got["b"]) == BODY
+    assert mem.keys("cache/v1/") == [name_of(BLOCK)], "the claim is deleted once the block is written"
+    assert (sa.get("shared_cache_claims_won"), sa.get("shared_cache_misses")) == (1, 1)
+    assert sa.get("shared_cache_writes") == 1
+    assert (sb.get("shared_cache_claims_lost"), sb.get("shared_cache_claim_waits_served")) == (1, 1)
+    assert (sb.get("shared_cache_hits"), sb.get("shared_cache_misses")) == (1, 0)
+
+
+def test_a_loser_fetches_itself_when_the_claimant_never_writes():
+    mem = MemoryStore("shared")
+    (a, _), (b, sb) = two_nodes(mem, claim_wait=0.4)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await _running(n, a, b)
+            assert isinstance(await a.acquire(BLOCK, len(BODY)), Claim)     # ... and never published
+            t0 = trio.current_time()
+            assert await b.acquire(BLOCK, len(BODY)) is None
+            took = trio.current_time() - t0
+            n.cancel_scope.cancel()
+        return took
+    took = trio.run(main)
+    assert 0.35 < took < 1.0, took
+    assert (sb.get("shared_cache_claim_timeouts"), sb.get("shared_cache_misses")) == (1, 1)
+    assert sb.get("shared_cache_claims_stale") == 0, "a fresh claim is waited for, not taken over"
+
+
+def test_a_stale_claim_is_taken_over_within_the_wait():
+    mem = MemoryStore("shared")
+    mem.put(name_of(BLOCK) + CLAIM_SUFFIX, claim_body(now=time.time() - 3600))
+    (a, sa), _ = two_nodes(mem, claim_wait=2.0)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await _running(n, a)
+            t0 = trio.current_time()
+            claim = await a.acquire(BLOCK, len(BODY))
+            took = trio.current_time() - t0
+            n.cancel_scope.cancel()
+        return claim, took
+    claim, took = trio.run(main)
+    assert isinstance(claim, Claim) and took < 1.0, took
+    assert (sa.get("shared_cache_claims_lost"), sa.get("shared_cache_claims_stale"),
+            sa.get("shared_cache_claims_won")) == (1, 1, 1)
+    assert claim_time(mem.body(name_of(BLOCK) + CLAIM_SUFFIX)) > time.time() - 60, "the claim is this node's now"
+
+
+def test_a_failing_claim_goes_to_the_origin_and_a_released_claim_is_deleted():
+    mem = MemoryStore("shared")
+    failing = FaultyStore(mem, lambda op, key, n: StoreUnavailable("boom") if key.endswith(CLAIM_SUFFIX) else None)
+    shared, _, stats = tier(failing, claim_wait=1.0)
+    ok, _, _ = tier(mem, claim_wait=1.0)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await _running(n, shared, ok)
+            assert await shared.acquire(BLOCK, len(BODY)) is None
+            claim = await ok.acquire(BLOCK, len(BODY))
+            assert isinstance(claim, Claim)
+            ok.release(claim)
+            await trio.testing.wait_all_tasks_blocked()
+            n.cancel_scope.cancel()
+    trio.run(main)
+    assert (stats.get("shared_cache_errors"), stats.get("shared_cache_misses")) == (1, 1)
+    assert mem.body(name_of(BLOCK) + CLAIM_SUFFIX) is None
+
+
+def test_no_claims_when_off_or_when_the_block_could_not_be_written():
+    for kw in ({"claim_wait": 0}, {"queue_bytes": 0}):
+        shared, mem, stats = tier(**kw)
+
+        async def main(shared=shared):
+            async with trio.open_nursery() as n:
+                await _running(n, shared)
+                assert await shared.acquire(BLOCK, len(BODY)) is None
+                n.cancel_scope.cancel()
+        trio.run(main)
+        assert stats.get("shared_cache_misses") == 1 and stats.get("shared_cache_claims_won") == 0, kw
+        assert mem.keys("cache/") == []
