@@ -188,13 +188,19 @@ def count_fuse_error(op: str, err: int) -> None:
 
 
 # -- S3 through boto3 event hooks (no edits at the call sites) ---------------------------------------
-def boto_client(store):
-    """The boto3 client under any store wrappers (hedging, fault injection), or None (mem://)."""
+def under_wrappers(store, attr: str):
+    """`attr` of the S3 store under any wrappers (hedging, fault injection: each has `inner`), or
+    None (mem://, or no such attribute)."""
     for _ in range(8):
-        if hasattr(store, "client"):
-            return store.client
+        if hasattr(store, attr):
+            return getattr(store, attr)
         store = getattr(store, "inner", None)
     return None
+
+
+def boto_client(store):
+    """The boto3 client under any store wrappers, or None (mem://)."""
+    return under_wrappers(store, "client")
 
 
 def instrument_boto_client(client) -> None:

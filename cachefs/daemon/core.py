@@ -163,7 +163,7 @@ class Daemon:
         self.store = self.store_factory(cfg, self.stats)
         self.store.check_bucket(cfg.prefix)
         self.shared = shared_from_config(cfg, self.stats)     # checked in the background: best-effort
-        breaker = _outage_breaker(self.store)
+        breaker = metrics.under_wrappers(self.store, "breaker")
         if breaker is not None:     # read by the CSI node's volume health and the s3_down metric
             self.stats.add_gauges(lambda: {"s3_down": int(breaker.down)})
         self.meta = MetaStore(os.path.join(cache_dir_of(cfg), "meta"), cfg.identity(),
@@ -362,15 +362,6 @@ class Daemon:
 
 async def _run_in_thread(limiter: trio.CapacityLimiter, fn, *args):
     return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-
-
-def _outage_breaker(store):
-    """The S3 store's OutageBreaker under any wrappers (hedging, fault injection), or None (mem://)."""
-    for _ in range(8):
-        if hasattr(store, "breaker"):
-            return store.breaker
-        store = getattr(store, "inner", None)
-    return None
 
 
 def run(cfg: Config, ready_fd: int | None, store_factory: StoreFactory = from_config) -> int:

@@ -2,12 +2,15 @@
 stats, and the daemon's s3_down gauge read from its store's outage breaker."""
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 from cachefs.csi.health import UPLOAD_STUCK_S, condition, problems_in_stats
 from cachefs.csi.mounter import ABSENT, ALIVE, DEAD
-from cachefs.daemon.core import _outage_breaker
+from cachefs.metrics import under_wrappers
 from cachefs.store.health import OutageBreaker
+
+_outage_breaker = functools.partial(under_wrappers, attr="breaker")    # what the daemon reads its gauge from
 
 HEALTHY = {"s3_down": 0, "uploads_pending": 0, "uploads_oldest_age_s": 0.0, "upload_failures": 0,
            "source": "s3://data", "tiers": {"mem": {"used": 1}, "ssd": {"dirs": {"/nvme/a": "up", "/nvme/b": "up"}}}}
