@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,10 +79,8 @@ def children_cpu_s() -> float:
 
 
 def build(ep, out: str) -> dict:
-    cmd = [sys.executable, "-m", "cachefs", "manifest", "build", f"s3://{BUCKET}", "-o", out,
-           "--endpoint-url", ep.url, "--region", "us-east-1", "--addressing-style", "path"]
     ep_cpu0, cpu0, t0 = util.cpu_seconds(ep.pids) or 0.0, children_cpu_s(), time.monotonic()
-    res = subprocess.run(cmd, env=ep.env(), capture_output=True, text=True, timeout=1800)
+    res = util.build_manifest(ep, BUCKET, out, timeout=1800, check=False)
     seconds = time.monotonic() - t0
     if res.returncode != 0:
         raise RuntimeError(f"manifest build failed: {res.stderr.strip()[-400:]}")

@@ -113,9 +113,7 @@ def main(argv=None) -> int:
             system.extra_args = ("--metrics-addr", f"127.0.0.1:{ports[name]}", *args.cachefs_args)
         if args.manifest:
             path = os.path.join(scratch, "dataset.manifest")
-            util.run([sys.executable, "-m", "cachefs", "manifest", "build", f"s3://{BUCKET}", "-o", path,
-                      "--endpoint-url", ep.url, "--region", "us-east-1", "--addressing-style", "path"],
-                     timeout=600, env=ep.env())
+            util.build_manifest(ep, BUCKET, path)
             systems["cachefs+manifest"].extra_args += ("--manifest", path)
         if args.rclone:
             systems["rclone"], ports["rclone"] = Rclone(scratch, ep, BUCKET, scratch), None

@@ -331,9 +331,7 @@ def build_manifest(ep, scratch: str) -> tuple[str, dict]:
     manifest is built once, wherever; what the loader variants measure is mounting with it."""
     path = os.path.join(scratch, "dataset.manifest")
     t0 = time.monotonic()
-    util.run([sys.executable, "-m", "cachefs", "manifest", "build", f"s3://{endpoint.BUCKET}", "-o", path,
-              "--endpoint-url", ep.url, "--region", "us-east-1", "--addressing-style", "path"],
-             timeout=600, env=ep.env())
+    util.build_manifest(ep, endpoint.BUCKET, path)
     return path, {"seconds": time.monotonic() - t0, "bytes": os.path.getsize(path)}
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,13 @@ def run(cmd: Sequence[str], timeout: float, env: dict | None = None, check: bool
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {(err or '').strip()[-2000:]}")
     return result
 
+
+
+def build_manifest(ep, bucket: str, out: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """`cachefs manifest build s3://BUCKET -o OUT` against a benchmark endpoint (its credentials from ep.env())."""
+    return run([sys.executable, "-m", "cachefs", "manifest", "build", f"s3://{bucket}", "-o", out,
+                "--endpoint-url", ep.url, "--region", "us-east-1", "--addressing-style", "path"],
+               timeout=timeout, env=ep.env(), check=check)
 
 def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a child we started (and its process group, which start_new_session gave it)."""
