@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,29 @@ SCENARIO_PREFIXES = ("test_bench_",)
 CSI_UNIT_FILES = {"test_helm.py", "test_helm_monitoring.py"}
 # Fixtures that start an S3 server: no test of a fast tier may use one.
 _SERVER_FIXTURES = {"moto_server", "auth_moto"}
+
+
+# The daemons' disk tiers take no new blocks below this much free space on their filesystem (the
+# default min_free, 5%), and the suite writes a few GiB under the temp dir as it runs.
+HOST_FREE_NEEDED = 0.06
+
+
+def _host_free() -> float:
+    st = os.statvfs(tempfile.gettempdir())
+    return st.f_bavail / st.f_blocks if st.f_blocks else 1.0
+
+
+def pytest_report_header(config):
+    return f"temp dir {tempfile.gettempdir()}: {_host_free():.1%} of its filesystem free"
+
+
+def pytest_sessionstart(session):
+    """A host disk too full for the mounts' disk tiers fails every cache test the same way: say so once."""
+    free = _host_free()
+    if free < HOST_FREE_NEEDED:
+        pytest.exit(f"the filesystem of {tempfile.gettempdir()} has {free:.1%} free: cachefs's disk tiers "
+                    f"cache nothing below 5% (min_free), so the mount tests need {HOST_FREE_NEEDED:.0%}; "
+                    "free some space", returncode=3)
 
 
 def tier_of(path: Path) -> str | None:

@@ -15,6 +15,8 @@ from cachefs.cache.tiered import TieredCache
 from cachefs.meta.store import MetaStore
 from cachefs.stats import Stats
 
+from .tier_specs import disk_spec
+
 ALIGN = native.ALIGN
 needs_c = pytest.mark.skipif(native.ACTIVE != "native", reason="the C extension is not built")
 READERS = [native.py_read_block] + ([native._native.read_block] if native._native is not None else [])
@@ -40,7 +42,7 @@ def meta(tmp_path):
 
 
 def make(tmp_path, meta, mem=True, disk_quota=1 << 30):
-    specs = ([TierSpec("mem", (), 64 << 20)] if mem else []) + [TierSpec("ssd", (str(tmp_path / "ssd"),), disk_quota)]
+    specs = ([TierSpec("mem", (), 64 << 20)] if mem else []) + [disk_spec("ssd", (str(tmp_path / "ssd"),), disk_quota)]
     cache = TieredCache.build(specs, meta, Stats(), max_block=4 << 20)
     cache.open()
     cache.load()

@@ -9,9 +9,10 @@ import pytest
 from cachefs import native
 from cachefs.cache.direct import ALIGN, AlignedBuffers, DirectUnsupported
 from cachefs.cache.disk import HEADER, DiskTier
-from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot
 from cachefs.stats import Stats
+
+from .tier_specs import disk_spec
 
 
 def direct_capable(path) -> bool:
@@ -72,7 +73,7 @@ def test_tier_falls_back_to_buffered_writes_where_o_direct_is_refused(tmp_path, 
         return real_write(path, data, direct)
 
     monkeypatch.setattr(native, "write_block", no_direct)
-    tier = DiskTier(TierSpec("ssd", (str(tmp_path / "c"),), 1 << 30), Stats())
+    tier = DiskTier(disk_spec("ssd", (str(tmp_path / "c"),), 1 << 30), Stats())
     tier.open()
     for i in range(3):
         data = os.urandom(100_000 + i)
@@ -87,7 +88,7 @@ def test_tier_falls_back_to_buffered_writes_where_o_direct_is_refused(tmp_path, 
 def test_tier_writes_direct_where_it_can(tmp_path):
     if not direct_capable(tmp_path):
         pytest.skip("no O_DIRECT under the test's temporary directory")
-    tier = DiskTier(TierSpec("ssd", (str(tmp_path / "c"),), 1 << 30), Stats())
+    tier = DiskTier(disk_spec("ssd", (str(tmp_path / "c"),), 1 << 30), Stats())
     tier.open()
     from cachefs.cache.tier import Slot
     data = os.urandom(3 * ALIGN + 5)

@@ -15,6 +15,7 @@ from cachefs.cache.tiered import TieredCache
 from cachefs.stats import Stats
 
 from .test_direct import direct_capable
+from .tier_specs import disk_spec
 
 try:
     from cachefs import _native as C
@@ -177,7 +178,7 @@ def test_memory_tier_copies_a_view_of_part_of_a_larger_buffer():
 
 def test_stream_blocks_skip_memory_while_a_disk_tier_admits_them(tmp_path):
     disk_room = 2 * (1000 + HEADER.size)        # two blocks
-    cache = TieredCache.build([TierSpec("mem", (), 10 * CHUNK), TierSpec("ssd", (str(tmp_path / "d"),), disk_room,
+    cache = TieredCache.build([TierSpec("mem", (), 10 * CHUNK), disk_spec("ssd", (str(tmp_path / "d"),), disk_room,
                                                                           high=1.0)], None, Stats(), max_block=1000)
     cache.open()
     mem, disk = cache.tiers
@@ -206,7 +207,7 @@ def test_a_sequential_reader_s_blocks_stay_out_of_the_memory_tier(tmp_path):
     store = MemoryStore("bkt", stats)
     cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS)}, None, {})
     meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
-    cache = TieredCache.build([TierSpec("mem", (), 64 * BS), TierSpec("ssd", (str(tmp_path / "d"),), 64 * BS)],
+    cache = TieredCache.build([TierSpec("mem", (), 64 * BS), disk_spec("ssd", (str(tmp_path / "d"),), 64 * BS)],
                               meta, stats, max_block=BS)
     cache.open()
     mem = cache.tiers[0]

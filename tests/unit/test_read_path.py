@@ -4,7 +4,6 @@ import random
 import pytest
 import trio
 
-from cachefs.cache.spec import TierSpec
 from cachefs.cache.tiered import TieredCache
 from cachefs.config import build_config
 from cachefs.errors import ObjectChanged
@@ -14,6 +13,8 @@ from cachefs.namespace.core import Namespace, valid_name
 from cachefs.reader import BlockReader, ReadState
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
+
+from .tier_specs import disk_spec
 
 BS = 64 * 1024
 
@@ -29,7 +30,7 @@ def make_world(tmp_path, cache_blocks: int = 64, **reader_options):
     store = MemoryStore("bkt", stats)
     cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS), "metadata_head_size": "0"}, None, {})
     meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
-    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), cache_blocks * BS)], meta, stats)
+    cache = TieredCache.build([disk_spec("ssd", (str(tmp_path / "blocks"),), cache_blocks * BS)], meta, stats)
     cache.open()
     ns = Namespace(meta, store, cfg, run_blocking)
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS,
@@ -215,7 +216,7 @@ def test_a_stream_reaches_the_full_window_within_its_first_block(world, tmp_path
     from cachefs.reader.blockreader import RAMP_BYTES
     store, ns, _, stats = world
     big = 4 << 20                                       # the default block size: 4 x RAMP_BYTES
-    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "big"),), 16 * big)], None, stats, max_block=big)
+    cache = TieredCache.build([disk_spec("ssd", (str(tmp_path / "big"),), 16 * big)], None, stats, max_block=big)
     cache.open()
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=big, read_ahead=5 * big)
     store.put("pre/stream", bytes(6 * big))
@@ -234,7 +235,7 @@ def test_a_file_streamed_from_its_start_begins_with_a_wider_window(world, tmp_pa
     from cachefs.reader.blockreader import START_WINDOW_BLOCKS
     store, ns, _, stats = world
     big = 4 << 20
-    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "w"),), 16 * big)], None, stats, max_block=big)
+    cache = TieredCache.build([disk_spec("ssd", (str(tmp_path / "w"),), 16 * big)], None, stats, max_block=big)
     cache.open()
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=big, read_ahead=16 * big)
     store.put("pre/shard0", bytes(12 * big))

@@ -10,7 +10,6 @@ import trio
 import trio.testing
 
 from cachefs.blocks import block_key, piece_key
-from cachefs.cache.spec import TierSpec
 from cachefs.cache.tiered import TieredCache
 from cachefs.config import build_config
 from cachefs.meta.schema import ROOT_INO
@@ -19,6 +18,8 @@ from cachefs.namespace.core import Namespace
 from cachefs.reader import BlockReader, ReadState
 from cachefs.stats import Stats
 from cachefs.store.memory import MemoryStore
+
+from .tier_specs import disk_spec
 
 BS = 256 * 1024
 PS = 16 * 1024
@@ -36,7 +37,7 @@ def world(tmp_path):
     store = MemoryStore("bkt", stats)
     cfg = build_config("s3://bkt/pre", "/mnt", {"block_size": str(BS), "metadata_head_size": "0"}, None, {})
     meta = MetaStore(str(tmp_path / "meta"), cfg.identity())
-    cache = TieredCache.build([TierSpec("ssd", (str(tmp_path / "blocks"),), 256 * BS)], meta, stats)
+    cache = TieredCache.build([disk_spec("ssd", (str(tmp_path / "blocks"),), 256 * BS)], meta, stats)
     cache.open()
     ns = Namespace(meta, store, cfg, run_blocking)
     reader = BlockReader(store, cache, run_blocking, stats, bucket="bkt", block_size=BS, read_ahead=4 * BS,

@@ -13,6 +13,8 @@ from cachefs.errors import UserError
 from cachefs.meta.store import MetaStore
 from cachefs.stats import Stats
 
+from .tier_specs import disk_spec
+
 BLOCK = 1000
 DISK_CHARGE = BLOCK + HEADER.size
 MEM_CHARGE = BLOCK + ENTRY_OVERHEAD
@@ -42,7 +44,7 @@ def make(tmp_path, meta, specs, **kw):
 
 
 def ssd(tmp_path, blocks, name="ssd", **kw):
-    return TierSpec("ssd", (str(tmp_path / name),), blocks * DISK_CHARGE, **kw)
+    return disk_spec("ssd", (str(tmp_path / name),), blocks * DISK_CHARGE, **kw)
 
 
 # -- parsing ---------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ def test_parse_promotion():
 # -- placement and watermarks ------------------------------------------------------------------------
 def test_blocks_go_to_fastest_disk_tier_with_room_and_memory_is_inclusive(tmp_path, meta):
     c = make(tmp_path, meta, [TierSpec("mem", (), 2 * MEM_CHARGE, high=1.0), ssd(tmp_path, 2, high=1.0),
-                              TierSpec("hdd", (str(tmp_path / "hdd"),), 10 * DISK_CHARGE)], policy="scan-resistant")
+                              disk_spec("hdd", (str(tmp_path / "hdd"),), 10 * DISK_CHARGE)], policy="scan-resistant")
     mem, s, h = c.tiers
     for i in range(4):
         assert c.put(key(i), block(i))
@@ -106,7 +108,7 @@ def test_usage_never_exceeds_quota_under_concurrent_fill(tmp_path, meta):
 
 
 def test_lru_evicts_in_background_to_low_watermark_and_demotes(tmp_path, meta):
-    c = make(tmp_path, meta, [ssd(tmp_path, 10, high=0.8, low=0.5), TierSpec("hdd", (str(tmp_path / "h"),),
+    c = make(tmp_path, meta, [ssd(tmp_path, 10, high=0.8, low=0.5), disk_spec("hdd", (str(tmp_path / "h"),),
                                                                          100 * DISK_CHARGE)], policy="lru")
     s, h = c.tiers
     for i in range(10):
@@ -228,7 +230,7 @@ def test_two_daemons_cannot_share_a_directory(tmp_path, meta):
 
 def test_failing_directory_is_skipped_and_comes_back(tmp_path, meta, monkeypatch):
     monkeypatch.setattr("cachefs.cache.disk.PROBE_INTERVAL_S", 0.0)
-    c = make(tmp_path, meta, [TierSpec("ssd", (str(tmp_path / "d0"), str(tmp_path / "d1")), 20 * DISK_CHARGE)])
+    c = make(tmp_path, meta, [disk_spec("ssd", (str(tmp_path / "d0"), str(tmp_path / "d1")), 20 * DISK_CHARGE)])
     tier: DiskTier = c.tiers[0]
     for i in range(6):
         c.put(key(i), block(i))
