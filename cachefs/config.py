@@ -134,7 +134,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_fetches", _count(1, 256), "read-ahead GETs in flight per mount"),
     Option("prefetch_window", _size_min(0), "bytes an order prefetch may fetch ahead of the reader "
            "(0: half of what the cache holds)"),
-    Option("prefetch_concurrency", _count(1, 1024), "GETs an order prefetch keeps in flight"),
+    Option("prefetch_concurrency", _count(1, 1024), "GETs an order prefetch or a dataset walk keeps in flight"),
     Option("kernel_read_ahead", _size_min(0), "as root: the kernel's read-ahead for this mount (0: leave it)"),
     Option("max_background", _count(0, 65535), "as root: FUSE async requests in flight (0: leave it)"),
     Option("entry_timeout", parse_seconds, "seconds the kernel caches a name lookup"),

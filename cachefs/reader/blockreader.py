@@ -109,7 +109,7 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         # Blocks kept by open files, oldest first: (id of the ReadState, block index) -> the state.
         self.handle_budget_blocks = handle_budget_blocks
         self._held: OrderedDict[tuple[int, int], weakref.ref[ReadState]] = OrderedDict()
-        self._init_directory_prefetch(max_fetches)
+        self._init_directory_prefetch(max_fetches, prefetch_concurrency)
         self._init_pieces(piece_size)
         # The order a job said it will read in (reader/order.py); 0 window: a share of the cache.
         self.orders = OrderPrefetcher(self, prefetch_window, prefetch_concurrency)

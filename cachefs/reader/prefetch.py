@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import trio
+from trio.lowlevel import ParkingLot
 
 from cachefs import supervise
 from cachefs.blocks import block_count, block_key, block_range
@@ -28,19 +29,25 @@ log = logging.getLogger(__name__)
 # order from a path list): once DIR_PREFETCH_AFTER distinct small files of a directory have been
 # opened, its other small files (from its LMDB listing, no S3 request) are fetched in the background,
 # at most DIR_PREFETCH_BYTES of them, never more than half the free room of the disk tiers (so a
-# dataset larger than the cache is not fetched ahead only to be evicted), with at most half of
-# max_fetches GETs (demand reads and read-ahead keep the other half) and DIR_PREFETCH_DIRS
+# dataset larger than the cache is not fetched ahead only to be evicted), DIR_PREFETCH_DIRS
 # directories at a time, mount-wide. Two opens, not one: a single file read out of a directory
 # (a config, a label map) does not drag its neighbours in.
+# Its GETs have a budget of their own: at most --prefetch-concurrency at once (small GETs need many
+# in flight against a remote store: a 110 KB GET is mostly round trip) and at most half of
+# max_fetches blocks' worth of bytes. Those bytes count against the read-ahead's max_fetches in
+# whole blocks, so demand reads and read-ahead keep at least the other half, and the memory bound
+# (docs/CACHING.md) is what it was when the walk had half of max_fetches GETs.
 DIR_PREFETCH_AFTER = 2
 DIR_PREFETCH_BYTES = 64 << 20     # ~600 images of 110 KB: a class directory or a good part of it
-DIR_PREFETCH_DIRS = 2
+# Listings at once: against a remote store a listing is a round trip, and a walk's directory holds
+# only a few files, so the listings, not the GETs, would set the pace with two.
+DIR_PREFETCH_DIRS = 8
 DIR_PREFETCH_TRACKED = 4096       # directories whose opens are remembered (oldest forgotten first)
 # Dataset walk: a loader drawing images in shuffled order from many class directories opens only a
 # few files of each before the epoch is half over, so the two-opens rule comes late. Once small
 # files have been opened in DATASET_AFTER distinct subdirectories of one directory (the dataset's
 # root), every subdirectory of it is listed and prefetched the same way, DIR_PREFETCH_DIRS at a time,
-# each within the same bounds (DIR_PREFETCH_BYTES, half the free cache room, half of max_fetches).
+# each within the same bounds (DIR_PREFETCH_BYTES, half the free cache room, the GET budget).
 # Three, not one or two: a job reading a config from one directory and labels from another must not
 # pull in the whole tree.
 DATASET_AFTER = 3
@@ -59,21 +66,23 @@ class DirectoryPrefetch:
         block_size: int
         prefetch_small_files: int
         _prefetching: int
+        max_fetches: int
         _prefetched: OrderedDict[bytes, memoryview]
         _inflight: Flights[bytes]
 
         async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
                          stream: bool = False) -> memoryview: ...
 
-    def _init_directory_prefetch(self, max_fetches: int) -> None:
+    def _init_directory_prefetch(self, max_fetches: int, concurrency: int) -> None:
         # dir -> small files opened (subdirs with opens), or _WALKED
         self._dir_opens: OrderedDict[int, set[int] | frozenset[int]] = OrderedDict()
         self._subdir_opens: OrderedDict[int, set[int] | frozenset[int]] = OrderedDict()
         self._dir_queue: deque[tuple[int, frozenset[int]]] = deque()   # directories waiting for a prefetch
         self._dir_walks = 0                                        # prefetch tasks running
         self._dir_workers = 0                                      # ... of which directory workers
-        self._dir_slots = trio.Semaphore(max(1, max_fetches // 2))
-        self._dir_pending = 0                                      # bytes of prefetch GETs in flight
+        self._dir_gets = GetBudget(concurrency, max(1, max_fetches // 2) * self.block_size)
+        self._dir_reserved = 0                                     # bytes listed for GETs not started yet
+        self._dir_charged = 0                                      # blocks of _prefetching that are the walk's
         self._dir_unavailable = trio.Event()                       # set: S3 failed a prefetch GET
 
     def _note_open(self, inode: Inode, namespace) -> None:
@@ -146,7 +155,7 @@ class DirectoryPrefetch:
         """Prefetch queued directories one after another, each directory's GETs left running while
         the next one is listed (a dataset walk's directories hold a few files each: waiting for them
         before listing the next would leave the fetch slots idle for a listing's round trip per
-        directory). The GETs stay bounded by _dir_slots, listings by DIR_PREFETCH_DIRS."""
+        directory). The GETs stay bounded by _dir_gets, listings by DIR_PREFETCH_DIRS."""
         try:
             async with trio.open_nursery() as fetches:
                 while self._dir_queue:
@@ -171,8 +180,10 @@ class DirectoryPrefetch:
             files = await namespace.listed_files(parent)
             if files is None and not opened:
                 files = [inode for _, inode in await namespace.entries(parent) if not inode.is_dir]
-            # bytes still on their way count as taken: the next directory is listed before they land
-            budget = min(DIR_PREFETCH_BYTES, max(0, self._cache_room() - self._dir_pending) // 2)
+            # Bytes on their way, or listed by another worker and not asked for yet, count as taken:
+            # the next directory is listed (by this worker or another) before they land.
+            taken = self._dir_gets.bytes + self._dir_reserved
+            budget = min(DIR_PREFETCH_BYTES, max(0, self._cache_room() - taken) // 2)
             wanted = []
             for inode in files or ():
                 if inode.ino in opened or not 0 < inode.size <= self.prefetch_small_files or not inode.etag:
@@ -183,25 +194,31 @@ class DirectoryPrefetch:
                 wanted.append(inode)
             if wanted:
                 self.stats.add("dir_prefetches")
-            for inode in wanted:
-                key = namespace.key_of(inode)
-                for i in range(block_count(inode.size, self.block_size)):
-                    bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
-                    if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
-                        continue
-                    await self._dir_slots.acquire()
-                    if unavailable.is_set():
-                        self._dir_slots.release()
-                        return False
-                    if bkey in self._inflight:          # a reader got there while we waited
-                        self._dir_slots.release()
-                        continue
-                    self.stats.add("readahead_blocks")
-                    self._prefetching += 1
-                    size = len(range(*block_range(i, self.block_size, inode.size)))
-                    self._dir_pending += size
-                    self._inflight.start(bkey)
-                    fetches.start_soon(self._prefetch_neighbour, inode, key, i, bkey, size, unavailable)
+            reserved = sum(inode.size for inode in wanted)
+            self._dir_reserved += reserved
+            try:
+                for inode in wanted:
+                    key = namespace.key_of(inode)
+                    for i in range(block_count(inode.size, self.block_size)):
+                        size = len(range(*block_range(i, self.block_size, inode.size)))
+                        bkey = block_key(self.bucket, key, inode.etag, self.block_size, i)
+                        if bkey in self._prefetched or bkey in self._inflight or self.cache.contains(bkey):
+                            continue
+                        await self._dir_gets.acquire(size)
+                        if unavailable.is_set():
+                            self._dir_gets.release(size)
+                            return False
+                        if bkey in self._inflight:          # a reader got there while we waited
+                            self._dir_gets.release(size)
+                            continue
+                        reserved -= size
+                        self._dir_reserved -= size
+                        self._charge_read_ahead()
+                        self.stats.add("readahead_blocks")
+                        self._inflight.start(bkey)
+                        fetches.start_soon(self._prefetch_neighbour, inode, key, i, bkey, size, unavailable)
+            finally:
+                self._dir_reserved -= reserved
         except Exception as e:  # a hint only: the reads fetch what they need themselves
             log.debug("prefetch of directory %d failed: %s", parent, e)
         return not unavailable.is_set()
@@ -218,15 +235,45 @@ class DirectoryPrefetch:
         except Exception as e:
             log.debug("directory prefetch of %s failed: %s", key, e)
         finally:
-            self._prefetching -= 1
-            self._dir_pending -= size
-            self._dir_slots.release()
+            self._dir_gets.release(size)
+            self._charge_read_ahead()
+
+    def _charge_read_ahead(self) -> None:
+        """Count the walk's bytes in flight against max_fetches in whole blocks (_prefetching)."""
+        blocks = -(-self._dir_gets.bytes // self.block_size)
+        self._prefetching += blocks - self._dir_charged
+        self._dir_charged = blocks
 
     def _cache_room(self) -> int:
         """Bytes the disk tiers take before reaching their high watermarks (0 if unknown), less what
         waits in the disk writer's queue for them."""
         room = sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
         return max(0, room - getattr(self.cache, "queued_bytes", 0))
+
+
+class GetBudget:
+    """GETs in flight bounded by count and by bytes; one GET is always let through, however large."""
+
+    def __init__(self, count: int, nbytes: int) -> None:
+        self.max_count = count
+        self.max_bytes = nbytes
+        self.count = 0
+        self.bytes = 0
+        self._waiting = ParkingLot()
+
+    def fits(self, size: int) -> bool:
+        return self.count < self.max_count and (not self.count or self.bytes + size <= self.max_bytes)
+
+    async def acquire(self, size: int) -> None:
+        while not self.fits(size):
+            await self._waiting.park()
+        self.count += 1
+        self.bytes += size
+
+    def release(self, size: int) -> None:
+        self.count -= 1
+        self.bytes -= size
+        self._waiting.unpark_all()
 
 
 def _forget_oldest(tracked: OrderedDict) -> None:

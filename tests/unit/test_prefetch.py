@@ -10,7 +10,7 @@ from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import ROOT_INO
 from cachefs.namespace.core import MAX_BACKGROUND_LISTINGS
 from cachefs.reader import ReadState
-from cachefs.reader.prefetch import DIR_PREFETCH_DIRS
+from cachefs.reader.prefetch import DIR_PREFETCH_DIRS, GetBudget
 
 from .test_read_path import BS, make_world
 
@@ -338,21 +338,79 @@ def test_directory_prefetch_is_bounded_by_the_cache_room(world):
     assert stats.get("s3_get") - 2 <= 4
 
 
-def test_directory_prefetch_uses_at_most_half_the_fetch_budget(world):
-    store, ns, reader, stats = world
-    reader.max_fetches = 4
-    reader._dir_slots = trio.Semaphore(2)                   # what the constructor makes of 4
-    _class_dir(store, n=20)
+def _count_loads(reader):
+    """Record how many of the walk's GETs are in flight at each load (and the read-ahead charge)."""
     seen = []
     load = reader._load
 
     def counting_load(*args):
-        seen.append(2 - reader._dir_slots.value)
+        seen.append((reader._dir_gets.count, reader._prefetching))
         return load(*args)
     reader._load = counting_load
+    return seen
 
+
+def test_directory_prefetch_keeps_its_get_count(world):
+    store, ns, reader, stats = world
+    reader._dir_gets = GetBudget(3, 1 << 30)                # --prefetch-concurrency 3, bytes no limit
+    _class_dir(store, n=20)
+    seen = _count_loads(reader)
     trio.run(_open_in_cls, ns, reader, ("000.jpg", "001.jpg"))
-    assert stats.get("s3_get") == 20 and max(seen) <= 2
+    assert stats.get("s3_get") == 20 and max(n for n, _ in seen) == 3
+
+
+def test_directory_prefetch_bytes_count_against_read_ahead_in_whole_blocks(world):
+    """Many small GETs at once, but their bytes bounded by half of max_fetches blocks, and charged to
+    the read-ahead's max_fetches in whole blocks: read-ahead and demand reads keep the other half."""
+    import threading
+    store, ns, reader, stats = world
+    reader.max_fetches = 4
+    reader._dir_gets = GetBudget(64, 2 * BS)                # what the constructor makes of 4 and 64
+    _class_dir(store, n=40, size=BS // 8)                   # 8 fit in a block's worth of bytes
+    gate, get_range = threading.Event(), store.get_range
+
+    def held(key, *args, **kw):
+        if not key.endswith(("/000.jpg", "/001.jpg")):
+            gate.wait(10)
+        return get_range(key, *args, **kw)
+    store.get_range = held
+    charged = []
+
+    async def main():
+        cls = await ns.lookup(ROOT_INO, b"cls")
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for name in ("000.jpg", "001.jpg"):
+                await _open(ns, reader, cls, name)
+            with trio.fail_after(5):
+                while reader._dir_gets.fits(BS // 8):      # the walk's bytes budget spent on held GETs
+                    await trio.sleep(0.001)
+                while reader._prefetching > 2:             # the two opens' own GETs are done
+                    await trio.sleep(0.001)
+            charged.append((reader._dir_gets.count, reader._prefetching))
+            gate.set()
+            await settle(ns, reader)
+        reader.nursery = None
+    trio.run(main)
+    assert charged == [(16, 2)]                             # 16 GETs of BS/8 in flight: 2 blocks of 4
+    assert stats.get("s3_get") == 40
+    assert reader._prefetching == reader._dir_charged == reader._dir_gets.bytes == 0
+
+
+def test_one_large_file_still_goes_through_a_small_byte_budget():
+    budget = GetBudget(8, 100)
+
+    async def main():
+        await budget.acquire(1000)            # nothing in flight: let through
+        assert not budget.fits(1)
+        with trio.move_on_after(0.05) as waited:
+            await budget.acquire(1)
+        assert waited.cancelled_caught and budget.count == 1
+        budget.release(1000)
+        await budget.acquire(60)
+        await budget.acquire(40)
+        assert (budget.count, budget.bytes, budget.fits(1)) == (2, 100, False)
+    trio.run(main)
 
 
 def test_one_open_or_a_stale_listing_prefetches_no_neighbours(world):
@@ -460,6 +518,7 @@ def test_dataset_walk_stops_when_s3_is_unavailable(world, caplog):
     """An outage during a walk: the first block S3 cannot serve ends it, rather than every other
     block of the dataset failing in turn (each a request to the breaker, a line in the log)."""
     store, ns, reader, stats = world
+    reader._dir_gets = GetBudget(4, 1 << 30)            # --prefetch-concurrency 4
     _dataset(store, classes=6, n=10)                    # 54 files beyond the three opened
     get_range = store.get_range
     refused = []
@@ -473,7 +532,7 @@ def test_dataset_walk_stops_when_s3_is_unavailable(world, caplog):
     with caplog.at_level(logging.INFO, logger="cachefs.reader.prefetch"):
         trio.run(_open_one_per_class, ns, reader, (4, 0, 2))
     assert stats.get("dataset_walks") == 1
-    slots = reader.max_fetches // 2
+    slots = reader._dir_gets.max_count
     assert 1 <= len(refused) <= slots < 54, len(refused)     # what was in flight (slots are mount-wide)
     assert "directory prefetch stopped: S3 is unavailable" in caplog.text
 
@@ -484,7 +543,9 @@ def test_dataset_walk_takes_the_next_directory_while_gets_are_in_flight(world):
     round trip per directory of a few files."""
     import threading
     store, ns, reader, stats = world
-    _dataset(store, classes=8, n=5)
+    classes = 2 * DIR_PREFETCH_DIRS
+    reader._dir_gets = GetBudget(12, 1 << 30)          # --prefetch-concurrency 12: 2-3 directories' GETs
+    _dataset(store, classes=classes, n=5)
     gate = threading.Event()
     get_range = store.get_range
 
@@ -510,16 +571,16 @@ def test_dataset_walk_takes_the_next_directory_while_gets_are_in_flight(world):
                 cls = await ns.lookup(train.ino, f"c{c}".encode())
                 await _open(ns, reader, cls, "000.jpg")
             with trio.fail_after(5):
-                while reader._dir_slots.value:           # every GET slot taken by a held GET
+                while reader._dir_gets.fits(1):          # every GET slot taken by a held GET
                     await trio.sleep(0.001)
             with trio.move_on_after(1):
-                while 8 - len(reader._dir_queue) <= DIR_PREFETCH_DIRS:
+                while classes - len(reader._dir_queue) <= DIR_PREFETCH_DIRS:
                     await trio.sleep(0.001)
-            taken.append(8 - len(reader._dir_queue))
+            taken.append(classes - len(reader._dir_queue))
             gate.set()
             await settle(ns, reader)
         reader.nursery = None
     trio.run(main)
     assert taken[0] > DIR_PREFETCH_DIRS
-    assert 1 <= most[0] <= reader.max_fetches // 2        # no more GETs at once than the slots
-    assert stats.get("s3_get") == 8 * 5                 # every image once, none lost to the gate
+    assert 1 <= most[0] <= 12                           # no more GETs at once than the budget
+    assert stats.get("s3_get") == classes * 5                 # every image once, none lost to the gate
