@@ -32,6 +32,7 @@ from bench.coldread import machine_busy_s
 from bench.endpoint import BUCKET, delaying_proxy, open_endpoint
 from bench.loader import loader
 from bench.systems import Cachefs
+from bench.util import send_hint
 from cachefs.devtools import sample
 
 TIMELINE_S = 0.05
@@ -50,7 +51,8 @@ def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:
         stop.wait(TIMELINE_S)
 
 
-def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, ep_pids: list) -> dict:
+def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, ep_pids: list,
+              hint: bool = False) -> dict:
     system.mount()
     try:
         pids = system.pids()
@@ -67,7 +69,8 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
         if spy:
             time.sleep(0.5)     # py-spy attaches
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        res = loader.run_epoch("images", system.root, files, spec, workers, 0, 180)
+        res = loader.run_epoch("images", system.root, files, spec, workers, 0, 180,
+                               hint=send_hint(system) if hint else None)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         stop.set()
         if spy:
@@ -110,6 +113,8 @@ def main() -> int:
     p.add_argument("--timeline", action="store_true")
     p.add_argument("--latency-ms", type=float, default=0, help="a delaying proxy in front (bench/proxy.py)")
     p.add_argument("--probe", action="store_true", help="the endpoint's pycurl GET rate and CPU first")
+    p.add_argument("--hint", action="store_true",
+                   help="also mount this tree as `new+hint`: the epoch's order sent first (bench.run's +hint)")
     p.add_argument("--scratch")
     p.add_argument("extra", nargs="*", help="extra cachefs mount options (after --)")
     args = p.parse_args()
@@ -131,13 +136,16 @@ def main() -> int:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         systems = [Cachefs.from_tree(here, "new", scratch, ep, BUCKET, local)]
         systems[0].extra_args = tuple(args.extra)
+        if args.hint:
+            systems.append(Cachefs.from_tree(here, "new+hint", scratch, ep, BUCKET, local))
+            systems[-1].extra_args = tuple(args.extra)
         if args.baseline:
             systems.append(Cachefs.from_tree(args.baseline, "base", scratch, ep, BUCKET, local))
         rates: dict[str, list] = {s.name: [] for s in systems}
         for run in range(args.runs):
             order = systems if run % 2 == 0 else systems[::-1]
             for s in order:
-                r = one_epoch(s, files, spec, args.workers, args.timeline, ep.pids)
+                r = one_epoch(s, files, spec, args.workers, args.timeline, ep.pids, s.name.endswith("+hint"))
                 rates[s.name].append(r["images_per_s"])
                 print(f"run {run} {s.name}: {r['images_per_s']:.0f} img/s, {r['cpu_ms_per_image']:.2f} ms "
                       f"CPU/img (endpoint {r['endpoint_ms_per_image']:.2f}, loader {r['loader_ms_per_image']:.2f}), "

@@ -123,17 +123,12 @@ def mount_options(system, extra: tuple[str, ...]):
         del system.extra_args
 
 
-def send_hint(system):
-    from cachefs import hints  # the bench's own tree: the daemon under test speaks its protocol
-    return lambda order: hints.send_order(system.mountpoint, order)
-
-
 def loader_matrix(system, scale, rec, run_i, ep_pids, args, manifest: str | None = None) -> None:
     files = dataset.paths(scale)
     for shape in LOADER_SHAPES:
         spec = dataset.imagenet_spec(scale) if shape == "imagenet" else dataset.loader_spec(scale)
         for variant in loader_variants(system, shape, args, manifest):
-            hint = send_hint(system) if "hint" in variant else None
+            hint = util.send_hint(system) if "hint" in variant else None
             with mount_options(system, ("--manifest", manifest) if "manifest" in variant and manifest else ()):
                 cold_start(system)
                 # a variant's epoch 2 would be the plain warm epoch again: epoch 1 is what it is about

@@ -246,3 +246,9 @@ def summarize(values: Sequence[float | None]) -> dict | None:
         return None
     return {"min": min(good), "median": statistics.median(good), "max": max(good),
             "n": len(good), "failed": len(values) - len(good)}
+
+
+def send_hint(system):
+    """The loader's hint callback (bench/loader `run_epoch(hint=...)`): the epoch's order to the daemon."""
+    from cachefs import hints  # the bench's own tree: the daemon under test speaks its protocol
+    return lambda order: hints.send_order(system.mountpoint, order)
