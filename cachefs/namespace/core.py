@@ -122,8 +122,16 @@ class Namespace:
         """List a directory unless its listing is fresh (one LIST per directory, single-flight with
         every other listing of it): for a caller about to resolve many names in it (the order
         prefetch), where lookups one by one would ask S3 a HEAD and a LIST per name."""
-        if self.cfg.listing_ttl > 0 and self.meta.listing_expiry(ino) <= time.time():
-            await self.entries(ino)
+        if self.cfg.listing_ttl <= 0:
+            return
+        while self.meta.listing_expiry(ino) <= time.time():
+            pending = self._listing.get(ino)
+            if pending is None:
+                await self.entries(ino)
+                return
+            # Another request lists it: wait, without reading its entries (64 prefetches resolving
+            # names under one directory of 1,000 classes each read all 1,000 inodes: measured).
+            await pending.wait()
 
     async def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
         """List the directory from S3 (the store's coroutine, on this trio thread) and make LMDB's

@@ -584,3 +584,30 @@ def test_dataset_walk_takes_the_next_directory_while_gets_are_in_flight(world):
     assert taken[0] > DIR_PREFETCH_DIRS
     assert 1 <= most[0] <= 12                           # no more GETs at once than the budget
     assert stats.get("s3_get") == classes * 5                 # every image once, none lost to the gate
+
+
+def test_many_callers_of_ensure_listed_share_one_listing_and_read_no_entries(world):
+    """The order prefetch resolves 64 names at once, many under one directory: one LIST, and the
+    callers that waited for it do not each read the directory's entries from LMDB (1,000 inodes a
+    caller under an ImageNet-like root, measured in a profile)."""
+    store, ns, reader, stats = world
+    _dataset(store, classes=20, n=2)
+    reads = []
+    children = ns.meta.children
+
+    def counting_children(ino):
+        reads.append(ino)
+        return children(ino)
+    ns.meta.children = counting_children
+
+    async def main():
+        train = await ns.lookup(ROOT_INO, b"train")
+        before = stats.get("s3_list")
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(ns.ensure_listed, train.ino)
+        assert ns.meta.listing_expiry(train.ino) > 0
+        return train.ino, stats.get("s3_list") - before
+    train_ino, lists = trio.run(main)
+    assert lists == 1
+    assert reads.count(train_ino) <= 1, reads
