@@ -22,7 +22,7 @@ import trio
 from cachefs import supervise
 from cachefs.blocks import block_count, block_key
 from cachefs.errors import StoreError, StoreUnavailable
-from cachefs.meta.schema import Inode
+from cachefs.meta.schema import ROOT_INO, Inode
 from cachefs.reader.orderlist import UNTOUCHED, OrderList, Progress, default_window, normalize
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ MAX_STREAMS = 64                # orders kept at once (ranks on one node); the o
 ROOM_POLL_S = 0.5               # a fetch waiting for cache room looks again this often
 OUTAGE_PAUSE_S = 1.0            # S3 unavailable: the next file waits this long (the breaker probes)
 CLAIMED = 4096                  # recently opened inodes an order covers (directory prefetch skips them)
+RESOLVED_DIRS = 4096            # directories of the orders' paths whose inodes are remembered
 
 
 class Order:
@@ -79,6 +80,7 @@ class OrderPrefetcher:
         self.orders: OrderedDict[str, Order] = OrderedDict()
         self.namespace: Any = None         # set by the first order
         self._claimed: OrderedDict[int, None] = OrderedDict()
+        self._dirs: OrderedDict[str, int] = OrderedDict()   # directory path -> inode, for _resolve
         self._inflight_bytes = 0
 
     # -- receiving an order ---------------------------------------------------------------------------
@@ -88,6 +90,7 @@ class OrderPrefetcher:
         if old is not None and epoch is not None and old.epoch is not None and epoch < old.epoch:
             return None
         self.namespace = namespace
+        self._dirs.clear()                 # a new epoch's paths are resolved afresh
         if old is not None:
             self._drop(stream)
         order = self.orders[stream] = Order(stream, epoch, 0)
@@ -313,15 +316,30 @@ class OrderPrefetcher:
         """The inode at a path relative to the mount root, looked up as FUSE would, each directory on
         the way listed whole first (once: an order names many files of a directory, and a lookup of
         a name in an unlisted directory costs a HEAD and a LIST; measured: epoch 1 with hints 0.64x
-        of without before this, docs/BENCHMARKS.md "Issue 18")."""
+        of without before this, docs/BENCHMARKS.md "Issue 18"). A directory's inode is remembered
+        (an order's paths share few directories: the walk from the root was ~0.14 ms of each file's
+        ~0.2 ms here); a remembered one that is gone meanwhile is looked up again."""
         ns = self.namespace
-        inode = ns.get(1)
-        for part in path.split("/"):
+        directory, _, name = path.rpartition("/")
+        ino = self._dirs.get(directory)
+        if ino is not None:
+            try:
+                await ns.ensure_listed(ino)
+                return await ns.lookup(ino, name.encode())
+            except StoreError:
+                self._dirs.pop(directory, None)      # renamed or removed: from the root again
+        inode = ns.get(ROOT_INO)
+        for part in directory.split("/") if directory else ():
             await ns.ensure_listed(inode.ino)
-            inode = await ns.lookup(inode.ino, part.encode())
-            if inode is None:
+            found = await ns.lookup(inode.ino, part.encode())
+            if found is None or not found.is_dir:
                 return None
-        return inode
+            inode = found
+        self._dirs[directory] = inode.ino
+        while len(self._dirs) > RESOLVED_DIRS:
+            self._dirs.popitem(last=False)
+        await ns.ensure_listed(inode.ino)
+        return await ns.lookup(inode.ino, name.encode())
 
     def summary(self) -> dict:
         """For `cachefs stats` and the control answer."""

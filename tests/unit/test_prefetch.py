@@ -611,3 +611,23 @@ def test_many_callers_of_ensure_listed_share_one_listing_and_read_no_entries(wor
     train_ino, lists = trio.run(main)
     assert lists == 1
     assert reads.count(train_ino) <= 1, reads
+
+
+def test_order_resolve_remembers_directories_and_looks_a_gone_one_up_again(world):
+    store, ns, reader, stats = world
+    _dataset(store, classes=3, n=2)
+    orders = reader.orders
+    orders.namespace = ns
+
+    async def main():
+        got = {p: await orders._resolve(p) for p in ("train/c1/001.jpg", "train/c1/000.jpg",
+                                                      "train/labels.txt", "train/c9/000.jpg", "nowhere/x")}
+        assert {p: i and i.path for p, i in got.items()} == {
+            "train/c1/001.jpg": "train/c1/001.jpg", "train/c1/000.jpg": "train/c1/000.jpg",
+            "train/labels.txt": "train/labels.txt", "train/c9/000.jpg": None, "nowhere/x": None}
+        assert set(orders._dirs) == {"train/c1", "train"}
+        orders._dirs["train/c1"] = 987654321              # an inode that is gone (directory removed)
+        again = await orders._resolve("train/c1/000.jpg")
+        assert again is not None and again.path == "train/c1/000.jpg"
+        assert orders._dirs["train/c1"] == again.parent
+    trio.run(main)
