@@ -7,6 +7,7 @@ under a name no file has (tests/test_reliability_stress.py found it: p1/d4182321
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -17,14 +18,15 @@ from inproc.harness import FsHarness
 
 
 class GatedStore(MemoryStore):
-    """The PUT of `gated_put` and the first DELETE of `gated_delete` wait for their gate (in the
-    worker thread that sends them, as a slow S3 answer would)."""
+    """The PUT of `gated_put` and the first DELETE of `gated_delete` wait for their gate before they
+    are done, the first COPY from `gated_copy` after it is done and before it answers (in the worker
+    thread that sends them, as a slow S3 answer would)."""
 
-    def __init__(self, gated_put: str, gated_delete: str) -> None:
+    def __init__(self, gated_put: str = "", gated_delete: str = "", gated_copy: str = "") -> None:
         super().__init__("bkt")
-        self.gated_put, self.gated_delete = gated_put, gated_delete
-        self.put_gate, self.delete_gate = threading.Event(), threading.Event()
-        self.put_waiting = self.delete_waiting = False
+        self.gated_put, self.gated_delete, self.gated_copy = gated_put, gated_delete, gated_copy
+        self.put_gate, self.delete_gate, self.copy_gate = threading.Event(), threading.Event(), threading.Event()
+        self.put_waiting = self.delete_waiting = self.copy_waiting = False
 
     def put_object(self, key, data, metadata=None):
         if key == self.gated_put:
@@ -37,6 +39,13 @@ class GatedStore(MemoryStore):
             self.delete_waiting = True
             self.delete_gate.wait(10)
         super().delete(key)
+
+    def copy(self, src, dst, metadata=None):
+        etag = super().copy(src, dst, metadata)
+        if src == self.gated_copy and not self.copy_waiting:
+            self.copy_waiting = True
+            self.copy_gate.wait(10)
+        return etag
 
 
 async def until(cond, timeout: float = 5.0) -> bool:
@@ -74,6 +83,7 @@ def test_an_upload_done_during_a_renames_delete_leaves_no_object_behind(tmp_path
             nursery.start_soon(fs.rename, "b", "c")
             assert await until(lambda: store.delete_waiting)
             paused = False
+            fs.wb.signals.wake()
             await until(lambda: st.remote == "b" and not st.uploading, timeout=1.0)
             store.delete_gate.set()
         await fs.sync()
@@ -81,9 +91,38 @@ def test_an_upload_done_during_a_renames_delete_leaves_no_object_behind(tmp_path
         assert fs.s3_body("c") == data
         assert await fs.read_file("c") == data
 
+    run(fs, store, body)
+
+
+def test_a_write_uploaded_during_a_renames_copy_is_not_lost(tmp_path):
+    store = GatedStore(gated_copy="data/a")
+    fs = FsHarness(tmp_path / "mount", store=store)
+    old, new = b"o" * 200_000, b"n" * 200_000
+
+    async def body():
+        ino = await fs.write_file("a", old)
+        await fs.sync()                                 # clean: a rename copies S3's "a" to "b"
+        info = await fs.open("a", os.O_WRONLY)          # another process has it open for writing
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.rename, "a", "b")
+            assert await until(lambda: store.copy_waiting)      # copied (the old bytes), not yet answered
+            assert await fs.ops.write(info.fh, 0, new) == len(new)
+            await fs.ops.release(info.fh)               # its upload is due at once (the fixed daemon
+            st = fs.wb.get(ino)                         # holds it until the rename is done)
+            await until(lambda: st.synced == st.generation and not st.uploading, timeout=1.0)
+            store.copy_gate.set()
+        await fs.sync()
+        assert fs.s3_keys() == ["data/b"]
+        assert fs.s3_body("b") == new
+        assert await fs.read_file("b") == new
+
+    run(fs, store, body)
+
+
+def run(fs: FsHarness, store: GatedStore, body) -> None:
     try:
         trio.run(fs.serve, body)
     finally:
-        store.put_gate.set()
-        store.delete_gate.set()
+        for gate in (store.put_gate, store.delete_gate, store.copy_gate):
+            gate.set()
         fs.close()
