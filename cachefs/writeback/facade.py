@@ -200,10 +200,10 @@ class Writeback:
         while the rename deleted or copied its old object set where S3 holds it, and the rename's own
         record of that then overwrote it: the upload's object stayed in S3 under a name no file has
         (tests/test_reliability_stress.py found it). An upload already in flight goes on."""
-        st.renaming = True
+        st.renaming += 1
 
     def rename_done(self, st: Staged) -> None:
-        st.renaming = False
+        st.renaming -= 1
         self.signals.wake()
 
     def renamed(self, ino: int, new_path: str, replaced: bool = False) -> None:
