@@ -195,6 +195,16 @@ class Tree:
     async def _rename_file(self, node: Inode, old_parent: Inode, old_name: bytes, new_parent: Inode,
                            new_name: bytes, new_path: str, target: Inode | None) -> None:
         st = self.wb.get(node.ino)
+        if st is not None:
+            self.wb.rename_started(st)      # no upload of it starts before wb.renamed below
+        try:
+            await self._move_file(st, node, old_parent, old_name, new_parent, new_name, new_path, target)
+        finally:
+            if st is not None:
+                self.wb.rename_done(st)
+
+    async def _move_file(self, st: Staged | None, node: Inode, old_parent: Inode, old_name: bytes,
+                         new_parent: Inode, new_name: bytes, new_path: str, target: Inode | None) -> None:
         prefix = self.ns.cfg.prefix
         etag = None
         if st is None:

@@ -195,6 +195,17 @@ class Writeback:
         return True
 
     # -- namespace changes ------------------------------------------------------------------
+    def rename_started(self, st: Staged) -> None:
+        """A rename of the file begins: no upload of it starts until `rename_done`. One that ran
+        while the rename deleted or copied its old object set where S3 holds it, and the rename's own
+        record of that then overwrote it: the upload's object stayed in S3 under a name no file has
+        (tests/test_reliability_stress.py found it). An upload already in flight goes on."""
+        st.renaming += 1
+
+    def rename_done(self, st: Staged) -> None:
+        st.renaming -= 1
+        self.signals.wake()
+
     def renamed(self, ino: int, new_path: str, replaced: bool = False) -> None:
         """`replaced`: it took the name of a file whose object S3 may hold until this one's upload."""
         st = self.get(ino)

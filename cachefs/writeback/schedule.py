@@ -44,7 +44,7 @@ class Scheduler:
 
     # -- what is due ------------------------------------------------------------------------
     def due(self, st: Staged, now: float, moving_out: set[str] | None = None) -> bool:
-        if not st.dirty or st.uploading or now < st.retry_at:
+        if not st.dirty or st.uploading or st.renaming or now < st.retry_at:
             return False
         if st.path in self.names.inflight or st.path in self.names.vacating:
             # Another inode's upload to this name is in flight (the file it replaced, unlinked

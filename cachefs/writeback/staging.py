@@ -72,6 +72,7 @@ class Staged:
     replaced: bool = False         # it replaced a file at `path` whose object S3 may still hold there
     maybe_at: set[str] = field(default_factory=set)   # names a failed upload may have reached all the same
     sending: str | None = None     # the name an upload (or copy) in flight is writing to
+    renaming: int = 0              # renames of it running (their S3 requests, their record): no upload starts
 
     @property
     def dirty(self) -> bool:
