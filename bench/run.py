@@ -127,7 +127,11 @@ def loader_matrix(system, scale, rec, run_i, ep_pids, args, manifest: str | None
     files = dataset.paths(scale)
     for shape in LOADER_SHAPES:
         spec = dataset.imagenet_spec(scale) if shape == "imagenet" else dataset.loader_spec(scale)
-        for variant in loader_variants(system, shape, args, manifest):
+        variants = loader_variants(system, shape, args, manifest)
+        # Each run starts at another variant: what one leaves behind (the kernel writing back and
+        # deleting the last mount's cache files) falls on a different one each time.
+        turn = (run_i - 1) % len(variants)
+        for variant in variants[turn:] + variants[:turn]:
             hint = util.send_hint(system) if "hint" in variant else None
             with mount_options(system, ("--manifest", manifest) if "manifest" in variant and manifest else ()):
                 cold_start(system)
