@@ -324,34 +324,36 @@ class OrderPrefetcher:
         a name in an unlisted directory costs a HEAD and a LIST; measured: epoch 1 with hints 0.64x
         of without before this, docs/BENCHMARKS.md "Issue 18"). A directory's inode is remembered
         (an order's paths share few directories: the walk from the root was ~0.14 ms of each file's
-        ~0.2 ms here); a remembered one that is gone meanwhile is looked up again."""
-        ns = self.namespace
+        ~0.2 ms here); a remembered one that is gone meanwhile is looked up again (a renamed one
+        keeps its inode: the hint then fetches from its new place, a wasted GET at most)."""
         directory, _, name = path.rpartition("/")
         ino = self._dirs.get(directory)
         if ino is not None:
             try:
-                await self._listed(ino)
-                return await ns.lookup(ino, name.encode())
+                return await self._lookup_in(ino, name)
             except StoreError:
-                self._dirs.pop(directory, None)      # renamed or removed: from the root again
-        inode = ns.get(ROOT_INO)
+                self._dirs.pop(directory, None)      # removed meanwhile: from the root again
+        ino = ROOT_INO
         for part in directory.split("/") if directory else ():
-            await self._listed(inode.ino)
-            found = await ns.lookup(inode.ino, part.encode())
+            found = await self._lookup_in(ino, part)
             if found is None or not found.is_dir:
                 return None
-            inode = found
-        self._dirs[directory] = inode.ino
+            ino = found.ino
+        self._dirs[directory] = ino
         while len(self._dirs) > RESOLVED_DIRS:
             self._dirs.popitem(last=False)
-        await self._listed(inode.ino)
-        return await ns.lookup(inode.ino, name.encode())
+        return await self._lookup_in(ino, name)
+
+    async def _lookup_in(self, ino: int, name: str) -> Inode | None:
+        """A name in a directory, the directory listed first (at most LISTINGS at once)."""
+        await self._listed(ino)
+        return await self.namespace.lookup(ino, name.encode())
 
     async def _listed(self, ino: int) -> None:
         """The directory listed unless its listing is fresh, at most LISTINGS at once."""
         ns = self.namespace
-        if ns.meta.listing_expiry(ino) > time.time():
-            return
+        if ns.cfg.listing_ttl <= 0 or ns.meta.listing_expiry(ino) > time.time():
+            return                       # nothing to list (ensure_listed would say the same)
         async with self._listing_slots:
             await ns.ensure_listed(ino)
 

@@ -66,7 +66,6 @@ class DirectoryPrefetch:
         block_size: int
         prefetch_small_files: int
         _prefetching: int
-        max_fetches: int
         _prefetched: OrderedDict[bytes, memoryview]
         _inflight: Flights[bytes]
 
