@@ -273,8 +273,11 @@ class AttributeView:
             async with lock:
                 st = self._writeback.get(ino)
                 if st is not None and st.uploading:
-                    # Its metadata was taken when the upload started: wait for it, then see.
-                    await self._writeback.wait_uploaded(st, time.monotonic() + _UPLOAD_WAIT_S)
+                    # Its metadata was taken when the upload started: wait for it, its record (the
+                    # new ETag) too, then see.
+                    deadline = time.monotonic() + _UPLOAD_WAIT_S
+                    await self._writeback.wait_uploaded(st, deadline)
+                    await self._writeback.wait_idle(st, deadline)
                     st = self._writeback.get(ino)
                 if st is not None and (st.dirty or st.uploading):
                     if st.session is not None:

@@ -292,6 +292,9 @@ class Writeback:
     async def wait_uploaded(self, st: Staged, deadline: float) -> bool:
         return await self.scheduler.wait_uploaded(st, deadline)
 
+    async def wait_idle(self, st: Staged, deadline: float) -> bool:
+        return await self.scheduler.wait_idle(st, deadline)
+
     async def flush_all(self, timeout: float) -> list[str]:
         """Upload everything pending now; wait up to `timeout` s. Returns the paths still pending."""
         return await self.scheduler.flush_all(timeout)

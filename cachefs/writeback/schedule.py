@@ -109,6 +109,18 @@ class Scheduler:
             st.forced = True
         return True
 
+    async def wait_idle(self, st: Staged, deadline: float) -> bool:
+        """Until no upload of `st` is in flight, its record written too (wait_uploaded returns once
+        S3 has answered, before the file's ETag is recorded). False when the deadline passes."""
+        while st.uploading:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            changed = self.signals.changed
+            with trio.move_on_after(left):
+                await changed.wait()
+        return True
+
     async def flush_all(self, timeout: float) -> list[str]:
         """Upload everything pending now; wait up to `timeout` s. Returns the paths still pending."""
         deadline = time.monotonic() + timeout

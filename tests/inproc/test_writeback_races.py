@@ -7,6 +7,7 @@ under a name no file has (tests/test_reliability_stress.py found it: p1/d4182321
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -126,3 +127,42 @@ def run(fs: FsHarness, store: GatedStore, body) -> None:
         for gate in (store.put_gate, store.delete_gate, store.copy_gate):
             gate.set()
         fs.close()
+
+
+def test_a_chown_during_an_uploads_bookkeeping_reaches_s3(tmp_path):
+    """A chown while an upload carrying the old owner is in flight waits for it, then copies the
+    object with the new owner. The upload's answer comes before its record is written: a chown
+    that woke up in between (another file's upload finished) took the file for one whose next
+    upload carries the owner, and S3 kept the old one (tests/test_posix_meta.py found it in CI)."""
+    store = GatedStore(gated_put="data/a")
+    fs = FsHarness(tmp_path / "mount", store=store)
+    recorded = threading.Event()
+    uploader = fs.wb.uploader
+    on_uploaded = uploader.on_uploaded
+
+    def slow_record(ino, etag):
+        recorded.wait(10)
+        on_uploaded(ino, etag)
+
+    uploader.on_uploaded = slow_record
+
+    async def body():
+        ino = await fs.write_file("a", b"y")            # its upload (uid 0) starts at close, and waits
+        assert await until(lambda: store.put_waiting)
+        st = fs.wb.get(ino)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(fs.setattr, "a", "uid", st_uid=42))
+            await trio.sleep(0.05)                      # the chown waits for the upload
+            store.put_gate.set()
+            assert await until(lambda: st.synced == st.generation)     # answered, its record not yet written
+            fs.wb.signals.notify()                      # as another file's finished upload does
+            await trio.sleep(0.05)
+            recorded.set()
+        await fs.sync()
+        assert fs.s3_meta("a")["uid"] == "42"
+        assert (await fs.stat("a")).st_uid == 42
+
+    try:
+        run(fs, store, body)
+    finally:
+        recorded.set()
