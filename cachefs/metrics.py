@@ -95,6 +95,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_piece_fetches_total": ("piece_fetches", "GETs of pieces (each a run of missing pieces of one block)"),
     "cachefs_piece_fills_total": ("piece_fills", "hot blocks whose missing pieces were fetched in the background"),
     "cachefs_blocks_from_pieces_total": ("blocks_from_pieces", "whole-block reads put together from cached pieces"),
+    "cachefs_s3_connections_total": ("s3_connections", "connections the libcurl engine opened to S3 (kept "
+                                     "open between requests; a transfer cancelled mid-answer closes its own)"),
     "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate GETs sent for a straggler (hedging)"),
     "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),
     "cachefs_s3_hedge_skipped_answered_total": ("s3_hedge_skipped_answered",

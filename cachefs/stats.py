@@ -27,6 +27,7 @@ COUNTERS: dict[str, str] = {
     "s3_copy": "server-side copies (renames, metadata replacement)",
     "s3_delete": "DELETE requests",
     "s3_write_errors": "write requests (PUT, part, multipart, copy, delete) that failed",
+    "s3_connections": "connections the libcurl engine opened",
     "s3_hedged": "duplicate GETs sent for a straggler",
     "s3_hedge_wins": "hedged GETs where the duplicate answered first",
     "s3_hedge_skipped_answered": "GETs past the hedging deadline not hedged: their body was arriving",

@@ -185,10 +185,11 @@ def test_a_body_trickling_past_the_deadline_is_ended_there(aws_env, fault_proxy,
 
 
 def test_a_cancelled_request_is_removed_from_the_multi_and_its_connection_closed(proxied, fault_proxy):
-    fault_proxy.add(Fault("blackhole", ops="get", key="plain", seconds=30))
-
     async def main():
         assert await proxied.ahead("plain") is not None
+        assert await proxied.aget_range("plain", 0, 10) == DATA[:10]
+        assert proxied.stats.snapshot()["s3_connections"] == 1        # kept open: reused
+        fault_proxy.add(Fault("blackhole", ops="get", key="plain", seconds=30))
         multi = proxied.engine._multi
         idle = set(multi._watches)         # libcurl's own (its wake-up pair), if any
         with trio.move_on_after(0.5):
@@ -201,6 +202,7 @@ def test_a_cancelled_request_is_removed_from_the_multi_and_its_connection_closed
         fault_proxy.clear()
         # the same handles, another request: the engine is fine
         assert await proxied.aget_range("plain", 0, 1000) == DATA[:1000]
+        assert proxied.stats.snapshot()["s3_connections"] == 2        # the cancelled one was closed
     t0 = time.monotonic()
     run(main)
     assert time.monotonic() - t0 < 5

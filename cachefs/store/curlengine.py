@@ -173,6 +173,9 @@ class CurlEngine:
         self._agent = f"cachefs/{__version__} libcurl"
         self._multi: TrioMulti | None = None
         self._free: list[pycurl.Curl] = []
+        # Told how many connections each request opened (a reused one: none; a transfer cancelled
+        # mid-answer closes its connection, so churn shows here).
+        self.on_connections: Callable[[int], None] = _ignore
         self._userpwd: tuple[Any, str] = (None, "")
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -244,6 +247,9 @@ class CurlEngine:
         t0 = time.perf_counter()
         try:
             code, message = await multi.perform(c)
+            opened = c.getinfo(pycurl.NUM_CONNECTS)
+            if opened:
+                self.on_connections(opened)
         finally:
             c.setopt(pycurl.HEADERFUNCTION, _ignore)   # drop the references to this exchange
             c.setopt(pycurl.WRITEFUNCTION, _ignore)

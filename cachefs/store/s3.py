@@ -100,6 +100,8 @@ class S3Store(TrioReads, ObjectStore):
         if engine == "curl":     # what cannot be built is done by boto3
             self.engine = _curl_engine(self.read_client, bucket, connect_timeout=connect_timeout,
                                        read_timeout=read_timeout, max_connections=max_connections)
+            if self.engine is not None:
+                self.engine.on_connections = lambda n: self.stats.add("s3_connections", n)
         elif engine != "boto3":
             raise ValueError(f"unknown S3 engine {engine!r}")
         self._retries_metric = metrics.S3_RETRIES
