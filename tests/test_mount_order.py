@@ -83,6 +83,30 @@ def test_files_beyond_the_window_wait_for_the_reader(mounter, make_bucket, reque
     assert sorted(object_gets(request_log, mark, bucket)) == sorted(order[:7])
 
 
+def test_a_directory_being_listed_holds_back_no_other_and_keeps_its_room(mounter, make_bucket, request_log,
+                                                                          fault_proxy):
+    """The first file's directory lists slowly: the next files, of directories already listed, are
+    fetched meanwhile, but only as many as leave the window room for the first (docs/CACHING.md
+    "Order-aware prefetch"); the first follows once its listing is in."""
+    bucket = make_bucket("order-listing", OBJECTS)
+    # 2000-2039 bytes a file: five fit in 10 KiB, six do not.
+    m = mounter.mount(bucket, *QUIET, "--prefetch-window", "10KiB", "--prefetch-concurrency", "8",
+                      endpoint_url=fault_proxy.url)
+    others = [f for f in shuffled(4) if not f.startswith("train/n01/")]
+    head = "train/n01/img-03.jpg"
+    order = [head] + others + [f for f in FILES if f.startswith("train/n01/") and f != head]
+    fault_proxy.add(Fault("delay", ops="list", key=r"^train/n01/", seconds=2.0))
+    mark = request_log.mark()
+    send_order(str(m.path), order)
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] >= 4, 10), m.stats()
+    time.sleep(0.5)                                               # still listing n01: nothing more
+    assert sorted(object_gets(request_log, mark, bucket)) == sorted(order[1:5])
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 5, 10), m.stats()   # n01 listed: the first
+    assert settled(m, "order_prefetched_files") == 5              # and no more: the window is full
+    got = object_gets(request_log, mark, bucket)
+    assert sorted(got) == sorted(order[:5]) and got[-1] == order[0], got
+
+
 def test_cached_files_are_skipped(mounter, make_bucket, request_log):
     bucket = make_bucket("order-cached", OBJECTS)
     m = mounter.mount(bucket, *QUIET)

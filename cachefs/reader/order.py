@@ -13,9 +13,12 @@ its previous one (an older epoch arriving late is ignored).
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -39,12 +42,28 @@ RESOLVED_DIRS = 4096            # directories of the orders' paths whose inodes 
 # directories listed them all at once, and the endpoint's bucket index served them slower and at a
 # higher CPU cost than 8 at a time (measured: the epoch's first 0.3 s fetched 100 files, not 240).
 LISTINGS = 8
+# Positions looked at ahead of the fetches (being resolved, or resolved and waiting for their turn)
+# per GET slot. A position waiting for its directory's listing holds no GET slot: with the slots
+# held through the listings, the first 0.2 s of a shuffled epoch over 100 directories behind 20 ms
+# fetched 36-45 files against the walk's ~100 (docs/BENCHMARKS.md "Hints that list ahead").
+RESOLVE_AHEAD = 4
+
+
+class _Waiter:
+    """A resolved position waiting for its turn: its wake-up, its file's size, whether it was
+    given its turn (a GET slot and its bytes of the window taken for it)."""
+    __slots__ = ("event", "size", "granted")
+
+    def __init__(self, size: int) -> None:
+        self.event = trio.Event()
+        self.size = size
+        self.granted = False
 
 
 class Order:
     """One stream's order: its paths, the reader's progress through them, its fetches in flight."""
 
-    def __init__(self, stream: str, epoch: int | None, window: int) -> None:
+    def __init__(self, stream: str, epoch: int | None, window: int, ahead: int = 1) -> None:
         self.stream = stream
         self.epoch = epoch
         self.paths = OrderList()
@@ -54,10 +73,21 @@ class Order:
         self.scope = trio.CancelScope()    # the whole order: cancelled when replaced
         self.fetching: dict[int, tuple[trio.CancelScope, list]] = {}   # position -> scope, its flights
         self.misses = 0
-        # Positions resolved and waiting for the window, each with its wake-up: only the first of them
-        # may go next, so a change wakes that one, not all (64 wake-ups per change cost more daemon
-        # CPU per file than the epoch could spare: docs/BENCHMARKS.md "Issue 18").
-        self.waiting: dict[int, trio.Event] = {}
+        # Positions resolved and not started yet; `queue`: those not given their turn, sorted.
+        # Turns are given where things change (`grant`, OrderPrefetcher._grant), waking only the
+        # positions given one (a wake-up of every waiter per change cost more daemon CPU per file
+        # than the epoch could spare: docs/BENCHMARKS.md "Issue 18").
+        self.waiting: dict[int, _Waiter] = {}
+        self.queue: list[int] = []
+        # Positions being resolved, sorted: `quick` (any moment now) and `listing` (waiting for
+        # their directory's listing); the largest file resolved so far, what each listing one is
+        # assumed to need of the window.
+        self.quick: list[int] = []
+        self.listing: list[int] = []
+        self.typical = 0
+        # Positions being resolved or waiting: per order, so that a stalled one starves no other.
+        self.looking = trio.Semaphore(ahead)
+        self.grant: Callable[[], None] = lambda: None
         self._changed = trio.Event()
 
     @property
@@ -65,15 +95,39 @@ class Order:
         return self.misses < MISS_LIMIT
 
     def changed(self) -> None:
-        """Wake the runner and the first fetch waiting for the window, paths or the reader."""
+        """The window, the paths, the reader or the positions moved: wake the runner, give turns."""
         self._changed.set()
         self._changed = trio.Event()
-        if self.waiting:
-            self.waiting[min(self.waiting)].set()
+        self.grant()
 
     async def wait_change(self, timeout: float = ROOM_POLL_S) -> None:
         with trio.move_on_after(timeout):
             await self._changed.wait()
+
+    def wait_turn(self, pos: int, waiter: _Waiter) -> None:
+        self.waiting[pos] = waiter
+        bisect.insort(self.queue, pos)
+
+    def leave(self, pos: int) -> None:
+        del self.waiting[pos]
+        _remove(self.queue, pos)
+
+    def listing_started(self, pos: int) -> None:
+        if _remove(self.quick, pos):
+            bisect.insort(self.listing, pos)
+            self.changed()             # the positions behind it may go now
+
+    def resolved(self, pos: int) -> None:
+        if not _remove(self.quick, pos):
+            _remove(self.listing, pos)
+
+
+def _remove(positions: list[int], pos: int) -> bool:
+    i = bisect.bisect_left(positions, pos)
+    if i < len(positions) and positions[i] == pos:
+        del positions[i]
+        return True
+    return False
 
 
 class OrderPrefetcher:
@@ -81,12 +135,14 @@ class OrderPrefetcher:
         self.reader = reader
         self.stats = reader.stats
         self.window_option = window        # 0: WINDOW_FRACTION of the cache (default_window)
-        self.slots = trio.Semaphore(concurrency)
+        self.slots = trio.Semaphore(concurrency)      # GETs in flight
+        self.concurrency = concurrency
         self.orders: OrderedDict[str, Order] = OrderedDict()
         self.namespace: Any = None         # set by the first order
         self._claimed: OrderedDict[int, None] = OrderedDict()
         self._dirs: OrderedDict[str, int] = OrderedDict()   # directory path -> inode, for _resolve
         self._listing_slots = trio.Semaphore(LISTINGS)
+        self._listings: dict[int, trio.Event] = {}   # directories listed for the orders now -> done
         self._inflight_bytes = 0
 
     # -- receiving an order ---------------------------------------------------------------------------
@@ -99,7 +155,8 @@ class OrderPrefetcher:
         self._dirs.clear()                 # a new epoch's paths are resolved afresh
         if old is not None:
             self._drop(stream)
-        order = self.orders[stream] = Order(stream, epoch, 0)
+        order = self.orders[stream] = Order(stream, epoch, 0, RESOLVE_AHEAD * self.concurrency)
+        order.grant = functools.partial(self._grant, order)
         while len(self.orders) > MAX_STREAMS:
             self._drop(next(iter(self.orders)))
         self._share_window()
@@ -218,67 +275,133 @@ class OrderPrefetcher:
                     order.cursor += 1
                     if progress.state[pos] != UNTOUCHED or progress.is_passed(pos):
                         continue
-                    await self.slots.acquire()
-                    fetches.start_soon(self._file_supervised, order, pos)
+                    await order.looking.acquire()
+                    order.quick.append(pos)        # in order: the list stays sorted
+                    supervise.start(fetches, "order_prefetch", self._file, order, pos, what=order.stream)
         log.debug("order of stream %s: every position looked at", order.stream)
 
-    async def _file_supervised(self, order: Order, pos: int) -> None:
-        try:
-            await supervise.supervised("order_prefetch", self._file, order, pos, what=order.stream)
-        finally:
-            self.slots.release()
-
     async def _file(self, order: Order, pos: int) -> None:
+        """One position: looked up (its directory listed if need be, no GET slot held meanwhile),
+        then fetched in its turn."""
+        looking = True
+        try:
+            try:
+                target = await self._target(order, pos)
+            finally:
+                order.resolved(pos)
+            if target is None:
+                order.changed()                          # the positions behind it may go now
+                return
+            order.typical = max(order.typical, target[0].size)
+            waiter = _Waiter(target[0].size)
+            order.wait_turn(pos, waiter)
+            started = False
+            try:
+                self._grant(order)
+                started = await self._turn(order, pos, waiter)
+            finally:
+                order.leave(pos)
+                order.looking.release()
+                looking = False
+                if waiter.granted and not started:      # cancelled just after its turn came
+                    self._ungrant(order, pos, waiter.size)
+                    order.changed()
+            if started:
+                try:
+                    await self._fetch_file(order, pos, *target)
+                finally:
+                    self.slots.release()
+                    for other in list(self.orders.values()):   # a slot is free: their next may start
+                        other.grant()
+        finally:
+            if looking:
+                order.looking.release()
+
+    async def _target(self, order: Order, pos: int) -> tuple[Inode, str, list[tuple[int, bytes]]] | None:
+        """The file at `pos` and its blocks to fetch; None when there is nothing to fetch."""
         progress = order.progress
         if progress.is_passed(pos):
-            return
+            return None
         path = order.paths.path(pos)
         try:
-            inode = await self._resolve(path)
+            inode = await self._resolve(path, order, pos)
         except StoreError as e:
             log.debug("order prefetch: cannot look up %s: %s", path, e)
             progress.done(pos)
-            return
+            return None
         if inode is None or inode.is_dir:
             self.stats.add("order_not_found")
             progress.done(pos)
-            return
+            return None
         if progress.is_passed(pos):
-            return
+            return None
         key = self.namespace.key_of(inode)
         wanted = self._missing_blocks(inode, key)
         if not wanted:
             self.stats.add("order_skipped_cached")
             progress.done(pos)
-            return
+            return None
         if inode.size > progress.window:
             progress.done(pos)             # never fits: the reader fetches it itself
-            return
-        # The window goes to the waiting positions in order: a later, smaller file does not go first.
-        order.waiting[pos] = trio.Event()
-        try:
-            while not (pos == min(order.waiting) and progress.fits(inode.size) and self._admits(inode.size)):
-                with trio.move_on_after(ROOM_POLL_S):
-                    await order.waiting[pos].wait()
-                order.waiting[pos] = trio.Event()
-                if progress.is_passed(pos):
-                    return
-            if progress.is_passed(pos):        # passed while it was resolved: the reader has it
+            return None
+        return inode, key, wanted
+
+    async def _turn(self, order: Order, pos: int, waiter: _Waiter) -> bool:
+        """Until the position is given its turn (True: a GET slot and its window bytes are taken
+        for it); False when the reader got past it first. Looks again every ROOM_POLL_S (the
+        cache's room changes without a word)."""
+        progress = order.progress
+        while not waiter.granted:
+            if progress.is_passed(pos):
+                return False
+            with trio.move_on_after(ROOM_POLL_S):
+                await waiter.event.wait()
+            if not waiter.event.is_set():
+                self._grant(order)
+            waiter.event = trio.Event()
+        return True
+
+    def _grant(self, order: Order) -> None:
+        """Give their turn to the first waiting positions of the order, in order, as long as each
+        fits the window and the cache and a GET slot is free: all of them wake at once (one at a
+        time, a start per scheduler pass, kept 42 GETs in flight where the walk keeps 64, and the
+        endpoint spent more CPU per GET: docs/BENCHMARKS.md "Hints that list ahead"). A later,
+        smaller file does not go first, nor one behind a position being resolved; but one whose
+        directory is still being listed holds back no file of a directory already listed, which
+        goes first if the window also has room for the listing ones (each counted as the order's
+        largest file so far; docs/CACHING.md "Order-aware prefetch"). Positions the reader got
+        past are woken to drop out."""
+        progress, queue, quick = order.progress, order.queue, order.quick
+        while queue:
+            pos = queue[0]
+            waiter = order.waiting[pos]
+            if progress.is_passed(pos):
+                waiter.event.set()
+                del queue[0]
+                continue
+            if quick and quick[0] < pos:
+                return                     # resolved any moment now: it goes first
+            need = waiter.size + order.typical * bisect.bisect_left(order.listing, pos)
+            if not (self.slots.value and progress.fits(need) and self._admits(waiter.size)):
                 return
-        finally:
-            del order.waiting[pos]
-            order.changed()
-        progress.start(pos, inode.size)
-        order.changed()
-        await self._fetch_file(order, pos, inode, key, wanted)
+            self.slots.acquire_nowait()
+            progress.start(pos, waiter.size)
+            self._inflight_bytes += waiter.size
+            waiter.granted = True
+            waiter.event.set()
+            del queue[0]
+
+    def _ungrant(self, order: Order, pos: int, size: int) -> None:
+        self.slots.release()
+        self._inflight_bytes -= size
+        order.progress.release(pos)
 
     async def _fetch_file(self, order: Order, pos: int, inode: Inode, key: str, wanted: list[tuple[int, bytes]]):
         reader, progress = self.reader, order.progress
         flights: list = []
         fetched = 0
         with trio.CancelScope() as scope:
-            order.fetching[pos] = (scope, flights)
-            self._inflight_bytes += inode.size
+            order.fetching[pos] = (scope, flights)      # its bytes were counted in flight by _grant
             try:
                 for index, bkey in wanted:
                     if bkey in reader._inflight or bkey in reader._prefetched or reader.cache.contains(bkey):
@@ -318,7 +441,7 @@ class OrderPrefetcher:
                 out.append((i, bkey))
         return out if out or not busy else []
 
-    async def _resolve(self, path: str) -> Inode | None:
+    async def _resolve(self, path: str, order: Order, pos: int) -> Inode | None:
         """The inode at a path relative to the mount root, looked up as FUSE would, each directory on
         the way listed whole first (once: an order names many files of a directory, and a lookup of
         a name in an unlisted directory costs a HEAD and a LIST; measured: epoch 1 with hints 0.64x
@@ -330,32 +453,44 @@ class OrderPrefetcher:
         ino = self._dirs.get(directory)
         if ino is not None:
             try:
-                return await self._lookup_in(ino, name)
+                return await self._lookup_in(ino, name, order, pos)
             except StoreError:
                 self._dirs.pop(directory, None)      # removed meanwhile: from the root again
         ino = ROOT_INO
         for part in directory.split("/") if directory else ():
-            found = await self._lookup_in(ino, part)
+            found = await self._lookup_in(ino, part, order, pos)
             if found is None or not found.is_dir:
                 return None
             ino = found.ino
         self._dirs[directory] = ino
         while len(self._dirs) > RESOLVED_DIRS:
             self._dirs.popitem(last=False)
-        return await self._lookup_in(ino, name)
+        return await self._lookup_in(ino, name, order, pos)
 
-    async def _lookup_in(self, ino: int, name: str) -> Inode | None:
+    async def _lookup_in(self, ino: int, name: str, order: Order, pos: int) -> Inode | None:
         """A name in a directory, the directory listed first (at most LISTINGS at once)."""
-        await self._listed(ino)
+        await self._listed(ino, order, pos)
         return await self.namespace.lookup(ino, name.encode())
 
-    async def _listed(self, ino: int) -> None:
-        """The directory listed unless its listing is fresh, at most LISTINGS at once."""
+    async def _listed(self, ino: int, order: Order, pos: int) -> None:
+        """The directory listed unless its listing is fresh, at most LISTINGS directories at once:
+        the positions under a directory being listed wait for that listing without a listing slot
+        (eight positions of one directory would otherwise hold all eight)."""
         ns = self.namespace
         if ns.cfg.listing_ttl <= 0 or ns.meta.listing_expiry(ino) > time.time():
             return                       # nothing to list (ensure_listed would say the same)
-        async with self._listing_slots:
-            await ns.ensure_listed(ino)
+        order.listing_started(pos)       # later positions may start before this one meanwhile
+        listed = self._listings.get(ino)
+        if listed is not None:
+            await listed.wait()          # failed or cancelled: the lookup finds the name its own way
+            return
+        listed = self._listings[ino] = trio.Event()
+        try:
+            async with self._listing_slots:
+                await ns.ensure_listed(ino)
+        finally:
+            del self._listings[ino]
+            listed.set()
 
     def summary(self) -> dict:
         """For `cachefs stats` and the control answer."""

@@ -10,6 +10,7 @@ from cachefs.errors import StoreUnavailable
 from cachefs.meta.schema import ROOT_INO
 from cachefs.namespace.core import MAX_BACKGROUND_LISTINGS
 from cachefs.reader import ReadState
+from cachefs.reader.order import Order
 from cachefs.reader.prefetch import DIR_PREFETCH_DIRS, GetBudget
 
 from .test_read_path import BS, make_world
@@ -619,15 +620,17 @@ def test_order_resolve_remembers_directories_and_looks_a_gone_one_up_again(world
     orders = reader.orders
     orders.namespace = ns
 
+    order = Order("s", None, 1 << 30)
+
     async def main():
-        got = {p: await orders._resolve(p) for p in ("train/c1/001.jpg", "train/c1/000.jpg",
-                                                      "train/labels.txt", "train/c9/000.jpg", "nowhere/x")}
+        got = {p: await orders._resolve(p, order, i) for i, p in enumerate(
+            ("train/c1/001.jpg", "train/c1/000.jpg", "train/labels.txt", "train/c9/000.jpg", "nowhere/x"))}
         assert {p: i and i.path for p, i in got.items()} == {
             "train/c1/001.jpg": "train/c1/001.jpg", "train/c1/000.jpg": "train/c1/000.jpg",
             "train/labels.txt": "train/labels.txt", "train/c9/000.jpg": None, "nowhere/x": None}
         assert set(orders._dirs) == {"train/c1", "train"}
         orders._dirs["train/c1"] = 987654321              # an inode that is gone (directory removed)
-        again = await orders._resolve("train/c1/000.jpg")
+        again = await orders._resolve("train/c1/000.jpg", order, 5)
         assert again is not None and again.path == "train/c1/000.jpg"
         assert orders._dirs["train/c1"] == again.parent
     trio.run(main)
