@@ -79,11 +79,11 @@ class Order:
         # than the epoch could spare: docs/BENCHMARKS.md "Issue 18").
         self.waiting: dict[int, _Waiter] = {}
         self.queue: list[int] = []
-        # Positions being resolved, sorted: `quick` (any moment now) and `listing` (waiting for
-        # their directory's listing); the largest file resolved so far, what each listing one is
-        # assumed to need of the window.
+        # Positions being resolved, sorted: `quick` (any moment now) and `slow` (waiting for S3: their
+        # directory's listing, or a lookup of the name); the largest file resolved so far, what each
+        # slow one is assumed to need of the window.
         self.quick: list[int] = []
-        self.listing: list[int] = []
+        self.slow: list[int] = []
         self.typical = 0
         # Positions being resolved or waiting: per order, so that a stalled one starves no other.
         self.looking = trio.Semaphore(ahead)
@@ -112,14 +112,14 @@ class Order:
         del self.waiting[pos]
         _remove(self.queue, pos)
 
-    def listing_started(self, pos: int) -> None:
+    def waits_for_s3(self, pos: int) -> None:
         if _remove(self.quick, pos):
-            bisect.insort(self.listing, pos)
+            bisect.insort(self.slow, pos)
             self.changed()             # the positions behind it may go now
 
     def resolved(self, pos: int) -> None:
         if not _remove(self.quick, pos):
-            _remove(self.listing, pos)
+            _remove(self.slow, pos)
 
 
 def _remove(positions: list[int], pos: int) -> bool:
@@ -366,9 +366,9 @@ class OrderPrefetcher:
         fits the window and the cache and a GET slot is free: all of them wake at once (one at a
         time, a start per scheduler pass, kept 42 GETs in flight where the walk keeps 64, and the
         endpoint spent more CPU per GET: docs/BENCHMARKS.md "Hints that list ahead"). A later,
-        smaller file does not go first, nor one behind a position being resolved; but one whose
-        directory is still being listed holds back no file of a directory already listed, which
-        goes first if the window also has room for the listing ones (each counted as the order's
+        smaller file does not go first, nor one behind a position being resolved; but one waiting
+        for S3 to resolve (its directory's listing) holds back no file resolved already, which goes
+        first if the window also has room for the waiting ones (each counted as the order's
         largest file so far; docs/CACHING.md "Order-aware prefetch"). Positions the reader got
         past are woken to drop out."""
         progress, queue, quick = order.progress, order.queue, order.quick
@@ -381,7 +381,7 @@ class OrderPrefetcher:
                 continue
             if quick and quick[0] < pos:
                 return                     # resolved any moment now: it goes first
-            need = waiter.size + order.typical * bisect.bisect_left(order.listing, pos)
+            need = waiter.size + order.typical * bisect.bisect_left(order.slow, pos)
             if not (self.slots.value and progress.fits(need) and self._admits(waiter.size)):
                 return
             self.slots.acquire_nowait()
@@ -470,7 +470,10 @@ class OrderPrefetcher:
     async def _lookup_in(self, ino: int, name: str, order: Order, pos: int) -> Inode | None:
         """A name in a directory, the directory listed first (at most LISTINGS at once)."""
         await self._listed(ino, order, pos)
-        return await self.namespace.lookup(ino, name.encode())
+        ns = self.namespace
+        if ns.cfg.listing_ttl <= 0 or ns.meta.listing_expiry(ino) <= time.time():
+            order.waits_for_s3(pos)      # not listed (listings off, or it failed): a HEAD, maybe a LIST
+        return await ns.lookup(ino, name.encode())
 
     async def _listed(self, ino: int, order: Order, pos: int) -> None:
         """The directory listed unless its listing is fresh, at most LISTINGS directories at once:
@@ -479,7 +482,7 @@ class OrderPrefetcher:
         ns = self.namespace
         if ns.cfg.listing_ttl <= 0 or ns.meta.listing_expiry(ino) > time.time():
             return                       # nothing to list (ensure_listed would say the same)
-        order.listing_started(pos)       # later positions may start before this one meanwhile
+        order.waits_for_s3(pos)          # later positions may start before this one meanwhile
         listed = self._listings.get(ino)
         if listed is not None:
             await listed.wait()          # failed or cancelled: the lookup finds the name its own way
