@@ -469,31 +469,33 @@ class OrderPrefetcher:
 
     async def _lookup_in(self, ino: int, name: str, order: Order, pos: int) -> Inode | None:
         """A name in a directory, the directory listed first (at most LISTINGS at once)."""
-        await self._listed(ino, order, pos)
-        ns = self.namespace
-        if ns.cfg.listing_ttl <= 0 or ns.meta.listing_expiry(ino) <= time.time():
+        if not await self._listed(ino, order, pos):
             order.waits_for_s3(pos)      # not listed (listings off, or it failed): a HEAD, maybe a LIST
-        return await ns.lookup(ino, name.encode())
+        return await self.namespace.lookup(ino, name.encode())
 
-    async def _listed(self, ino: int, order: Order, pos: int) -> None:
+    async def _listed(self, ino: int, order: Order, pos: int) -> bool:
         """The directory listed unless its listing is fresh, at most LISTINGS directories at once:
         the positions under a directory being listed wait for that listing without a listing slot
-        (eight positions of one directory would otherwise hold all eight)."""
+        (eight positions of one directory would otherwise hold all eight). Whether its listing is
+        fresh now (False with listings off, or when the listing failed)."""
         ns = self.namespace
-        if ns.cfg.listing_ttl <= 0 or ns.meta.listing_expiry(ino) > time.time():
-            return                       # nothing to list (ensure_listed would say the same)
+        if ns.cfg.listing_ttl <= 0:
+            return False
+        if ns.meta.listing_expiry(ino) > time.time():
+            return True                  # the common case: one read, nothing to list
         order.waits_for_s3(pos)          # later positions may start before this one meanwhile
         listed = self._listings.get(ino)
         if listed is not None:
             await listed.wait()          # failed or cancelled: the lookup finds the name its own way
-            return
-        listed = self._listings[ino] = trio.Event()
-        try:
-            async with self._listing_slots:
-                await ns.ensure_listed(ino)
-        finally:
-            del self._listings[ino]
-            listed.set()
+        else:
+            listed = self._listings[ino] = trio.Event()
+            try:
+                async with self._listing_slots:
+                    await ns.ensure_listed(ino)
+            finally:
+                del self._listings[ino]
+                listed.set()
+        return ns.meta.listing_expiry(ino) > time.time()
 
     def summary(self) -> dict:
         """For `cachefs stats` and the control answer."""
