@@ -38,9 +38,10 @@ from cachefs.meta.schema import Inode
 from cachefs.namespace.attrs import S3_MAX_OBJECT_SIZE
 from cachefs.namespace.attrview import AttributeView
 from cachefs.namespace.changes import Tree
-from cachefs.namespace.core import NAME_MAX, Namespace
+from cachefs.namespace.core import Namespace
 from cachefs.namespace.handles import Handles
 from cachefs.namespace.links import make_symlink
+from cachefs.namespace.listing import NAME_MAX
 from cachefs.reader import BlockReader, ReadState
 from cachefs.stats import Stats
 from cachefs.writeback import Staged, Writeback

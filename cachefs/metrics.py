@@ -89,6 +89,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
                                                 "flight: the reader had gone past the file"),
     "cachefs_order_not_found_total": ("order_not_found", "paths of an order that name no file"),
     "cachefs_order_opens_matched_total": ("order_opens_matched", "opens of a file an order holds"),
+    "cachefs_order_group_listings_total": ("order_group_listings",
+                                           "flat LISTs of a group of an order's directories"),
     "cachefs_fetch_shared_total": ("fetch_shared", "block reads that joined a fetch already in flight"),
     "cachefs_piece_reads_total": ("piece_reads", "block ranges a random reader read from 64 KiB pieces"),
     "cachefs_piece_held_reads_total": ("piece_held_reads", "piece reads served by the pieces the open file holds"),

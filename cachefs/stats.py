@@ -80,6 +80,7 @@ COUNTERS: dict[str, str] = {
     "order_cancelled_overtaken": "order prefetches cancelled in flight: the reader had gone past the file",
     "order_not_found": "paths of an order that name no file (or leave the mount)",
     "order_opens_matched": "opens of a file an order holds (the reader's progress through it)",
+    "order_group_listings": "flat LISTs of a group of an order's directories (one instead of a LIST each)",
     # -- the write path --
     "fuse_writes": "FUSE write requests",
     "write_bytes": "bytes written into staging",

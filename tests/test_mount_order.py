@@ -9,6 +9,7 @@ import random
 import subprocess
 import threading
 import time
+from urllib.parse import parse_qs, urlsplit
 
 from mount_helpers import CACHEFS_SRC, PYTHON, REGION, cachefs_env, object_bytes, read_all, run_cachefs, wait_until
 
@@ -104,7 +105,10 @@ def test_a_directory_being_listed_holds_back_no_other_and_keeps_its_room(mounter
     others = [f for f in shuffled(4) if not f.startswith("train/n01/")]
     head = "train/n01/img-03.jpg"
     order = [head] + others + [f for f in FILES if f.startswith("train/n01/") and f != head]
-    fault_proxy.add(Fault("delay", ops="list", key=r"^train/n01/", seconds=2.0))
+    for d in DIRS[1:]:
+        assert len(os.listdir(m.path / "train" / d)) == 10
+    # n01 is listed with its group (the flat LIST of `train/n0`, docs/CACHING.md): that one is slow.
+    fault_proxy.add(Fault("delay", ops="list", key=r"^train/n0", seconds=2.0))
     mark = request_log.mark()
     send_order(str(m.path), order)
     assert wait_until(lambda: m.stats()["order_prefetched_files"] >= 4, 10), m.stats()
@@ -114,6 +118,36 @@ def test_a_directory_being_listed_holds_back_no_other_and_keeps_its_room(mounter
     assert settled(m, "order_prefetched_files") == 5              # and no more: the window is full
     got = object_gets(request_log, mark, bucket)
     assert sorted(got) == sorted(order[:5]) and got[-1] == order[0], got
+
+
+def test_many_small_directories_are_listed_a_group_at_a_time(mounter, make_bucket, request_log):
+    """An order over 30 directories of 3 files: their names come from one flat LIST of the prefix
+    they share, not a LIST each; each directory then holds exactly what its own LIST shows, and
+    listing it asks S3 nothing (docs/CACHING.md "Order-aware prefetch")."""
+    files = [f"ds/train/c{d:02d}/{i}.jpg" for d in range(30) for i in range(3)]
+    objects = {key: object_bytes(key, 1000 + i) for i, key in enumerate(files)}
+    objects["ds/train/c07/"] = b""                                    # a directory marker
+    objects["ds/train/c11/deeper/x.jpg"] = b"x"                       # a subdirectory not in the order
+    bucket = make_bucket("order-groups", objects)
+    m = mounter.mount(bucket, *QUIET)
+    order = list(files)
+    random.Random(9).shuffle(order)
+    mark = request_log.mark()
+    send_order(str(m.path), order)
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == 90, 30), m.stats()
+    lists = [parse_qs(urlsplit(r.target).query) for r in request_log.since(mark, bucket) if r.is_list]
+    flat = [q["prefix"] for q in lists if "delimiter" not in q]
+    assert flat == [["ds/train/c"]], lists                            # one flat LIST: 91 keys, one page
+    assert len(lists) <= 4, lists                                     # and the root, ds/, ds/train/
+    assert m.stats()["order_group_listings"] == 1
+    mark = request_log.mark()
+    for d in range(30):
+        names = sorted(os.listdir(m.path / f"ds/train/c{d:02d}"))
+        assert names == sorted([f"{i}.jpg" for i in range(3)] + (["deeper"] if d == 11 else [])), (d, names)
+    assert os.listdir(m.path / "ds/train/c11/deeper") == ["x.jpg"]
+    assert [r.target for r in request_log.since(mark, bucket) if r.is_list] == []   # deeper/ too: read whole
+    for key in order:
+        assert read_all(m / key) == objects[key]
 
 
 def test_cached_files_are_skipped(mounter, make_bucket, request_log):

@@ -21,11 +21,11 @@ from cachefs.flight import Flight, Flights
 from cachefs.meta.schema import KIND_DIR, KIND_FILE, ROOT_INO, Inode
 from cachefs.meta.store import Entry, MetaStore
 from cachefs.namespace.attrs import parse as parse_object_meta
+from cachefs.namespace.listing import DirListing, split_flat, valid_name
 from cachefs.store.base import ListPage, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255  # bytes; Linux's limit for one path segment
 # After this many names looked up one by one (HEAD + LIST each) in a directory whose listing is not
 # fresh, list the whole directory instead: a loader opening every file of a class directory from a
 # file list then costs one paged LIST per 1,000 files, not two requests per file.
@@ -55,17 +55,6 @@ SMALL_HEADS_MAX = 64
 SEEN_IN_GET_KEPT = 65536
 
 RunBlocking = Callable[..., Awaitable]
-
-
-def valid_name(name: bytes) -> bool:
-    """A path segment that is a legal Linux file name and that S3 keys can hold."""
-    if not name or len(name) > NAME_MAX or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        return False
-    try:
-        name.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class Namespace:
@@ -112,11 +101,7 @@ class Namespace:
                 break
             await pending.wait()     # another request is listing it; use its result
         with self._listing.flying(ino):
-            entries = await self._relist(directory)
-            await self._head_marker(directory)
-            if await self._head_small(entries):
-                entries = await self.run_blocking(self.meta.children, ino)
-            return entries
+            return await self.apply_listing(directory, await self._list_one(directory))
 
     async def ensure_listed(self, ino: int) -> None:
         """List a directory unless its listing is fresh (one LIST per directory, single-flight with
@@ -133,37 +118,52 @@ class Namespace:
             # names under one directory of 1,000 classes each read all 1,000 inodes: measured).
             await pending.wait()
 
-    async def _relist(self, directory: Inode) -> list[tuple[bytes, Inode]]:
-        """List the directory from S3 (the store's coroutine, on this trio thread) and make LMDB's
-        entries exactly what it holds (one write transaction, in a worker thread)."""
+    async def _list_one(self, directory: Inode) -> DirListing:
+        """The directory as a delimited LIST shows it (the store's coroutine, on this trio thread)."""
         prefix = self.dir_prefix(directory)
         cut = len(prefix)
-        found: dict[str, Entry] = {}
+        listing = DirListing()
         token = None
         while True:
             page = await self.store.alist_page(prefix, token)
             for obj in page.objects:
-                name = obj.key[cut:]
-                if name in found:
-                    continue
-                if not name:
-                    self._markers[directory.ino] = obj    # this directory's own marker object
-                    continue
-                if not valid_name(name.encode()):
-                    log.debug("not shown: key %r is not a valid file name", obj.key)
-                    continue
-                found[name] = Entry(name, KIND_FILE, obj.size, obj.mtime_ns, obj.etag)
+                listing.add_file(obj.key[cut:], obj)
             for p in page.prefixes:
-                name = p[cut:-1]
-                if not valid_name(name.encode()):
-                    log.debug("not shown: prefix %r is not a valid directory name", p)
-                    continue
-                found[name] = Entry(name, KIND_DIR)   # a directory wins over a file of that name
+                listing.add_dir(p[cut:-1])
+            token = page.next_token
+            if token is None:
+                return listing
+
+    async def list_flat(self, prefix: str, max_pages: int) -> tuple[dict[str, DirListing], bool]:
+        """Every directory wholly under the key prefix `prefix`, from one flat (undelimited) paged
+        LIST of at most `max_pages` pages, and whether that listing was complete. Cut short, the
+        directories the last key read is in are left out: their rest was not read."""
+        objects: list[ObjectInfo] = []
+        token = None
+        for _ in range(max_pages):
+            page = await self.store.alist_page(prefix, token, delimiter="")
+            objects.extend(page.objects)
             token = page.next_token
             if token is None:
                 break
-        return await self.run_blocking(self.meta.replace_listing, directory, found.values(),
-                                       time.time() + self.cfg.listing_ttl, self.local_names(directory.ino))
+        dirs = split_flat(prefix, objects)
+        if token is not None and objects:
+            last = objects[-1].key
+            dirs = {path: listing for path, listing in dirs.items() if not last.startswith(path)}
+        return dirs, token is None
+
+    async def apply_listing(self, directory: Inode, listing: DirListing) -> list[tuple[bytes, Inode]]:
+        """Make LMDB's entries of the directory exactly what the listing holds (one write transaction,
+        in a worker thread; names staged here and not uploaded yet stay), then HEAD what a LIST does
+        not tell: its marker's attributes, small files' metadata."""
+        if listing.marker is not None:
+            self._markers[directory.ino] = listing.marker
+        entries = await self.run_blocking(self.meta.replace_listing, directory, listing.found.values(),
+                                          time.time() + self.cfg.listing_ttl, self.local_names(directory.ino))
+        await self._head_marker(directory)
+        if await self._head_small(entries):
+            entries = await self.run_blocking(self.meta.children, directory.ino)
+        return entries
 
     async def _head_small(self, entries: list[tuple[bytes, Inode]]) -> int:
         """HEAD listed files whose metadata is not known for their current version (a LIST does not
@@ -305,9 +305,7 @@ class Namespace:
 
     async def _background_listing(self, directory: Inode) -> None:
         try:
-            entries = await self._relist(directory)
-            await self._head_marker(directory)
-            await self._head_small(entries)
+            await self.apply_listing(directory, await self._list_one(directory))
             self._remote_lookups.pop(directory.ino, None)
         except trio.Cancelled:
             raise

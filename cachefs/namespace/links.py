@@ -13,7 +13,8 @@ from cachefs.errors import FsError
 from cachefs.meta.schema import KIND_FILE, Inode
 from cachefs.meta.store import Entry
 from cachefs.namespace.attrs import SYMLINK_MAX, ObjMeta, encode
-from cachefs.namespace.core import NAME_MAX, Namespace, valid_name
+from cachefs.namespace.core import Namespace
+from cachefs.namespace.listing import NAME_MAX, valid_name
 
 LINK_MODE = stat.S_IFLNK | 0o777     # what Linux and s3fs give every link
 

@@ -17,7 +17,7 @@ import bisect
 import functools
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +27,7 @@ from cachefs import supervise
 from cachefs.blocks import block_count, block_key
 from cachefs.errors import StoreError, StoreUnavailable
 from cachefs.meta.schema import ROOT_INO, Inode
+from cachefs.reader.dirgroups import DirGroup, DirGroups
 from cachefs.reader.orderlist import UNTOUCHED, OrderList, Progress, default_window, normalize
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class OrderPrefetcher:
         self._dirs: OrderedDict[str, int] = OrderedDict()   # directory path -> inode, for _resolve
         self._listing_slots = trio.Semaphore(LISTINGS)
         self._listings: dict[int, trio.Event] = {}   # directories listed for the orders now -> done
+        self._groups = DirGroups()         # the orders' directories, listed a group at a time
         self._inflight_bytes = 0
 
     # -- receiving an order ---------------------------------------------------------------------------
@@ -155,6 +157,7 @@ class OrderPrefetcher:
         self._dirs.clear()                 # a new epoch's paths are resolved afresh
         if old is not None:
             self._drop(stream)
+            self._groups.forget_done()
         order = self.orders[stream] = Order(stream, epoch, 0, RESOLVE_AHEAD * self.concurrency)
         order.grant = functools.partial(self._grant, order)
         while len(self.orders) > MAX_STREAMS:
@@ -169,12 +172,16 @@ class OrderPrefetcher:
     def add(self, order: Order, paths: list[str]) -> None:
         if self.orders.get(order.stream) is not order:
             return                         # replaced while it streamed in: the rest is of no use
+        prefix = self.namespace.cfg.prefix
+        dirs: Counter[str] = Counter()
         for raw in paths:
             path = normalize(raw)
             if path is None:
                 self.stats.add("order_not_found")
                 continue
             order.paths.append(path)
+            dirs[prefix + path[:path.rfind("/") + 1]] += 1
+        self._groups.note(dirs)
         order.progress.grow(len(order.paths))
         self.stats.add("order_paths_received", len(paths))
         order.changed()
@@ -484,18 +491,90 @@ class OrderPrefetcher:
         if ns.meta.listing_expiry(ino) > time.time():
             return True                  # the common case: one read, nothing to list
         order.waits_for_s3(pos)          # later positions may start before this one meanwhile
+        group = self._groups.group_of(ns.dir_prefix(ns.get(ino)))
+        if group is not None:
+            if not group.started:
+                group.started = True
+                assert self.reader.nursery is not None
+                supervise.start(self.reader.nursery, "order_listing", self._list_group, group, what=group.prefix)
+            await group.done.wait()
+            if ns.meta.listing_expiry(ino) > time.time():
+                return True
+        await self._list_alone(ino)
+        return ns.meta.listing_expiry(ino) > time.time()
+
+    async def _list_alone(self, ino: int) -> None:
+        """One directory listed (a delimited LIST), unless another position has it listed already."""
         listed = self._listings.get(ino)
         if listed is not None:
             await listed.wait()          # failed or cancelled: the lookup finds the name its own way
-        else:
-            listed = self._listings[ino] = trio.Event()
-            try:
+            return
+        listed = self._listings[ino] = trio.Event()
+        try:
+            async with self._listing_slots:
+                await self.namespace.ensure_listed(ino)
+        finally:
+            del self._listings[ino]
+            listed.set()
+
+    async def _list_group(self, group: DirGroup) -> None:
+        """A group of the orders' directories listed by one flat LIST of their common prefix, each
+        directory it read whole written to LMDB as its own listing would; its directory (the base)
+        is looked up meanwhile. A failure leaves its directories to be listed one by one."""
+        ns = self.namespace
+        base: int | None = None
+
+        async def find_base() -> None:
+            nonlocal base
+            base = await self._dir_ino(group.base[len(ns.cfg.prefix):].rstrip("/"))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(find_base)
                 async with self._listing_slots:
-                    await ns.ensure_listed(ino)
-            finally:
-                del self._listings[ino]
-                listed.set()
-        return ns.meta.listing_expiry(ino) > time.time()
+                    listings, _ = await ns.list_flat(group.prefix, group.max_pages)
+            self.stats.add("order_group_listings")
+            if base is not None:
+                await self._apply_group(group.base, base, listings)
+        except StoreError as e:
+            log.debug("order prefetch: listing of %r failed: %s", group.prefix, e)
+        finally:
+            group.done.set()
+
+    async def _apply_group(self, base_key: str, base: int, listings: dict) -> None:
+        """Each directory of a flat listing whose parent is known, parents first (sorted keys)."""
+        ns = self.namespace
+        inos = {base_key: base}
+        cut = len(ns.cfg.prefix)
+        now = time.time()
+        for path in sorted(listings):
+            parent_key = path[:path.rfind("/", 0, len(path) - 1) + 1]
+            parent = inos.get(parent_key)
+            if parent is None or path == base_key:
+                continue
+            node = ns.meta.lookup(parent, path[len(parent_key):-1].encode())
+            if node is None or not node.is_dir:
+                continue
+            inos[path] = node.ino
+            self._dirs[path[cut:-1]] = node.ino
+            if ns.meta.listing_expiry(node.ino) <= now:
+                await ns.apply_listing(node, listings[path])
+
+    async def _dir_ino(self, path: str) -> int | None:
+        """The inode of a directory (a path relative to the mount), each directory on the way and
+        itself listed whole (its names are then known without asking S3); None if there is none."""
+        ino = self._dirs.get(path)
+        if ino is None:
+            ino = ROOT_INO
+            for part in path.split("/") if path else ():
+                await self._list_alone(ino)
+                found = await self.namespace.lookup(ino, part.encode())
+                if found is None or not found.is_dir:
+                    return None
+                ino = found.ino
+            self._dirs[path] = ino
+        await self._list_alone(ino)
+        return ino
 
     def summary(self) -> dict:
         """For `cachefs stats` and the control answer."""

@@ -228,7 +228,7 @@ def test_background_listings_are_bounded_mount_wide(world):
     n = MAX_BACKGROUND_LISTINGS + 3
     _populate(store, dirs=n, files=3)
     started = []
-    relist = ns._relist
+    relist = ns._list_one
     gate: list[trio.Event] = []
 
     async def held_relist(directory):
@@ -237,7 +237,7 @@ def test_background_listings_are_bounded_mount_wide(world):
         if gate:
             await gate[0].wait()                        # hold every listing open
         return await relist(directory)
-    ns._relist = held_relist
+    ns._list_one = held_relist
 
     async def main():
         dirs = [await ns.lookup(ROOT_INO, f"c{d}".encode()) for d in range(n)]
@@ -271,7 +271,7 @@ def test_failed_background_listing_falls_back_to_lookups_one_by_one(world, caplo
     async def main():
         cls = await ns.lookup(ROOT_INO, b"c0")
         await settle(ns)
-        ns._relist = broken
+        ns._list_one = broken
         found = [await ns.lookup(cls.ino, f"{i:03d}.jpg".encode()) for i in range(5)]
         await settle(ns)
         return found
