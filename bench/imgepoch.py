@@ -1,6 +1,7 @@
 """Cold image-folder epoch 1 alone, through cachefs over Ceph RGW, in seconds per try (issue 17).
 
     python -m bench.imgepoch [--runs 3] [--images 512] [--baseline TREE] [--timeline] [--probe] [--latency-ms MS]
+                             [--hint [--hint-sorted]] [--manifest]
                              [-- extra cachefs options]
 
 Starts Ceph RGW (bench/ceph.sh), uploads the "short" scale's image folder (bench/dataset.py: 512
@@ -52,7 +53,10 @@ def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:
 
 
 def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, ep_pids: list,
-              hint: bool = False) -> dict:
+              hint: bool = False, hint_sorted: bool = False) -> dict:
+    send = send_hint(system) if hint else None
+    if send is not None and hint_sorted:
+        send = (lambda inner: lambda order: inner(sorted(order)))(send)
     system.mount()
     try:
         pids = system.pids()
@@ -70,7 +74,7 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
             time.sleep(0.5)     # py-spy attaches
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         res = loader.run_epoch("images", system.root, files, spec, workers, 0, 180,
-                               hint=send_hint(system) if hint else None)
+                               hint=send)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         stop.set()
         if spy:
@@ -91,17 +95,27 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
     return res
 
 
-def probe(ep, files: list) -> None:
+def probe(ep, files: list, busy_loops: int = 0) -> None:
     """The endpoint's 110 KB GETs/s at 64 in flight with pycurl (bench/curlprobe.py, as bench/probe.py
-    measures the ceiling) and what they cost the endpoint's processes and the whole machine."""
+    measures the ceiling) and what they cost the endpoint's processes and the whole machine; with
+    `busy_loops`, also while that many processes spin on this machine's cores (what the endpoint pays
+    per GET when a loader and the daemon compete with it for the CPU)."""
     from bench import curlprobe
-    for in_flight in (16, 64):
-        e0, busy0 = util.cpu_seconds(ep.pids), machine_busy_s()
-        r = curlprobe.get_rate(ep, BUCKET, files, 110_000, in_flight, count=4 * len(files))
-        e, busy = util.cpu_seconds(ep.pids) - e0, machine_busy_s() - busy0
-        gets = r.get("gets") or 1
-        print(f"probe {in_flight} in flight: {r.get('gets_s', 0):.0f} GETs/s, endpoint {1000 * e / gets:.2f} ms CPU "
-              f"per GET, machine {1000 * busy / gets:.2f} ms per GET, load {os.getloadavg()[0]:.2f}", flush=True)
+    for busy in sorted({0, busy_loops}):
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            for in_flight in (16, 64):
+                e0, busy0 = util.cpu_seconds(ep.pids), machine_busy_s()
+                r = curlprobe.get_rate(ep, BUCKET, files, 110_000, in_flight, count=4 * len(files))
+                e, used = util.cpu_seconds(ep.pids) - e0, machine_busy_s() - busy0
+                gets = r.get("gets") or 1
+                print(f"probe {in_flight} in flight, {busy} busy loops: {r.get('gets_s', 0):.0f} GETs/s, endpoint "
+                      f"{1000 * e / gets:.2f} ms CPU per GET, machine {1000 * used / gets:.2f} ms per GET, "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
 
 
 def main() -> int:
@@ -113,8 +127,16 @@ def main() -> int:
     p.add_argument("--timeline", action="store_true")
     p.add_argument("--latency-ms", type=float, default=0, help="a delaying proxy in front (bench/proxy.py)")
     p.add_argument("--probe", action="store_true", help="the endpoint's pycurl GET rate and CPU first")
+    p.add_argument("--probe-busy", type=int, default=0,
+                   help="with --probe, probe again with this many processes spinning (CPU contention)")
     p.add_argument("--hint", action="store_true",
                    help="also mount this tree as `new+hint`: the epoch's order sent first (bench.run's +hint)")
+    p.add_argument("--manifest", action="store_true",
+                   help="mount every system with the bucket's manifest (`cachefs manifest build`; bench.run's "
+                        "+manifest)")
+    p.add_argument("--hint-sorted", action="store_true",
+                   help="with --hint, send the order sorted by key (a probe: does the order of the keys asked for "
+                        "cost the endpoint?); the loader still reads shuffled")
     p.add_argument("--scratch")
     p.add_argument("extra", nargs="*", help="extra cachefs mount options (after --)")
     args = p.parse_args()
@@ -129,11 +151,15 @@ def main() -> int:
         client.create_bucket(Bucket=BUCKET)
         sample.upload(client, BUCKET, "", sample.iter_image_files(spec), 16)
         if args.probe:
-            probe(ep, files)
+            probe(ep, files, args.probe_busy)
         if args.latency_ms:
             ep = stack.enter_context(delaying_proxy(ep, args.latency_ms, 0.0, 0.0, os.path.join(scratch, "proxy.log")))
             print(ep.proxy, flush=True)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if args.manifest:
+            manifest = os.path.join(scratch, "dataset.manifest")
+            util.build_manifest(ep, BUCKET, manifest)
+            args.extra = [*args.extra, "--manifest", manifest]
         systems = [Cachefs.from_tree(here, "new", scratch, ep, BUCKET, local)]
         systems[0].extra_args = tuple(args.extra)
         if args.hint:
@@ -145,7 +171,8 @@ def main() -> int:
         for run in range(args.runs):
             order = systems if run % 2 == 0 else systems[::-1]
             for s in order:
-                r = one_epoch(s, files, spec, args.workers, args.timeline, ep.pids, s.name.endswith("+hint"))
+                r = one_epoch(s, files, spec, args.workers, args.timeline, ep.pids, s.name.endswith("+hint"),
+                              args.hint_sorted)
                 rates[s.name].append(r["images_per_s"])
                 print(f"run {run} {s.name}: {r['images_per_s']:.0f} img/s, {r['cpu_ms_per_image']:.2f} ms "
                       f"CPU/img (endpoint {r['endpoint_ms_per_image']:.2f}, loader {r['loader_ms_per_image']:.2f}), "
