@@ -122,6 +122,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--images", type=int, default=dataset.SCALES["short"].images)
+    p.add_argument("--classes", type=int, default=100,
+                   help="class directories (1000: the loader matrix's imagenet shape, with --images 3000)")
     p.add_argument("--workers", type=int, default=dataset.SCALES["short"].loader_workers)
     p.add_argument("--baseline", help="another cachefs checkout, mounted in the same runs")
     p.add_argument("--timeline", action="store_true")
@@ -141,7 +143,7 @@ def main() -> int:
     p.add_argument("extra", nargs="*", help="extra cachefs mount options (after --)")
     args = p.parse_args()
     scale = dataset.SCALES["short"]
-    spec = sample.DatasetSpec(num_images=args.images, num_classes=100, shard_bytes=int(scale.shard_mb * 1e6))
+    spec = sample.DatasetSpec(num_images=args.images, num_classes=args.classes, shard_bytes=int(scale.shard_mb * 1e6))
     files = [sample.image_key(spec, i) for i in range(spec.num_images)]
     scratch = args.scratch or tempfile.mkdtemp(prefix="imgepoch-")
     local = os.path.join(scratch, "local")

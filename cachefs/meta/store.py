@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
@@ -149,35 +149,46 @@ class MetaStore:
                         keep: AbstractSet[bytes] = frozenset()) -> list[tuple[bytes, Inode]]:
         """Make `parent`'s entries exactly `entries` (keeping inode numbers of unchanged names), plus
         the names in `keep` (files written here and not yet uploaded), which S3 does not list yet."""
+        return self.replace_listings([(parent, entries, keep)], expiry)[0]
+
+    def replace_listings(self, listings: Sequence[tuple[Inode, Iterable[Entry], AbstractSet[bytes]]],
+                         expiry: float) -> list[list[tuple[bytes, Inode]]]:
+        """replace_listing of many directories in one write transaction (one commit, one sync: a
+        group of 300 small directories listed at once took 300 commits of ~0.3 ms each)."""
+        with self._write_lock, self.env.begin(write=True) as txn:
+            return [self._replace(txn, parent, entries, expiry, keep) for parent, entries, keep in listings]
+
+    def _replace(self, txn: lmdb.Transaction, parent: Inode, entries: Iterable[Entry], expiry: float,
+                 keep: AbstractSet[bytes]) -> list[tuple[bytes, Inode]]:
         wanted = {e.name.encode(): e for e in entries}
         prefix = pack_u64(parent.ino)
-        with self._write_lock, self.env.begin(write=True) as txn:
-            cur = txn.cursor(db=self.dbs["dentries"])
-            existing: dict[bytes, int] = {}
-            if cur.set_range(prefix):
-                for key, child in cur:
-                    if not key.startswith(prefix):
-                        break
-                    existing[key[8:]] = unpack_u64(child)
-            kept = []
-            for name, ino in existing.items():
-                if name in keep:
-                    raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
-                    if raw is not None:
-                        kept.append((name, unpack_inode(ino, raw)))
-                elif name not in wanted:
-                    self._remove(txn, parent.ino, name, ino)
-            result = [(name, self._upsert(txn, parent, name, entry, existing.get(name)))
-                      for name, entry in wanted.items() if not (name in keep and name in existing)]
-            result = sorted(result + kept, key=lambda pair: pair[0])
-            txn.put(pack_u64(parent.ino), pack_u64(sum(1 for _, node in result if node.is_dir)),
-                    db=self.dbs["subdirs"])
-            txn.put(pack_u64(parent.ino), pack_f64(expiry), db=self.dbs["listings"])
-            txn.delete(pack_u64(parent.ino), db=self.dbs["manifested"])    # a real listing now
-            neg = txn.cursor(db=self.dbs["negative"])
-            if neg.set_range(prefix):
-                while neg.key().startswith(prefix) and neg.delete():
-                    pass
+        cur = txn.cursor(db=self.dbs["dentries"])
+        existing: dict[bytes, int] = {}
+        if cur.set_range(prefix):
+            for raw_key, child in cur:
+                key = bytes(raw_key)
+                if not key.startswith(prefix):
+                    break
+                existing[key[8:]] = unpack_u64(child)
+        kept = []
+        for name, ino in existing.items():
+            if name in keep:
+                raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
+                if raw is not None:
+                    kept.append((name, unpack_inode(ino, raw)))
+            elif name not in wanted:
+                self._remove(txn, parent.ino, name, ino)
+        result = [(name, self._upsert(txn, parent, name, entry, existing.get(name)))
+                  for name, entry in wanted.items() if not (name in keep and name in existing)]
+        result = sorted(result + kept, key=lambda pair: pair[0])
+        txn.put(pack_u64(parent.ino), pack_u64(sum(1 for _, node in result if node.is_dir)),
+                db=self.dbs["subdirs"])
+        txn.put(pack_u64(parent.ino), pack_f64(expiry), db=self.dbs["listings"])
+        txn.delete(pack_u64(parent.ino), db=self.dbs["manifested"])    # a real listing now
+        neg = txn.cursor(db=self.dbs["negative"])
+        if neg.set_range(prefix):
+            while bytes(neg.key()).startswith(prefix) and neg.delete():
+                pass
         return result
 
     def put_entry(self, parent: Inode, entry: Entry) -> Inode:

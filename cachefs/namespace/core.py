@@ -156,14 +156,24 @@ class Namespace:
         """Make LMDB's entries of the directory exactly what the listing holds (one write transaction,
         in a worker thread; names staged here and not uploaded yet stay), then HEAD what a LIST does
         not tell: its marker's attributes, small files' metadata."""
-        if listing.marker is not None:
-            self._markers[directory.ino] = listing.marker
-        entries = await self.run_blocking(self.meta.replace_listing, directory, listing.found.values(),
-                                          time.time() + self.cfg.listing_ttl, self.local_names(directory.ino))
-        await self._head_marker(directory)
-        if await self._head_small(entries):
-            entries = await self.run_blocking(self.meta.children, directory.ino)
-        return entries
+        return (await self.apply_listings([(directory, listing)]))[0]
+
+    async def apply_listings(self, listings: list[tuple[Inode, DirListing]]) -> list[list[tuple[bytes, Inode]]]:
+        """apply_listing of many directories, written in one transaction."""
+        for directory, listing in listings:
+            if listing.marker is not None:
+                self._markers[directory.ino] = listing.marker
+        written = await self.run_blocking(
+            self.meta.replace_listings,
+            [(directory, listing.found.values(), self.local_names(directory.ino)) for directory, listing in listings],
+            time.time() + self.cfg.listing_ttl)
+        out = []
+        for (directory, _), entries in zip(listings, written, strict=True):
+            await self._head_marker(directory)
+            if await self._head_small(entries):
+                entries = await self.run_blocking(self.meta.children, directory.ino)
+            out.append(entries)
+        return out
 
     async def _head_small(self, entries: list[tuple[bytes, Inode]]) -> int:
         """HEAD listed files whose metadata is not known for their current version (a LIST does not

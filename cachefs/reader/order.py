@@ -542,23 +542,35 @@ class OrderPrefetcher:
             group.done.set()
 
     async def _apply_group(self, base_key: str, base: int, listings: dict) -> None:
-        """Each directory of a flat listing whose parent is known, parents first (sorted keys)."""
+        """The directories of a flat listing whose parent is known, written a level at a time (each
+        level in one transaction: its parents' entries give their inodes), skipping any listed
+        meanwhile."""
         ns = self.namespace
         inos = {base_key: base}
         cut = len(ns.cfg.prefix)
-        now = time.time()
-        for path in sorted(listings):
-            parent_key = path[:path.rfind("/", 0, len(path) - 1) + 1]
-            parent = inos.get(parent_key)
-            if parent is None or path == base_key:
-                continue
-            node = ns.meta.lookup(parent, path[len(parent_key):-1].encode())
-            if node is None or not node.is_dir:
-                continue
-            inos[path] = node.ino
-            self._dirs[path[cut:-1]] = node.ino
-            if ns.meta.listing_expiry(node.ino) <= now:
-                await ns.apply_listing(node, listings[path])
+        todo = sorted(path for path in listings if path != base_key)
+        while todo:
+            level, later = [], []
+            now = time.time()
+            for path in todo:
+                parent_key = path[:path.rfind("/", 0, len(path) - 1) + 1]
+                parent = inos.get(parent_key)
+                if parent is None:
+                    later.append(path)
+                    continue
+                node = ns.meta.lookup(parent, path[len(parent_key):-1].encode())
+                if node is None or not node.is_dir:
+                    continue
+                self._dirs[path[cut:-1]] = node.ino
+                if ns.meta.listing_expiry(node.ino) <= now:
+                    level.append((path, node))
+                else:
+                    inos[path] = node.ino        # listed meanwhile: its names are known
+            if not level:
+                return
+            await ns.apply_listings([(node, listings[path]) for path, node in level])
+            inos.update((path, node.ino) for path, node in level)
+            todo = later
 
     async def _dir_ino(self, path: str) -> int | None:
         """The inode of a directory (a path relative to the mount), each directory on the way and

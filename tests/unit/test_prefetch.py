@@ -207,7 +207,7 @@ def test_a_slow_listing_does_not_hold_lookups_back(world, monkeypatch):
         orig = ns.run_blocking
 
         async def gated(fn, *args):
-            if getattr(fn, "__name__", "") == "replace_listing":   # the listing's LMDB write
+            if getattr(fn, "__name__", "") == "replace_listings":  # the listing's LMDB write
                 await gate.wait()                       # a listing of very many pages
             return await orig(fn, *args)
         ns.run_blocking = gated
