@@ -8,9 +8,10 @@ Starts Ceph RGW (bench/ceph.sh), uploads the "short" scale's image folder (bench
 ~110 KB images over 100 class directories), then per run mounts cachefs with an empty cache (as
 bench/systems.py does) and runs bench/loader/loader.py's images epoch 1 (4 workers, shuffled order).
 --baseline TREE: another checkout mounted in the same run, in alternating order (before/after side
-by side). --timeline: the daemon's s3_get / fetch_shared / cache_hits counters every 50 ms during
-the epoch (GETs/s over time: when prefetch starts, how far it runs). --probe: the endpoint's pycurl
-110 KB GET rate at 16 and 64 in flight and its CPU per GET first. --latency-ms: bench/proxy.py in
+by side; with --hint also as `base+hint`). --timeline: the daemon's s3_get / fetch_shared /
+cache_hits counters every 50 ms during the epoch (GETs/s over time: when prefetch starts, how far
+it runs). --probe: the endpoint's pycurl 110 KB GET rate at 16 and 64 in flight and its CPU per GET
+first. --latency-ms: bench/proxy.py in
 front of the endpoint (a remote store). IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon.
 Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
 """
@@ -169,6 +170,10 @@ def main() -> int:
             systems[-1].extra_args = tuple(args.extra)
         if args.baseline:
             systems.append(Cachefs.from_tree(args.baseline, "base", scratch, ep, BUCKET, local))
+            if args.hint:
+                systems.append(Cachefs.from_tree(args.baseline, "base+hint", scratch, ep, BUCKET, local))
+            for s in systems[-1 - args.hint:]:
+                s.extra_args = tuple(args.extra)
         rates: dict[str, list] = {s.name: [] for s in systems}
         for run in range(args.runs):
             order = systems if run % 2 == 0 else systems[::-1]
