@@ -193,11 +193,19 @@ class MetaStore:
 
     def put_entry(self, parent: Inode, entry: Entry) -> Inode:
         """Record one entry found by a targeted lookup (HEAD / LIST of one name)."""
-        name = entry.name.encode()
+        return self.put_entries(parent, [entry])[0]
+
+    def put_entries(self, parent: Inode, entries: Sequence[Entry]) -> list[Inode]:
+        """put_entry of several names of one directory, in one write transaction (directories a flat
+        listing showed keys below, recorded without their parent's listing)."""
+        out = []
         with self._write_lock, self.env.begin(write=True) as txn:
-            child = txn.get(dentry_key(parent.ino, name), db=self.dbs["dentries"])
-            txn.delete(dentry_key(parent.ino, name), db=self.dbs["negative"])
-            return self._upsert(txn, parent, name, entry, unpack_u64(child) if child else None)
+            for entry in entries:
+                name = entry.name.encode()
+                child = txn.get(dentry_key(parent.ino, name), db=self.dbs["dentries"])
+                txn.delete(dentry_key(parent.ino, name), db=self.dbs["negative"])
+                out.append(self._upsert(txn, parent, name, entry, unpack_u64(child) if child else None))
+        return out
 
     def put_negative(self, parent: Inode, name: bytes, expiry: float) -> None:
         """Record that `name` does not exist (and forget it if we had it)."""

@@ -158,6 +158,16 @@ class Namespace:
         not tell: its marker's attributes, small files' metadata."""
         return (await self.apply_listings([(directory, listing)]))[0]
 
+    async def add_dirs(self, parent: Inode, names: list[str]) -> dict[str, Inode]:
+        """Directories that keys below them show to exist (a flat listing read them), recorded in
+        `parent` without listing it (a name that is also a file is a directory: SEMANTICS.md);
+        names that cannot be file names are left out."""
+        valid = [name for name in names if valid_name(name.encode())]
+        if not valid:
+            return {}
+        nodes = await self.run_blocking(self.meta.put_entries, parent, [Entry(name, KIND_DIR) for name in valid])
+        return dict(zip(valid, nodes, strict=True))
+
     async def apply_listings(self, listings: list[tuple[Inode, DirListing]]) -> list[list[tuple[bytes, Inode]]]:
         """apply_listing of many directories, written in one transaction."""
         for directory, listing in listings:

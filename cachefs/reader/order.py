@@ -458,6 +458,12 @@ class OrderPrefetcher:
         keeps its inode: the hint then fetches from its new place, a wasted GET at most)."""
         directory, _, name = path.rpartition("/")
         ino = self._dirs.get(directory)
+        if ino is None:
+            ino = self._known(directory)
+            if ino is not None:
+                self._dirs[directory] = ino
+            else:
+                ino = await self._grouped(directory, order, pos)
         if ino is not None:
             try:
                 return await self._lookup_in(ino, name, order, pos)
@@ -493,11 +499,7 @@ class OrderPrefetcher:
         order.waits_for_s3(pos)          # later positions may start before this one meanwhile
         group = self._groups.group_of(ns.dir_prefix(ns.get(ino)))
         if group is not None:
-            if not group.started:
-                group.started = True
-                assert self.reader.nursery is not None
-                supervise.start(self.reader.nursery, "order_listing", self._list_group, group, what=group.prefix)
-            await group.done.wait()
+            await self._listed_with(group)
             if ns.meta.listing_expiry(ino) > time.time():
                 return True
         await self._list_alone(ino)
@@ -517,76 +519,112 @@ class OrderPrefetcher:
             del self._listings[ino]
             listed.set()
 
-    async def _list_group(self, group: DirGroup) -> None:
-        """A group of the orders' directories listed by one flat LIST of their common prefix, each
-        directory it read whole written to LMDB as its own listing would; its directory (the base)
-        is looked up meanwhile. A failure leaves its directories to be listed one by one."""
+    def _known(self, directory: str) -> int | None:
+        """The inode of a directory (a path relative to the mount) that fresh listings of the
+        directories on the way know, from LMDB alone; None when one of them is not listed."""
+        meta, now = self.namespace.meta, time.time()
+        ino = ROOT_INO
+        for part in directory.split("/") if directory else ():
+            if meta.listing_expiry(ino) <= now:
+                return None
+            node = meta.lookup(ino, part.encode())
+            if node is None or not node.is_dir:
+                return None
+            ino = node.ino
+        return ino
+
+    async def _grouped(self, directory: str, order: Order, pos: int) -> int | None:
+        """The inode of a directory (a path relative to the mount) of a group not listed yet, once its
+        group is: the directories on the way are then known without a LIST each. None when it is
+        in no such group (or the group did not find it)."""
         ns = self.namespace
-        base: int | None = None
+        if ns.cfg.listing_ttl <= 0:
+            return None
+        group = self._groups.group_of(ns.cfg.prefix + directory + "/" if directory else ns.cfg.prefix)
+        if group is None or group.done.is_set():
+            return None
+        order.waits_for_s3(pos)            # later positions may start before this one meanwhile
+        await self._listed_with(group)
+        return self._dirs.get(directory)
 
-        async def find_base() -> None:
-            nonlocal base
-            base = await self._dir_ino(group.base[len(ns.cfg.prefix):].rstrip("/"))
+    async def _listed_with(self, group: DirGroup) -> None:
+        if not group.started:
+            group.started = True
+            assert self.reader.nursery is not None
+            supervise.start(self.reader.nursery, "order_listing", self._list_group, group, what=group.prefix)
+        await group.done.wait()
 
+    async def _list_group(self, group: DirGroup) -> None:
+        """A group of the orders' directories listed by one flat LIST of their common prefix; each
+        directory it read whole is written to LMDB as its own listing would leave it, and the
+        directories on the way to them are recorded as the keys show them (no LIST of each). A
+        failure leaves the group's directories to be listed one by one."""
+        ns = self.namespace
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(find_base)
-                async with self._listing_slots:
-                    listings, _ = await ns.list_flat(group.prefix, group.max_pages)
+            async with self._listing_slots:
+                listings, _ = await ns.list_flat(group.prefix, group.max_pages)
             self.stats.add("order_group_listings")
-            if base is not None:
-                await self._apply_group(group.base, base, listings)
+            if listings:
+                base = await self._shown_dir(group.base[len(ns.cfg.prefix):].rstrip("/"))
+                if base is not None:
+                    await self._apply_group(group.base, base, listings)
         except StoreError as e:
             log.debug("order prefetch: listing of %r failed: %s", group.prefix, e)
         finally:
             group.done.set()
 
+    async def _shown_dir(self, path: str) -> int | None:
+        """The inode of a directory (a path relative to the mount) that keys below it show to exist:
+        each directory on the way looked up in LMDB, recorded where it is not (yet) known."""
+        ino = self._dirs.get(path)
+        if ino is not None:
+            return ino
+        ns = self.namespace
+        ino = ROOT_INO
+        for part in path.split("/") if path else ():
+            node = ns.meta.lookup(ino, part.encode())
+            if node is None or not node.is_dir:
+                node = (await ns.add_dirs(ns.get(ino), [part])).get(part)
+                if node is None:
+                    return None
+            ino = node.ino
+        self._dirs[path] = ino
+        return ino
+
     async def _apply_group(self, base_key: str, base: int, listings: dict) -> None:
-        """The directories of a flat listing whose parent is known, written a level at a time (each
-        level in one transaction: its parents' entries give their inodes), skipping any listed
-        meanwhile."""
+        """The directories of a flat listing, written a level at a time (each level in one
+        transaction: the next level's parents are then known), those listed meanwhile skipped."""
         ns = self.namespace
         inos = {base_key: base}
         cut = len(ns.cfg.prefix)
         todo = sorted(path for path in listings if path != base_key)
         while todo:
             level, later = [], []
+            missing: dict[str, list[str]] = {}           # parent -> directories LMDB does not know yet
             now = time.time()
             for path in todo:
                 parent_key = path[:path.rfind("/", 0, len(path) - 1) + 1]
-                parent = inos.get(parent_key)
-                if parent is None:
+                if parent_key not in inos:
                     later.append(path)
                     continue
-                node = ns.meta.lookup(parent, path[len(parent_key):-1].encode())
+                node = ns.meta.lookup(inos[parent_key], path[len(parent_key):-1].encode())
                 if node is None or not node.is_dir:
-                    continue
-                self._dirs[path[cut:-1]] = node.ino
-                if ns.meta.listing_expiry(node.ino) <= now:
+                    missing.setdefault(parent_key, []).append(path)
+                elif ns.meta.listing_expiry(node.ino) <= now:
                     level.append((path, node))
                 else:
-                    inos[path] = node.ino        # listed meanwhile: its names are known
+                    inos[path] = node.ino                  # listed meanwhile: its names are known
+                    self._dirs[path[cut:-1]] = node.ino
+            for parent_key, paths in missing.items():
+                added = await ns.add_dirs(ns.get(inos[parent_key]), [p[len(parent_key):-1] for p in paths])
+                level += [(p, added[p[len(parent_key):-1]]) for p in paths if p[len(parent_key):-1] in added]
             if not level:
                 return
             await ns.apply_listings([(node, listings[path]) for path, node in level])
-            inos.update((path, node.ino) for path, node in level)
+            for path, node in level:
+                inos[path] = node.ino
+                self._dirs[path[cut:-1]] = node.ino
             todo = later
-
-    async def _dir_ino(self, path: str) -> int | None:
-        """The inode of a directory (a path relative to the mount), each directory on the way and
-        itself listed whole (its names are then known without asking S3); None if there is none."""
-        ino = self._dirs.get(path)
-        if ino is None:
-            ino = ROOT_INO
-            for part in path.split("/") if path else ():
-                await self._list_alone(ino)
-                found = await self.namespace.lookup(ino, part.encode())
-                if found is None or not found.is_dir:
-                    return None
-                ino = found.ino
-            self._dirs[path] = ino
-        await self._list_alone(ino)
-        return ino
 
     def summary(self) -> dict:
         """For `cachefs stats` and the control answer."""
