@@ -461,7 +461,7 @@ class OrderPrefetcher:
         if ino is None:
             ino = self._known(directory)
             if ino is not None:
-                self._dirs[directory] = ino
+                self._remember(directory, ino)
             else:
                 ino = await self._grouped(directory, order, pos)
         if ino is not None:
@@ -475,10 +475,13 @@ class OrderPrefetcher:
             if found is None or not found.is_dir:
                 return None
             ino = found.ino
+        self._remember(directory, ino)
+        return await self._lookup_in(ino, name, order, pos)
+
+    def _remember(self, directory: str, ino: int) -> None:
         self._dirs[directory] = ino
         while len(self._dirs) > RESOLVED_DIRS:
             self._dirs.popitem(last=False)
-        return await self._lookup_in(ino, name, order, pos)
 
     async def _lookup_in(self, ino: int, name: str, order: Order, pos: int) -> Inode | None:
         """A name in a directory, the directory listed first (at most LISTINGS at once)."""
@@ -588,7 +591,7 @@ class OrderPrefetcher:
                 if node is None:
                     return None
             ino = node.ino
-        self._dirs[path] = ino
+        self._remember(path, ino)
         return ino
 
     async def _apply_group(self, base_key: str, base: int, listings: dict) -> None:
@@ -614,7 +617,7 @@ class OrderPrefetcher:
                     level.append((path, node))
                 else:
                     inos[path] = node.ino                  # listed meanwhile: its names are known
-                    self._dirs[path[cut:-1]] = node.ino
+                    self._remember(path[cut:-1], node.ino)
             for parent_key, paths in missing.items():
                 added = await ns.add_dirs(ns.get(inos[parent_key]), [p[len(parent_key):-1] for p in paths])
                 level += [(p, added[p[len(parent_key):-1]]) for p in paths if p[len(parent_key):-1] in added]
@@ -623,7 +626,7 @@ class OrderPrefetcher:
             await ns.apply_listings([(node, listings[path]) for path, node in level])
             for path, node in level:
                 inos[path] = node.ino
-                self._dirs[path[cut:-1]] = node.ino
+                self._remember(path[cut:-1], node.ino)
             todo = later
 
     def summary(self) -> dict:
