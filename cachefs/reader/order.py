@@ -603,24 +603,25 @@ class OrderPrefetcher:
         todo = sorted(path for path in listings if path != base_key)
         while todo:
             level, later = [], []
-            missing: dict[str, list[str]] = {}           # parent -> directories LMDB does not know yet
+            missing: dict[str, dict[str, str]] = {}      # parent -> name -> directory LMDB does not know yet
             now = time.time()
             for path in todo:
                 parent_key = path[:path.rfind("/", 0, len(path) - 1) + 1]
                 if parent_key not in inos:
                     later.append(path)
                     continue
-                node = ns.meta.lookup(inos[parent_key], path[len(parent_key):-1].encode())
+                name = path[len(parent_key):-1]
+                node = ns.meta.lookup(inos[parent_key], name.encode())
                 if node is None or not node.is_dir:
-                    missing.setdefault(parent_key, []).append(path)
+                    missing.setdefault(parent_key, {})[name] = path
                 elif ns.meta.listing_expiry(node.ino) <= now:
                     level.append((path, node))
                 else:
                     inos[path] = node.ino                  # listed meanwhile: its names are known
                     self._remember(path[cut:-1], node.ino)
-            for parent_key, paths in missing.items():
-                added = await ns.add_dirs(ns.get(inos[parent_key]), [p[len(parent_key):-1] for p in paths])
-                level += [(p, added[p[len(parent_key):-1]]) for p in paths if p[len(parent_key):-1] in added]
+            for parent_key, names in missing.items():
+                added = await ns.add_dirs(ns.get(inos[parent_key]), list(names))
+                level += [(names[name], node) for name, node in added.items()]
             if not level:
                 return
             await ns.apply_listings([(node, listings[path]) for path, node in level])
