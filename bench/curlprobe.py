@@ -145,9 +145,11 @@ def _url(endpoint, bucket: str, key: str = "") -> str:
 
 
 def get_rate(endpoint, bucket: str, keys: Sequence[str | tuple[str, int]], size: int, in_flight: int,
-             count: int | None = None, seconds: float | None = None) -> dict:
+             count: int | None = None, seconds: float | None = None,
+             on_get: Callable[[], None] | None = None) -> dict:
     """Ranged GETs of `size` bytes (a key alone: from offset 0; (key, offset): from there), keys taken in
-    turn, `in_flight` at once, for `count` GETs or `seconds`. Non-2xx and transfer errors are failures."""
+    turn, `in_flight` at once, for `count` GETs or `seconds`. Non-2xx and transfer errors are failures.
+    on_get: called after each GET that succeeded (bench/floor.py paces readers by it)."""
     targets = itertools.cycle([(k, 0) if isinstance(k, str) else k for k in keys])
     stats = {"gets": 0, "bytes": 0, "errors": 0}
     errors: list[str] = []
@@ -163,6 +165,8 @@ def get_rate(endpoint, bucket: str, keys: Sequence[str | tuple[str, int]], size:
         else:
             stats["gets"] += 1
             stats["bytes"] += h.pos
+            if on_get is not None:
+                on_get()
 
     wall, cpu = _drive(endpoint, in_flight, size, request, done, _limit(count, seconds))
     return _rates(stats, wall, cpu, in_flight, errors)

@@ -37,6 +37,8 @@ from bench.systems import Cachefs
 from bench.util import send_hint
 from cachefs.devtools import sample
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 TIMELINE_S = 0.05
 PYSPY_OUT = os.environ.get("IMGEPOCH_PYSPY")  # py-spy raw profiles of the daemon, one per mount
 
@@ -53,6 +55,27 @@ def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:
         stop.wait(TIMELINE_S)
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """The daemon's CPU seconds so far: user and system of its main thread (trio, FUSE) and of the
+    whole process (the rest: the disk writer, trio's worker threads, libcurl's), and the seconds
+    its main thread was ready to run but waited for a core."""
+    out = {}
+    for name, path in (("main", f"/proc/{pid}/task/{pid}/stat"), ("all", f"/proc/{pid}/stat")):
+        try:
+            with open(path) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return {}
+        out[name + "_user"] = int(fields[11]) / CLK_TCK
+        out[name + "_sys"] = int(fields[12]) / CLK_TCK
+    try:    # the main thread's time runnable but waiting for a core (contention, not its own work)
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            out["main_queued"] = int(f.read().split()[1]) / 1e9
+    except OSError:
+        pass
+    return out
+
+
 def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, ep_pids: list,
               hint: bool = False, hint_sorted: bool = False) -> dict:
     send = send_hint(system) if hint else None
@@ -62,6 +85,7 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
     try:
         pids = system.pids()
         cpu0, ep0, busy0 = util.cpu_seconds(pids), util.cpu_seconds(ep_pids), machine_busy_s()
+        threads0 = thread_cpu(pids[0])
         samples: list = []
         stop = threading.Event()
         th = threading.Thread(target=sample_counters, args=(system.mountpoint, stop, samples), daemon=True)
@@ -83,6 +107,7 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
             spy.wait(30)
         if timeline:
             th.join()
+        threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(pids[0]).items()}
         cpu, ep_cpu, busy = util.cpu_seconds(pids) - cpu0, util.cpu_seconds(ep_pids) - ep0, machine_busy_s() - busy0
         stats = util.daemon_stats(system.mountpoint)
     finally:
@@ -92,7 +117,8 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
                loader_ms_per_image=1000 * (kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime)
                / res["images"],
                stats={k: v for k, v in stats.items() if isinstance(v, int | float) and v and not k.startswith("tier")},
-               timeline=samples)
+               timeline=samples,
+               threads_ms_per_image={k: 1000 * v / res["images"] for k, v in threads.items()})
     return res
 
 
@@ -183,7 +209,8 @@ def main() -> int:
                 rates[s.name].append(r["images_per_s"])
                 print(f"run {run} {s.name}: {r['images_per_s']:.0f} img/s, {r['cpu_ms_per_image']:.2f} ms "
                       f"CPU/img (endpoint {r['endpoint_ms_per_image']:.2f}, loader {r['loader_ms_per_image']:.2f}), "
-                      f"machine {r['machine_cores']:.2f} cores busy, "
+                      f"machine {r['machine_cores']:.2f} cores busy, daemon threads ms/img "
+                      f"{ {k: round(v, 2) for k, v in r['threads_ms_per_image'].items()} }, "
                       f"load {r['load']:.2f}; {r['stats']}", flush=True)
                 if args.timeline:
                     prev = (0, 0, 0, 0, 0)

@@ -1,0 +1,171 @@
+"""What a cold image epoch could reach on this machine at best, against the endpoint's GET rate: the
+yardstick of issue 18's goal (the 110 KB GET rate at 64 in flight, pycurl, measured alone) next to
+the same GETs made while a reader reads the same files at the same pace, the GETs' only cost on the
+client side being pycurl's and the reads' only cost a FUSE filesystem's that serves them from RAM.
+
+    python -m bench.floor [--runs 3] [--latency-ms 20] [--straggler-p 0.01 --straggler-ms 500]
+                          [--classes 1000 --images 3000] [--workers 4]
+
+Per run, side by side (order rotated), every figure on the same Ceph RGW through the same proxy
+(bench/proxy.py, with bench.run's straggler model by default):
+- `alone`: pycurl GETs every image once, 64 in flight (the goal's denominator);
+- `paired+memfs`: the same GETs, and `--workers` reader processes read the images, shuffled, from
+  bench/memfs.py (pyfuse3 serving the bytes from RAM, freshly mounted: every read goes through
+  FUSE once), each read waiting for a GET to have completed: an image epoch by a client whose cost
+  per image is pycurl's GET plus the cheapest pyfuse3 file there is, perfectly pipelined. Its rate
+  is images over the time until the last read ended;
+- `paired+local`: the same with the readers on the local files (page cache, no FUSE at all): what
+  any client could reach here at best;
+- `cachefs+hint`: cachefs's epoch 1 with the order sent first (bench/imgepoch.py, the loader).
+
+Prints each and min/median/max of each rate over the runs and its ratio to `alone`; writes JSON
+(--out, default bench/results/floor-<UTC>.json).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import statistics
+import tempfile
+import time
+
+from bench import curlprobe, dataset, util
+from bench.endpoint import BUCKET, delaying_proxy, open_endpoint
+from bench.imgepoch import one_epoch
+from bench.systems import Cachefs, MemoryFuse
+from cachefs.devtools import sample
+
+IN_FLIGHT = 64
+IMAGE_BYTES = 110_000       # the probe's GET size (images are ~110 KB)
+READ_CHUNK = 1 << 20
+
+
+def _reader(root: str, paths: list[str], tokens, taken, last_end) -> None:
+    """A reader process: for each GET completed (a token), the next image read whole."""
+    while True:
+        tokens.acquire()
+        with taken.get_lock():
+            i = taken.value
+            taken.value += 1
+        if i >= len(paths):
+            return
+        with open(os.path.join(root, paths[i]), "rb", buffering=0) as f:
+            while f.read(READ_CHUNK):
+                pass
+        with last_end.get_lock():
+            last_end.value = max(last_end.value, time.monotonic())
+
+
+def paired(ep, files: list[str], root: str, workers: int, pids: list[int], ep_pids: list[int]) -> dict:
+    """The GETs and, paced by them, `workers` readers of `root`; rates and CPU per image."""
+    order = files[:]
+    random.shuffle(order)
+    tokens, taken, last_end = mp.Semaphore(0), mp.Value("q", 0), mp.Value("d", 0.0)
+    procs = [mp.Process(target=_reader, args=(root, order, tokens, taken, last_end)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fs0, ep0 = util.cpu_seconds(pids) or 0.0, util.cpu_seconds(ep_pids) or 0.0
+    t0 = time.monotonic()
+    r = curlprobe.get_rate(ep, BUCKET, files, IMAGE_BYTES, IN_FLIGHT, count=len(files), on_get=tokens.release)
+    for _ in procs:
+        tokens.release()            # the readers see the end
+    for p in procs:
+        p.join(120)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = len(files)
+    epoch = max(last_end.value - t0, r["seconds"])
+    return {"images_per_s": n / epoch, "gets_s": r["gets_s"], "errors": r["errors"],
+            "client_ms_per_image": 1000 * r["client_cpu_s"] / n,
+            "fs_ms_per_image": 1000 * ((util.cpu_seconds(pids) or 0.0) - fs0) / n,
+            "readers_ms_per_image": 1000 * (kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime) / n,
+            "endpoint_ms_per_image": 1000 * ((util.cpu_seconds(ep_pids) or 0.0) - ep0) / n}
+
+
+def alone(ep, files: list[str], ep_pids: list[int]) -> dict:
+    ep0 = util.cpu_seconds(ep_pids) or 0.0
+    r = curlprobe.get_rate(ep, BUCKET, files, IMAGE_BYTES, IN_FLIGHT, count=len(files))
+    n = len(files)
+    return {"images_per_s": r["gets_s"], "gets_s": r["gets_s"], "errors": r["errors"],
+            "client_ms_per_image": 1000 * r["client_cpu_s"] / n,
+            "endpoint_ms_per_image": 1000 * ((util.cpu_seconds(ep_pids) or 0.0) - ep0) / n}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=dataset.SCALES["short"].loader_workers)
+    p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--straggler-p", type=float, default=0.01, help="as bench.run's remote-store model")
+    p.add_argument("--straggler-ms", type=float, default=500.0)
+    p.add_argument("--scratch")
+    p.add_argument("--out")
+    args = p.parse_args()
+    spec = sample.DatasetSpec(num_images=args.images, num_classes=args.classes,
+                              shard_bytes=int(dataset.SCALES["short"].shard_mb * 1e6))
+    files = [sample.image_key(spec, i) for i in range(spec.num_images)]
+    scratch = args.scratch or tempfile.mkdtemp(prefix="floor-")
+    local = os.path.join(scratch, "local")
+    for key, data in sample.iter_image_files(spec):
+        os.makedirs(os.path.dirname(os.path.join(local, key)), exist_ok=True)
+        with open(os.path.join(local, key), "wb") as f:
+            f.write(data)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results: dict[str, list[dict]] = {}
+    with open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
+        client = ep.client()
+        client.create_bucket(Bucket=BUCKET)
+        sample.upload(client, BUCKET, "", sample.iter_image_files(spec), 16)
+        if args.latency_ms:
+            ep = stack.enter_context(delaying_proxy(ep, args.latency_ms, args.straggler_p, args.straggler_ms,
+                                                      os.path.join(scratch, "proxy.log")))
+            print(ep.proxy, flush=True)
+        memfs = MemoryFuse(scratch, ep, BUCKET, local)
+        cachefs = Cachefs.from_tree(here, "cachefs+hint", scratch, ep, BUCKET, os.path.join(scratch, "cache-local"))
+
+        def with_memfs() -> dict:
+            memfs.mount()
+            try:
+                return paired(ep, files, memfs.root, args.workers, memfs.pids(), ep.pids)
+            finally:
+                memfs.umount()
+
+        cases = {"alone": lambda: alone(ep, files, ep.pids),
+                 "paired+memfs": with_memfs,
+                 "paired+local": lambda: paired(ep, files, local, args.workers, [], ep.pids),
+                 "cachefs+hint": lambda: one_epoch(cachefs, files, spec, args.workers, False, ep.pids, hint=True)}
+        names = list(cases)
+        for run in range(args.runs):
+            for name in names[run % len(names):] + names[:run % len(names)]:
+                r = cases[name]()
+                r = {k: v for k, v in r.items() if k not in ("timeline", "stats")}
+                results.setdefault(name, []).append(r)
+                print(f"run {run} {name}: {r['images_per_s']:.0f} img/s, "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in r.items()
+                                  if k.endswith("_per_image") and isinstance(v, float)), flush=True)
+    summary = {}
+    base = statistics.median(r["images_per_s"] for r in results["alone"])
+    for name, rs in results.items():
+        rates = sorted(r["images_per_s"] for r in rs)
+        med = statistics.median(rates)
+        summary[name] = {"min": rates[0], "median": med, "max": rates[-1], "of_alone": med / base}
+        print(f"{name}: img/s min {rates[0]:.0f} median {med:.0f} max {rates[-1]:.0f} ({len(rates)} runs), "
+              f"{med / base:.2f} of alone")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = args.out or os.path.join(here, "bench", "results", f"floor-{stamp}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"args": vars(args), "runs": results, "summary": summary}, f, indent=1)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
