@@ -64,6 +64,11 @@ class BlockCache(abc.ABC):
         """True if a hit would cost no I/O (get_nowait would answer)."""
         return False
 
+    def cool(self, key: bytes) -> None:
+        """Its reader is done with the block for now (read once in an order's epoch): the first to
+        leave memory, before blocks still ahead of the reader; disk copies keep their place. Safe on
+        the trio thread."""
+
     @property
     @abc.abstractmethod
     def used_bytes(self) -> int:

@@ -101,6 +101,15 @@ class Tier(abc.ABC):
                 slot.hits += 1
         return data
 
+    def cool(self, key: bytes) -> None:
+        """The block goes first when room is made (least recently used, and stale for the
+        scan-resistant policy)."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None:
+                self._slots.move_to_end(key, last=False)
+                slot.last_access = 0.0
+
     def put(self, key: bytes, data: bytes | memoryview, limit: int) -> bool:
         """Store a block if it fits under `limit` (<= quota) bytes of usage. Never raises for I/O.
         True also when the block is stored already or being stored by another thread."""

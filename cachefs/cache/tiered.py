@@ -115,6 +115,10 @@ class TieredCache(BlockCache):
     def in_memory(self, key: bytes) -> bool:
         return any(t.contains(key) for t in self._mem) or (self._writer is not None and key in self._writer)
 
+    def cool(self, key: bytes) -> None:
+        for tier in self._mem:
+            tier.cool(key)
+
     @property
     def used_bytes(self) -> int:
         return sum(t.used for t in self.tiers)

@@ -278,6 +278,15 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
 
     async def _block(self, inode: Inode, key: str, index: int, stream: bool = False) -> memoryview:
         bkey = block_key(self.bucket, key, inode.etag, self.block_size, index)
+        data = await self._find_block(bkey, inode, key, index, stream)
+        if self.orders.claims(inode):
+            # Read in its order's epoch: room in memory goes to blocks still ahead of the reader (an
+            # order prefetch ahead of a memory tier smaller than the window had the reader's next
+            # blocks evicted first, and read back from disk: docs/CACHING.md "Order-aware prefetch").
+            self.cache.cool(bkey)
+        return data
+
+    async def _find_block(self, bkey: bytes, inode: Inode, key: str, index: int, stream: bool) -> memoryview:
         while True:
             data = self._prefetched.pop(bkey, None)
             if data is not None:

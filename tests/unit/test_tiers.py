@@ -122,6 +122,24 @@ def test_lru_evicts_in_background_to_low_watermark_and_demotes(tmp_path, meta):
     assert c.stats.get("cache_demotions") == moved
 
 
+@pytest.mark.parametrize("policy", ["lru", "scan-resistant"])
+def test_cooled_blocks_leave_memory_first_and_stay_on_disk(tmp_path, meta, policy):
+    """An order's reader is done with blocks 0-4 (read, then cooled); 5-9, fetched ahead of it and
+    not read yet, keep their room in memory, although the reads made 0-4 the most recent."""
+    c = make(tmp_path, meta, [TierSpec("mem", (), 10 * MEM_CHARGE, high=1.0, low=0.5), ssd(tmp_path, 20)],
+             policy=policy, stale_after=3600.0)
+    mem = c.tiers[0]
+    for i in range(10):
+        c.put(key(i), block(i))
+    for i in range(5):
+        assert bytes(c.get_nowait(key(i))) == block(i)
+        c.cool(key(i))
+    c.cool(key(99))                              # not cached: nothing to do
+    c.evict_pass()
+    assert [mem.contains(key(i)) for i in range(10)] == [False] * 5 + [True] * 5
+    assert all(bytes(c.get(key(i))) == block(i) for i in range(10))     # the disk copies serve 0-4
+
+
 def test_last_tier_drops(tmp_path, meta):
     c = make(tmp_path, meta, [ssd(tmp_path, 4, high=0.5, low=0.25)], policy="lru")
     for i in range(4):
