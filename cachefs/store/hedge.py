@@ -13,6 +13,8 @@ GETs are duplicated.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import heapq
+import math
 import threading
 import time
 from collections import deque
@@ -29,6 +31,7 @@ WINDOW = 200            # latencies remembered per size class: about the last fe
 # a cap each would add a duplicate and more load: a cold read measured 24 duplicates out of 88 GETs
 # once. Stragglers are by definition few; a budget of 5% keeps hedging for them.
 HEDGE_BUDGET = 0.05
+HEDGE_TICK_S = 0.005    # deadlines in trio are looked at with this resolution (a wake-up per batch)
 
 
 def size_class(nbytes: int) -> int:
@@ -82,6 +85,86 @@ class HedgeBudget:
         self._hedged += hedged
 
 
+class _Race:
+    """One hedged GET in trio: its deadline, the first request's scope (cancelled when the duplicate
+    wins) and whether its answer is arriving, the winner, the errors, and the duplicate's scope."""
+    __slots__ = ("due", "request", "scope", "answered", "won", "errors", "decided", "second_scope",
+                 "second_done")
+
+    def __init__(self, due: float, request: tuple[str, int, int, str | None]) -> None:
+        self.due = due
+        self.request = request
+        self.scope = trio.CancelScope()
+        self.answered = trio.Event()
+        self.won: tuple[int, bytes | memoryview] | None = None
+        self.errors: list[Exception] = []
+        self.decided = False
+        self.second_scope: trio.CancelScope | None = None
+        self.second_done: trio.Event | None = None
+
+    def win(self, which: int, data: bytes | memoryview) -> None:
+        if self.won is None:
+            self.won = (which, data)
+
+
+class _Hedger:
+    """The deadlines of one trio run's hedged GETs, looked at by one system task: it sleeps until the
+    earliest (rounded up to HEDGE_TICK_S, so that GETs answered in time cost no wake-up each) and
+    starts the duplicates of those still unanswered, within the budget."""
+
+    def __init__(self, store: HedgedStore) -> None:
+        self.store = store
+        self._due: list[tuple[float, int, _Race]] = []     # heap: (deadline, sequence, race)
+        self._seq = 0
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+
+    def watch(self, race: _Race) -> None:
+        self._seq += 1
+        heapq.heappush(self._due, (race.due, self._seq, race))
+        if race.due + HEDGE_TICK_S < self._sleeping_until:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if self._due:
+                self._sleeping_until = self._due[0][0] + HEDGE_TICK_S
+            with trio.move_on_at(self._sleeping_until):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._sleeping_until = math.inf
+            now = trio.current_time()
+            while self._due and self._due[0][0] <= now:
+                race = heapq.heappop(self._due)[2]
+                if not race.decided:
+                    self._consider(race)
+
+    def _consider(self, race: _Race) -> None:
+        store = self.store
+        if race.answered.is_set():
+            store.stats.add("s3_hedge_skipped_answered")    # progress, not a straggler
+        elif not store.budget.take():
+            store.stats.add("s3_hedge_skipped_budget")
+        else:
+            store.stats.add("s3_hedged")
+            race.second_scope, race.second_done = trio.CancelScope(), trio.Event()
+            trio.lowlevel.spawn_system_task(self._second, race, name="cachefs-hedge")
+
+    async def _second(self, race: _Race) -> None:
+        """The duplicate: a system task, so nothing may escape it (it would end the trio run)."""
+        assert race.second_scope is not None and race.second_done is not None
+        try:
+            with race.second_scope:
+                data = await self.store._atimed_get(*race.request)
+                if race.won is None:
+                    race.win(1, data)
+                    race.scope.cancel()          # the first request stops
+        except Exception as e:  # noqa: BLE001 - the first request may still succeed
+            race.errors.append(e)
+        finally:
+            race.second_done.set()
+
+
 class HedgedStore(DelegatingWrites, ObjectStore):
     def __init__(self, inner: ObjectStore, stats: Stats, *, percentile: float = 0.95,
                  min_delay: float = 0.05, max_workers: int = 32) -> None:
@@ -93,6 +176,7 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         self.latency = LatencyTracker()
         self.budget = HedgeBudget()
         self._pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="cachefs-hedge")
+        self._hedgers: dict[trio.lowlevel.TrioToken, _Hedger] = {}
 
     def deadline(self, nbytes: int) -> float | None:
         p = self.latency.percentile(size_class(nbytes), self.percentile)
@@ -152,49 +236,46 @@ class HedgedStore(DelegatingWrites, ObjectStore):
 
     async def aget_range(self, key: str, start: int, end: int, etag: str | None = None,
                          answered: trio.Event | None = None) -> bytes | memoryview:
-        """get_range's hedging in trio: the duplicate is a second task, and the loser is cancelled
-        (with the libcurl engine its transfer really stops)."""
+        """get_range's hedging in trio. The first request runs in the caller's task; one timer task
+        per trio run looks at the requests whose deadline passed and starts their duplicates (a
+        nursery and a task per GET cost ~55 us of the trio thread, most GETs never being hedged).
+        The first answer wins; the loser is cancelled (with the libcurl engine its transfer stops)."""
         deadline = self.deadline(end - start)
         self.budget.started()
         if deadline is None:
             return await self._atimed_get(key, start, end, etag, answered)
-        first_answered, first_done = trio.Event(), trio.Event()
-        won: list[tuple[int, bytes | memoryview]] = []
-        errors: list[Exception] = []
+        race = _Race(trio.current_time() + deadline, (key, start, end, etag))
+        self._hedger().watch(race)
+        try:
+            with race.scope:
+                try:
+                    race.win(0, await self._atimed_get(key, start, end, etag, race.answered))
+                except Exception as e:  # noqa: BLE001 - the duplicate may still succeed
+                    race.errors.append(e)
+            race.decided = True          # from here on no duplicate starts
+            if race.won is None and race.second_done is not None:
+                await race.second_done.wait()
+        finally:
+            race.decided = True
+            if race.second_scope is not None and (race.won is None or race.won[0] == 0):
+                race.second_scope.cancel()                  # the duplicate stops
+        if race.won is None:
+            raise race.errors[-1]
+        which, data = race.won
+        if which == 1:
+            self.stats.add("s3_hedge_wins")
+        if answered is not None:
+            answered.set()
+        return data
 
-        async def run(which: int, told: trio.Event | None, nursery: trio.Nursery) -> None:
-            try:
-                data = await self._atimed_get(key, start, end, etag, told)
-            except Exception as e:  # noqa: BLE001 - the other request may still succeed
-                errors.append(e)
-            else:
-                if not won:
-                    won.append((which, data))
-                    nursery.cancel_scope.cancel()      # the other request stops
-            finally:
-                if which == 0:
-                    first_done.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, 0, first_answered, nursery)
-            with trio.move_on_after(deadline):
-                await first_done.wait()
-            if not first_done.is_set():
-                if first_answered.is_set():
-                    self.stats.add("s3_hedge_skipped_answered")    # progress, not a straggler
-                elif not self.budget.take():
-                    self.stats.add("s3_hedge_skipped_budget")
-                else:
-                    self.stats.add("s3_hedged")
-                    nursery.start_soon(run, 1, None, nursery)
-        if won:
-            which, data = won[0]
-            if which == 1:
-                self.stats.add("s3_hedge_wins")
-            if answered is not None:
-                answered.set()
-            return data
-        raise errors[-1]
+    def _hedger(self) -> _Hedger:
+        token = trio.lowlevel.current_trio_token()
+        hedger = self._hedgers.get(token)
+        if hedger is None:        # a store used from a later trio.run (tests) gets a new one
+            self._hedgers.clear()
+            hedger = self._hedgers[token] = _Hedger(self)
+            trio.lowlevel.spawn_system_task(hedger.run, name="cachefs-hedge-timer")
+        return hedger
 
     def head(self, key: str) -> ObjectInfo | None:
         return self.inner.head(key)

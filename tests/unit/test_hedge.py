@@ -2,6 +2,7 @@
 import time
 
 import pytest
+import trio
 
 from cachefs.errors import StoreUnavailable
 from cachefs.stats import Stats
@@ -131,3 +132,66 @@ def test_duplicates_stay_within_five_percent_of_recent_gets():
     assert store.get_range("k", 0, 100_000) == b"x" * 100_000
     assert time.monotonic() - t0 >= 1.0                     # waited for the straggler itself
     assert stats.get("s3_hedged") == 1 and stats.get("s3_hedge_skipped_budget") == 1
+
+
+class Gated(MemoryStore):
+    """aget_range of call n waits while gate(n) says so (trio.sleep in the trio thread, so that a
+    cancelled request really stops), and counts the requests running."""
+    def __init__(self, gate):
+        super().__init__("bkt", Stats())
+        self.gate, self.calls, self.running = gate, 0, 0
+        self.put("k", b"x" * 100_000)
+
+    async def aget_range(self, key, start, end, etag=None, answered=None):
+        n, self.calls = self.calls, self.calls + 1
+        self.running += 1
+        try:
+            await trio.sleep(self.gate(n))
+            return self.get_range(key, start, end, etag)
+        finally:
+            self.running -= 1
+
+
+def gated_store(gate):
+    inner = Gated(gate)
+    store = HedgedStore(inner, inner.stats, min_delay=0.02)
+    for _ in range(MIN_SAMPLES):
+        store.latency.add(size_class(100_000), 0.001)
+    return store, inner
+
+
+def test_in_trio_a_cancelled_caller_stops_its_duplicate_too():
+    store, inner = gated_store(lambda n: 30.0)          # the first and its duplicate both hang
+
+    async def main():
+        with trio.move_on_after(0.3):
+            await store.aget_range("k", 0, 100_000)
+        await trio.sleep(0.01)
+        assert inner.calls == 2 and inner.running == 0
+    trio.run(main)
+    assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 0
+
+
+def test_in_trio_gets_answered_in_time_are_not_duplicated_and_leave_nothing_behind():
+    store, inner = gated_store(lambda n: 0.001)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(store.aget_range, "k", 0, 100_000)
+        await trio.sleep(0.1)                          # past every deadline
+        hedger = store._hedger()
+        assert hedger._due == [] and inner.running == 0
+    trio.run(main)
+    assert inner.stats.get("s3_hedged") == 0 and inner.calls == 200
+
+
+def test_in_trio_a_straggler_that_answers_first_cancels_the_duplicate():
+    store, inner = gated_store(lambda n: 0.2 if n == 0 else 30.0)
+
+    async def main():
+        assert await store.aget_range("k", 0, 100_000) == b"x" * 100_000
+        await trio.sleep(0.01)
+        assert inner.calls == 2 and inner.running == 0
+    trio.run(main)
+    assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 0
