@@ -267,6 +267,7 @@ class OrderPrefetcher:
         """Start a fetch per position, in order, at most the concurrency at once."""
         with order.scope:
             async with trio.open_nursery() as fetches:
+                supervise.start(fetches, "order_prefetch", self._poll_turns, order, what=order.stream)
                 while True:
                     progress = order.progress
                     order.cursor = max(order.cursor, progress.low)
@@ -355,18 +356,28 @@ class OrderPrefetcher:
 
     async def _turn(self, order: Order, pos: int, waiter: _Waiter) -> bool:
         """Until the position is given its turn (True: a GET slot and its window bytes are taken
-        for it); False when the reader got past it first. Looks again every ROOM_POLL_S (the
-        cache's room changes without a word)."""
+        for it); False when the reader got past it first (_poll_turns wakes it then)."""
         progress = order.progress
         while not waiter.granted:
             if progress.is_passed(pos):
                 return False
-            with trio.move_on_after(ROOM_POLL_S):
-                await waiter.event.wait()
-            if not waiter.event.is_set():
-                self._grant(order)
+            await waiter.event.wait()
             waiter.event = trio.Event()
         return True
+
+    async def _poll_turns(self, order: Order) -> None:
+        """Every ROOM_POLL_S while positions are being looked at or wait for their turn: turns given
+        again (the cache's room changes without a word), and the waiting positions the reader got
+        past woken to drop out. One task per order, not a timeout per waiting position (that cost
+        each file a cancel scope on the trio thread)."""
+        while not (order.complete and order.cursor >= len(order.paths)
+                   and not (order.waiting or order.quick or order.slow)):
+            await trio.sleep(ROOM_POLL_S)
+            self._grant(order)
+            progress = order.progress
+            for pos, waiter in order.waiting.items():
+                if not waiter.granted and progress.is_passed(pos):
+                    waiter.event.set()
 
     def _grant(self, order: Order) -> None:
         """Give their turn to the first waiting positions of the order, in order, as long as each
