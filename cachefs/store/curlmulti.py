@@ -2,11 +2,13 @@
 
 libcurl tells us, through its socket callback, which sockets it wants watched for what (in, out,
 both, or no longer), and through its timer callback when it next wants to be called regardless.
-Here each (socket, direction) it wants is one trio system task in `wait_readable`/`wait_writable`
-(trio allows one waiter per fd and direction), which calls `socket_action` when the socket is
-ready; one timer task calls `socket_action(SOCKET_TIMEOUT)` when libcurl's timer expires.
-When libcurl stops wanting a direction the task's scope is cancelled; when it lets a socket go
-(POLL_REMOVE, which it says just before closing one) `notify_closing` wakes any waiter first.
+The sockets it wants watched are kept in an epoll set of our own (level-triggered: what libcurl
+leaves unread is reported again); one trio system task waits for that set to be readable and
+calls `socket_action` for each ready socket, and one timer task calls `socket_action(SOCKET_TIMEOUT)`
+when libcurl's timer expires. (A task per socket and direction cost each readiness a task switch
+and two epoll_ctl calls in trio, and each reused connection a task spawn: measured per cold small
+file, docs/BENCHMARKS.md.) A socket libcurl lets go (POLL_REMOVE, said just before it closes one)
+leaves the set at once.
 
 A transfer is an easy handle added to the multi; `await TrioMulti.perform(handle)` returns when
 libcurl is done with it (its result code, 0 for success) and, if the awaiting task is cancelled,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 from typing import Any
 
 import pycurl
@@ -36,21 +39,14 @@ class _Transfer:
         self.message = ""
 
 
-class _Watch:
-    """One task waiting for one socket to be ready in one direction."""
-    __slots__ = ("scope",)
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-
-
 class TrioMulti:
     def __init__(self) -> None:
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_SOCKETFUNCTION, self._socket_cb)
         self.multi.setopt(pycurl.M_TIMERFUNCTION, self._timer_cb)
         self._token: trio.lowlevel.TrioToken | None = None
-        self._watches: dict[tuple[int, int], _Watch] = {}      # (fd, POLL_IN or POLL_OUT) -> task
+        self._epoll = select.epoll()
+        self._watches: dict[int, int] = {}                      # fd -> the epoll events it is watched for
         self._transfers: dict[int, _Transfer] = {}              # id(easy handle) -> its transfer
         self._handles: dict[int, pycurl.Curl] = {}
         self._timer_scope: trio.CancelScope | None = None
@@ -64,6 +60,7 @@ class TrioMulti:
         if self._token is None:
             self._token = token
             trio.lowlevel.spawn_system_task(self._timer_task, name="cachefs-curl-timer")
+            trio.lowlevel.spawn_system_task(self._poll_task, name="cachefs-curl-sockets")
         return self._token is token
 
     async def perform(self, handle: pycurl.Curl) -> tuple[int, str]:
@@ -87,47 +84,60 @@ class TrioMulti:
 
     @property
     def watched_sockets(self) -> int:
-        return len({fd for fd, _ in self._watches})
+        return len(self._watches)
 
     def close(self) -> None:
         """Stop the tasks and drop the multi: from the trio thread, or after its trio run ended
         (never from another thread while the run goes on)."""
         self.closed = True
-        for watch in list(self._watches.values()):
-            watch.scope.cancel()
         self._watches.clear()
         if self._timer_scope is not None:
             self._timer_scope.cancel()
+        try:
+            in_its_run = self._token is not None and trio.lowlevel.current_trio_token() is self._token
+        except RuntimeError:      # outside trio: its run has ended
+            in_its_run = False
+        if in_its_run:
+            trio.lowlevel.notify_closing(self._epoll.fileno())    # the socket task stops waiting on it
         for handle in self._handles.values():
             try:
                 self.multi.remove_handle(handle)
             except pycurl.error:
                 pass
         self.multi.close()
+        self._epoll.close()
 
     # -- libcurl's callbacks (called inside socket_action, add_handle or remove_handle) ----------
     def _socket_cb(self, what: int, fd: int, multi: Any, socketp: Any) -> None:
         if self.closed:          # closing: libcurl lets its sockets go, maybe outside trio
             return
-        if what == pycurl.POLL_REMOVE:
-            stopped = [self._watches.pop((fd, d), None) for d in (pycurl.POLL_IN, pycurl.POLL_OUT)]
-            if any(stopped):
-                trio.lowlevel.notify_closing(fd)      # libcurl may close it right after this
-                for watch in stopped:
-                    if watch is not None:
-                        watch.scope.cancel()
+        events = (select.EPOLLIN if what & pycurl.POLL_IN else 0) | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
+        if what == pycurl.POLL_REMOVE or not events:
+            # let go (libcurl may close it right after this), or kept but not watched: out of the
+            # set either way (a socket watched for nothing would still report a hang-up, forever)
+            if self._watches.pop(fd, None) is not None:
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass         # closed already: the kernel took it out of the set
             return
-        for direction in (pycurl.POLL_IN, pycurl.POLL_OUT):
-            key = (fd, direction)
-            if what & direction:
-                if key not in self._watches:
-                    watch = self._watches[key] = _Watch()
-                    trio.lowlevel.spawn_system_task(self._watch_task, fd, direction, watch,
-                                                    name="cachefs-curl-socket")
-            else:
-                stopped_watch = self._watches.pop(key, None)
-                if stopped_watch is not None:
-                    stopped_watch.scope.cancel()
+        if self._watches.get(fd) == events:
+            return
+        try:
+            try:
+                if fd in self._watches:
+                    self._epoll.modify(fd, events)
+                else:
+                    self._epoll.register(fd, events)
+            except FileExistsError:     # a number reused after a close we were not told of
+                self._epoll.modify(fd, events)
+            except FileNotFoundError:   # closed and reused meanwhile: the kernel took it out
+                self._epoll.register(fd, events)
+        except OSError as e:            # cannot be watched: libcurl's timeouts end its transfer
+            log.warning("libcurl socket %d cannot be watched: %s", fd, e)
+            self._watches.pop(fd, None)
+            return
+        self._watches[fd] = events
 
     def _timer_cb(self, timeout_ms: int) -> None:
         if self.closed:
@@ -137,16 +147,28 @@ class TrioMulti:
             self._timer_scope.deadline = self._timer_at
 
     # -- the tasks ----------------------------------------------------------------------------------
-    async def _watch_task(self, fd: int, direction: int, watch: _Watch) -> None:
-        wait = trio.lowlevel.wait_readable if direction == pycurl.POLL_IN else trio.lowlevel.wait_writable
-        event = pycurl.CSELECT_IN if direction == pycurl.POLL_IN else pycurl.CSELECT_OUT
-        with watch.scope:
-            while not self.closed and not watch.scope.cancel_called:
-                try:
-                    await wait(fd)
-                except (trio.ClosedResourceError, trio.BusyResourceError, OSError):
-                    return        # libcurl let the socket go (notify_closing), or it is gone
-                self._action(fd, event)
+    async def _poll_task(self) -> None:
+        """Every socket libcurl wants watched, through the one epoll set: ready ones to socket_action."""
+        epfd = self._epoll.fileno()
+        while not self.closed:
+            try:
+                await trio.lowlevel.wait_readable(epfd)
+                ready = self._epoll.poll(0)
+            except (trio.ClosedResourceError, trio.BusyResourceError, OSError, ValueError):
+                return            # closed (notify_closing), or its run is ending
+            for fd, ev in ready:
+                if self.closed:
+                    return
+                if fd not in self._watches:
+                    continue      # let go by an action of this same batch
+                flags = 0
+                if ev & (select.EPOLLIN | select.EPOLLHUP):
+                    flags |= pycurl.CSELECT_IN
+                if ev & select.EPOLLOUT:
+                    flags |= pycurl.CSELECT_OUT
+                if ev & select.EPOLLERR:
+                    flags |= pycurl.CSELECT_ERR
+                self._action(fd, flags)
 
     async def _timer_task(self) -> None:
         while not self.closed:
