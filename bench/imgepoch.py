@@ -68,6 +68,17 @@ def thread_cpu(pid: int) -> dict[str, float]:
             return {}
         out[name + "_user"] = int(fields[11]) / CLK_TCK
         out[name + "_sys"] = int(fields[12]) / CLK_TCK
+    for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+        if tid == str(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                comm, _, rest = f.read().partition(") ")
+            fields = rest.split()
+        except OSError:
+            continue        # ended meanwhile
+        # a thread of its own: user+system seconds, keyed by id and OS name
+        out[f"tid {tid} {comm.split('(', 1)[1]}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     try:    # the main thread's time runnable but waiting for a core (contention, not its own work)
         with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
             out["main_queued"] = int(f.read().split()[1]) / 1e9
@@ -108,6 +119,9 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
         if timeline:
             th.join()
         threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(pids[0]).items()}
+        others = sorted(((v, k) for k, v in threads.items() if k.startswith("tid ")), reverse=True)
+        threads = {k: v for k, v in threads.items() if not k.startswith("tid ")}
+        threads.update({k[4:]: v for v, k in others[:3]})      # the busiest other threads
         cpu, ep_cpu, busy = util.cpu_seconds(pids) - cpu0, util.cpu_seconds(ep_pids) - ep0, machine_busy_s() - busy0
         stats = util.daemon_stats(system.mountpoint)
     finally:
