@@ -579,13 +579,40 @@ class OrderPrefetcher:
                 listings, _ = await ns.list_flat(group.prefix, group.max_pages)
             self.stats.add("order_group_listings")
             if listings:
-                base = await self._shown_dir(group.base[len(ns.cfg.prefix):].rstrip("/"))
+                way = group.base[len(ns.cfg.prefix):].rstrip("/")
+                base = await self._shown_dir(way)
                 if base is not None:
+                    self._list_the_way(way)
                     await self._apply_group(group.base, base, listings)
         except StoreError as e:
             log.debug("order prefetch: listing of %r failed: %s", group.prefix, e)
         finally:
             group.done.set()
+
+    def _list_the_way(self, path: str) -> None:
+        """The directories on the way to a group (recorded from its keys, not listed) listed in the
+        background, each once, while the group's files are fetched: the kernel walks them at the
+        reader's first open, a LIST round trip each, one after another (~0.1 s of a short epoch
+        behind 20 ms, docs/BENCHMARKS.md "The trio thread's work per file")."""
+        ns, now = self.namespace, time.time()
+        assert self.reader.nursery is not None
+        ino = ROOT_INO
+        parts = path.split("/") if path else []
+        for depth in range(len(parts) + 1):
+            if ns.meta.listing_expiry(ino) <= now and ino not in self._listings:
+                supervise.start(self.reader.nursery, "order_listing", self._list_on_the_way, ino, what=str(ino))
+            if depth == len(parts):
+                return
+            node = ns.meta.lookup(ino, parts[depth].encode())
+            if node is None or not node.is_dir:
+                return
+            ino = node.ino
+
+    async def _list_on_the_way(self, ino: int) -> None:
+        try:
+            await self._list_alone(ino)
+        except StoreError as e:          # the kernel's lookup lists it again and sees the error itself
+            log.debug("order prefetch: listing directory %d on the way failed: %s", ino, e)
 
     async def _shown_dir(self, path: str) -> int | None:
         """The inode of a directory (a path relative to the mount) that keys below it show to exist:
