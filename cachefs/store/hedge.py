@@ -21,6 +21,7 @@ from collections import deque
 
 import trio
 
+from cachefs import supervise
 from cachefs.stats import Stats
 from cachefs.store.base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
@@ -151,7 +152,10 @@ class _Hedger:
             while self._due and self._due[0][0] <= now:
                 race = heapq.heappop(self._due)[2]
                 if not race.decided:
-                    self._consider(race)
+                    try:
+                        self._consider(race)
+                    except Exception as e:  # noqa: BLE001 - a system task: nothing may end the run
+                        supervise.record_failure("hedging", e, "a duplicate GET")
 
     def _consider(self, race: _Race) -> None:
         store = self.store

@@ -4,6 +4,7 @@ import time
 import pytest
 import trio
 
+from cachefs import supervise
 from cachefs.errors import StoreUnavailable
 from cachefs.stats import Stats
 from cachefs.store.faults import FaultyStore
@@ -195,3 +196,20 @@ def test_in_trio_a_straggler_that_answers_first_cancels_the_duplicate():
         assert inner.calls == 2 and inner.running == 0
     trio.run(main)
     assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 0
+
+
+def test_in_trio_an_error_deciding_on_a_duplicate_ends_nothing():
+    """The hedger is a system task: an exception escaping it would end the whole trio run (the
+    mount). It is recorded, and the GET gets its own answer."""
+    store, inner = gated_store(lambda n: 0.2)
+
+    def broken():
+        raise RuntimeError("budget broke")
+    store.budget.take = broken
+
+    async def main():
+        assert await store.aget_range("k", 0, 100_000) == b"x" * 100_000
+        assert await store.aget_range("k", 0, 100_000) == b"x" * 100_000     # the hedger still runs
+    failures = supervise.failures().get("hedging", 0)
+    trio.run(main)
+    assert supervise.failures().get("hedging", 0) == failures + 2 and inner.calls == 2
