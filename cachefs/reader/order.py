@@ -579,34 +579,13 @@ class OrderPrefetcher:
                 listings, _ = await ns.list_flat(group.prefix, group.max_pages)
             self.stats.add("order_group_listings")
             if listings:
-                way = group.base[len(ns.cfg.prefix):].rstrip("/")
-                base = await self._shown_dir(way)
+                base = await self._shown_dir(group.base[len(ns.cfg.prefix):].rstrip("/"))
                 if base is not None:
-                    self._list_the_way(way)
                     await self._apply_group(group.base, base, listings)
         except StoreError as e:
             log.debug("order prefetch: listing of %r failed: %s", group.prefix, e)
         finally:
             group.done.set()
-
-    def _list_the_way(self, path: str) -> None:
-        """The directories on the way to a group (recorded from its keys, not listed) listed in the
-        background, each once, while the group's files are fetched: the kernel walks them at the
-        reader's first open, a LIST round trip each, one after another (~0.1 s of a short epoch
-        behind 20 ms, docs/BENCHMARKS.md "The trio thread's work per file")."""
-        ns, now = self.namespace, time.time()
-        assert self.reader.nursery is not None
-        ino = ROOT_INO
-        parts = path.split("/") if path else []
-        for depth in range(len(parts) + 1):
-            if ns.meta.listing_expiry(ino) <= now and ino not in self._listings:
-                supervise.start(self.reader.nursery, "order_listing", self._list_on_the_way, ino, what=str(ino))
-            if depth == len(parts):
-                return
-            node = ns.meta.lookup(ino, parts[depth].encode())
-            if node is None or not node.is_dir:
-                return
-            ino = node.ino
 
     async def _list_on_the_way(self, ino: int) -> None:
         try:
@@ -616,21 +595,32 @@ class OrderPrefetcher:
 
     async def _shown_dir(self, path: str) -> int | None:
         """The inode of a directory (a path relative to the mount) that keys below it show to exist:
-        each directory on the way looked up in LMDB, recorded where it is not (yet) known."""
+        each directory on the way looked up in LMDB, recorded where it is not (yet) known. Those on
+        the way and itself that are not listed yet are listed in the background, each once, while
+        the group's files are fetched: the kernel walks them at the reader's first open, a LIST
+        round trip each, one after another (~0.1 s of a short epoch behind 20 ms, docs/BENCHMARKS.md
+        "The trio thread's work per file")."""
         ino = self._dirs.get(path)
         if ino is not None:
-            return ino
-        ns = self.namespace
+            return ino                     # resolved before: the way was listed, or is being listed
+        ns, now = self.namespace, time.time()
         ino = ROOT_INO
         for part in path.split("/") if path else ():
+            self._list_in_background(ino, now)
             node = ns.meta.lookup(ino, part.encode())
             if node is None or not node.is_dir:
                 node = (await ns.add_dirs(ns.get(ino), [part])).get(part)
                 if node is None:
                     return None
             ino = node.ino
+        self._list_in_background(ino, now)
         self._remember(path, ino)
         return ino
+
+    def _list_in_background(self, ino: int, now: float) -> None:
+        if self.namespace.meta.listing_expiry(ino) <= now and ino not in self._listings:
+            assert self.reader.nursery is not None
+            supervise.start(self.reader.nursery, "order_listing", self._list_on_the_way, ino, what=str(ino))
 
     async def _apply_group(self, base_key: str, base: int, listings: dict) -> None:
         """The directories of a flat listing, written a level at a time (each level in one

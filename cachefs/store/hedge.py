@@ -270,11 +270,10 @@ class HedgedStore(DelegatingWrites, ObjectStore):
                     race.win(0, await self._atimed_get(key, start, end, etag, race.answered))
                 except Exception as e:  # noqa: BLE001 - the duplicate may still succeed
                     race.errors.append(e)
-            race.decided = True          # from here on no duplicate starts
             if race.won is None and race.second_done is not None:
                 await race.second_done.wait()
         finally:
-            race.decided = True
+            race.decided = True          # from here on no duplicate starts
             if race.second_scope is not None and (race.won is None or race.won[0] == 0):
                 race.second_scope.cancel()                  # the duplicate stops
         if race.won is None:
