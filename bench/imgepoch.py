@@ -12,7 +12,8 @@ by side; with --hint also as `base+hint`). --timeline: the daemon's s3_get / fet
 cache_hits counters every 50 ms during the epoch (GETs/s over time: when prefetch starts, how far
 it runs). --probe: the endpoint's pycurl 110 KB GET rate at 16 and 64 in flight and its CPU per GET
 first. --latency-ms: bench/proxy.py in
-front of the endpoint (a remote store). IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon.
+front of the endpoint (a remote store). IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon
+(IMGEPOCH_PYSPY_NATIVE=1: with C frames).
 Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
 """
 from __future__ import annotations
@@ -41,6 +42,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TIMELINE_S = 0.05
 PYSPY_OUT = os.environ.get("IMGEPOCH_PYSPY")  # py-spy raw profiles of the daemon, one per mount
+# IMGEPOCH_PYSPY_NATIVE=1: with C frames (py-spy then pauses the daemon for each sample: slower)
+PYSPY_MODE = ["--native"] if os.environ.get("IMGEPOCH_PYSPY_NATIVE") else ["--nonblocking"]
 
 
 def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:
@@ -58,7 +61,8 @@ def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:
 def thread_cpu(pid: int) -> dict[str, float]:
     """The daemon's CPU seconds so far: user and system of its main thread (trio, FUSE) and of the
     whole process (the rest: the disk writer, trio's worker threads, libcurl's), and the seconds
-    its main thread was ready to run but waited for a core."""
+    its main thread was ready to run but waited for a core; and the minor page faults of the whole
+    process, in thousands (so that the report's "per image" scaling gives faults per image)."""
     out = {}
     for name, path in (("main", f"/proc/{pid}/task/{pid}/stat"), ("all", f"/proc/{pid}/stat")):
         try:
@@ -68,6 +72,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             return {}
         out[name + "_user"] = int(fields[11]) / CLK_TCK
         out[name + "_sys"] = int(fields[12]) / CLK_TCK
+    out["main_faults"] = int(fields[7]) / 1000      # minor page faults (printed per image, not ms)
     for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
         if tid == str(pid):
             continue
@@ -104,7 +109,7 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
             th.start()
         spy = (subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p",
                                  str(pids[0]), "-r", "250", "--format", "raw", "-o", f"{PYSPY_OUT}.{pids[0]}",
-                                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 *PYSPY_MODE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                if PYSPY_OUT else None)
         if spy:
             time.sleep(0.5)     # py-spy attaches

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
+import gc
 import logging
 import os
 import signal
@@ -89,19 +90,38 @@ def lock_cache_dir(path: str) -> int:
 # and touched at start, so the first read after a mount pays no page faults either: the daemon's
 # RSS starts (max_fetches + this) x block size higher (96 MiB at the defaults; docs/CACHING.md).
 POOL_SPARE_BLOCKS = 8
+MALLOC_MMAP_THRESHOLD = 1 << 20
+MALLOC_TRIM_THRESHOLD = 32 << 20
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def bound_malloc() -> None:
-    """Fix glibc's mmap threshold at 128 KiB: block buffers (MiBs) then come from mmap and go back to
-    the OS when freed. glibc otherwise raises the threshold after the first free of a large buffer
-    and serves later blocks from the heap, where fragmentation keeps RSS above the memory tier's
-    budget (docs/CACHING.md)."""
+    """Fix glibc's mmap threshold at 1 MiB and its trim threshold at 32 MiB.
+
+    Block buffers (MiBs) then come from mmap and go back to the OS when freed; glibc would otherwise
+    raise the threshold after the first free of a large buffer and serve later blocks from the heap,
+    where fragmentation keeps RSS above the memory tier's budget. A small file's buffer (an image,
+    ~110 KB) comes from the heap: as an mmap of its own, or from a heap top trimmed after every
+    free, each of its pages faulted on first touch, in the trio thread (~6% of it per cold image;
+    docs/BENCHMARKS.md). At most 32 MiB of freed heap top stays mapped (docs/CACHING.md)."""
     try:
         import ctypes
-        M_MMAP_THRESHOLD = -3
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
     except (OSError, AttributeError):
         log.debug("mallopt not available; memory tier RSS may exceed its budget")
+
+
+def tune_gc() -> None:
+    """Everything made at start-up (imports, config, the mount's tables) is frozen out of the cyclic
+    collector's sweeps, and a sweep of the youngest objects waits for 20,000 new ones instead of 700:
+    a cold small-file epoch allocates a few hundred per file, nearly all freed by reference counts
+    before any sweep, and the full sweeps walked every long-lived object (3% of the trio thread)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 def cache_dir_of(cfg: Config) -> str:
@@ -395,6 +415,7 @@ def run(cfg: Config, ready_fd: int | None, store_factory: StoreFactory = from_co
     ready.send("OK")
     clean = False
     started = time.monotonic()
+    tune_gc()
     try:
         trio.run(daemon.serve)
         clean = True

@@ -142,9 +142,13 @@ class TrioMulti:
     def _timer_cb(self, timeout_ms: int) -> None:
         if self.closed:
             return
-        self._timer_at = math.inf if timeout_ms < 0 else trio.current_time() + timeout_ms / 1000
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = self._timer_at
+        at = self._timer_at = math.inf if timeout_ms < 0 else trio.current_time() + timeout_ms / 1000
+        # Only ever brought forward: libcurl moves its timer several times per transfer, mostly
+        # later, and each move of a trio deadline is a heap push. Woken before `_timer_at`, the
+        # task goes back to sleep until it without calling libcurl.
+        scope = self._timer_scope
+        if scope is not None and at < scope.deadline:
+            scope.deadline = at
 
     # -- the tasks ----------------------------------------------------------------------------------
     async def _poll_task(self) -> None:
