@@ -26,7 +26,7 @@ class BuildPyWithProto(build_py):
         super().run()
 
 
-# The one C extension reads cached block files into a buffer pyfuse3 can pass on without a copy
+# The first C extension reads cached block files into a buffer pyfuse3 can pass on without a copy
 # (native/blockread.c). optional=True: without a compiler or xxhash.h (Debian: libxxhash-dev) the
 # build warns and cachefs uses its pure-Python fallback. Every warning is an error: the code is
 # small enough to keep clean, and a warning in memory-handling C is usually a bug.
@@ -39,6 +39,15 @@ setup(
             libraries=["xxhash"],
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
-        )
+        ),
+        # S3 GETs on libcurl in a thread of their own (native/fetch.c); without libcurl's headers
+        # (Debian: libcurl4-openssl-dev) the build warns and the read path stays on pycurl.
+        Extension(
+            "cachefs._fetch",
+            sources=["native/fetch.c"],
+            libraries=["curl"],
+            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
+            optional=True,
+        ),
     ],
 )

@@ -33,6 +33,8 @@ from botocore.awsrequest import AWSRequest
 
 from cachefs import __version__, metrics, native
 from cachefs.store.base import ListPage, ObjectInfo
+from cachefs.store import curlfetch
+from cachefs.store.curlfetch import TrioFetcher
 from cachefs.store.curlmulti import TrioMulti
 from cachefs.store.s3list import FallBack, parse_page
 
@@ -45,6 +47,7 @@ _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _HANDLED_ERRORS = {400, 403, 404, 408, 412, 416, 429, 500, 502, 503, 504}
 _WRONG_REGION = {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
 _META = "x-amz-meta-"
+_EMPTY_PAYLOAD = "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 ERROR_BODY_MAX = 64 * 1024
 # libcurl's CURLcodes for "no answer in time" (28) and its own write callback refusing a body (23).
 _TIMEOUT_CODES = {pycurl.E_OPERATION_TIMEDOUT}
@@ -177,6 +180,9 @@ class CurlEngine:
         # mid-answer closes its connection, so churn shows here).
         self.on_connections: Callable[[int], None] = _ignore
         self._userpwd: tuple[Any, str] = (None, "")
+        # GETs on the C fetcher when it is built (store/curlfetch.py); HEAD and LIST on pycurl.
+        self.fetch_native = curlfetch.available()
+        self._fetcher: TrioFetcher | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _current_multi(self) -> TrioMulti:
@@ -206,26 +212,34 @@ class CurlEngine:
             c.setopt(pycurl.CAINFO, self.cainfo)
         return c
 
-    def _sign(self, c: pycurl.Curl, method: str, url: str, headers: list[str], as_is: bool) -> list[str]:
-        """The headers to send, signed by libcurl, which also signs an x-amz-security-token header
-        (libcurl 8.x; checked against moto with session credentials). botocore signs instead for a
-        path libcurl would tidy (`as_is`: a key with "." or ".." segments, which libcurl refuses to
-        send untouched with SigV4)."""
+    def _auth(self, method: str, url: str, headers: list[str], as_is: bool) -> tuple[list[str], str | None, str]:
+        """(headers to send, libcurl's CURLOPT_AWS_SIGV4 or None, its user:password). libcurl signs,
+        an x-amz-security-token header too (libcurl 8.x; checked against moto with session
+        credentials); botocore signs instead for a path libcurl would tidy (`as_is`: a key with "."
+        or ".." segments, which libcurl refuses to send untouched with SigV4): then the headers are
+        signed already and libcurl adds no auth."""
         creds = self._credentials.get_frozen_credentials()
-        c.setopt(pycurl.PATH_AS_IS, as_is)
         if as_is:
             request = AWSRequest(method, url, headers=dict(h.split(": ", 1) for h in headers))
             S3SigV4Auth(creds, "s3", self.region).add_auth(request)
-            c.setopt(pycurl.HTTPAUTH, pycurl.HTTPAUTH_BASIC)   # and no user: libcurl adds no auth
-            c.unsetopt(pycurl.USERPWD)
-            return [f"{k}: {v}" for k, v in request.headers.items()]
+            return [f"{k}: {v}" for k, v in request.headers.items()], None, ""
         if self._userpwd[0] != creds:
             self._userpwd = (creds, f"{creds.access_key}:{creds.secret_key}")
-        c.setopt(pycurl.AWS_SIGV4, self._sigv4)
-        c.setopt(pycurl.USERPWD, self._userpwd[1])
         if creds.token:
-            return [*headers, f"x-amz-security-token: {creds.token}"]
-        return headers
+            headers = [*headers, f"x-amz-security-token: {creds.token}"]
+        return headers, self._sigv4, self._userpwd[1]
+
+    def _sign(self, c: pycurl.Curl, method: str, url: str, headers: list[str], as_is: bool) -> list[str]:
+        """The headers to send; libcurl set to sign them (_auth)."""
+        signed, sigv4, userpwd = self._auth(method, url, headers, as_is)
+        c.setopt(pycurl.PATH_AS_IS, as_is)
+        if sigv4 is None:
+            c.setopt(pycurl.HTTPAUTH, pycurl.HTTPAUTH_BASIC)   # and no user: libcurl adds no auth
+            c.unsetopt(pycurl.USERPWD)
+        else:
+            c.setopt(pycurl.AWS_SIGV4, sigv4)
+            c.setopt(pycurl.USERPWD, userpwd)
+        return signed
 
     async def _exchange(self, operation: str, method: str, url: str, headers: list[str], expected: int = 0,
                         answered: trio.Event | None = None, as_is: bool = False) -> _Exchange:
@@ -264,6 +278,50 @@ class CurlEngine:
         metrics.S3_REQUESTS.labels(operation, str(ex.status)).inc()
         return ex
 
+    async def _fetched(self, url: str, headers: list[str], expected: int, answered: trio.Event | None,
+                       as_is: bool) -> _Exchange:
+        """_exchange for a GET on the C fetcher (store/curlfetch.py): the body lands in a block
+        buffer without a Python call per chunk."""
+        fetcher = self._current_fetcher()
+        signed, sigv4, userpwd = self._auth("GET", url, headers, as_is)
+        if sigv4 is not None:
+            # libcurl before 8.x signs S3 requests without this header, which S3 requires (the
+            # hash of an empty body); libcurl signs the one it is given (native/fetch.c)
+            signed = [*signed, _EMPTY_PAYLOAD]
+        buf = native.buffer(expected, headroom=native.HEADER.size)
+        t0 = time.perf_counter()
+        answer = await fetcher.get(url, signed, buf, sigv4, userpwd, as_is, answered)
+        if answer.connects:
+            self.on_connections(answer.connects)
+        if answer.code != 0:
+            metrics.S3_REQUESTS.labels("GetObject", "error").inc()
+            if answer.code in _TIMEOUT_CODES:
+                raise CurlTimeout(f"curl error {answer.code}: {answer.message}")
+            raise CurlNetworkError(f"curl error {answer.code}: {answer.message}")
+        ex = _Exchange(expected, None)
+        ex.status = answer.status
+        ex.headers = answer.headers()
+        ex.headers_at = answer.headers_at
+        if answer.body_len or not answer.error_body:
+            ex.view = memoryview(buf)
+            ex.pos = answer.body_len
+        else:
+            ex.buf = bytearray(answer.error_body)
+        metrics.S3_SECONDS.labels("GetObject").observe((ex.headers_at or time.perf_counter()) - t0)
+        metrics.S3_REQUESTS.labels("GetObject", str(ex.status)).inc()
+        return ex
+
+    def _current_fetcher(self) -> TrioFetcher:
+        fetcher = self._fetcher
+        if fetcher is None or not fetcher.bound_to_current_run():
+            if fetcher is not None:   # it served an earlier trio run (tests): its task is gone
+                fetcher.close()
+            fetcher = self._fetcher = TrioFetcher(
+                max_connections=self.max_connections, connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout, cainfo=self.cainfo, useragent=self._agent)
+            fetcher.bound_to_current_run()
+        return fetcher
+
     @staticmethod
     def _error(operation: str, ex: _Exchange) -> Exception:
         body = bytes(ex.buf)
@@ -283,8 +341,11 @@ class CurlEngine:
         headers = [f"Range: bytes={start}-{end - 1}"]
         if etag:
             headers.append(f"If-Match: {etag}")
-        ex = await self._exchange("GetObject", "GET", self.object_prefix + quote_key(key), headers,
-                                  end - start, answered, _dot_segments(key))
+        url = self.object_prefix + quote_key(key)
+        if self.fetch_native:
+            ex = await self._fetched(url, headers, end - start, answered, _dot_segments(key))
+        else:
+            ex = await self._exchange("GetObject", "GET", url, headers, end - start, answered, _dot_segments(key))
         if ex.status not in (200, 206):
             raise self._error("GetObject", ex)
         if on_headers is not None:
@@ -322,6 +383,9 @@ class CurlEngine:
         return parse_page(bytes(ex.buf))
 
     def close(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
         if self._multi is not None:
             self._multi.close()
             self._multi = None
