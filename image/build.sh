@@ -26,8 +26,8 @@ IMAGE_NAME=${IMAGE_NAME:-ghcr.io/cachefs/cachefs}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 TAG=${TAG:-$VERSION}
 # Keep these three lists the same as image/Dockerfile (tests/csi/test_image.py checks that).
-RUNTIME_PKGS="python3 fuse3 libfuse3-3 libxxhash0 tini ca-certificates"
-BUILD_PKGS="python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev libxxhash-dev"
+RUNTIME_PKGS="python3 fuse3 libfuse3-3 libxxhash0 libcurl4 tini ca-certificates"
+BUILD_PKGS="python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev libxxhash-dev libcurl4-openssl-dev"
 IMAGE_UID=65532    # the image's default user; the node plugin's containers run as root (see the chart)
 
 log() { echo "image: $*" >&2; }

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # prometheus: for its promtool, which checks and unit-tests the Helm chart's alert rules (tests/csi);
 # the server it also ships is not wanted and is stopped below.
-PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv fio s3fs rclone libxxhash-dev prometheus)
+PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv fio s3fs rclone libxxhash-dev libcurl4-openssl-dev prometheus)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -13,6 +13,8 @@ Failures come out as the exceptions S3Store's retry loop already classifies: bot
 for an S3 error answer, CurlNetworkError (a ConnectionError) or CurlTimeout (a TimeoutError) when
 there is no answer, FallBack for an answer only boto3 handles (a redirect to another region).
 Retries, deadlines and the breaker are S3Store's (store/s3.py); the multi: store/curlmulti.py.
+GETs run on the C fetcher instead when it is built (store/curlfetch.py, native/fetch.c): the same
+URL, headers and signing, the answer handed over whole, with the same errors and counters.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from cachefs import __version__, metrics, native
-from cachefs.store.base import ListPage, ObjectInfo
 from cachefs.store import curlfetch
+from cachefs.store.base import ListPage, ObjectInfo
 from cachefs.store.curlfetch import TrioFetcher
 from cachefs.store.curlmulti import TrioMulti
 from cachefs.store.s3list import FallBack, parse_page

@@ -21,7 +21,7 @@ import trio
 log = logging.getLogger(__name__)
 
 try:
-    from cachefs import _fetch as _native_fetch      # type: ignore[attr-defined]
+    from cachefs import _fetch as _native_fetch  # type: ignore[attr-defined]
 except ImportError as e:          # not built (no libcurl headers at build time), or libcurl too old
     _native_fetch = None
     WHY_NOT = f"cachefs._fetch is not available ({e})"
@@ -44,7 +44,7 @@ class Answer:
     connections it opened and when its headers were complete (time.perf_counter's clock)."""
     __slots__ = ("code", "message", "status", "raw_headers", "body_len", "error_body", "connects", "headers_at")
 
-    def __init__(self, record: tuple) -> None:
+    def __init__(self, record: tuple[Any, ...]) -> None:
         (_, self.code, self.message, self.status, self.raw_headers, self.body_len, self.error_body,
          self.connects, headers_at_ns) = record
         self.headers_at = headers_at_ns / 1e9

@@ -65,6 +65,16 @@ def test_native_is_active_here():
         assert native.read_block is C.read_block
 
 
+def test_the_get_fetcher_is_built_here():
+    """The C fetcher of S3 GETs (native/fetch.c): built wherever setup ran (libcurl4-openssl-dev),
+    so its tests cannot skip silently."""
+    from cachefs.store import curlfetch
+    if os.environ.get("CACHEFS_NO_NATIVE_FETCH"):
+        assert not curlfetch.available()
+    else:
+        assert curlfetch.available(), curlfetch.WHY_NOT + " (is libcurl4-openssl-dev installed?)"
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_read_block(tmp_path, impl, case):
