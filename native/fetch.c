@@ -30,6 +30,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -418,6 +419,7 @@ static void xfer_free(Fetcher *f, Xfer *x)   /* with the GIL; x is out of the mu
     free(x->hdr);
     free(x->err);
     if (x->easy) {
+        curl_easy_reset(x->easy);           /* no pointer into this transfer stays set */
         if (!f->closed && f->n_free < f->cap_free)
             f->free_easy[f->n_free++] = x->easy;
         else
@@ -551,7 +553,12 @@ static int Fetcher_init(Fetcher *f, PyObject *args, PyObject *kwds)
     curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
     curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f);
+    /* the worker takes no signal: they are the trio thread's (Python's handlers, pyfuse3's) */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&f->thread, NULL, worker, f);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -615,8 +622,7 @@ static PyObject *Fetcher_submit(Fetcher *f, PyObject *args)
         x->headers = l;
     }
     if (f->n_free > 0) {
-        easy = f->free_easy[--f->n_free];
-        curl_easy_reset(easy);
+        easy = f->free_easy[--f->n_free];    /* reset when it was given back */
     } else if ((easy = curl_easy_init()) == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "curl_easy_init failed");
         goto fail;
