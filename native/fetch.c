@@ -58,6 +58,7 @@ typedef struct Xfer {
     int want_answered;
     int answered_pending;       /* an ANSWERED record is due (set by the worker) */
     int cancelled;
+    int reusable;               /* set up whole by submit: its handle may serve another transfer */
     char *hdr;                  /* the final answer's header lines, raw */
     size_t hdr_len, hdr_cap;
     char *err;                  /* a body that does not go into `body` (an error answer) */
@@ -419,8 +420,11 @@ static void xfer_free(Fetcher *f, Xfer *x)   /* with the GIL; x is out of the mu
     free(x->hdr);
     free(x->err);
     if (x->easy) {
+        /* Not reused: a handle whose submit failed, or a cancelled one (libcurl 7.88 refuses a
+         * new CURLOPT_BUFFERSIZE on a handle removed while it waited for a connection, which
+         * would fail every later submit that took it). */
         curl_easy_reset(x->easy);           /* no pointer into this transfer stays set */
-        if (!f->closed && f->n_free < f->cap_free)
+        if (!f->closed && !x->cancelled && x->reusable && f->n_free < f->cap_free)
             f->free_easy[f->n_free++] = x->easy;
         else
             curl_easy_cleanup(x->easy);
@@ -656,6 +660,7 @@ static PyObject *Fetcher_submit(Fetcher *f, PyObject *args)
     SETOPT(CURLOPT_PRIVATE, (char *)x);
     x->id = ++f->next_id;
     x->want_answered = want_answered;
+    x->reusable = 1;
     pthread_mutex_lock(&f->lock);
     if (f->submitted_tail)
         f->submitted_tail->next = x;
