@@ -3,8 +3,6 @@ server (sockets closed while watched, cancellation, reuse), answer parsing, keys
 and the trio paths of the breaker, hedging and fault injection."""
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import pycurl
@@ -21,53 +19,9 @@ from cachefs.store.hedge import MIN_SAMPLES, HedgedStore, size_class
 from cachefs.store.memory import MemoryStore
 from cachefs.store.s3list import FallBack, parse_page
 
+from .loopback_http import Server
+
 pytestmark = pytest.mark.timeout(60)
-
-
-class Server:
-    """HTTP/1.1 on loopback, one thread per connection: `behaviour(path)` -> 'ok', 'close', 'stall'."""
-
-    def __init__(self, behaviour):
-        self.behaviour = behaviour
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.connections = 0
-        self.closed = threading.Event()          # a client hung up on a stalled request
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        with conn:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split()[1].decode()
-                what = self.behaviour(path)
-                if what == "close":
-                    return
-                if what == "stall":
-                    conn.settimeout(20)
-                    if not conn.recv(1):
-                        self.closed.set()
-                    return
-                body = path.encode() * 100
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-
-    def close(self):
-        self.listener.close()
 
 
 async def fetch(multi, url, **opts):
