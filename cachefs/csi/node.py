@@ -313,7 +313,7 @@ class NodeService(rpc.NodeServicer):
     def _adopt_one(self, pub: Publication) -> str:
         target = pub.target_path
         try:
-            st = self.mounter.state(target) if os.path.lexists(target) else None
+            st = self.mounter.state(target) if _present(target) else None
         except (UserError, OSError) as e:
             log.error("cannot tell the state of %s (record kept): %s", target, e)
             return "busy"
@@ -331,6 +331,19 @@ class NodeService(rpc.NodeServicer):
                 log.error("could not mount %s again: %s", target, e)
         self.state.remove(target)
         return "dropped"
+
+
+def _present(path: str) -> bool:
+    """Whether something is at `path`: a dead FUSE mount answers lstat with ENOTCONN unless the kernel
+    kept its root's attributes (os.path.lexists would say no, and its record would be dropped
+    instead of mounted again: a daemon killed before it answered anything)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _port_free(host: str, port: int) -> bool:

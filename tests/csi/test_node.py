@@ -220,3 +220,20 @@ def test_access_modes_select_read_only_or_read_write(csi_server, dataset, target
     s3 = s3_client(dataset.endpoint_url, dataset.key_id, dataset.secret)
     assert s3.get_object(Bucket=dataset.bucket, Key=key)["Body"].read() == b"from a writer pod\n"
     s3.delete_object(Bucket=dataset.bucket, Key=key)
+
+
+def test_a_dead_mount_that_answers_nothing_is_still_there(tmp_path, monkeypatch):
+    """A daemon killed before it answered anything leaves a mount whose lstat fails with ENOTCONN:
+    its record is mounted again, not dropped as if nothing were there."""
+    from cachefs.csi import node as node_module
+    real_lstat = os.lstat
+    dead = str(tmp_path / "dead")
+
+    def lstat(path, *a, **kw):
+        if str(path) == dead:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return real_lstat(path, *a, **kw)
+    monkeypatch.setattr(node_module.os, "lstat", lstat)
+    assert node_module._present(dead)
+    assert not node_module._present(str(tmp_path / "never"))
+    assert node_module._present(str(tmp_path))
