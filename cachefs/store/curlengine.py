@@ -271,14 +271,8 @@ class CurlEngine:
             c.setopt(pycurl.WRITEFUNCTION, _ignore)
             if not multi.closed:
                 self._free.append(c)
-        if code != 0:
-            metrics.S3_REQUESTS.labels(operation, "error").inc()
-            if code in _TIMEOUT_CODES:
-                raise CurlTimeout(f"curl error {code}: {message}")
-            raise CurlNetworkError(f"curl error {code}: {message}")
-        metrics.S3_SECONDS.labels(operation).observe((ex.headers_at or time.perf_counter()) - t0)
-        metrics.S3_REQUESTS.labels(operation, str(ex.status)).inc()
-        return ex
+        _raise_for_code(operation, code, message)
+        return _counted(operation, ex, t0)
 
     async def _fetched(self, url: str, headers: list[str], expected: int, answered: trio.Event | None,
                        as_is: bool) -> _Exchange:
@@ -295,11 +289,7 @@ class CurlEngine:
         answer = await fetcher.get(url, signed, buf, sigv4, userpwd, as_is, answered)
         if answer.connects:
             self.on_connections(answer.connects)
-        if answer.code != 0:
-            metrics.S3_REQUESTS.labels("GetObject", "error").inc()
-            if answer.code in _TIMEOUT_CODES:
-                raise CurlTimeout(f"curl error {answer.code}: {answer.message}")
-            raise CurlNetworkError(f"curl error {answer.code}: {answer.message}")
+        _raise_for_code("GetObject", answer.code, answer.message)
         ex = _Exchange(expected, None)
         ex.status = answer.status
         ex.headers = answer.headers()
@@ -309,9 +299,7 @@ class CurlEngine:
             ex.pos = answer.body_len
         else:
             ex.buf = bytearray(answer.error_body)
-        metrics.S3_SECONDS.labels("GetObject").observe((ex.headers_at or time.perf_counter()) - t0)
-        metrics.S3_REQUESTS.labels("GetObject", str(ex.status)).inc()
-        return ex
+        return _counted("GetObject", ex, t0)
 
     def _current_fetcher(self) -> TrioFetcher:
         fetcher = self._fetcher
@@ -394,6 +382,21 @@ class CurlEngine:
         for c in self._free:
             c.close()
         self._free.clear()
+
+
+def _raise_for_code(operation: str, code: int, message: str) -> None:
+    """libcurl's result of a transfer (pycurl's or the C fetcher's): no answer is an exception."""
+    if code != 0:
+        metrics.S3_REQUESTS.labels(operation, "error").inc()
+        if code in _TIMEOUT_CODES:
+            raise CurlTimeout(f"curl error {code}: {message}")
+        raise CurlNetworkError(f"curl error {code}: {message}")
+
+
+def _counted(operation: str, ex: _Exchange, t0: float) -> _Exchange:
+    metrics.S3_SECONDS.labels(operation).observe((ex.headers_at or time.perf_counter()) - t0)
+    metrics.S3_REQUESTS.labels(operation, str(ex.status)).inc()
+    return ex
 
 
 def _dot_segments(key: str) -> bool:

@@ -131,16 +131,17 @@ class TrioFetcher:
             if self.closed:
                 return
             try:
-                records = self._fetcher.drain()
+                self._deliver(self._fetcher.drain())
             except Exception:     # a system task must not raise: it would end the whole trio run
-                log.exception("draining the S3 fetcher failed")
+                log.exception("draining the S3 fetcher failed")    # a waiter left: its deadline ends it
+
+    def _deliver(self, records: list[tuple[Any, ...]]) -> None:
+        for record in records:
+            if record[1] == ANSWERED:
+                wait = self._waits.get(record[0])
+                if wait is not None and wait.answered is not None:
+                    wait.answered.set()
                 continue
-            for record in records:
-                if record[1] == ANSWERED:
-                    wait = self._waits.get(record[0])
-                    if wait is not None and wait.answered is not None:
-                        wait.answered.set()
-                    continue
-                wait = self._waits.pop(record[0], None)
-                if wait is not None:
-                    trio.lowlevel.reschedule(wait.task, outcome.Value(Answer(record)))
+            wait = self._waits.pop(record[0], None)
+            if wait is not None:
+                trio.lowlevel.reschedule(wait.task, outcome.Value(Answer(record)))
