@@ -156,6 +156,30 @@ def test_many_small_directories_are_listed_a_group_at_a_time(mounter, make_bucke
         assert read_all(m / key) == objects[key]
 
 
+def test_the_first_open_waits_for_no_listing_of_the_way(mounter, make_bucket, fault_proxy):
+    """The delimited LISTs of the directories on the way to an order's group land late (3 s here):
+    the reader's first open is answered once the group's flat LIST has shown those directories,
+    without waiting for them or asking S3 for the names one by one (docs/CACHING.md "Order-aware
+    prefetch"). Before, each directory's lookup waited for its parent's listing."""
+    files = [f"ds/train/c{d:02d}/{i}.jpg" for d in range(30) for i in range(3)]
+    objects = {key: object_bytes(key, 1000 + i) for i, key in enumerate(files)}
+    bucket = make_bucket("order-way", objects)
+    m = mounter.mount(bucket, *QUIET, endpoint_url=fault_proxy.url)
+    fault_proxy.add(Fault("delay", ops="list", key=r"^(ds/(train/)?)?$", seconds=3.0))
+    fault_proxy.add(Fault("delay", ops="head", key=r"^ds(/train)?$", seconds=3.0))
+    order = list(files)
+    random.Random(3).shuffle(order)
+    t0 = time.monotonic()
+    send_order(str(m.path), order)
+    assert read_all(m / order[0]) == objects[order[0]]
+    took = time.monotonic() - t0
+    assert took < 2.0, took                                       # the delayed LISTs land after 3 s
+    asked = [r.key for r in fault_proxy.seen("head", since=t0) if r.key in ("ds", "ds/train")]
+    assert asked == [], asked                                     # no name asked for one by one
+    assert read_all(m / order[1]) == objects[order[1]]
+    assert sorted(os.listdir(m.path / "ds" / "train")) == [f"c{d:02d}" for d in range(30)]
+
+
 def test_cached_files_are_skipped(mounter, make_bucket, request_log):
     bucket = make_bucket("order-cached", OBJECTS)
     m = mounter.mount(bucket, *QUIET)

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
@@ -50,6 +50,10 @@ LISTING_HEADS = 8
 # files); hundreds of tiny objects are a dataset's labels or shards, and a HEAD each would double
 # the cost of a cold listing's first epoch.
 SMALL_HEADS_MAX = 64
+# Directories that a flat listing's keys showed to exist, remembered (with until when) so that a
+# lookup of one is answered before its parent's own listing lands: at most this many (~100 bytes
+# each); past it the memory is dropped and lookups wait for listings as before.
+SHOWN_KEPT = 1 << 18
 # (key, ETag) pairs whose metadata a GET told about, remembered so that the blocks read after the
 # first cost one set lookup, not an LMDB walk of the path (64k pairs: ~10 MiB).
 SEEN_IN_GET_KEPT = 65536
@@ -64,6 +68,8 @@ class Namespace:
         self.cfg = cfg
         self.run_blocking = run_blocking
         self._listing: Flights[int] = Flights()      # one listing per directory at a time
+        self._shown: dict[int, float] = {}            # directory -> until when keys below it vouch for it
+        self._arrivals: dict[int, trio.Event] = {}    # directory -> wakes the lookups that wait for its names
         self._remote_lookups: dict[int, int] = {}   # directory -> names looked up one by one
         self._markers: dict[int, ObjectInfo] = {}    # directory -> its marker object, as a listing saw it
         self._seen_lock = threading.Lock()
@@ -100,8 +106,11 @@ class Namespace:
             if pending is None:
                 break
             await pending.wait()     # another request is listing it; use its result
-        with self._listing.flying(ino):
-            return await self.apply_listing(directory, await self._list_one(directory))
+        try:
+            with self._listing.flying(ino):
+                return await self.apply_listing(directory, await self._list_one(directory))
+        finally:
+            self._wake(ino)
 
     async def ensure_listed(self, ino: int) -> None:
         """List a directory unless its listing is fresh (one LIST per directory, single-flight with
@@ -273,6 +282,29 @@ class Namespace:
             return None
         return [inode for _, inode in await self.run_blocking(self.meta.children, ino) if not inode.is_dir]
 
+    def note_shown(self, parent_ino: int, inos: Iterable[int]) -> None:
+        """Directories in `parent_ino` that keys below them showed to exist just now (a flat
+        listing read them): until the listing TTL, a lookup of one is answered from LMDB without
+        the parent's own listing, and lookups waiting for that listing are woken to look. A
+        hinted epoch's first open walks three or four directories whose delimited LISTs land
+        after the flat one (~60 ms of a short epoch behind 20 ms: docs/BENCHMARKS.md)."""
+        if self.cfg.listing_ttl <= 0:
+            return
+        if len(self._shown) > SHOWN_KEPT:
+            self._shown.clear()
+        until = time.time() + self.cfg.listing_ttl
+        for ino in inos:
+            self._shown[ino] = until
+        self._wake(parent_ino)
+
+    def _wake(self, ino: int) -> None:
+        arrived = self._arrivals.pop(ino, None)
+        if arrived is not None:
+            arrived.set()
+
+    def _vouched(self, known: Inode | None, now: float) -> bool:
+        return known is not None and (self.is_local(known.ino) or self._shown.get(known.ino, 0.0) > now)
+
     # -- lookup -----------------------------------------------------------------------------
     async def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
         if not valid_name(name):
@@ -291,7 +323,7 @@ class Namespace:
                 return None
             return await self._lookup_remote(parent, name.decode())
         known = self.meta.lookup(parent_ino, name)
-        if known is not None and self.is_local(known.ino):
+        if self._vouched(known, now):
             return known
         if self.meta.negative_expiry(parent_ino, name) > now:
             return None
@@ -300,7 +332,17 @@ class Namespace:
             pending = self._list_in_background(parent)
         if pending is not None:
             with trio.move_on_after(LISTING_WAIT_S):
-                await pending.wait()
+                while True:     # until the listing lands, or a flat listing shows the name meanwhile
+                    arrived = self._arrivals.get(parent_ino)
+                    if arrived is None:
+                        arrived = self._arrivals[parent_ino] = trio.Event()
+                    await arrived.wait()
+                    now = time.time()
+                    known = self.meta.lookup(parent_ino, name)
+                    if self.meta.listing_expiry(parent_ino) > now or self._vouched(known, now):
+                        return known
+                    if self._listing.get(parent_ino) is not pending:
+                        break       # it landed without a listing (failed): ask for the name itself
             if self.meta.listing_expiry(parent_ino) > time.time():
                 return self.meta.lookup(parent_ino, name)
         count = self._remote_lookups.get(parent_ino, 0) + 1
@@ -333,6 +375,7 @@ class Namespace:
             log.warning("background listing of %r failed: %s", self.dir_prefix(directory), e)
         finally:
             self._listing.land(directory.ino)
+            self._wake(directory.ino)
             self._background -= 1
 
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode | None:

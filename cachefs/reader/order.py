@@ -612,6 +612,7 @@ class OrderPrefetcher:
                 node = (await ns.add_dirs(ns.get(ino), [part])).get(part)
                 if node is None:
                     return None
+            ns.note_shown(ino, (node.ino,))     # the kernel's walk need not wait for the LIST
             ino = node.ino
         self._list_in_background(ino, now)
         self._remember(path, ino)
@@ -633,6 +634,7 @@ class OrderPrefetcher:
             level, later = [], []
             missing: dict[str, dict[str, str]] = {}      # parent -> name -> directory LMDB does not know yet
             now = time.time()
+            shown: dict[int, list[int]] = {}               # parent -> its directories the keys show
             for path in todo:
                 parent_key = path[:path.rfind("/", 0, len(path) - 1) + 1]
                 if parent_key not in inos:
@@ -642,7 +644,9 @@ class OrderPrefetcher:
                 node = ns.meta.lookup(inos[parent_key], name.encode())
                 if node is None or not node.is_dir:
                     missing.setdefault(parent_key, {})[name] = path
-                elif ns.meta.listing_expiry(node.ino) <= now:
+                    continue
+                shown.setdefault(inos[parent_key], []).append(node.ino)
+                if ns.meta.listing_expiry(node.ino) <= now:
                     level.append((path, node))
                 else:
                     inos[path] = node.ino                  # listed meanwhile: its names are known
@@ -650,9 +654,13 @@ class OrderPrefetcher:
             for parent_key, names in missing.items():
                 added = await ns.add_dirs(ns.get(inos[parent_key]), list(names))
                 level += [(names[name], node) for name, node in added.items()]
+                shown.setdefault(inos[parent_key], []).extend(node.ino for node in added.values())
+            if level:
+                await ns.apply_listings([(node, listings[path]) for path, node in level])
+            for parent, children in shown.items():       # listed now: lookups of them need not wait
+                ns.note_shown(parent, children)
             if not level:
                 return
-            await ns.apply_listings([(node, listings[path]) for path, node in level])
             for path, node in level:
                 inos[path] = node.ino
                 self._remember(path[cut:-1], node.ino)
