@@ -27,6 +27,9 @@ UP_BUFFER_LIMIT = 64 << 20     # stop reading a client whose delayed bytes excee
 PIPE_BYTES = 1 << 20           # the kernel buffer a response crosses (fs.pipe-max-size's default)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# PROXY_LOG=FILE: each request's first line with the time it arrived (the event loop's clock,
+# time.monotonic(): bench/loader's LOADER_TRACE uses the same), appended line-buffered.
+REQUEST_LOG = open(os.environ["PROXY_LOG"], "a", buffering=1) if os.environ.get("PROXY_LOG") else None  # noqa: SIM115
 
 
 class Counters:
@@ -77,6 +80,9 @@ class Link:
         now = self.loop.time()
         starts_request = not self.pending and now >= self.last_release
         delay = self.model.delay(starts_request)
+        if starts_request and REQUEST_LOG is not None:
+            line = bytes(data[:200]).split(b"\r\n", 1)[0].decode(errors="replace")
+            REQUEST_LOG.write(f"{now:.6f} {line}\n")
         self.last_release = max(now + delay, self.last_release)
         self.pending.append((self.last_release, memoryview(data)))
         self.pending_bytes += len(data)

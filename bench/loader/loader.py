@@ -13,6 +13,7 @@ Optional per-sample JPEG decode + random crop + resize to 224 + flip (Pillow), a
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -30,6 +31,10 @@ SYNTHETIC_POOL = 64    # distinct in-memory samples the synthetic loader cycles 
 # The field report's synthetic-data rate for ResNet-50 on 4 nodes x 8 V100: 31,068.8 images/s,
 # i.e. 7,767.2 images/s for one 8-GPU node: the rate a filesystem must sustain to feed it.
 EIGHT_GPU_NODE_IMG_S = 31068.8 / 4
+# LOADER_TRACE=PREFIX: each image worker writes PREFIX.<pid>, a JSON list of [path, open start, opened,
+# read] (time.monotonic()), and run_epoch PREFIX.start, the epoch's start: where a cold epoch's first
+# files wait (docs/BENCHMARKS.md "The hinted epoch's first 100 ms").
+TRACE = os.environ.get("LOADER_TRACE")
 
 
 def decode_and_crop(data: bytes, rng: random.Random) -> int:
@@ -48,9 +53,17 @@ def decode_and_crop(data: bytes, rng: random.Random) -> int:
 def _samples(shape: str, root: str, work: list, spec: sample.DatasetSpec):
     """Yield the bytes of every sample in this worker's share of the epoch."""
     if shape in IMAGE_SHAPES:
+        trace: list = []
         for rel in work:
+            t0 = time.monotonic()
             with open(os.path.join(root, rel), "rb") as f:
-                yield f.read()
+                t1 = time.monotonic()
+                data = f.read()
+            trace.append((rel, t0, t1, time.monotonic()))
+            yield data
+        if TRACE:      # each file's open and read, on the clock bench/proxy.py's PROXY_LOG uses
+            with open(f"{TRACE}.{os.getpid()}", "w") as out:
+                json.dump(trace, out)
     elif shape == "tfrecord":
         for rel in work:
             with open(os.path.join(root, rel), "rb", buffering=READ_BUFFER) as f:
@@ -120,6 +133,9 @@ def run_epoch(shape: str, root: str, items: list, spec: sample.DatasetSpec, work
     if shape == "synthetic":
         _synthetic_pool(spec)
     start = time.monotonic()
+    if TRACE:
+        with open(f"{TRACE}.start", "w") as f:
+            f.write(repr(start))
     if hint is not None:
         hint(epoch_order(items, seed, epoch))
     hint_s = time.monotonic() - start
