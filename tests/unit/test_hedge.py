@@ -198,6 +198,31 @@ def test_in_trio_a_straggler_that_answers_first_cancels_the_duplicate():
     assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 0
 
 
+def test_in_trio_a_straggler_begun_before_any_latency_is_hedged_once_there_are_enough():
+    """A mount's first GETs all start with no latency to judge them by (a hinted epoch sends 64 at
+    once): a straggler among them gets its duplicate when MIN_SAMPLES of the others have answered,
+    not never."""
+    inner = Gated(lambda n: 30.0 if n == 0 else 0.001)
+    store = HedgedStore(inner, inner.stats, min_delay=0.02)          # no history at all
+    got = []
+
+    async def one():
+        got.append(await store.aget_range("k", 0, 100_000))
+
+    async def main():
+        with trio.move_on_after(5) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one)                          # call 0: the straggler
+                await trio.sleep(0.01)
+                for _ in range(MIN_SAMPLES):
+                    nursery.start_soon(one)
+        assert not scope.cancelled_caught, "the straggler was not hedged"
+        assert store._hedger().unjudged == {}
+    trio.run(main)
+    assert got == [b"x" * 100_000] * (MIN_SAMPLES + 1)
+    assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 1
+
+
 def test_in_trio_an_error_deciding_on_a_duplicate_ends_nothing():
     """The hedger is a system task: an exception escaping it would end the whole trio run (the
     mount). It is recorded, and the GET gets its own answer."""
