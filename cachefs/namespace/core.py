@@ -309,14 +309,18 @@ class Namespace:
     async def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
         if not valid_name(name):
             return None
+        now = time.time()
+        fresh = self.meta.listing_expiry(parent_ino) > now
+        if fresh:
+            found = self.meta.lookup(parent_ino, name)
+            if found is not None:
+                return found             # a listed directory exists: its inode need not be read
         parent = self.get(parent_ino)
         if not parent.is_dir:
             return None
-        now = time.time()
-        if self.meta.listing_expiry(parent_ino) > now:
-            found = self.meta.lookup(parent_ino, name)
-            if found is not None or self.meta.manifest_expiry(parent_ino) <= now:
-                return found
+        if fresh:
+            if self.meta.manifest_expiry(parent_ino) <= now:
+                return None
             # A manifest's listing is a snapshot: a name it lacks may have been added since, and is
             # asked of S3 (once per negative_ttl), never answered from the snapshot alone.
             if self.meta.negative_expiry(parent_ino, name) > now:

@@ -142,6 +142,7 @@ class OrderPrefetcher:
         self.namespace: Any = None         # set by the first order
         self._claimed: OrderedDict[int, None] = OrderedDict()
         self._dirs: OrderedDict[str, int] = OrderedDict()   # directory path -> inode, for _resolve
+        self._fresh: dict[int, float] = {}     # directory -> until when its listing was seen fresh
         self._listing_slots = trio.Semaphore(LISTINGS)
         self._listings: dict[int, trio.Event] = {}   # directories listed for the orders now -> done
         self._groups = DirGroups()         # the orders' directories, listed a group at a time
@@ -508,8 +509,15 @@ class OrderPrefetcher:
         ns = self.namespace
         if ns.cfg.listing_ttl <= 0:
             return False
-        if ns.meta.listing_expiry(ino) > time.time():
-            return True                  # the common case: one read, nothing to list
+        now = time.time()
+        if self._fresh.get(ino, 0.0) > now:
+            return True                  # the common case: seen fresh before (the lookup checks again)
+        expiry = ns.meta.listing_expiry(ino)
+        if expiry > now:
+            if len(self._fresh) >= RESOLVED_DIRS:
+                self._fresh.clear()
+            self._fresh[ino] = expiry
+            return True
         order.waits_for_s3(pos)          # later positions may start before this one meanwhile
         group = self._groups.group_of(ns.dir_prefix(ns.get(ino)))
         if group is not None:
