@@ -11,7 +11,7 @@ bench/systems.py does) and runs bench/loader/loader.py's images epoch 1 (4 worke
 by side; with --hint also as `base+hint`). --timeline: the daemon's s3_get / fetch_shared /
 cache_hits counters every 50 ms during the epoch (GETs/s over time: when prefetch starts, how far
 it runs). --probe: the endpoint's pycurl 110 KB GET rate at 16 and 64 in flight and its CPU per GET
-first. --latency-ms: bench/proxy.py in
+first. --latency-ms: bench/proxy.py in (--straggler-p 0.01: with bench.run's stragglers)
 front of the endpoint (a remote store). IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon
 (IMGEPOCH_PYSPY_NATIVE=1: with C frames).
 Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
@@ -174,6 +174,9 @@ def main() -> int:
     p.add_argument("--baseline", help="another cachefs checkout, mounted in the same runs")
     p.add_argument("--timeline", action="store_true")
     p.add_argument("--latency-ms", type=float, default=0, help="a delaying proxy in front (bench/proxy.py)")
+    p.add_argument("--straggler-p", type=float, default=0.0,
+                   help="with --latency-ms: this share of requests held --straggler-ms more (bench.run: 0.01)")
+    p.add_argument("--straggler-ms", type=float, default=500.0)
     p.add_argument("--probe", action="store_true", help="the endpoint's pycurl GET rate and CPU first")
     p.add_argument("--probe-busy", type=int, default=0,
                    help="with --probe, probe again with this many processes spinning (CPU contention)")
@@ -201,7 +204,8 @@ def main() -> int:
         if args.probe:
             probe(ep, files, args.probe_busy)
         if args.latency_ms:
-            ep = stack.enter_context(delaying_proxy(ep, args.latency_ms, 0.0, 0.0, os.path.join(scratch, "proxy.log")))
+            ep = stack.enter_context(delaying_proxy(ep, args.latency_ms, args.straggler_p, args.straggler_ms,
+                                                      os.path.join(scratch, "proxy.log")))
             print(ep.proxy, flush=True)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         if args.manifest:
