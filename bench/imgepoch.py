@@ -12,7 +12,8 @@ by side; with --hint also as `base+hint`). --timeline: the daemon's s3_get / fet
 cache_hits counters every 50 ms during the epoch (GETs/s over time: when prefetch starts, how far
 it runs). --probe: the endpoint's pycurl 110 KB GET rate at 16 and 64 in flight and its CPU per GET
 first. --latency-ms: bench/proxy.py in
-front of the endpoint (a remote store; --straggler-p 0.01: with bench.run's stragglers). IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon
+front of the endpoint (a remote store; --straggler-p 0.01: with bench.run's stragglers).
+IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon
 (IMGEPOCH_PYSPY_NATIVE=1: with C frames).
 Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
 """

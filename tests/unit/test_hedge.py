@@ -223,6 +223,26 @@ def test_in_trio_a_straggler_begun_before_any_latency_is_hedged_once_there_are_e
     assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 1
 
 
+def test_in_trio_a_straggler_met_by_a_full_budget_is_hedged_when_it_has_room():
+    """The budget is spent when the straggler's deadline comes: it is looked at again (after twice
+    the wait) and hedged once later GETs have made room, not left to run its whole course."""
+    store, inner = gated_store(lambda n: 30.0 if n == 0 else 0.001)
+    while store.budget.take():
+        pass                                                 # spent by earlier duplicates
+
+    async def main():
+        with trio.move_on_after(5) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.aget_range, "k", 0, 100_000)      # call 0: the straggler
+                await trio.sleep(0.03)                       # past its deadline: no room then
+                for _ in range(40):                          # 40 GETs started: 5% of them is room
+                    nursery.start_soon(store.aget_range, "k", 0, 100_000)
+        assert not scope.cancelled_caught, "the straggler was never hedged"
+    trio.run(main)
+    assert inner.stats.get("s3_hedge_skipped_budget") >= 1
+    assert inner.stats.get("s3_hedged") == 1 and inner.stats.get("s3_hedge_wins") == 1
+
+
 def test_in_trio_an_error_deciding_on_a_duplicate_ends_nothing():
     """The hedger is a system task: an exception escaping it would end the whole trio run (the
     mount). It is recorded, and the GET gets its own answer."""
