@@ -26,9 +26,6 @@ from cachefs.stats import Stats
 from cachefs.store.base import DelegatingWrites, ListPage, ObjectInfo, ObjectStore
 
 MIN_SAMPLES = 20        # no deadline until a size class has this many latencies to judge by
-# GETs in trio begun before their size class had MIN_SAMPLES latencies wait for a deadline (see
-# _Hedger.judged); their list is pruned of the answered ones past this length.
-UNJUDGED_KEPT = 256
 WINDOW = 200            # latencies remembered per size class: about the last few seconds of traffic
 # At most this share of recent GETs get a duplicate. When the whole endpoint slows down (here: a
 # CPU-bound machine that also runs Ceph), every GET runs past the p95 of quieter times, and without
@@ -134,8 +131,8 @@ class _Hedger:
     def __init__(self, store: HedgedStore) -> None:
         self.store = store
         self._due: list[tuple[float, int, _Race]] = []     # heap: (deadline, sequence, race)
-        # Per size class, (start, race) of the GETs begun before it had latencies to judge by.
-        self.unjudged: dict[int, list[tuple[float, _Race]]] = {}
+        # Per size class, the GETs in flight begun before it had latencies to judge by: race -> start.
+        self.unjudged: dict[int, dict[_Race, float]] = {}
         self._seq = 0
         self._wake = trio.Event()
         self._sleeping_until = math.inf
@@ -147,10 +144,13 @@ class _Hedger:
             self._wake.set()
 
     def await_judgement(self, cls: int, started: float, race: _Race) -> None:
-        waiting = self.unjudged.setdefault(cls, [])
-        if len(waiting) >= UNJUDGED_KEPT:
-            waiting[:] = [w for w in waiting if not w[1].decided]
-        waiting.append((started, race))
+        self.unjudged.setdefault(cls, {})[race] = started
+
+    def forget(self, cls: int, race: _Race) -> None:
+        """The GET is decided: it no longer waits for a deadline (nor keeps its answer alive)."""
+        waiting = self.unjudged.get(cls)
+        if waiting is not None and waiting.pop(race, None) is not None and not waiting:
+            del self.unjudged[cls]
 
     def judged(self, cls: int) -> None:
         """A latency of this class was just recorded. Once there are enough, the GETs begun before
@@ -160,10 +160,9 @@ class _Hedger:
         deadline = self.store.class_deadline(cls)
         if deadline is None:
             return
-        for started, race in self.unjudged.pop(cls, ()):
-            if not race.decided:
-                race.due, race.wait = started + deadline, deadline
-                self.watch(race)
+        for race, started in self.unjudged.pop(cls, {}).items():
+            race.due, race.wait = started + deadline, deadline
+            self.watch(race)
 
     async def run(self) -> None:
         while True:
@@ -302,10 +301,11 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         self.budget.started()
         now = trio.current_time()
         race = _Race(now + deadline if deadline is not None else math.inf, deadline or 0.0, (key, start, end, etag))
+        hedger = self._hedger()
         if deadline is None:
-            self._hedger().await_judgement(cls, now, race)      # judged once its class has latencies
+            hedger.await_judgement(cls, now, race)      # judged once its class has latencies
         else:
-            self._hedger().watch(race)
+            hedger.watch(race)
         try:
             with race.scope:
                 try:
@@ -316,6 +316,8 @@ class HedgedStore(DelegatingWrites, ObjectStore):
                 await race.second_done.wait()
         finally:
             race.decided = True          # from here on no duplicate starts
+            if deadline is None:
+                hedger.forget(cls, race)
             if race.second_scope is not None and (race.won is None or race.won[0] == 0):
                 race.second_scope.cancel()                  # the duplicate stops
         if race.won is None:
