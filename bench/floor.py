@@ -14,6 +14,8 @@ Per run, side by side (order rotated), every figure on the same Ceph RGW through
   FUSE once), each read waiting for a GET to have completed: an image epoch by a client whose cost
   per image is pycurl's GET plus the cheapest pyfuse3 file there is, perfectly pipelined. Its rate
   is images over the time until the last read ended;
+- `paired+cmemfs`: the same through bench/cmemfs.c, memfs's job in C on libfuse3 (one thread): the
+  cheapest FUSE client there is;
 - `paired+local`: the same with the readers on the local files (page cache, no FUSE at all): what
   any client could reach here at best;
 - `cachefs+hint`: cachefs's epoch 1 with the order sent first (bench/imgepoch.py, the loader);
@@ -41,7 +43,7 @@ import time
 from bench import curlprobe, dataset, util
 from bench.endpoint import BUCKET, delaying_proxy, open_endpoint
 from bench.imgepoch import one_epoch
-from bench.systems import Cachefs, MemoryFuse
+from bench.systems import Cachefs, CMemoryFuse, MemoryFuse
 from cachefs.devtools import sample
 
 IN_FLIGHT = 64
@@ -147,17 +149,19 @@ def main() -> int:
                                                       os.path.join(scratch, "proxy.log")))
             print(ep.proxy, flush=True)
         memfs = MemoryFuse(scratch, ep, BUCKET, local)
+        cmemfs = CMemoryFuse(scratch, ep, BUCKET, local)
         cachefs = Cachefs.from_tree(here, "cachefs+hint", scratch, ep, BUCKET, os.path.join(scratch, "cache-local"))
 
-        def with_memfs() -> dict:
-            memfs.mount()
+        def through(fs) -> dict:
+            fs.mount()
             try:
-                return paired(ep, files, memfs.root, args.workers, memfs.pids(), ep.pids)
+                return paired(ep, files, fs.root, args.workers, fs.pids(), ep.pids)
             finally:
-                memfs.umount()
+                fs.umount()
 
         cases = {"alone": lambda: alone(ep, files, ep.pids),
-                 "paired+memfs": with_memfs,
+                 "paired+memfs": lambda: through(memfs),
+                 "paired+cmemfs": lambda: through(cmemfs),
                  "paired+local": lambda: paired(ep, files, local, args.workers, [], ep.pids),
                  "cachefs+hint": lambda: one_epoch(cachefs, files, spec, args.workers, False, ep.pids, hint=True),
                  "shard-probe": lambda: shard_probe(ep, spec.shard_bytes, ep.pids, run)}

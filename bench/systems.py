@@ -4,6 +4,7 @@ which processes are its daemon (for CPU seconds and peak RSS).
 
   local        the same files on local disk (no FUSE): the reference
   memfs        bench/memfs.py, the same bytes from memory through pyfuse3: the Python FUSE ceiling
+  cmemfs       bench/cmemfs.c, the same through libfuse3 in C: the C FUSE ceiling (bench.floor)
   cachefs      python -m cachefs mount
   s3fs         s3fs-fuse without a local cache; s3fs-cache with use_cache
   rclone       rclone mount --vfs-cache-mode full with a large read-ahead
@@ -168,6 +169,26 @@ class MemoryFuse(System):
 
     def describe(self) -> str:
         return "bench/memfs.py: pyfuse3 serving the bytes from RAM (Python FUSE ceiling)"
+
+
+class CMemoryFuse(MemoryFuse):
+    """bench/cmemfs.c: memfs's job in C on libfuse3's low-level API, one thread (the C FUSE ceiling)."""
+    name = "cmemfs"
+
+    def _mount(self) -> None:
+        self.proc = self._spawn([build_cmemfs(self.base), self.local_root, self.mountpoint])
+
+    def describe(self) -> str:
+        return "bench/cmemfs.c: libfuse3 in C serving the bytes from RAM (C FUSE ceiling)"
+
+
+def build_cmemfs(where: str) -> str:
+    """bench/cmemfs.c compiled into `where` (once): needs cc and libfuse3-dev (make setup)."""
+    out = os.path.join(where, "cmemfs")
+    if not os.path.exists(out):
+        flags = util.run(["pkg-config", "--cflags", "--libs", "fuse3"], timeout=30).stdout.split()
+        util.run(["cc", "-O2", "-o", out, os.path.join(REPO, "bench", "cmemfs.c"), *flags], timeout=120)
+    return out
 
 
 class Cachefs(System):

@@ -154,3 +154,26 @@ def test_delaying_proxy_adds_latency():
         proc.terminate()
         proc.wait(10)
         target.close()
+
+
+def test_the_c_fuse_ceiling_serves_the_tree(tmp_path):
+    """bench/cmemfs.c (bench.floor's `paired+cmemfs`) builds, mounts and serves exact bytes."""
+    from bench.systems import CMemoryFuse
+    local = tmp_path / "local"
+    (local / "train" / "n01").mkdir(parents=True)
+    files = {"train/n01/a.jpg": os.urandom(110_000), "train/b.txt": b"b" * 10, "empty": b""}
+    for rel, data in files.items():
+        (local / rel).write_bytes(data)
+    fs = CMemoryFuse(str(tmp_path / "scratch"), None, "bkt", str(local))
+    fs.mount()
+    try:
+        for rel, data in files.items():
+            with open(os.path.join(fs.root, rel), "rb") as f:
+                assert f.read() == data, rel
+        assert not os.path.exists(os.path.join(fs.root, "train", "missing"))
+        with pytest.raises(OSError):
+            open(os.path.join(fs.root, "train", "b.txt"), "wb")      # read-only
+        assert fs.pids()
+    finally:
+        fs.umount()
+    assert not os.path.ismount(fs.root)
