@@ -22,7 +22,7 @@ FILES = [f"train/{d}/img-{i:02d}.jpg" for d in DIRS for i in range(10)]     # 40
 OBJECTS = {key: object_bytes(key, 2000 + i) for i, key in enumerate(FILES)}
 # No whole-file or directory prefetch on open: what is fetched is the order's doing alone; and no
 # duplicate of a slow GET (hedging): the tests count GETs one per file.
-QUIET = ("--metrics-addr", "none", "--prefetch-small-files", "0", "--hedge-min-delay", "30")
+QUIET = ("--metrics-addr", "none", "--prefetch-small-files", "0", "--hedging", "false")
 
 
 def shuffled(seed: int) -> list[str]:

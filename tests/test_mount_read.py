@@ -55,8 +55,9 @@ def mnt(module_mounter, read_bucket):
 
 @pytest.fixture
 def cold(mounter, read_bucket):
-    """A mount of its own, with an empty cache: for tests that count fetches or want cold misses."""
-    return mounter.mount(read_bucket)
+    """A mount of its own, with an empty cache: for tests that count fetches or want cold misses (no
+    duplicate of a slow GET: hedging would blur the counts)."""
+    return mounter.mount(read_bucket, "--hedging", "false")
 
 
 @pytest.mark.parametrize("key", sorted(READ_OBJECTS))
