@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -139,7 +140,10 @@ def main() -> int:
             f.write(data)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results: dict[str, list[dict]] = {}
-    with open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
+    cleanup = contextlib.ExitStack()
+    if not args.scratch:       # its own temporary scratch, the mounts' old caches in it: GBs per run
+        cleanup.callback(shutil.rmtree, scratch, True)
+    with cleanup, open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
         client = ep.client()
         client.create_bucket(Bucket=BUCKET)
         sample.upload(client, BUCKET, "", sample.iter_image_files(spec), 16)

@@ -24,6 +24,7 @@ import contextlib
 import os
 import resource
 import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -198,7 +199,10 @@ def main() -> int:
     scratch = args.scratch or tempfile.mkdtemp(prefix="imgepoch-")
     local = os.path.join(scratch, "local")
     os.makedirs(local, exist_ok=True)
-    with open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
+    cleanup = contextlib.ExitStack()
+    if not args.scratch:       # its own temporary scratch, the mounts' old caches in it: GBs per run
+        cleanup.callback(shutil.rmtree, scratch, True)
+    with cleanup, open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
         client = ep.client()
         client.create_bucket(Bucket=BUCKET)
         sample.upload(client, BUCKET, "", sample.iter_image_files(spec), 16)
