@@ -23,8 +23,8 @@ import argparse
 import contextlib
 import os
 import resource
-import signal
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
