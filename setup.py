@@ -49,5 +49,18 @@ setup(
             extra_compile_args=["-Wall", "-Wextra", "-Werror"],
             optional=True,
         ),
+        # The FUSE requests of a file whose bytes are in memory, answered in C (native/fastfuse.c):
+        # it stands in for two libfuse functions pyfuse3 calls, hence the version script. Without
+        # libfuse3's headers (Debian: libfuse3-dev) the build warns and every request goes to Python.
+        Extension(
+            "cachefs._fastfuse",
+            sources=["native/fastfuse.c"],
+            include_dirs=["/usr/include/fuse3"],
+            libraries=["fuse3", "dl"],
+            extra_compile_args=["-Wall", "-Wextra", "-Werror"],
+            extra_link_args=["-Wl,--version-script=native/fastfuse.map"],
+            depends=["native/fastfuse.map"],
+            optional=True,
+        ),
     ],
 )

@@ -206,7 +206,8 @@ class Cachefs(System):
         self._daemonize([sys.executable, "-m", "cachefs", "mount", f"s3://{self.bucket}", self.mountpoint,
                          "--endpoint-url", self.endpoint.url, "--region", "us-east-1",
                          "--addressing-style", "path", "--cache-dir", self.cache_dir,
-                         "--cache-size", "20GiB", "--log-file", self.log_path, *self.extra_args],
+                         "--cache-size", "20GiB", "--log-file", self.log_path,
+                         *(["--read-only"] if self.read_only else []), *self.extra_args],
                         self.endpoint.env())
 
     def umount(self) -> None:

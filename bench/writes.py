@@ -50,7 +50,7 @@ ENDPOINT_THREADS = 8
 # ---------------------------------------------------------------- the systems, mounted writable
 class CachefsRW(systems.Cachefs):
     """`cachefs mount` with its defaults (read-write; small/large upload schedule by default)."""
-    flush_after_close = False
+    read_only, flush_after_close = False, False
 
     def describe(self) -> str:
         return "python -m cachefs mount (defaults: read-write, --cache-size 20GiB)"

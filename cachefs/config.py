@@ -155,6 +155,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_idle_threads", _count(1, 1024),
            "FUSE worker tasks and blocking-I/O threads (libfuse's max_idle_threads)"),
     Option("hedging", _bool, "send a duplicate GET when one runs past the p95 of recent latencies"),
+    Option("fast_path", _bool, "on a read-only mount, answer the FUSE requests of a small file the order "
+           "prefetch has whole in memory in C, without Python"),
     Option("hedge_min_delay", parse_seconds, "never hedge a GET sooner than this many seconds"),
     Option("s3_engine", _choice("curl", "boto3"), "the read path's S3 client: curl (libcurl driven by trio, "
            "no thread per request) or boto3 (plain boto3 calls in worker threads)"),
@@ -283,6 +285,8 @@ class Config:
     # libfuse's default of 10 idle threads caused thread churn with many loader workers.
     max_idle_threads: int = 16
     hedging: bool = True
+    # Only on read-only mounts (fs.py start_fast_path says why); measured in BENCHMARKS.md (issue 18).
+    fast_path: bool = True
     # Below ~50 ms a duplicate mostly doubles load on a healthy endpoint (a LAN RGW answers a 4 MiB
     # GET in 15-40 ms); stragglers worth hedging take hundreds of milliseconds.
     hedge_min_delay: float = 0.05

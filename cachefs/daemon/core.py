@@ -27,6 +27,7 @@ from cachefs.daemon import kernel, logsetup
 from cachefs.daemon.control import ControlServer
 from cachefs.daemon.stores import StoreFactory, from_config, shared_from_config
 from cachefs.errors import UserError
+from cachefs.fastpath import FastPath
 from cachefs.fs import CachefsOperations
 from cachefs.meta.bulk import forget_manifest
 from cachefs.meta.store import MetaStore
@@ -243,6 +244,10 @@ class Daemon:
             pyfuse3.init(self.ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:
             raise UserError(f"cannot mount {cfg.mountpoint}: {e}") from None
+        if cfg.read_only and cfg.fast_path:
+            fast = FastPath.start()
+            if fast is not None:
+                self.ops.start_fast_path(fast)
         self._write_pid()
         self.cache.start()
         log.info("cachefs %s mounted %s on %s (cache %s)", __version__, cfg.source, cfg.mountpoint, cfg.cache_dir)
@@ -313,6 +318,8 @@ class Daemon:
             nursery.start_soon(supervise.supervised_forever, "control", self.control.serve)
             nursery.start_soon(supervise.supervised, "kernel_tuning", self._tune_kernel)
             nursery.start_soon(self.writeback.run)      # supervises its own units
+            if self.ops.fast is not None:
+                nursery.start_soon(supervise.supervised_forever, "fast_path", self.ops.serve_fast_path)
             if self.shared is not None:
                 nursery.start_soon(supervise.supervised_forever, "shared_cache", self.shared.run)
                 nursery.start_soon(supervise.supervised, "shared_cache", self._check_shared)

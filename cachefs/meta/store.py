@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +75,9 @@ class MetaStore:
             raise UserError(f"metadata store {path} cannot be opened ({e}); it may be corrupt: "
                             "move the cache directory away to start fresh") from None
         self._write_lock = threading.Lock()  # one writer at a time, without blocking LMDB readers
+        # Told of every change of an inode or a name (ino, parent, name), inside the write
+        # transaction; it must not raise. The daemon points it at the fast path's forget.
+        self.on_change: Callable[[int, int | None, bytes | None], None] | None = None
         self._check_layout(path, identity)
 
     def _check_layout(self, path: str, identity: str) -> None:
@@ -145,6 +148,12 @@ class MetaStore:
         return out
 
     # -- writes -----------------------------------------------------------------------------
+    def _changed(self, ino: int, parent: int | None = None, name: bytes | None = None) -> None:
+        """An inode's record (and the name, if given) is being changed: whoever answers from a
+        copy of it (cachefs/fastpath.py) stops doing so."""
+        if self.on_change is not None:
+            self.on_change(ino, parent, name)
+
     def replace_listing(self, parent: Inode, entries: Iterable[Entry], expiry: float,
                         keep: AbstractSet[bytes] = frozenset()) -> list[tuple[bytes, Inode]]:
         """Make `parent`'s entries exactly `entries` (keeping inode numbers of unchanged names), plus
@@ -237,6 +246,7 @@ class MetaStore:
         new = Inode(ino, entry.kind, entry.size, entry.mtime_ns, parent.ino, entry.etag, path)
         if new != old:
             txn.put(pack_u64(ino), pack_inode(new), db=self.dbs["inodes"])
+            self._changed(ino, parent.ino, name)
         return new
 
     def _remove(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:
@@ -245,9 +255,11 @@ class MetaStore:
         raw = txn.get(pack_u64(ino), db=self.dbs["inodes"])
         if raw is not None and unpack_inode(ino, raw).is_dir:
             self._count_subdirs(txn, parent, -1)
+        self._changed(ino, parent, name)
         stack = [ino]
         while stack:
             current = stack.pop()
+            self._changed(current)
             for db in ("inodes", "listings", "attrs", "owners", "objmeta", "subdirs", "manifested"):
                 txn.delete(pack_u64(current), db=self.dbs[db])
             prefix = pack_u64(current)
@@ -316,6 +328,8 @@ class MetaStore:
                 self._remove(txn, new_parent.ino, new_name, unpack_u64(target))
             txn.delete(dentry_key(old_parent, old_name), db=self.dbs["dentries"])
             txn.put(dentry_key(new_parent.ino, new_name), child, db=self.dbs["dentries"])
+            self._changed(ino, old_parent, old_name)
+            self._changed(ino, new_parent.ino, new_name)
             txn.delete(dentry_key(new_parent.ino, new_name), db=self.dbs["negative"])
             inodes = self.dbs["inodes"]
             raw = txn.get(child, db=inodes)
@@ -358,6 +372,7 @@ class MetaStore:
             old = unpack_inode(ino, raw)
             new = Inode(ino, old.kind, size, mtime_ns, old.parent, etag, old.path)
             txn.put(pack_u64(ino), pack_inode(new))
+            self._changed(ino)
         return new
 
     def pending(self) -> dict[int, dict[str, Any]]:
@@ -380,6 +395,7 @@ class MetaStore:
     def put_attrs(self, ino: int, mode: int, atime_ns: int, mtime_ns: int) -> None:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["attrs"]) as txn:
             txn.put(pack_u64(ino), ATTRS.pack(mode, atime_ns, mtime_ns))
+            self._changed(ino)
 
     def attributes(self, ino: int) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None,
                                             tuple[str, ObjMeta] | None]:
@@ -406,6 +422,7 @@ class MetaStore:
     def put_owner(self, ino: int, uid: int, gid: int, ctime_ns: int) -> None:
         with self._write_lock, self.env.begin(write=True, db=self.dbs["owners"]) as txn:
             txn.put(pack_u64(ino), OWNER.pack(uid, gid, ctime_ns))
+            self._changed(ino)
 
     def get_objmeta(self, ino: int) -> tuple[str, ObjMeta] | None:
         """(etag, attributes) the object's user metadata gave for the version with that etag."""
@@ -422,6 +439,7 @@ class MetaStore:
                 return                       # removed meanwhile: no record without its inode
             txn.put(pack_u64(ino), pack_objmeta(etag, m.mode, m.uid, m.gid, m.mtime_ns, m.target),
                     db=self.dbs["objmeta"])
+            self._changed(ino)
 
     def sync(self) -> None:
         """Make every commit durable against a power loss (metasync is off for speed)."""

@@ -302,6 +302,13 @@ class Namespace:
         if arrived is not None:
             arrived.set()
 
+    def answers_until(self, node: Inode) -> float:
+        """Until when (time.time()) a lookup of `node`'s name is answered from what is recorded,
+        without S3: its directory's listing (or manifest). 0 for a file written here."""
+        if self.is_local(node.ino):
+            return 0.0
+        return self.meta.listing_expiry(node.parent)
+
     def _vouched(self, known: Inode | None, now: float) -> bool:
         return known is not None and (self.is_local(known.ino) or self._shown.get(known.ino, 0.0) > now)
 

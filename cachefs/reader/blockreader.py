@@ -116,6 +116,9 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
         self.nursery: trio.Nursery | None = None   # set by the daemon; read-ahead runs there
         # The shared tier below this node's tiers (--shared-cache; cache/shared.py), set by the daemon.
         self.shared: SharedTier | None = None
+        # Told of a small file the order prefetch has whole in memory (inode, its one block): fs.py
+        # answers its FUSE requests in C from then on (cachefs/fastpath.py). Must not raise.
+        self.on_file_ready: Callable[[Inode, memoryview], None] | None = None
 
     @property
     def read_ahead_blocks(self) -> int:
@@ -229,6 +232,18 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
             if not self._start_prefetch(inode, key, i, stream=False):
                 break
 
+
+    def file_ready(self, inode: Inode, data) -> None:
+        """The order prefetch fetched all of a one-block file (`data`)."""
+        if self.on_file_ready is not None and len(data) == inode.size:
+            self.on_file_ready(inode, data)
+
+    def note_served(self, inode: Inode, key: str) -> None:
+        """A one-block file was opened and read whole without this reader (the fast path): what an
+        open and a read of it here would have noted."""
+        self.orders.opened(inode)
+        if self.orders.claims(inode):
+            self.cache.cool(block_key(self.bucket, key, inode.etag, self.block_size, 0))
 
     def note_open(self, inode: Inode) -> None:
         """Every open of a file, the kernel's page cache kept or not: the reader's place in an order."""

@@ -1,0 +1,81 @@
+"""The fast path on a real read-only mount (cachefs/fastpath.py, native/fastfuse.c): files the order
+prefetch has whole in memory are looked up, opened, read and released in C, with the right bytes;
+their opens still move the order on; a file read once is read again through Python from the cache;
+an object changed in S3 is not answered from the old copy once its listing is stale; and
+--fast-path false leaves every request to Python."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from mount_helpers import object_bytes, read_all, wait_until
+
+from cachefs.hints import send_order
+
+FILES = [f"train/c{d}/img-{i:02d}.jpg" for d in range(3) for i in range(8)]     # 24 small files
+OBJECTS = {key: object_bytes(key, 3000 + 7 * i) for i, key in enumerate(FILES)}
+QUIET = ("--read-only", "--metrics-addr", "none", "--prefetch-small-files", "0", "--hedging", "false")
+
+pytestmark = pytest.mark.skipif(
+    not __import__("importlib.util").util.find_spec("cachefs._fastfuse"), reason="cachefs._fastfuse not built")
+
+
+def prefetched(m, n: int) -> None:
+    assert wait_until(lambda: m.stats()["order_prefetched_files"] == n, 30), m.stats()
+
+
+def test_files_fetched_for_an_order_are_served_in_c(mounter, make_bucket, request_log):
+    bucket = make_bucket("fast-path", OBJECTS)
+    m = mounter.mount(bucket, *QUIET)
+    send_order(str(m.path), FILES)
+    prefetched(m, len(FILES))
+    mark = request_log.mark()
+    for key in FILES:
+        assert read_all(m / key) == OBJECTS[key]
+    s = m.stats()
+    assert s["fast_opens"] == len(FILES) and s["fast_releases"] == len(FILES), s
+    assert s["fast_lookups"] == len(FILES) and s["fast_read_bytes"] == sum(map(len, OBJECTS.values())), s
+    assert s["fuse_reads"] == 0, s                          # not one read went through Python
+    assert s["fast_held_bytes"] == 0, s                     # read once: the bytes let go
+    assert wait_until(lambda: m.stats()["order_opens_matched"] == len(FILES), 10), m.stats()
+    # Read again: the kernel keeps the pages of the version read through C, or Python serves them
+    # from the cache tiers; no GET either way, and the bytes are the same.
+    for key in FILES:
+        assert read_all(m / key) == OBJECTS[key]
+    assert [r for r in request_log.since(mark, bucket) if r.is_object_get] == []
+    assert m.stats()["fast_opens"] == len(FILES)
+
+
+def test_fast_path_false_leaves_every_request_to_python(mounter, make_bucket):
+    bucket = make_bucket("fast-path-off", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, "--fast-path", "false")
+    send_order(str(m.path), FILES)
+    prefetched(m, len(FILES))
+    for key in FILES:
+        assert read_all(m / key) == OBJECTS[key]
+    s = m.stats()
+    assert "fast_opens" not in s and s["fuse_reads"] >= len(FILES), s
+
+
+def test_a_writable_mount_has_no_fast_path(mounter, make_bucket):
+    bucket = make_bucket("fast-path-rw", OBJECTS)
+    m = mounter.mount(bucket, *QUIET[1:])
+    send_order(str(m.path), FILES[:4])
+    prefetched(m, 4)
+    assert read_all(m / FILES[0]) == OBJECTS[FILES[0]]
+    assert "fast_opens" not in m.stats()
+
+
+def test_an_object_changed_in_s3_is_not_served_from_the_old_copy_after_its_listing_expired(
+        mounter, make_bucket, s3):
+    bucket = make_bucket("fast-path-changed", OBJECTS)
+    m = mounter.mount(bucket, *QUIET, "--listing-ttl", "2")
+    key = FILES[5]
+    send_order(str(m.path), [key])
+    prefetched(m, 1)
+    assert m.stats()["fast_held_bytes"] == len(OBJECTS[key])
+    changed = b"a new version, of another size"
+    s3.put_object(Bucket=bucket, Key=key, Body=changed)
+    time.sleep(2.5)                  # the listing the copy was answered under is stale now
+    assert read_all(m / key) == changed
+    assert m.stats()["fast_opens"] == 0
