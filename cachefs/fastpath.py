@@ -25,6 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 256 << 20       # bytes of files held for the C at once: a window's worth, not the cache
+MAX_ENTRIES = 1 << 20           # files it answers lookups of (~200 bytes each)
 
 _module: ModuleType | None = None
 
@@ -60,11 +61,11 @@ class FastPath:
         if not _module.active():
             log.info("fast path: off (pyfuse3's session was not made through cachefs._fastfuse)")
             return None
-        _module.enable(True, limit)
+        _module.enable(True, limit, MAX_ENTRIES)
         return cls(_module)
 
     def stop(self) -> None:
-        self._c.enable(False, 0)
+        self._c.enable(False, 0, 0)
         self._c.clear()
 
     def add(self, ino: int, parent: int, name: bytes, attrs: Any, valid_until: float, data: Any) -> bool:

@@ -91,7 +91,7 @@ typedef struct Entry {
 } Entry;
 
 static Entry **by_ino, **by_name;
-static size_t nbuckets, nentries;
+static size_t nbuckets, nentries, max_entries = 1 << 20;
 
 static uint64_t mix(uint64_t h) {
     h ^= h >> 33; h *= 0xff51afd7ed558ccdULL; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL; h ^= h >> 33;
@@ -394,8 +394,8 @@ static PyObject *py_active(PyObject *self, PyObject *args) {
 static PyObject *py_enable(PyObject *self, PyObject *args) {
     (void)self;
     int on;
-    unsigned long long limit;
-    if (!PyArg_ParseTuple(args, "pK", &on, &limit))
+    unsigned long long limit, entries;
+    if (!PyArg_ParseTuple(args, "pKK", &on, &limit, &entries))
         return NULL;
     if (on && event_fd < 0) {
         event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -404,6 +404,7 @@ static PyObject *py_enable(PyObject *self, PyObject *args) {
     }
     enabled = on && session != NULL;
     limit_bytes = limit;
+    max_entries = (size_t)entries;
     return PyBool_FromLong(enabled);
 }
 
@@ -426,6 +427,10 @@ static PyObject *py_add(PyObject *self, PyObject *args) {
         unlink_entry(old);
     if ((old = find_name(parent, name, (size_t)namelen)) != NULL)
         unlink_entry(old);
+    if (nentries >= max_entries) {
+        counters[C_NO_ROOM]++;
+        Py_RETURN_FALSE;
+    }
     Entry *e = calloc(1, sizeof *e);
     if (e == NULL || (e->name = malloc((size_t)namelen + 1)) == NULL) {
         free(e);
@@ -575,7 +580,8 @@ static PyObject *py_counters(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"active", py_active, METH_NOARGS, "True once pyfuse3's session was made through this module."},
-    {"enable", py_enable, METH_VARARGS, "enable(on, limit_bytes) -> whether requests are now answered here."},
+    {"enable", py_enable, METH_VARARGS, "enable(on, limit_bytes, max_entries) -> whether requests are now "
+                                        "answered here."},
     {"add", py_add, METH_VARARGS, "add(ino, parent, name, generation, mode, nlink, uid, gid, size, atime_ns, "
                                   "mtime_ns, ctime_ns, entry_timeout, attr_timeout, valid_until, data|None) "
                                   "-> whether the bytes are held."},

@@ -79,3 +79,18 @@ def test_an_object_changed_in_s3_is_not_served_from_the_old_copy_after_its_listi
     time.sleep(2.5)                  # the listing the copy was answered under is stale now
     assert read_all(m / key) == changed
     assert m.stats()["fast_opens"] == 0
+
+
+def test_files_a_directory_prefetch_fetched_are_served_in_c(mounter, make_bucket):
+    """No order: two opens in a directory prefetch the rest of it, which the C then answers."""
+    bucket = make_bucket("fast-path-dir", OBJECTS)
+    m = mounter.mount(bucket, "--read-only", "--metrics-addr", "none", "--hedging", "false")
+    files = [k for k in FILES if k.startswith("train/c1/")]
+    for key in files[:2]:
+        assert read_all(m / key) == OBJECTS[key]
+    rest = sum(len(OBJECTS[k]) for k in files[2:])
+    assert wait_until(lambda: m.stats()["fast_held_bytes"] == rest, 30), m.stats()
+    for key in files[2:]:
+        assert read_all(m / key) == OBJECTS[key]
+    s = m.stats()
+    assert s["fast_opens"] == len(files) - 2 and s["fast_held_bytes"] == 0, s

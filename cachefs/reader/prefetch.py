@@ -72,6 +72,8 @@ class DirectoryPrefetch:
         async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
                          stream: bool = False) -> memoryview: ...
 
+        def file_ready(self, inode: Inode, data: memoryview) -> None: ...
+
     def _init_directory_prefetch(self, max_fetches: int, concurrency: int) -> None:
         # dir -> small files opened (subdirs with opens), or _WALKED
         self._dir_opens: OrderedDict[int, set[int] | frozenset[int]] = OrderedDict()
@@ -227,7 +229,9 @@ class DirectoryPrefetch:
         """One block of a directory prefetch: into the cache tiers only (not the read-ahead buffer,
         which it would flush); a reader that waited for it gets it directly."""
         try:
-            await self._fetch(self._inflight[bkey], bkey, inode, key, index)
+            data = await self._fetch(self._inflight[bkey], bkey, inode, key, index)
+            if index == 0 and inode.size <= self.block_size:
+                self.file_ready(inode, data)       # not opened yet: the fast path may answer it
         except StoreUnavailable as e:
             unavailable.set()
             log.debug("directory prefetch of %s failed: %s", key, e)
