@@ -135,7 +135,19 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
     "cachefs_metadata_copies_total": ("metadata_copies", "server-side copies onto themselves that replaced an "
                                       "object's metadata (chmod, chown, utimens of an uploaded file)"),
 }
+STATS_COUNTERS["cachefs_fast_path_errors_total"] = ("fast_path_errors", "files the fast path could not be "
+                                                    "handed (logged)")
+# Counted in C by the fast path (cachefs/fastpath.py; in the stats snapshot through its gauge function),
+# not in cachefs_fuse_op_seconds, which times the requests Python answers.
+FAST_COUNTERS: dict[str, tuple[str, str]] = {
+    "cachefs_fast_lookups_total": ("fast_lookups", "LOOKUPs the fast path answered in C"),
+    "cachefs_fast_getattrs_total": ("fast_getattrs", "GETATTRs the fast path answered in C"),
+    "cachefs_fast_opens_total": ("fast_opens", "OPENs the fast path answered in C (and their RELEASEs)"),
+    "cachefs_fast_reads_total": ("fast_reads", "READs the fast path answered in C"),
+    "cachefs_fast_read_bytes_total": ("fast_read_bytes", "bytes the fast path returned to READs"),
+}
 STATS_GAUGES: dict[str, tuple[str, str]] = {
+    "cachefs_fast_held_bytes": ("fast_held_bytes", "bytes of files the fast path holds, not read yet"),
     "cachefs_uploads_pending": ("uploads_pending", "files written locally and not yet uploaded"),
     "cachefs_s3_down": ("s3_down", "1 while the outage breaker holds the S3 endpoint for unreachable"),
     "cachefs_uploads_pending_bytes": ("uploads_pending_bytes", "bytes waiting for upload"),
@@ -175,7 +187,7 @@ MOUNT_INFO = "cachefs_mount_info"
 ALL_NAMES = (
     [m._name for m in (FUSE_OP_SECONDS, READAHEAD_WINDOW, S3_SECONDS)]
     + [m._name + "_total" for m in (FUSE_ERRORS, S3_REQUESTS, S3_RECEIVED, S3_SENT, S3_RETRIES)]
-    + list(STATS_COUNTERS) + list(STATS_GAUGES) + list(TIER_GAUGES)
+    + list(STATS_COUNTERS) + list(FAST_COUNTERS) + list(STATS_GAUGES) + list(TIER_GAUGES)
     + [CACHE_HITS, CACHE_HIT_BYTES, TIER_UP, DIR_UP, READAHEAD_WINDOW_BYTES, BUILD_INFO, BACKGROUND_FAILURES,
        MOUNT_INFO]
 )
@@ -259,7 +271,7 @@ class DaemonCollector:
 
     def collect(self):
         snap = self.stats.snapshot()
-        for name, (key, help_) in STATS_COUNTERS.items():
+        for name, (key, help_) in (STATS_COUNTERS | FAST_COUNTERS).items():
             yield CounterMetricFamily(name.removesuffix("_total"), help_, value=snap.get(key, 0))
         for name, (key, help_) in STATS_GAUGES.items():
             yield GaugeMetricFamily(name, help_, value=snap.get(key, 0))

@@ -61,6 +61,7 @@ COUNTERS: dict[str, str] = {
     "shared_cache_claims_stale": "claims found older than 5 claim waits (a dead or stuck node's): taken over",
     # -- the read path --
     "fuse_reads": "FUSE read requests",
+    "fast_path_errors": "files the fast path could not be handed (Python serves them; the error is logged)",
     "fuse_read_bytes": "bytes returned to FUSE reads",
     "readahead_blocks": "blocks fetched from S3 ahead of the reader (window, small files, directory prefetch)",
     "readahead_disk_blocks": "blocks read ahead from a disk tier into the read-ahead buffer",
