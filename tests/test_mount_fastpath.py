@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from mount_helpers import object_bytes, read_all, wait_until
+from mount_helpers import object_bytes, read_all, run_cachefs, wait_until
 
 from cachefs.hints import send_order
 
@@ -94,3 +94,17 @@ def test_files_a_directory_prefetch_fetched_are_served_in_c(mounter, make_bucket
         assert read_all(m / key) == OBJECTS[key]
     s = m.stats()
     assert s["fast_opens"] == len(files) - 2 and s["fast_held_bytes"] == 0, s
+
+
+def test_a_reload_of_the_kernel_timeouts_takes_every_file_back(mounter, make_bucket):
+    """Its entries carry the timeouts they were handed with: a reload of them empties the tables."""
+    bucket = make_bucket("fast-path-reload", OBJECTS)
+    m = mounter.mount(bucket, *QUIET)
+    send_order(str(m.path), FILES[:3])
+    prefetched(m, 3)
+    assert m.stats()["fast_held_bytes"] == sum(len(OBJECTS[k]) for k in FILES[:3])
+    res = run_cachefs(["reload", str(m.path), "attr_timeout=30"], m.env)
+    assert res.returncode == 0, res.describe()
+    assert m.stats()["fast_held_bytes"] == 0
+    assert read_all(m / FILES[0]) == OBJECTS[FILES[0]]
+    assert m.stats()["fast_opens"] == 0

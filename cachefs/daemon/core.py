@@ -302,6 +302,8 @@ class Daemon:
             self.reader.read_ahead = settings["read_ahead"]
         if "stale_after" in settings:
             self.cache.stale_after = settings["stale_after"]
+        if self.ops.fast is not None and {"entry_timeout", "attr_timeout"} & set(settings):
+            self.ops.fast.clear()        # its entries carry the timeouts they were handed with
 
     def _write_pid(self) -> None:
         with open(os.path.join(cache_dir_of(self.cfg), "cachefs.pid"), "w") as f:
