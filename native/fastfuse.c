@@ -204,6 +204,13 @@ static long handle_new(Blob *b, uint64_t ino) {
     return i;
 }
 
+static void handle_free(Handle *h) {
+    blob_drop(h->data);
+    h->data = NULL;
+    h->next_free = free_handle;
+    free_handle = h - handles;
+}
+
 static Handle *handle_of(uint64_t fh) {
     if (!(fh & FAST_FH))
         return NULL;
@@ -293,7 +300,8 @@ static void fast_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     counters[C_OPEN]++;
     served = 1;
     note_opened(e->ino);
-    fuse_reply_open(req, fi);   /* if the opener was interrupted, the kernel sends RELEASE */
+    if (fuse_reply_open(req, fi) == -ENOENT)
+        handle_free(&handles[h]);   /* the open was interrupted: no RELEASE will come (libfuse's fuse.c) */
 }
 
 static void fast_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
@@ -321,10 +329,7 @@ static void fast_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
         blob_drop(e->data);
         e->data = NULL;
     }
-    blob_drop(h->data);
-    h->data = NULL;
-    h->next_free = free_handle;
-    free_handle = h - handles;
+    handle_free(h);
     counters[C_RELEASE]++;
     served = 1;
     fuse_reply_err(req, 0);
