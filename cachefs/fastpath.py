@@ -83,6 +83,10 @@ class FastPath:
         if parent is not None and name is not None:
             self._c.forget_name(parent, name)
 
+    def drop_data(self, ino: int) -> None:
+        """The file was opened through Python: its first read is done, the bytes are let go."""
+        self._c.drop_data(ino)
+
     def clear(self) -> None:
         self._c.clear()
 

@@ -165,6 +165,8 @@ class CachefsOperations(pyfuse3.Operations):
             if node is None or node != inode:
                 return                    # renamed or changed since the prefetch began
             until = self.ns.answers_until(node)
+            if self.handles.opened_etag.get(node.ino) == node.etag:
+                data = None                   # opened through Python before it got here: read
             if until > time.time() and fast.add(node.ino, node.parent, name, self.attrs(node), until, data):
                 self._fast_etags[node.ino] = node.etag
         except Exception:   # noqa: BLE001 - the file is then served by Python, as before
@@ -295,6 +297,8 @@ class CachefsOperations(pyfuse3.Operations):
         node = self.ns.get(inode)
         if node.is_dir:
             raise IsADirectory(node.path)
+        if self.fast is not None:
+            self.fast.drop_data(inode)       # read here: the C's copy is for a first read only
         self.reader.note_open(node)          # the reader's place in an order (reader/order.py)
         fh, keep = await self.handles.open(node, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)

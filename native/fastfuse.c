@@ -88,7 +88,29 @@ typedef struct Entry {
     Blob *data;
     int opened;
     struct Entry *next_ino, *next_name;
+    struct Entry *older, *newer;     /* the entries holding bytes, oldest first (while data) */
 } Entry;
+
+static Entry *oldest_held, *newest_held;
+
+/* The bytes of an entry let go (read once, forgotten, or making room for newer ones). */
+static void drop_data(Entry *e) {
+    if (e->data == NULL)
+        return;
+    if (e->older) e->older->newer = e->newer; else oldest_held = e->newer;
+    if (e->newer) e->newer->older = e->older; else newest_held = e->older;
+    e->older = e->newer = NULL;
+    blob_drop(e->data);
+    e->data = NULL;
+}
+
+static void hold_data(Entry *e, Blob *b) {
+    e->data = b;
+    e->older = newest_held;
+    e->newer = NULL;
+    if (newest_held) newest_held->newer = e; else oldest_held = e;
+    newest_held = e;
+}
 
 static Entry **by_ino, **by_name;
 static size_t nbuckets, nentries, max_entries = 1 << 20;
@@ -133,7 +155,7 @@ static void unlink_entry(Entry *e) {
         p = &(*p)->next_name;
     *p = e->next_name;
     nentries--;
-    blob_drop(e->data);
+    drop_data(e);
     free(e->name);
     free(e);
 }
@@ -224,10 +246,10 @@ static uint64_t *opened_inos;
 static size_t nopened, opened_cap;
 static int event_fd = -1;
 
-enum { C_LOOKUP, C_GETATTR, C_OPEN, C_READ, C_READ_BYTES, C_RELEASE, C_DRAINED, C_NO_ROOM, C_COUNTERS };
+enum { C_LOOKUP, C_GETATTR, C_OPEN, C_READ, C_READ_BYTES, C_RELEASE, C_DRAINED, C_NO_ROOM, C_UNREAD, C_COUNTERS };
 static const char *counter_names[C_COUNTERS] = {
     "fast_lookups", "fast_getattrs", "fast_opens", "fast_reads", "fast_read_bytes", "fast_releases",
-    "fast_drained", "fast_no_room",
+    "fast_drained", "fast_no_room", "fast_dropped_unread",
 };
 static unsigned long long counters[C_COUNTERS];
 
@@ -325,10 +347,8 @@ static void fast_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
         return;
     }
     Entry *e = find_ino(h->ino);
-    if (e != NULL && e->data == h->data) {     /* read once: later opens go to Python's cache */
-        blob_drop(e->data);
-        e->data = NULL;
-    }
+    if (e != NULL && e->data == h->data)       /* read once: later opens go to Python's cache */
+        drop_data(e);
     handle_free(h);
     counters[C_RELEASE]++;
     served = 1;
@@ -478,6 +498,13 @@ static PyObject *py_add(PyObject *self, PyObject *args) {
             free(e);
             return NULL;
         }
+        /* Room is made by letting the oldest bytes go: files fetched long ago and not read
+         * through here (read by Python first, or never asked for) must not keep the newest out. */
+        while ((unsigned long long)b->view.len == size && size <= limit_bytes && held_bytes + size > limit_bytes
+               && oldest_held != NULL) {
+            counters[C_UNREAD]++;
+            drop_data(oldest_held);
+        }
         if ((unsigned long long)b->view.len != size || held_bytes + size > limit_bytes) {
             counters[C_NO_ROOM] += (unsigned long long)b->view.len == size;
             PyBuffer_Release(&b->view);
@@ -485,7 +512,7 @@ static PyObject *py_add(PyObject *self, PyObject *args) {
         } else {
             b->refs = 1;
             held_bytes += size;
-            e->data = b;
+            hold_data(e, b);
             kept = 1;
         }
     }
@@ -501,6 +528,17 @@ static PyObject *py_forget(PyObject *self, PyObject *args) {
     Entry *e = find_ino(ino);
     if (e != NULL)
         unlink_entry(e);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_drop_data(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long ino;
+    if (!PyArg_ParseTuple(args, "K", &ino))
+        return NULL;
+    Entry *e = find_ino(ino);
+    if (e != NULL)
+        drop_data(e);
     Py_RETURN_NONE;
 }
 
@@ -592,6 +630,7 @@ static PyMethodDef methods[] = {
                                   "-> whether the bytes are held."},
     {"forget", py_forget, METH_VARARGS, "forget(ino): answer nothing more of this inode."},
     {"forget_name", py_forget_name, METH_VARARGS, "forget_name(parent, name): nor of this name."},
+    {"drop_data", py_drop_data, METH_VARARGS, "drop_data(ino): let its bytes go (it was read elsewhere)."},
     {"clear", py_clear, METH_NOARGS, "Forget every entry."},
     {"holds", py_holds, METH_VARARGS, "holds(ino) -> whether the inode has an entry."},
     {"events", py_events, METH_NOARGS, "The inodes opened here since the last call, in order."},

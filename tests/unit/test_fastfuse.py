@@ -46,9 +46,23 @@ def test_a_name_given_to_another_inode_drops_the_old_entry():
 def test_bytes_of_another_size_or_beyond_the_limit_are_not_held():
     assert not add(10, 1, b"a.jpg", bytes(100), size=101)
     assert ff.holds(10) and held() == 0           # the entry (names, attributes) is kept
-    assert add(11, 1, b"b.jpg", bytes(3 * MB))
-    assert not add(12, 1, b"c.jpg", bytes(2 * MB))
-    assert held() == 3 * MB
+    assert not add(11, 1, b"b.jpg", bytes(5 * MB))
+    assert ff.holds(11) and held() == 0
+
+
+def test_the_oldest_bytes_make_room_for_the_newest():
+    """Files fetched long ago and never read through the C (read by Python first, or never asked
+    for) must not keep the newest out."""
+    before = ff.counters()["fast_dropped_unread"]
+    assert add(10, 1, b"a.jpg", bytes(2 * MB))
+    assert add(11, 1, b"b.jpg", bytes(1 * MB))
+    assert add(12, 1, b"c.jpg", bytes(2 * MB))     # 5 MiB > 4: a.jpg's bytes go
+    assert held() == 3 * MB and ff.counters()["fast_dropped_unread"] == before + 1
+    assert ff.holds(10)                            # its name and attributes stay
+    ff.drop_data(11)
+    assert held() == 2 * MB
+    assert add(13, 1, b"d.jpg", bytes(2 * MB))     # room without dropping c.jpg
+    assert held() == 4 * MB and ff.counters()["fast_dropped_unread"] == before + 1
 
 
 def test_entries_beyond_the_cap_are_refused_and_clear_forgets_all():
