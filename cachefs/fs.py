@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 
 import pyfuse3
 import trio
@@ -51,6 +52,7 @@ from cachefs.writeback import Staged, Writeback
 log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+FAST_NODES_KEPT = 1 << 16
 _DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until something lists it anew
 # The answer given outside fuse_errors (no timing, no counting), from the table once.
 _NO_FLUSH = errno_for(NotNeeded())
@@ -124,7 +126,9 @@ class CachefsOperations(pyfuse3.Operations):
         self.handles = Handles(namespace, reader, writeback, self.view, stats)
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self.fast: FastPath | None = None
-        self._fast_etags: dict[int, str] = {}    # ino -> the version handed to the fast path
+        # ino -> the version handed to the fast path, until its first open there (the oldest of
+        # files never opened are dropped past FAST_NODES_KEPT: their opens then read LMDB)
+        self._fast_nodes: OrderedDict[int, Inode] = OrderedDict()
         self._ready: list[tuple[Inode, object]] = []     # files fetched whole, to hand over
         self._ready_event = trio.Event()
 
@@ -148,7 +152,7 @@ class CachefsOperations(pyfuse3.Operations):
     def _fast_forget(self, ino: int, parent: int | None, name: bytes | None) -> None:
         if self.fast is not None:
             self.fast.forget(ino, parent, name)
-            self._fast_etags.pop(ino, None)
+            self._fast_nodes.pop(ino, None)
 
     def _file_ready(self, inode: Inode, data) -> None:
         """Queued, handed over by serve_fast_path: the fetch that calls this has just woken the
@@ -160,15 +164,17 @@ class CachefsOperations(pyfuse3.Operations):
 
     def _hand_over(self, fast: FastPath, inode: Inode, data) -> None:
         try:
-            name = inode.path.rpartition("/")[2].encode()
-            node = self.ns.meta.lookup(inode.parent, name)
+            node = self.ns.meta.get_inode(inode.ino)     # its path holds its parent and name
             if node is None or node != inode:
                 return                    # renamed or changed since the prefetch began
+            name = node.path.rpartition("/")[2].encode()
             until = self.ns.answers_until(node)
             if self.handles.opened_etag.get(node.ino) == node.etag:
                 data = None                   # opened through Python before it got here: read
             if until > time.time() and fast.add(node.ino, node.parent, name, self.attrs(node), until, data):
-                self._fast_etags[node.ino] = node.etag
+                self._fast_nodes[node.ino] = node
+                if len(self._fast_nodes) > FAST_NODES_KEPT:
+                    self._fast_nodes.popitem(last=False)
         except Exception:   # noqa: BLE001 - the file is then served by Python, as before
             log.exception("fast path: could not hand over %s", inode.path)
             self.stats.add("fast_path_errors")
@@ -193,11 +199,12 @@ class CachefsOperations(pyfuse3.Operations):
         while True:
             await trio.lowlevel.wait_readable(fd)
             for ino in fast.opened():
-                node = self.ns.meta.get_inode(ino)
+                handed = self._fast_nodes.pop(ino, None)
+                node = handed or self.ns.meta.get_inode(ino)
                 if node is None:
                     continue
                 self.reader.note_served(node, self.ns.key_of(node))
-                if self._fast_etags.get(ino) == node.etag:
+                if handed is not None:       # the version the C read from
                     self.handles.opened_etag[ino] = node.etag
 
     def object_metadata(self, ino: int) -> dict[str, str]:
