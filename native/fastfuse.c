@@ -520,12 +520,20 @@ static PyObject *py_add(PyObject *self, PyObject *args) {
     return PyBool_FromLong(kept);
 }
 
-static PyObject *py_forget(PyObject *self, PyObject *args) {
-    (void)self;
+/* args: one inode number; *e: its entry or NULL. -1 with an exception set when args are not that. */
+static int entry_arg(PyObject *args, Entry **e) {
     unsigned long long ino;
     if (!PyArg_ParseTuple(args, "K", &ino))
+        return -1;
+    *e = find_ino(ino);
+    return 0;
+}
+
+static PyObject *py_forget(PyObject *self, PyObject *args) {
+    (void)self;
+    Entry *e;
+    if (entry_arg(args, &e) != 0)
         return NULL;
-    Entry *e = find_ino(ino);
     if (e != NULL)
         unlink_entry(e);
     Py_RETURN_NONE;
@@ -533,10 +541,9 @@ static PyObject *py_forget(PyObject *self, PyObject *args) {
 
 static PyObject *py_drop_data(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long ino;
-    if (!PyArg_ParseTuple(args, "K", &ino))
+    Entry *e;
+    if (entry_arg(args, &e) != 0)
         return NULL;
-    Entry *e = find_ino(ino);
     if (e != NULL)
         drop_data(e);
     Py_RETURN_NONE;
@@ -565,10 +572,9 @@ static PyObject *py_clear(PyObject *self, PyObject *args) {
 
 static PyObject *py_holds(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long ino;
-    if (!PyArg_ParseTuple(args, "K", &ino))
+    Entry *e;
+    if (entry_arg(args, &e) != 0)
         return NULL;
-    Entry *e = find_ino(ino);
     return PyBool_FromLong(e != NULL);
 }
 
