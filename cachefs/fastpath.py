@@ -64,10 +64,6 @@ class FastPath:
         _module.enable(True, limit, MAX_ENTRIES)
         return cls(_module)
 
-    def stop(self) -> None:
-        self._c.enable(False, 0, 0)
-        self._c.clear()
-
     def add(self, ino: int, parent: int, name: bytes, attrs: Any, valid_until: float, data: Any) -> bool:
         """Answer LOOKUP of (parent, name) until `valid_until` (time.time()), GETATTR with `attrs`
         (a pyfuse3.EntryAttributes), and OPEN/READ/RELEASE from `data` (None: Python's). True: the
@@ -89,9 +85,6 @@ class FastPath:
 
     def clear(self) -> None:
         self._c.clear()
-
-    def holds(self, ino: int) -> bool:
-        return bool(self._c.holds(ino))
 
     def opened(self) -> list[int]:
         return list(self._c.events())

@@ -259,7 +259,8 @@ class MetaStore:
         stack = [ino]
         while stack:
             current = stack.pop()
-            self._changed(current)
+            if current != ino:               # told above, with its name
+                self._changed(current)
             for db in ("inodes", "listings", "attrs", "owners", "objmeta", "subdirs", "manifested"):
                 txn.delete(pack_u64(current), db=self.dbs[db])
             prefix = pack_u64(current)

@@ -233,9 +233,9 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
                 break
 
 
-    def file_ready(self, inode: Inode, data) -> None:
-        """The order prefetch fetched all of a one-block file (`data`)."""
-        if self.on_file_ready is not None and len(data) == inode.size:
+    def file_ready(self, inode: Inode, index: int, data) -> None:
+        """A prefetch fetched block `index` of a file: told on if that is the whole file."""
+        if self.on_file_ready is not None and index == 0 and len(data) == inode.size:
             self.on_file_ready(inode, data)
 
     def note_served(self, inode: Inode, key: str) -> None:

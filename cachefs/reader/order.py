@@ -431,8 +431,7 @@ class OrderPrefetcher:
                     fetched += len(data)
                     if not flight.shared and not reader.cache.contains(bkey):
                         reader._keep_prefetched(bkey, data)   # the cache declined it: hold it for the reader
-                    if index == 0 and inode.size <= reader.block_size:
-                        reader.file_ready(inode, data)
+                    reader.file_ready(inode, index, data)
             except StoreUnavailable as e:
                 log.debug("order prefetch of %s: %s", key, e)
                 progress.release(pos)

@@ -72,7 +72,7 @@ class DirectoryPrefetch:
         async def _fetch(self, fetch: Flight, bkey: bytes, inode: Inode, key: str, index: int,
                          stream: bool = False) -> memoryview: ...
 
-        def file_ready(self, inode: Inode, data: memoryview) -> None: ...
+        def file_ready(self, inode: Inode, index: int, data: memoryview) -> None: ...
 
     def _init_directory_prefetch(self, max_fetches: int, concurrency: int) -> None:
         # dir -> small files opened (subdirs with opens), or _WALKED
@@ -230,8 +230,7 @@ class DirectoryPrefetch:
         which it would flush); a reader that waited for it gets it directly."""
         try:
             data = await self._fetch(self._inflight[bkey], bkey, inode, key, index)
-            if index == 0 and inode.size <= self.block_size:
-                self.file_ready(inode, data)       # not opened yet: the fast path may answer it
+            self.file_ready(inode, index, data)       # not opened yet: the fast path may answer it
         except StoreUnavailable as e:
             unavailable.set()
             log.debug("directory prefetch of %s failed: %s", key, e)
