@@ -36,7 +36,6 @@ import multiprocessing as mp
 import os
 import random
 import resource
-import shutil
 import statistics
 import tempfile
 import time
@@ -142,7 +141,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     cleanup = contextlib.ExitStack()
     if not args.scratch:       # its own temporary scratch, the mounts' old caches in it: GBs per run
-        cleanup.callback(shutil.rmtree, scratch, True)
+        cleanup.callback(util.remove_scratch, scratch)
     with cleanup, open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
         client = ep.client()
         client.create_bucket(Bucket=BUCKET)
@@ -170,6 +169,7 @@ def main() -> int:
                  "cachefs+hint": lambda: one_epoch(cachefs, files, spec, args.workers, False, ep.pids, hint=True),
                  "shard-probe": lambda: shard_probe(ep, spec.shard_bytes, ep.pids, run)}
         names = list(cases)
+        util.settle()
         for run in range(args.runs):
             for name in names[run % len(names):] + names[:run % len(names)]:
                 r = cases[name]()

@@ -14,7 +14,8 @@ it runs). --probe: the endpoint's pycurl 110 KB GET rate at 16 and 64 in flight 
 first. --latency-ms: bench/proxy.py in
 front of the endpoint (a remote store; --straggler-p 0.01: with bench.run's stragglers).
 IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon
-(IMGEPOCH_PYSPY_NATIVE=1: with C frames).
+(IMGEPOCH_PYSPY_NATIVE=1: with C frames). IMGEPOCH_PERF=PREFIX: a system-wide `perf record` of each
+epoch (every process: daemon, endpoint, loader; `perf report -i PREFIX.PID --sort comm,dso`).
 Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import contextlib
 import os
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +45,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIMELINE_S = 0.05
 PYSPY_OUT = os.environ.get("IMGEPOCH_PYSPY")  # py-spy raw profiles of the daemon, one per mount
 # IMGEPOCH_PYSPY_NATIVE=1: with C frames (py-spy then pauses the daemon for each sample: slower)
+PERF_OUT = os.environ.get("IMGEPOCH_PERF")     # perf record -a of each epoch, one file per mount
 PYSPY_MODE = ["--native"] if os.environ.get("IMGEPOCH_PYSPY_NATIVE") else ["--nonblocking"]
 
 
@@ -113,16 +114,19 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
                                  str(pids[0]), "-r", "250", "--format", "raw", "-o", f"{PYSPY_OUT}.{pids[0]}",
                                  *PYSPY_MODE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                if PYSPY_OUT else None)
-        if spy:
-            time.sleep(0.5)     # py-spy attaches
+        perf = (subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-o", f"{PERF_OUT}.{pids[0]}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if PERF_OUT else None)
+        if spy or perf:
+            time.sleep(0.5)     # py-spy attaches, perf starts
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         res = loader.run_epoch("images", system.root, files, spec, workers, 0, 180,
                                hint=send)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         stop.set()
-        if spy:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
+        for tool in (spy, perf):
+            if tool:
+                tool.send_signal(signal.SIGINT)
+                tool.wait(30)
         if timeline:
             th.join()
         threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(pids[0]).items()}
@@ -201,7 +205,7 @@ def main() -> int:
     os.makedirs(local, exist_ok=True)
     cleanup = contextlib.ExitStack()
     if not args.scratch:       # its own temporary scratch, the mounts' old caches in it: GBs per run
-        cleanup.callback(shutil.rmtree, scratch, True)
+        cleanup.callback(util.remove_scratch, scratch)
     with cleanup, open_endpoint(scratch) as ep, contextlib.ExitStack() as stack:
         client = ep.client()
         client.create_bucket(Bucket=BUCKET)
@@ -229,6 +233,7 @@ def main() -> int:
             for s in systems[-1 - args.hint:]:
                 s.extra_args = tuple(args.extra)
         rates: dict[str, list] = {s.name: [] for s in systems}
+        util.settle()
         for run in range(args.runs):
             order = systems if run % 2 == 0 else systems[::-1]
             for s in order:

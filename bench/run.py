@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with stack:
-            stack.callback(shutil.rmtree, scratch, True)
+            stack.callback(util.remove_scratch, scratch)
             stack.callback(keep_logs, scratch, os.path.join(out, "logs"))  # runs before the rmtree
             ep = stack.enter_context(endpoint.open_endpoint(scratch, args.endpoint))
             results["endpoint"] = {"kind": ep.kind, "note": ep.note}
@@ -289,6 +289,7 @@ def main(argv=None) -> int:
                 under_test.append(system)
                 results["systems"][BASELINE_NAME] = f"{system.describe()} (from {args.baseline})"
             workloads = set(args.workloads.split(","))
+            util.settle()
             for run_i in range(1, runs + 1):
                 for label, target in targets.items():
                     with undelayed() if label == "backend" else contextlib.nullcontext():

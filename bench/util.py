@@ -3,11 +3,38 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+# On a journal-less ext4 (this VM's root), a file created within ~35 s of many deletions scans past
+# each inode freed (fs/ext4/ialloc.c `recently_deleted`): a benchmark started right after another
+# removed its scratch (tens of thousands of cache files) paid 0.4-0.9 ms of kernel CPU per cache
+# file it created (docs/BENCHMARKS.md). Each removal leaves a stamp; the next benchmark waits it out.
+REMOVED_STAMP = "/var/tmp/cachefs-bench-removed"
+SETTLE_S = 40.0
+
+
+def remove_scratch(path: str) -> None:
+    """shutil.rmtree, then the stamp that settle() waits for."""
+    shutil.rmtree(path, ignore_errors=True)
+    with open(REMOVED_STAMP, "w"):
+        pass
+
+
+def settle() -> float:
+    """Wait until SETTLE_S after the last remove_scratch (of any benchmark); the seconds waited."""
+    try:
+        left = os.stat(REMOVED_STAMP).st_mtime + SETTLE_S - time.time()
+    except FileNotFoundError:
+        return 0.0
+    if left > 0:
+        print(f"waiting {left:.0f} s: a benchmark's scratch was just removed (bench/util.py settle)", flush=True)
+        time.sleep(left)
+    return max(left, 0.0)
 
 
 class StepTimeout(RuntimeError):

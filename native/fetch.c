@@ -553,6 +553,11 @@ static int Fetcher_init(Fetcher *f, PyObject *args, PyObject *kwds)
         return -1;
     }
     curl_multi_setopt(f->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_conn);
+    /* The pool of idle connections: libcurl's default is 4x the transfers in flight, so one GET
+     * running alone after a burst of 64 closed all but 4 of their connections, and the next burst
+     * opened them again (a tenth of a hinted epoch's GETs paid a connection, behind 20 ms an RTT
+     * more: docs/BENCHMARKS.md). */
+    curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, max_conn);
     curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
     curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, timer_cb);

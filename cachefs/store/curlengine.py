@@ -195,6 +195,7 @@ class CurlEngine:
             self._free.clear()
             multi = self._multi = TrioMulti()
             multi.multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, self.max_connections)
+            multi.multi.setopt(pycurl.M_MAXCONNECTS, self.max_connections)   # as native/fetch.c: idle ones kept
             multi.bound_to_current_run()
         return multi
 

@@ -119,6 +119,30 @@ def test_connections_opened_are_reported_per_transfer():
         assert trio.run(main) == server.connections >= 1
 
 
+def test_idle_connections_are_kept_when_few_transfers_run():
+    """libcurl's default pool is 4x the transfers in flight: 16 connections opened by 16 GETs at
+    once were closed down to 4 as soon as one GET ran alone, and the next burst opened them again
+    (a tenth of a hinted epoch's GETs opened a connection: docs/BENCHMARKS.md). The pool is the
+    fetcher's connection limit."""
+    with serving(lambda path: Reply(body=b"y" * 100)) as server:
+        async def main():
+            f = await bound(max_connections=16)
+
+            async def one(i):
+                answer = await f.get(f"{server.url}/{i}", [], bytearray(100), None, None, False, None)
+                assert answer.code == 0
+            for _ in range(3):
+                async with trio.open_nursery() as nursery:       # a burst: 16 in flight
+                    for i in range(16):
+                        nursery.start_soon(one, i)
+                for i in range(4):                               # then one at a time
+                    await one(100 + i)
+            f.close()
+        trio.run(main)
+        assert server.connections <= 16
+        assert len(server.requests) == 60
+
+
 def test_the_buffer_is_held_while_the_transfer_runs_and_released_after():
     hold = threading.Event()
     with serving(lambda path: Reply(body=b"y" * 1000, hold=hold)) as server:
