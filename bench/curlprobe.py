@@ -146,16 +146,19 @@ def _url(endpoint, bucket: str, key: str = "") -> str:
 
 def get_rate(endpoint, bucket: str, keys: Sequence[str | tuple[str, int]], size: int, in_flight: int,
              count: int | None = None, seconds: float | None = None,
-             on_get: Callable[[], None] | None = None) -> dict:
+             on_get: Callable[[], None] | None = None,
+             on_body: Callable[[str, memoryview], None] | None = None) -> dict:
     """Ranged GETs of `size` bytes (a key alone: from offset 0; (key, offset): from there), keys taken in
     turn, `in_flight` at once, for `count` GETs or `seconds`. Non-2xx and transfer errors are failures.
-    on_get: called after each GET that succeeded (bench/floor.py paces readers by it)."""
+    on_get: called after each GET that succeeded (bench/floor.py paces readers by it); on_body: called
+    first with its key and body (valid during the call only: the buffer is reused)."""
     targets = itertools.cycle([(k, 0) if isinstance(k, str) else k for k in keys])
     stats = {"gets": 0, "bytes": 0, "errors": 0}
     errors: list[str] = []
 
     def request(h: _Handle) -> tuple[str, list[str]]:
         key, off = next(targets)
+        h.token = key
         return _url(endpoint, bucket, key), [f"Range: bytes={off}-{off + size - 1}"]
 
     def done(h: _Handle, status: int, error: str | None) -> None:
@@ -165,6 +168,8 @@ def get_rate(endpoint, bucket: str, keys: Sequence[str | tuple[str, int]], size:
         else:
             stats["gets"] += 1
             stats["bytes"] += h.pos
+            if on_body is not None:
+                on_body(h.token or "", h.view[:h.pos])
             if on_get is not None:
                 on_get()
 

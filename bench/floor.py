@@ -18,6 +18,9 @@ Per run, side by side (order rotated), every figure on the same Ceph RGW through
   cheapest FUSE client there is;
 - `paired+local`: the same with the readers on the local files (page cache, no FUSE at all): what
   any client could reach here at best;
+- `paired+cmemfs+disk`: paired+cmemfs, and each GET's body also written to a file of its own by a
+  writer thread (cachefs's native.write_block, O_DIRECT, 256 subdirectories, as cachefs's disk
+  tier): the cheapest client that keeps a disk copy of every file, as a caching filesystem must;
 - `cachefs+hint`: cachefs's epoch 1 with the order sent first (bench/imgepoch.py, the loader);
 - `shard-probe`: bench.run's yardstick (bench/probe.py `curl_image64_gets_s`): 1,000 GETs of
   110 KB at random offsets of one 16 MB shard object, 64 in flight, pycurl. RGW serves these
@@ -34,16 +37,20 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import random
 import resource
 import statistics
 import tempfile
+import threading
 import time
+import zlib
 
 from bench import curlprobe, dataset, util
 from bench.endpoint import BUCKET, delaying_proxy, open_endpoint
 from bench.imgepoch import one_epoch
 from bench.systems import Cachefs, CMemoryFuse, MemoryFuse
+from cachefs import native
 from cachefs.devtools import sample
 
 IN_FLIGHT = 64
@@ -67,8 +74,41 @@ def _reader(root: str, paths: list[str], tokens, taken, last_end) -> None:
             last_end.value = max(last_end.value, time.monotonic())
 
 
-def paired(ep, files: list[str], root: str, workers: int, pids: list[int], ep_pids: list[int]) -> dict:
-    """The GETs and, paced by them, `workers` readers of `root`; rates and CPU per image."""
+class DiskCopies:
+    """Each body handed over written to a file of its own by one writer thread, as cachefs's disk tier
+    writes a block (native.write_block: a page-aligned copy with the header, O_DIRECT, one file per
+    block in 256 subdirectories); its CPU is this process's, counted with the GETs'."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        for d in range(256):
+            os.makedirs(os.path.join(root, f"{d:02x}"), exist_ok=True)
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.count = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def offer(self, key: str, body: memoryview) -> None:
+        copy = native.buffer(len(body), 4096)     # the GET's buffer is reused: a copy (cachefs's memory tier
+        memoryview(copy)[:] = body                # keeps one), with room for the header as cachefs's have
+        self.jobs.put((key, copy))
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            key, data = job
+            name = f"{zlib.crc32(key.encode()) & 0xff:02x}/{key.replace('/', '_')}"
+            native.write_block(os.path.join(self.root, name), data, True)
+            self.count += 1
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(120)
+
+
+def paired(ep, files: list[str], root: str, workers: int, pids: list[int], ep_pids: list[int],
+           disk: str | None = None) -> dict:
+    """The GETs and, paced by them, `workers` readers of `root`; rates and CPU per image. disk: each
+    body also written to a file under it (DiskCopies), the epoch ending when the last is written."""
     order = files[:]
     random.shuffle(order)
     tokens, taken, last_end = mp.Semaphore(0), mp.Value("q", 0), mp.Value("d", 0.0)
@@ -77,12 +117,20 @@ def paired(ep, files: list[str], root: str, workers: int, pids: list[int], ep_pi
         p.start()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     fs0, ep0 = util.cpu_seconds(pids) or 0.0, util.cpu_seconds(ep_pids) or 0.0
+    copies = DiskCopies(disk) if disk else None
+    cpu0 = curlprobe.cpu_s()
     t0 = time.monotonic()
-    r = curlprobe.get_rate(ep, BUCKET, files, IMAGE_BYTES, IN_FLIGHT, count=len(files), on_get=tokens.release)
+    r = curlprobe.get_rate(ep, BUCKET, files, IMAGE_BYTES, IN_FLIGHT, count=len(files), on_get=tokens.release,
+                           on_body=copies.offer if copies else None)
     for _ in procs:
         tokens.release()            # the readers see the end
     for p in procs:
         p.join(120)
+    if copies is not None:
+        copies.close()
+        last_end.value = max(last_end.value, time.monotonic())
+        r["client_cpu_s"] = curlprobe.cpu_s() - cpu0     # the GETs' and the writer's
+        assert copies.count == len(files), f"{copies.count} of {len(files)} disk copies written"
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     n = len(files)
     epoch = max(last_end.value - t0, r["seconds"])
@@ -155,16 +203,17 @@ def main() -> int:
         cmemfs = CMemoryFuse(scratch, ep, BUCKET, local)
         cachefs = Cachefs.from_tree(here, "cachefs+hint", scratch, ep, BUCKET, os.path.join(scratch, "cache-local"))
 
-        def through(fs) -> dict:
+        def through(fs, disk: str | None = None) -> dict:
             fs.mount()
             try:
-                return paired(ep, files, fs.root, args.workers, fs.pids(), ep.pids)
+                return paired(ep, files, fs.root, args.workers, fs.pids(), ep.pids, disk)
             finally:
                 fs.umount()
 
         cases = {"alone": lambda: alone(ep, files, ep.pids),
                  "paired+memfs": lambda: through(memfs),
                  "paired+cmemfs": lambda: through(cmemfs),
+                 "paired+cmemfs+disk": lambda: through(cmemfs, os.path.join(scratch, f"disk-{run}")),
                  "paired+local": lambda: paired(ep, files, local, args.workers, [], ep.pids),
                  "cachefs+hint": lambda: one_epoch(cachefs, files, spec, args.workers, False, ep.pids, hint=True),
                  "shard-probe": lambda: shard_probe(ep, spec.shard_bytes, ep.pids, run)}

@@ -13,9 +13,10 @@ cache_hits counters every 50 ms during the epoch (GETs/s over time: when prefetc
 it runs). --probe: the endpoint's pycurl 110 KB GET rate at 16 and 64 in flight and its CPU per GET
 first. --latency-ms: bench/proxy.py in
 front of the endpoint (a remote store; --straggler-p 0.01: with bench.run's stragglers).
-IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon
-(IMGEPOCH_PYSPY_NATIVE=1: with C frames). IMGEPOCH_PERF=PREFIX: a system-wide `perf record` of each
-epoch (every process: daemon, endpoint, loader; `perf report -i PREFIX.PID --sort comm,dso`).
+IMGEPOCH_PYSPY=PREFIX: py-spy raw profiles of each daemon (IMGEPOCH_PYSPY_NATIVE=1: with C frames;
+IMGEPOCH_PYSPY_GIL=1: only the thread holding the GIL, i.e. Python's CPU, not its waits).
+IMGEPOCH_PERF=PREFIX: a system-wide `perf record` of each epoch (every process: daemon, endpoint,
+loader; `perf report -i PREFIX.PID --sort comm,dso`).
 Prints min/median/max img/s, CPU ms per image (daemon, endpoint, loader) and the load average.
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ PYSPY_OUT = os.environ.get("IMGEPOCH_PYSPY")  # py-spy raw profiles of the daemo
 # IMGEPOCH_PYSPY_NATIVE=1: with C frames (py-spy then pauses the daemon for each sample: slower)
 PERF_OUT = os.environ.get("IMGEPOCH_PERF")     # perf record -a of each epoch, one file per mount
 PYSPY_MODE = ["--native"] if os.environ.get("IMGEPOCH_PYSPY_NATIVE") else ["--nonblocking"]
+if os.environ.get("IMGEPOCH_PYSPY_GIL"):     # only the samples of the thread holding the GIL: CPU, not waits
+    PYSPY_MODE.append("--gil")
 
 
 def sample_counters(mountpoint: str, stop: threading.Event, out: list) -> None:

@@ -83,6 +83,16 @@ class FastPath:
         """The file was opened through Python: its first read is done, the bytes are let go."""
         self._c.drop_data(ino)
 
+    def open_size(self, ino: int) -> int | None:
+        """The size of the version open here on `ino` (not stale), if any."""
+        size: int | None = self._c.open_size(ino)
+        return size
+
+    def stale_other_sizes(self, ino: int, size: int) -> int:
+        """Handles open here on `ino` with another size than `size` made stale (reads: ESTALE)."""
+        n: int = self._c.stale_other_sizes(ino, size)
+        return n
+
     def clear(self) -> None:
         self._c.clear()
 

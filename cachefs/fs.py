@@ -11,6 +11,8 @@ bookkeeping here: forget() has nothing to free.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 FAST_NODES_KEPT = 1 << 16
+# Files S3 resized whose next open tells the kernel; past this many (never opened since), the oldest
+# are told at once.
+RESIZED_KEPT = 1 << 16
 _DIR_LISTING_TTL = 3600.0 * 24   # a directory made here is complete until something lists it anew
 # The answer given outside fuse_errors (no timing, no counting), from the table once.
 _NO_FLUSH = errno_for(NotNeeded())
@@ -131,13 +136,67 @@ class CachefsOperations(pyfuse3.Operations):
         self._fast_nodes: OrderedDict[int, Inode] = OrderedDict()
         self._ready: list[tuple[Inode, object]] = []     # files fetched whole, to hand over
         self._ready_event = trio.Event()
+        self._resized: dict[int, None] = {}             # files S3 resized, oldest first: _resized_in_s3
+        namespace.meta.on_resize = self._resized_in_s3
 
     def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
         """What the kernel is told (namespace/attrview.py decides). `unlinked`: the staging copy of
         a file unlinked while open."""
         a = pyfuse3.EntryAttributes()
+        if unlinked is None and not inode.is_dir:
+            inode = self._as_open(inode)
         self.view.fill(a, inode, unlinked)
         return a
+
+    # -- sizes the kernel holds ------------------------------------------------------------------
+    def _resized_in_s3(self, ino: int) -> None:
+        """A listing, HEAD or manifest showed a file's new size. The kernel may hold the old one for
+        up to --attr-timeout and cuts reads there: an open of the new version would read its bytes
+        under the old size (a mix of versions; found by bench/rostress.py). Its attributes are
+        invalidated at its next open (here or by the hand-over to C); this is called once the change
+        is committed, so a GETATTR the invalidation brings reads the new size."""
+        self._resized.pop(ino, None)
+        self._resized[ino] = None
+        if len(self._resized) > RESIZED_KEPT:
+            oldest = next(iter(self._resized))
+            if self._resized.pop(oldest, 1) is None:
+                self._invalidate_attrs(oldest)      # committed long ago
+
+    def _kernel_may_hold_another_size(self, ino: int) -> bool:
+        resized = bool(self._resized) and self._resized.pop(ino, 1) is None
+        return resized or self.ns.meta.resizing > 0     # a write is telling of resized files now
+
+    def _opening(self, node: Inode) -> None:
+        """Before a handle on `node`'s version is made (Python's): handles open on another size
+        become stale (Handles._reading for Python's, here for the C's), and the kernel's attributes
+        are invalidated when it may hold another size."""
+        other = self.fast is not None and self.fast.stale_other_sizes(node.ino, node.size) > 0
+        size = self.handles.open_size(node.ino)
+        if self._kernel_may_hold_another_size(node.ino) or other or size not in (None, node.size):
+            self._invalidate_attrs(node.ino)
+            self.stats.add("kernel_sizes_invalidated")
+
+    def _as_open(self, node: Inode) -> Inode:
+        """The version whose size the kernel is told: while one is open (here or in C) the open one,
+        so that a GETATTR between an open and its reads cannot cut them at a newer version's size;
+        the newer size is told at the next open (_resized)."""
+        size = self.handles.open_size(node.ino) if self.handles.reading else None
+        if size is None and self.fast is not None:
+            size = self.fast.open_size(node.ino)
+        if size is None or size == node.size:
+            return node
+        self._resized_in_s3(node.ino)
+        return dataclasses.replace(node, size=size)
+
+    @staticmethod
+    def _invalidate_attrs(ino: int) -> None:
+        """The kernel's attributes of `ino` marked stale: the next stat, or read past the size it
+        holds, asks again. No page is touched, so this never waits for a read in flight."""
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as e:
+            if e.errno != errno.ENOENT:          # ENOENT: the kernel does not know the inode
+                log.debug("cannot invalidate the attributes of inode %d: %s", ino, e)
 
     # -- the fast path: files whose FUSE requests C answers (cachefs/fastpath.py) ---------------
     def start_fast_path(self, fast: FastPath) -> None:
@@ -169,6 +228,12 @@ class CachefsOperations(pyfuse3.Operations):
                 return                    # renamed or changed since the prefetch began
             name = node.path.rpartition("/")[2].encode()
             until = self.ns.answers_until(node)
+            open_sizes = (self.handles.open_size(node.ino), fast.open_size(node.ino))
+            if any(size not in (None, node.size) for size in open_sizes):
+                return                    # another size is open: Python serves this one (_opening)
+            if self._kernel_may_hold_another_size(node.ino):
+                self._invalidate_attrs(node.ino)
+                self.stats.add("kernel_sizes_invalidated")
             if self.handles.opened_etag.get(node.ino) == node.etag:
                 data = None                   # opened through Python before it got here: read
             if until > time.time() and fast.add(node.ino, node.parent, name, self.attrs(node), until, data):
@@ -304,6 +369,7 @@ class CachefsOperations(pyfuse3.Operations):
         node = self.ns.get(inode)
         if node.is_dir:
             raise IsADirectory(node.path)
+        self._opening(node)
         if self.fast is not None:
             self.fast.drop_data(inode)       # read here: the C's copy is for a first read only
         self.reader.note_open(node)          # the reader's place in an order (reader/order.py)

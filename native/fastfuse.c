@@ -199,10 +199,11 @@ typedef struct {
     Blob *data;           /* NULL: a free slot (next_free links them) */
     uint64_t ino;
     long next_free;
+    int stale;            /* another size of the object was opened since: reads get ESTALE */
 } Handle;
 
 static Handle *handles;
-static long nhandles, free_handle = -1;
+static long nhandles, free_handle = -1, open_handles;
 
 static long handle_new(Blob *b, uint64_t ino) {
     if (free_handle < 0) {
@@ -222,11 +223,14 @@ static long handle_new(Blob *b, uint64_t ino) {
     free_handle = handles[i].next_free;
     handles[i].data = b;
     handles[i].ino = ino;
+    handles[i].stale = 0;
     b->refs++;
+    open_handles++;
     return i;
 }
 
 static void handle_free(Handle *h) {
+    open_handles--;
     blob_drop(h->data);
     h->data = NULL;
     h->next_free = free_handle;
@@ -330,6 +334,11 @@ static void fast_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, st
     Handle *h = handle_of(fi->fh);
     if (h == NULL) {
         orig.read(req, ino, size, off, fi);
+        return;
+    }
+    if (h->stale) {
+        served = 1;
+        fuse_reply_err(req, ESTALE);
         return;
     }
     Py_ssize_t len = h->data->view.len;
@@ -549,6 +558,34 @@ static PyObject *py_drop_data(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The kernel holds one size per inode and cuts reads there: while handles of two sizes of one file
+ * are open, the older ones are made stale (cachefs/namespace/handles.py says the same of Python's). */
+static PyObject *py_open_size(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long ino;
+    if (!PyArg_ParseTuple(args, "K", &ino))
+        return NULL;
+    for (long i = 0; open_handles && i < nhandles; i++)      /* none open, most often: no scan */
+        if (handles[i].data && handles[i].ino == ino && !handles[i].stale)
+            return PyLong_FromSsize_t(handles[i].data->view.len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_stale_other_sizes(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long ino;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "Kn", &ino, &size))
+        return NULL;
+    long n = 0;
+    for (long i = 0; open_handles && i < nhandles; i++)
+        if (handles[i].data && handles[i].ino == ino && handles[i].data->view.len != size && !handles[i].stale) {
+            handles[i].stale = 1;
+            n++;
+        }
+    return PyLong_FromLong(n);
+}
+
 static PyObject *py_forget_name(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long parent;
@@ -637,6 +674,9 @@ static PyMethodDef methods[] = {
     {"forget", py_forget, METH_VARARGS, "forget(ino): answer nothing more of this inode."},
     {"forget_name", py_forget_name, METH_VARARGS, "forget_name(parent, name): nor of this name."},
     {"drop_data", py_drop_data, METH_VARARGS, "drop_data(ino): let its bytes go (it was read elsewhere)."},
+    {"open_size", py_open_size, METH_VARARGS, "open_size(ino) -> the size open here (not stale), or None."},
+    {"stale_other_sizes", py_stale_other_sizes, METH_VARARGS,
+     "stale_other_sizes(ino, size) -> how many handles here of another size were made stale."},
     {"clear", py_clear, METH_NOARGS, "Forget every entry."},
     {"holds", py_holds, METH_VARARGS, "holds(ino) -> whether the inode has an entry."},
     {"events", py_events, METH_NOARGS, "The inodes opened here since the last call, in order."},

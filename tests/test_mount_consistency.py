@@ -146,3 +146,59 @@ def test_inode_numbers_survive_relisting_and_object_changes(short_ttl_mount, s3)
     after = inode_map(m.path)
     assert {k: after[k] for k in before} == before
     assert after["d/new"] not in before.values()
+
+
+def relisted_behind_the_kernel(m) -> None:
+    """d/ listed anew once its listing is stale, by a lookup of a name it lacks: cachefs learns the
+    objects' new sizes, the kernel is told nothing (a listdir would tell it: READDIRPLUS)."""
+    lists = m.stats().get("s3_list", 0)
+    time.sleep(1.5)
+    assert not os.path.exists(m / "d/absent.bin")
+    assert wait_until(lambda: m.stats().get("s3_list", 0) > lists, 10), m.stats()
+
+
+@pytest.mark.parametrize("fast", ["true", "false"], ids=["fast-path", "python"])
+def test_a_file_grown_in_s3_is_read_whole_though_the_kernel_held_its_old_size(mounter, make_bucket, s3, fast):
+    """The kernel cuts reads at the size it holds (here for an hour: --attr-timeout 3600), while a
+    listing after --listing-ttl shows the object's new size to cachefs. The next open must tell the
+    kernel (its attributes invalidated), else the new version is read cut at the old size: bytes of
+    no version at all (bench/rostress.py found it; docs/SEMANTICS.md)."""
+    old, new = object_bytes("small", 5000), object_bytes("grown", 90_000)
+    name = make_bucket("resized", {"d/obj.bin": old, "d/other.bin": b"x"})
+    m = mounter.mount(name, "--read-only", "--fast-path", fast, "--listing-ttl", "1", "--attr-timeout", "3600",
+                      "--entry-timeout", "3600", "--metrics-addr", "none")
+    path = m / "d/obj.bin"
+    assert read_all(path) == old                       # the kernel holds size 5000
+    s3.put_object(Bucket=name, Key="d/obj.bin", Body=new)
+    relisted_behind_the_kernel(m)
+    got = read_all(path)
+    assert got in (old, new) and got == new, first_difference(got, new)
+    assert os.stat(path).st_size == len(new)
+    assert m.stats()["kernel_sizes_invalidated"] >= 1
+
+
+def test_a_handle_open_on_an_old_size_reads_estale_once_the_new_one_is_opened(mounter, make_bucket, s3):
+    """Two handles on two sizes of one file cannot both read whole through the kernel's one size: once
+    the newer is open and its size told, the older's reads get ESTALE (as a read of a changed object
+    does), not its own bytes cut at the newer size."""
+    old, new = object_bytes("old-size", 40_000), object_bytes("new-size", 7000)
+    name = make_bucket("two-sizes", {"d/obj.bin": old})
+    m = mounter.mount(name, "--read-only", "--listing-ttl", "1", "--attr-timeout", "3600", "--entry-timeout",
+                      "3600", "--metrics-addr", "none", "--prefetch-small-files", "0")
+    path = m / "d/obj.bin"
+    first = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(first, 100, 0) == old[:100]
+        s3.put_object(Bucket=name, Key="d/obj.bin", Body=new)
+        relisted_behind_the_kernel(m)
+        second = os.open(path, os.O_RDONLY)            # the new version: its pages are not read yet
+        try:
+            assert os.stat(path).st_size == len(new)
+            with pytest.raises(OSError) as e:
+                os.pread(first, len(old), 0)           # cut at 7,000 bytes, were it not stale
+            assert e.value.errno == errno.ESTALE
+            assert os.pread(second, len(new), 0) == new
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)

@@ -78,6 +78,13 @@ class MetaStore:
         # Told of every change of an inode or a name (ino, parent, name), inside the write
         # transaction; it must not raise. The daemon points it at the fast path's forget.
         self.on_change: Callable[[int, int | None, bytes | None], None] | None = None
+        # A file's size changed in S3 (a listing or HEAD showed another): called once the change is
+        # committed, so that what the callee tells the kernel cannot be answered with the old size.
+        self.on_resize: Callable[[int], None] | None = None
+        self._resized: list[int] = []       # in the write transaction under way (its lock held)
+        # > 0 from a write transaction's first resized file until on_resize was called for all of
+        # them: an open meanwhile cannot know whether it read the new size before on_resize did.
+        self.resizing = 0
         self._check_layout(path, identity)
 
     def _check_layout(self, path: str, identity: str) -> None:
@@ -164,8 +171,11 @@ class MetaStore:
                          expiry: float) -> list[list[tuple[bytes, Inode]]]:
         """replace_listing of many directories in one write transaction (one commit, one sync: a
         group of 300 small directories listed at once took 300 commits of ~0.3 ms each)."""
-        with self._write_lock, self.env.begin(write=True) as txn:
-            return [self._replace(txn, parent, entries, expiry, keep) for parent, entries, keep in listings]
+        try:
+            with self._write_lock, self.env.begin(write=True) as txn:
+                return [self._replace(txn, parent, entries, expiry, keep) for parent, entries, keep in listings]
+        finally:
+            self._tell_resized()
 
     def _replace(self, txn: lmdb.Transaction, parent: Inode, entries: Iterable[Entry], expiry: float,
                  keep: AbstractSet[bytes]) -> list[tuple[bytes, Inode]]:
@@ -208,12 +218,15 @@ class MetaStore:
         """put_entry of several names of one directory, in one write transaction (directories a flat
         listing showed keys below, recorded without their parent's listing)."""
         out = []
-        with self._write_lock, self.env.begin(write=True) as txn:
-            for entry in entries:
-                name = entry.name.encode()
-                child = txn.get(dentry_key(parent.ino, name), db=self.dbs["dentries"])
-                txn.delete(dentry_key(parent.ino, name), db=self.dbs["negative"])
-                out.append(self._upsert(txn, parent, name, entry, unpack_u64(child) if child else None))
+        try:
+            with self._write_lock, self.env.begin(write=True) as txn:
+                for entry in entries:
+                    name = entry.name.encode()
+                    child = txn.get(dentry_key(parent.ino, name), db=self.dbs["dentries"])
+                    txn.delete(dentry_key(parent.ino, name), db=self.dbs["negative"])
+                    out.append(self._upsert(txn, parent, name, entry, unpack_u64(child) if child else None))
+        finally:
+            self._tell_resized()
         return out
 
     def put_negative(self, parent: Inode, name: bytes, expiry: float) -> None:
@@ -223,6 +236,19 @@ class MetaStore:
             if child is not None:
                 self._remove(txn, parent.ino, name, unpack_u64(child))
             txn.put(dentry_key(parent.ino, name), pack_f64(expiry), db=self.dbs["negative"])
+
+    def _tell_resized(self) -> None:
+        """on_resize of the files the write just committed (or failed to: a needless invalidation
+        at worst) found resized."""
+        with self._write_lock:
+            resized, self._resized = self._resized, []
+        try:
+            if self.on_resize is not None:
+                for ino in resized:
+                    self.on_resize(ino)
+        finally:
+            if resized:
+                self.resizing -= 1
 
     def _upsert(self, txn: lmdb.Transaction, parent: Inode, name: bytes, entry: Entry, ino: int | None) -> Inode:
         old = None
@@ -247,6 +273,10 @@ class MetaStore:
         if new != old:
             txn.put(pack_u64(ino), pack_inode(new), db=self.dbs["inodes"])
             self._changed(ino, parent.ino, name)
+            if old is not None and old.size != new.size:
+                if not self._resized:
+                    self.resizing += 1
+                self._resized.append(ino)
         return new
 
     def _remove(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:

@@ -33,6 +33,7 @@ class OpenFile:
     state: ReadState
     staged: Staged | None = None     # set while the file's bytes are in staging
     writable: bool = False
+    stale: bool = False              # another size of the object was opened since: reads get ESTALE
 
 
 class Handles:
@@ -45,6 +46,9 @@ class Handles:
         self.stats = stats
         self._fh = itertools.count(1)           # file and directory handles alike
         self.files: dict[int, OpenFile] = {}
+        # ino -> the handles reading its S3 version (no staging copy), by fh: the size the kernel is
+        # told while they are open (fs.py attrs), which reads cannot go past
+        self.reading: dict[int, dict[int, OpenFile]] = {}
         self.opened_etag: dict[int, str] = {}   # ino -> ETag whose bytes the page cache holds
         self.written: set[int] = set()          # inodes written through this mount
         self.utimed: set[int] = set()           # files whose kept mtime the next change clears
@@ -112,6 +116,7 @@ class Handles:
             self.files[fh] = f
             return fh, False
         self.files[fh] = f
+        self._reading(fh, f)
         # Keep the page cache only if it holds this very version of the object.
         keep = self.opened_etag.get(inode) == node.etag
         self.opened_etag[inode] = node.etag
@@ -130,10 +135,33 @@ class Handles:
         self._writeback.opened(staged, writable)
         return fh
 
+    def _reading(self, fh: int, f: OpenFile) -> None:
+        """A handle on the S3 version `f.inode`: handles of the same file open on another size are
+        made stale. The kernel holds one size per inode and cuts reads there, so while both were
+        open one of them would read its version cut at the other's size (docs/SEMANTICS.md)."""
+        open_ = self.reading.setdefault(f.inode.ino, {})
+        for other in open_.values():
+            if other.inode.size != f.inode.size:
+                other.stale = True
+        open_[fh] = f
+
+    def open_size(self, ino: int) -> int | None:
+        """The size of the version open (not stale) on `ino`, if any."""
+        for f in self.reading.get(ino, {}).values():
+            if not f.stale:
+                return f.inode.size
+        return None
+
     def release(self, fh: int) -> None:
         f = self.files.pop(fh, None)
         if f is not None and f.staged is not None:
             self._writeback.closed(f.staged, f.writable)
+        elif f is not None:
+            open_ = self.reading.get(f.inode.ino)
+            if open_ is not None:
+                open_.pop(fh, None)
+                if not open_:
+                    del self.reading[f.inode.ino]
 
     # -- reading and writing ----------------------------------------------------------------
     def reader_of(self, node: Inode):
@@ -150,6 +178,8 @@ class Handles:
         else:
             if f.inode.ino in self.written:        # uploaded since it was opened: its new version
                 f.inode = self.ns.get(f.inode.ino)
+            elif f.stale:
+                raise ObjectChanged(f.key)
             try:
                 data = await self.reader.read(f.inode, f.key, off, size, f.state)
             except ObjectChanged:
