@@ -5,6 +5,8 @@ an object changed in S3 is not answered from the old copy once its listing is st
 --fast-path false leaves every request to Python."""
 from __future__ import annotations
 
+import errno
+import os
 import time
 
 import pytest
@@ -142,3 +144,34 @@ def test_readers_racing_over_the_same_files_get_the_right_bytes(mounter, make_bu
     # its open, or never held if Python opened it before the hand-over).
     assert s["fast_held_bytes"] == 0, s
     assert m.pid()                               # the daemon is still there
+
+
+def test_a_handle_the_c_opened_on_an_old_size_reads_estale_once_python_opens_the_new_one(mounter, make_bucket, s3):
+    """As tests/test_mount_consistency.py's two-sizes test, the older handle being the C's: its
+    reads get ESTALE, not its bytes cut at the new size the kernel was told."""
+    old, new = object_bytes("c-old", 40_000), object_bytes("c-new", 7000)
+    bucket = make_bucket("fast-two-sizes", {"d/obj.bin": old})
+    m = mounter.mount(bucket, *QUIET, "--listing-ttl", "1", "--attr-timeout", "3600", "--entry-timeout", "3600")
+    path = m / "d/obj.bin"
+    send_order(str(m.path), ["d/obj.bin"])
+    prefetched(m, 1)
+    first = os.open(path, os.O_RDONLY)
+    try:
+        assert m.stats()["fast_opens"] == 1
+        assert os.pread(first, 100, 0) == old[:100]
+        s3.put_object(Bucket=bucket, Key="d/obj.bin", Body=new)
+        lists = m.stats().get("s3_list", 0)
+        time.sleep(1.5)
+        assert not os.path.exists(m / "d/absent.bin")     # d/ listed anew: the kernel is told nothing
+        assert wait_until(lambda: m.stats().get("s3_list", 0) > lists, 10)
+        second = os.open(path, os.O_RDONLY)                # through Python: the C forgot the old one
+        try:
+            assert os.stat(path).st_size == len(new)
+            with pytest.raises(OSError) as e:
+                os.pread(first, len(old), 0)
+            assert e.value.errno == errno.ESTALE
+            assert os.pread(second, len(new), 0) == new
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)

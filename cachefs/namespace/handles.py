@@ -146,7 +146,10 @@ class Handles:
         open_[fh] = f
 
     def open_size(self, ino: int) -> int | None:
-        """The size of the version open (not stale) on `ino`, if any."""
+        """The size of the version open (not stale) on `ino`, if any; None for a file written through
+        this mount (its handles read its newest version: read() below)."""
+        if ino in self.written:
+            return None
         for f in self.reading.get(ino, {}).values():
             if not f.stale:
                 return f.inode.size
