@@ -21,6 +21,8 @@ Per run, side by side (order rotated), every figure on the same Ceph RGW through
 - `paired+cmemfs+disk`: paired+cmemfs, and each GET's body also written to a file of its own by a
   writer thread (cachefs's native.write_block, O_DIRECT, 256 subdirectories, as cachefs's disk
   tier): the cheapest client that keeps a disk copy of every file, as a caching filesystem must;
+- `paired+cmemfs+pack`: the same with the bodies appended to one file in 1 MiB O_DIRECT writes: the
+  cheapest disk copy there is (a cache packing small blocks into larger files, at best);
 - `cachefs+hint`: cachefs's epoch 1 with the order sent first (bench/imgepoch.py, the loader);
 - `shard-probe`: bench.run's yardstick (bench/probe.py `curl_image64_gets_s`): 1,000 GETs of
   110 KB at random offsets of one 16 MB shard object, 64 in flight, pycurl. RGW serves these
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import mmap
 import multiprocessing as mp
 import os
 import queue
@@ -79,9 +82,9 @@ class DiskCopies:
     writes a block (native.write_block: a page-aligned copy with the header, O_DIRECT, one file per
     block in 256 subdirectories); its CPU is this process's, counted with the GETs'."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, subdirs: bool = True) -> None:
         self.root = root
-        for d in range(256):
+        for d in range(256 if subdirs else 0):
             os.makedirs(os.path.join(root, f"{d:02x}"), exist_ok=True)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.count = 0
@@ -105,6 +108,37 @@ class DiskCopies:
         self.thread.join(120)
 
 
+class PackedCopies(DiskCopies):
+    """The cheapest disk copy there is: bodies appended to one file, gathered into 1 MiB page-aligned
+    writes with O_DIRECT (no file created a body, a disk request a MiB): what a cache that packs small
+    blocks into larger files would pay at best."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.fd = os.open(os.path.join(root, "pack"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+        self.buf = mmap.mmap(-1, self.CHUNK + 2 * IMAGE_BYTES)     # page-aligned, as O_DIRECT wants
+        self.fill = 0
+        super().__init__(root, subdirs=False)
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            _, data = job
+            self.buf[self.fill:self.fill + len(data)] = data
+            self.fill += -(-len(data) // 512) * 512                 # each body 512-aligned
+            if self.fill >= self.CHUNK:
+                self._write()
+            self.count += 1
+        self._write()
+        os.close(self.fd)
+
+    def _write(self) -> None:
+        if self.fill:
+            os.write(self.fd, memoryview(self.buf)[:-(-self.fill // 4096) * 4096])
+            self.fill = 0
+
+
 def paired(ep, files: list[str], root: str, workers: int, pids: list[int], ep_pids: list[int],
            disk: str | None = None) -> dict:
     """The GETs and, paced by them, `workers` readers of `root`; rates and CPU per image. disk: each
@@ -117,7 +151,7 @@ def paired(ep, files: list[str], root: str, workers: int, pids: list[int], ep_pi
         p.start()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     fs0, ep0 = util.cpu_seconds(pids) or 0.0, util.cpu_seconds(ep_pids) or 0.0
-    copies = DiskCopies(disk) if disk else None
+    copies = (PackedCopies(disk) if disk.endswith("-pack") else DiskCopies(disk)) if disk else None
     cpu0 = curlprobe.cpu_s()
     t0 = time.monotonic()
     r = curlprobe.get_rate(ep, BUCKET, files, IMAGE_BYTES, IN_FLIGHT, count=len(files), on_get=tokens.release,
@@ -214,6 +248,7 @@ def main() -> int:
                  "paired+memfs": lambda: through(memfs),
                  "paired+cmemfs": lambda: through(cmemfs),
                  "paired+cmemfs+disk": lambda: through(cmemfs, os.path.join(scratch, f"disk-{run}")),
+                 "paired+cmemfs+pack": lambda: through(cmemfs, os.path.join(scratch, f"disk-{run}-pack")),
                  "paired+local": lambda: paired(ep, files, local, args.workers, [], ep.pids),
                  "cachefs+hint": lambda: one_epoch(cachefs, files, spec, args.workers, False, ep.pids, hint=True),
                  "shard-probe": lambda: shard_probe(ep, spec.shard_bytes, ep.pids, run)}
