@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import os
 import random
 import re
@@ -441,3 +442,30 @@ def errno_of(fn, *args, **kwargs) -> int | None:
     except OSError as e:
         return e.errno
     return None
+
+
+def relisted_behind_the_kernel(m, directory: str = "d") -> None:
+    """`directory` listed anew once its listing is stale (mounted with --listing-ttl 1), by a lookup
+    of a name it lacks: cachefs learns its objects' new sizes, the kernel is told nothing (a listdir
+    would tell it: READDIRPLUS)."""
+    lists = m.stats().get("s3_list", 0)
+    time.sleep(1.5)
+    assert not os.path.exists(m / directory / "absent.bin")
+    assert wait_until(lambda: m.stats().get("s3_list", 0) > lists, 10), m.stats()
+
+
+def assert_older_handle_stale(path: Path, first: int, old: bytes, new: bytes) -> None:
+    """Open the new version of `path` (its pages unread): `first`, a handle open on the `old` size,
+    must then read ESTALE, not `old` cut at the new size; the new handle reads `new` whole."""
+    second = os.open(path, os.O_RDONLY)
+    try:
+        assert os.stat(path).st_size == len(new)
+        try:
+            os.pread(first, len(old), 0)
+        except OSError as e:
+            assert e.errno == errno.ESTALE, e
+        else:
+            raise AssertionError("the handle on the old size read on")
+        assert os.pread(second, len(new), 0) == new
+    finally:
+        os.close(second)

@@ -6,7 +6,17 @@ import os
 import time
 
 import pytest
-from mount_helpers import BLOCK_SIZE, first_difference, inode_map, object_bytes, pread_exact, read_all, wait_until
+from mount_helpers import (
+    BLOCK_SIZE,
+    assert_older_handle_stale,
+    first_difference,
+    inode_map,
+    object_bytes,
+    pread_exact,
+    read_all,
+    relisted_behind_the_kernel,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,15 +158,6 @@ def test_inode_numbers_survive_relisting_and_object_changes(short_ttl_mount, s3)
     assert after["d/new"] not in before.values()
 
 
-def relisted_behind_the_kernel(m) -> None:
-    """d/ listed anew once its listing is stale, by a lookup of a name it lacks: cachefs learns the
-    objects' new sizes, the kernel is told nothing (a listdir would tell it: READDIRPLUS)."""
-    lists = m.stats().get("s3_list", 0)
-    time.sleep(1.5)
-    assert not os.path.exists(m / "d/absent.bin")
-    assert wait_until(lambda: m.stats().get("s3_list", 0) > lists, 10), m.stats()
-
-
 @pytest.mark.parametrize("fast", ["true", "false"], ids=["fast-path", "python"])
 def test_a_file_grown_in_s3_is_read_whole_though_the_kernel_held_its_old_size(mounter, make_bucket, s3, fast):
     """The kernel cuts reads at the size it holds (here for an hour: --attr-timeout 3600), while a
@@ -191,14 +192,6 @@ def test_a_handle_open_on_an_old_size_reads_estale_once_the_new_one_is_opened(mo
         assert os.pread(first, 100, 0) == old[:100]
         s3.put_object(Bucket=name, Key="d/obj.bin", Body=new)
         relisted_behind_the_kernel(m)
-        second = os.open(path, os.O_RDONLY)            # the new version: its pages are not read yet
-        try:
-            assert os.stat(path).st_size == len(new)
-            with pytest.raises(OSError) as e:
-                os.pread(first, len(old), 0)           # cut at 7,000 bytes, were it not stale
-            assert e.value.errno == errno.ESTALE
-            assert os.pread(second, len(new), 0) == new
-        finally:
-            os.close(second)
+        assert_older_handle_stale(path, first, old, new)
     finally:
         os.close(first)

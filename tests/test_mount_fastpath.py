@@ -5,12 +5,18 @@ an object changed in S3 is not answered from the old copy once its listing is st
 --fast-path false leaves every request to Python."""
 from __future__ import annotations
 
-import errno
 import os
 import time
 
 import pytest
-from mount_helpers import object_bytes, read_all, run_cachefs, wait_until
+from mount_helpers import (
+    assert_older_handle_stale,
+    object_bytes,
+    read_all,
+    relisted_behind_the_kernel,
+    run_cachefs,
+    wait_until,
+)
 
 from cachefs.hints import send_order
 
@@ -160,18 +166,7 @@ def test_a_handle_the_c_opened_on_an_old_size_reads_estale_once_python_opens_the
         assert m.stats()["fast_opens"] == 1
         assert os.pread(first, 100, 0) == old[:100]
         s3.put_object(Bucket=bucket, Key="d/obj.bin", Body=new)
-        lists = m.stats().get("s3_list", 0)
-        time.sleep(1.5)
-        assert not os.path.exists(m / "d/absent.bin")     # d/ listed anew: the kernel is told nothing
-        assert wait_until(lambda: m.stats().get("s3_list", 0) > lists, 10)
-        second = os.open(path, os.O_RDONLY)                # through Python: the C forgot the old one
-        try:
-            assert os.stat(path).st_size == len(new)
-            with pytest.raises(OSError) as e:
-                os.pread(first, len(old), 0)
-            assert e.value.errno == errno.ESTALE
-            assert os.pread(second, len(new), 0) == new
-        finally:
-            os.close(second)
+        relisted_behind_the_kernel(m)
+        assert_older_handle_stale(path, first, old, new)     # through Python: the C forgot the old one
     finally:
         os.close(first)
