@@ -158,7 +158,10 @@ class CachefsOperations(pyfuse3.Operations):
         self._resized.pop(ino, None)
         self._resized[ino] = None
         if len(self._resized) > RESIZED_KEPT:
-            oldest = next(iter(self._resized))
+            try:               # the trio thread and a listing's thread both come here
+                oldest = next(iter(self._resized))
+            except (StopIteration, RuntimeError):
+                return
             if self._resized.pop(oldest, 1) is None:
                 self._invalidate_attrs(oldest)      # committed long ago
 

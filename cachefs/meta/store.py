@@ -248,7 +248,8 @@ class MetaStore:
                     self.on_resize(ino)
         finally:
             if resized:
-                self.resizing -= 1
+                with self._write_lock:         # += happens under it, in the next write perhaps
+                    self.resizing -= 1
 
     def _upsert(self, txn: lmdb.Transaction, parent: Inode, name: bytes, entry: Entry, ino: int | None) -> Inode:
         old = None
