@@ -155,6 +155,11 @@ class CachefsOperations(pyfuse3.Operations):
         under the old size (a mix of versions; found by bench/rostress.py). Its attributes are
         invalidated at its next open (here or by the hand-over to C); this is called once the change
         is committed, so a GETATTR the invalidation brings reads the new size."""
+        self.stats.add("files_resized_in_s3")
+        self._told_another_size(ino)
+
+    def _told_another_size(self, ino: int) -> None:
+        """The kernel may hold another size of `ino` than its version's: told at its next open."""
         self._resized.pop(ino, None)
         self._resized[ino] = None
         if len(self._resized) > RESIZED_KEPT:
@@ -188,7 +193,7 @@ class CachefsOperations(pyfuse3.Operations):
             size = self.fast.open_size(node.ino)
         if size is None or size == node.size:
             return node
-        self._resized_in_s3(node.ino)
+        self._told_another_size(node.ino)
         return dataclasses.replace(node, size=size)
 
     @staticmethod

@@ -63,6 +63,7 @@ COUNTERS: dict[str, str] = {
     "fuse_reads": "FUSE read requests",
     "fast_path_errors": "files the fast path could not be handed (Python serves them; the error is logged)",
     "kernel_sizes_invalidated": "opens of a file whose size changed in S3: the kernel's attributes invalidated first",
+    "files_resized_in_s3": "files a listing or HEAD found with another size than recorded (changed in S3)",
     "fuse_read_bytes": "bytes returned to FUSE reads",
     "readahead_blocks": "blocks fetched from S3 ahead of the reader (window, small files, directory prefetch)",
     "readahead_disk_blocks": "blocks read ahead from a disk tier into the read-ahead buffer",

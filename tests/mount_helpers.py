@@ -448,10 +448,11 @@ def relisted_behind_the_kernel(m, directory: str = "d") -> None:
     """`directory` listed anew once its listing is stale (mounted with --listing-ttl 1), by a lookup
     of a name it lacks: cachefs learns its objects' new sizes, the kernel is told nothing (a listdir
     would tell it: READDIRPLUS)."""
-    lists = m.stats().get("s3_list", 0)
+    resized = m.stats().get("files_resized_in_s3", 0)
     time.sleep(1.5)
     assert not os.path.exists(m / directory / "absent.bin")
-    assert wait_until(lambda: m.stats().get("s3_list", 0) > lists, 10), m.stats()
+    # the LIST answered and its listing committed: the new size recorded
+    assert wait_until(lambda: m.stats().get("files_resized_in_s3", 0) > resized, 10), m.stats()
 
 
 def assert_older_handle_stale(path: Path, first: int, old: bytes, new: bytes) -> None:
