@@ -319,7 +319,7 @@ def test_architecture_module_list_is_the_package_tree():
 # BENCHMARKS.md and RELIABILITY.md record commands and log lines as they ran on the tree of the time.
 HISTORY = {"BENCHMARKS.md", "RELIABILITY.md"}
 # Flags of other programs the docs quote (bench scripts, mount(8), systemctl, getfattr, kubectl, helm).
-OTHER_PROGRAMS_FLAGS = {"--runs", "--minutes", "--fstab", "--now", "--only-values", "--field-selector",
+OTHER_PROGRAMS_FLAGS = {"--runs", "--minutes", "--seconds", "--fstab", "--now", "--only-values", "--field-selector",
                         "--from-literal", "--reuse-values", "--set",
                         # aws s3api and mc: the shared tier's lifecycle rule (CACHING.md "Shared tier")
                         "--bucket", "--lifecycle-configuration", "--expire-days", "--prefix"}
