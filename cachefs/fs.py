@@ -12,7 +12,6 @@ bookkeeping here: forget() has nothing to free.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import logging
 import os
@@ -202,9 +201,10 @@ class CachefsOperations(pyfuse3.Operations):
         holds, asks again. No page is touched, so this never waits for a read in flight."""
         try:
             pyfuse3.invalidate_inode(ino, attr_only=True)
+        except FileNotFoundError:              # the kernel does not know the inode: nothing held
+            pass
         except OSError as e:
-            if e.errno != errno.ENOENT:          # ENOENT: the kernel does not know the inode
-                log.debug("cannot invalidate the attributes of inode %d: %s", ino, e)
+            log.debug("cannot invalidate the attributes of inode %d: %s", ino, e)
 
     # -- the fast path: files whose FUSE requests C answers (cachefs/fastpath.py) ---------------
     def start_fast_path(self, fast: FastPath) -> None:
