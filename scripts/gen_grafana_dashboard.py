@@ -186,4 +186,6 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("-"):     # `--help` once became a file of that name
+        sys.exit(f"usage: {sys.argv[0]} [OUTPUT]  (default {OUT})")
     Path(sys.argv[1] if len(sys.argv) > 1 else OUT).write_text(render())
