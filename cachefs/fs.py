@@ -141,9 +141,12 @@ class CachefsOperations(pyfuse3.Operations):
     def attrs(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
         """What the kernel is told (namespace/attrview.py decides). `unlinked`: the staging copy of
         a file unlinked while open."""
-        a = pyfuse3.EntryAttributes()
         if unlinked is None and not inode.is_dir:
             inode = self._as_open(inode)
+        return self._filled(inode, unlinked)
+
+    def _filled(self, inode: Inode, unlinked: Staged | None = None) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
         self.view.fill(a, inode, unlinked)
         return a
 
@@ -238,13 +241,14 @@ class CachefsOperations(pyfuse3.Operations):
             until = self.ns.answers_until(node)
             open_sizes = (self.handles.open_size(node.ino), fast.open_size(node.ino))
             if any(size not in (None, node.size) for size in open_sizes):
-                return                    # another size is open: Python serves this one (_opening)
+                return                    # another size is open: Python serves this one (_opening);
+                                          # none is, so its attributes are its own (no _as_open)
             if self._kernel_may_hold_another_size(node.ino):
                 self._invalidate_attrs(node.ino)
                 self.stats.add("kernel_sizes_invalidated")
             if self.handles.opened_etag.get(node.ino) == node.etag:
                 data = None                   # opened through Python before it got here: read
-            if until > time.time() and fast.add(node.ino, node.parent, name, self.attrs(node), until, data):
+            if until > time.time() and fast.add(node.ino, node.parent, name, self._filled(node), until, data):
                 self._fast_nodes[node.ino] = node
                 if len(self._fast_nodes) > FAST_NODES_KEPT:
                     self._fast_nodes.popitem(last=False)
