@@ -28,7 +28,8 @@ PIPE_BYTES = 1 << 20           # the kernel buffer a response crosses (fs.pipe-m
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # PROXY_LOG=FILE: each request's first line with the time it arrived (the event loop's clock,
-# time.monotonic(): bench/loader's LOADER_TRACE uses the same), appended line-buffered.
+# time.monotonic(): bench/loader's LOADER_TRACE uses the same), appended line-buffered; a request
+# made a straggler is marked " STRAGGLER+<ms>ms".
 REQUEST_LOG = open(os.environ["PROXY_LOG"], "a", buffering=1) if os.environ.get("PROXY_LOG") else None  # noqa: SIM115
 
 
@@ -82,7 +83,9 @@ class Link:
         delay = self.model.delay(starts_request)
         if starts_request and REQUEST_LOG is not None:
             line = bytes(data[:200]).split(b"\r\n", 1)[0].decode(errors="replace")
-            REQUEST_LOG.write(f"{now:.6f} {line}\n")
+            extra = delay - self.model.latency_s
+            mark = f" STRAGGLER+{1000 * extra:.0f}ms" if extra > 1e-6 else ""
+            REQUEST_LOG.write(f"{now:.6f} {line}{mark}\n")
         self.last_release = max(now + delay, self.last_release)
         self.pending.append((self.last_release, memoryview(data)))
         self.pending_bytes += len(data)

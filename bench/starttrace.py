@@ -6,7 +6,8 @@ requests the endpoint saw (the delaying proxy's PROXY_LOG), on one clock.
 
 Reads the last epoch traced (PREFIX.start and the workers' PREFIX.<pid> written after it) and prints,
 in ms from the epoch's start: each worker's first files (start + open + read), the files read per
-50 ms, every LIST and HEAD the proxy forwarded, and when the 1st, 16th, 64th ... GET arrived.
+50 ms, every LIST and HEAD the proxy forwarded and every request it made a straggler, when the 1st,
+16th, 64th ... GET arrived, and the files whose open and read took longest.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import os
 
 MARKS = (1, 16, 17, 32, 64, 65, 128, 256, 384, 512, 1024, 2048)
 FIRST_FILES = 8
+LONGEST = 6
 
 
 def load_workers(prefix: str) -> tuple[float, list[list]]:
@@ -56,12 +58,14 @@ def main(argv=None) -> int:
                 t = float(stamp)
                 if t < start:
                     continue
-                if "list-type=" in request or request.startswith("HEAD"):
-                    print(f"{ms(t):>7} ms {request[:140]}")
-                elif request.startswith("GET"):
+                if "list-type=" in request or request.startswith("HEAD") or "STRAGGLER" in request:
+                    print(f"{ms(t):>7} ms {request[:160]}")
+                if request.startswith("GET") and "list-type=" not in request:
                     gets += 1
                     if gets in MARKS:
                         print(f"{ms(t):>7} ms GET #{gets}")
+    waits = sorted(((r[3] - r[1], r) for rows in workers for r in rows), key=lambda w: w[0])[-LONGEST:]
+    print("longest waits (open + read):", " ".join(f"{r[0]} {1000 * w:.0f} ms at {ms(r[1])}" for w, r in waits))
     return 0
 
 

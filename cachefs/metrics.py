@@ -101,6 +101,8 @@ STATS_COUNTERS: dict[str, tuple[str, str]] = {
                                      "open between requests; a transfer cancelled mid-answer closes its own)"),
     "cachefs_s3_hedged_requests_total": ("s3_hedged", "duplicate GETs sent for a straggler (hedging)"),
     "cachefs_s3_hedge_wins_total": ("s3_hedge_wins", "hedged GETs where the duplicate answered first"),
+    "cachefs_s3_hedge_hurried_total": ("s3_hedge_hurried", "GETs in flight a reader came to wait for"),
+    "cachefs_s3_hedged_urgent_total": ("s3_hedged_urgent", "of the duplicate GETs, those of GETs a reader waited for"),
     "cachefs_s3_hedge_skipped_answered_total": ("s3_hedge_skipped_answered",
                                                 "GETs past the hedging deadline not hedged: their body was arriving"),
     "cachefs_s3_hedge_skipped_budget_total": ("s3_hedge_skipped_budget",

@@ -30,6 +30,8 @@ COUNTERS: dict[str, str] = {
     "s3_connections": "connections the libcurl engine opened",
     "s3_hedged": "duplicate GETs sent for a straggler",
     "s3_hedge_wins": "hedged GETs where the duplicate answered first",
+    "s3_hedge_hurried": "GETs in flight a reader came to wait for (their deadline: twice the median)",
+    "s3_hedged_urgent": "of s3_hedged: GETs a reader waited for (a budget of their own)",
     "s3_hedge_skipped_answered": "GETs past the hedging deadline not hedged: their body was arriving",
     "s3_hedge_skipped_budget": "GETs past the hedging deadline not hedged: 5% of recent GETs were duplicated",
     # -- the block cache --

@@ -314,6 +314,7 @@ class BlockReader(DirectoryPrefetch, BlockPieces):
                 break
             self.stats.add("fetch_shared")
             fetch.shared = True
+            self.store.hurry(key, *block_range(index, self.block_size, inode.size))
             await fetch.wait()
             if fetch.value is not None:
                 return fetch.value

@@ -69,6 +69,10 @@ class ObjectStore(abc.ABC):
             answered.set()
         return data
 
+    def hurry(self, key: str, start: int, end: int) -> None:
+        """A reader now waits for the GET of [start, end) of `key` in flight, if any (from trio): a
+        store that hedges stragglers may duplicate it sooner (store/hedge.py). Here nothing."""
+
     async def ahead(self, key: str) -> ObjectInfo | None:
         """head from the trio thread."""
         info: ObjectInfo | None = await trio.to_thread.run_sync(self.head, key)

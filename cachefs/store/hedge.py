@@ -33,6 +33,13 @@ WINDOW = 200            # latencies remembered per size class: about the last fe
 # once. Stragglers are by definition few; a budget of 5% keeps hedging for them.
 HEDGE_BUDGET = 0.05
 HEDGE_TICK_S = 0.005    # deadlines in trio are looked at with this resolution (a wake-up per batch)
+# A GET a reader has come to wait for (`hurry`: it joined a prefetch's fetch of the block) is
+# duplicated once it has run this many times the median latency of its size class (and min_delay),
+# from a budget of its own. Behind bench.run's remote-store model a prefetch GET that straggled
+# (+500 ms) was met by the reader a few hundred ms after it left, and the p95 deadline (or the
+# budget that busy moments had spent) left the reader to wait out the rest: the last straggler of a
+# short epoch then set its end (docs/BENCHMARKS.md "A reader waiting for a straggler").
+URGENT_FACTOR = 2.0
 
 
 def size_class(nbytes: int) -> int:
@@ -104,9 +111,12 @@ class _Race:
     """One hedged GET in trio: its deadline, the first request's scope (cancelled when the duplicate
     wins) and whether its answer is arriving, the winner, the errors, and the duplicate's scope."""
     __slots__ = ("due", "wait", "request", "scope", "answered", "won", "errors", "decided", "second_scope",
-                 "second_done")
+                 "second_done", "started", "urgent")
 
-    def __init__(self, due: float, wait: float, request: tuple[str, int, int, str | None]) -> None:
+    def __init__(self, due: float, wait: float, request: tuple[str, int, int, str | None],
+                 started: float = 0.0) -> None:
+        self.started = started
+        self.urgent = False              # a reader waits for it
         self.due = due
         self.wait = wait                 # the deadline's length: doubled each time the budget is full
         self.request = request
@@ -133,6 +143,7 @@ class _Hedger:
         self._due: list[tuple[float, int, _Race]] = []     # heap: (deadline, sequence, race)
         # Per size class, the GETs in flight begun before it had latencies to judge by: race -> start.
         self.unjudged: dict[int, dict[_Race, float]] = {}
+        self.requests: dict[tuple[str, int, int], _Race] = {}     # the GETs in flight, for `hurry`
         self._seq = 0
         self._wake = trio.Event()
         self._sleeping_until = math.inf
@@ -181,11 +192,21 @@ class _Hedger:
                     except Exception as e:  # noqa: BLE001 - a system task: nothing may end the run
                         supervise.record_failure("hedging", e, "a duplicate GET")
 
+    def hurry(self, race: _Race, wait: float) -> None:
+        """A reader waits for this GET: its deadline is `wait` after it began, if that is sooner."""
+        race.urgent = True
+        due = race.started + wait
+        if due < race.due:
+            race.due, race.wait = due, wait
+            self.watch(race)
+
     def _consider(self, race: _Race) -> None:
         store = self.store
+        if race.second_scope is not None:
+            return                                        # duplicated already (watched twice: hurried)
         if race.answered.is_set():
             store.stats.add("s3_hedge_skipped_answered")    # progress, not a straggler
-        elif not store.budget.take():
+        elif not (store.urgent_budget if race.urgent else store.budget).take():
             # Looked at again after twice the wait: the budget is spent on the GETs most overdue,
             # and a real straggler is not left to run its whole course because the p95 tail of
             # a busy moment took the budget when its deadline came (budget skips were 11-87 per
@@ -196,6 +217,8 @@ class _Hedger:
             self.watch(race)
         else:
             store.stats.add("s3_hedged")
+            if race.urgent:
+                store.stats.add("s3_hedged_urgent")
             race.second_scope, race.second_done = trio.CancelScope(), trio.Event()
             trio.lowlevel.spawn_system_task(self._second, race, name="cachefs-hedge")
 
@@ -224,6 +247,7 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         self.min_delay = min_delay
         self.latency = LatencyTracker()
         self.budget = HedgeBudget()
+        self.urgent_budget = HedgeBudget()      # the duplicates of GETs a reader waits for
         self._pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="cachefs-hedge")
         self._hedgers: dict[trio.lowlevel.TrioToken, _Hedger] = {}
 
@@ -233,6 +257,21 @@ class HedgedStore(DelegatingWrites, ObjectStore):
     def class_deadline(self, cls: int) -> float | None:
         p = self.latency.percentile(cls, self.percentile)
         return None if p is None else max(self.min_delay, p)
+
+    def hurry(self, key: str, start: int, end: int) -> None:
+        """A reader waits for the GET of [start, end) of `key` in flight (from trio), if there is one:
+        duplicated once it has run URGENT_FACTOR times its class's median (within its own budget)."""
+        hedger = self._hedgers.get(trio.lowlevel.current_trio_token())
+        if hedger is None:
+            return
+        race = hedger.requests.get((key, start, end))
+        if race is None or race.decided or race.urgent or race.second_scope is not None:
+            return
+        median = self.latency.percentile(size_class(end - start), 0.5)
+        if median is None:
+            return                       # no latencies yet: the class's deadline comes when there are
+        self.stats.add("s3_hedge_hurried")
+        hedger.hurry(race, max(self.min_delay, URGENT_FACTOR * median))
 
     def _timed_get(self, key: str, start: int, end: int, etag: str | None,
                    answered: threading.Event | None = None) -> bytes:
@@ -299,9 +338,12 @@ class HedgedStore(DelegatingWrites, ObjectStore):
         cls = size_class(end - start)
         deadline = self.class_deadline(cls)
         self.budget.started()
+        self.urgent_budget.started()
         now = trio.current_time()
-        race = _Race(now + deadline if deadline is not None else math.inf, deadline or 0.0, (key, start, end, etag))
+        race = _Race(now + deadline if deadline is not None else math.inf, deadline or 0.0, (key, start, end, etag),
+                     now)
         hedger = self._hedger()
+        hedger.requests[(key, start, end)] = race
         if deadline is None:
             hedger.await_judgement(cls, now, race)      # judged once its class has latencies
         else:
@@ -318,6 +360,8 @@ class HedgedStore(DelegatingWrites, ObjectStore):
             race.decided = True          # from here on no duplicate starts
             if deadline is None:
                 hedger.forget(cls, race)
+            if hedger.requests.get((key, start, end)) is race:
+                del hedger.requests[(key, start, end)]
             if race.second_scope is not None and (race.won is None or race.won[0] == 0):
                 race.second_scope.cancel()                  # the duplicate stops
         if race.won is None:

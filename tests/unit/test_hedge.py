@@ -258,3 +258,39 @@ def test_in_trio_an_error_deciding_on_a_duplicate_ends_nothing():
     failures = supervise.failures().get("hedging", 0)
     trio.run(main)
     assert supervise.failures().get("hedging", 0) == failures + 2 and inner.calls == 2
+
+
+def test_in_trio_a_get_a_reader_waits_for_is_hedged_at_twice_the_median_from_a_budget_of_its_own():
+    """The class's p95 is far off (a slow tail: no deadline comes within the test) and the shared
+    budget is spent; once a reader waits for the straggling GET (`hurry`), it is duplicated at twice
+    the median latency of its class, and the duplicate's answer is the reader's."""
+    inner = Gated(lambda n: 30.0 if n == 0 else 0.001)
+    store = HedgedStore(inner, inner.stats, min_delay=0.02)
+    cls = size_class(100_000)
+    for _ in range(MIN_SAMPLES - 1):
+        store.latency.add(cls, 0.02)                     # median 20 ms
+    store.latency.add(cls, 60.0)                         # p95 a minute
+    while store.budget.take():
+        pass
+    took = []
+
+    async def main():
+        with trio.fail_after(5):
+            await race()
+
+    async def race():
+        async with trio.open_nursery() as nursery:
+            async def one():
+                t0 = trio.current_time()
+                assert await store.aget_range("k", 0, 100_000) == b"x" * 100_000
+                took.append(trio.current_time() - t0)
+            nursery.start_soon(one)
+            await trio.sleep(0.3)
+            assert inner.stats.get("s3_hedged") == 0, "hedged before anyone waited"
+            store.hurry("k", 0, 100_000)
+            store.hurry("k", 0, 50)                      # no such GET in flight: nothing
+    trio.run(main)
+    assert took and took[0] < 1.0, took
+    stats = inner.stats
+    assert (stats.get("s3_hedge_hurried"), stats.get("s3_hedged_urgent"), stats.get("s3_hedge_wins")) == (1, 1, 1)
+    assert inner.calls == 2
