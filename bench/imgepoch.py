@@ -1,6 +1,7 @@
 """Cold image-folder epoch 1 alone, through cachefs over Ceph RGW, in seconds per try (issue 17).
 
-    python -m bench.imgepoch [--runs 3] [--images 512] [--baseline TREE] [--timeline] [--probe] [--latency-ms MS]
+    python -m bench.imgepoch [--runs 3] [--images 512] [--baseline TREE [--baseline-options "OPTS"]] [--timeline]
+                             [--probe] [--latency-ms MS]
                              [--hint [--hint-sorted]] [--manifest]
                              [-- extra cachefs options]
 
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import os
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
@@ -181,6 +183,9 @@ def main() -> int:
                    help="class directories (1000: the loader matrix's imagenet shape, with --images 3000)")
     p.add_argument("--workers", type=int, default=dataset.SCALES["short"].loader_workers)
     p.add_argument("--baseline", help="another cachefs checkout, mounted in the same runs")
+    p.add_argument("--baseline-options", default="",
+                   help="mount options for the baseline only, e.g. \"--cache mem:2GiB\" (the same tree as "
+                        "--baseline: the cost of one option side by side)")
     p.add_argument("--timeline", action="store_true")
     p.add_argument("--latency-ms", type=float, default=0, help="a delaying proxy in front (bench/proxy.py)")
     p.add_argument("--straggler-p", type=float, default=0.0,
@@ -234,7 +239,7 @@ def main() -> int:
             if args.hint:
                 systems.append(Cachefs.from_tree(args.baseline, "base+hint", scratch, ep, BUCKET, local))
             for s in systems[-1 - args.hint:]:
-                s.extra_args = tuple(args.extra)
+                s.extra_args = (*args.extra, *shlex.split(args.baseline_options))
         rates: dict[str, list] = {s.name: [] for s in systems}
         util.settle()
         for run in range(args.runs):

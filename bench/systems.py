@@ -203,10 +203,12 @@ class Cachefs(System):
         return variant(*args)
 
     def _mount(self) -> None:
+        # a variant that names its own tiers (--cache) sizes them itself
+        size = () if "--cache" in self.extra_args else ("--cache-size", "20GiB")
         self._daemonize([sys.executable, "-m", "cachefs", "mount", f"s3://{self.bucket}", self.mountpoint,
                          "--endpoint-url", self.endpoint.url, "--region", "us-east-1",
                          "--addressing-style", "path", "--cache-dir", self.cache_dir,
-                         "--cache-size", "20GiB", "--log-file", self.log_path,
+                         *size, "--log-file", self.log_path,
                          *(["--read-only"] if self.read_only else []), *self.extra_args],
                         self.endpoint.env())
 
