@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio.lowlevel import ParkingLot
@@ -248,9 +248,12 @@ class DirectoryPrefetch:
 
     def _cache_room(self) -> int:
         """Bytes the disk tiers take before reaching their high watermarks (0 if unknown), less what
-        waits in the disk writer's queue for them."""
-        room = sum(max(0, t.high_bytes - t.used) for t in getattr(self.cache, "disk_tiers", ()))
-        return max(0, room - getattr(self.cache, "queued_bytes", 0))
+        waits in the disk writer's queue for them; on a mount without disk, the memory tiers' (as
+        the order prefetch's window: with the disk tiers alone a memory-only mount never prefetched)."""
+        cache: Any = self.cache
+        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
+        room = sum(max(0, t.high_bytes - t.used) for t in tiers)
+        return max(0, room - getattr(cache, "queued_bytes", 0))
 
 
 class GetBudget:
