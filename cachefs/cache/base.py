@@ -69,6 +69,15 @@ class BlockCache(abc.ABC):
         leave memory, before blocks still ahead of the reader; disk copies keep their place. Safe on
         the trio thread."""
 
+    def ahead_capacity(self) -> int:
+        """What it holds below its high watermarks: the bound of what prefetching fetches ahead
+        (0: unknown)."""
+        return 0
+
+    def ahead_room(self) -> int:
+        """What it takes before its high watermarks, less what waits to be written (0: unknown)."""
+        return 0
+
     @property
     @abc.abstractmethod
     def used_bytes(self) -> int:

@@ -86,6 +86,18 @@ class TieredCache(BlockCache):
     def mem_tiers(self) -> list[MemoryTier]:
         return self._mem
 
+    def _ahead_tiers(self) -> Sequence[Tier]:
+        """The tiers that bound prefetching: the disk tiers (memory holds copies of their blocks),
+        or the memory tiers of a mount without disk (with the disk tiers alone such a mount never
+        prefetched a directory)."""
+        return self._disk or self._mem
+
+    def ahead_capacity(self) -> int:
+        return sum(t.high_bytes for t in self._ahead_tiers())
+
+    def ahead_room(self) -> int:
+        return sum(max(0, t.high_bytes - t.used) for t in self._ahead_tiers()) - self.queued_bytes
+
     # -- start-up ---------------------------------------------------------------------------
     def load(self) -> None:
         """Take the block index from LMDB, then repair it against the files (before serving)."""

@@ -206,11 +206,9 @@ class OrderPrefetcher:
             order.changed()
 
     def _capacity(self) -> int:
-        """What the cache holds below its high watermarks: the disk tiers (memory holds copies of
-        their blocks), or the memory tiers of a mount without disk."""
-        cache: Any = self.reader.cache
-        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
-        return sum(t.high_bytes for t in tiers)
+        """What the cache holds below its high watermarks (BlockCache.ahead_capacity)."""
+        capacity: int = self.reader.cache.ahead_capacity()
+        return capacity
 
     def _admits(self, size: int) -> bool:
         """Under scan-resistant a tier at its high watermark admits nothing: fetching then would only
@@ -218,8 +216,7 @@ class OrderPrefetcher:
         cache: Any = self.reader.cache
         if getattr(cache, "policy", "lru") != "scan-resistant":
             return True
-        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
-        room = sum(max(0, t.high_bytes - t.used) for t in tiers) - getattr(cache, "queued_bytes", 0)
+        room: int = cache.ahead_room()
         return room - self._inflight_bytes >= size
 
     # -- the reader's progress ------------------------------------------------------------------------

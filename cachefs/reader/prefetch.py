@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import ParkingLot
@@ -247,13 +247,9 @@ class DirectoryPrefetch:
         self._dir_charged = blocks
 
     def _cache_room(self) -> int:
-        """Bytes the disk tiers take before reaching their high watermarks (0 if unknown), less what
-        waits in the disk writer's queue for them; on a mount without disk, the memory tiers' (as
-        the order prefetch's window: with the disk tiers alone a memory-only mount never prefetched)."""
-        cache: Any = self.cache
-        tiers: Any = getattr(cache, "disk_tiers", None) or getattr(cache, "mem_tiers", ())
-        room = sum(max(0, t.high_bytes - t.used) for t in tiers)
-        return max(0, room - getattr(cache, "queued_bytes", 0))
+        """What the cache takes before its high watermarks, less its disk writer's queue
+        (BlockCache.ahead_room)."""
+        return max(0, self.cache.ahead_room())
 
 
 class GetBudget:

@@ -114,7 +114,7 @@ class _Race:
                  "second_done", "started", "urgent")
 
     def __init__(self, due: float, wait: float, request: tuple[str, int, int, str | None],
-                 started: float = 0.0) -> None:
+                 started: float) -> None:
         self.started = started
         self.urgent = False              # a reader waits for it
         self.due = due
