@@ -127,6 +127,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_size", _size_min(16 * MiB), "size of the default disk tier in CACHE_DIR (without --cache)"),
     Option("eviction_policy", _choice(*EVICTION_POLICIES), "lru, or scan-resistant for cyclic epochs"),
     Option("promotion", parse_promotion, "move a block hit in a slower tier up: never, on-hit, after:N"),
+    Option("pack_small_blocks", _bool, "store blocks shorter than --block-size in a disk tier's pack files, "
+           "not a file each"),
     Option("stale_after", parse_seconds, "scan-resistant policy: seconds unused before a block may be evicted"),
     Option("block_size", _size_min(64 * KiB), "cache block size = ranged GET size"),
     Option("read_ahead", _size_min(0), "largest read-ahead window of a sequential reader (0: off)"),
@@ -240,6 +242,9 @@ class Config:
     eviction_policy: str = "scan-resistant"
     promotion: int = 0                    # 0 = never: no moving blocks between tiers on every read
     stale_after: float = 3600.0
+    # A file per small block cost the kernel more than anything else per image of a cold epoch
+    # (cache/packs.py); appended to a pack it is one pwrite.
+    pack_small_blocks: bool = True
     # 4 MiB: large enough that one GET per block amortises S3's ~10-50 ms first-byte latency,
     # small enough that a random 110 KB sample does not drag in much extra.
     block_size: int = 4 * MiB

@@ -15,6 +15,11 @@ The single import point for the rest of cachefs:
     write_block(path, data, direct)  create a block file (O_EXCL) of data in one write, checksum
                                  included, GIL released; (bytes written, in place); file removed
                                  on failure. The fallback writes buffered whatever `direct` says
+    append_block(fd, off, data, key, direct)  a pack record (cache/packs.py) written at `off` of an
+                                 open pack file in one pwrite, zero-padded to ALIGN; as write_block
+    read_packed(path, off, n, key, verify)  a pack record's payload, or None unless its magic,
+                                 length, key and (with verify) xxh3-64 are the ones asked for
+    punch_hole(path, off, n)     give that range of a file back to the filesystem (its size kept)
     set_pool(chunk, keep, fill)  recycle block-sized allocations (C only): at most `keep` free chunks,
                                  with `fill` mapped and touched now
     pool_stats()                 {chunk, keep, free, mapped, reused} of that recycling
@@ -39,6 +44,10 @@ import xxhash
 HEADER = struct.Struct(">8sQQQ")
 MAGIC = b"CFSBLK01"
 ALIGN = 4096
+# A pack record (cache/packs.py): magic, u32 payload length, u64 xxh3-64 of the payload, the 16-byte
+# block key; the payload; zeros up to the next ALIGN.
+PACK_HEADER = struct.Struct(">4sIQ16s")
+PACK_MAGIC = b"CFP1"
 
 
 def whole_size(size: int, length: int) -> bool:
@@ -96,6 +105,54 @@ def py_write_block(path: str, data, direct: bool = False) -> tuple[int, bool]:
     return written, False
 
 
+def record_size(length: int) -> int:
+    """Bytes a pack record of a `length`-byte payload takes in its pack: header and payload, padded."""
+    return -(-(HEADER.size + length) // ALIGN) * ALIGN
+
+
+def py_append_block(fd: int, offset: int, data, key: bytes, direct: bool = False) -> tuple[int, bool]:
+    """append_block without the C extension (the pack is never O_DIRECT then: packs.py)."""
+    if len(key) != 16:
+        raise ValueError("the block key must be 16 bytes")
+    if offset % ALIGN:
+        raise ValueError("append_block: offset must be a multiple of 4096")
+    header = PACK_HEADER.pack(PACK_MAGIC, len(data), xxhash.xxh3_64_intdigest(data), key)
+    pad = bytes(record_size(len(data)) - HEADER.size - len(data))
+    written = os.pwritev(fd, [header, data, pad], offset)
+    return min(written, HEADER.size + len(data)), False
+
+
+def py_read_packed(path: str, offset: int, length: int, key: bytes, verify: bool = True) -> memoryview | None:
+    if len(key) != 16:
+        raise ValueError("the block key must be 16 bytes")
+    if offset < 0 or length < 0:
+        raise ValueError("read_packed: offset and length must be >= 0")
+    with open(path, "rb", buffering=0) as f:
+        raw = os.pread(f.fileno(), HEADER.size + length, offset)
+    if len(raw) != HEADER.size + length:
+        return None
+    magic, got_length, checksum, got_key = PACK_HEADER.unpack_from(raw)
+    payload = memoryview(raw)[HEADER.size:]
+    if magic != PACK_MAGIC or got_length != length or got_key != key:
+        return None
+    if verify and xxhash.xxh3_64_intdigest(payload) != checksum:
+        return None
+    return payload
+
+
+def py_punch_hole(path: str, offset: int, length: int) -> None:
+    import ctypes  # only without the C extension
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        if libc.fallocate(fd, 3, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
 def _load_native():
     if os.environ.get("CACHEFS_NO_NATIVE", "") not in ("", "0"):
         return None
@@ -111,6 +168,9 @@ ACTIVE = "python" if _native is None else "native"
 read_block = py_read_block if _native is None else _native.read_block
 read_ranges = py_read_ranges if _native is None else _native.read_ranges
 write_block = py_write_block if _native is None else _native.write_block
+append_block = py_append_block if _native is None else _native.append_block
+read_packed = py_read_packed if _native is None else _native.read_packed
+punch_hole = py_punch_hole if _native is None else _native.punch_hole
 
 
 def buffer(n: int, headroom: int = 0):

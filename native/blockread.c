@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,13 +535,13 @@ static PyObject *buffer(PyObject *Py_UNUSED(module), PyObject *args)
     return (PyObject *)new_buffer(base, base + headroom, len, cap, alloc, 1);
 }
 
-/* write(2) until all of it is written or an error; returns the bytes written, or -1 (errno) when
- * nothing was. Called without the GIL. */
-static ssize_t write_full(int fd, const char *p, size_t len)
+/* write(2) (pwrite(2) at `off` when off >= 0) until all of it is written or an error; returns the
+ * bytes written, or -1 (errno) when nothing was. Called without the GIL. */
+static ssize_t write_full(int fd, off_t off, const char *p, size_t len)
 {
     size_t done = 0;
     while (done < len) {
-        ssize_t n = write(fd, p + done, len - done);
+        ssize_t n = off < 0 ? write(fd, p + done, len - done) : pwrite(fd, p + done, len - done, off + (off_t)done);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -582,7 +583,7 @@ static PyObject *write_framed(PyObject *Py_UNUSED(module), PyObject *args)
     ssize_t n;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    n = write_full(fd, b->base, padded);
+    n = write_full(fd, -1, b->base, padded);
     err = errno;
     Py_END_ALLOW_THREADS
     if (n < 0) {
@@ -639,6 +640,59 @@ static Buffer *framable(PyObject *obj, Py_buffer *view, size_t padded)
     return b;
 }
 
+/* Header + payload written with one write at `off` (pwrite; the file position when off < 0), without
+ * the GIL. `aligned`: from page-aligned memory, zero-padded to ALIGN (O_DIRECT wants it; a pack
+ * record is always padded): the payload's own chunk when `inplace`, else a copy; otherwise header
+ * and payload as two iovecs. Returns the bytes written (padding included) or -1 (errno). */
+static ssize_t write_record(int fd, off_t off, const unsigned char *head, const char *payload, size_t len,
+                            Buffer *inplace, int aligned)
+{
+    size_t total = len + HEADER_SIZE, padded = (total + ALIGN - 1) / ALIGN * ALIGN;
+    if (!aligned) {
+        struct iovec iov[2] = {{(void *)head, HEADER_SIZE}, {(void *)payload, len}};
+        if (off < 0)
+            return writev_full(fd, iov, 2);
+        ssize_t n;
+        do
+            n = pwritev(fd, iov, 2, off);
+        while (n < 0 && errno == EINTR);
+        return n;                        /* a short count: the caller sees fewer bytes than asked */
+    }
+    char *src = inplace != NULL ? inplace->base : NULL;
+    void *copy = NULL;
+    if (src == NULL) {
+        if (posix_memalign(&copy, ALIGN, padded) != 0) {
+            errno = ENOMEM;
+            return -1;
+        }
+        src = copy;
+        memcpy(src + HEADER_SIZE, payload, len);
+    }
+    memcpy(src, head, HEADER_SIZE);
+    memset(src + total, 0, padded - total);
+    ssize_t n = write_full(fd, off, src, padded);
+    int saved = errno;
+    free(copy);
+    errno = saved;
+    return n;
+}
+
+static void make_header(unsigned char *head, const char *magic, const void *payload, size_t len, uint64_t tag)
+{
+    memcpy(head, magic, 8);
+    put_be64(head + 8, len);
+    put_be64(head + 16, XXH3_64bits(payload, len));
+    put_be64(head + 24, tag);
+}
+
+/* (written, in place) as write_block and append_block return it: header + payload bytes, the
+ * padding not counted. */
+static PyObject *written_result(ssize_t n, size_t total, Buffer *inplace)
+{
+    return Py_BuildValue("nO", (Py_ssize_t)((size_t)n < total ? (size_t)n : total),
+                         inplace != NULL ? Py_True : Py_False);
+}
+
 /* Create `path` (O_EXCL) holding the block file of `data`, with the GIL released throughout: the
  * payload's xxh3, the header, one write, close. With O_DIRECT the write is padded with zeros to
  * ALIGN and the file keeps that length (readers accept it: whole_size), sparing an ftruncate; the
@@ -667,34 +721,13 @@ static PyObject *write_block(PyObject *Py_UNUSED(module), PyObject *args)
     ssize_t n = -1;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    memcpy(head, MAGIC, sizeof MAGIC);
-    put_be64(head + 8, len);
-    put_be64(head + 16, XXH3_64bits(view.buf, len));
-    put_be64(head + 24, 0);
+    make_header(head, MAGIC, view.buf, len, 0);
     int fd;
     do
         fd = open(cpath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0), 0600);
     while (fd < 0 && errno == EINTR);
     if (fd >= 0) {
-        if (!direct) {
-            struct iovec iov[2] = {{head, HEADER_SIZE}, {view.buf, len}};
-            n = writev_full(fd, iov, 2);
-        } else {
-            char *src = inplace != NULL ? inplace->base : NULL;
-            void *copy = NULL;
-            if (src == NULL && posix_memalign(&copy, ALIGN, padded) == 0) {
-                src = copy;
-                memcpy(src + HEADER_SIZE, view.buf, len);
-            }
-            if (src == NULL) {
-                errno = ENOMEM;
-            } else {
-                memcpy(src, head, HEADER_SIZE);
-                memset(src + total, 0, padded - total);
-                n = write_full(fd, src, padded);
-            }
-            free(copy);
-        }
+        n = write_record(fd, -1, head, view.buf, len, inplace, direct);
         err = n < 0 ? errno : 0;
         close(fd);
         if (n < 0 || (size_t)n < total)
@@ -704,14 +737,187 @@ static PyObject *write_block(PyObject *Py_UNUSED(module), PyObject *args)
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *result = NULL;
-    if (n < 0)
-        set_errno(err, path);
-    else
-        result = Py_BuildValue("nO", (Py_ssize_t)((size_t)n < total ? (size_t)n : total),
-                               inplace != NULL ? Py_True : Py_False);
+    PyObject *result = n < 0 ? set_errno(err, path) : written_result(n, total, inplace);
     Py_DECREF(fspath);
     return result;
+}
+
+/* ---- pack files (cachefs/cache/packs.py) ---------------------------------------------------- */
+
+/* A pack record's header (the same 32 bytes as a block file's, other fields): magic "CFP1", u32
+ * payload length, u64 xxh3-64 of the payload, the 16-byte block key: a pack can be read back
+ * without its index (cache/packs.py). */
+static const char PACK_MAGIC[4] = {'C', 'F', 'P', '1'};
+#define KEY_SIZE 16
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int parse_key(Py_buffer *key)
+{
+    if (key->len == KEY_SIZE)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "the block key must be 16 bytes");
+    PyBuffer_Release(key);
+    return 0;
+}
+
+/* One record appended to an open pack file at `offset` (ALIGN-aligned): header and payload,
+ * zero-padded to ALIGN, in one pwrite from aligned memory (the payload's own chunk when it has
+ * header room), the GIL released. */
+static PyObject *append_block(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int fd, direct;
+    long long offset;
+    Py_buffer key;
+    PyObject *obj;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "iLOy*p:append_block", &fd, &offset, &obj, &key, &direct))
+        return NULL;
+    if (!parse_key(&key))
+        return NULL;
+    unsigned char head[HEADER_SIZE];
+    memcpy(head + 16, key.buf, KEY_SIZE);
+    PyBuffer_Release(&key);
+    if (offset < 0 || offset % ALIGN != 0) {
+        PyErr_SetString(PyExc_ValueError, "append_block: offset must be a multiple of 4096");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t len = (size_t)view.len, total = len + HEADER_SIZE;
+    size_t padded = (total + ALIGN - 1) / ALIGN * ALIGN;
+    if (len > UINT32_MAX) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "append_block: a packed block is smaller than 4 GiB");
+        return NULL;
+    }
+    Buffer *inplace = direct ? framable(obj, &view, padded) : NULL;
+    ssize_t n;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(head, PACK_MAGIC, sizeof PACK_MAGIC);
+    put_be32(head + 4, (uint32_t)len);
+    put_be64(head + 8, XXH3_64bits(view.buf, len));
+    n = write_record(fd, (off_t)offset, head, view.buf, len, inplace, 1);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (n < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return written_result(n, total, inplace);
+}
+
+/* A pack record's payload into memory of its own (a recycled chunk when block-sized): BLOCK_BAD
+ * unless the whole record is there with the magic, length, key and (verify) checksum asked for. */
+static int load_record(const char *path, off_t off, size_t len, const char *key, int verify, char **out,
+                       size_t *outcap)
+{
+    unsigned char head[HEADER_SIZE];
+    size_t cap = 0;
+    char *base = mem_get(len, &cap);
+    if (base == NULL) {
+        errno = ENOMEM;
+        return BLOCK_ERRNO;
+    }
+    int rc = BLOCK_ERRNO, fd = open_ro(path);
+    ssize_t n = -1;
+    if (fd >= 0) {
+        struct iovec iov[2] = {{head, HEADER_SIZE}, {base, len}};
+        n = preadv_full(fd, iov, 2, off);
+        int saved = errno;
+        close(fd);
+        errno = saved;
+    }
+    if (n >= 0) {
+        rc = BLOCK_BAD;
+        if ((size_t)n == len + HEADER_SIZE && memcmp(head, PACK_MAGIC, sizeof PACK_MAGIC) == 0
+                && be32(head + 4) == len && memcmp(head + 16, key, KEY_SIZE) == 0
+                && (!verify || XXH3_64bits(base, len) == be64(head + 8))) {
+            *out = base;
+            *outcap = cap;
+            return BLOCK_OK;
+        }
+    }
+    int saved = errno;
+    mem_put(base, cap);
+    errno = saved;
+    return rc;
+}
+
+static PyObject *read_packed(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "offset", "length", "key", "verify", NULL};
+    PyObject *path, *fspath;
+    long long offset;
+    Py_ssize_t length;
+    Py_buffer key;
+    char ckey[KEY_SIZE];
+    int verify = 1, rc, err;
+    char *base = NULL;
+    size_t cap = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLny*|p:read_packed", kwlist, &path, &offset, &length, &key,
+                                     &verify))
+        return NULL;
+    if (!parse_key(&key))
+        return NULL;
+    memcpy(ckey, key.buf, KEY_SIZE);
+    PyBuffer_Release(&key);
+    if (offset < 0 || length < 0) {
+        PyErr_SetString(PyExc_ValueError, "read_packed: offset and length must be >= 0");
+        return NULL;
+    }
+    if (!PyUnicode_FSConverter(path, &fspath))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = load_record(PyBytes_AS_STRING(fspath), (off_t)offset, (size_t)length, ckey, verify, &base, &cap);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    Py_DECREF(fspath);
+    if (rc == BLOCK_BAD)
+        Py_RETURN_NONE;
+    if (rc == BLOCK_ERRNO)
+        return set_errno(err, path);
+    return wrap(base, base, length, cap, (size_t)length);
+}
+
+/* Give a removed record's space back to the filesystem (a hole; the file keeps its size). */
+static PyObject *punch_hole(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *path, *fspath;
+    long long offset, length;
+    if (!PyArg_ParseTuple(args, "OLL:punch_hole", &path, &offset, &length))
+        return NULL;
+    if (!PyUnicode_FSConverter(path, &fspath))
+        return NULL;
+    int rc = -1, err;
+    Py_BEGIN_ALLOW_THREADS
+    int fd;
+    do
+        fd = open(PyBytes_AS_STRING(fspath), O_WRONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd >= 0) {
+        rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+        int saved = errno;
+        close(fd);
+        errno = saved;
+    }
+    err = errno;
+    Py_END_ALLOW_THREADS
+    Py_DECREF(fspath);
+    if (rc < 0)
+        return set_errno(err, path);
+    Py_RETURN_NONE;
 }
 
 static PyObject *set_pool(PyObject *Py_UNUSED(module), PyObject *args)
@@ -790,6 +996,17 @@ static PyMethodDef methods[] = {
      "the GIL released; direct: O_DIRECT, zero-padded to 4096 (the file keeps that length). Returns\n"
      "(header + payload bytes written, written from the buffer's own headroom); on a short write\n"
      "or an error the file is removed."},
+    {"append_block", append_block, METH_VARARGS,
+     "append_block(fd, offset, data, key, direct) -> (int, bool)\n\n"
+     "Write a pack record (magic CFP1, u32 length, xxh3, 16-byte key; payload; zeros to 4096) at offset of\n"
+     "an open pack file in one pwrite, the GIL released. Returns (header + payload bytes written,\n"
+     "written from the buffer's own headroom)."},
+    {"read_packed", (PyCFunction)(void (*)(void))read_packed, METH_VARARGS | METH_KEYWORDS,
+     "read_packed(path, offset, length, key, verify=True) -> memoryview | None\n\n"
+     "The payload of the pack record at offset, or None unless magic, length, key and (with verify)\n"
+     "xxh3 are the ones asked for."},
+    {"punch_hole", punch_hole, METH_VARARGS,
+     "punch_hole(path, offset, length) -> None\n\nDeallocate that range of the file (its size kept)."},
     {"set_pool", set_pool, METH_VARARGS,
      "set_pool(chunk, keep) -> None\n\n"
      "Recycle allocations of more than chunk/2 and at most chunk bytes; keep at most `keep` free."},

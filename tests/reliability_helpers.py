@@ -120,12 +120,14 @@ def crash_writer_bytes(seed: str, name: str, length: int) -> bytes:
 
 @dataclass
 class CacheState:
-    """What a cache directory holds: block files (key -> payload verified?), stray files, the LMDB
-    block index (key -> (size, stored at, dir id)), pending-upload records and staging file names."""
+    """What a cache directory holds: blocks (key -> payload verified?: every block file, and the pack
+    records the index names; a pack record no index names cannot be told, and is lost at a restart by
+    design, cache/packs.py), stray files, the LMDB block index (key -> (size, stored at, dir id[, pack,
+    offset])), pending-upload records and staging file names."""
     files: dict[bytes, bool]
     file_sizes: dict[bytes, int]
     strays: list[str]
-    index: dict[bytes, tuple[int, float, int]]
+    index: dict[bytes, tuple]
     pending: dict[int, dict]
     staging: set[int]
 
@@ -146,11 +148,14 @@ def cache_state(block_dir: Path, meta_dir: Path, staging_dir: Path) -> CacheStat
 
     from cachefs import native
     from cachefs.cache.disk import HEADER, LAYOUT_DIR
-    from cachefs.meta.schema import BLOCK, DATABASES, unpack_u64
+    from cachefs.cache.packs import PACK_DIR, Packs
+    from cachefs.meta.schema import BLOCK, DATABASES, PACKED, unpack_u64
 
     files, sizes, strays = {}, {}, []
     root = Path(block_dir) / LAYOUT_DIR
     for sub in sorted(root.iterdir()):
+        if sub.name == PACK_DIR:
+            continue
         for f in sub.iterdir():
             try:
                 key = bytes.fromhex(f.name) if len(f.name) == 32 else None
@@ -169,10 +174,21 @@ def cache_state(block_dir: Path, meta_dir: Path, staging_dir: Path) -> CacheStat
     env = lmdb.open(str(meta_dir), readonly=True, max_dbs=len(DATABASES), subdir=True)
     try:
         blocks, pend = env.open_db(b"blocks", create=False), env.open_db(b"pending", create=False)
+        packed = env.open_db(b"packed", create=False)
         with env.begin() as txn:
             index = {bytes(k): BLOCK.unpack(bytes(v)) for k, v in txn.cursor(db=blocks)}
+            in_packs = {bytes(k): PACKED.unpack(bytes(v)) for k, v in txn.cursor(db=packed)}
             pending = {unpack_u64(bytes(k)): json.loads(bytes(v)) for k, v in txn.cursor(db=pend)}
     finally:
         env.close()
+    packs = Packs(str(root))
+    for pack in packs.numbers():                       # every record, indexed or not, like the files
+        for key, offset, length in packs.records(pack):
+            if key in in_packs and in_packs[key][3:] != (pack, offset):
+                continue                               # an older copy of the block, punched at start-up
+            payload = native.read_packed(packs.path(pack), offset, length, key)
+            files[key] = payload is not None
+            sizes[key] = HEADER.size + length
+    index.update(in_packs)
     staging = {int(n) for n in os.listdir(staging_dir) if n.isdigit()} if os.path.isdir(staging_dir) else set()
     return CacheState(files, sizes, strays, index, pending, staging)

@@ -60,3 +60,35 @@ def test_damaged_cache_blocks_are_refetched_not_served(mounter, make_bucket, req
     got = read_all(m / "f")
     assert got == data, first_difference(got, data)
     assert any(r.is_object_get for r in request_log.since(mark, name)), "damaged blocks were not fetched again"
+
+
+SMALL_FILES = {f"img/{i:03d}.jpg": object_bytes(f"packed{i}", 3000 + 997 * i) for i in range(40)}
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "a-file-each"])
+def test_small_blocks_are_packed_and_read_again_after_a_restart(mounter, make_bucket, tmp_path, packed):
+    """cache/packs.py: a block shorter than the block size is a record in a pack file (a full-sized
+    block stays a file of its own); after a restart every one is read from there, no GET."""
+    big = object_bytes("packed-big", 2 * MiB + 5000)          # two full blocks and a tail
+    name = make_bucket("packs", {**SMALL_FILES, "big.bin": big})
+    ssd = tmp_path / "ssd"
+    args = ("--cache", f"ssd:{ssd}:64MiB", "--hedging", "false", "--pack-small-blocks", str(packed).lower())
+    m = mounter.mount(name, *args, block_size="1MiB")
+    for k, v in SMALL_FILES.items():
+        assert read_all(m / k) == v, k
+    assert read_all(m / "big.bin") == big
+    mounter.umount(m)                                          # the index flushed
+    files = [p for p in (ssd / "blocks" / "v1").glob("??/*")]
+    packs = list((ssd / "blocks" / "v1" / "packs").iterdir())
+    if packed:
+        assert len(files) == 2 and len(packs) == 1, (files, packs)
+        raw = packs[0].read_bytes()
+        assert sum(1 for i in range(0, len(raw), 4096) if raw[i:i + 4] == b"CFP1") == len(SMALL_FILES) + 1
+    else:
+        assert len(files) == len(SMALL_FILES) + 3 and packs == [], (len(files), packs)
+    m = mounter.remount(m)
+    for k, v in SMALL_FILES.items():
+        assert read_all(m / k) == v, k
+    assert read_all(m / "big.bin") == big
+    s = m.stats()
+    assert s["s3_get"] == 0 and s["cache_corrupt"] == 0, s

@@ -115,15 +115,18 @@ def test_a_corrupt_piece_is_fetched_again(mounter, rand_bucket, tmp_path):
     data = DATA["rand.bin"]
     off = 9 * MiB + 5 * PIECE
     assert _random_preads(m / "rand.bin", [(20 * MiB, 1), (off, PIECE)])[1] == data[off:off + PIECE]
-    def block_files() -> list[Path]:
-        return sorted(p for p in (ssd / "blocks" / "v1").glob("??/*") if len(p.name) == 32)
-    assert wait_until(lambda: len(block_files()) == 2, 10), block_files()    # two pieces, no block
-    files = block_files()
-    piece = next(p for p in files if p.stat().st_size - HEADER >= PIECE and
-                 p.read_bytes()[HEADER:HEADER + 64] == data[off:off + 64])
-    raw = bytearray(piece.read_bytes())
-    raw[HEADER + 1000] ^= 0x5A
-    piece.write_bytes(bytes(raw))
+    packs = ssd / "blocks" / "v1" / "packs"
+    def records() -> list[int]:
+        """Offsets of the pieces' records in their pack (pieces are shorter than a block: packed)."""
+        raw = b"".join(p.read_bytes() for p in sorted(packs.iterdir()))
+        return [i for i in range(0, len(raw), 4096) if raw[i:i + 4] == b"CFP1"]
+    assert wait_until(lambda: len(records()) == 2, 10), records()    # two pieces, no block
+    assert not list((ssd / "blocks" / "v1").glob("??/*"))
+    (pack,) = sorted(packs.iterdir())
+    raw = bytearray(pack.read_bytes())
+    at = next(i for i in records() if raw[i + HEADER:i + HEADER + 64] == data[off:off + 64])
+    raw[at + HEADER + 1000] ^= 0x5A
+    pack.write_bytes(bytes(raw))
     _drop_pages(m / "rand.bin")
     before = m.stats()
     assert _random_preads(m / "rand.bin", [(20 * MiB, 1), (off, PIECE)])[1] == data[off:off + PIECE]

@@ -15,8 +15,9 @@ import abc
 from collections.abc import Iterable
 from typing import Protocol
 
-# One indexed block: (key, size, time stored, disk directory id).
-IndexEntry = tuple[bytes, int, float, int]
+# One indexed block: (key, size, time stored, disk directory id, pack number (-1: a file of its
+# own), offset in the pack).
+IndexEntry = tuple[bytes, int, float, int, int, int]
 
 
 class BlockIndex(Protocol):

@@ -1,5 +1,9 @@
 """Disk tiers: blocks as files in one or more directories sharing one quota, with health checks.
 
+A block smaller than the mount's block size (a small file, a file's tail, a random-read piece) is
+appended to a pack file instead (cache/packs.py: one pwrite, no file created); a full-sized block
+is a file of its own, as below.
+
 Block file format (layout v1, under DIR/blocks/v1/XX/<32 hex>), shared with native/blockread.c:
     32-byte header: magic b"CFSBLK01", u64 payload length, u64 xxh3-64 of the payload, u64 zero
     payload, then zeros up to the next multiple of 4096 (O_DIRECT writes) or nothing (buffered)
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -32,6 +37,7 @@ from collections.abc import Callable
 import xxhash
 
 from cachefs import native
+from cachefs.cache.packs import Packs
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tier import Slot, Tier
 from cachefs.errors import UserError
@@ -71,6 +77,7 @@ class DiskDir:
         self._space_checked = 0.0
         self._space_ok = True
         self._lock_fd: int | None = None
+        self.packs = Packs(self.root)
 
     def open(self) -> None:
         """Create and lock the directory (start-up: a failure here is the user's to fix)."""
@@ -78,6 +85,7 @@ class DiskDir:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
             self._make_subdirs()
+            self.packs.open()
             # O_RDONLY: the lock does not keep the file system from being remounted read-only
             fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o600)
         except OSError as e:
@@ -90,6 +98,7 @@ class DiskDir:
         self._lock_fd = fd
 
     def close(self) -> None:
+        self.packs.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -102,6 +111,7 @@ class DiskDir:
                 os.chmod(d, 0o700)
         for i in range(256):
             os.makedirs(os.path.join(self.root, f"{i:02x}"), mode=0o700, exist_ok=True)
+        os.makedirs(self.packs.dir, mode=0o700, exist_ok=True)
 
     def block_path(self, key: bytes) -> str:
         h = key.hex()
@@ -138,6 +148,7 @@ class DiskDir:
             log.warning("cache directory %s failed (%s): skipping it until it recovers",
                         self.path, err.strerror or err)
         self.healthy = False
+        self.packs.give_up()
         self.next_probe = time.monotonic() + PROBE_INTERVAL_S
 
     def probe(self) -> bool:
@@ -165,10 +176,11 @@ class DiskDir:
 
 
 class DiskTier(Tier):
-    def __init__(self, spec: TierSpec, stats: Stats, dirs: list[DiskDir] | None = None) -> None:
+    def __init__(self, spec: TierSpec, stats: Stats, dirs: list[DiskDir] | None = None, pack_below: int = 0) -> None:
         super().__init__(spec, stats)
         self.dirs = dirs or [DiskDir(d, spec.min_free, spec.min_free_inodes) for d in spec.dirs]
-        self._pending_add: dict[bytes, tuple[int, float, int]] = {}
+        self.pack_below = pack_below     # payloads shorter than this go to pack files; 0: none do
+        self._pending_add: dict[bytes, tuple[int, float, int, int, int]] = {}
         self._pending_del: set[bytes] = set()
         self._index_lock = threading.Lock()
 
@@ -211,15 +223,24 @@ class DiskTier(Tier):
         return None
 
     def path_of(self, key: bytes) -> str | None:
+        """The block's file, or its pack's (Slot.offset says where in it)."""
         slot = self._slots.get(key)
-        return self.dirs[slot.where].block_path(key) if slot is not None else None
+        if slot is None:
+            return None
+        d = self.dirs[slot.where]
+        return d.packs.path(slot.pack) if slot.pack >= 0 else d.block_path(key)
 
     def _read(self, key: bytes, slot: Slot) -> memoryview | None:
         d = self.dirs[slot.where]
         if not d.healthy:
             return None
         try:
-            data = native.read_block(d.block_path(key))
+            if slot.pack >= 0:
+                data = d.packs.read(key, slot.pack, slot.offset, slot.size - HEADER.size)
+                if data is None and self._slots.get(key) is not slot:
+                    return None          # removed while being read (its hole punched): a miss
+            else:
+                data = native.read_block(d.block_path(key))
         except FileNotFoundError:
             self._lost(key)
             return None
@@ -240,10 +261,12 @@ class DiskTier(Tier):
 
     def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
         d = self.dirs[slot.where]
-        path = d.block_path(key)
         expected = HEADER.size + len(data)
         try:
-            written = self._write_file(d, path, data)
+            if len(data) < self.pack_below:
+                written = self._append(d, key, data, slot)
+            else:
+                written = self._write_file(d, d.block_path(key), data)
             if written != expected:   # a full filesystem may write short, no error (the file is gone)
                 raise OSError(errno.ENOSPC, f"short write ({written} of {expected} bytes)")
             return True
@@ -254,6 +277,26 @@ class DiskTier(Tier):
             else:
                 d.mark_down(e)
             return False
+
+    def _append(self, d: DiskDir, key: bytes, data: bytes | memoryview, slot: Slot) -> int:
+        """The block as a record of the directory's current pack (Slot.pack, Slot.offset set);
+        O_DIRECT as _write_file decides it."""
+        for _ in range(2):
+            try:
+                slot.pack, slot.offset, written, in_place = d.packs.append(key, data, d.direct)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not d.direct:
+                    raise
+                self._no_direct(d, e)
+                continue
+            if in_place:
+                self.stats.add("cache_writes_in_place")
+            return written
+        raise OSError(errno.EINVAL, "pack write refused")     # not reached: buffered never says EINVAL twice
+
+    def _no_direct(self, d: DiskDir, e: OSError) -> None:
+        log.info("cache directory %s does not take O_DIRECT writes (%s): writing through the page cache", d.path, e)
+        d.direct = False
 
     def _write_file(self, d: DiskDir, path: str, data: bytes | memoryview) -> int:
         """native.write_block, O_DIRECT where the directory's filesystem takes it (EINVAL once: buffered
@@ -268,9 +311,7 @@ class DiskTier(Tier):
             except OSError as e:
                 if e.errno != errno.EINVAL or not d.direct:
                     raise
-                log.info("cache directory %s does not take O_DIRECT writes (%s): writing through the page "
-                         "cache", d.path, e)
-                d.direct = False
+                self._no_direct(d, e)
                 continue
             if in_place:
                 self.stats.add("cache_writes_in_place")
@@ -280,6 +321,10 @@ class DiskTier(Tier):
 
     def _delete(self, key: bytes, slot: Slot) -> None:
         d = self.dirs[slot.where]
+        if slot.pack >= 0:
+            d.packs.release(slot.pack, slot.offset, slot.size - HEADER.size)
+            d.space_changed()
+            return
         try:
             os.unlink(d.block_path(key))
             d.space_changed()
@@ -292,16 +337,16 @@ class DiskTier(Tier):
     def _stored(self, key: bytes, slot: Slot) -> None:
         with self._index_lock:
             self._pending_del.discard(key)
-            self._pending_add[key] = (slot.size, slot.last_access, self.dirs[slot.where].id)
+            self._pending_add[key] = (slot.size, slot.last_access, self.dirs[slot.where].id, slot.pack, slot.offset)
 
     def _removed(self, key: bytes, slot: Slot) -> None:
         with self._index_lock:
             self._pending_add.pop(key, None)
             self._pending_del.add(key)
 
-    def take_index_changes(self) -> tuple[list[tuple[bytes, int, float, int]], list[bytes]]:
+    def take_index_changes(self) -> tuple[list[tuple[bytes, int, float, int, int, int]], list[bytes]]:
         with self._index_lock:
-            added = [(k, s, t, d) for k, (s, t, d) in self._pending_add.items()]
+            added = [(k, *entry) for k, entry in self._pending_add.items()]
             removed = list(self._pending_del)
             self._pending_add.clear()
             self._pending_del.clear()
@@ -310,11 +355,36 @@ class DiskTier(Tier):
     def pending_index_changes(self) -> int:
         return len(self._pending_add) + len(self._pending_del)
 
+    def adopt_indexed(self, key: bytes, slot: Slot) -> bool:
+        """Take over a block the index names (start-up); a packed one counts as live in its pack."""
+        if key in self._slots or not self.adopt(key, slot):
+            return False
+        if slot.pack >= 0:
+            self.dirs[slot.where].packs.adopt(slot.pack)
+        return True
+
+    def _take_packed(self, known: Callable[[bytes], bool], where: int, key: bytes, pack: int, offset: int,
+                     length: int) -> bool:
+        """A pack record the index lost (start-up scan): taken back unless its block is known."""
+        slot = Slot(HEADER.size + length, where, 0.0, pack=pack, offset=offset)
+        if known(key) or not self.adopt(key, slot, oldest=True):
+            return False
+        self._stored(key, slot)
+        return True
+
     def scan(self, known: Callable[[bytes], bool]) -> tuple[int, int]:
         """Start-up repair (before serving): adopt intact block files the index lost, delete temp
-        and junk files. Returns (adopted, removed)."""
+        and junk files; take back pack records the index lost and punch out the space of the rest
+        (packs.py). Returns (adopted, removed)."""
         adopted = removed = 0
         for where, d in enumerate(self.dirs):
+            live: dict[int, list[tuple[int, int]]] = {}
+            for slot in self._slots.values():
+                if slot.where == where and slot.pack >= 0:
+                    live.setdefault(slot.pack, []).append((slot.offset, slot.size - HEADER.size))
+            taken, gone = d.packs.scan(live, functools.partial(self._take_packed, known, where))
+            adopted += taken
+            removed += gone
             for i in range(256):
                 sub = os.path.join(d.root, f"{i:02x}")
                 try:

@@ -24,6 +24,8 @@ class Slot:
     where: int = 0            # directory index within the tier
     last_access: float = 0.0  # wall clock, for the scan-resistant policy's staleness
     hits: int = 0             # hits in this tier, for promotion
+    pack: int = -1            # disk tiers: the pack file holding the block (-1: a file of its own)
+    offset: int = 0           # and the record's offset in it
 
 
 class Tier(abc.ABC):

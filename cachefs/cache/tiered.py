@@ -63,11 +63,13 @@ class TieredCache(BlockCache):
         self._writer: DiskWriter | None = None          # made at the first put_nowait
 
     @classmethod
-    def build(cls, specs: Iterable[TierSpec], meta: BlockIndex | None, stats: Stats, **kwargs: Any) -> TieredCache:
-        """Tiers from their specs, named by kind (ssd, ssd2, ... when a kind repeats)."""
+    def build(cls, specs: Iterable[TierSpec], meta: BlockIndex | None, stats: Stats, *, pack_below: int = 0,
+              **kwargs: Any) -> TieredCache:
+        """Tiers from their specs, named by kind (ssd, ssd2, ... when a kind repeats); blocks shorter
+        than `pack_below` go to the disk tiers' pack files (cache/packs.py)."""
         tiers: list[Tier] = []
         for spec in specs:
-            tier = MemoryTier(spec, stats) if spec.kind == "mem" else DiskTier(spec, stats)
+            tier = MemoryTier(spec, stats) if spec.kind == "mem" else DiskTier(spec, stats, pack_below=pack_below)
             same = sum(1 for t in tiers if t.spec.kind == spec.kind)
             tier.name = spec.kind if same == 0 else f"{spec.kind}{same + 1}"
             tiers.append(tier)
@@ -103,9 +105,9 @@ class TieredCache(BlockCache):
         """Take the block index from LMDB, then repair it against the files (before serving)."""
         dropped = []
         if self.meta is not None:
-            for key, size, stored_at, did in sorted(self.meta.block_index(), key=lambda e: e[2]):
-                loc = self._disk_dirs.get(did)
-                if loc is None or not loc[0].adopt(key, Slot(size, loc[1], stored_at)):
+            for key, size, stored_at, did, pack, offset in sorted(self.meta.block_index(), key=lambda e: e[2]):
+                tier, where = self._disk_dirs.get(did, (None, 0))
+                if tier is None or not tier.adopt_indexed(key, Slot(size, where, stored_at, pack=pack, offset=offset)):
                     dropped.append(key)      # a directory no longer configured, or over quota
             if dropped:
                 self.meta.update_block_index([], dropped)

@@ -203,7 +203,8 @@ class Daemon:
                      dropped_manifest)
         self.cache = TieredCache.build(cfg.cache, self.meta, self.stats, policy=cfg.eviction_policy,
                                        promote_after=cfg.promotion, stale_after=cfg.stale_after,
-                                       max_block=cfg.block_size)
+                                       max_block=cfg.block_size,
+                                       pack_below=cfg.block_size if cfg.pack_small_blocks else 0)
         self.cache.open()
         self.cache.load()
         # Block-sized buffers (S3 bodies, block files read whole) reuse their memory (native.py); a

@@ -15,6 +15,9 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 | negative     | u64 parent ino + name            | f64 wall-clock expiry of a "no such entry" answer       |
 | blocks       | 16-byte xxh3-128 block key       | BLOCK: u32 size, f64 time stored, u32 directory id      |
 |              |                                  | (xxh32 of the tier directory's absolute path)           |
+| packed       | 16-byte xxh3-128 block key       | PACKED: BLOCK's fields, then u64 pack number, u64 offset |
+|              |                                  | of its record (cache/packs.py); a key is in `blocks` or |
+|              |                                  | here, never both                                        |
 | pending      | u64 ino                          | JSON: {"path": current path, "remote": path S3 holds the |
 |              |                                  | last upload at or null, "upload": [key, multipart id] or |
 |              |                                  | null}; one per file with data not yet in S3 (staging/<ino>) |
@@ -34,7 +37,7 @@ order is numeric order; names are the raw UTF-8 bytes of one path segment.
 |              |                                  | asked of S3, not answered "no such entry"; dropped by   |
 |              |                                  | a real listing of the directory                          |
 
-`pending`, `attrs`, `owners`, `objmeta`, `subdirs` and `manifested` were added to layout 2 without a version
+`pending`, `attrs`, `owners`, `objmeta`, `subdirs`, `manifested` and `packed` were added to layout 2 without a version
 change: a cachefs that does not know them never opens them. A directory without a `subdirs` record
 (one recorded by an older cachefs) counts none until it is listed again.
 
@@ -49,7 +52,7 @@ from dataclasses import dataclass, replace
 
 LAYOUT_VERSION = b"2"
 DATABASES = (b"meta", b"inodes", b"dentries", b"listings", b"negative", b"blocks", b"pending", b"attrs",
-             b"owners", b"objmeta", b"subdirs", b"manifested")
+             b"owners", b"objmeta", b"subdirs", b"manifested", b"packed")
 
 ROOT_INO = 1            # FUSE's root inode number
 FIRST_FREE_INO = 2
@@ -62,6 +65,7 @@ F64 = struct.Struct(">d")
 INODE = struct.Struct(">BqqQ")   # kind, size, mtime_ns, parent
 U16 = struct.Struct(">H")
 BLOCK = struct.Struct(">IdI")    # size, stored_at, directory id
+PACKED = struct.Struct(">IdIQQ")   # size, stored_at, directory id, pack number, offset
 ATTRS = struct.Struct(">Iqq")    # mode bits, atime_ns, mtime_ns
 OWNER = struct.Struct(">qqq")    # uid, gid, ctime_ns
 OBJMETA = struct.Struct(">IqqqB")   # st_mode, uid, gid, mtime_ns, has target

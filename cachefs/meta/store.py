@@ -26,6 +26,7 @@ from cachefs.meta.schema import (
     KIND_DIR,
     LAYOUT_VERSION,
     OWNER,
+    PACKED,
     ROOT_INO,
     Inode,
     ObjMeta,
@@ -41,6 +42,9 @@ from cachefs.meta.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+# One indexed block (cache/base.py IndexEntry): key, size, time stored, directory id, pack, offset.
+IndexEntry = tuple[bytes, int, float, int, int, int]
 
 # LMDB reserves address space, not disk: 64 GiB holds ~100 M inodes and never needs a resize.
 MAP_SIZE = 64 << 30
@@ -314,17 +318,29 @@ class MetaStore:
         return unpack_u64(raw) if raw is not None else 0
 
     # -- block index ------------------------------------------------------------------------
-    def block_index(self) -> list[tuple[bytes, int, float, int]]:
-        """Every indexed block: (key, size, time stored, directory id)."""
-        with self.env.begin(db=self.dbs["blocks"]) as txn:
-            return [(bytes(key), *BLOCK.unpack(raw)) for key, raw in txn.cursor()]
+    def block_index(self) -> list[IndexEntry]:
+        """Every indexed block: (key, size, time stored, directory id, pack number, offset); a block
+        file of its own has pack -1."""
+        blocks, packed = self.dbs["blocks"], self.dbs["packed"]
+        with self.env.begin() as txn:
+            out = [(bytes(key), *BLOCK.unpack(raw), -1, 0) for key, raw in txn.cursor(db=blocks)]
+            out += [(bytes(key), *PACKED.unpack(raw)) for key, raw in txn.cursor(db=packed)]
+        return out
 
-    def update_block_index(self, added: Iterable[tuple[bytes, int, float, int]], removed: Iterable[bytes]) -> None:
-        with self._write_lock, self.env.begin(write=True, db=self.dbs["blocks"]) as txn:
+    def update_block_index(self, added: Iterable[IndexEntry], removed: Iterable[bytes]) -> None:
+        blocks, packed = self.dbs["blocks"], self.dbs["packed"]
+        with self._write_lock, self.env.begin(write=True) as txn:
             for key in removed:
-                txn.delete(key)
-            for key, size, stored_at, did in added:
-                txn.put(key, BLOCK.pack(size, stored_at, did))
+                txn.delete(key, db=blocks)
+                txn.delete(key, db=packed)
+            for key, size, stored_at, did, pack, offset in added:
+                # a key removed and stored again in the other layout before a flush: one entry
+                if pack < 0:
+                    txn.put(key, BLOCK.pack(size, stored_at, did), db=blocks)
+                    txn.delete(key, db=packed)
+                else:
+                    txn.put(key, PACKED.pack(size, stored_at, did, pack, offset), db=packed)
+                    txn.delete(key, db=blocks)
 
     # -- the write path ---------------------------------------------------------------------
     def mark_listed(self, ino: int, expiry: float) -> None:

@@ -20,7 +20,18 @@ import time
 
 import lmdb
 
-from cachefs.meta.schema import ATTRS, BLOCK, DATABASES, F64, OWNER, U64, unpack_inode, unpack_objmeta, unpack_u64
+from cachefs.meta.schema import (
+    ATTRS,
+    BLOCK,
+    DATABASES,
+    F64,
+    OWNER,
+    PACKED,
+    U64,
+    unpack_inode,
+    unpack_objmeta,
+    unpack_u64,
+)
 
 CHECK_TIMEOUT_S = 300.0     # ~1.5 s per million records here; far beyond any sane store
 
@@ -37,6 +48,9 @@ def _check_record(db: bytes, key: bytes, value: bytes) -> None:
     elif db == b"blocks":
         if len(key) != 16 or len(value) != BLOCK.size:
             raise ValueError("malformed block index entry")
+    elif db == b"packed":
+        if len(key) != 16 or len(value) != PACKED.size:
+            raise ValueError("malformed packed block index entry")
     elif db == b"pending":
         json.loads(value)
     elif db == b"attrs":

@@ -72,11 +72,16 @@ def test_persistence_and_identity(tmp_path):
     path = str(tmp_path / "meta")
     m = MetaStore(path, "ep|bkt|")
     ino = m.put_entry(m.get_inode(ROOT_INO), Entry("k", KIND_FILE, 5, 5, "e")).ino
-    m.update_block_index([(b"k" * 16, 100, 1.0, 7)], [])
+    m.update_block_index([(b"k" * 16, 100, 1.0, 7, -1, 0), (b"p" * 16, 50, 2.0, 7, 3, 8192)], [])
     m.close()
     m = MetaStore(path, "ep|bkt|")
     assert m.lookup(ROOT_INO, b"k").ino == ino
-    assert list(m.block_index()) == [(b"k" * 16, 100, 1.0, 7)]
+    assert sorted(m.block_index()) == [(b"k" * 16, 100, 1.0, 7, -1, 0), (b"p" * 16, 50, 2.0, 7, 3, 8192)]
+    # a key stored again in the other layout keeps one entry; a removal drops either
+    m.update_block_index([(b"k" * 16, 100, 3.0, 7, 4, 0), (b"p" * 16, 50, 4.0, 7, -1, 0)], [])
+    assert sorted(m.block_index()) == [(b"k" * 16, 100, 3.0, 7, 4, 0), (b"p" * 16, 50, 4.0, 7, -1, 0)]
+    m.update_block_index([], [b"k" * 16, b"p" * 16])
+    assert m.block_index() == []
     m.close()
     with pytest.raises(UserError, match="belongs to"):
         MetaStore(path, "ep|other|")
