@@ -152,12 +152,13 @@ def one_epoch(system: Cachefs, files: list, spec, workers: int, timeline: bool, 
     return res
 
 
-def probe(ep, files: list, busy_loops: int = 0) -> None:
+def probe(ep, files: list, busy_loops: int = 0) -> list[dict]:
     """The endpoint's 110 KB GETs/s at 64 in flight with pycurl (bench/curlprobe.py, as bench/probe.py
     measures the ceiling) and what they cost the endpoint's processes and the whole machine; with
     `busy_loops`, also while that many processes spin on this machine's cores (what the endpoint pays
     per GET when a loader and the daemon compete with it for the CPU)."""
     from bench import curlprobe
+    rows = []
     for busy in sorted({0, busy_loops}):
         spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
         try:
@@ -166,6 +167,8 @@ def probe(ep, files: list, busy_loops: int = 0) -> None:
                 r = curlprobe.get_rate(ep, BUCKET, files, 110_000, in_flight, count=4 * len(files))
                 e, used = util.cpu_seconds(ep.pids) - e0, machine_busy_s() - busy0
                 gets = r.get("gets") or 1
+                rows.append({"in_flight": in_flight, "busy_loops": busy, "gets_s": r.get("gets_s", 0),
+                             "endpoint_ms_per_get": 1000 * e / gets, "machine_ms_per_get": 1000 * used / gets})
                 print(f"probe {in_flight} in flight, {busy} busy loops: {r.get('gets_s', 0):.0f} GETs/s, endpoint "
                       f"{1000 * e / gets:.2f} ms CPU per GET, machine {1000 * used / gets:.2f} ms per GET, "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
@@ -173,6 +176,7 @@ def probe(ep, files: list, busy_loops: int = 0) -> None:
             for spinner in spinners:
                 spinner.kill()
                 spinner.wait()
+    return rows
 
 
 def main() -> int:
@@ -203,6 +207,7 @@ def main() -> int:
                    help="with --hint, send the order sorted by key (a probe: does the order of the keys asked for "
                         "cost the endpoint?); the loader still reads shuffled")
     p.add_argument("--scratch")
+    p.add_argument("--out", help="results JSON (default bench/results/imgepoch-<UTC>.json)")
     p.add_argument("extra", nargs="*", help="extra cachefs mount options (after --)")
     args = p.parse_args()
     scale = dataset.SCALES["short"]
@@ -218,8 +223,7 @@ def main() -> int:
         client = ep.client()
         client.create_bucket(Bucket=BUCKET)
         sample.upload(client, BUCKET, "", sample.iter_image_files(spec), 16)
-        if args.probe:
-            probe(ep, files, args.probe_busy)
+        probed = probe(ep, files, args.probe_busy) if args.probe else []
         if args.latency_ms:
             ep = stack.enter_context(delaying_proxy(ep, args.latency_ms, args.straggler_p, args.straggler_ms,
                                                       os.path.join(scratch, "proxy.log")))
@@ -241,6 +245,7 @@ def main() -> int:
             for s in systems[-1 - args.hint:]:
                 s.extra_args = (*args.extra, *shlex.split(args.baseline_options))
         rates: dict[str, list] = {s.name: [] for s in systems}
+        rows = [{"probe": row} for row in probed]
         util.settle()
         for run in range(args.runs):
             order = systems if run % 2 == 0 else systems[::-1]
@@ -248,6 +253,7 @@ def main() -> int:
                 r = one_epoch(s, files, spec, args.workers, args.timeline, ep.pids, s.name.endswith("+hint"),
                               args.hint_sorted)
                 rates[s.name].append(r["images_per_s"])
+                rows.append({"run": run, "system": s.name, **{k: v for k, v in r.items() if k != "timeline"}})
                 print(f"run {run} {s.name}: {r['images_per_s']:.0f} img/s, {r['cpu_ms_per_image']:.2f} ms "
                       f"CPU/img (endpoint {r['endpoint_ms_per_image']:.2f}, loader {r['loader_ms_per_image']:.2f}), "
                       f"machine {r['machine_cores']:.2f} cores busy, daemon threads ms/img "
@@ -263,6 +269,8 @@ def main() -> int:
         for name, v in rates.items():
             print(f"{name}: img/s min {min(v):.0f} median {statistics.median(v):.0f} max {max(v):.0f} "
                   f"({len(v)} runs)")
+        util.write_runs(util.results_path("imgepoch", args.out), args, ep, rows,
+                        {name: util.summarize(v) for name, v in rates.items()})
     return 0
 
 

@@ -18,7 +18,7 @@ from cachefs.cache.spec import TierSpec
 from cachefs.stats import Stats
 
 
-@dataclass
+@dataclass(slots=True)       # one per cached block: no __dict__ each
 class Slot:
     size: int                 # bytes charged to the quota
     where: int = 0            # directory index within the tier

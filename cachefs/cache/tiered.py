@@ -353,6 +353,7 @@ class TieredCache(BlockCache):
                     "high": t.high_bytes, "low": t.low_bytes, "peak_ratio": round(self.peak_ratio[t.name], 4)}
             if isinstance(t, DiskTier):
                 info["dirs"] = {d.path: ("up" if d.healthy else "down") for d in t.dirs}
+                info["packs"] = sum(d.packs.count for d in t.dirs)
             out[t.name] = info
         return out
 
