@@ -382,9 +382,11 @@ class DiskTier(Tier):
             for slot in self._slots.values():
                 if slot.where == where and slot.pack >= 0:
                     live.setdefault(slot.pack, []).append((slot.offset, slot.size - HEADER.size))
-            taken, gone = d.packs.scan(live, functools.partial(self._take_packed, known, where))
+            taken, gone, missing = d.packs.scan(live, functools.partial(self._take_packed, known, where))
             adopted += taken
             removed += gone
+            for key in [k for k, slot in self._slots.items() if slot.where == where and slot.pack in missing]:
+                self._lost(key)          # indexed in a pack that is gone: a miss, known now
             for i in range(256):
                 sub = os.path.join(d.root, f"{i:02x}")
                 try:

@@ -135,13 +135,22 @@ class Packs:
             self._give_up()
 
     def read(self, key: bytes, pack: int, offset: int, length: int) -> memoryview | None:
-        """The record's payload; None if it is not this key's whole record. OSError as the read raised."""
-        return native.read_packed(self.path(pack), offset, length, key)
+        """The record's payload; None if it is not this key's whole record. OSError as the read raised;
+        FileNotFoundError (the pack removed behind our back) also gives up appending to it."""
+        try:
+            return native.read_packed(self.path(pack), offset, length, key)
+        except FileNotFoundError:
+            if pack == self._current:
+                self.give_up()
+            raise
 
     def adopt(self, pack: int) -> None:
-        """An indexed record is live again (index load, before serving)."""
+        """An indexed record is live again (index load, before serving). Numbering goes on past its
+        pack even if the file is gone: a number the index still names is never used again, so an
+        entry left over by a crash can never point into (and its removal punch) another block's record."""
         with self._lock:
             self._live[pack] = self._live.get(pack, 0) + 1
+            self._next = max(self._next, pack + 1)
 
     def release(self, pack: int, offset: int, length: int) -> None:
         """A record's block was removed: punch its space out, or delete the pack if it was the last."""
@@ -170,17 +179,17 @@ class Packs:
             log.debug("cannot remove pack %s: %s", self.path(pack), e.strerror)
 
     def scan(self, live: dict[int, list[tuple[int, int]]],
-             found: Callable[[bytes, int, int, int], bool]) -> tuple[int, int]:
+             found: Callable[[bytes, int, int, int], bool]) -> tuple[int, int, set[int]]:
         """Start-up repair, given every indexed record as pack -> [(offset, payload length)] (adopted
         already): records past a pack's last indexed one, or in a pack the index does not name, are
         offered to found(key, pack, offset, payload length), which takes a block back or not; then the
         space of whatever is neither is punched out, and packs left with no record and stray files
-        are deleted. Returns (records taken back, files removed)."""
+        are deleted. Returns (records taken back, files removed, packs the index names that are gone)."""
         taken = removed = 0
         try:
             names = os.listdir(self.dir)
         except OSError:
-            return 0, 0
+            return 0, 0, set()
         for name in names:
             pack = _number(name)
             records: list[tuple[int, int]] = []
@@ -197,7 +206,11 @@ class Packs:
                     pass
                 continue
             self._punch_gaps(pack, records)
-        return taken, removed
+        missing = set(live) - {n for n in map(_number, names) if n is not None}
+        with self._lock:
+            for pack in missing:
+                self._live.pop(pack, None)
+        return taken, removed, missing
 
     def _walk(self, pack: int, start: int, found: Callable[[bytes, int, int, int], bool]) -> list[tuple[int, int]]:
         """The records from `start` on that found() took (each counted live)."""

@@ -258,3 +258,35 @@ def test_packs_numbering_goes_on_after_the_highest(tmp_path):
     pack, offset, _, _ = p.append(key(1), payload(1, 100), direct=False)
     assert (pack, offset) == (11, 0)
     p.close()
+
+
+def test_a_pack_the_index_names_but_that_is_gone_is_forgotten_and_its_number_never_used_again(tmp_path, meta):
+    c = make(tmp_path, meta)
+    c.put(key(1), payload(1))
+    c.put(key(2), payload(2))
+    c.flush()
+    (pack,) = packs(tmp_path)
+    for d in c.disk_tiers[0].dirs:
+        d.close()
+    os.unlink(pack)              # emptied and deleted, its index entries' removal never flushed (a crash)
+    again = make(tmp_path, meta)
+    assert not again.contains(key(1)) and not again.contains(key(2))
+    again.put(key(3), payload(3))
+    (new,) = packs(tmp_path)
+    assert new.name > pack.name                        # not the number the old entries named
+    again.flush()
+    assert [k for k, *_ in meta.block_index()] == [key(3)]
+    assert bytes(again.get(key(3))) == payload(3)
+    again.close()
+
+
+def test_a_pack_removed_behind_the_daemons_back_is_a_miss_and_appending_moves_on(tmp_path, meta):
+    c = make(tmp_path, meta)
+    c.put(key(1), payload(1))
+    (pack,) = packs(tmp_path)
+    os.unlink(pack)
+    assert c.get(key(1)) is None and not c.contains(key(1))
+    assert c.stats.get("cache_corrupt") == 0
+    c.put(key(2), payload(2))
+    assert len(packs(tmp_path)) == 1 and bytes(c.get(key(2))) == payload(2)
+    c.close()
