@@ -15,8 +15,10 @@ The single import point for the rest of cachefs:
     write_block(path, data, direct)  create a block file (O_EXCL) of data in one write, checksum
                                  included, GIL released; (bytes written, in place); file removed
                                  on failure. The fallback writes buffered whatever `direct` says
-    append_block(fd, off, data, key, direct)  a pack record (cache/packs.py) written at `off` of an
-                                 open pack file in one pwrite, zero-padded to ALIGN; as write_block
+    append_blocks(fd, off, [(data, key)], direct)  pack records (cache/packs.py) written back to back
+                                 from `off` of an open pack file in one pwritev, each zero-padded to
+                                 ALIGN, checksums included, GIL released; at most BATCH_MAX;
+                                 (bytes written with padding, how many from their own buffer)
     read_packed(path, off, n, key, verify)  a pack record's payload, or None unless its magic,
                                  length, key and (with verify) xxh3-64 are the ones asked for
     punch_hole(path, off, n)     give that range of a file back to the filesystem (its size kept)
@@ -110,16 +112,22 @@ def record_size(length: int) -> int:
     return -(-(HEADER.size + length) // ALIGN) * ALIGN
 
 
-def py_append_block(fd: int, offset: int, data, key: bytes, direct: bool = False) -> tuple[int, bool]:
-    """append_block without the C extension (the pack is never O_DIRECT then: packs.py)."""
-    if len(key) != 16:
-        raise ValueError("the block key must be 16 bytes")
+BATCH_MAX = 256     # records per append_blocks call
+
+
+def py_append_blocks(fd: int, offset: int, items, direct: bool = False) -> tuple[int, int]:
+    """append_blocks without the C extension: one pwritev of the records, buffered."""
+    if len(items) > BATCH_MAX:
+        raise ValueError("append_blocks: at most 256 records at once")
     if offset % ALIGN:
-        raise ValueError("append_block: offset must be a multiple of 4096")
-    header = PACK_HEADER.pack(PACK_MAGIC, len(data), xxhash.xxh3_64_intdigest(data), key)
-    pad = bytes(record_size(len(data)) - HEADER.size - len(data))
-    written = os.pwritev(fd, [header, data, pad], offset)
-    return min(written, HEADER.size + len(data)), False
+        raise ValueError("append_blocks: offset must be a multiple of 4096")
+    parts = []
+    for data, key in items:
+        if len(key) != 16:
+            raise ValueError("the block key must be 16 bytes")
+        parts += [PACK_HEADER.pack(PACK_MAGIC, len(data), xxhash.xxh3_64_intdigest(data), key), data,
+                  bytes(record_size(len(data)) - HEADER.size - len(data))]
+    return os.pwritev(fd, parts, offset), 0
 
 
 def py_read_packed(path: str, offset: int, length: int, key: bytes, verify: bool = True) -> memoryview | None:
@@ -168,7 +176,7 @@ ACTIVE = "python" if _native is None else "native"
 read_block = py_read_block if _native is None else _native.read_block
 read_ranges = py_read_ranges if _native is None else _native.read_ranges
 write_block = py_write_block if _native is None else _native.write_block
-append_block = py_append_block if _native is None else _native.append_block
+append_blocks = py_append_blocks if _native is None else _native.append_blocks
 read_packed = py_read_packed if _native is None else _native.read_packed
 punch_hole = py_punch_hole if _native is None else _native.punch_hole
 

@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import xxhash
 
@@ -261,38 +261,69 @@ class DiskTier(Tier):
 
     def _write(self, key: bytes, data: bytes | memoryview, slot: Slot) -> bool:
         d = self.dirs[slot.where]
+        if len(data) < self.pack_below:
+            places, err = self._append(d, [(key, data)])
+            if err is not None:
+                self._failed(d, err)
+                return False
+            slot.pack, slot.offset = places[0]
+            return True
         expected = HEADER.size + len(data)
         try:
-            if len(data) < self.pack_below:
-                written = self._append(d, key, data, slot)
-            else:
-                written = self._write_file(d, d.block_path(key), data)
+            written = self._write_file(d, d.block_path(key), data)
             if written != expected:   # a full filesystem may write short, no error (the file is gone)
                 raise OSError(errno.ENOSPC, f"short write ({written} of {expected} bytes)")
             return True
         except OSError as e:
-            self.stats.add("cache_errors")
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                d.mark_full(e)
-            else:
-                d.mark_down(e)
+            self._failed(d, e)
             return False
 
-    def _append(self, d: DiskDir, key: bytes, data: bytes | memoryview, slot: Slot) -> int:
-        """The block as a record of the directory's current pack (Slot.pack, Slot.offset set);
-        O_DIRECT as _write_file decides it."""
-        for _ in range(2):
-            try:
-                slot.pack, slot.offset, written, in_place = d.packs.append(key, data, d.direct)
-            except OSError as e:
-                if e.errno != errno.EINVAL or not d.direct:
-                    raise
-                self._no_direct(d, e)
+    def put_many(self, items: Sequence[tuple[bytes, bytes | memoryview]], limit: int) -> list[bool]:
+        """put() of each (key, data): the blocks to be packed go to each directory's pack in one
+        write (cache/packs.py), the others one by one."""
+        done = [False] * len(items)
+        batches: dict[int, list[tuple[int, bytes, bytes | memoryview, Slot]]] = {}
+        for i, (key, data) in enumerate(items):
+            if len(data) >= self.pack_below:
+                done[i] = self.put(key, data, limit)
                 continue
-            if in_place:
-                self.stats.add("cache_writes_in_place")
-            return written
-        raise OSError(errno.EINVAL, "pack write refused")     # not reached: buffered never says EINVAL twice
+            slot = self._reserve(key, self.charge(len(data)), limit)
+            if isinstance(slot, Slot):
+                batches.setdefault(slot.where, []).append((i, key, data, slot))
+            else:
+                done[i] = slot
+        for where, batch in batches.items():
+            d = self.dirs[where]
+            places, err = self._append(d, [(key, data) for _, key, data, _ in batch])
+            for n, (i, key, _, slot) in enumerate(batch):
+                if n < len(places):
+                    slot.pack, slot.offset = places[n]
+                done[i] = n < len(places)
+                self._settle(key, slot, done[i])
+            if err is not None:
+                self._failed(d, err)
+        return done
+
+    def _failed(self, d: DiskDir, e: OSError) -> None:
+        """A write to the directory failed: full (ENOSPC/EDQUOT, short writes too) or down."""
+        self.stats.add("cache_errors")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            d.mark_full(e)
+        else:
+            d.mark_down(e)
+
+    def _append(self, d: DiskDir, items: list[tuple[bytes, bytes | memoryview]]
+                ) -> tuple[list[tuple[int, int]], OSError | None]:
+        """The blocks as records of the directory's current pack: (pack, offset) of those written,
+        and the error that stopped the rest. O_DIRECT as _write_file decides it."""
+        places, in_place, err = d.packs.append(items, d.direct)
+        if err is not None and err.errno == errno.EINVAL and d.direct:
+            self._no_direct(d, err)
+            more, more_in_place, err = d.packs.append(items[len(places):], d.direct)
+            places, in_place = places + more, in_place + more_in_place
+        if in_place:
+            self.stats.add("cache_writes_in_place", in_place)
+        return places, err
 
     def _no_direct(self, d: DiskDir, e: OSError) -> None:
         log.info("cache directory %s does not take O_DIRECT writes (%s): writing through the page cache", d.path, e)
@@ -385,8 +416,8 @@ class DiskTier(Tier):
             taken, gone, missing = d.packs.scan(live, functools.partial(self._take_packed, known, where))
             adopted += taken
             removed += gone
-            for key in [k for k, slot in self._slots.items() if slot.where == where and slot.pack in missing]:
-                self._lost(key)          # indexed in a pack that is gone: a miss, known now
+            for lost in [k for k, slot in self._slots.items() if slot.where == where and slot.pack in missing]:
+                self._lost(lost)         # indexed in a pack that is gone: a miss, known now
             for i in range(256):
                 sub = os.path.join(d.root, f"{i:02x}")
                 try:

@@ -14,8 +14,9 @@ length, key and checksum are the ones expected: a stale index entry (a hole punc
 used again after a crash) reads as a miss, never as another block's bytes. The key in the header
 lets the start-up scan take back records the index lost, as it does block files.
 
-One pack per directory is appended to, under a lock (one pwrite each; the disk writer thread does
-nearly all of them), until PACK_BYTES; then the next. Removing a block punches a hole over its
+One pack per directory is appended to, under a lock, until PACK_BYTES; then the next. The disk
+writer thread, which stores nearly all blocks, hands over everything queued at once: one pwritev
+for the lot (native.append_blocks), not a write each. Removing a block punches a hole over its
 record, which gives the space back to the filesystem at once; a pack with no record left, other
 than the one being appended to, is deleted. Every start begins a new pack.
 
@@ -31,7 +32,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from cachefs import native
 
@@ -75,27 +76,39 @@ class Packs:
         except OSError:
             return []
 
-    def append(self, key: bytes, data: bytes | memoryview, direct: bool) -> tuple[int, int, int, bool]:
-        """Write `data` as a record: (pack, offset, header + payload bytes written, written in place).
-        Fewer bytes than asked: a short write (a full disk); the pack is given up. OSError as the
-        write raised it (EINVAL: no O_DIRECT here), the pack given up too."""
+    def append(self, items: Sequence[tuple[bytes, bytes | memoryview]], direct: bool
+               ) -> tuple[list[tuple[int, int]], int, OSError | None]:
+        """Write each (key, data) as a record, as few pwritev calls as the packs' ends allow. Returns
+        the (pack, offset) of each record written, from the first on; how many were written from
+        their own buffer; and the error that stopped the rest, if one did (a short write, a full
+        disk, is ENOSPC; EINVAL: no O_DIRECT here), the pack then given up."""
         direct = direct and native.ACTIVE == "native"     # the Python fallback writes buffered
-        size = native.record_size(len(data))
+        places: list[tuple[int, int]] = []
+        in_place = 0
         with self._lock:
-            if self._fd < 0 or self._direct != direct or self._end + size > self.pack_bytes:
-                self._start(direct)
-            pack, offset = self._current, self._end
-            try:
-                written, in_place = native.append_block(self._fd, offset, data, key, direct)
-            except OSError:
-                self._give_up()
-                raise
-            if written < native.HEADER.size + len(data):
-                self._give_up()
-            else:
-                self._end += size
-                self._live[pack] = self._live.get(pack, 0) + 1
-        return pack, offset, int(written), bool(in_place)
+            while len(places) < len(items):
+                first = native.record_size(len(items[len(places)][1]))
+                try:
+                    if self._fd < 0 or self._direct != direct or self._end + first > self.pack_bytes:
+                        self._start(direct)
+                    chunk: list[tuple[bytes | memoryview, bytes]] = []
+                    end = self._end
+                    for key, data in items[len(places):len(places) + native.BATCH_MAX]:
+                        size = native.record_size(len(data))
+                        if chunk and end + size > self.pack_bytes:
+                            break
+                        chunk.append((data, key))
+                        end += size
+                    written, own = native.append_blocks(self._fd, self._end, chunk, direct)
+                    if written < end - self._end:
+                        raise OSError(errno.ENOSPC, f"short write ({written} of {end - self._end} bytes)")
+                except OSError as e:
+                    self._give_up()
+                    return places, in_place, e
+                places += [(self._current, offset) for offset in _offsets(self._end, chunk)]
+                self._live[self._current] = self._live.get(self._current, 0) + len(chunk)
+                self._end, in_place = end, in_place + own
+        return places, in_place, None
 
     def _start(self, direct: bool) -> None:
         """Close the current pack and begin the next (under the lock)."""
@@ -259,6 +272,14 @@ class Packs:
                 os.truncate(path, at)             # never appended to again
         except OSError as e:
             log.debug("cannot punch out unindexed records of %s: %s", path, e.strerror)
+
+
+def _offsets(start: int, chunk: list[tuple[bytes | memoryview, bytes]]) -> list[int]:
+    out = []
+    for data, _ in chunk:
+        out.append(start)
+        start += native.record_size(len(data))
+    return out
 
 
 def _end_of(record: tuple[int, int]) -> int:

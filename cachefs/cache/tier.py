@@ -11,7 +11,7 @@ import abc
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from cachefs.cache.spec import TierSpec
@@ -115,7 +115,20 @@ class Tier(abc.ABC):
     def put(self, key: bytes, data: bytes | memoryview, limit: int) -> bool:
         """Store a block if it fits under `limit` (<= quota) bytes of usage. Never raises for I/O.
         True also when the block is stored already or being stored by another thread."""
-        size = self.charge(len(data))
+        slot = self._reserve(key, self.charge(len(data)), limit)
+        if not isinstance(slot, Slot):
+            return slot
+        ok = self._write(key, data, slot)
+        self._settle(key, slot, ok)
+        return ok
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes | memoryview]], limit: int) -> list[bool]:
+        """put() of each (key, data); a tier that can write several blocks at once overrides it."""
+        return [self.put(key, data, limit) for key, data in items]
+
+    def _reserve(self, key: bytes, size: int, limit: int) -> Slot | bool:
+        """Space reserved and the key marked as being written: the new block's slot, to be written and
+        then _settle()d. True: stored already or being stored; False: no room, or nowhere to put it."""
         with self._lock:
             if key in self._slots or key in self._writing:
                 return True
@@ -126,17 +139,18 @@ class Tier(abc.ABC):
                 return False
             self._writing.add(key)
             self._used += size
-        slot = Slot(size, where, time.time())
-        ok = self._write(key, data, slot)
+        return Slot(size, where, time.time())
+
+    def _settle(self, key: bytes, slot: Slot, ok: bool) -> None:
+        """A reserved block's write is over: its slot appears, or its space is given back."""
         with self._lock:
             self._writing.discard(key)
             if ok:
                 self._slots[key] = slot
             else:
-                self._used -= size
+                self._used -= slot.size
         if ok:
             self._stored(key, slot)
-        return ok
 
     def adopt(self, key: bytes, slot: Slot, oldest: bool = False) -> bool:
         """Take over a block already stored (index load, start-up scan), within the quota."""

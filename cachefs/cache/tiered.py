@@ -227,12 +227,15 @@ class TieredCache(BlockCache):
         """Bytes taken by put_nowait still waiting for their disk copy (not in any disk tier's `used` yet)."""
         return self._writer.queued_bytes if self._writer is not None else 0
 
-    def _store_queued(self, key: bytes, data: bytes | memoryview) -> None:
-        """The disk writer's half of put_nowait (its memory half is done already)."""
-        if self._place(key, data, self._disk) or self._place(key, data, self._mem):
-            self.stats.add("cache_puts")
-        else:
-            self.stats.add("cache_not_admitted")
+    def _store_queued(self, items: list[tuple[bytes, bytes | memoryview]]) -> None:
+        """The disk writer's half of put_nowait (its memory half is done already), for everything it
+        took at once: small blocks go to a pack in one write (DiskTier.put_many)."""
+        on_disk = self._place_many(items, self._disk)
+        for (key, data), placed in zip(items, on_disk, strict=True):
+            if placed or self._place(key, data, self._mem):
+                self.stats.add("cache_puts")
+            else:
+                self.stats.add("cache_not_admitted")
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every block taken by put_nowait has its disk copy (or was declined by the
@@ -248,6 +251,23 @@ class TieredCache(BlockCache):
                 self._after_put(tier)
                 return True
         return False
+
+    def _place_many(self, items: list[tuple[bytes, bytes | memoryview]], tiers: Sequence[Tier]) -> list[bool]:
+        """_place() of each item: each tier in turn takes what it admits of the rest in one call."""
+        placed = [False] * len(items)
+        lru = self.policy == "lru"
+        for tier in tiers:
+            left = [i for i, ok in enumerate(placed) if not ok]
+            if not left:
+                break
+            if not tier.usable:
+                continue
+            taken = tier.put_many([items[i] for i in left], tier.quota if lru else tier.high_bytes)
+            for i, ok in zip(left, taken, strict=True):
+                placed[i] = ok
+            if any(taken):
+                self._after_put(tier)
+        return placed
 
     def _after_put(self, tier: Tier) -> None:
         used = tier.used

@@ -4,9 +4,10 @@
 Why a thread of its own and not trio.to_thread: a hand-off here is a dict insert and a condition
 notify (~µs), where a trio worker-thread round trip costs ~0.1-0.3 ms of CPU (docs/BENCHMARKS.md,
 "thread hops"); and the writer takes whatever has queued up while it wrote, so under load one wake-up
-serves many blocks. A queued block stays readable (TieredCache.get/get_nowait/contains look here)
-until its disk copy is in place. The queue is bounded in bytes: when it is full, offer() declines and
-the caller stores the block itself (TieredCache.put in a worker thread).
+serves many blocks, stored in one call (the small ones go to a pack in one write). A queued block
+stays readable (TieredCache.get/get_nowait/contains look here) until its disk copy is in place.
+The queue is bounded in bytes: when it is full, offer() declines and the caller stores the block
+itself (TieredCache.put in a worker thread).
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from cachefs import supervise
 # Bytes of blocks waiting for their disk copy, at most: what a kill -9 can lose of the disk copies
 # (they are fetched again, never served wrong) and what they may hold in memory beyond the tiers.
 QUEUE_BYTES = 64 << 20
+BATCH = 64                   # blocks stored per call: the batch's last block waits for the other 63
 
 
 class DiskWriter:
-    def __init__(self, store: Callable[[bytes, bytes | memoryview], None], max_bytes: int | None = None) -> None:
-        self._store = store          # stores one block in the disk tiers (TieredCache._store_queued)
+    def __init__(self, store: Callable[[list[tuple[bytes, bytes | memoryview]]], None],
+                 max_bytes: int | None = None) -> None:
+        self._store = store          # stores blocks in the disk tiers (TieredCache._store_queued)
         self.max_bytes = QUEUE_BYTES if max_bytes is None else max_bytes
         self._queued: dict[bytes, bytes | memoryview] = {}
         self._bytes = 0
@@ -83,14 +86,14 @@ class DiskWriter:
                     self._cond.wait()
                 if not self._queued:
                     return
-                batch = list(self._queued.items())   # stay queued (readable) until written
-            for key, data in batch:
-                try:
-                    self._store(key, data)
-                except Exception as e:     # logged and counted; the block is simply not cached
-                    supervise.record_failure("cache disk writer", e, "block")
-                with self._cond:
+                batch = list(self._queued.items())[:BATCH]   # stay queued (readable) until written
+            try:
+                self._store(batch)
+            except Exception as e:     # logged and counted; those blocks are simply not cached
+                supervise.record_failure("cache disk writer", e, "batch")
+            with self._cond:
+                for key, data in batch:
                     del self._queued[key]
                     self._bytes -= len(data)
-                    if not self._queued:
-                        self._cond.notify_all()
+                if not self._queued:
+                    self._cond.notify_all()

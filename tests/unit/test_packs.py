@@ -2,6 +2,7 @@
 theirs, holes punched on removal, emptied packs deleted, and the start-up repair after a crash."""
 import os
 import random
+import threading
 
 import pytest
 
@@ -26,8 +27,8 @@ def payload(i: int, n: int = SMALL) -> bytes:
     return random.Random(i).randbytes(n)
 
 
-IMPLS = [pytest.param((native.append_block, native.read_packed, native.punch_hole), id=native.ACTIVE),
-         pytest.param((native.py_append_block, native.py_read_packed, native.py_punch_hole), id="python")]
+IMPLS = [pytest.param((native.append_blocks, native.read_packed, native.punch_hole), id=native.ACTIVE),
+         pytest.param((native.py_append_blocks, native.py_read_packed, native.py_punch_hole), id="python")]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -36,13 +37,15 @@ def test_a_record_reads_back_only_whole_and_with_its_own_tag(tmp_path, impl):
     path = str(tmp_path / "p.pack")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        assert append(fd, 0, payload(1), key(1), False)[0] == HEADER.size + SMALL
         second = native.record_size(SMALL)
-        append(fd, second, payload(2, 5000), key(2), False)
+        written, _ = append(fd, 0, [(payload(1), key(1)), (payload(2, 5000), key(2))], False)
+        assert written == second + native.record_size(5000)
         with pytest.raises(ValueError):
-            append(fd, 100, b"x", key(3), False)     # records start on ALIGN
+            append(fd, 100, [(b"x", key(3))], False)     # records start on ALIGN
         with pytest.raises(ValueError):
-            append(fd, 0, b"x", b"short", False)     # a key is 16 bytes
+            append(fd, 0, [(b"x", b"short")], False)     # a key is 16 bytes
+        with pytest.raises(ValueError):
+            append(fd, 0, [(b"x", key(3))] * (native.BATCH_MAX + 1), False)
     finally:
         os.close(fd)
     assert os.path.getsize(path) == second + native.record_size(5000)   # padded
@@ -62,10 +65,10 @@ def test_a_record_reads_back_only_whole_and_with_its_own_tag(tmp_path, impl):
 
 def test_both_implementations_write_the_same_bytes(tmp_path):
     paths = []
-    for name, append in (("c", native.append_block), ("py", native.py_append_block)):
+    for name, append in (("c", native.append_blocks), ("py", native.py_append_blocks)):
         path = str(tmp_path / name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        append(fd, 4096, payload(3, 777), key(3), False)
+        append(fd, 4096, [(payload(3, 777), key(3)), (payload(4, 9000), key(4))], False)
         os.close(fd)
         paths.append(open(path, "rb").read())
     assert paths[0] == paths[1]
@@ -193,7 +196,7 @@ def test_a_stale_entry_into_a_reused_pack_number_is_a_miss_not_another_blocks_by
     # as if the pack had been emptied and deleted, and its number used again for another block
     os.unlink(pack)
     fd = os.open(pack, os.O_RDWR | os.O_CREAT, 0o600)
-    native.append_block(fd, slot.offset, payload(2), key(2), False)
+    native.append_blocks(fd, slot.offset, [(payload(2), key(2))], False)
     os.close(fd)
     assert c.get(key(1)) is None
     assert c.stats.get("cache_corrupt") == 1 and not c.contains(key(1))
@@ -255,8 +258,8 @@ def test_packs_numbering_goes_on_after_the_highest(tmp_path):
     for n in (3, 10):
         open(p.path(n), "wb").close()
     p.open()
-    pack, offset, _, _ = p.append(key(1), payload(1, 100), direct=False)
-    assert (pack, offset) == (11, 0)
+    places, _, err = p.append([(key(1), payload(1, 100))], direct=False)
+    assert places == [(11, 0)] and err is None
     p.close()
 
 
@@ -289,4 +292,59 @@ def test_a_pack_removed_behind_the_daemons_back_is_a_miss_and_appending_moves_on
     assert c.stats.get("cache_corrupt") == 0
     c.put(key(2), payload(2))
     assert len(packs(tmp_path)) == 1 and bytes(c.get(key(2))) == payload(2)
+    c.close()
+
+
+def test_a_batch_is_split_where_a_pack_fills_and_every_record_reads_back(tmp_path, meta):
+    c = make(tmp_path, meta, pack_bytes=5 * native.record_size(SMALL))
+    tier = c.disk_tiers[0]
+    items = [(key(i), payload(i)) for i in range(12)] + [(key(99), payload(99, FULL))]
+    assert tier.put_many(items, tier.quota) == [True] * 13
+    assert len(packs(tmp_path)) == 3                   # 5 + 5 + 2 records; the full block a file
+    assert [p.name for p in block_files(tmp_path)] == [key(99).hex()]
+    assert all(bytes(c.get(k)) == v for k, v in items)
+    assert tier.put_many(items[:2], tier.quota) == [True, True]      # stored already: nothing written
+    assert len(packs(tmp_path)) == 3
+    c.close()
+
+
+def test_a_batch_that_does_not_fit_the_quota_stores_what_fits(tmp_path, meta):
+    c = make(tmp_path, meta, quota_blocks=3)
+    tier = c.disk_tiers[0]
+    done = tier.put_many([(key(i), payload(i)) for i in range(5)], tier.quota)
+    assert done == [True, True, True, False, False]
+    assert tier.used == 3 * (HEADER.size + SMALL)
+    assert [bytes(c.get(key(i))) for i in range(3)] == [payload(i) for i in range(3)]
+    c.close()
+
+
+def test_a_failing_batch_write_stores_nothing_and_marks_the_directory_down(tmp_path, meta, monkeypatch):
+    c = make(tmp_path, meta)
+    tier = c.disk_tiers[0]
+
+    def broken(*args):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(native, "append_blocks", broken)
+    assert tier.put_many([(key(i), payload(i)) for i in range(3)], tier.quota) == [False] * 3
+    assert tier.used == 0 and tier.count == 0 and not tier.dirs[0].healthy
+    assert c.stats.get("cache_errors") == 1
+    c.close()
+
+
+def test_the_disk_writer_stores_what_it_took_in_one_pack_write(tmp_path, meta, monkeypatch):
+    c = make(tmp_path, meta)
+    calls = []
+    real = native.append_blocks
+    monkeypatch.setattr(native, "append_blocks", lambda fd, off, items, direct: calls.append(len(items))
+                        or real(fd, off, items, direct))
+    c._writer = None
+    from cachefs.cache.writer import DiskWriter
+    gate = threading.Event()
+    c._writer = DiskWriter(lambda items: (gate.wait(5), c._store_queued(items)))
+    for i in range(20):
+        assert c.put_nowait(key(i), payload(i))
+    gate.set()
+    assert c.drain(10)
+    assert sum(calls) == 20 and len(calls) <= 3, calls   # the first block alone, then the rest at once
+    assert all(bytes(c.get(key(i))) == payload(i) for i in range(20))
     c.close()
