@@ -243,7 +243,7 @@ class Config:
     promotion: int = 0                    # 0 = never: no moving blocks between tiers on every read
     stale_after: float = 3600.0
     # A file per small block cost the kernel more than anything else per image of a cold epoch
-    # (cache/packs.py); appended to a pack it is one pwrite.
+    # (cache/packs.py); appended to a pack it is part of one pwritev.
     pack_small_blocks: bool = True
     # 4 MiB: large enough that one GET per block amortises S3's ~10-50 ms first-byte latency,
     # small enough that a random 110 KB sample does not drag in much extra.

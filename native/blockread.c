@@ -822,6 +822,9 @@ static PyObject *append_blocks(PyObject *Py_UNUSED(module), PyObject *args)
             goto out;
         }
         Buffer *inplace = direct ? framable(obj, &views[got], padded) : NULL;
+        for (Py_ssize_t j = 0; inplace != NULL && j < got; j++)
+            if (iov[j].iov_base == inplace->base)
+                inplace = NULL;              /* the same buffer twice: one header room, so copy */
         char *dst = inplace != NULL ? inplace->base : NULL;
         if (dst == NULL) {
             if (posix_memalign(&copies[got], ALIGN, padded) != 0) {

@@ -1,7 +1,7 @@
 """Disk tiers: blocks as files in one or more directories sharing one quota, with health checks.
 
 A block smaller than the mount's block size (a small file, a file's tail, a random-read piece) is
-appended to a pack file instead (cache/packs.py: one pwrite, no file created); a full-sized block
+appended to a pack file instead (cache/packs.py: no file created); a full-sized block
 is a file of its own, as below.
 
 Block file format (layout v1, under DIR/blocks/v1/XX/<32 hex>), shared with native/blockread.c:
@@ -294,12 +294,16 @@ class DiskTier(Tier):
                 done[i] = slot
         for where, batch in batches.items():
             d = self.dirs[where]
-            places, err = self._append(d, [(key, data) for _, key, data, _ in batch])
-            for n, (i, key, _, slot) in enumerate(batch):
-                if n < len(places):
-                    slot.pack, slot.offset = places[n]
-                done[i] = n < len(places)
-                self._settle(key, slot, done[i])
+            places: list[tuple[int, int]] = []
+            err = None
+            try:
+                places, err = self._append(d, [(key, data) for _, key, data, _ in batch])
+            finally:                 # settled whatever happened: no key left "being written"
+                for n, (i, key, _, slot) in enumerate(batch):
+                    if n < len(places):
+                        slot.pack, slot.offset = places[n]
+                    done[i] = n < len(places)
+                    self._settle(key, slot, done[i])
             if err is not None:
                 self._failed(d, err)
         return done

@@ -2,7 +2,7 @@
 
 Why: a file per block costs the kernel an inode, a directory entry and their journal on every put;
 for a 110 KB image that was the largest per-file cost of a cold epoch over small files
-(docs/BENCHMARKS.md, "the disk copy"). Appended to a pack, the same block costs one pwrite.
+(docs/BENCHMARKS.md, "the disk copy"). Appended to a pack, the same block is part of one pwritev.
 Blocks of a full block size stay files of their own (disk.py): the file is amortised over MiBs.
 
 Layout, under DIR/blocks/v1/packs/: files named <16 hex digits>.pack, numbered upwards, each a

@@ -118,8 +118,11 @@ class Tier(abc.ABC):
         slot = self._reserve(key, self.charge(len(data)), limit)
         if not isinstance(slot, Slot):
             return slot
-        ok = self._write(key, data, slot)
-        self._settle(key, slot, ok)
+        ok = False
+        try:
+            ok = self._write(key, data, slot)
+        finally:                     # an unexpected error must not leave the key "being written" forever
+            self._settle(key, slot, ok)
         return ok
 
     def put_many(self, items: Sequence[tuple[bytes, bytes | memoryview]], limit: int) -> list[bool]:

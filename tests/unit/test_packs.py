@@ -348,3 +348,27 @@ def test_the_disk_writer_stores_what_it_took_in_one_pack_write(tmp_path, meta, m
     assert sum(calls) == 20 and len(calls) <= 3, calls   # the first block alone, then the rest at once
     assert all(bytes(c.get(key(i))) == payload(i) for i in range(20))
     c.close()
+
+
+def test_one_receive_buffer_under_two_keys_in_one_batch_gives_each_record_its_own_header(tmp_path, meta):
+    c = make(tmp_path, meta)
+    tier = c.disk_tiers[0]
+    body = memoryview(native.buffer(SMALL, headroom=HEADER.size))
+    body[:] = payload(5)
+    assert tier.put_many([(key(5), body), (key(6), body)], tier.quota) == [True, True]
+    assert bytes(tier.get(key(5))) == bytes(tier.get(key(6))) == payload(5)
+    c.close()
+
+
+def test_an_unexpected_error_in_a_batch_leaves_no_key_being_written(tmp_path, meta, monkeypatch):
+    c = make(tmp_path, meta)
+    tier = c.disk_tiers[0]
+
+    def bug(*args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(native, "append_blocks", bug)
+    with pytest.raises(RuntimeError):
+        tier.put_many([(key(1), payload(1))], tier.quota)
+    monkeypatch.undo()
+    assert tier.used == 0 and tier.put(key(1), payload(1), tier.quota) and bytes(tier.get(key(1))) == payload(1)
+    c.close()
