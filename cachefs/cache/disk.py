@@ -392,7 +392,9 @@ class DiskTier(Tier):
 
     def adopt_indexed(self, key: bytes, slot: Slot) -> bool:
         """Take over a block the index names (start-up); a packed one counts as live in its pack."""
-        if key in self._slots or not self.adopt(key, slot):
+        if key in self._slots:
+            return True              # as adopt(): already taken over, nothing to drop
+        if not self.adopt(key, slot):
             return False
         if slot.pack >= 0:
             self.dirs[slot.where].packs.adopt(slot.pack)

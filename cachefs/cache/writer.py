@@ -11,6 +11,7 @@ itself (TieredCache.put in a worker thread).
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 
@@ -86,7 +87,7 @@ class DiskWriter:
                     self._cond.wait()
                 if not self._queued:
                     return
-                batch = list(self._queued.items())[:BATCH]   # stay queued (readable) until written
+                batch = list(itertools.islice(self._queued.items(), BATCH))   # queued (readable) until written
             try:
                 self._store(batch)
             except Exception as e:     # logged and counted; those blocks are simply not cached
