@@ -399,6 +399,17 @@ static PyObject *set_errno(int err, PyObject *path)
     return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
 }
 
+/* What a load (load_block, load_record) gives Python: the payload as a memoryview, None for a bad
+ * block, OSError for errno. */
+static PyObject *loaded(int rc, int err, PyObject *path, char *base, char *data, size_t len, size_t cap, size_t alloc)
+{
+    if (rc == BLOCK_BAD)
+        Py_RETURN_NONE;
+    if (rc == BLOCK_ERRNO)
+        return set_errno(err, path);
+    return wrap(base, data, (Py_ssize_t)len, cap, alloc);
+}
+
 static PyObject *read_block(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "verify", NULL};
@@ -415,11 +426,7 @@ static PyObject *read_block(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     err = errno;
     Py_END_ALLOW_THREADS
     Py_DECREF(fspath);
-    if (rc == BLOCK_BAD)
-        Py_RETURN_NONE;
-    if (rc == BLOCK_ERRNO)
-        return set_errno(err, path);
-    return wrap(base, data, (Py_ssize_t)len, cap, alloc);
+    return loaded(rc, err, path, base, data, len, cap, alloc);
 }
 
 /* Parse one (path, payload offset, length) tuple into r (r->dst is set later); *fspath gets a new
@@ -954,11 +961,7 @@ static PyObject *read_packed(PyObject *Py_UNUSED(module), PyObject *args, PyObje
     err = errno;
     Py_END_ALLOW_THREADS
     Py_DECREF(fspath);
-    if (rc == BLOCK_BAD)
-        Py_RETURN_NONE;
-    if (rc == BLOCK_ERRNO)
-        return set_errno(err, path);
-    return wrap(base, base, length, cap, (size_t)length);
+    return loaded(rc, err, path, base, base, (size_t)length, cap, (size_t)length);
 }
 
 /* Give a removed record's space back to the filesystem (a hole; the file keeps its size). */

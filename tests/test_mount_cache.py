@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from mount_helpers import MiB, first_difference, object_bytes, read_all
+from mount_helpers import MiB, first_difference, object_bytes, read_all, run_threads
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -98,7 +98,6 @@ def test_packed_small_files_under_eviction_stay_exact_and_their_space_comes_back
     """LRU eviction of packed blocks while four readers read and the disk writer appends: holes
     punched and emptied packs deleted under them, every byte exact, nothing counted corrupt."""
     import random
-    import threading
     files = {f"d{i % 7}/{i:03d}.bin": object_bytes(f"evict-packed{i}", 60_000 + 331 * i) for i in range(300)}
     name = make_bucket("packs-evict", files)                       # ~27 MB through a 16 MiB tier
     ssd = tmp_path / "ssd"
@@ -118,11 +117,7 @@ def test_packed_small_files_under_eviction_stay_exact_and_their_space_comes_back
                 if got != files[k]:
                     errors.append(f"{k}: {first_difference(got, files[k])}")
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
+    run_threads(reader, [(i,) for i in range(4)], 180)
     assert errors == [], errors[:5]
     s = m.stats()
     assert s["cache_evictions"] > 0 and s["cache_corrupt"] == 0, s

@@ -15,6 +15,7 @@ from mount_helpers import (
     read_all,
     relisted_behind_the_kernel,
     run_cachefs,
+    run_threads,
     wait_until,
 )
 
@@ -123,7 +124,6 @@ def test_readers_racing_over_the_same_files_get_the_right_bytes(mounter, make_bu
     handed over: C and Python answer the same files at once (first opens, second opens, handles
     still reading after the bytes were let go), and every read is whole and right."""
     import random
-    import threading
 
     bucket = make_bucket("fast-path-race", OBJECTS)
     m = mounter.mount(bucket, *QUIET)
@@ -138,11 +138,7 @@ def test_readers_racing_over_the_same_files_get_the_right_bytes(mounter, make_bu
                 if data != OBJECTS[key]:
                     errors.append(f"{key}: {len(data)} bytes")
 
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_threads(reader, [(i,) for i in range(8)], 120)
     assert not errors, errors[:5]
     s = m.stats()
     assert s["fast_opens"] > 0 and s["fast_opens"] == s["fast_releases"], s

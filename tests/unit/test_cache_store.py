@@ -12,7 +12,6 @@ from cachefs.cache import disk as disk_mod
 from cachefs.cache.disk import HEADER, encode_header
 from cachefs.cache.spec import TierSpec
 from cachefs.cache.tiered import TieredCache
-from cachefs.meta.store import MetaStore
 from cachefs.stats import Stats
 
 from .tier_specs import disk_spec
@@ -32,13 +31,6 @@ def body(n: int, seed: int = 0, headroom: bool = True) -> memoryview:
     view = memoryview(native.buffer(n, headroom=HEADER.size if headroom else 0))
     view[:] = random.Random(seed).randbytes(n)
     return view
-
-
-@pytest.fixture
-def meta(tmp_path):
-    m = MetaStore(str(tmp_path / "meta"), "id")
-    yield m
-    m.close()
 
 
 def make(tmp_path, meta, mem=True, disk_quota=1 << 30):

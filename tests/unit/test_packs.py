@@ -85,13 +85,6 @@ def make(tmp_path, meta, quota_blocks=64, pack_bytes=None, **kw):
     return cache
 
 
-@pytest.fixture
-def meta(tmp_path):
-    m = MetaStore(str(tmp_path / "meta"), "id")
-    yield m
-    m.close()
-
-
 def block_files(tmp_path):
     root = tmp_path / "ssd" / "blocks" / "v1"
     return sorted(p for p in root.glob("??/*"))

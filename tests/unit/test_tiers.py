@@ -10,7 +10,6 @@ from cachefs.cache.memtier import ENTRY_OVERHEAD
 from cachefs.cache.spec import TierSpec, parse_promotion, parse_tier, parse_tiers
 from cachefs.cache.tiered import TieredCache
 from cachefs.errors import UserError
-from cachefs.meta.store import MetaStore
 from cachefs.stats import Stats
 
 from .tier_specs import disk_spec
@@ -26,13 +25,6 @@ def key(i: int) -> bytes:
 
 def block(i: int) -> bytes:
     return random.Random(i).randbytes(BLOCK)
-
-
-@pytest.fixture
-def meta(tmp_path):
-    m = MetaStore(str(tmp_path / "meta"), "id")
-    yield m
-    m.close()
 
 
 def make(tmp_path, meta, specs, **kw):
