@@ -55,8 +55,7 @@ PACK_MAGIC = b"CFP1"
 def whole_size(size: int, length: int) -> bool:
     """A file of `size` bytes whose header says `length` payload bytes is whole: header + payload
     exactly, or that padded with zeros to the next ALIGN (native/blockread.c has the same rule)."""
-    exact = HEADER.size + length
-    return size == exact or size == -(-exact // ALIGN) * ALIGN
+    return size in (HEADER.size + length, record_size(length))
 
 
 def py_read_block(path: str, verify: bool = True) -> memoryview | None:
@@ -108,7 +107,7 @@ def py_write_block(path: str, data, direct: bool = False) -> tuple[int, bool]:
 
 
 def record_size(length: int) -> int:
-    """Bytes a pack record of a `length`-byte payload takes in its pack: header and payload, padded."""
+    """Header and a `length`-byte payload padded to ALIGN: a pack record, or an O_DIRECT block file."""
     return -(-(HEADER.size + length) // ALIGN) * ALIGN
 
 
